@@ -1,0 +1,72 @@
+"""The clock seam: the one place in the core that reads the time.
+
+Everything else is handed a :class:`Clock` (or plain numbers) so that tests can move time
+by hand, as trio's ``MockClock`` does. Two readings are offered:
+
+* ``monotonic()`` — seconds on ``time.monotonic()``; never steps, used for every deadline.
+* ``wall()`` — seconds since the Unix epoch; may be hours off at boot on a Pi with no
+  battery clock and may step when NTP catches up. Used only for reports and for
+  ``deadline_at`` once the beat follower has decided the wall clock is in step.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+        ...
+
+    def wall(self) -> float:
+        """Seconds since the Unix epoch on the (possibly wrong) wall clock."""
+        ...
+
+
+class SystemClock:
+    """The real clocks of this machine."""
+
+    __slots__ = ()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+
+class FakeClock:
+    """A clock for tests that only moves when told.
+
+    ``advance`` moves both readings forward together; ``step_wall`` moves only the wall
+    clock (either way), as NTP or an operator would. The monotonic reading never goes back.
+    """
+
+    __slots__ = ("_mono", "_wall")
+
+    def __init__(self, monotonic: float = 1000.0, wall: float = 1_767_225_600.0) -> None:
+        self._mono = float(monotonic)
+        self._wall = float(wall)
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def wall(self) -> float:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"a FakeClock only moves forward, got advance({seconds})")
+        self._mono += seconds
+        self._wall += seconds
+
+    def set(self, monotonic: float) -> None:
+        """Move forward to an absolute monotonic time (no-op if already there)."""
+        if monotonic < self._mono:
+            raise ValueError(f"a FakeClock only moves forward: {monotonic} < {self._mono}")
+        self.advance(monotonic - self._mono)
+
+    def step_wall(self, seconds: float) -> None:
+        self._wall += seconds
