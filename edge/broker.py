@@ -1,0 +1,164 @@
+"""A private Mosquitto on a free loopback port, for the demo, the tests and the benchmarks.
+
+Only the demo and the test/benchmark tooling start brokers; the agent itself never does.
+The broker runs with a generated config in a temporary directory, listens on 127.0.0.1
+only, and is stopped by its process id.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.errors import EdgeError
+
+_SEARCH = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
+
+
+class BrokerUnavailable(EdgeError, RuntimeError):
+    """Mosquitto is not installed or would not start."""
+
+
+def find_mosquitto() -> str:
+    """Path of the mosquitto binary; raises BrokerUnavailable with how to install it."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for path in _SEARCH:
+        if os.access(path, os.X_OK):
+            return path
+    raise BrokerUnavailable(
+        "mosquitto is not installed. Run scripts/setup (it installs Debian's mosquitto), "
+        "or: sudo apt-get install mosquitto"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+@dataclass
+class Mosquitto:
+    """A running private broker. Use as a context manager or call ``stop()``."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    extra_conf: str = ""
+    _owned_dir: bool = field(default=True, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
+        """Stop the broker by its pid (SIGKILL after ``timeout``)."""
+        if self.process.poll() is None:
+            try:
+                os.kill(self.process.pid, sig)
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Start again on the same port with the same config (after ``stop``/``kill``)."""
+        self.stop()
+        self.process = _spawn(self.workdir, self.port)
+
+    def log(self) -> str:
+        path = self.workdir / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        self.stop()
+        if self._owned_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Mosquitto:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _spawn(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = find_mosquitto()
+    proc = subprocess.Popen(
+        [binary, "-c", str(workdir / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C in the terminal is the demo's to handle, not its
+    )
+    if not wait_for_port(port):
+        proc.kill()
+        proc.wait()
+        log = (workdir / "mosquitto.log").read_text(errors="replace")[-2000:] if (
+            workdir / "mosquitto.log").exists() else ""
+        raise BrokerUnavailable(f"mosquitto did not start on 127.0.0.1:{port}\n{log}")
+    return proc
+
+
+def start_mosquitto(port: int | None = None, extra_conf: str = "",
+                    workdir: Path | None = None, listener_conf: str | None = None) -> Mosquitto:
+    """Start a private Mosquitto on 127.0.0.1 (a free port unless given).
+
+    ``listener_conf`` replaces the default plain, anonymous listener (for TLS or password
+    tests: it must open ``port`` on 127.0.0.1); ``extra_conf`` is appended to the config.
+    Raises BrokerUnavailable if mosquitto is missing or does not come up.
+    """
+    owned = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="backbeat-mosquitto-")) if workdir is None else workdir
+    port = free_port() if port is None else port
+    listener = listener_conf if listener_conf is not None else (
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    conf = (
+        listener
+        + "persistence false\n"
+        f"log_dest file {workdir / 'mosquitto.log'}\n"
+        "log_type error\nlog_type warning\nlog_type notice\n"
+        "max_queued_messages 100000\n"
+        + extra_conf
+    )
+    (workdir / "mosquitto.conf").write_text(conf)
+    try:
+        proc = _spawn(workdir, port)
+    except BaseException:
+        if owned:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Mosquitto(port=port, process=proc, workdir=workdir, extra_conf=extra_conf,
+                     _owned_dir=owned)
