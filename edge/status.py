@@ -1,0 +1,340 @@
+"""Building the StatusClaim an agent reports for a beat.
+
+Theory of operation
+-------------------
+At the review phase of each beat the runner hands a :class:`BeatReview` (plain numbers it
+gathered: sync, lateness, misses, sheds, the guard verdict, machine readings, the outbox
+backlog) to :meth:`StatusBuilder.build`. The builder decides whether this beat is reported
+and, if so, returns a :class:`edge.messages.StatusClaim` that validates against the upstream
+``backbeat.statusclaim.v1`` schema. It reads no clock of its own: the HLC it stamps claims
+with is handed in, and its only state is the last sequence number and the last reported
+condition.
+
+When a beat is reported (:class:`StatusConfig`):
+
+* ``mode = "every"``: the first review, then whenever at least ``every`` beats have passed
+  since the last reported one (a gap in beat indexes, e.g. after a lost Pulse, never makes
+  the agent skip more than it should). A beat index that goes *backwards* (the cluster
+  restarted) is always reported.
+* ``mode = "on_change"``: the first review, then whenever the *condition* changed (state,
+  sync state, guard level and reason, recommended tempo, alerts) or a trouble counter
+  (deadline misses, sheds, drops by limit, rejected frames, outbox drops) differs from the
+  last report, and otherwise as a heartbeat once ``heartbeat_beats`` beats have passed.
+  Continuous readings (lateness, CPU, memory, temperature, error bound, backlog) do not
+  count as a change, or every beat would be one.
+* :meth:`StatusBuilder.final` always emits (shutdown) and marks ``metadata.final``.
+
+Every emitted claim carries ``metadata.seq``, one more than the previous claim's. It is
+strictly increasing per agent, also across restarts when the caller passes the last seq it
+persisted as ``start_seq`` (the outbox's ``last_seq`` serves, see ``edge.outbox``).
+
+Where things go (upstream allows extra data only under ``metadata`` and ``resources``):
+
+=====================  ===============================================================
+``resources``          ``cpu_percent`` (number >= 0), ``memory_mb`` (integer),
+                       ``temperature_c`` (number); a reading that is missing is omitted
+``notes``              the alerts joined by ``"; "`` (at most 256 characters), if any
+``metadata.meta_v``    version of this metadata layout (:data:`METADATA_VERSION`)
+``metadata.seq``       sequence number of the claim
+``metadata.agent_version``, ``metadata.config_hash``
+``metadata.sync``      ``{"state": str, "error_bound_ms": number}``
+``metadata.late_ms``   ``{"p50": number, "max": number}`` (a missing value is omitted)
+``metadata.actions``   ``{"fired": int, "deadline_misses": int, "dropped_by_limit": int}``
+``metadata.shed``      ``{reason: count}``, as the runner counts them
+``metadata.frames_rejected`` ``{reason: count}``
+``metadata.guard``     ``{"level": str, "reason": str}``
+``metadata.tempo_bpm`` the guard's recommended tempo (omitted when none)
+``metadata.outbox``    ``{"backlog": int, "dropped": int}``
+``metadata.alerts``    list of alert strings (omitted when empty)
+``metadata.final``     ``true`` on the shutdown claim only
+=====================  ===============================================================
+
+Numbers are rounded (milliseconds to 3 decimals, percentages and degrees to 1) so claims
+stay small; non-finite readings are omitted rather than sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, cast, get_args
+
+from edge.errors import ConfigProblems
+from edge.hlc import HybridLogicalClock
+from edge.messages import CLAIM_STATES, ClaimState, Format, StatusClaim, encode
+
+#: Version of the ``metadata`` layout above; bump it when a key changes meaning.
+METADATA_VERSION = 1
+
+StatusMode = Literal["every", "on_change"]
+_MODES: tuple[str, ...] = get_args(StatusMode)
+_FORMATS: tuple[str, ...] = ("cbor", "json")
+_NOTES_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    """When and how status claims are reported.
+
+    ``every``: in ``"every"`` mode, report one beat in ``every`` (1 = each beat).
+    ``mode``: ``"every"`` or ``"on_change"`` (report changes plus a heartbeat).
+    ``heartbeat_beats``: in ``"on_change"`` mode, the longest silence in beats.
+    ``format``: wire encoding of claims, ``"cbor"`` (default) or ``"json"``.
+    ``expiry_s``: MQTT v5 message expiry the link sets on each claim, so that a broker does
+    not deliver a claim that has gone stale; ``None`` = never expires.
+    """
+
+    every: int = 1
+    mode: StatusMode = "every"
+    heartbeat_beats: int = 10
+    format: Format = "cbor"
+    expiry_s: int | None = 60
+
+
+def _positive_int(raw: Mapping[str, object], key: str, default: int, problems: ConfigProblems,
+                  where: str, low: int = 1) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.add(f"{where}.{key}", f"must be an integer, got {value!r}")
+        return default
+    if value < low:
+        problems.add(f"{where}.{key}", f"must be at least {low}, got {value}")
+        return default
+    return value
+
+
+def parse_status(raw: Mapping[str, object], problems: ConfigProblems,
+                 where: str = "status") -> StatusConfig:
+    """Read the ``[status]`` TOML section; every problem goes to ``problems``.
+
+    Keys: ``every`` (integer >= 1, default 1), ``mode`` (``"every"`` | ``"on_change"``),
+    ``heartbeat_beats`` (integer >= 1, default 10), ``format`` (``"cbor"`` | ``"json"``),
+    ``expiry_s`` (integer seconds >= 0, default 60; 0 = claims never expire). Unknown keys
+    are problems too (a typo must not silently fall back to a default). A bad value is
+    reported and its default used, so the returned config is always usable.
+    """
+    known = {"every", "mode", "heartbeat_beats", "format", "expiry_s"}
+    for key in raw:
+        if key not in known:
+            problems.add(f"{where}.{key}", f"is not a status setting (known: "
+                         f"{', '.join(sorted(known))})")
+    defaults = StatusConfig()
+    every = _positive_int(raw, "every", defaults.every, problems, where)
+    heartbeat = _positive_int(raw, "heartbeat_beats", defaults.heartbeat_beats, problems, where)
+    mode = raw.get("mode", defaults.mode)
+    if mode not in _MODES:
+        problems.add(f"{where}.mode", f"must be one of {', '.join(_MODES)}, got {mode!r}")
+        mode = defaults.mode
+    fmt = raw.get("format", defaults.format)
+    if fmt not in _FORMATS:
+        problems.add(f"{where}.format", f"must be one of {', '.join(_FORMATS)}, got {fmt!r}")
+        fmt = defaults.format
+    expiry: int | None = defaults.expiry_s
+    if "expiry_s" in raw:
+        seconds = _positive_int(raw, "expiry_s", -1, problems, where, low=0)
+        if seconds >= 0:
+            expiry = seconds or None
+    return StatusConfig(every=every, mode=cast(StatusMode, mode), heartbeat_beats=heartbeat,
+                        format=cast(Format, fmt), expiry_s=expiry)
+
+
+def config_hash(data: bytes) -> str:
+    """A short fingerprint of the running config: the first 12 hex digits of its sha256.
+
+    Fed the raw bytes of the config file, it lets a fleet view tell which devices run the
+    same config without shipping the config itself.
+    """
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class BeatReview:
+    """What the runner hands over at the review phase of a beat.
+
+    ``state`` must be one of the eight upstream claim states (ValueError otherwise: that is
+    a bug in the caller, not bad input). Counters (``fired``, ``missed``, ``shed``,
+    ``dropped_by_limit``, ``frames_rejected``, ``outbox_dropped``) are passed through as the
+    runner counts them; cumulative since start is recommended so a lost claim loses no
+    count. ``None`` means "no reading"; such values are left out of the claim.
+    """
+
+    beat_index: int
+    state: str
+    sync_state: str
+    error_bound_ms: float
+    late_ms_p50: float | None
+    late_ms_max: float | None
+    fired: int
+    missed: int
+    shed: Mapping[str, int]
+    dropped_by_limit: int
+    frames_rejected: Mapping[str, int]
+    guard_level: str
+    guard_reason: str
+    recommended_tempo: float | None
+    cpu_percent: float | None
+    memory_mb: float | None
+    temperature_c: float | None
+    backlog: int
+    outbox_dropped: int
+    alerts: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.state not in CLAIM_STATES:
+            raise ValueError(f"state must be one of {', '.join(sorted(CLAIM_STATES))}, "
+                             f"got {self.state!r}")
+        if isinstance(self.beat_index, bool) or self.beat_index < 0:
+            raise ValueError(f"beat_index must be an integer >= 0, got {self.beat_index!r}")
+
+
+def _finite(value: float | None, digits: int) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def _condition(review: BeatReview) -> tuple[object, ...]:
+    """What counts as a change in ``on_change`` mode (see the theory of operation)."""
+    return (
+        review.state,
+        review.sync_state,
+        review.guard_level,
+        review.guard_reason,
+        _finite(review.recommended_tempo, 1),
+        review.alerts,
+        review.missed,
+        tuple(sorted(review.shed.items())),
+        review.dropped_by_limit,
+        tuple(sorted(review.frames_rejected.items())),
+        review.outbox_dropped,
+    )
+
+
+class StatusBuilder:
+    """Turns beat reviews into status claims for one agent.
+
+    ``start_seq`` is the last seq emitted before (0 on a first start); the first claim
+    carries ``start_seq + 1``. ``seq`` is the last seq emitted. ``hlc`` stamps each claim at
+    the moment it is built. Not thread-safe; the runner owns it.
+    """
+
+    def __init__(self, agent_id: str, config: StatusConfig, hlc: HybridLogicalClock,
+                 agent_version: str, config_hash: str, start_seq: int = 0) -> None:
+        if start_seq < 0:
+            raise ValueError(f"start_seq must be >= 0, got {start_seq}")
+        self._agent_id = agent_id
+        self._config = config
+        self._hlc = hlc
+        self._agent_version = agent_version
+        self._config_hash = config_hash
+        self.seq = start_seq
+        self._last_beat: int | None = None
+        self._last_condition: tuple[object, ...] | None = None
+
+    @property
+    def config(self) -> StatusConfig:
+        return self._config
+
+    def due(self, review: BeatReview) -> bool:
+        """Whether :meth:`build` would report this beat (no state changes)."""
+        last = self._last_beat
+        if last is None or review.beat_index < last:
+            return True
+        passed = review.beat_index - last
+        if self._config.mode == "every":
+            return passed >= self._config.every
+        if passed >= self._config.heartbeat_beats:
+            return True
+        return _condition(review) != self._last_condition
+
+    def build(self, review: BeatReview) -> StatusClaim | None:
+        """The claim for this beat, or ``None`` when this beat is not reported."""
+        if not self.due(review):
+            return None
+        return self._emit(review, final=False)
+
+    def final(self, review: BeatReview) -> StatusClaim:
+        """The shutdown claim: always emitted, with ``metadata.final = true``."""
+        return self._emit(review, final=True)
+
+    def encode(self, claim: StatusClaim) -> bytes:
+        """The claim's bytes in the configured format (canonical CBOR or compact JSON)."""
+        return encode(claim, self._config.format)
+
+    def _emit(self, review: BeatReview, final: bool) -> StatusClaim:
+        seq = self.seq + 1
+        claim = StatusClaim(
+            agent_id=self._agent_id,
+            beat_index=review.beat_index,
+            state=cast(ClaimState, review.state),
+            hlc=self._hlc.now_wire(),
+            notes=self._notes(review.alerts),
+            resources=self._resources(review),
+            metadata=self._metadata(review, seq, final),
+        )
+        # Only a claim that was built counts: a bad review must not burn a seq.
+        self.seq = seq
+        self._last_beat = review.beat_index
+        self._last_condition = _condition(review)
+        return claim
+
+    @staticmethod
+    def _notes(alerts: tuple[str, ...]) -> str | None:
+        if not alerts:
+            return None
+        text = "; ".join(alerts)
+        return text if len(text) <= _NOTES_MAX else text[: _NOTES_MAX - 3] + "..."
+
+    @staticmethod
+    def _resources(review: BeatReview) -> dict[str, object] | None:
+        out: dict[str, object] = {}
+        cpu = _finite(review.cpu_percent, 1)
+        if cpu is not None:
+            out["cpu_percent"] = max(cpu, 0.0)  # the schema wants >= 0; a probe may dip below
+        memory = _finite(review.memory_mb, 0)
+        if memory is not None:
+            out["memory_mb"] = max(int(memory), 0)  # upstream types memory_mb as an integer
+        temperature = _finite(review.temperature_c, 1)
+        if temperature is not None:
+            out["temperature_c"] = temperature
+        return out or None
+
+    def _metadata(self, review: BeatReview, seq: int, final: bool) -> dict[str, object]:
+        late: dict[str, object] = {}
+        p50 = _finite(review.late_ms_p50, 3)
+        if p50 is not None:
+            late["p50"] = p50
+        worst = _finite(review.late_ms_max, 3)
+        if worst is not None:
+            late["max"] = worst
+        sync: dict[str, object] = {"state": review.sync_state}
+        bound = _finite(review.error_bound_ms, 3)
+        if bound is not None:
+            sync["error_bound_ms"] = bound
+        meta: dict[str, object] = {
+            "meta_v": METADATA_VERSION,
+            "seq": seq,
+            "agent_version": self._agent_version,
+            "config_hash": self._config_hash,
+            "sync": sync,
+            "late_ms": late,
+            "actions": {
+                "fired": review.fired,
+                "deadline_misses": review.missed,
+                "dropped_by_limit": review.dropped_by_limit,
+            },
+            "shed": dict(review.shed),
+            "frames_rejected": dict(review.frames_rejected),
+            "guard": {"level": review.guard_level, "reason": review.guard_reason},
+            "outbox": {"backlog": review.backlog, "dropped": review.outbox_dropped},
+        }
+        tempo = _finite(review.recommended_tempo, 1)
+        if tempo is not None:
+            meta["tempo_bpm"] = tempo
+        if review.alerts:
+            meta["alerts"] = list(review.alerts)
+        if final:
+            meta["final"] = True
+        return meta
