@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TypeAlias
 
@@ -123,7 +123,7 @@ class DeviceSpec:
     safe_state: float = 0.0
     max_switch_hz: float | None = None
     max_on_s: float | None = None
-    options: Mapping[str, object] = MappingProxyType({})
+    options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     description: str = ""
 
     @property
@@ -176,7 +176,7 @@ class Profile:
     honouring ``GPIOZERO_PIN_FACTORY``) and the devices by name, in file order."""
 
     pin_factory: str | None = None
-    devices: Mapping[str, DeviceSpec] = MappingProxyType({})
+    devices: Mapping[str, DeviceSpec] = field(default_factory=lambda: MappingProxyType({}))
 
 
 # --------------------------------------------------------------------------- field readers

@@ -1,0 +1,755 @@
+"""The hardware adapter: gpiozero devices behind one interface that never blocks.
+
+Theory of operation
+-------------------
+:class:`Hardware` builds one gpiozero device per :class:`~edge.profile.DeviceSpec` (the only
+module that imports gpiozero) and applies :class:`~edge.score.Action` values to them. It
+owns no thread and never sleeps: anything that must happen later (the end of a pulse or a
+beep, the steps of a fade, a dead-man switch-off, the deadline of an external command) is a
+due-time the runner learns from :meth:`Hardware.next_deadline` and carries out by calling
+:meth:`Hardware.tick` with the time. gpiozero's own ``blink``/``pulse`` threads are never
+used. Times are plain seconds on the runner's monotonic clock, passed in.
+
+Safety rules, which no tempo can override:
+
+* **Safe state.** Every output is built at its configured ``safe_state`` and
+  :meth:`Hardware.safe_state` puts every output there at once (and kills running commands).
+* **Switching rate.** An output with ``max_switch_hz`` changes at most once per
+  ``1 / max_switch_hz`` seconds. A change *away* from the safe state that comes too soon is
+  dropped and counted (``dropped["rate_limit"]``); a change *back to* the safe state that
+  comes too soon is deferred to the earliest allowed moment, never dropped, so a pulse on a
+  relay is never left on. Repeating the current value is not a switch.
+* **Dead-man.** An output with ``max_on_s`` that leaves its safe state is put back after
+  ``max_on_s`` unless an action renews it (any action that keeps it away, e.g. another
+  ``on`` or ``pulse``). Dead-man and safe-state writes ignore the rate limit.
+* **Isolation.** An exception from gpiozero while building, writing or reading a device
+  marks that device isolated (counted in ``failures``, reported with the error); later
+  actions on it are dropped as ``"isolated"``. The other devices carry on.
+
+A value outside a device's range (a wrong tone, say) is the caller's error, not a failing
+pin: it is reported in the result and does not isolate the device.
+
+On a bench gpiozero's ``MockFactory`` stands in for the pins; because its default
+``MockPin`` has no PWM, PWM, servo and tone devices get ``MockPWMPin`` pins automatically.
+On a Raspberry Pi 5 gpiozero uses lgpio (``pin_factory = "lgpio"`` or gpiozero's default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from gpiozero import (
+    LED,
+    PWMLED,
+    AngularServo,
+    Button,
+    Buzzer,
+    Device,
+    DigitalInputDevice,
+    DigitalOutputDevice,
+    PWMOutputDevice,
+    Servo,
+    TonalBuzzer,
+)
+from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero.tones import Tone
+
+from edge.errors import HardwareError
+from edge.profile import DEFAULT_COMMAND_TIMEOUT_S, DEFAULT_FADE_STEP_S, DeviceSpec, Profile
+from edge.score import Action
+
+log = logging.getLogger(__name__)
+
+#: How often a running command is polled for completion.
+COMMAND_POLL_S = 0.02
+#: Bytes of a command's stderr kept for its result.
+COMMAND_STDERR_BYTES = 2048
+#: Input edges kept between two calls of ``input_events``; older ones are dropped, counted.
+MAX_INPUT_EVENTS = 1024
+#: A tone device's default tone when an action gives none.
+DEFAULT_TONE_HZ = 440.0
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What happened to one action or follow-up.
+
+    ``ok`` is true when the device is now as asked (or will be at ``deferred_to``).
+    ``dropped`` names why the action was not applied: ``"rate_limit"``, ``"isolated"``,
+    ``"busy"`` (a command device already running its maximum), ``"unknown_device"``,
+    ``"bad_action"``. ``error`` carries an exception's text; ``value`` the value read back
+    (inputs, ``read``) or written.
+    """
+
+    device: str
+    do: str
+    ok: bool
+    dropped: str | None = None
+    error: str | None = None
+    value: float | bool | None = None
+    at: float = 0.0
+    deferred_to: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputEvent:
+    """An input became active (``True``) or inactive at local time ``at``."""
+
+    device: str
+    active: bool
+    at: float
+
+
+@dataclass(slots=True)
+class _Fade:
+    t0: float
+    v0: float
+    t1: float
+    v1: float
+    step: float
+    next_at: float
+    do: str
+
+    def value_at(self, now: float) -> float:
+        if now >= self.t1 or self.t1 <= self.t0:
+            return self.v1
+        return self.v0 + (self.v1 - self.v0) * (now - self.t0) / (self.t1 - self.t0)
+
+
+@dataclass(slots=True)
+class _Run:
+    proc: subprocess.Popen[bytes]
+    argv: tuple[str, ...]
+    started: float
+    deadline: float
+    poll_at: float
+    killed: bool = False
+
+
+@dataclass(slots=True)
+class _Device:
+    """Mutable per-device state; only this module sees it."""
+
+    spec: DeviceSpec
+    dev: Any = None  # the gpiozero device (None for commands and failed builds)
+    isolated: bool = False
+    value: float = 0.0  # last commanded logical value
+    last_switch: float = -math.inf
+    min_interval: float = 0.0
+    deadman_at: float | None = None
+    off_at: float | None = None  # end of a pulse / beep
+    off_do: str = "pulse_off"
+    safe_at: float | None = None  # a return to safe deferred by the rate limit
+    fade: _Fade | None = None
+    running: list[_Run] | None = None
+
+    def cancel_followups(self) -> None:
+        self.off_at = None
+        self.safe_at = None
+        self.fade = None
+
+    def earliest(self) -> float | None:
+        times = [t for t in (self.deadman_at, self.off_at, self.safe_at) if t is not None]
+        if self.fade is not None:
+            times.append(self.fade.next_at)
+        for run in self.running or ():
+            times.append(run.poll_at if run.killed else min(run.poll_at, run.deadline))
+        return min(times) if times else None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def load_pin_factory(name: str) -> Any:
+    """Build gpiozero's pin factory called ``name`` (``mock``, ``lgpio``...).
+
+    Raises :class:`HardwareError` when it cannot be loaded (lgpio missing off a Pi).
+    """
+    if name == "mock":
+        return MockFactory()
+    try:
+        for point in entry_points(group="gpiozero_pin_factories"):
+            if point.name == name:
+                return point.load()()
+    except Exception as exc:
+        raise HardwareError(
+            f"pin factory {name!r} could not be loaded ({_describe(exc)}); on a bench use "
+            "pin_factory = \"mock\" or GPIOZERO_PIN_FACTORY=mock"
+        ) from exc
+    raise HardwareError(f"gpiozero has no pin factory called {name!r}")
+
+
+class Hardware:
+    """Every device of a profile, driven by actions and follow-ups; see the module doc.
+
+    ``pin_factory`` (a gpiozero factory) overrides the profile's ``[gpio] pin_factory``;
+    with neither, gpiozero chooses (``GPIOZERO_PIN_FACTORY``, else lgpio on a Pi).
+    ``clock`` stamps input edges (they arrive on gpiozero's callback); it defaults to
+    ``time.monotonic``, the runner's clock.
+
+    Raises :class:`HardwareError` only when no pin factory can be had at all; a device that
+    fails to build is isolated and reported in ``failures`` / ``errors``.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        pin_factory: object | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.profile = profile
+        self._clock = clock
+        self._owns_factory = False
+        if pin_factory is not None:
+            self.factory: Any = pin_factory
+        elif profile.pin_factory is not None:
+            self.factory = load_pin_factory(profile.pin_factory)
+            self._owns_factory = True
+        else:
+            try:
+                Device.ensure_pin_factory()
+            except Exception as exc:
+                raise HardwareError(
+                    f"no gpiozero pin factory could be loaded ({_describe(exc)}); on a bench "
+                    "set GPIOZERO_PIN_FACTORY=mock"
+                ) from exc
+            self.factory = Device.pin_factory
+        self._dropped: dict[str, int] = {}
+        self._failures: dict[str, int] = {}
+        self.errors: dict[str, str] = {}
+        self.deadman_offs = 0
+        self.safe_states = 0
+        self.commands_killed = 0
+        self.input_events_dropped = 0
+        self._events: deque[InputEvent] = deque()
+        self._devices: dict[str, _Device] = {}
+        for spec in profile.devices.values():
+            self._devices[spec.name] = self._build(spec)
+
+    # ----------------------------------------------------------------------- counters
+
+    @property
+    def dropped(self) -> Mapping[str, int]:
+        """Actions not applied, by reason."""
+        return dict(self._dropped)
+
+    @property
+    def failures(self) -> Mapping[str, int]:
+        """Pin or build failures, by device."""
+        return dict(self._failures)
+
+    @property
+    def isolated(self) -> frozenset[str]:
+        """Devices taken out of service after a failure."""
+        return frozenset(name for name, d in self._devices.items() if d.isolated)
+
+    def _drop(self, reason: str) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+
+    # ----------------------------------------------------------------------- building
+
+    def _build(self, spec: DeviceSpec) -> _Device:
+        state = _Device(spec=spec, value=spec.safe_state)
+        if spec.max_switch_hz:
+            state.min_interval = 1.0 / spec.max_switch_hz
+        if spec.family == "command":
+            state.running = []
+            return state
+        try:
+            state.dev = self._make(spec)
+        except Exception as exc:
+            self._fail(state, exc, "build")
+        return state
+
+    def _make(self, spec: DeviceSpec) -> Any:
+        factory = self.factory
+        if spec.family in ("pwm", "servo", "tone") and isinstance(factory, MockFactory):
+            # The mock factory's default pin class has no PWM: build this device with the
+            # PWM-capable one (pin_class is a documented, settable attribute).
+            saved = factory.pin_class
+            factory.pin_class = MockPWMPin
+            try:
+                return self._make_device(spec)
+            finally:
+                factory.pin_class = saved
+        return self._make_device(spec)
+
+    def _make_device(self, spec: DeviceSpec) -> Any:
+        factory = self.factory
+        family = spec.family
+        kw: dict[str, Any] = {"pin_factory": factory}
+        safe = spec.safe_state
+        if spec.kind == "led":
+            return LED(spec.pin, active_high=spec.active_high, initial_value=bool(safe), **kw)
+        if spec.kind == "buzzer":
+            return Buzzer(spec.pin, active_high=spec.active_high, initial_value=bool(safe), **kw)
+        if family == "digital":
+            return DigitalOutputDevice(
+                spec.pin, active_high=spec.active_high, initial_value=bool(safe), **kw
+            )
+        if family == "pwm":
+            cls = PWMLED if spec.kind == "pwmled" else PWMOutputDevice
+            return cls(
+                spec.pin,
+                active_high=spec.active_high,
+                initial_value=safe,
+                frequency=int(spec.number("frequency_hz", 100.0)),
+                **kw,
+            )
+        if family == "servo":
+            widths = {
+                "min_pulse_width": spec.number("min_pulse_width_s", 0.001),
+                "max_pulse_width": spec.number("max_pulse_width_s", 0.002),
+                "frame_width": spec.number("frame_width_s", 0.02),
+            }
+            if spec.kind == "angular_servo":
+                return AngularServo(
+                    spec.pin,
+                    initial_angle=safe,
+                    min_angle=spec.number("min_angle", -90.0),
+                    max_angle=spec.number("max_angle", 90.0),
+                    **widths,
+                    **kw,
+                )
+            return Servo(spec.pin, initial_value=safe, **widths, **kw)
+        if family == "tone":
+            buzzer = TonalBuzzer(
+                spec.pin,
+                mid_tone=Tone(spec.text("mid_tone", "A4")),
+                octaves=int(spec.number("octaves", 1)),
+                **kw,
+            )
+            if safe > 0:
+                buzzer.play(Tone.from_frequency(safe))
+            return buzzer
+        # Inputs: edges are queued from gpiozero's callback (its thread on a real Pi, ours
+        # on mock pins); a deque append is atomic, so no lock is needed.
+        if spec.kind == "button":
+            dev = Button(
+                spec.pin,
+                pull_up=spec.flag("pull_up", True),
+                bounce_time=spec.options.get("bounce_s"),
+                **kw,
+            )
+        else:
+            dev = DigitalInputDevice(
+                spec.pin,
+                pull_up=spec.flag("pull_up", False),
+                bounce_time=spec.options.get("bounce_s"),
+                **kw,
+            )
+        name = spec.name
+        dev.when_activated = lambda: self._edge(name, True)
+        dev.when_deactivated = lambda: self._edge(name, False)
+        return dev
+
+    def _edge(self, name: str, active: bool) -> None:
+        if len(self._events) >= MAX_INPUT_EVENTS:
+            self.input_events_dropped += 1
+            return
+        self._events.append(InputEvent(name, active, self._clock()))
+
+    def _fail(self, d: _Device, exc: BaseException, doing: str) -> str:
+        """Isolate ``d`` after ``exc``; try once to leave it in its safe state."""
+        name = d.spec.name
+        message = f"{name}: {doing} failed ({_describe(exc)}); device isolated"
+        self._failures[name] = self._failures.get(name, 0) + 1
+        self.errors[name] = message
+        if not d.isolated:
+            log.error("%s", message)
+        d.isolated = True
+        d.cancel_followups()
+        d.deadman_at = None
+        if d.dev is not None and d.spec.is_output:
+            with contextlib.suppress(Exception):
+                self._write(d, d.spec.safe_state)
+        return message
+
+    # ----------------------------------------------------------------------- pin I/O
+
+    def _write(self, d: _Device, value: float) -> None:
+        """Put ``value`` on the device (no checks, may raise what gpiozero raises)."""
+        family = d.spec.family
+        dev = d.dev
+        if family == "digital":
+            if value:
+                dev.on()
+            else:
+                dev.off()
+        elif family == "pwm":
+            dev.value = value
+        elif family == "servo":
+            if d.spec.kind == "angular_servo":
+                dev.angle = value
+            else:
+                dev.value = value
+        elif family == "tone":
+            if value > 0:
+                dev.play(Tone.from_frequency(value))
+            else:
+                dev.stop()
+        d.value = value
+
+    def _read(self, d: _Device) -> float | bool | None:
+        dev = d.dev
+        family = d.spec.family
+        if family in ("digital", "input"):
+            return bool(dev.value)
+        if family == "servo":
+            raw = dev.angle if d.spec.kind == "angular_servo" else dev.value
+            return None if raw is None else float(raw)
+        if family == "tone":
+            tone = dev.tone
+            return 0.0 if tone is None else float(tone.frequency)
+        if family == "command":
+            return float(len(d.running or ()))
+        return float(dev.value)
+
+    def _guarded_write(
+        self, d: _Device, value: float, now: float, do: str
+    ) -> ActionResult | None:
+        """Write ``value``; on failure isolate and return the failed result."""
+        try:
+            self._write(d, value)
+        except (ValueError, TypeError) as exc:
+            return ActionResult(d.spec.name, do, False, "bad_value", _describe(exc), None, now)
+        except Exception as exc:
+            return ActionResult(d.spec.name, do, False, None, self._fail(d, exc, do), None, now)
+        return None
+
+    def _change(
+        self, d: _Device, target: float, now: float, do: str, *, force: bool = False
+    ) -> ActionResult:
+        """Move an output to ``target`` under the rate limit and arm/clear the dead-man."""
+        spec = d.spec
+        safe = spec.safe_state
+        if target != d.value:
+            if not force and d.min_interval and now - d.last_switch < d.min_interval:
+                if target == safe:
+                    # Back to safe is never dropped: it happens at the first allowed moment.
+                    d.safe_at = d.last_switch + d.min_interval
+                    return ActionResult(spec.name, do, True, None, None, target, now, d.safe_at)
+                self._drop("rate_limit")
+                return ActionResult(spec.name, do, False, "rate_limit", None, d.value, now)
+            failed = self._guarded_write(d, target, now, do)
+            if failed is not None:
+                return failed
+            d.last_switch = now
+        d.safe_at = None
+        if target != safe and spec.max_on_s is not None:
+            d.deadman_at = now + spec.max_on_s  # armed or renewed
+        elif target == safe:
+            d.deadman_at = None
+        return ActionResult(spec.name, do, True, None, None, target, now)
+
+    # ----------------------------------------------------------------------- actions
+
+    def apply(self, action: Action, now: float) -> ActionResult:
+        """Apply ``action`` at local time ``now``; never blocks, never raises for a device
+        fault. Follow-ups it needs (pulse end, fade steps...) become due-times for
+        :meth:`tick`."""
+        d = self._devices.get(action.device)
+        do = action.do
+        if d is None:
+            self._drop("unknown_device")
+            return ActionResult(action.device, do, False, "unknown_device", None, None, now)
+        if d.isolated:
+            self._drop("isolated")
+            return ActionResult(
+                action.device, do, False, "isolated", self.errors.get(action.device), None, now
+            )
+        if do not in d.spec.info.actions:
+            self._drop("bad_action")
+            return ActionResult(
+                action.device, do, False, "bad_action", f"a {d.spec.kind} cannot {do}", None, now
+            )
+        if do == "read":
+            try:
+                value = self._read(d)
+            except Exception as exc:
+                return ActionResult(d.spec.name, do, False, None, self._fail(d, exc, do), None, now)
+            return ActionResult(d.spec.name, do, True, None, None, value, now)
+        if do == "command":
+            return self._spawn(d, action, now)
+        return self._output(d, action, now)
+
+    def _on_value(self, d: _Device, action: Action) -> float:
+        if d.spec.family == "tone":
+            return action.value or d.spec.number("tone_hz", DEFAULT_TONE_HZ)
+        return 1.0
+
+    def _output(self, d: _Device, action: Action, now: float) -> ActionResult:
+        do = action.do
+        spec = d.spec
+        if do == "on":
+            d.cancel_followups()
+            return self._change(d, self._on_value(d, action), now, do)
+        if do == "off":
+            d.cancel_followups()
+            return self._change(d, spec.safe_state if spec.family == "servo" else 0.0, now, do)
+        if do == "toggle":
+            d.cancel_followups()
+            if spec.family == "digital":
+                return self._change(d, 0.0 if d.value else 1.0, now, do)
+            return self._change(d, 1.0 - d.value, now, do)
+        if do in ("pulse", "beep"):
+            duration = action.duration_s if action.duration_s is not None else spec.pulse_s
+            d.fade = None
+            result = self._change(d, self._on_value(d, action), now, do)
+            if result.ok:
+                d.off_at = now + duration
+                d.off_do = f"{do}_off"
+            return result
+        if do in ("set", "move") and not action.duration_s:
+            d.cancel_followups()
+            target = action.value if action.value is not None else spec.safe_state
+            if spec.family == "digital":
+                target = 1.0 if target else 0.0
+            return self._change(d, target, now, do)
+        # fade (pwm) or a timed move (servo): one switch now, steps from tick().
+        target = action.value if action.value is not None else spec.safe_state
+        duration = action.duration_s or 0.0
+        d.cancel_followups()
+        start = d.value
+        if target == start:
+            return self._change(d, target, now, do)
+        step = spec.number("fade_step_s", DEFAULT_FADE_STEP_S)
+        first = start + (target - start) * min(1.0, step / duration) if duration else target
+        result = self._change(d, first, now, do)
+        if result.ok and result.deferred_to is None and first != target:
+            d.fade = _Fade(now, start, now + duration, target, step, now + step, do)
+            if target != spec.safe_state and spec.max_on_s is not None:
+                d.deadman_at = max(d.deadman_at or 0.0, now + duration + spec.max_on_s)
+        return result
+
+    # ----------------------------------------------------------------------- commands
+
+    def _spawn(self, d: _Device, action: Action, now: float) -> ActionResult:
+        name = d.spec.name
+        running = d.running if d.running is not None else []
+        if len([r for r in running if not r.killed]) >= int(d.spec.number("max_running", 1)):
+            self._drop("busy")
+            return ActionResult(name, "command", False, "busy", "still running", None, now)
+        if d.min_interval and now - d.last_switch < d.min_interval:
+            self._drop("rate_limit")
+            return ActionResult(name, "command", False, "rate_limit", None, None, now)
+        argv = action.argv or ()
+        timeout = action.duration_s or d.spec.number("timeout_s", DEFAULT_COMMAND_TIMEOUT_S)
+        try:
+            # Popen returns once the child has exec'd; nothing here waits for it to finish.
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            self._failures[name] = self._failures.get(name, 0) + 1
+            self.errors[name] = f"{name}: could not start {argv[:1]}: {_describe(exc)}"
+            return ActionResult(name, "command", False, None, self.errors[name], None, now)
+        if proc.stderr is not None:
+            os.set_blocking(proc.stderr.fileno(), False)
+        running.append(_Run(proc, argv, now, now + timeout, now + COMMAND_POLL_S))
+        d.running = running
+        d.last_switch = now
+        return ActionResult(name, "command", True, None, None, float(proc.pid), now)
+
+    def _tick_commands(self, d: _Device, now: float) -> list[ActionResult]:
+        results: list[ActionResult] = []
+        keep: list[_Run] = []
+        name = d.spec.name
+        for run in d.running or ():
+            code = run.proc.poll()
+            if code is not None:
+                err = self._stderr(run)
+                if not run.killed:
+                    ok = code == 0
+                    text = None if ok else f"{run.argv[0]} exited {code}: {err}".rstrip(": ")
+                    if not ok:
+                        self._failures[name] = self._failures.get(name, 0) + 1
+                    results.append(
+                        ActionResult(name, "command_done", ok, None, text, float(code), now)
+                    )
+                continue
+            if not run.killed and now >= run.deadline:
+                with contextlib.suppress(OSError):
+                    run.proc.kill()
+                run.killed = True
+                self.commands_killed += 1
+                limit = run.deadline - run.started
+                results.append(
+                    ActionResult(
+                        name, "command_killed", False, None,
+                        f"{run.argv[0]} overran its {limit:g} s deadline and was killed",
+                        None, now,
+                    )
+                )
+            run.poll_at = now + COMMAND_POLL_S
+            keep.append(run)
+        d.running = keep
+        return results
+
+    @staticmethod
+    def _stderr(run: _Run) -> str:
+        stream = run.proc.stderr
+        if stream is None:
+            return ""
+        try:
+            data = stream.read(COMMAND_STDERR_BYTES) or b""
+        except OSError:
+            data = b""
+        finally:
+            stream.close()
+        return data.decode("utf-8", "replace").strip()
+
+    # ----------------------------------------------------------------------- follow-ups
+
+    def tick(self, now: float) -> list[ActionResult]:
+        """Carry out every follow-up due by ``now``: fade steps, pulse and beep ends,
+        deferred returns to safe, dead-man offs, command completion and kills. Returns a
+        result for each (fade steps report only their last step)."""
+        results: list[ActionResult] = []
+        for d in self._devices.values():
+            if d.running is not None:
+                if d.running:
+                    results.extend(self._tick_commands(d, now))
+                continue
+            if d.isolated:
+                continue
+            if d.deadman_at is not None and now >= d.deadman_at:
+                d.cancel_followups()
+                result = self._change(d, d.spec.safe_state, now, "deadman_off", force=True)
+                if result.ok:
+                    self.deadman_offs += 1
+                    log.warning("%s: dead-man switched it off (not renewed)", d.spec.name)
+                results.append(result)
+                continue
+            fade = d.fade
+            if fade is not None and now >= fade.next_at:
+                value = fade.value_at(now)
+                failed = self._guarded_write(d, value, now, fade.do)
+                if failed is not None:
+                    results.append(failed)
+                    continue
+                if value == fade.v1:
+                    d.fade = None
+                    if value == d.spec.safe_state:
+                        d.deadman_at = None
+                    results.append(ActionResult(d.spec.name, f"{fade.do}_done", True,
+                                                None, None, value, now))
+                else:
+                    fade.next_at = min(now + fade.step, fade.t1)
+            if d.off_at is not None and now >= d.off_at:
+                d.off_at = None
+                target = d.spec.safe_state if d.spec.family == "servo" else 0.0
+                results.append(self._change(d, target, now, d.off_do))
+            elif d.safe_at is not None and now >= d.safe_at:
+                d.safe_at = None
+                results.append(self._change(d, d.spec.safe_state, now, "deferred_off"))
+        return results
+
+    def next_deadline(self) -> float | None:
+        """The earliest local time at which :meth:`tick` has something to do, or None."""
+        best: float | None = None
+        for d in self._devices.values():
+            t = d.earliest()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    # ----------------------------------------------------------------------- the rest
+
+    def warm(self, devices: Iterable[str]) -> None:
+        """Touch the pin path of ``devices`` (a read, no write) shortly before a deadline:
+        a cold gpiozero path costs up to ~0.2 ms, a hot one ~1 us."""
+        for name in devices:
+            d = self._devices.get(name)
+            if d is None or d.isolated or d.dev is None:
+                continue
+            try:
+                self._read(d)
+            except Exception as exc:
+                self._fail(d, exc, "warm")
+
+    def safe_state(self, reason: str, now: float | None = None) -> None:
+        """Every output to its safe state now (rate limit ignored), every command killed.
+        Counted in ``safe_states`` and logged with ``reason``. ``now`` defaults to the
+        clock given at construction."""
+        if now is None:
+            now = self._clock()
+        self.safe_states += 1
+        log.warning("all outputs to safe state: %s", reason)
+        for d in self._devices.values():
+            for run in d.running or ():
+                if not run.killed:
+                    with contextlib.suppress(OSError):
+                        run.proc.kill()
+                    run.killed = True
+                    self.commands_killed += 1
+            if not d.spec.is_output or d.dev is None:
+                continue
+            d.cancel_followups()
+            d.deadman_at = None
+            if d.isolated:
+                with contextlib.suppress(Exception):
+                    self._write(d, d.spec.safe_state)
+                continue
+            self._change(d, d.spec.safe_state, now, "safe_state", force=True)
+
+    def states(self) -> dict[str, float | bool | None]:
+        """The value of every device read from its pin (``None`` when isolated)."""
+        out: dict[str, float | bool | None] = {}
+        for name, d in self._devices.items():
+            if d.isolated or (d.dev is None and d.running is None):
+                out[name] = None
+                continue
+            try:
+                out[name] = self._read(d)
+            except Exception as exc:
+                self._fail(d, exc, "read")
+                out[name] = None
+        return out
+
+    def commanded(self) -> dict[str, float]:
+        """The value last written to each output (compare with :meth:`states`)."""
+        return {n: d.value for n, d in self._devices.items() if d.spec.is_output}
+
+    def input_events(self) -> list[InputEvent]:
+        """Input edges seen since the last call, oldest first."""
+        events: list[InputEvent] = []
+        while self._events:
+            events.append(self._events.popleft())
+        return events
+
+    def close(self) -> None:
+        """Outputs to safe state, commands killed and reaped, devices released."""
+        self.safe_state("close")
+        for d in self._devices.values():
+            for run in d.running or ():
+                with contextlib.suppress(Exception):
+                    run.proc.wait(timeout=1.0)
+                if run.proc.stderr is not None:
+                    run.proc.stderr.close()
+            if d.running is not None:
+                d.running = []
+            if d.dev is not None:
+                with contextlib.suppress(Exception):
+                    d.dev.close()
+                d.dev = None
+        if self._owns_factory:
+            with contextlib.suppress(Exception):
+                self.factory.close()
