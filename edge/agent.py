@@ -1,0 +1,155 @@
+"""Assemble the agent process from a config and run it until told to stop.
+
+This is what ``backbeat-edge run`` and the demo execute: build the hardware, the link, the
+outbox, the probe and the systemd notifier around a :class:`~edge.runner.Runner`, install
+signal handlers (SIGTERM/SIGINT stop, SIGHUP reloads), run the loop, and on the way out
+drive every output to its safe state, send a final claim and ``offline``, and return 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from edge.clock import SystemClock
+from edge.config import Config, load_config
+from edge.errors import ConfigError, EdgeError
+from edge.hardware import Hardware
+from edge.mqtt_link import MqttLink, Topics
+from edge.outbox import Outbox
+from edge.probe import Probe
+from edge.runner import Runner, lower_timer_slack
+from edge.service import Notifier, WatchdogGate
+
+log = logging.getLogger("backbeat.agent")
+
+
+def client_id_for(config: Config) -> str:
+    """A stable client id: the configured one, else derived from the agent id."""
+    if config.broker.client_id:
+        return config.broker.client_id
+    return "backbeat-edge-" + config.agent.id.replace(":", "-")
+
+
+def outbox_config_for(config: Config) -> Config:
+    """Place the outbox in systemd's StateDirectory when the config leaves it open."""
+    if config.outbox.directory is None and os.environ.get("STATE_DIRECTORY"):
+        state = Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "outbox"
+        return replace(config, outbox=replace(config.outbox, directory=state))
+    return config
+
+
+class Agent:
+    """One agent process: owns the runner and every adapter around it."""
+
+    def __init__(self, config_path: str | Path, trace: IO[str] | None = None,
+                 on_view: Callable[[Runner, float], None] | None = None,
+                 pin_factory: object | None = None) -> None:
+        self.config_path = Path(config_path)
+        config = outbox_config_for(load_config(self.config_path))
+        self.config = config
+        self.clock = SystemClock()
+        self.notifier = Notifier.from_env()
+        self.gate = WatchdogGate(self.notifier.watchdog_interval_s)
+        self.hardware = Hardware(config.profile, pin_factory=pin_factory)
+        self.outbox = Outbox(config.outbox)
+        if self.outbox.degraded:
+            log.warning("outbox: %s", self.outbox.degraded)
+        topics = Topics(config.agent.topic_prefix, config.agent.cluster)
+        self.link = MqttLink(
+            config.broker,
+            client_id_for(config),
+            subscriptions=(topics.beat, topics.bar),
+            availability_topic=topics.availability(config.agent.id),
+        )
+        self.probe = Probe(disk_path=config.outbox.directory)
+        self.runner = Runner(config, self.hardware, self.clock, link=self.link,
+                             outbox=self.outbox, probe=self.probe, notifier=self.notifier,
+                             trace=trace, on_view=on_view, start_seq=self.outbox.last_seq)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    # Signal handlers only set flags: the loop wakes at least every MAX_WAIT_S to see them.
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _reload_config(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = outbox_config_for(load_config(self.config_path))
+        except ConfigError as exc:
+            self.runner.counters.reload_errors += 1
+            log.error("reload refused, keeping the running config:\n%s", exc)
+        else:
+            if new.profile != self.config.profile:
+                log.error("reload: the device profile changed; devices are rebuilt only on "
+                          "restart, the new score and settings apply at the next beat")
+                new = replace(new, profile=self.config.profile)
+            self.runner.request_reload(new)
+            self.config = new
+        self.notifier.ready()
+
+    def run(self, duration_s: float | None = None) -> int:
+        lower_timer_slack()
+        self.link.start()
+        self.notifier.ready()  # configured and running; the broker may come later
+        end = None if duration_s is None else time.monotonic() + duration_s
+        try:
+            while not self._stop.is_set():
+                if end is not None and time.monotonic() >= end:
+                    break
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._reload_config()
+                self.runner.run_once()
+                now = time.monotonic()
+                self.gate.beat_alive(now)
+                if self.gate.due(now):
+                    self.notifier.watchdog()
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        try:
+            self.hardware.safe_state("shutdown")
+        except EdgeError as exc:
+            log.error("safe state on shutdown: %s", exc)
+        self.runner.flush()
+        topics = Topics(self.config.agent.topic_prefix, self.config.agent.cluster)
+        final: list[tuple[str, bytes, bool]] = []
+        review = self.runner.last_review
+        if review is not None:
+            claim = self.runner.status.final(replace(review, state="idle"))
+            from edge.messages import encode
+
+            payload = encode(claim, self.config.status.format)
+            topic = topics.status(self.config.agent.id)
+            if self.link.connected:
+                final.append((topic, payload, False))
+            else:  # kept for the next start, which sends the backlog first
+                self.outbox.append(topic, payload, self.clock.wall())
+        final.append((topics.availability(self.config.agent.id), b"offline", True))
+        self.link.stop(final=final, timeout=2.0)
+        self.outbox.close()
+        self.hardware.close()

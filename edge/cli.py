@@ -1,0 +1,255 @@
+"""The ``backbeat-edge`` command: run | demo | pulse | check | monitor."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from edge import __version__
+from edge.errors import ConfigError, ConfigProblems, EdgeError
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.agent import Agent
+    from edge.pulse import open_trace
+
+    trace = open_trace(args.trace)
+    try:
+        agent = Agent(args.config, trace=trace)
+    except ConfigError as exc:
+        print(f"backbeat-edge: {exc}", file=sys.stderr)
+        return 2
+    agent.install_signals()
+    try:
+        return agent.run(duration_s=args.duration)
+    finally:
+        if trace is not None:
+            trace.close()
+
+
+# ---------------------------------------------------------------------------- pulse
+
+
+def cmd_pulse(args: argparse.Namespace) -> int:
+    from edge.clock import SystemClock
+    from edge.config import parse_broker
+    from edge.mqtt_link import MqttLink, Topics
+    from edge.pulse import PulseOptions, open_trace, run_pulse
+
+    problems = ConfigProblems("pulse")
+    broker = parse_broker({"url": args.broker}, problems, Path.cwd(), where="--broker")
+    if not 0.1 <= args.bpm <= 1000:
+        problems.add("--bpm", f"must be between 0.1 and 1000, got {args.bpm}")
+    if args.bar < 1:
+        problems.add("--bar", f"must be at least 1, got {args.bar}")
+    if problems:
+        print(f"backbeat-edge pulse: {ConfigError(problems.items, 'pulse')}", file=sys.stderr)
+        return 2
+    topics = Topics(args.prefix, args.cluster)
+    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
+    link = MqttLink(broker, f"backbeat-pulse-{args.cluster}", subscriptions=(topics.pulse_control,))
+    stop = threading.Event()
+    tempo = [float(args.bpm)]
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stop.set()
+        else:  # SIGUSR1 faster, SIGUSR2 slower, by the largest unforced step
+            tempo[0] *= 1.1 if signum == signal.SIGUSR1 else 0.9
+            controls.put((tempo[0], False))
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, on_signal)
+
+    def pump_controls() -> None:
+        while not stop.is_set():
+            try:
+                item = link.inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item.kind != "message":
+                continue
+            words = item.payload.decode("utf-8", "replace").split()
+            try:
+                bpm = float(words[0])
+            except (IndexError, ValueError):
+                logging.warning("ignored tempo request %r: expected e.g. '72' or '72 force'",
+                                item.payload[:40])
+                continue
+            tempo[0] = bpm
+            controls.put((bpm, len(words) > 1 and words[1] == "force"))
+
+    link.start()
+    if not link.wait_connected(args.connect_timeout):
+        print(f"backbeat-edge pulse: no broker at {args.broker} yet ({link.last_error}); "
+              "beats are queued and sent once it is there", file=sys.stderr)
+    threading.Thread(target=pump_controls, name="pulse-control", daemon=True).start()
+    trace = open_trace(args.trace)
+    options = PulseOptions(cluster=args.cluster, bpm=args.bpm, bar=args.bar, fmt=args.format,
+                           duration_s=args.duration, per_phase=args.per_phase,
+                           start_beat=args.start_beat, prefix=args.prefix)
+
+    def publish(topic: str, payload: bytes) -> object:
+        return link.publish(topic, payload, qos=0)
+
+    try:
+        sent = run_pulse(options, publish, SystemClock(), stop, controls, trace)
+    finally:
+        stop.set()
+        link.stop(timeout=1.0)
+        if trace is not None:
+            trace.close()
+    logging.info("pulse sent %d frames", sent)
+    return 0
+
+
+# ---------------------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(f"{config.source}: OK (agent {config.agent.id}, cluster {config.agent.cluster}, "
+          f"broker {config.broker.url}, config hash {config.digest})")
+    devices = config.profile.devices
+    factory = config.profile.pin_factory or "(gpiozero default / GPIOZERO_PIN_FACTORY)"
+    print(f"pin factory: {factory}; {len(devices)} device(s):")
+    for name, spec in devices.items():
+        print(f"  {name:<16} {spec.kind:<14} pin {spec.pin}  safe {spec.safe_state}")
+    print(f"score: {len(config.score.rules)} rule(s)")
+    for i, rule in enumerate(config.score.rules):
+        a = rule.action
+        print(f"  [{i}] {a.device}.{a.do} every {rule.every} in {rule.phase} +{rule.offset:.2f}"
+              f" {'essential' if a.essential else 'optional'} prio {a.priority}; "
+              f"fits up to {rule.max_tempo_bpm():.1f} BPM")
+    tempos = [float(t) for t in args.tempo] if args.tempo else [1, 10, 60, 240, 1000]
+    print("plan by tempo:")
+    worst = 0
+    for bpm in tempos:
+        problems = config.score.fit(bpm)
+        worst = max(worst, len(problems))
+        verdict = "all rules fit" if not problems else "; ".join(str(p) for p in problems)
+        print(f"  {bpm:>7.1f} BPM: {verdict}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import run_demo
+
+    try:
+        return run_demo(bpm=args.bpm, duration_s=args.duration, profile=args.profile,
+                        trace_path=args.trace, plain=args.plain)
+    except EdgeError as exc:
+        print(f"backbeat-edge demo: {exc}", file=sys.stderr)
+        return 1
+
+
+# ---------------------------------------------------------------------------- monitor
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from edge.monitor import run_monitor
+
+    return run_monitor(args.broker, args.cluster, as_json=args.json, prefix=args.prefix,
+                       duration_s=args.duration)
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backbeat-edge",
+        description="Follow a BACKBEAT cluster beat and fire hardware actions on it.",
+    )
+    parser.add_argument("--version", action="version", version=f"backbeat-edge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the agent", description="Run the agent: follow the "
+                       "beat from the broker, fire the score's actions, report status.")
+    p.add_argument("--config", required=True, help="agent config TOML (may name a profile)")
+    p.add_argument("--trace", help="append one JSON line per action fired or shed to FILE")
+    p.add_argument("--duration", type=float, help="stop after S seconds (tests, benches)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pulse", help="send a BACKBEAT beat for benches and demos",
+                       description="Send one BeatFrame per beat (SIGUSR1/SIGUSR2 or the topic "
+                       "{prefix}/{cluster}/pulse/tempo change the tempo, +/-10%% per change "
+                       "unless the payload says e.g. '600 force').")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--bpm", type=float, required=True)
+    p.add_argument("--bar", type=int, default=4, help="beats per bar (default 4)")
+    p.add_argument("--format", choices=("json", "cbor"), default="json")
+    p.add_argument("--duration", type=float, help="stop after S seconds")
+    p.add_argument("--per-phase", action="store_true", help="send a frame per phase")
+    p.add_argument("--start-beat", type=int, default=0, help="first beat index")
+    p.add_argument("--prefix", default="backbeat", help="topic prefix")
+    p.add_argument("--trace", help="append one JSON line per frame sent to FILE")
+    p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_pulse)
+
+    p = sub.add_parser("check", help="validate a config and print the plan",
+                       description="Validate a config and its profile, list every problem, and "
+                       "print which actions fit at which tempo.")
+    p.add_argument("--config", required=True)
+    p.add_argument("--tempo", nargs="*", help="tempos to plan for (BPM)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("demo", help="run the embedded demo (broker, pulse, agent on mock pins)",
+                       description="Start a private Mosquitto, a pulse and the agent on mock "
+                       "pins, and show a live view until Ctrl-C or --duration.")
+    p.add_argument("--bpm", type=float, default=60.0)
+    p.add_argument("--duration", type=float)
+    p.add_argument("--profile", help="hardware profile (default: the bench profile in hw/)")
+    p.add_argument("--trace", help="write the agent's action trace to FILE")
+    p.add_argument("--plain", action="store_true", help="one status line per beat, no screen")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("monitor", help="live table of a fleet's status",
+                       description="Watch a cluster's status and availability topics.")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--prefix", default="backbeat")
+    p.add_argument("--json", action="store_true", help="one JSON line per claim")
+    p.add_argument("--duration", type=float)
+    p.set_defaults(func=cmd_monitor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The agent's one frozen config, loaded from TOML with every problem reported at once.
+
+A config file holds the agent's own sections and, directly or through ``agent.profile``,
+a hardware profile (``[gpio]``, ``[devices.*]``, ``[[score]]``)::
+
+    [agent]
+    id = "bench:pi-01"          # StatusClaim agent_id
+    cluster = "bench"           # the cluster_id to follow
+    profile = "hw/bench.toml"   # optional; relative to this file
+    [broker]
+    url = "mqtt://127.0.0.1:1883"
+
+Each section is checked by the module that owns it (``edge.profile``, ``edge.score``,
+``edge.sync``, ``edge.guard``, ``edge.status``, ``edge.outbox``); this module reads the
+files, checks ``[agent]`` and ``[broker]``, and gathers every problem into one
+:class:`~edge.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from edge.errors import ConfigError, ConfigProblems
+from edge.guard import GuardConfig, parse_guard
+from edge.outbox import OutboxConfig, parse_outbox
+from edge.profile import Profile, parse_profile
+from edge.score import Score, parse_score
+from edge.status import StatusConfig, parse_status
+from edge.sync import SyncConfig, parse_sync
+
+_AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
+_CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_TOPIC_PREFIX = re.compile(r"[^#+\s]+")
+_PROFILE_SECTIONS = ("gpio", "devices", "score")
+_KNOWN_SECTIONS = frozenset(
+    ("agent", "broker", "sync", "guard", "status", "outbox", *_PROFILE_SECTIONS)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """``[agent]``: who we are and what we follow."""
+
+    id: str
+    cluster: str
+    topic_prefix: str = "backbeat"
+    #: Drive every output to its safe state once the beat has been lost this long.
+    safe_after_lost_s: float = 5.0
+    #: Process-wide sampling period of the probe (seconds; CPU, memory, temperature).
+    sample_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """``[broker]``: where the broker is and how to reach it."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    client_id: str | None = None
+    username: str | None = None
+    #: File holding the password (a systemd credential); never the password itself.
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = 15
+    reconnect_min_s: float = 0.25
+    #: Cap of the jittered exponential reconnect backoff; raise it for large fleets.
+    reconnect_max_s: float = 2.0
+    #: MQTT 5 will delay: a reboot faster than this leaves no stale ``offline``.
+    will_delay_s: int = 10
+    #: Bounded hand-over queue between the network thread and the loop.
+    inbox_size: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    agent: AgentConfig
+    broker: BrokerConfig
+    profile: Profile
+    score: Score
+    sync: SyncConfig
+    guard: GuardConfig
+    status: StatusConfig
+    outbox: OutboxConfig
+    #: Where it came from and a hash of its bytes (reported in every status claim).
+    source: str
+    digest: str
+
+
+def _table(raw: Mapping[str, object], key: str, problems: ConfigProblems) -> Mapping[str, object]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        problems.add(key, f"must be a table, got {value!r}")
+        return {}
+    return value
+
+
+def _unknown(table: Mapping[str, object], known: set[str], where: str,
+             problems: ConfigProblems) -> None:
+    for key in table:
+        if key not in known:
+            problems.add(f"{where}.{key}",
+                         f"is not a known key (known: {', '.join(sorted(known))})")
+
+
+def _number(table: Mapping[str, object], key: str, default: float, where: str,
+            problems: ConfigProblems, low: float = 0.0) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+        problems.add(f"{where}.{key}", f"must be a number >= {low:g}, got {value!r}")
+        return default
+    return float(value)
+
+
+def _path(table: Mapping[str, object], key: str, base: Path, where: str,
+          problems: ConfigProblems, must_exist: bool = True) -> Path | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        problems.add(f"{where}.{key}", f"must be a file path, got {value!r}")
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        path = base / path
+    if must_exist and not path.is_file():
+        problems.add(f"{where}.{key}", f"file {str(path)!r} does not exist")
+    return path
+
+
+def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
+    table = _table(raw, "agent", problems)
+    _unknown(table, {"id", "cluster", "profile", "topic_prefix", "safe_after_lost_s",
+                     "sample_interval_s"}, "agent", problems)
+    agent_id = table.get("id")
+    if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
+        problems.add("agent.id", "is required and must match [a-zA-Z0-9_:-]{1,128}, got "
+                     f"{agent_id!r}")
+        agent_id = "invalid"
+    cluster = table.get("cluster")
+    if not isinstance(cluster, str) or not _CLUSTER_ID.fullmatch(cluster):
+        problems.add("agent.cluster", f"is required and must match [a-zA-Z0-9_-]{{1,64}}, got "
+                     f"{cluster!r}")
+        cluster = "invalid"
+    prefix = table.get("topic_prefix", "backbeat")
+    if not isinstance(prefix, str) or not _TOPIC_PREFIX.fullmatch(prefix):
+        problems.add("agent.topic_prefix", f"must be a topic without wildcards, got {prefix!r}")
+        prefix = "backbeat"
+    return AgentConfig(
+        id=agent_id,
+        cluster=cluster,
+        topic_prefix=prefix.rstrip("/"),
+        safe_after_lost_s=_number(table, "safe_after_lost_s", 5.0, "agent", problems),
+        sample_interval_s=_number(table, "sample_interval_s", 1.0, "agent", problems, 0.05),
+    )
+
+
+def parse_broker(table: Mapping[str, object], problems: ConfigProblems, base: Path,
+                 where: str = "broker") -> BrokerConfig:
+    """Check ``[broker]``; file paths are relative to ``base``."""
+    _unknown(table, {"url", "client_id", "username", "password_file", "ca_file", "cert_file",
+                     "key_file", "protocol", "keepalive_s", "reconnect_min_s", "reconnect_max_s",
+                     "will_delay_s", "inbox_size"}, where, problems)
+    url = table.get("url", "mqtt://127.0.0.1:1883")
+    host, port, tls = "127.0.0.1", 1883, False
+    if not isinstance(url, str):
+        problems.add(f"{where}.url", f"must be a string like mqtt://host:1883, got {url!r}")
+        url = "mqtt://127.0.0.1:1883"
+    else:
+        try:
+            parts = urlsplit(url)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+                raise ValueError("scheme must be mqtt:// or mqtts:// with a host")
+            if parts.password is not None:
+                raise ValueError("a password in the URL would leak into logs; use password_file")
+            tls = parts.scheme == "mqtts"
+            host = parts.hostname
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            problems.add(f"{where}.url", f"{exc}, got {url!r}")
+    protocol = str(table.get("protocol", "5"))
+    if protocol not in ("5", "3.1.1"):
+        problems.add(f"{where}.protocol", f"must be \"5\" or \"3.1.1\", got {protocol!r}")
+        protocol = "5"
+    for key in ("client_id", "username"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.add(f"{where}.{key}", f"must be a non-empty string, got {value!r}")
+    cert = _path(table, "cert_file", base, where, problems)
+    key = _path(table, "key_file", base, where, problems)
+    if (cert is None) != (key is None):
+        problems.add(where, "cert_file and key_file go together (mutual TLS needs both)")
+    reconnect_min = _number(table, "reconnect_min_s", 0.25, where, problems, 0.01)
+    reconnect_max = _number(table, "reconnect_max_s", 2.0, where, problems, 0.01)
+    if reconnect_max < reconnect_min:
+        problems.add(f"{where}.reconnect_max_s", f"must be >= reconnect_min_s ({reconnect_min})")
+    username = table.get("username")
+    client_id = table.get("client_id")
+    return BrokerConfig(
+        url=url,
+        host=host,
+        port=port,
+        tls=tls,
+        client_id=client_id if isinstance(client_id, str) and client_id else None,
+        username=username if isinstance(username, str) and username else None,
+        password_file=_path(table, "password_file", base, where, problems, must_exist=False),
+        ca_file=_path(table, "ca_file", base, where, problems),
+        cert_file=cert,
+        key_file=key,
+        protocol="5" if protocol == "5" else "3.1.1",
+        keepalive_s=int(_number(table, "keepalive_s", 15, where, problems, 5)),
+        reconnect_min_s=reconnect_min,
+        reconnect_max_s=reconnect_max,
+        will_delay_s=int(_number(table, "will_delay_s", 10, where, problems)),
+        inbox_size=int(_number(table, "inbox_size", 1000, where, problems, 1)),
+    )
+
+
+def _read_toml(path: Path, problems: ConfigProblems, where: str) -> dict[str, object] | None:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problems.add(where, f"cannot read {str(path)!r}: {exc.strerror or exc}")
+        return None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        problems.add(where, f"{str(path)!r} is not UTF-8 text: {exc.reason} at byte {exc.start}")
+    except tomllib.TOMLDecodeError as exc:
+        problems.add(where, f"{str(path)!r} is not valid TOML: {exc}")
+    return None
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and check a config file (and the profile it names).
+
+    Raises ConfigError listing every problem found; nothing is half-applied.
+    """
+    path = Path(path)
+    problems = ConfigProblems(str(path))
+    raw = _read_toml(path, problems, "config")
+    if raw is None:
+        raise ConfigError(problems.items, str(path))
+    digest = hashlib.sha256()
+    digest.update(path.read_bytes())
+    for key in raw:
+        if key not in _KNOWN_SECTIONS:
+            problems.add(key, "is not a known section (known: "
+                         f"{', '.join(sorted(_KNOWN_SECTIONS))})")
+    base = path.parent
+    agent = _agent(raw, problems)
+
+    # The hardware profile may live in its own file; the config's own sections win.
+    merged: dict[str, object] = {}
+    agent_table = _table(raw, "agent", ConfigProblems())
+    profile_ref = agent_table.get("profile")
+    if profile_ref is not None:
+        profile_path = Path(str(profile_ref))
+        if not profile_path.is_absolute():
+            profile_path = base / profile_path
+        profile_raw = _read_toml(profile_path, problems, "agent.profile")
+        if profile_raw is not None:
+            digest.update(profile_path.read_bytes())
+            for key in profile_raw:
+                if key not in _PROFILE_SECTIONS:
+                    problems.add(f"agent.profile ({profile_path.name}): {key}",
+                                 "a profile holds only gpio, devices and score")
+            merged.update({k: v for k, v in profile_raw.items() if k in _PROFILE_SECTIONS})
+    merged.update({k: v for k, v in raw.items() if k in _PROFILE_SECTIONS})
+
+    profile = parse_profile(merged, problems)
+    score = parse_score(merged.get("score", []), profile, problems)
+    config = Config(
+        agent=agent,
+        broker=parse_broker(_table(raw, "broker", problems), problems, base),
+        profile=profile,
+        score=score,
+        sync=parse_sync(_table(raw, "sync", problems), problems),
+        guard=parse_guard(_table(raw, "guard", problems), problems),
+        status=parse_status(_table(raw, "status", problems), problems),
+        outbox=parse_outbox(_table(raw, "outbox", problems), problems),
+        source=str(path),
+        digest=digest.hexdigest()[:16],
+    )
+    problems.raise_if_any()
+    return config
+
+
+def load_profile(path: str | Path) -> tuple[Profile, Score]:
+    """Load a bare hardware profile file (``[gpio]``, ``[devices]``, ``[[score]]``)."""
+    path = Path(path)
+    problems = ConfigProblems(str(path))
+    raw = _read_toml(path, problems, "profile")
+    if raw is None:
+        raise ConfigError(problems.items, str(path))
+    profile = parse_profile(raw, problems)
+    score = parse_score(raw.get("score", []), profile, problems)
+    problems.raise_if_any()
+    return profile, score

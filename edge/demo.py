@@ -1,0 +1,73 @@
+"""``backbeat-edge demo``: the embedded default, end to end on one machine.
+
+Starts a private Mosquitto on a free loopback port, a bench pulse in its own process, and
+the agent in this process on gpiozero's mock pins with the bench profile from ``hw/``, and
+shows the live view until Ctrl-C or ``duration_s``; then stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edge.broker import start_mosquitto
+from edge.errors import EdgeError
+
+HW_DIR = Path(__file__).resolve().parent.parent / "hw"
+
+
+def demo_config(broker_url: str, profile: Path, workdir: Path) -> Path:
+    """Write the demo's agent config (a bench agent following cluster ``demo``)."""
+    path = workdir / "agent.toml"
+    path.write_text(
+        "[agent]\n"
+        'id = "demo:bench-01"\n'
+        'cluster = "demo"\n'
+        f"profile = {str(profile)!r}\n"
+        "[broker]\n"
+        f'url = "{broker_url}"\n'
+        "[outbox]\n"
+        f"directory = {str(workdir / 'outbox')!r}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run_demo(bpm: float = 60.0, duration_s: float | None = None, profile: str | None = None,
+             trace_path: str | None = None, plain: bool = False) -> int:
+    from edge.agent import Agent
+    from edge.pulse import open_trace
+    from edge.view import TerminalView
+
+    profile_path = Path(profile) if profile else HW_DIR / "bench.toml"
+    if not profile_path.is_file():
+        raise EdgeError(f"profile {str(profile_path)!r} not found (run the demo from a checkout)")
+    os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
+    with tempfile.TemporaryDirectory(prefix="backbeat-demo-") as tmp, start_mosquitto() as broker:
+        workdir = Path(tmp)
+        config = demo_config(broker.url, profile_path, workdir)
+        pulse = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "pulse", "--broker", broker.url,
+             "--cluster", "demo", "--bpm", str(bpm), "--bar", "4"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        trace = open_trace(trace_path)
+        try:
+            agent = Agent(config, trace=trace, on_view=TerminalView(plain=plain))
+            agent.install_signals()
+            code = agent.run(duration_s=duration_s)
+        finally:
+            pulse.terminate()
+            try:
+                pulse.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pulse.kill()
+                pulse.wait()
+            if trace is not None:
+                trace.close()
+        print(f"\ndemo stopped: {agent.runner.counters.fired} actions fired, "
+              f"{agent.runner.counters.missed} missed, {agent.runner.counters.claims} claims")
+        return code

@@ -1,0 +1,344 @@
+"""The MQTT link: paho-mqtt wrapped behind an interface the runner owns.
+
+Theory of operation
+-------------------
+The link owns one network thread. That thread connects, runs paho's ``loop()`` and, when
+the connection drops, reconnects with exponential backoff and *full jitter* (a random wait
+between 0 and ``min(cap, base * 2**attempt)``): paho's own backoff has no jitter, so a fleet
+would reconnect in lock-step after a broker restart. paho's callbacks run on that thread
+and only hand over: ``on_message`` stamps the local monotonic (and wall) time of arrival and
+puts the message on a bounded queue, counting what it must drop; ``on_publish`` hands over
+the acknowledgement of a QoS 1 publish; connect and disconnect are handed over as events.
+Nothing is parsed or decided on paho's thread, so the runner's core needs no locks.
+
+On every connect the link (re)subscribes and publishes a retained ``online`` on the
+availability topic; the retained ``offline`` is the last will, delayed under MQTT 5 so a
+fast reboot does not leave a stale ``offline``. QoS 1 messages in flight when the
+connection drops are re-sent by paho after the reconnect (with the DUP flag).
+
+TCP_NODELAY is set on the socket as soon as it opens: paho does not, and without it
+Nagle's algorithm holds small publishes back for tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import BrokerConfig
+from edge.errors import LinkError
+
+log = logging.getLogger("backbeat.link")
+
+InboundKind = Literal["message", "ack", "connected", "disconnected"]
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One thing handed from the network thread to the loop."""
+
+    kind: InboundKind
+    arrived_at: float  # local monotonic time, stamped in the callback
+    wall_at: float = 0.0
+    topic: str = ""
+    payload: bytes = b""
+    mid: int = 0
+    reason: str = ""
+
+
+class Topics:
+    """This project's MQTT binding (``spec/backbeat-contract.md``)."""
+
+    def __init__(self, prefix: str, cluster: str) -> None:
+        self.prefix = prefix
+        self.cluster = cluster
+
+    @property
+    def beat(self) -> str:
+        return f"{self.prefix}/{self.cluster}/beat"
+
+    @property
+    def bar(self) -> str:
+        return f"{self.prefix}/{self.cluster}/bar"
+
+    def status(self, agent_id: str) -> str:
+        return f"{self.prefix}/{self.cluster}/status/{agent_id}"
+
+    @property
+    def all_status(self) -> str:
+        return f"{self.prefix}/{self.cluster}/status/+"
+
+    def availability(self, agent_id: str) -> str:
+        return f"{self.prefix}/{self.cluster}/agents/{agent_id}/availability"
+
+    @property
+    def all_availability(self) -> str:
+        return f"{self.prefix}/{self.cluster}/agents/+/availability"
+
+    @property
+    def pulse_control(self) -> str:
+        return f"{self.prefix}/{self.cluster}/pulse/tempo"
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    return rng.uniform(0.0, ceiling)
+
+
+def read_password(path: Path | None) -> str | None:
+    """Read the broker password from a file (a systemd credential), stripping one newline.
+
+    A relative name is looked up in ``$CREDENTIALS_DIRECTORY`` first, as systemd's
+    ``LoadCredential=`` places it there. Raises LinkError naming the file if unreadable.
+    """
+    if path is None:
+        return None
+    candidates = [path]
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and not path.is_absolute():
+        candidates.insert(0, Path(creds) / path)
+    elif creds and not path.exists():
+        candidates.insert(0, Path(creds) / path.name)
+    for candidate in candidates:
+        try:
+            return candidate.read_text(encoding="utf-8").rstrip("\r\n")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise LinkError(f"broker.password_file {str(candidate)!r}: {exc.strerror}") from exc
+    raise LinkError(f"broker.password_file {str(path)!r} does not exist")
+
+
+class MqttLink:
+    """A paho client with our reconnect policy, bounded hand-over and availability.
+
+    ``subscriptions`` are (re)subscribed on every connect. ``availability_topic`` gets a
+    retained ``online`` on connect and is the retained ``offline`` last will. ``on_wake`` is
+    called (on the network thread) after anything is queued, so the loop can stop waiting.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        client_id: str,
+        subscriptions: Sequence[str] = (),
+        availability_topic: str | None = None,
+        on_wake: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self.subscriptions = tuple(subscriptions)
+        self.availability_topic = availability_topic
+        self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=broker.inbox_size)
+        self._on_wake = on_wake
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()
+        self.mqtt5 = broker.protocol == "5"
+        # Counters, written on the network thread, read anywhere (ints: atomic enough).
+        self.dropped_inbound = 0
+        self.connects = 0
+        self.connect_failures = 0
+        self.last_error: str | None = None
+        self.last_connected_at: float | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _make_client(self) -> mqtt.Client:
+        protocol = mqtt.MQTTv5 if self.mqtt5 else mqtt.MQTTv311
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=protocol,
+            clean_session=None if self.mqtt5 else False,
+        )
+        client.max_inflight_messages_set(64)
+        client.connect_timeout = 3.0
+        if self.broker.username is not None:
+            client.username_pw_set(self.broker.username, read_password(self.broker.password_file))
+        if self.broker.tls:
+            try:
+                context = ssl.create_default_context(
+                    cafile=str(self.broker.ca_file) if self.broker.ca_file else None
+                )
+                if self.broker.cert_file and self.broker.key_file:
+                    context.load_cert_chain(str(self.broker.cert_file), str(self.broker.key_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise LinkError(f"broker TLS set-up failed: {exc}") from exc
+            client.tls_set_context(context)
+        if self.availability_topic is not None:
+            props: Properties | None = None
+            if self.mqtt5:
+                props = Properties(PacketTypes.WILLMESSAGE)
+                props.WillDelayInterval = self.broker.will_delay_s
+            client.will_set(self.availability_topic, b"offline", qos=1, retain=True,
+                            properties=props)
+        client.on_socket_open = self._on_socket_open
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    # ------------------------------------------------------------------ callbacks (network thread)
+
+    def _hand_over(self, item: Inbound) -> None:
+        try:
+            self.inbox.put_nowait(item)
+        except queue.Full:
+            self.dropped_inbound += 1
+            return
+        if self._on_wake is not None:
+            self._on_wake()
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        try:
+            raw = sock if isinstance(sock, socket.socket) else getattr(sock, "_sock", sock)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass  # not a TCP socket (e.g. a unix socket in a test): nothing to tune
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            return
+        self.connects += 1
+        self.last_error = None
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=0)
+        if self.availability_topic is not None:
+            client.publish(self.availability_topic, b"online", qos=1, retain=True)
+        self._connected.set()
+        now = time.monotonic()
+        self.last_connected_at = now
+        self._hand_over(Inbound("connected", now, time.time()))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was:
+            self._hand_over(Inbound("disconnected", time.monotonic(), time.time(),
+                                    reason=str(reason)))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        arrived = time.monotonic()
+        self.bytes_in += len(message.payload)
+        self._hand_over(Inbound("message", arrived, time.time(), message.topic,
+                                bytes(message.payload)))
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        self._hand_over(Inbound("ack", time.monotonic(), mid=mid))
+
+    # ------------------------------------------------------------------ the network thread
+
+    def _connect_once(self) -> bool:
+        try:
+            props = None
+            if self.mqtt5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = 300
+            self._client.connect(self.broker.host, self.broker.port, self.broker.keepalive_s,
+                                 clean_start=False, properties=props)
+            return True
+        except ssl.SSLCertVerificationError as exc:
+            self.last_error = f"TLS: the broker's certificate did not verify: {exc.verify_message}"
+        except ssl.SSLError as exc:
+            self.last_error = f"TLS error talking to {self.broker.host}:{self.broker.port}: {exc}"
+        except OSError as exc:
+            self.last_error = (f"cannot reach broker {self.broker.host}:{self.broker.port}: "
+                               f"{exc.strerror or exc}")
+        return False
+
+    def _run(self) -> None:
+        attempt = 0
+        reported: str | None = None
+        while not self._stop.is_set():
+            if not self._connect_once():
+                self.connect_failures += 1
+            else:
+                # Pump until the connection drops (or the broker refuses the CONNECT).
+                while not self._stop.is_set():
+                    rc = self._client.loop(timeout=0.5)
+                    if rc != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                    if self._connected.is_set():
+                        attempt = 0
+                        reported = None
+                if self._stop.is_set():
+                    break
+                if not self.connects or not self._connected.is_set():
+                    self.connect_failures += 1
+                self._connected.clear()
+            if self.last_error and self.last_error != reported:
+                log.warning("%s; retrying with backoff", self.last_error)
+                reported = self.last_error
+            delay = backoff_delay(attempt, self.broker.reconnect_min_s,
+                                  self.broker.reconnect_max_s, self._rng)
+            attempt += 1
+            self._stop.wait(delay)
+        with contextlib.suppress(Exception):  # best effort on the way out
+            self._client.disconnect()
+
+    # ------------------------------------------------------------------ the loop's side
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                content_type: str | None = None, expiry_s: int | None = None) -> int:
+        """Queue a publish; returns its message id (acked later as an ``ack`` Inbound)."""
+        props: Properties | None = None
+        if self.mqtt5 and (content_type or expiry_s):
+            props = Properties(PacketTypes.PUBLISH)
+            if content_type:
+                props.ContentType = content_type
+            if expiry_s:
+                props.MessageExpiryInterval = expiry_s
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        self.bytes_out += len(payload)
+        return int(info.mid)
+
+    def stop(self, final: Sequence[tuple[str, bytes, bool]] = (), timeout: float = 2.0) -> None:
+        """Publish ``final`` (topic, payload, retain) messages, wait for them, and close."""
+        if self.connected:
+            infos = [self._client.publish(t, p, qos=1, retain=r) for t, p, r in final]
+            deadline = time.monotonic() + timeout
+            for info in infos:
+                while not info.is_published() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

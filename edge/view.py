@@ -1,0 +1,72 @@
+"""The demo's live terminal view: beat and phase, outputs, sync, guard, lateness."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from typing import IO
+
+from edge.runner import Runner
+
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "ON " if value else "off"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def render(runner: Runner, now: float) -> str:
+    """One screenful describing the runner's state at ``now``."""
+    f = runner.follower
+    pos = f.position(now)
+    lines = ["backbeat-edge demo (Ctrl-C to stop)", ""]
+    if pos is None:
+        lines.append("waiting for the first beat frame ...")
+    else:
+        bar = f.bar_position(pos.beat_index)
+        bar_text = "-" if bar is None else str(bar + 1)
+        meter = "#" * int(pos.fraction * 20)
+        lines.append(f"beat {pos.beat_index:>6}  bar pos {bar_text:>3}  phase {pos.phase:<8} "
+                     f"[{meter:<20}]")
+    tempo = f.tempo_bpm
+    lines.append(f"sync {f.state.value:<13} error bound +/-{f.error_bound_s * 1000:.3f} ms  "
+                 f"tempo {_fmt(tempo)} BPM  rate {f.rate_ppm:+.1f} ppm  "
+                 f"drift {f.tempo_drift_ms(now):+.2f} ms")
+    verdict = runner.guard.verdict(now)
+    late = list(runner.recent_late_ms)
+    late_text = "-" if not late else (
+        f"p50 {statistics.median(late):.3f} ms  max {max(late):.3f} ms")
+    lines.append(f"guard {verdict.level.value} ({verdict.reason})  lateness {late_text}")
+    c = runner.counters
+    lines.append(f"fired {c.fired}  missed {c.missed}  shed {sum(c.shed.values())}  "
+                 f"dropped {sum(c.dropped.values())}  bad frames {c.frames_bad}  "
+                 f"claims {c.claims} (acked {c.claims_acked})")
+    lines += ["", "outputs:"]
+    for name, value in sorted(runner.hardware.states().items()):
+        lines.append(f"  {name:<16} {_fmt(value)}")
+    return "\n".join(lines) + "\n"
+
+
+class TerminalView:
+    """Redraws the screen (or prints a line per call with ``plain``)."""
+
+    def __init__(self, out: IO[str] = sys.stdout, plain: bool = False) -> None:
+        self.out = out
+        self.plain = plain
+        self._last_beat: int | None = None
+
+    def __call__(self, runner: Runner, now: float) -> None:
+        if self.plain:
+            if runner.last_beat != self._last_beat:
+                self._last_beat = runner.last_beat
+                self.out.write(runner.status_line() + "\n")
+                self.out.flush()
+            return
+        self.out.write(_CLEAR + render(runner, now))
+        self.out.flush()
