@@ -1,25 +1,41 @@
 """The BACKBEAT v1 wire contract in code: BeatFrame, StatusClaim, BarReport.
 
-Every message is a frozen value, checked when it is built, so the rest of the agent trusts
-it. ``decode_*`` turn bytes from the network into messages; ``encode`` turns a message into
-bytes. The rules are those of ``spec/backbeat-contract.md`` (the upstream JSON Schemas,
-draft-07, 1.0.0):
+Theory of operation
+-------------------
+Every message is a frozen value, checked when it is built (``__post_init__``), so the rest
+of the agent trusts it. ``decode_*`` turn bytes from the network into messages; ``encode``
+turns a message into bytes. The rules are those of ``spec/backbeat-contract.md`` (the
+upstream JSON Schemas, draft-07, 1.0.0):
 
 * both JSON (what the upstream Pulse emits) and CBOR are accepted; the format is told from
-  the first byte (a JSON object starts with ``{``, a CBOR map never does);
+  the first byte after JSON whitespace (a JSON object starts with ``{``; a CBOR map never
+  does, ``{`` would be a 27-byte text string);
 * unknown top-level fields, missing required fields, wrong types, out-of-range numbers,
   NaN and infinities, duplicate keys, and booleans posing as integers (or integers posing
-  as booleans) are all refused;
+  as booleans) are all refused. Integer fields take integers only (``42``, not ``42.0``:
+  no upstream producer writes integers as floats);
 * ``tempo_bpm`` must lie on the 0.1 grid, checked in decimal arithmetic on the shortest
   decimal form of the number, so ``0.3`` and ``2.3`` pass;
-* payloads above :data:`MAX_PAYLOAD_BYTES` and values nested deeper than
-  :data:`MAX_DEPTH` are refused before or while parsing;
+* ``deadline_at`` is RFC 3339 (``T``/``Z`` in either case, optional fraction, ``Z`` or a
+  numeric offset); it is kept as an aware datetime normalised to UTC;
+* CBOR payloads carry the JSON data model only: maps with text keys, arrays, text, integers
+  (64-bit), floats, booleans and null. Tags (dates, bignums, shared references...), byte
+  strings, ``undefined`` and other simple values are refused, as are bytes after the item;
+* text must be valid Unicode (a JSON ``\\ud800`` escape is refused), so every decoded
+  message can be encoded again;
+* payloads above :data:`MAX_PAYLOAD_BYTES` are refused before parsing; values nested
+  deeper than :data:`MAX_DEPTH` inside ``metadata``/``resources`` while or after parsing;
 * anything wrong raises :class:`edge.errors.FrameError` naming the field and the value;
-  nothing else ever escapes a decoder.
+  nothing else ever escapes a decoder (hostile bytes included).
 
-CBOR output is canonical (RFC 8949 core deterministic encoding: sorted keys, shortest
-lengths and floats), so identical messages give identical bytes. Whatever is not in the
-upstream schema travels under ``metadata``; ``encode`` never adds a top-level key.
+Absent optional fields are ``None``: Go producers omit ``beats_left: 0`` and
+``progress: 0`` (omitempty), so absence means "not given", never an error.
+
+CBOR output is canonical (RFC 8949 core deterministic encoding: map keys sorted bytewise
+by their encoding, shortest lengths and floats, definite lengths), so identical messages
+give identical bytes; JSON output is compact with sorted keys. Whatever is not in the
+upstream schema travels under ``metadata``; ``encode`` never adds a top-level key, so the
+output always validates against the upstream v1 schemas.
 """
 
 from __future__ import annotations
@@ -28,8 +44,8 @@ import io
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from types import MappingProxyType
@@ -39,11 +55,12 @@ import cbor2
 
 from edge.errors import FrameError
 
-#: Largest payload a decoder accepts. A BeatFrame is ~250 bytes and a full StatusClaim with
-#: the agent's metadata ~700; 64 KiB leaves room for rich metadata while bounding the work a
-#: hostile sender can cause.
+#: Largest payload a decoder accepts, in bytes. A BeatFrame is ~250 bytes and a full
+#: StatusClaim with the agent's metadata ~400; 64 KiB leaves room for rich metadata while
+#: bounding the work a hostile sender can cause (larger payloads are refused unread).
 MAX_PAYLOAD_BYTES = 64 * 1024
-#: Deepest nesting of objects and arrays accepted inside ``metadata`` and friends.
+#: Deepest nesting of objects and arrays accepted inside ``metadata`` and ``resources``
+#: (the object itself is level 0).
 MAX_DEPTH = 16
 
 BEATFRAME_TYPE = "backbeat.beatframe.v1"
@@ -65,22 +82,34 @@ Format: TypeAlias = Literal["cbor", "json"]
 JSONValue: TypeAlias = Any
 
 MAX_BEAT_INDEX = 2**63 - 1
+#: Integers inside metadata must fit CBOR's native integers (no bignum tags on the wire).
+_MIN_INT, _MAX_INT = -(2**64), 2**64 - 1
 
 _CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
 _HLC = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}:[0-9a-fA-F]{4}")
 _WINDOW_ID = re.compile(r"[0-9a-fA-F]{32}")
+# [0-9], not \d: \d also matches non-ASCII digits, which RFC 3339 does not allow.
 _DATETIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 _TENTH = Decimal("0.1")
+_STATES_TEXT = ", ".join(sorted(CLAIM_STATES))
 
 
 # --------------------------------------------------------------------------- field checks
 
 
 def _show(value: object) -> str:
-    text = repr(value)
+    """A short, always-printable rendering of an offending value for an error message."""
+    if type(value) is int and not -(10**60) < value < 10**60:
+        # repr() of a huge int is slow and may raise (int max str digits).
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # a hostile object's repr must not mask the real error
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -88,35 +117,63 @@ def _fail(name: str, message: str) -> FrameError:
     return FrameError(f"{name} {message}", field=name)
 
 
+def _valid_text(value: str) -> bool:
+    """True if ``value`` is encodable as UTF-8 (no lone surrogates)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _string(name: str, value: object, pattern: re.Pattern[str] | None = None) -> str:
-    if not isinstance(value, str):
-        raise _fail(name, f"must be a string, got {_show(value)}")
-    if pattern is not None and pattern.fullmatch(value) is None:
-        raise _fail(name, f"must match {pattern.pattern}, got {_show(value)}")
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise _fail(name, f"must be a string, got {_show(value)}")
+        value = str(value)  # a str subclass: keep plain str in the frozen value
+    if pattern is not None:
+        if pattern.fullmatch(value) is None:
+            raise _fail(name, f"must match ^{pattern.pattern}$, got {_show(value)}")
+    elif not _valid_text(value):
+        raise _fail(name, f"must be valid Unicode text, got {_show(value)}")
     return value
 
 
 def _integer(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(name, f"must be an integer, got {_show(value)}")
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(name, f"must be an integer, got {_show(value)}")
+        value = int(value)
     if not low <= value <= high:
-        raise _fail(name, f"must be between {low} and {high}, got {value}")
+        raise _fail(name, f"must be between {low} and {high}, got {_show(value)}")
     return value
 
 
 def _number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) is float:
+        number = value
+    elif isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(name, f"must be a number, got {_show(value)}")
-    number = float(value)
+    else:
+        try:
+            number = float(value)
+        except OverflowError:
+            raise _fail(name, f"must be a finite number, got {_show(value)}") from None
     if not math.isfinite(number):
         raise _fail(name, f"must be a finite number, got {_show(value)}")
-    if (low is not None and number < low) or (high is not None and number > high):
-        raise _fail(name, f"must be between {low:g} and {high:g}, got {_show(value)}")
+    if low is not None and number < low:
+        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise _fail(name, f"must be {bound}, got {_show(value)}")
+    if high is not None and number > high:
+        bound = f"between {low:g} and {high:g}" if low is not None else f"at most {high:g}"
+        raise _fail(name, f"must be {bound}, got {_show(value)}")
     return number
 
 
 def _boolean(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
+    if type(value) is not bool:
         raise _fail(name, f"must be true or false, got {_show(value)}")
     return value
 
@@ -125,8 +182,9 @@ def _tempo(value: object) -> float:
     bpm = _number("tempo_bpm", value)
     if not 0.1 <= bpm <= 1000:
         raise _fail("tempo_bpm", f"must be between 0.1 and 1000, got {_show(value)}")
-    # repr() is the shortest decimal that round-trips, i.e. what the sender wrote.
-    if Decimal(repr(value)) % _TENTH != 0:
+    # repr() is the shortest decimal that round-trips, i.e. what the sender wrote; binary
+    # float arithmetic would call 0.3 or 2.3 off-step.
+    if Decimal(repr(bpm)) % _TENTH != 0:
         raise _fail("tempo_bpm", f"must be a multiple of 0.1, got {_show(value)}")
     return bpm
 
@@ -134,8 +192,10 @@ def _tempo(value: object) -> float:
 def parse_rfc3339(name: str, value: object) -> datetime:
     """Parse an RFC 3339 date-time (``Z`` or a numeric offset, optional fraction).
 
-    Fractions finer than a microsecond are truncated; a leap second (``:60``) is read as
-    the last microsecond of the minute, as Python's datetime has no 61st second.
+    Returns an aware datetime in UTC. Fractions finer than a microsecond are truncated; a
+    leap second (``:60``) is read as the last microsecond of the minute, as Python's
+    datetime has no 61st second. Raises FrameError naming ``name`` if ``value`` is not a
+    string, not RFC 3339, not a real date, or not representable in UTC (year 1 to 9999).
     """
     text = _string(name, value)
     m = _DATETIME.fullmatch(text)
@@ -144,8 +204,7 @@ def parse_rfc3339(name: str, value: object) -> datetime:
     year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
     frac = m.group(7) or ""
     micro = int((frac + "000000")[:6])
-    leap = second == 60
-    if leap:
+    if second == 60:
         second, micro = 59, 999_999
     zone = m.group(8)
     try:
@@ -157,55 +216,117 @@ def parse_rfc3339(name: str, value: object) -> datetime:
             if hh > 23 or mm > 59:
                 raise ValueError("offset out of range")
             tz = timezone(sign * timedelta(hours=hh, minutes=mm))
-        return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
-    except ValueError as exc:
+        moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+        return moment if tz is UTC else moment.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise _fail(name, f"is not a valid date-time ({exc}), got {_show(value)}") from None
 
 
 def format_rfc3339(moment: datetime) -> str:
     """Format an aware datetime as RFC 3339 in UTC with a ``Z`` (microseconds if any)."""
-    utc = moment.astimezone(UTC)
-    base = utc.strftime("%Y-%m-%dT%H:%M:%S")
-    if utc.microsecond:
-        base += f".{utc.microsecond:06d}"
+    u = moment.astimezone(UTC)
+    base = f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+    if u.microsecond:
+        base += f".{u.microsecond:06d}"
     return base + "Z"
 
 
-def _freeze(name: str, value: object, depth: int = 0) -> JSONValue:
-    """Check ``value`` is plain JSON data and return a read-only copy of it."""
-    if depth > MAX_DEPTH:
-        raise _fail(name, f"is nested deeper than {MAX_DEPTH} levels")
-    if value is None or isinstance(value, str | bool | int):
+def _deadline(value: object) -> datetime:
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise _fail("deadline_at", f"must carry a time zone, got {_show(value)}")
+        try:
+            return value if value.tzinfo is UTC else value.astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise _fail("deadline_at", f"is out of range in UTC, got {_show(value)}") from None
+    return parse_rfc3339("deadline_at", value)
+
+
+class _Bad(Exception):
+    """Raised inside :func:`_freeze_value`; collects the path while unwinding."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = []
+
+
+def _freeze_value(value: object, depth: int) -> JSONValue:
+    # Exact type checks first: they are the common case and much cheaper than isinstance
+    # against the collections ABCs.
+    t = type(value)
+    if t is str:
+        if not _valid_text(value):  # type: ignore[arg-type]
+            raise _Bad(f"must be valid Unicode text, got {_show(value)}")
         return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _fail(name, f"must be a finite number, got {value!r}")
+    if t is int:
+        if not _MIN_INT <= value <= _MAX_INT:  # type: ignore[operator]
+            raise _Bad(f"must fit in 64 bits, got {_show(value)}")
         return value
-    if isinstance(value, Mapping):
+    if t is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise _Bad(f"must be a finite number, got {value!r}")
+        return value
+    if value is None or t is bool:
+        return value
+    if t is dict or t is MappingProxyType or isinstance(value, Mapping):
+        if depth >= MAX_DEPTH:
+            raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
         out: dict[str, JSONValue] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _fail(name, f"keys must be strings, got {_show(key)}")
-            out[key] = _freeze(f"{name}.{key}", item, depth + 1)
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                raise _Bad(f"keys must be strings, got {_show(key)}")
+            if not _valid_text(key):
+                raise _Bad(f"keys must be valid Unicode text, got {_show(key)}")
+            try:
+                out[key] = _freeze_value(item, depth + 1)
+            except _Bad as bad:
+                bad.path.append(f".{key}")
+                raise
         return MappingProxyType(out)
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(f"{name}[{i}]", item, depth + 1) for i, item in enumerate(value))
-    raise _fail(name, f"must hold only JSON values, got {type(value).__name__} {_show(value)}")
-
-
-def _thaw(value: JSONValue) -> object:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    return value
+    if t is list or t is tuple or (
+        isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
+    ):
+        if depth >= MAX_DEPTH:
+            raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
+        items = []
+        for i, item in enumerate(value):  # type: ignore[arg-type]
+            try:
+                items.append(_freeze_value(item, depth + 1))
+            except _Bad as bad:
+                bad.path.append(f"[{i}]")
+                raise
+        return tuple(items)
+    if isinstance(value, str):
+        return _freeze_value(str(value), depth)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return _freeze_value(int(value), depth)
+    if isinstance(value, float):
+        return _freeze_value(float(value), depth)
+    raise _Bad(f"must hold only JSON values, got {type(value).__name__} {_show(value)}")
 
 
 def _object(name: str, value: object) -> Mapping[str, JSONValue]:
+    """Check ``value`` is a JSON object of plain JSON data; return a read-only deep copy."""
     if not isinstance(value, Mapping):
         raise _fail(name, f"must be an object, got {_show(value)}")
-    frozen: Mapping[str, JSONValue] = _freeze(name, value)
+    try:
+        frozen: Mapping[str, JSONValue] = _freeze_value(value, 0)
+    except _Bad as bad:
+        where = name + "".join(reversed(bad.path))
+        raise _fail(where, bad.message) from None
     return frozen
+
+
+def _thaw(value: JSONValue) -> object:
+    t = type(value)
+    if t is MappingProxyType or t is dict:
+        return {k: _thaw(v) for k, v in value.items()}
+    if t is tuple:
+        return [_thaw(v) for v in value]
+    return value
 
 
 def _set(instance: object, name: str, value: object) -> None:
@@ -218,7 +339,12 @@ def _set(instance: object, name: str, value: object) -> None:
 
 @dataclass(frozen=True, slots=True)
 class BeatFrame:
-    """One beat (or phase) announcement from the Pulse."""
+    """One beat (or phase) announcement from the Pulse.
+
+    Built directly (``deadline_at`` may be an aware datetime or an RFC 3339 string) or by
+    :func:`decode_beat_frame`; raises FrameError if any field breaks the contract.
+    ``deadline_at`` is stored in UTC, ``tempo_bpm`` as a float.
+    """
 
     TYPE: ClassVar[str] = BEATFRAME_TYPE
 
@@ -233,18 +359,15 @@ class BeatFrame:
     metadata: Mapping[str, JSONValue] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        _string("cluster_id", self.cluster_id, _CLUSTER_ID)
-        _integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX)
+        _set(self, "cluster_id", _string("cluster_id", self.cluster_id, _CLUSTER_ID))
+        _set(self, "beat_index", _integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX))
         _boolean("downbeat", self.downbeat)
-        if self.phase not in PHASES:
+        if type(self.phase) is not str or self.phase not in PHASES:
             raise _fail("phase", f"must be one of plan, execute, review, got {_show(self.phase)}")
-        _string("hlc", self.hlc, _HLC)
-        if not isinstance(self.deadline_at, datetime):
-            _set(self, "deadline_at", parse_rfc3339("deadline_at", self.deadline_at))
-        elif self.deadline_at.tzinfo is None:
-            raise _fail("deadline_at", "must carry a time zone")
+        _set(self, "hlc", _string("hlc", self.hlc, _HLC))
+        _set(self, "deadline_at", _deadline(self.deadline_at))
         _set(self, "tempo_bpm", _tempo(self.tempo_bpm))
-        _string("window_id", self.window_id, _WINDOW_ID)
+        _set(self, "window_id", _string("window_id", self.window_id, _WINDOW_ID))
         if self.metadata is not None:
             _set(self, "metadata", _object("metadata", self.metadata))
 
@@ -261,7 +384,12 @@ class BeatFrame:
 
 @dataclass(frozen=True, slots=True)
 class StatusClaim:
-    """An agent's claim about what it is doing in a beat."""
+    """An agent's claim about what it is doing in a beat.
+
+    Optional fields are ``None`` when not given (Go producers omit ``beats_left: 0`` and
+    ``progress: 0``). ``progress`` is stored as a float, ``dependencies`` as a tuple,
+    ``resources``/``metadata`` as read-only mappings. Raises FrameError on any breach.
+    """
 
     TYPE: ClassVar[str] = STATUSCLAIM_TYPE
 
@@ -278,22 +406,22 @@ class StatusClaim:
     metadata: Mapping[str, JSONValue] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        _string("agent_id", self.agent_id, _AGENT_ID)
-        _integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX)
-        if self.state not in CLAIM_STATES:
-            raise _fail("state", f"must be one of {', '.join(sorted(CLAIM_STATES))}, got "
-                        f"{_show(self.state)}")
-        _string("hlc", self.hlc, _HLC)
+        _set(self, "agent_id", _string("agent_id", self.agent_id, _AGENT_ID))
+        _set(self, "beat_index", _integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX))
+        if type(self.state) is not str or self.state not in CLAIM_STATES:
+            raise _fail("state", f"must be one of {_STATES_TEXT}, got {_show(self.state)}")
+        _set(self, "hlc", _string("hlc", self.hlc, _HLC))
         if self.task_id is not None:
-            _string("task_id", self.task_id, _AGENT_ID)
+            _set(self, "task_id", _string("task_id", self.task_id, _AGENT_ID))
         if self.beats_left is not None:
-            _integer("beats_left", self.beats_left, 0, 1000)
+            _set(self, "beats_left", _integer("beats_left", self.beats_left, 0, 1000))
         if self.progress is not None:
             _set(self, "progress", _number("progress", self.progress, 0.0, 1.0))
         if self.notes is not None:
-            _string("notes", self.notes)
-            if len(self.notes) > 256:
-                raise _fail("notes", f"must be at most 256 characters, got {len(self.notes)}")
+            notes = _string("notes", self.notes)
+            if len(notes) > 256:
+                raise _fail("notes", f"must be at most 256 characters, got {len(notes)}")
+            _set(self, "notes", notes)
         if self.resources is not None:
             resources = _object("resources", self.resources)
             for key in ("cpu_percent", "network_kb"):
@@ -304,35 +432,39 @@ class StatusClaim:
                     _integer(f"resources.{key}", resources[key], 0, MAX_BEAT_INDEX)
             _set(self, "resources", resources)
         if self.dependencies is not None:
-            if isinstance(self.dependencies, str | bytes) or not isinstance(
-                self.dependencies, Sequence
+            deps = self.dependencies
+            if isinstance(deps, str | bytes | bytearray | Mapping) or not isinstance(
+                deps, Sequence
             ):
-                raise _fail("dependencies", f"must be an array, got {_show(self.dependencies)}")
-            deps = tuple(
-                _string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in enumerate(self.dependencies)
-            )
-            _set(self, "dependencies", deps)
+                raise _fail("dependencies", f"must be an array, got {_show(deps)}")
+            _set(self, "dependencies", tuple(
+                _string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in enumerate(deps)
+            ))
         if self.metadata is not None:
             _set(self, "metadata", _object("metadata", self.metadata))
 
 
 @dataclass(frozen=True, slots=True)
 class BarIssue:
-    """One entry of a BarReport's ``issues``."""
+    """One entry of a BarReport's ``issues``: a count of one kind of trouble."""
 
     severity: str
     category: str
     count: int
 
     def __post_init__(self) -> None:
-        _string("issues.severity", self.severity)
-        _string("issues.category", self.category)
-        _integer("issues.count", self.count, 0, MAX_BEAT_INDEX)
+        _set(self, "severity", _string("issues.severity", self.severity))
+        _set(self, "category", _string("issues.category", self.category))
+        _set(self, "count", _integer("issues.count", self.count, 0, MAX_BEAT_INDEX))
 
 
 @dataclass(frozen=True, slots=True)
 class BarReport:
-    """The Reverb's roll-up of one bar."""
+    """The Reverb's roll-up of one bar (``from_beat`` to ``to_beat``, inclusive).
+
+    ``tempo_drift_ms`` is positive when the cluster runs behind. ``issues`` (at most 100)
+    is a tuple of :class:`BarIssue`. Raises FrameError on any breach.
+    """
 
     TYPE: ClassVar[str] = BARREPORT_TYPE
 
@@ -347,41 +479,64 @@ class BarReport:
     issues: tuple[BarIssue, ...] | None = None
 
     def __post_init__(self) -> None:
-        _string("window_id", self.window_id, _WINDOW_ID)
-        _integer("from_beat", self.from_beat, 0, MAX_BEAT_INDEX)
-        _integer("to_beat", self.to_beat, 0, MAX_BEAT_INDEX)
-        for name in ("agents_reporting", "on_time_reviews", "help_promises_fulfilled"):
-            _integer(name, getattr(self, name), 0, MAX_BEAT_INDEX)
+        _set(self, "window_id", _string("window_id", self.window_id, _WINDOW_ID))
+        for name in ("from_beat", "to_beat", "agents_reporting", "on_time_reviews",
+                     "help_promises_fulfilled"):
+            _set(self, name, _integer(name, getattr(self, name), 0, MAX_BEAT_INDEX))
         _boolean("secret_rotations_ok", self.secret_rotations_ok)
         _set(self, "tempo_drift_ms", _number("tempo_drift_ms", self.tempo_drift_ms))
         if self.issues is not None:
-            if not isinstance(self.issues, Sequence) or isinstance(self.issues, str | bytes):
-                raise _fail("issues", f"must be an array, got {_show(self.issues)}")
-            if len(self.issues) > 100:
-                raise _fail("issues", f"must hold at most 100 items, got {len(self.issues)}")
+            issues = self.issues
+            if isinstance(issues, str | bytes | bytearray | Mapping) or not isinstance(
+                issues, Sequence
+            ):
+                raise _fail("issues", f"must be an array, got {_show(issues)}")
+            if len(issues) > 100:
+                raise _fail("issues", f"must hold at most 100 items, got {len(issues)}")
             items = []
-            for i, item in enumerate(self.issues):
+            for i, item in enumerate(issues):
                 if isinstance(item, BarIssue):
                     items.append(item)
                     continue
                 if not isinstance(item, Mapping):
                     raise _fail(f"issues[{i}]", f"must be an object, got {_show(item)}")
-                items.append(_build(BarIssue, item, f"issues[{i}].", with_type=False))
+                try:
+                    items.append(_build(BarIssue, item, with_type=False))
+                except FrameError as exc:
+                    # Re-point "issues.count" (or a bare key) at this item.
+                    where = exc.field.removeprefix("issues.")
+                    message = str(exc).removeprefix(exc.field)
+                    raise _fail(f"issues[{i}].{where}", message.lstrip()) from None
             _set(self, "issues", tuple(items))
 
 
 Message: TypeAlias = BeatFrame | StatusClaim | BarReport
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls))
+    for cls in (BeatFrame, StatusClaim, BarIssue, BarReport)
+}
+_REQUIRED: dict[type, frozenset[str]] = {
+    cls: frozenset(f.name for f in fields(cls) if f.default is not None)
+    for cls in (BeatFrame, StatusClaim, BarIssue, BarReport)
+}
+_ALLOWED: dict[type, frozenset[str]] = {
+    BarIssue: frozenset(_FIELD_NAMES[BarIssue]),
+    **{cls: frozenset(_FIELD_NAMES[cls]) | {"type"} for cls in (BeatFrame, StatusClaim, BarReport)},
+}
 
 
 # --------------------------------------------------------------------------- decoding
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise FrameError(f"payload has the key {key!r} twice", field=key)
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise FrameError(f"payload has the key {_show(key)} twice", field=key)
+            seen.add(key)
     return out
 
 
@@ -389,31 +544,64 @@ def _reject_constant(name: str) -> None:
     raise FrameError(f"payload holds {name}, which is not a JSON number")
 
 
+def _no_tag(*_: object) -> None:
+    raise ValueError("CBOR tags are not part of the contract")
+
+
+class _EveryTag(Mapping[int, Any]):
+    """Routes every CBOR tag to :func:`_no_tag`, overriding cbor2's built-in decoders."""
+
+    def __getitem__(self, tag: int) -> Any:
+        return _no_tag
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+
+_EVERY_TAG = _EveryTag()
+_JSON_START = b"{"
+_CBOR_EOF = cbor2.CBORDecodeEOF
+
+
 def _load(payload: bytes) -> object:
     """Bytes to a plain value, JSON or CBOR by the first byte; only FrameError escapes."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise FrameError(f"payload must be bytes, got {type(payload).__name__}")
-    size = len(payload)
+    size = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
     if size == 0:
         raise FrameError("payload is empty")
     if size > MAX_PAYLOAD_BYTES:
         raise FrameError(f"payload is {size} bytes, more than the {MAX_PAYLOAD_BYTES} allowed")
-    data = bytes(payload)
-    first = data.lstrip(b" \t\r\n")[:1]
+    data = payload if type(payload) is bytes else bytes(payload)
+    first = data[:1]
+    if first in b" \t\r\n":
+        first = data.lstrip(b" \t\r\n")[:1]
     try:
-        if first == b"{":
+        if first == _JSON_START:
             return json.loads(
                 data.decode("utf-8"),
                 object_pairs_hook=_no_duplicates,
                 parse_constant=_reject_constant,
             )
         decoder = cbor2.CBORDecoder(
-            io.BytesIO(data), allow_duplicate_keys=False, max_depth=MAX_DEPTH + 2
+            io.BytesIO(data),
+            semantic_decoders=_EVERY_TAG,
+            tag_hook=_no_tag,
+            allow_duplicate_keys=False,
+            max_depth=MAX_DEPTH + 3,
         )
         value = decoder.decode()
-        if decoder.fp.tell() != size:
-            raise FrameError(f"payload has {size - decoder.fp.tell()} bytes after the CBOR item")
-        return value
+        try:
+            decoder.read(1)
+        except _CBOR_EOF:
+            return value
+        raise FrameError("payload has bytes after the CBOR item")
     except FrameError:
         raise
     except UnicodeDecodeError as exc:
@@ -423,42 +611,48 @@ def _load(payload: bytes) -> object:
     except RecursionError:
         raise FrameError("payload is nested too deeply") from None
     except Exception as exc:  # cbor2 raises many types on hostile input; all are garbage in.
-        raise FrameError(f"payload is not valid CBOR: {type(exc).__name__}: {exc}") from None
+        detail = str(exc.__cause__ or exc)[:120]
+        raise FrameError(f"payload is not valid CBOR/JSON: {type(exc).__name__}: {detail}"
+                         ) from None
 
 
-def _build(cls: Any, data: Mapping[str, Any], prefix: str = "", with_type: bool = True) -> Any:
-    names = [f.name for f in fields(cls)]
-    for key in data:
-        if key == "type" and with_type:
-            continue
-        if key not in names:
-            raise FrameError(f"{prefix}{key} is not a field of {cls.TYPE if with_type else 'it'}"
-                             f" (unknown fields are not allowed)", field=f"{prefix}{key}")
+def _build(cls: Any, data: Mapping[Any, Any], with_type: bool = True) -> Any:
+    """Check the keys of ``data`` against ``cls`` and construct it (which checks values)."""
+    allowed = _ALLOWED[cls]
+    keys = data.keys()
+    if not allowed.issuperset(keys):
+        for key in keys:
+            if key not in allowed:
+                where = key if type(key) is str else _show(key)
+                what = cls.TYPE if with_type else "an issue"
+                raise FrameError(f"{where} is not a field of {what} (unknown fields are not "
+                                 f"allowed)", field=where)
     if with_type:
-        got = data.get("type", None)
-        if "type" not in data:
+        if "type" not in keys:
             raise FrameError("type is required", field="type")
-        if got != cls.TYPE:
+        got = data["type"]
+        if type(got) is not str or got != cls.TYPE:
             raise FrameError(f"type must be {cls.TYPE!r}, got {_show(got)}", field="type")
-    kwargs = {}
-    for f in fields(cls):
-        if f.name in data:
-            kwargs[f.name] = data[f.name]
-        elif f.default is MISSING:
-            raise FrameError(f"{prefix}{f.name} is required", field=f"{prefix}{f.name}")
+    missing = _REQUIRED[cls] - keys
+    if missing:
+        name = min(missing)
+        prefix = "issues." if cls is BarIssue else ""
+        raise FrameError(f"{prefix}{name} is required", field=f"{prefix}{name}")
+    kwargs = dict(data)
+    kwargs.pop("type", None)
     return cls(**kwargs)
 
 
 def _decode(cls: Any, payload: bytes) -> Any:
     data = _load(payload)
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         raise FrameError(f"payload must be an object, got {type(data).__name__}")
     try:
         return _build(cls, data)
     except FrameError:
         raise
-    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a key that is not a string
-        raise FrameError(f"payload is malformed: {exc}") from None
+    except Exception as exc:  # a safety net: a checker bug must still not crash a reader
+        raise FrameError(f"payload is malformed: {type(exc).__name__}: {exc}") from None
 
 
 def decode_beat_frame(payload: bytes) -> BeatFrame:
@@ -485,29 +679,33 @@ def decode_bar_report(payload: bytes) -> BarReport:
 def to_wire(message: Message) -> dict[str, object]:
     """The message as the plain dict the upstream schema describes (absent fields omitted)."""
     out: dict[str, object] = {"type": message.TYPE}
-    for f in fields(message):
-        value = getattr(message, f.name)
+    for name in _FIELD_NAMES[type(message)]:
+        value = getattr(message, name)
         if value is None:
             continue
-        if isinstance(value, datetime):
-            out[f.name] = format_rfc3339(value)
-        elif f.name == "issues":
-            out[f.name] = [{"severity": i.severity, "category": i.category, "count": i.count}
-                           for i in value]
+        t = type(value)
+        if t is str or t is int or t is float or t is bool:
+            out[name] = value
+        elif t is datetime:
+            out[name] = format_rfc3339(value)
+        elif name == "issues":
+            out[name] = [{"severity": i.severity, "category": i.category, "count": i.count}
+                         for i in value]
         else:
-            out[f.name] = _thaw(value)
+            out[name] = _thaw(value)
     return out
 
 
 def encode(message: Message, fmt: Format = "cbor") -> bytes:
-    """Encode a message: canonical CBOR (default) or compact JSON.
+    """Encode a message: canonical CBOR (default) or compact JSON with sorted keys.
 
     The output always validates against the upstream v1 schema, since the message was
-    validated when it was built.
+    validated when it was built. Raises ValueError for an unknown ``fmt``.
     """
     wire = to_wire(message)
     if fmt == "cbor":
         return cbor2.dumps(wire, canonical=True)
     if fmt == "json":
-        return json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          sort_keys=True).encode("utf-8")
     raise ValueError(f"fmt must be 'cbor' or 'json', got {fmt!r}")
