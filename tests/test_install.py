@@ -1,0 +1,158 @@
+"""scripts/install into a temporary root: layout, user, idempotence, config kept, uninstall.
+
+The script runs for real (a virtual environment, pip, useradd --prefix, systemctl --root);
+only the root directory is a temporary one. Dependencies are not installed into the test
+venv (--no-deps): what is checked is the installer, not pip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTALL = ROOT / "scripts" / "install"
+UNIT = ROOT / "systemd" / "backbeat-edge.service"
+EXAMPLE = ROOT / "systemd" / "agent.example.toml"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
+                                reason="needs root and shadow's useradd --prefix")
+
+
+def seed_root(root: Path) -> Path:
+    """A fresh root with the minimal account files that useradd --prefix edits."""
+    etc = root / "etc"
+    etc.mkdir(parents=True)
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (etc / "group").write_text("root:x:0:\n")
+    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (etc / "gshadow").write_text("root:*::\n")
+    for name in ("shadow", "gshadow"):
+        (etc / name).chmod(0o600)
+    return root
+
+
+def run_install(root: Path, *args: str, profile: Path | None = None) -> str:
+    cmd = [str(INSTALL), "--prefix", str(root), *args]
+    if profile is not None:
+        cmd += ["--profile", str(profile)]
+    env = {**os.environ, "BACKBEAT_PIP_ARGS": "--no-deps"}
+    env.pop("BACKBEAT_ROOT", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"install failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stderr
+
+
+def accounts(root: Path, name: str) -> list[list[str]]:
+    return [line.split(":") for line in (root / "etc" / name).read_text().splitlines()]
+
+
+def project_version() -> str:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    version: str = data["project"]["version"]
+    return version
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Path:
+    path = tmp_path / "relay-board.toml"
+    path.write_text('[gpio]\n# a stand-in profile for the installer test\n')
+    return path
+
+
+def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
+        tmp_path: Path, profile: Path) -> None:
+    root = seed_root(tmp_path / "root")
+    log = run_install(root, profile=profile)
+
+    opt = root / "opt" / "backbeat-edge"
+    assert (opt / "venv" / "bin" / "backbeat-edge").is_file()
+    assert (opt / "VERSION").read_text().strip() == project_version()
+    # The venv sees Debian's python3-lgpio on a Pi.
+    assert "include-system-site-packages = true" in (opt / "venv" / "pyvenv.cfg").read_text()
+
+    etc = root / "etc" / "backbeat-edge"
+    assert (etc / "agent.toml").read_text() == EXAMPLE.read_text()
+    assert (etc / "agent.example.toml").read_text() == EXAMPLE.read_text()
+    assert (etc / "profile.toml").read_text() == profile.read_text()
+    assert stat.S_IMODE((etc / "agent.toml").stat().st_mode) == 0o640
+    password = etc / "broker-password"
+    assert password.read_text() == ""
+    assert stat.S_IMODE(password.stat().st_mode) == 0o600
+    assert password.stat().st_uid == 0
+
+    unit = root / "etc" / "systemd" / "system" / "backbeat-edge.service"
+    assert unit.read_text() == UNIT.read_text()
+    if shutil.which("systemctl"):
+        wants = root / "etc/systemd/system/multi-user.target.wants/backbeat-edge.service"
+        assert wants.is_symlink()
+
+    users = {u[0]: u for u in accounts(root, "passwd")}
+    groups = {g[0]: g for g in accounts(root, "group")}
+    backbeat = users["backbeat"]
+    assert backbeat[6] == "/usr/sbin/nologin"
+    assert int(backbeat[2]) < 1000  # a system user
+    assert "backbeat" in groups["gpio"][3].split(",")
+    # The config is readable by the agent's group, not by everyone.
+    assert (etc / "agent.toml").stat().st_gid == int(groups["backbeat"][2])
+    assert "creating system user backbeat" in log
+
+    # The operator edits the config; a re-run (an upgrade) keeps it and keeps the venv.
+    (etc / "agent.toml").write_text('[agent]\nid = "edited"\n')
+    (etc / "profile.toml").write_text("# edited profile\n")
+    password.write_text("s3cret\n")
+    venv_cfg = (opt / "venv" / "pyvenv.cfg").stat()
+    log = run_install(root, profile=profile)
+    assert (etc / "agent.toml").read_text() == '[agent]\nid = "edited"\n'
+    assert (etc / "profile.toml").read_text() == "# edited profile\n"
+    assert password.read_text() == "s3cret\n"
+    assert "keeping the existing" in log
+    assert (opt / "venv" / "pyvenv.cfg").stat().st_ino == venv_cfg.st_ino
+    assert [u[0] for u in accounts(root, "passwd")].count("backbeat") == 1
+    assert [g[0] for g in accounts(root, "group")].count("gpio") == 1
+    assert (opt / "VERSION").read_text().strip() == project_version()
+
+
+def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Path) -> None:
+    root = seed_root(tmp_path / "root")
+    # An existing gpio group (as on Raspberry Pi OS) is reused, not duplicated.
+    with (root / "etc" / "group").open("a") as f:
+        f.write("gpio:x:997:pi\n")
+    with (root / "etc" / "gshadow").open("a") as f:
+        f.write("gpio:!::pi\n")
+    run_install(root, profile=profile)
+    gpio = {g[0]: g for g in accounts(root, "group")}["gpio"]
+    assert gpio[2] == "997" and gpio[3].split(",") == ["pi", "backbeat"]
+
+    log = run_install(root, "--uninstall")
+    assert not (root / "opt" / "backbeat-edge").exists()
+    assert not (root / "etc/systemd/system/backbeat-edge.service").exists()
+    assert not (root / "etc/systemd/system/multi-user.target.wants/backbeat-edge.service"
+                ).exists()
+    assert (root / "etc/backbeat-edge/agent.toml").is_file()
+    assert "backbeat" in [u[0] for u in accounts(root, "passwd")]
+    assert "kept" in log
+
+    run_install(root, "--uninstall", "--purge")
+    assert not (root / "etc/backbeat-edge").exists()
+    assert "backbeat" not in [u[0] for u in accounts(root, "passwd")]
+    assert "gpio" in [g[0] for g in accounts(root, "group")]  # shared with other users
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--wheel", "x.whl", "--version", "1.0"], "not both"),
+    (["--frobnicate"], "unknown argument: --frobnicate"),
+    (["--wheel", "/nonexistent/backbeat.whl", "--no-users"], "no wheel at"),
+])
+def test_install_refuses_bad_arguments_with_a_reason(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    proc = subprocess.run([str(INSTALL), "--prefix", str(tmp_path), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr
