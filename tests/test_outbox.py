@@ -506,7 +506,7 @@ def test_unreadable_directory_is_not_clobbered(config: OutboxConfig) -> None:
     def unreadable(path: Path, mode: str) -> BinaryIO:
         if "r" in mode:
             raise OSError(errno.EIO, "Input/output error", str(path))
-        return open(path, mode)  # noqa: SIM115 - handed to the outbox, which closes it
+        return open(path, mode)  # the outbox closes it
 
     blind = Outbox(config, opener=unreadable)
     assert blind.degraded is not None and "cannot read" in blind.degraded
