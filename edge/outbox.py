@@ -387,9 +387,16 @@ class Outbox:
         return self.degraded is None and self._active is not None
 
     def close(self) -> None:
-        """Flush, fsync and close the segment; pending records stay on disk for next time."""
+        """Flush, fsync and close the segment; pending records stay on disk for next time.
+
+        A degraded outbox tries the disk once more first, so a backlog held in memory
+        is not lost at shutdown if the disk has come back.
+        """
         if self._closed:
             return
+        if self.degraded is not None and self._config.directory is not None:
+            self._retry_at = 0.0
+            self._maybe_retry(self._last_fsync or 0.0)
         self._closed = True
         if self._active is not None:
             try:

@@ -469,6 +469,17 @@ def test_read_only_disk_at_open_runs_in_memory(config: OutboxConfig) -> None:
     assert Outbox(config).pending() == made[1:]
 
 
+def test_close_saves_a_memory_backlog_if_the_disk_came_back(config: OutboxConfig) -> None:
+    disk = FailingDisk()
+    box = Outbox(config, opener=disk)
+    disk.error = errno.ENOSPC
+    made = fill(box, 5, start_time=1000.0)
+    assert box.degraded is not None
+    disk.error = None
+    box.close()  # long before the next retry would have been due
+    assert Outbox(config).pending() == made
+
+
 def test_fsync_failure_degrades_too(config: OutboxConfig) -> None:
     def broken_fsync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
