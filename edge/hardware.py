@@ -112,18 +112,28 @@ class InputEvent:
 
 @dataclass(slots=True)
 class _Fade:
+    """A ramp from ``v0`` at ``t0`` to ``v1`` at ``t1``, written on a grid of ``step``s
+    (grid times are computed from ``t0``, so late ticks do not make the ramp drift)."""
+
     t0: float
     v0: float
     t1: float
     v1: float
     step: float
-    next_at: float
     do: str
+    k: int = 0  # the last grid step written
 
-    def value_at(self, now: float) -> float:
-        if now >= self.t1 or self.t1 <= self.t0:
-            return self.v1
-        return self.v0 + (self.v1 - self.v0) * (now - self.t0) / (self.t1 - self.t0)
+    @property
+    def next_at(self) -> float:
+        return min(self.t0 + (self.k + 1) * self.step, self.t1)
+
+    def advance(self, now: float) -> tuple[float, bool]:
+        """Move to the latest grid step at or before ``now``: (its value, whether done)."""
+        self.k = max(self.k + 1, math.floor((now - self.t0) / self.step + 1e-9))
+        fraction = self.k * self.step / (self.t1 - self.t0)
+        if fraction >= 1.0 - 1e-9:
+            return self.v1, True
+        return self.v0 + (self.v1 - self.v0) * fraction, False
 
 
 @dataclass(slots=True)
@@ -518,21 +528,25 @@ class Hardware:
             if spec.family == "digital":
                 target = 1.0 if target else 0.0
             return self._change(d, target, now, do)
-        # fade (pwm) or a timed move (servo): one switch now, steps from tick().
+        # fade (pwm) or a timed move (servo): counted as one switch now, steps from tick().
         target = action.value if action.value is not None else spec.safe_state
         duration = action.duration_s or 0.0
         d.cancel_followups()
         start = d.value
-        if target == start:
+        if target == start or duration <= 0:
             return self._change(d, target, now, do)
+        if d.min_interval and now - d.last_switch < d.min_interval:
+            if target == spec.safe_state:
+                d.safe_at = d.last_switch + d.min_interval  # a jump to safe, deferred
+                return ActionResult(spec.name, do, True, None, None, target, now, d.safe_at)
+            self._drop("rate_limit")
+            return ActionResult(spec.name, do, False, "rate_limit", None, d.value, now)
+        d.last_switch = now
         step = spec.number("fade_step_s", DEFAULT_FADE_STEP_S)
-        first = start + (target - start) * min(1.0, step / duration) if duration else target
-        result = self._change(d, first, now, do)
-        if result.ok and result.deferred_to is None and first != target:
-            d.fade = _Fade(now, start, now + duration, target, step, now + step, do)
-            if target != spec.safe_state and spec.max_on_s is not None:
-                d.deadman_at = max(d.deadman_at or 0.0, now + duration + spec.max_on_s)
-        return result
+        d.fade = _Fade(now, start, now + duration, target, step, do)
+        if target != spec.safe_state and spec.max_on_s is not None:
+            d.deadman_at = now + duration + spec.max_on_s
+        return ActionResult(spec.name, do, True, None, None, start, now)
 
     # ----------------------------------------------------------------------- commands
 
@@ -640,19 +654,18 @@ class Hardware:
                 continue
             fade = d.fade
             if fade is not None and now >= fade.next_at:
-                value = fade.value_at(now)
+                value, done = fade.advance(now)
                 failed = self._guarded_write(d, value, now, fade.do)
                 if failed is not None:
                     results.append(failed)
                     continue
-                if value == fade.v1:
+                if done:
                     d.fade = None
                     if value == d.spec.safe_state:
                         d.deadman_at = None
-                    results.append(ActionResult(d.spec.name, f"{fade.do}_done", True,
-                                                None, None, value, now))
-                else:
-                    fade.next_at = min(now + fade.step, fade.t1)
+                    results.append(
+                        ActionResult(d.spec.name, f"{fade.do}_done", True, None, None, value, now)
+                    )
             if d.off_at is not None and now >= d.off_at:
                 d.off_at = None
                 target = d.spec.safe_state if d.spec.family == "servo" else 0.0

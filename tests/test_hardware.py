@@ -1,0 +1,581 @@
+"""The hardware adapter on gpiozero's mock pins: pin histories for every action kind, the
+rate limiter, the dead-man, safe state, failing pins and external commands.
+
+Times are plain numbers handed to ``apply`` / ``tick``; nothing here sleeps on the clock.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory, MockPin
+
+from edge.errors import ConfigProblems, HardwareError
+from edge.hardware import ActionResult, Hardware, InputEvent
+from edge.profile import Profile, parse_profile
+from edge.score import Action
+
+BENCH = """
+[devices.led]
+kind = "led"
+pin = 17
+[devices.relay]
+kind = "relay"
+pin = 27
+active_high = false
+max_switch_hz = 2.0
+max_on_s = 3.0
+[devices.fan]
+kind = "output"
+pin = 22
+safe_state = 1
+[devices.glow]
+kind = "pwmled"
+pin = 18
+fade_step_s = 0.1
+[devices.arm]
+kind = "servo"
+pin = 12
+[devices.dial]
+kind = "angular_servo"
+pin = 13
+min_angle = 0
+max_angle = 180
+safe_state = 90
+[devices.buzz]
+kind = "buzzer"
+pin = 23
+pulse_s = 0.05
+[devices.tone]
+kind = "tone"
+pin = 19
+[devices.btn]
+kind = "button"
+pin = 5
+[devices.door]
+kind = "input"
+pin = 6
+pull_up = true
+[devices.sh]
+kind = "command"
+timeout_s = 0.5
+"""
+
+
+def profile_of(text: str) -> Profile:
+    problems = ConfigProblems("test")
+    profile = parse_profile(tomllib.loads(text), problems)
+    problems.raise_if_any()
+    return profile
+
+
+@pytest.fixture
+def factory() -> Iterator[MockFactory]:
+    """A fresh MockFactory as gpiozero's default, the previous one restored afterwards."""
+    saved = Device.pin_factory
+    Device.pin_factory = mock = MockFactory()
+    try:
+        yield mock
+    finally:
+        mock.reset()
+        Device.pin_factory = saved
+
+
+@pytest.fixture
+def hw(factory: MockFactory) -> Iterator[Hardware]:
+    hardware = Hardware(profile_of(BENCH), pin_factory=factory, clock=lambda: 0.0)
+    fresh_history(factory)
+    try:
+        yield hardware
+    finally:
+        hardware.close()
+
+
+def pin_of(factory: MockFactory, number: int) -> MockPin:
+    """The mock pin GPIO``number`` as built (plain or PWM), without creating one."""
+    for pin in factory.pins.values():
+        if pin.info.name == f"GPIO{number}":
+            return pin
+    raise KeyError(number)
+
+
+def states(factory: MockFactory, number: int) -> list[float | bool]:
+    return [s.state for s in pin_of(factory, number).states]
+
+
+def fresh_history(factory: MockFactory) -> None:
+    """Start every pin's history at its state after the build."""
+    for pin in factory.pins.values():
+        pin.clear_states()
+
+
+def run_until(hw: Hardware, end: float) -> list[ActionResult]:
+    """Call tick() at every due-time up to ``end``, as the runner would."""
+    results: list[ActionResult] = []
+    while (due := hw.next_deadline()) is not None and due <= end:
+        results.extend(hw.tick(due))
+    return results
+
+
+# --------------------------------------------------------------------------- building
+
+
+def test_every_device_is_built_at_its_safe_state(hw: Hardware, factory: MockFactory) -> None:
+    assert hw.isolated == frozenset() and hw.errors == {}
+    s = hw.states()
+    assert s["led"] is False and s["relay"] is False and s["fan"] is True
+    assert s["glow"] == 0.0 and s["arm"] == pytest.approx(0.0) and s["dial"] == pytest.approx(90)
+    assert s["tone"] == 0.0 and s["btn"] is False and s["sh"] == 0.0
+    assert pin_of(factory, 27).state is True  # active-low relay rests with its pin high
+    assert pin_of(factory, 22).state is True  # fan's safe state is on
+    assert hw.next_deadline() is None
+
+
+# --------------------------------------------------------------------------- digital
+
+
+def test_on_off_toggle_set_history(hw: Hardware, factory: MockFactory) -> None:
+    for t, action in enumerate(
+        [Action("led", "on"), Action("led", "off"), Action("led", "toggle"),
+         Action("led", "toggle"), Action("led", "set", value=1.0), Action("led", "on")]
+    ):
+        result = hw.apply(action, float(t))
+        assert result.ok and result.dropped is None
+    assert states(factory, 17) == [False, True, False, True, False, True]
+    pin_of(factory, 17).assert_states([False, True, False, True, False, True])
+    assert hw.commanded()["led"] == 1.0
+
+
+def test_active_low_relay_inverts_the_pin(hw: Hardware, factory: MockFactory) -> None:
+    assert hw.apply(Action("relay", "on"), 10.0).ok
+    assert hw.apply(Action("relay", "off"), 11.0).ok
+    pin_of(factory, 27).assert_states([True, False, True])
+    assert hw.states()["relay"] is False
+
+
+def test_pulse_is_switched_off_by_tick(hw: Hardware, factory: MockFactory) -> None:
+    result = hw.apply(Action("led", "pulse", duration_s=0.2), 5.0)
+    assert result.ok and pin_of(factory, 17).state is True
+    assert hw.next_deadline() == pytest.approx(5.2)
+    assert hw.tick(5.1) == []  # not yet
+    [off] = hw.tick(5.2)
+    assert (off.device, off.do, off.ok, off.value) == ("led", "pulse_off", True, 0.0)
+    pin_of(factory, 17).assert_states([False, True, False])
+    assert hw.next_deadline() is None
+
+
+def test_pulse_uses_the_device_default_and_a_second_pulse_extends_it(
+    hw: Hardware, factory: MockFactory
+) -> None:
+    hw.apply(Action("led", "pulse"), 1.0)  # default pulse_s 0.1
+    assert hw.next_deadline() == pytest.approx(1.1)
+    hw.apply(Action("led", "pulse", duration_s=0.1), 1.05)
+    assert hw.next_deadline() == pytest.approx(1.15)
+    run_until(hw, 2.0)
+    assert states(factory, 17) == [False, True, False]
+
+
+def test_buzzer_beep(hw: Hardware, factory: MockFactory) -> None:
+    assert hw.apply(Action("buzz", "beep"), 0.0).ok
+    assert [r.do for r in run_until(hw, 1.0)] == ["beep_off"]
+    assert states(factory, 23) == [False, True, False]
+
+
+def test_off_cancels_a_pending_pulse_end(hw: Hardware, factory: MockFactory) -> None:
+    hw.apply(Action("led", "pulse", duration_s=1.0), 0.0)
+    hw.apply(Action("led", "off"), 0.5)
+    assert hw.next_deadline() is None
+    assert states(factory, 17) == [False, True, False]
+
+
+# --------------------------------------------------------------------------- pwm, servo, tone
+
+
+def test_pwm_set_on_off_toggle(hw: Hardware, factory: MockFactory) -> None:
+    hw.apply(Action("glow", "set", value=0.25), 0.0)
+    hw.apply(Action("glow", "toggle"), 1.0)
+    hw.apply(Action("glow", "off"), 2.0)
+    hw.apply(Action("glow", "on"), 3.0)
+    assert states(factory, 18) == [0.0, 0.25, 0.75, 0.0, 1.0]
+
+
+def test_pwm_fade_steps_come_from_tick(hw: Hardware, factory: MockFactory) -> None:
+    first = hw.apply(Action("glow", "fade", value=1.0, duration_s=0.5), 10.0)
+    assert first.ok and first.value == 0.0
+    assert hw.next_deadline() == pytest.approx(10.1)
+    results = run_until(hw, 11.0)
+    assert [r.do for r in results] == ["fade_done"]
+    assert states(factory, 18) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    # and back down; a late tick lands on the latest step of the grid, never drifting
+    hw.apply(Action("glow", "fade", value=0.0, duration_s=0.5), 20.0)
+    hw.tick(20.25)
+    assert pin_of(factory, 18).state == pytest.approx(0.6)
+    assert hw.next_deadline() == pytest.approx(20.3)
+    run_until(hw, 21.0)
+    assert pin_of(factory, 18).state == 0.0 and hw.next_deadline() is None
+
+
+def test_servo_moves_and_sweeps(hw: Hardware, factory: MockFactory) -> None:
+    assert hw.apply(Action("arm", "move", value=1.0), 0.0).ok
+    assert hw.states()["arm"] == pytest.approx(1.0)
+    assert pin_of(factory, 12).state == pytest.approx(0.002 / 0.02)  # 2 ms of a 20 ms frame
+    hw.apply(Action("arm", "move", value=-1.0, duration_s=0.2), 1.0)
+    run_until(hw, 2.0)
+    assert hw.states()["arm"] == pytest.approx(-1.0)
+    duties = states(factory, 12)
+    assert duties[-1] == pytest.approx(0.001 / 0.02)
+    assert len(duties) >= 4 and duties[-2] > duties[-1]  # swept in steps, not jumped
+    hw.apply(Action("arm", "off"), 3.0)  # off = back to the safe position
+    assert hw.states()["arm"] == pytest.approx(0.0)
+
+
+def test_angular_servo_in_degrees(hw: Hardware) -> None:
+    assert hw.apply(Action("dial", "move", value=180.0), 0.0).ok
+    assert hw.states()["dial"] == pytest.approx(180.0)
+    assert hw.apply(Action("dial", "read"), 0.1).value == pytest.approx(180.0)
+
+
+def test_tone_beep_plays_and_stops(hw: Hardware, factory: MockFactory) -> None:
+    pin = pin_of(factory, 19)
+    assert hw.apply(Action("tone", "beep", value=880.0, duration_s=0.1), 0.0).ok
+    assert pin.frequency == pytest.approx(880.0) and pin.state == 0.5
+    assert hw.states()["tone"] == pytest.approx(880.0)
+    [stop] = run_until(hw, 1.0)
+    assert stop.do == "beep_off" and pin.frequency is None
+    assert hw.states()["tone"] == 0.0
+    hw.apply(Action("tone", "on"), 2.0)  # the default tone
+    assert pin.frequency == pytest.approx(440.0)
+
+
+def test_a_value_out_of_range_is_reported_not_isolating(hw: Hardware) -> None:
+    result = hw.apply(Action("tone", "on", value=5000.0), 0.0)
+    assert not result.ok and result.dropped == "bad_value" and "range" in (result.error or "")
+    assert "tone" not in hw.isolated
+    assert hw.apply(Action("tone", "on", value=440.0), 1.0).ok
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_read_inputs_and_edges(factory: MockFactory) -> None:
+    now = [50.0]
+    hw = Hardware(profile_of(BENCH), pin_factory=factory, clock=lambda: now[0])
+    try:
+        assert hw.apply(Action("btn", "read"), 0.0).value is False
+        pin_of(factory, 5).drive_low()  # pressed: the button pulls the pin to ground
+        now[0] = 51.0
+        pin_of(factory, 5).drive_high()
+        now[0] = 52.0
+        pin_of(factory, 6).drive_low()
+        assert hw.apply(Action("door", "read"), 0.0).value is True
+        assert hw.states()["door"] is True
+        assert hw.input_events() == [
+            InputEvent("btn", True, 50.0),
+            InputEvent("btn", False, 51.0),
+            InputEvent("door", True, 52.0),
+        ]
+        assert hw.input_events() == []
+    finally:
+        hw.close()
+
+
+def test_an_action_a_kind_cannot_do_is_refused(hw: Hardware) -> None:
+    result = hw.apply(Action("btn", "on"), 0.0)
+    assert (result.ok, result.dropped) == (False, "bad_action")
+    result = hw.apply(Action("nope", "on"), 0.0)
+    assert (result.ok, result.dropped) == (False, "unknown_device")
+    assert hw.dropped == {"bad_action": 1, "unknown_device": 1}
+
+
+# --------------------------------------------------------------------------- rate limit
+
+
+def test_relay_never_chatters_even_at_1000_bpm(hw: Hardware, factory: MockFactory) -> None:
+    beat = 60.0 / 1000.0
+    t = 0.0
+    for _ in range(200):  # 12 s of toggling every beat
+        hw.apply(Action("relay", "toggle"), t)
+        hw.tick(t)
+        t += beat
+    run_until(hw, t + 1.0)
+    pin = pin_of(factory, 27)
+    changes = len(pin.states) - 1
+    # at most one change per 0.5 s over 12 s (+1 for the last deferred return to safe)
+    assert changes <= 12 / 0.5 + 1
+    assert hw.dropped["rate_limit"] >= 80  # switches away dropped; returns deferred
+    assert pin.state is True  # ended safe (pin high = off for this active-low relay)
+
+
+def test_going_away_is_dropped_returning_safe_is_deferred(
+    hw: Hardware, factory: MockFactory
+) -> None:
+    assert hw.apply(Action("relay", "on"), 0.0).ok
+    back = hw.apply(Action("relay", "off"), 0.1)
+    assert back.ok and back.deferred_to == pytest.approx(0.5)
+    assert hw.next_deadline() == pytest.approx(0.5)
+    [deferred] = hw.tick(0.5)
+    assert deferred.do == "deferred_off" and deferred.ok
+    again = hw.apply(Action("relay", "on"), 0.7)
+    assert (again.ok, again.dropped) == (False, "rate_limit")
+    assert hw.apply(Action("relay", "on"), 1.0).ok
+    pin_of(factory, 27).assert_states([True, False, True, False])
+    assert hw.dropped == {"rate_limit": 1}
+
+
+def test_a_short_pulse_on_a_relay_lasts_the_minimum_interval(
+    hw: Hardware, factory: MockFactory
+) -> None:
+    hw.apply(Action("relay", "pulse", duration_s=0.05), 0.0)
+    results = run_until(hw, 2.0)
+    assert [(r.do, r.at) for r in results] == [("pulse_off", 0.05), ("deferred_off", 0.5)]
+    pin_of(factory, 27).assert_states([True, False, True])
+
+
+def test_repeating_the_current_value_is_not_a_switch(hw: Hardware) -> None:
+    hw.apply(Action("relay", "on"), 0.0)
+    for t in (0.1, 0.2, 0.3):
+        assert hw.apply(Action("relay", "on"), t).ok
+    assert hw.dropped == {}
+
+
+# --------------------------------------------------------------------------- dead-man
+
+
+def test_deadman_switches_off_what_is_not_renewed(hw: Hardware, factory: MockFactory) -> None:
+    hw.apply(Action("relay", "on"), 0.0)
+    assert hw.next_deadline() == pytest.approx(3.0)
+    assert hw.tick(2.9) == []
+    [off] = hw.tick(3.0)
+    assert (off.do, off.ok) == ("deadman_off", True)
+    assert hw.deadman_offs == 1
+    pin_of(factory, 27).assert_states([True, False, True])
+
+
+def test_deadman_is_renewed_by_actions(hw: Hardware, factory: MockFactory) -> None:
+    for t in (0.0, 2.0, 4.0, 6.0):  # renewed every 2 s, limit 3 s
+        hw.apply(Action("relay", "on"), t)
+        assert hw.tick(t + 1.5) == []
+    assert hw.deadman_offs == 0 and pin_of(factory, 27).state is False
+    assert hw.next_deadline() == pytest.approx(9.0)
+    hw.tick(9.0)
+    assert hw.deadman_offs == 1 and pin_of(factory, 27).state is True
+
+
+def test_deadman_is_disarmed_by_returning_to_safe(hw: Hardware) -> None:
+    hw.apply(Action("relay", "on"), 0.0)
+    hw.apply(Action("relay", "off"), 1.0)
+    assert hw.next_deadline() is None
+
+
+# --------------------------------------------------------------------------- safe state
+
+
+def test_safe_state_puts_every_output_back(hw: Hardware, factory: MockFactory) -> None:
+    hw.apply(Action("led", "on"), 0.0)
+    hw.apply(Action("relay", "on"), 0.0)
+    hw.apply(Action("fan", "off"), 0.0)
+    hw.apply(Action("glow", "fade", value=1.0, duration_s=1.0), 0.0)
+    hw.apply(Action("arm", "move", value=1.0), 0.0)
+    hw.apply(Action("dial", "move", value=0.0), 0.0)
+    hw.apply(Action("tone", "on"), 0.0)
+    hw.apply(Action("relay", "off"), 0.1)  # deferred by the rate limit...
+    hw.safe_state("pulse lost", now=0.2)  # ...but safe state does not wait
+    s = hw.states()
+    assert s["led"] is False and s["relay"] is False and s["fan"] is True
+    assert s["glow"] == 0.0 and s["arm"] == pytest.approx(0.0)
+    assert s["dial"] == pytest.approx(90.0) and s["tone"] == 0.0
+    assert pin_of(factory, 27).state is True and pin_of(factory, 22).state is True
+    assert hw.next_deadline() is None  # no fade, deferral or dead-man left
+    assert hw.safe_states == 1
+
+
+# --------------------------------------------------------------------------- failures
+
+
+class FlakyPin(MockPin):
+    """A mock pin that raises like a lost GPIO line once ``broken`` is set."""
+
+    broken = False
+
+    def _set_state(self, value: bool) -> None:
+        if self.broken:
+            raise OSError(5, "Input/output error")
+        super()._set_state(value)
+
+    def _get_state(self) -> bool:
+        if self.broken:
+            raise OSError(5, "Input/output error")
+        return bool(super()._get_state())
+
+
+def test_a_failing_pin_isolates_only_its_device(factory: MockFactory) -> None:
+    flaky = factory.pin(17, pin_class=FlakyPin)
+    assert isinstance(flaky, FlakyPin)
+    hw = Hardware(profile_of(BENCH), pin_factory=factory)
+    try:
+        assert hw.apply(Action("led", "on"), 0.0).ok
+        flaky.broken = True
+        failed = hw.apply(Action("led", "off"), 1.0)
+        assert not failed.ok and "Input/output error" in (failed.error or "")
+        assert hw.isolated == frozenset({"led"})
+        assert hw.failures == {"led": 1}
+        later = hw.apply(Action("led", "on"), 2.0)
+        assert (later.ok, later.dropped) == (False, "isolated")
+        assert hw.dropped == {"isolated": 1}
+        # the others carry on
+        assert hw.apply(Action("relay", "on"), 2.0).ok
+        assert pin_of(factory, 27).state is False
+        assert hw.states()["led"] is None
+        hw.safe_state("test", now=3.0)  # does not raise on the broken pin
+        assert pin_of(factory, 27).state is True
+    finally:
+        flaky.broken = False
+        hw.close()
+
+
+def test_a_pending_follow_up_on_a_failing_pin(factory: MockFactory) -> None:
+    flaky = factory.pin(17, pin_class=FlakyPin)
+    hw = Hardware(profile_of(BENCH), pin_factory=factory)
+    try:
+        hw.apply(Action("led", "pulse", duration_s=0.1), 0.0)
+        flaky.broken = True
+        [failed] = hw.tick(0.1)
+        assert not failed.ok and failed.do == "pulse_off" and "led" in hw.isolated
+        assert hw.next_deadline() is None
+    finally:
+        flaky.broken = False
+        hw.close()
+
+
+def test_a_device_that_cannot_be_built_is_isolated(factory: MockFactory) -> None:
+    profile = profile_of(BENCH + '[devices.ghost]\nkind = "led"\npin = "GPIO99"\n')
+    hw = Hardware(profile, pin_factory=factory)
+    try:
+        assert hw.isolated == frozenset({"ghost"})
+        assert "build failed" in hw.errors["ghost"]
+        assert hw.apply(Action("ghost", "on"), 0.0).dropped == "isolated"
+        assert hw.apply(Action("led", "on"), 0.0).ok
+    finally:
+        hw.close()
+
+
+def test_unknown_pin_factory_is_a_hardware_error() -> None:
+    profile = Profile(pin_factory="warp")
+    with pytest.raises(HardwareError, match="warp"):
+        Hardware(profile)
+
+
+def test_profile_and_environment_choose_the_factory(
+    factory: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = Hardware(profile_of('[gpio]\npin_factory = "mock"\n' + BENCH))
+    try:
+        assert isinstance(own.factory, MockFactory) and own.factory is not factory
+        assert own.apply(Action("glow", "set", value=0.5), 0.0).ok
+    finally:
+        own.close()
+    Device.pin_factory = None
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    from_env = Hardware(profile_of(BENCH))
+    try:
+        assert isinstance(from_env.factory, MockFactory)
+        assert from_env.apply(Action("arm", "move", value=0.5), 0.0).ok
+    finally:
+        from_env.close()
+        from_env.factory.reset()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def finish(hw: Hardware, start: float) -> list[ActionResult]:
+    """Tick (with fake times) until the command reports, waiting at most 10 s of real time
+    for the child process to exit."""
+    t = start
+    limit = time.monotonic() + 10.0
+    while time.monotonic() < limit:
+        t += 0.001
+        results = hw.tick(t)
+        if results:
+            return results
+        time.sleep(0.005)
+    raise AssertionError("command never reported")
+
+
+def test_command_runs_and_reports(hw: Hardware) -> None:
+    started = hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "pass")), 0.0)
+    assert started.ok and started.value
+    assert hw.next_deadline() == pytest.approx(0.02)
+    [done] = finish(hw, 0.0)
+    assert (done.do, done.ok, done.value) == ("command_done", True, 0.0)
+
+
+def test_command_failure_carries_stderr(hw: Hardware) -> None:
+    argv = (sys.executable, "-c", "import sys; sys.stderr.write('no such bus'); sys.exit(3)")
+    hw.apply(Action("sh", "command", argv=argv), 0.0)
+    [done] = finish(hw, 0.0)
+    assert not done.ok and done.value == 3.0 and "no such bus" in (done.error or "")
+    assert hw.failures == {"sh": 1}
+
+
+def test_command_overrunning_its_deadline_is_killed(hw: Hardware) -> None:
+    argv = (sys.executable, "-c", "import time; time.sleep(30)")
+    assert hw.apply(Action("sh", "command", argv=argv, duration_s=0.3), 0.0).ok
+    busy = hw.apply(Action("sh", "command", argv=argv), 0.1)
+    assert (busy.ok, busy.dropped) == (False, "busy")
+    assert hw.tick(0.29) == []
+    [killed] = hw.tick(0.3)
+    assert (killed.do, killed.ok) == ("command_killed", False)
+    assert "deadline" in (killed.error or "") and hw.commands_killed == 1
+    # reaped on later ticks, silently
+    limit = time.monotonic() + 10.0
+    t = 0.3
+    while hw.next_deadline() is not None and time.monotonic() < limit:
+        t += 0.02
+        assert hw.tick(t) == []
+        time.sleep(0.005)
+    assert hw.next_deadline() is None
+
+
+def test_command_that_cannot_start(hw: Hardware) -> None:
+    result = hw.apply(Action("sh", "command", argv=("/nonexistent/i2cset",)), 0.0)
+    assert not result.ok and "i2cset" in (result.error or "")
+    assert hw.next_deadline() is None
+
+
+def test_safe_state_kills_running_commands(hw: Hardware) -> None:
+    hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "import time; time.sleep(30)")), 0)
+    hw.safe_state("stop", now=0.1)
+    assert hw.commands_killed == 1
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_no_threads_are_started_and_warm_writes_nothing(hw: Hardware, factory: MockFactory) -> None:
+    before = threading.active_count()
+    hw.apply(Action("led", "pulse"), 0.0)
+    hw.apply(Action("glow", "fade", value=1.0, duration_s=0.3), 0.0)
+    hw.apply(Action("arm", "move", value=1.0, duration_s=0.3), 0.0)
+    hw.warm(["led", "relay", "glow", "arm", "btn", "nope"])
+    run_until(hw, 1.0)
+    assert threading.active_count() == before
+    assert states(factory, 27) == [True]  # warm touched the relay without switching it
+
+
+def test_close_leaves_outputs_safe_and_releases_pins(factory: MockFactory) -> None:
+    hw = Hardware(profile_of(BENCH), pin_factory=factory)
+    hw.apply(Action("led", "on"), 0.0)
+    hw.close()
+    assert pin_of(factory, 17).state is False
+    again = Hardware(profile_of(BENCH), pin_factory=factory)  # the pins are free again
+    try:
+        assert again.isolated == frozenset()
+    finally:
+        again.close()
