@@ -70,7 +70,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from edge.errors import ConfigProblems
 
@@ -167,12 +167,19 @@ class Candidate(Protocol):
     def action(self) -> ActionLike: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """The plan for one beat: what runs (in firing order) and what was shed, with why."""
+C = TypeVar("C", bound=Candidate)
 
-    admitted: tuple[Candidate, ...]
-    shed: tuple[tuple[Candidate, str], ...]
+
+@dataclass(frozen=True, slots=True)
+class Admission(Generic[C]):
+    """The plan for one beat: what runs (in firing order) and what was shed, with why.
+
+    Generic in the candidate type, so ``admit`` given ``ScheduledAction``s hands back
+    ``ScheduledAction``s (the same objects) with no cast.
+    """
+
+    admitted: tuple[C, ...]
+    shed: tuple[tuple[C, str], ...]
 
 
 # --------------------------------------------------------------------------- config
@@ -560,10 +567,10 @@ class Guard:
     def admit(
         self,
         beat_index: int,
-        candidates: Sequence[Candidate],
+        candidates: Sequence[C],
         phase_seconds: float,
         now: float,
-    ) -> Admission:
+    ) -> Admission[C]:
         """Choose which of a beat's candidates run; see the module docstring.
 
         Order of decisions: the verdict's level; then (essential first, then highest
@@ -578,8 +585,8 @@ class Guard:
         if not c.enabled:
             return Admission(tuple(sorted(ordered, key=_firing_key)), ())
         verdict = self.verdict(now)
-        admitted: list[Candidate] = []
-        shed: list[tuple[Candidate, str]] = []
+        admitted: list[C] = []
+        shed: list[tuple[C, str]] = []
         budget = max(0.0, phase_seconds) * c.target_utilisation
         optional_budget = budget * self._work_factor
         decimating = self._work_factor < 1.0 and c.decimate_every > 1

@@ -68,11 +68,11 @@ def cand(
     return Cand(beat, at, deadline, Act(name, **kw))  # type: ignore[arg-type]
 
 
-def names(admission: Admission) -> list[str]:
+def names(admission: Admission[Cand]) -> list[str]:
     return [c.action.name for c in admission.admitted]
 
 
-def shed_reasons(admission: Admission) -> dict[str, str]:
+def shed_reasons(admission: Admission[Cand]) -> dict[str, str]:
     return {c.action.name: reason for c, reason in admission.shed}
 
 
@@ -83,7 +83,7 @@ def test_guard_imports_no_io_library() -> None:
     source = Path(__file__).resolve().parent.parent / "edge" / "guard.py"
     tree = ast.parse(source.read_text())
     banned = {"paho", "gpiozero", "psutil", "socket", "threading", "time", "subprocess", "asyncio"}
-    imported = set()
+    imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(a.name.split(".")[0] for a in node.names)

@@ -63,7 +63,7 @@ def test_metrics_import_no_io_library() -> None:
     source = Path(__file__).resolve().parent.parent / "edge" / "metrics.py"
     tree = ast.parse(source.read_text())
     banned = {"paho", "gpiozero", "psutil", "socket", "threading", "time", "subprocess", "asyncio"}
-    imported = set()
+    imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(a.name.split(".")[0] for a in node.names)
