@@ -10,10 +10,12 @@ The guard protects that promise in three layers, from mild to drastic:
    (:class:`Candidate`, i.e. ``edge.score.ScheduledAction``). The guard learns how long each
    action really takes (an asymmetric EWMA per action name, seeded with the configured
    ``cost_s``: overruns are learned fast, speed-ups slowly, because under-estimating costs a
-   deadline while over-estimating only costs idle time) and admits, essential work first,
-   then by highest priority and earliest deadline, only what fits in
-   ``phase_seconds * target_utilisation`` (the guide's 80% rule). The per-beat queue is
-   bounded (``queue_bound``); the overflow is rejected and counted.
+   deadline while over-estimating only costs idle time). Essential work is always admitted
+   and its cost reserved first; then, by highest priority and earliest deadline, only the
+   optional work that still fits in ``phase_seconds * target_utilisation`` (the guide's
+   80% rule). An action shed for its estimate drifts back toward its configured cost, so
+   one slow outlier cannot starve it for good. The per-beat queue is bounded
+   (``queue_bound``); the overflow is rejected and counted.
 
 2. **Progressive backoff (every beat).** When a beat ends with deadline misses while the
    miss rate over the recent window is above ``backoff_miss_rate``, the budget for
@@ -23,7 +25,7 @@ The guard protects that promise in three layers, from mild to drastic:
    recovers gradually. While backing off, non-essential actions are also *decimated*: each
    runs only every ``decimate_every``-th beat, staggered by a stable hash of its name so the
    remaining work is spread over the beats instead of piling onto the same one. Essential
-   work keeps the full budget throughout: it is never touched by backoff or decimation.
+   work is never touched by the budget, backoff or decimation: only the SHED level stops it.
 
 3. **Levels (graceful degradation).** Conditions latch with hysteresis: each raises when its
    value goes *above* ``*_enter`` and clears only when it falls to ``*_exit`` or below. The
@@ -573,12 +575,16 @@ class Guard:
     ) -> Admission[C]:
         """Choose which of a beat's candidates run; see the module docstring.
 
-        Order of decisions: the verdict's level; then (essential first, then highest
-        ``priority``, earliest ``deadline``, earliest ``at``, name) the queue bound, then
-        for non-essential work decimation, a deadline that cannot be met, and the budget
-        ``phase_seconds * target_utilisation`` (times the work factor for non-essential
-        work). An essential action that would finish late is still admitted: late beats
-        never. ``admitted`` comes back sorted by ``at`` (then priority), ready to fire.
+        Candidates are taken essential first, then by highest ``priority``, earliest
+        ``deadline``, earliest ``at``, name. Beyond ``queue_bound`` they are rejected
+        (``queue_full``). At SHED nothing is admitted (``level_shed``); at ESSENTIAL_ONLY
+        non-essential work is shed (``essential_only``). Essential work is otherwise always
+        admitted, even over budget or late (late beats never), and its learned cost is
+        reserved first. Non-essential work then passes decimation while backing off
+        (``decimated``), must be able to finish by its deadline (``too_late``), must have a
+        finite non-negative cost (``invalid_cost``) and must fit in what is left of
+        ``phase_seconds * target_utilisation * work_factor`` (``over_budget``).
+        ``admitted`` comes back sorted by ``at`` (then priority), ready to fire.
         """
         c = self.config
         ordered = sorted(candidates, key=_admission_key)
@@ -605,22 +611,22 @@ class Guard:
                 continue
             seed = action.cost_s
             if not math.isfinite(seed) or seed < 0:
-                shed.append((cand, SHED_INVALID))
-                continue
-            cost = self._estimates.setdefault(action.name, seed)
-            if action.essential:
-                if used + cost > budget:
-                    shed.append((cand, SHED_OVER_BUDGET))
+                if not action.essential:
+                    shed.append((cand, SHED_INVALID))
                     continue
-            else:
+                seed = 0.0
+            cost = self._estimates.setdefault(action.name, seed)
+            if not action.essential:
                 if decimating and (beat_index + _stagger(action.name)) % c.decimate_every:
                     shed.append((cand, SHED_DECIMATED))
                     continue
                 if max(cand.at, now) + cost > cand.deadline:
                     shed.append((cand, SHED_TOO_LATE))
+                    self._forget(action.name, seed)
                     continue
                 if used + cost > optional_budget:
                     shed.append((cand, SHED_OVER_BUDGET))
+                    self._forget(action.name, seed)
                     continue
             used += cost
             admitted.append(cand)
@@ -628,6 +634,14 @@ class Guard:
             self._shed[reason] = self._shed.get(reason, 0) + 1
         admitted.sort(key=_firing_key)
         return Admission(tuple(admitted), tuple(shed))
+
+    def _forget(self, name: str, seed: float) -> None:
+        # An action shed for its estimate never runs, so it could never prove the estimate
+        # wrong: one slow outlier would starve it for good. Each such shed moves the
+        # estimate back toward the configured cost, so it gets another chance.
+        est = self._estimates[name]
+        if est > seed:
+            self._estimates[name] = est + self.config.estimate_alpha_down * (seed - est)
 
     def batch_size(self, name: str, default_cost_s: float, phase_seconds: float) -> int:
         """How many runs of ``name`` fit in a phase at the target utilisation and work factor.
