@@ -687,14 +687,18 @@ class Hardware:
     # ----------------------------------------------------------------------- the rest
 
     def warm(self, devices: Iterable[str]) -> None:
-        """Touch the pin path of ``devices`` (a read, no write) shortly before a deadline:
-        a cold gpiozero path costs up to ~0.2 ms, a hot one ~1 us."""
+        """Run the pin path of ``devices`` shortly before a deadline, changing nothing: an
+        output gets its current value written again (the pin keeps its level), an input
+        is read. A cold gpiozero path costs up to ~0.2 ms, a hot one ~1 us."""
         for name in devices:
             d = self._devices.get(name)
             if d is None or d.isolated or d.dev is None:
                 continue
             try:
-                self._read(d)
+                if d.spec.is_output and d.fade is None:
+                    self._write(d, d.value)
+                else:
+                    self._read(d)
             except Exception as exc:
                 self._fail(d, exc, "warm")
 

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Cost of applying each action kind through edge.hardware on gpiozero's mock pins.
+
+Run with the project's interpreter: .venv/bin/python scripts/bench_hardware.py [-n N]
+
+For each action it times ``Hardware.apply`` (and the ``tick`` that finishes it, where there
+is one) and prints the median and p99 in microseconds. The "raw gpiozero" row is the same
+pin write without our layer; the layer's overhead per digital action is the difference of
+medians and must stay under 100 us. The cold rows apply after a 25 ms pause (as at one
+action per beat phase), without ``Hardware.warm``, with it 1 ms before (a sleep in
+between cools the caches again) and with it right before (as a runner that spins the last
+~2 ms to its deadline would call it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gpiozero import LED, Device
+from gpiozero.pins.mock import MockFactory
+
+from edge.errors import ConfigProblems
+from edge.hardware import Hardware
+from edge.profile import parse_profile
+from edge.score import Action
+
+PROFILE = """
+[devices.led]
+kind = "led"
+pin = 17
+[devices.relay]
+kind = "relay"
+pin = 27
+active_high = false
+max_switch_hz = 1000
+max_on_s = 60
+[devices.glow]
+kind = "pwmled"
+pin = 18
+[devices.arm]
+kind = "servo"
+pin = 12
+[devices.tone]
+kind = "tone"
+pin = 13
+[devices.btn]
+kind = "button"
+pin = 5
+[devices.sh]
+kind = "command"
+timeout_s = 5
+"""
+
+DIGITAL_LIMIT_US = 100.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def timed(n: int, step: Callable[[int], None], pause: float = 0.0,
+          before: Callable[[], None] | None = None, gap: float = 0.001) -> list[float]:
+    """Run ``step(i)`` n times; return each call's duration in microseconds."""
+    out: list[float] = []
+    clock = time.perf_counter_ns
+    for i in range(n):
+        if pause:
+            time.sleep(pause)
+            if before is not None:
+                before()
+                if gap:
+                    time.sleep(gap)
+        t0 = clock()
+        step(i)
+        out.append((clock() - t0) / 1000.0)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=5000, help="repetitions per hot row")
+    parser.add_argument("--cold", type=int, default=200, help="repetitions per cold row")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)  # the bench's dead-man and close are expected
+    n = args.n
+
+    problems = ConfigProblems("bench")
+    profile = parse_profile(tomllib.loads(PROFILE), problems)
+    problems.raise_if_any()
+    factory = MockFactory()
+    Device.pin_factory = factory
+    hw = Hardware(profile, pin_factory=factory)
+    now = [0.0]
+
+    def apply(action: Action) -> None:
+        now[0] += 0.01
+        result = hw.apply(action, now[0])
+        if not result.ok:
+            raise SystemExit(f"benchmark action failed: {result}")
+
+    def apply_tick(action: Action, span: float) -> Callable[[int], None]:
+        def run(_: int) -> None:
+            apply(action)
+            now[0] += span
+            hw.tick(now[0])
+        return run
+
+    on, off = Action("led", "on"), Action("led", "off")
+    rows: list[tuple[str, list[float]]] = []
+
+    raw_factory = MockFactory()
+    raw = LED(4, pin_factory=raw_factory)
+    rows.append(("raw gpiozero LED.on/off", timed(n, lambda i: raw.on() if i % 2 else raw.off())))
+    rows.append(("led on/off", timed(n, lambda i: apply(on if i % 2 else off))))
+    rows.append(("led toggle", timed(n, lambda i: apply(Action("led", "toggle")))))
+    rows.append(("relay on/off (rate limit, dead-man)",
+                 timed(n, lambda i: apply(Action("relay", "on" if i % 2 else "off")))))
+    rows.append(("led pulse + tick(off)",
+                 timed(n, apply_tick(Action("led", "pulse", duration_s=0.005), 0.005))))
+    rows.append(("led read", timed(n, lambda i: apply(Action("led", "read")))))
+    rows.append(("button read", timed(n, lambda i: apply(Action("btn", "read")))))
+    rows.append(("pwm set",
+                 timed(n, lambda i: apply(Action("glow", "set", value=(i % 10) / 10)))))
+    rows.append(("pwm fade start",
+                 timed(n, lambda i: apply(Action("glow", "fade", value=float(i % 2),
+                                                 duration_s=0.1)))))
+
+    def fade_step(_: int) -> None:
+        now[0] += 0.02
+        hw.tick(now[0])
+
+    apply(Action("glow", "fade", value=1.0, duration_s=1e6))
+    rows.append(("pwm fade step (tick)", timed(n, fade_step)))
+    apply(Action("glow", "off"))
+    rows.append(("servo move",
+                 timed(n, lambda i: apply(Action("arm", "move", value=(i % 3) - 1.0)))))
+    rows.append(("tone beep + tick(stop)",
+                 timed(n // 5, apply_tick(Action("tone", "beep", value=440.0,
+                                                  duration_s=0.01), 0.01))))
+    rows.append(("tick, nothing due", timed(n, lambda i: hw.tick(now[0]))))
+    rows.append(("next_deadline", timed(n, lambda i: hw.next_deadline())))
+
+    cold = args.cold
+    rows.append(("led on/off cold (25 ms idle)",
+                 timed(cold, lambda i: apply(on if i % 2 else off), pause=0.025)))
+    rows.append(("led on/off cold, warm() 1 ms before",
+                 timed(cold, lambda i: apply(on if i % 2 else off), pause=0.024,
+                       before=lambda: hw.warm(["led"]))))
+    rows.append(("led on/off cold, warm() just before",
+                 timed(cold, lambda i: apply(on if i % 2 else off), pause=0.025,
+                       before=lambda: hw.warm(["led"]), gap=0.0)))
+
+    argv = ("/bin/true",) if os.path.exists("/bin/true") else (sys.executable, "-c", "")
+
+    spawn_times: list[float] = []
+    for _ in range(50):
+        t0 = time.perf_counter_ns()
+        apply(Action("sh", "command", argv=argv, duration_s=5.0))
+        spawn_times.append((time.perf_counter_ns() - t0) / 1000.0)
+        while hw.next_deadline() is not None:
+            time.sleep(0.001)
+            now[0] += 0.02
+            hw.tick(now[0])
+    rows.append(("command start (Popen /bin/true)", spawn_times))
+
+    hw.close()
+    raw.close()
+
+    print(f"{'action':40} {'n':>6} {'median us':>10} {'p99 us':>10} {'max us':>10}")
+    print("-" * 80)
+    for name, values in rows:
+        print(f"{name:40} {len(values):6d} {statistics.median(values):10.2f} "
+              f"{percentile(values, 0.99):10.2f} {max(values):10.2f}")
+    raw_median = statistics.median(rows[0][1])
+    ours = statistics.median(rows[1][1])
+    added = ours - raw_median
+    ours_p99 = percentile(rows[1][1], 0.99) - percentile(rows[0][1], 0.99)
+    verdict = "OK" if added < DIGITAL_LIMIT_US else "TOO SLOW"
+    print("-" * 80)
+    print(f"layer overhead per digital action: median {added:.2f} us, p99 {ours_p99:.2f} us "
+          f"(limit {DIGITAL_LIMIT_US:.0f} us): {verdict}")
+    return 0 if added < DIGITAL_LIMIT_US else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
