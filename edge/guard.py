@@ -61,6 +61,14 @@ With ``enabled = false`` the guard still learns and counts but always answers FU
 admits every candidate: the same runner code then runs unguarded, for comparisons.
 
 The guard is pure: no clock, no psutil; time enters as ``now`` and samples as values.
+
+Use from the runner, once per beat::
+
+    guard.observe(probe.sample(now, full=...))          # whenever a sample is taken
+    plan = guard.admit(beat, score.due(beat, timeline), execute_phase_s, now)  # plan
+    ...fire plan.admitted at their times...
+    guard.record(action.name, took_s, late_s, missed)     # each fired action
+    guard.end_beat(beat)                                  # review
 """
 
 from __future__ import annotations
