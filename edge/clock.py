@@ -11,6 +11,7 @@ by hand, as trio's ``MockClock`` does. Two readings are offered:
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
 
@@ -57,16 +58,21 @@ class FakeClock:
         return self._wall
 
     def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError(f"a FakeClock only moves forward, got advance({seconds})")
+        # "not >= 0" also catches NaN, which would otherwise poison both readings.
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise ValueError(f"a FakeClock only moves forward by finite steps, got "
+                             f"advance({seconds})")
         self._mono += seconds
         self._wall += seconds
 
     def set(self, monotonic: float) -> None:
         """Move forward to an absolute monotonic time (no-op if already there)."""
-        if monotonic < self._mono:
+        if not monotonic >= self._mono:
             raise ValueError(f"a FakeClock only moves forward: {monotonic} < {self._mono}")
         self.advance(monotonic - self._mono)
 
     def step_wall(self, seconds: float) -> None:
+        """Step the wall clock alone by ``seconds`` (either sign, finite)."""
+        if not math.isfinite(seconds):
+            raise ValueError(f"a wall-clock step must be finite, got step_wall({seconds})")
         self._wall += seconds
