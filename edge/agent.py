@@ -40,11 +40,16 @@ def client_id_for(config: Config) -> str:
 
 
 def outbox_config_for(config: Config) -> Config:
-    """Place the outbox in systemd's StateDirectory when the config leaves it open."""
-    if config.outbox.directory is None and os.environ.get("STATE_DIRECTORY"):
-        state = Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "outbox"
-        return replace(config, outbox=replace(config.outbox, directory=state))
-    return config
+    """Place the outbox: relative to the config file, or in systemd's StateDirectory when
+    the config leaves it open (else it stays in memory)."""
+    directory = config.outbox.directory
+    if directory is None and os.environ.get("STATE_DIRECTORY"):
+        directory = Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "outbox"
+    elif directory is not None and not directory.is_absolute():
+        directory = Path(config.source).parent / directory
+    if directory == config.outbox.directory:
+        return config
+    return replace(config, outbox=replace(config.outbox, directory=directory))
 
 
 class Agent:
@@ -135,6 +140,7 @@ class Agent:
             self.hardware.safe_state("shutdown")
         except EdgeError as exc:
             log.error("safe state on shutdown: %s", exc)
+        log.info("outputs after safe state: %s", self.hardware.states())
         self.runner.flush()
         topics = Topics(self.config.agent.topic_prefix, self.config.agent.cluster)
         final: list[tuple[str, bytes, bool]] = []

@@ -133,11 +133,14 @@ def _spawn(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def start_mosquitto(port: int | None = None, extra_conf: str = "",
-                    workdir: Path | None = None, listener_conf: str | None = None) -> Mosquitto:
+                    workdir: Path | None = None, listener_conf: str | None = None,
+                    persistence: bool = False) -> Mosquitto:
     """Start a private Mosquitto on 127.0.0.1 (a free port unless given).
 
     ``listener_conf`` replaces the default plain, anonymous listener (for TLS or password
     tests: it must open ``port`` on 127.0.0.1); ``extra_conf`` is appended to the config.
+    With ``persistence`` the broker keeps sessions and queued messages across a restart
+    (saved on a clean stop, and every second).
     Raises BrokerUnavailable if mosquitto is missing or does not come up.
     """
     owned = workdir is None
@@ -147,8 +150,9 @@ def start_mosquitto(port: int | None = None, extra_conf: str = "",
         f"listener {port} 127.0.0.1\nallow_anonymous true\n")
     conf = (
         listener
-        + "persistence false\n"
-        f"log_dest file {workdir / 'mosquitto.log'}\n"
+        + (f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
+           if persistence else "persistence false\n")
+        + f"log_dest file {workdir / 'mosquitto.log'}\n"
         "log_type error\nlog_type warning\nlog_type notice\n"
         "max_queued_messages 100000\n"
         + extra_conf

@@ -1,0 +1,105 @@
+"""Start the real pulse and agent as processes, for end-to-end tests and benchmarks.
+
+Like ``edge.broker`` this is tooling, not part of the agent: it writes an agent config
+next to a profile, launches ``backbeat-edge run`` / ``backbeat-edge pulse`` with the
+interpreter running the caller, and reads back their JSON-lines traces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def write_agent_config(workdir: Path, broker_url: str, profile_toml: str, cluster: str = "bench",
+                       agent_id: str = "bench:pi-01", extra: str = "",
+                       broker_extra: str = "") -> Path:
+    """Write ``profile.toml`` and an ``agent.toml`` naming it; returns the config path.
+
+    ``broker_extra`` lines go into ``[broker]``; ``extra`` is appended (more sections).
+    """
+    (workdir / "profile.toml").write_text(profile_toml, encoding="utf-8")
+    path = workdir / "agent.toml"
+    path.write_text(
+        f'[agent]\nid = "{agent_id}"\ncluster = "{cluster}"\nprofile = "profile.toml"\n'
+        f'[broker]\nurl = "{broker_url}"\n{broker_extra}'
+        f'[outbox]\ndirectory = "{workdir / "outbox"}"\n' + extra,
+        encoding="utf-8",
+    )
+    return path
+
+
+@dataclass
+class Proc:
+    """A child process with its stderr in a file (so a full pipe never blocks it)."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def signal(self, sig: int) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Proc:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "edge.cli", *args],
+                                   stdout=log, stderr=log, env=full_env)
+    return Proc(process, log_path)
+
+
+def start_agent(config: Path, trace: Path | None, log_path: Path,
+                env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> Proc:
+    args = ["run", "--config", str(config), *extra_args]
+    if trace is not None:
+        args += ["--trace", str(trace)]
+    return _spawn(args, log_path, {"GPIOZERO_PIN_FACTORY": "mock", **(env or {})})
+
+
+def start_pulse(broker_url: str, cluster: str, bpm: float, trace: Path | None, log_path: Path,
+                bar: int = 4, fmt: str = "json", start_beat: int = 0,
+                per_phase: bool = False) -> Proc:
+    args = ["pulse", "--broker", broker_url, "--cluster", cluster, "--bpm", str(bpm),
+            "--bar", str(bar), "--format", fmt, "--start-beat", str(start_beat)]
+    if per_phase:
+        args.append("--per-phase")
+    if trace is not None:
+        args += ["--trace", str(trace)]
+    return _spawn(args, log_path)
+
+
+def read_trace(path: Path) -> list[dict[str, object]]:
+    """Every complete JSON line of a trace (a torn last line is skipped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
