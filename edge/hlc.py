@@ -44,6 +44,7 @@ class Timestamp:
     node: int
 
     def wire(self) -> str:
+        """The wire form: low 16 bits of the wall second, logical, node; 4 hex digits each."""
         return f"{self.wall & _MASK:04x}:{self.logical:04x}:{self.node:04x}"
 
 
@@ -87,7 +88,7 @@ class HybridLogicalClock:
     """An HLC for one node, reading physical time from an injected :class:`Clock`."""
 
     def __init__(self, clock: Clock, node: int) -> None:
-        if not 0 <= node <= _MASK:
+        if isinstance(node, bool) or not isinstance(node, int) or not 0 <= node <= _MASK:
             raise ValueError(f"node must be between 0 and 65535, got {node}")
         self._clock = clock
         self._node = node
@@ -135,4 +136,5 @@ class HybridLogicalClock:
         return self._advance(wall, logical)
 
     def now_wire(self) -> str:
+        """:meth:`now` in the wire format (``wall:logical:node``, lower-case hex)."""
         return self.now().wire()
