@@ -329,17 +329,21 @@ def _child_round(directory: Path, seed: int, fsync_every: int, delay: float
         [sys.executable, "-c", CHILD, str(directory), str(seed), str(fsync_every)],
         stdout=subprocess.PIPE, env=env,
     )
+    assert child.stdout is not None
     try:
-        assert child.stdout is not None
         first = child.stdout.readline()
         assert first.startswith(b"open "), first
         time.sleep(delay)
     finally:
         child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate(timeout=30)
+        # Read through the same buffered reader: readline() may have read ahead, and
+        # communicate() would read the raw pipe past those buffered lines.
+        out = first + child.stdout.read()
+        child.stdout.close()
+        child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
     events = []
-    for line in out.split(b"\n")[:-1]:  # the last piece may be cut mid-line
+    for line in out.split(b"\n")[1:-1]:  # the last piece may be cut mid-line
         kind, _, value = line.decode().partition(" ")
         assert kind != "DROPPED"
         events.append((kind, int(value)))
