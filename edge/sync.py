@@ -94,7 +94,10 @@ class SyncConfig:
     lost_after_s, lost_after_beats: silence before LOST is the larger of the two.
     filter_window_frames: arrivals kept for the envelope fit (more: smoother, slower).
     max_rate_ppm: largest believable clock rate difference; the fit is clamped to it.
-    rate_min_span_s: the window must span this long before the rate is estimated.
+    rate_min_span_s, rate_min_frames: the window must span this long and hold this many
+        frames before the rate is estimated (a few jittered points give a wild slope).
+    rate_max_uncertainty_ppm: ...and the estimate's own uncertainty (twice the noise
+        near the floor over the span) must be below this; until then the slope is held.
     early_tolerance_s: frames earlier than the envelope by more than this are held back.
     relock_after_frames: consecutive early (or consistent late) frames that move the
         timeline.
@@ -117,6 +120,8 @@ class SyncConfig:
     filter_window_frames: int = 128
     max_rate_ppm: float = 500.0
     rate_min_span_s: float = 5.0
+    rate_min_frames: int = 6
+    rate_max_uncertainty_ppm: float = 100.0
     early_tolerance_s: float = 0.001
     relock_after_frames: int = 4
     slew_rate: float = 0.02
@@ -140,6 +145,8 @@ _LIMITS: dict[str, tuple[str, float, float, bool]] = {
     "filter_window_frames": ("i", 4, 100_000, True),
     "max_rate_ppm": ("f", 0.0, 100_000.0, True),
     "rate_min_span_s": ("f", 0.0, 1e7, True),
+    "rate_min_frames": ("i", 4, 100_000, True),
+    "rate_max_uncertainty_ppm": ("f", 0.0, 100_000.0, False),
     "early_tolerance_s": ("f", 0.0, 10.0, True),
     "relock_after_frames": ("i", 2, 1000, True),
     "slew_rate": ("f", 0.0, 0.5, False),
@@ -316,6 +323,7 @@ _MAX_EMIT = 10_000  # boundaries one tick() emits at most; the rest come on the 
 _MAX_TEMPO_CANDIDATES = 64
 _NTP_SLEW = 500e-6  # the fastest a disciplined wall clock is slewed (ntpd/chrony limit)
 _BOUND_FLOOR_S = 10e-6
+_RATE_SMOOTHING = 1.0 / 16
 
 
 def _next(key: Key) -> Key:
@@ -388,6 +396,7 @@ class BeatFollower:
         self._t0 = 0.0
         self._slope = 1.0
         self._rate_known = False
+        self._rate_fits = 0
         self._window: deque[_Point] = deque(maxlen=config.filter_window_frames)
         self._early_run: list[_Point] = []
         self._late_run: list[tuple[_Point, float]] = []
@@ -751,11 +760,21 @@ class BeatFollower:
         cfg = self._cfg
         span = points[-1][2] - points[0][2]
         slope = self._slope
-        if len(points) >= 3 and span >= cfg.rate_min_span_s:
+        if len(points) >= cfg.rate_min_frames and span >= cfg.rate_min_span_s:
             estimate = lower_envelope_slope(xs, ys)
             if estimate is not None:
+                floor = sorted(y - estimate * x for x, y in zip(xs, ys, strict=True))
+                uncertainty = 2.0 * (floor[3] - floor[0]) / span
+                if uncertainty > cfg.rate_max_uncertainty_ppm * 1e-6:
+                    estimate = None
+            if estimate is not None:
                 limit = cfg.max_rate_ppm * 1e-6
-                slope = min(max(estimate, 1.0 / (1.0 + limit)), 1.0 / (1.0 - limit))
+                estimate = min(max(estimate, 1.0 / (1.0 + limit)), 1.0 / (1.0 - limit))
+                # Successive windows share most points, so one hull edge is a noisy
+                # reading: average them (first readings count fully, later ones 1/16).
+                self._rate_fits += 1
+                weight = max(1.0 / self._rate_fits, _RATE_SMOOTHING)
+                slope = slope + (estimate - slope) * weight
                 self._rate_known = True
         offset = min(y - slope * x for x, y in zip(xs, ys, strict=True))
         self._slope = slope
