@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sync_sim import Network, Pulse, heavy_tail, percentile, simulate, uniform
+from test_sync_sim import Network, Pulse, heavy_tail, percentile, simulate, uniform
 
 from edge.errors import ConfigProblems
 from edge.messages import PHASES, BeatFrame

@@ -1,5 +1,7 @@
 """A simulated Pulse and network for the beat follower's tests and benchmark (fake time).
 
+No tests here: ``tests/test_sync.py`` and ``scripts/bench_sync.py`` import it.
+
 Truth: the Pulse starts phase ``(beat, phase)`` at Pulse time ``tau``; local monotonic time
 is ``t = start + tau / (1 + ppm * 1e-6)`` (a positive ppm: the Pulse clock runs fast). The
 frame for that phase is sent then and arrives after ``delay()``; the local wall clock reads
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from edge.messages import PHASES, BeatFrame
 from edge.sync import BeatFollower, PhaseStarted, SyncConfig, SyncEvent
 
+DEFAULT_CONFIG = SyncConfig()
 WALL0 = 1_767_225_600.0  # the Pulse's wall clock when its timeline starts
 
 
@@ -125,7 +128,7 @@ class Run:
 def simulate(
     pulse: Pulse,
     net: Network,
-    config: SyncConfig = SyncConfig(),
+    config: SyncConfig = DEFAULT_CONFIG,
     wall_error: Callable[[float], float] | None = None,
     until: float | None = None,
     reorder: float = 0.0,
