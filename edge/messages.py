@@ -44,12 +44,13 @@ import io
 import json
 import math
 import re
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias, cast
 
 import cbor2
 
@@ -251,9 +252,8 @@ class _Bad(Exception):
         self.path: list[str] = []
 
 
-def _freeze_value(value: object, depth: int) -> JSONValue:
-    # Exact type checks first: they are the common case and much cheaper than isinstance
-    # against the collections ABCs.
+def _freeze_scalar(value: object) -> JSONValue:
+    """Check one JSON scalar; raise _Bad if it is not one (containers are handled apart)."""
     t = type(value)
     if t is str:
         if not _valid_text(value):  # type: ignore[arg-type]
@@ -269,19 +269,52 @@ def _freeze_value(value: object, depth: int) -> JSONValue:
         return value
     if value is None or t is bool:
         return value
-    if t is dict or t is MappingProxyType or isinstance(value, Mapping):
+    # Subclasses (an IntEnum, a str subclass...) are stored as the plain type.
+    if isinstance(value, str):
+        return _freeze_scalar(str(value))
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return _freeze_scalar(int(value))
+    if isinstance(value, float):
+        return _freeze_scalar(float(value))
+    raise _Bad(f"must hold only JSON values, got {type(value).__name__} {_show(value)}")
+
+
+def _freeze_value(value: object, depth: int) -> JSONValue:
+    """A read-only deep copy of JSON data: objects become mappingproxy, arrays tuples.
+
+    Scalars of the common exact types are checked inline (this runs for every value of
+    every decoded claim); everything else goes through :func:`_freeze_scalar`.
+    """
+    t = type(value)
+    if t is dict or t is MappingProxyType or (t is not str and isinstance(value, Mapping)):
         if depth >= MAX_DEPTH:
             raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
         out: dict[str, JSONValue] = {}
         for key, item in value.items():  # type: ignore[attr-defined]
-            if type(key) is not str:
-                raise _Bad(f"keys must be strings, got {_show(key)}")
-            if not _valid_text(key):
-                raise _Bad(f"keys must be valid Unicode text, got {_show(key)}")
             try:
-                out[key] = _freeze_value(item, depth + 1)
+                if type(key) is not str:
+                    raise _Bad(f"keys must be strings, got {_show(key)}")
+                if not key.isascii() and not _valid_text(key):
+                    raise _Bad(f"keys must be valid Unicode text, got {_show(key)}")
+                ti = type(item)
+                if ti is int:
+                    if not _MIN_INT <= item <= _MAX_INT:
+                        raise _Bad(f"must fit in 64 bits, got {_show(item)}")
+                    out[key] = item
+                elif ti is str and item.isascii():
+                    out[key] = item
+                elif ti is float:
+                    if item - item != 0.0:  # NaN or an infinity
+                        raise _Bad(f"must be a finite number, got {item!r}")
+                    out[key] = item
+                elif ti is dict or ti is list or ti is tuple or ti is MappingProxyType:
+                    out[key] = _freeze_value(item, depth + 1)
+                else:
+                    out[key] = _freeze_other(item, depth + 1)
             except _Bad as bad:
-                bad.path.append(f".{key}")
+                bad.path.append(f".{_show(key) if type(key) is not str else key}")
                 raise
         return MappingProxyType(out)
     if t is list or t is tuple or (
@@ -292,20 +325,23 @@ def _freeze_value(value: object, depth: int) -> JSONValue:
         items = []
         for i, item in enumerate(value):  # type: ignore[arg-type]
             try:
-                items.append(_freeze_value(item, depth + 1))
+                items.append(_freeze_other(item, depth + 1))
             except _Bad as bad:
                 bad.path.append(f"[{i}]")
                 raise
         return tuple(items)
-    if isinstance(value, str):
-        return _freeze_value(str(value), depth)
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return _freeze_value(int(value), depth)
-    if isinstance(value, float):
-        return _freeze_value(float(value), depth)
-    raise _Bad(f"must hold only JSON values, got {type(value).__name__} {_show(value)}")
+    return _freeze_scalar(value)
+
+
+def _freeze_other(value: object, depth: int) -> JSONValue:
+    t = type(value)
+    if t is dict or t is list or t is tuple or t is MappingProxyType:
+        return _freeze_value(value, depth)
+    if isinstance(value, Mapping) or (
+        isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
+    ):
+        return _freeze_value(value, depth)
+    return _freeze_scalar(value)
 
 
 def _object(name: str, value: object) -> Mapping[str, JSONValue]:
@@ -673,6 +709,100 @@ def decode_bar_report(payload: bytes) -> BarReport:
     return report
 
 
+# --------------------------------------------------------------------------- canonical CBOR
+#
+# cbor2's canonical mode sorts each map in native code but pays a fixed cost per map
+# (~3 us), and a claim carries a dozen small maps. This encoder covers just the frozen
+# JSON data model a message can hold, caches the encoding of map keys (a small, fixed
+# vocabulary) and emits RFC 8949 core deterministic CBOR: definite lengths, shortest
+# integer and length heads, shortest exact float, map keys sorted bytewise by encoding.
+# The golden-byte tests pin its output; cbor2 decodes it.
+
+_HEAD_SMALL = [bytes((i,)) for i in range(256)]
+_U8, _U16, _U32, _U64 = (struct.Struct(f">B{c}").pack for c in "BHIQ")
+_F64 = struct.Struct(">d").pack
+_F32 = struct.Struct(">f")
+_F16 = struct.Struct(">e")
+_KEY_CACHE: dict[str, bytes] = {}
+_KEY_CACHE_MAX = 4096
+
+
+def _head(major: int, n: int) -> bytes:
+    if n < 24:
+        return _HEAD_SMALL[major | n]
+    if n < 0x100:
+        return _U8(major | 24, n)
+    if n < 0x10000:
+        return _U16(major | 25, n)
+    if n < 0x100000000:
+        return _U32(major | 26, n)
+    return _U64(major | 27, n)
+
+
+def _cbor_text(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _head(0x60, len(raw)) + raw
+
+
+def _cbor_key(key: str) -> bytes:
+    cached = _KEY_CACHE.get(key)
+    if cached is None:
+        cached = _cbor_text(key)
+        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+            _KEY_CACHE[key] = cached
+    return cached
+
+
+def _cbor_float(value: float) -> bytes:
+    raw = _F64(value)
+    # A double fits a single only if its low 29 mantissa bits are zero: test that on the
+    # bytes before trying the narrower packings.
+    if raw[5:] != b"\x00\x00\x00" or raw[4] & 0x1F:
+        return b"\xfb" + raw
+    try:
+        half = _F16.pack(value)
+        if _F16.unpack(half)[0] == value:
+            return b"\xf9" + half
+    except OverflowError:
+        pass
+    try:
+        single = _F32.pack(value)
+        if _F32.unpack(single)[0] == value:
+            return b"\xfa" + single
+    except OverflowError:
+        pass
+    return b"\xfb" + raw
+
+
+def _cbor_value(value: object, out: list[bytes]) -> None:
+    t = type(value)
+    if t is str:
+        out.append(_cbor_text(value))  # type: ignore[arg-type]
+    elif t is int:
+        if value >= 0:  # type: ignore[operator]
+            out.append(_head(0x00, value))  # type: ignore[arg-type]
+        else:
+            out.append(_head(0x20, -1 - value))  # type: ignore[operator]
+    elif t is float:
+        out.append(_cbor_float(value))  # type: ignore[arg-type]
+    elif t is bool:
+        out.append(b"\xf5" if value else b"\xf4")
+    elif value is None:
+        out.append(b"\xf6")
+    elif t is MappingProxyType or t is dict:
+        items = sorted((_cbor_key(k), v) for k, v in value.items())  # type: ignore[attr-defined]
+        out.append(_head(0xA0, len(items)))
+        for key, item in items:
+            out.append(key)
+            _cbor_value(item, out)
+    elif t is tuple or t is list:
+        out.append(_head(0x80, len(value)))  # type: ignore[arg-type]
+        for item in value:  # type: ignore[attr-defined]
+            _cbor_value(item, out)
+    else:  # unreachable for a validated message
+        raise TypeError(f"cannot encode {t.__name__} as CBOR")
+
+
 # --------------------------------------------------------------------------- encoding
 
 
@@ -696,16 +826,46 @@ def to_wire(message: Message) -> dict[str, object]:
     return out
 
 
+def _cbor_order(cls: Any) -> tuple[tuple[str, bytes], ...]:
+    names = ("type", *_FIELD_NAMES[cls])
+    return tuple(sorted(((n, _cbor_text(n)) for n in names), key=lambda pair: pair[1]))
+
+
+_CBOR_ORDER: dict[type, tuple[tuple[str, bytes], ...]] = {
+    cls: _cbor_order(cls) for cls in (BeatFrame, StatusClaim, BarReport)
+}
+
+
+def _encode_cbor(message: Message) -> bytes:
+    out: list[bytes] = []
+    count = 0
+    for name, key in _CBOR_ORDER[type(message)]:
+        value = message.TYPE if name == "type" else getattr(message, name)
+        if value is None:
+            continue
+        count += 1
+        out.append(key)
+        if type(value) is datetime:
+            out.append(_cbor_text(format_rfc3339(value)))
+        elif name == "issues":
+            issues = cast("tuple[BarIssue, ...]", value)
+            _cbor_value([{"severity": i.severity, "category": i.category, "count": i.count}
+                         for i in issues], out)
+        else:
+            _cbor_value(value, out)
+    return _head(0xA0, count) + b"".join(out)
+
+
 def encode(message: Message, fmt: Format = "cbor") -> bytes:
     """Encode a message: canonical CBOR (default) or compact JSON with sorted keys.
 
     The output always validates against the upstream v1 schema, since the message was
     validated when it was built. Raises ValueError for an unknown ``fmt``.
     """
-    wire = to_wire(message)
     if fmt == "cbor":
-        return cbor2.dumps(wire, canonical=True)
+        return _encode_cbor(message)
     if fmt == "json":
+        wire = to_wire(message)
         return json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                           sort_keys=True).encode("utf-8")
     raise ValueError(f"fmt must be 'cbor' or 'json', got {fmt!r}")
