@@ -63,7 +63,8 @@ class Agent:
         self.config = config
         self.clock = SystemClock()
         self.notifier = Notifier.from_env()
-        self.gate = WatchdogGate(self.notifier.watchdog_interval_s)
+        interval = self.notifier.watchdog_interval_s
+        self.gate = None if interval is None else WatchdogGate(interval)
         self.hardware = Hardware(config.profile, pin_factory=pin_factory)
         self.outbox = Outbox(config.outbox)
         if self.outbox.degraded:
@@ -81,6 +82,7 @@ class Agent:
                              trace=trace, on_view=on_view, start_seq=self.outbox.last_seq)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._hang = threading.Event()
 
     # Signal handlers only set flags: the loop wakes at least every MAX_WAIT_S to see them.
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
@@ -93,6 +95,9 @@ class Agent:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        if os.environ.get("BACKBEAT_DEBUG_HANG") == "1":
+            # For watchdog tests only: SIGUSR2 hangs the loop on purpose.
+            signal.signal(signal.SIGUSR2, lambda signum, frame: self._hang.set())
 
     def stop(self) -> None:
         self._stop.set()
@@ -125,11 +130,17 @@ class Agent:
                 if self._reload.is_set():
                     self._reload.clear()
                     self._reload_config()
+                if self._hang.is_set():
+                    log.error("loop deliberately hung (BACKBEAT_DEBUG_HANG): watchdog pings stop")
+                    while True:
+                        time.sleep(3600)
                 self.runner.run_once()
-                now = time.monotonic()
-                self.gate.beat_alive(now)
-                if self.gate.due(now):
-                    self.notifier.watchdog()
+                if self.gate is not None:
+                    now = time.monotonic()
+                    self.gate.beat_alive(now)
+                    if self.gate.due(now):
+                        self.notifier.watchdog()
+                        self.gate.pinged(now)
         finally:
             self.shutdown()
         return 0

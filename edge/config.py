@@ -51,8 +51,10 @@ class AgentConfig:
     id: str
     cluster: str
     topic_prefix: str = "backbeat"
-    #: Drive every output to its safe state once the beat has been lost this long.
-    safe_after_lost_s: float = 5.0
+    #: Once the follower says the beat is lost (``sync.lost_after_s`` of silence) the agent
+    #: keeps firing on its free-running model this long, then drives every output to its
+    #: safe state and stops until the beat returns.
+    safe_after_lost_s: float = 60.0
     #: Process-wide sampling period of the probe (seconds; CPU, memory, temperature).
     sample_interval_s: float = 1.0
 
@@ -161,7 +163,7 @@ def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
         id=agent_id,
         cluster=cluster,
         topic_prefix=prefix.rstrip("/"),
-        safe_after_lost_s=_number(table, "safe_after_lost_s", 5.0, "agent", problems),
+        safe_after_lost_s=_number(table, "safe_after_lost_s", 60.0, "agent", problems),
         sample_interval_s=_number(table, "sample_interval_s", 1.0, "agent", problems, 0.05),
     )
 
@@ -198,8 +200,8 @@ def parse_broker(table: Mapping[str, object], problems: ConfigProblems, base: Pa
         if value is not None and (not isinstance(value, str) or not value):
             problems.add(f"{where}.{key}", f"must be a non-empty string, got {value!r}")
     cert = _path(table, "cert_file", base, where, problems)
-    key = _path(table, "key_file", base, where, problems)
-    if (cert is None) != (key is None):
+    key_file = _path(table, "key_file", base, where, problems)
+    if (cert is None) != (key_file is None):
         problems.add(where, "cert_file and key_file go together (mutual TLS needs both)")
     reconnect_min = _number(table, "reconnect_min_s", 0.25, where, problems, 0.01)
     reconnect_max = _number(table, "reconnect_max_s", 2.0, where, problems, 0.01)
@@ -217,7 +219,7 @@ def parse_broker(table: Mapping[str, object], problems: ConfigProblems, base: Pa
         password_file=_path(table, "password_file", base, where, problems, must_exist=False),
         ca_file=_path(table, "ca_file", base, where, problems),
         cert_file=cert,
-        key_file=key,
+        key_file=key_file,
         protocol="5" if protocol == "5" else "3.1.1",
         keepalive_s=int(_number(table, "keepalive_s", 15, where, problems, 5)),
         reconnect_min_s=reconnect_min,

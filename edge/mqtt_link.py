@@ -191,7 +191,7 @@ class MqttLink:
         if self.availability_topic is not None:
             props: Properties | None = None
             if self.mqtt5:
-                props = Properties(PacketTypes.WILLMESSAGE)
+                props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
                 props.WillDelayInterval = self.broker.will_delay_s
             client.will_set(self.availability_topic, b"offline", qos=1, retain=True,
                             properties=props)
@@ -260,7 +260,7 @@ class MqttLink:
         try:
             props = None
             if self.mqtt5:
-                props = Properties(PacketTypes.CONNECT)
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = 300
             self._client.connect(self.broker.host, self.broker.port, self.broker.keepalive_s,
                                  clean_start=False, properties=props)
@@ -322,7 +322,7 @@ class MqttLink:
         """Queue a publish; returns its message id (acked later as an ``ack`` Inbound)."""
         props: Properties | None = None
         if self.mqtt5 and (content_type or expiry_s):
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if content_type:
                 props.ContentType = content_type
             if expiry_s:

@@ -95,7 +95,7 @@ class Probe(Protocol):
 
 
 class Notifier(Protocol):
-    def status(self, text: str) -> None: ...
+    def status(self, text: str) -> object: ...
 
 
 @dataclass
@@ -181,13 +181,15 @@ class Runner:
         self.last_sample: Sample | None = None
         self._next_sample = 0.0
         self._next_view = 0.0
-        self._unsynced_since: float | None = clock.monotonic()
+        self._unsynced_since: float | None = None
         self._safe_applied = False
         self._warmed: set[tuple[int, int]] = set()
         self._inflight: dict[int, int] = {}  # MQTT mid -> outbox seq
         self._trace_buf: list[tuple[ScheduledAction, float, float, ActionResult | None,
                                     str | None]] = []
         self._pending_reload: Config | None = None
+        # Commands run off the loop: their real run time is known only when they end.
+        self._commands: dict[str, deque[tuple[str, float, int]]] = {}
         self._last_frame_error: str | None = None
         self.stop_requested = False
         self.recent_late_ms: deque[float] = deque(maxlen=256)
@@ -310,7 +312,7 @@ class Runner:
             if isinstance(event, BeatStarted):
                 self.last_beat = event.beat_index
                 self._apply_reload()
-                if self.follower.state in (SyncState.LOCKED, SyncState.FREE_RUNNING):
+                if self._may_fire():
                     self._plan(event.beat_index, now)
                     self._plan(event.beat_index + 1, now)
             elif isinstance(event, PhaseStarted):
@@ -330,9 +332,17 @@ class Runner:
             elif isinstance(event, SyncRegained):
                 log.info("beat regained (error %.2f ms)", event.error_s * 1000)
 
+    def _may_fire(self) -> bool:
+        """Fire on a locked or free-running timeline, and on a lost one until the device's
+        limit; never while still acquiring (the timeline is not known well enough yet)."""
+        state = self.follower.state
+        if state in (SyncState.LOCKED, SyncState.FREE_RUNNING):
+            return True
+        return state is SyncState.LOST and not self._safe_applied
+
     def _watch_sync(self, now: float) -> None:
         """Outputs go to their safe state once the beat has been lost for too long."""
-        if self.follower.state in (SyncState.LOCKED, SyncState.FREE_RUNNING):
+        if self.follower.state is not SyncState.LOST:
             self._unsynced_since = None
             self._safe_applied = False
             return
@@ -367,6 +377,7 @@ class Runner:
             ledger.missed += 1
             self.counters.missed += 1
             self.guard.record(sa.action.name, 0.0, before - sa.at, True)
+            self.metrics.record_action(sa.action.name, 0.0, before - sa.at, True, before)
             self._trace_buf.append((sa, before, 0.0, None, "deadline_passed"))
             return
         result = self.hardware.apply(sa.action, before)
@@ -383,13 +394,32 @@ class Runner:
             self.counters.fired += 1
             ledger.late_ms.append(late_s * 1000.0)
             self.recent_late_ms.append(late_s * 1000.0)
-        self.guard.record(sa.action.name, after - before, late_s, False)
+        if sa.action.do == "command" and result.ok:
+            self._commands.setdefault(sa.action.device, deque()).append(
+                (sa.action.name, before, sa.beat_index))
+        else:
+            self.guard.record(sa.action.name, after - before, late_s, False)
+            self.metrics.record_action(sa.action.name, after - before, late_s, False, after)
         if self.trace is not None:
             self._trace_buf.append((sa, before, after - before, result, result.dropped))
 
     def _note_followup(self, result: ActionResult) -> None:
         if result.dropped is not None:
             self.counters.dropped[result.dropped] += 1
+        if result.do in ("command_done", "command_killed"):
+            runs = self._commands.get(result.device)
+            if runs:
+                name, started, beat = runs.popleft()
+                killed = result.do == "command_killed"
+                duration = result.at - started
+                # An overrun is a deadline miss, and teaches the guard what it really costs.
+                self.guard.record(name, duration, 0.0, killed)
+                self.metrics.record_action(name, duration, 0.0, killed, result.at)
+                if killed:
+                    self.counters.missed += 1
+                    ledger = self.ledgers.get(beat)
+                    if ledger is not None:
+                        ledger.missed += 1
         if not result.ok and result.error:
             log.warning("%s.%s: %s", result.device, result.do, result.error)
 

@@ -1,0 +1,245 @@
+"""Status that is never lost: fault tests with a real Mosquitto and the real agent process.
+
+A subscriber with a persistent session (QoS 1) records every claim; the broker keeps
+sessions across its restart, so what the agent publishes after a restart reaches the
+subscriber even before the subscriber is back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import signal
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.broker import Mosquitto, free_port, start_mosquitto
+from edge.harness import read_trace, start_agent, start_pulse, write_agent_config
+from edge.messages import StatusClaim, decode_status_claim
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+PROFILE = """
+[gpio]
+pin_factory = "mock"
+[devices.led]
+kind = "led"
+pin = 17
+[[score]]
+device = "led"
+do = "toggle"
+every = 1
+essential = true
+"""
+TOPIC = "backbeat/bench/status/bench:pi-01"
+
+
+class Subscriber:
+    """Records every claim on the agent's status topic, decoded (decoding validates)."""
+
+    def __init__(self, port: int) -> None:
+        self.claims: list[StatusClaim] = []
+        self.availability: list[str] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-subscriber",
+                                  clean_session=False, protocol=mqtt.MQTTv311)
+        self.client.reconnect_delay_set(0.05, 0.2)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, *args: object) -> None:
+        client.subscribe([(TOPIC, 1), ("backbeat/bench/agents/+/availability", 1)])
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            if msg.topic == TOPIC:
+                self.claims.append(decode_status_claim(msg.payload))
+            else:
+                self.availability.append(msg.payload.decode())
+
+    def seqs(self) -> list[int]:
+        with self.lock:
+            return [int(dict(c.metadata or {})["seq"]) for c in self.claims]  # type: ignore[call-overload]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def assert_complete_and_ordered(sub: Subscriber) -> list[StatusClaim]:
+    """Every seq from the first to the last arrived; first arrivals are in order."""
+    first: dict[int, StatusClaim] = {}
+    order = []
+    for claim, seq in zip(sub.claims, sub.seqs(), strict=True):
+        if seq not in first:
+            first[seq] = claim
+            order.append(seq)
+    assert order == sorted(order), f"claims out of order: {order}"
+    missing = sorted(set(range(order[0], order[-1] + 1)) - set(first))
+    assert not missing, f"claims missing: seq {missing}"
+    beats = [first[s].beat_index for s in order]
+    # one claim per beat, none skipped (the final shutdown claim may repeat the last beat)
+    assert all(b2 - b1 in (0, 1) for b1, b2 in itertools.pairwise(beats)), beats
+    return [first[s] for s in order]
+
+
+def _connected_times(log: str) -> list[float]:
+    times = []
+    for m in re.finditer(r"^(\S+ \S+) INFO backbeat.runner: broker connected", log, re.M):
+        times.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return times
+
+
+def _wait(predicate: object, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def durable_broker() -> object:
+    broker = start_mosquitto(persistence=True)
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def test_broker_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto) -> None:
+    broker = durable_broker
+    sub = Subscriber(broker.port)
+    config = write_agent_config(tmp_path, broker.url, PROFILE)
+    agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
+    pulse = start_pulse(broker.url, "bench", 120, None, tmp_path / "pulse.log")
+    try:
+        assert _wait(lambda: len(sub.claims) >= 6, 30), agent.log()
+        broker.stop()
+        down_at = time.monotonic()
+        time.sleep(30.0)
+        fired_during = [r for r in read_trace(tmp_path / "agent.jsonl")
+                        if r["fired_mono"] and float(r["fired_mono"]) > down_at + 1]
+        broker.restart()
+        back_at = time.time()
+        assert _wait(lambda: len(_connected_times(agent.log())) >= 2, 15), agent.log()
+        reconnect_s = _connected_times(agent.log())[-1] - back_at
+        time.sleep(4.0)  # live claims after the backlog
+    finally:
+        pulse.stop()
+        assert agent.stop() == 0, agent.log()
+        time.sleep(0.5)
+        sub.close()
+    assert len(fired_during) >= 40, "the agent must keep firing on its free-running clock"
+    assert reconnect_s < 3.0, f"reconnected {reconnect_s:.2f} s after the broker returned"
+    claims = assert_complete_and_ordered(sub)
+    assert len(claims) >= 60  # 30 s at 2 beats/s were all reported, late but complete
+    assert sub.availability[-1] == "offline"
+
+
+def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto) -> None:
+    broker = durable_broker
+    sub = Subscriber(broker.port)
+    config = write_agent_config(tmp_path, broker.url, PROFILE)
+    agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
+    pulse = start_pulse(broker.url, "bench", 120, None, tmp_path / "pulse.log")
+    try:
+        assert _wait(lambda: len(sub.claims) >= 4, 30), agent.log()
+        broker.stop()
+        time.sleep(5.0)  # claims pile up in the outbox
+        agent.kill()  # SIGKILL: no goodbye, whatever was in flight
+        agent = start_agent(config, tmp_path / "agent2.jsonl", tmp_path / "agent2.log")
+        time.sleep(3.0)
+        broker.restart()
+        assert _wait(lambda: len(_connected_times(agent.log())) >= 1, 15), agent.log()
+        time.sleep(4.0)
+    finally:
+        pulse.stop()
+        agent.stop()
+        time.sleep(0.5)
+        sub.close()
+    claims = assert_complete_and_ordered(sub)
+    assert len(claims) >= 20
+
+
+def test_outbox_limit_drops_oldest_and_says_so(tmp_path: Path, durable_broker: Mosquitto) -> None:
+    broker = durable_broker
+    sub = Subscriber(broker.port)
+    config = write_agent_config(tmp_path, broker.url, PROFILE,
+                                extra="max_count = 5\n")  # into [outbox], the last section
+    agent = start_agent(config, None, tmp_path / "agent.log")
+    pulse = start_pulse(broker.url, "bench", 240, None, tmp_path / "pulse.log")
+    try:
+        assert _wait(lambda: len(sub.claims) >= 4, 30), agent.log()
+        broker.stop()
+        time.sleep(5.0)  # ~20 beats, room for 5
+        broker.restart()
+        assert _wait(lambda: any(
+            int(dict(dict(c.metadata or {}).get("outbox", {})).get("dropped", 0)) > 0
+            for c in sub.claims), 20), agent.log()
+    finally:
+        pulse.stop()
+        assert agent.stop() == 0  # no crash
+        sub.close()
+    dropped = max(int(dict(dict(c.metadata or {}).get("outbox", {})).get("dropped", 0))
+                  for c in sub.claims)
+    assert dropped >= 10
+
+
+def test_wrong_password_is_a_clear_error_and_retried(tmp_path: Path) -> None:
+    port = free_port()
+    passwd = tmp_path / "passwd"
+    passwd.write_text("pi-01:nothing-matches-this\n")
+    listener = f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+    with start_mosquitto(port=port, listener_conf=listener) as broker:
+        (tmp_path / "pw").write_text("wrong\n")
+        config = write_agent_config(tmp_path, broker.url, PROFILE,
+                                    broker_extra='username = "pi-01"\npassword_file = "pw"\n')
+        agent = start_agent(config, None, tmp_path / "agent.log")
+        try:
+            assert _wait(lambda: "refused" in agent.log(), 15), agent.log()
+            time.sleep(3.0)
+            assert agent.process.poll() is None  # still retrying
+        finally:
+            assert agent.stop() == 0
+    log = agent.log()
+    assert "wrong" not in log.replace("wrong\n", "")  # the password never reaches the log
+    assert "not authorized" in log.lower() or "bad user name or password" in log.lower(), log
+
+
+def test_wrong_ca_is_a_clear_error_and_retried(tmp_path: Path) -> None:
+    pytest.importorskip("ssl")
+    import subprocess
+
+    def make_ca(name: str) -> tuple[Path, Path]:
+        key, crt = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(crt)],
+                       check=True, capture_output=True)
+        return key, crt
+
+    server_key, server_crt = make_ca("127.0.0.1")
+    _, other_ca = make_ca("some-other-ca")
+    port = free_port()
+    listener = (f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                f"certfile {server_crt}\nkeyfile {server_key}\n")
+    with start_mosquitto(port=port, listener_conf=listener):
+        config = write_agent_config(tmp_path, f"mqtts://127.0.0.1:{port}", PROFILE,
+                                    broker_extra=f'ca_file = "{other_ca}"\n')
+        agent = start_agent(config, None, tmp_path / "agent.log")
+        try:
+            assert _wait(lambda: "certificate did not verify" in agent.log(), 15), agent.log()
+            time.sleep(2.0)
+            assert agent.process.poll() is None
+        finally:
+            agent.signal(signal.SIGTERM)
+            assert agent.process.wait(timeout=10) == 0
