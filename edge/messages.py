@@ -790,11 +790,7 @@ def _cbor_value(value: object, out: list[bytes]) -> None:
     elif value is None:
         out.append(b"\xf6")
     elif t is MappingProxyType or t is dict:
-        items = sorted((_cbor_key(k), v) for k, v in value.items())  # type: ignore[attr-defined]
-        out.append(_head(0xA0, len(items)))
-        for key, item in items:
-            out.append(key)
-            _cbor_value(item, out)
+        _cbor_map(value, out)  # type: ignore[arg-type]
     elif t is tuple or t is list:
         out.append(_head(0x80, len(value)))  # type: ignore[arg-type]
         for item in value:  # type: ignore[attr-defined]
@@ -803,7 +799,26 @@ def _cbor_value(value: object, out: list[bytes]) -> None:
         raise TypeError(f"cannot encode {t.__name__} as CBOR")
 
 
-# --------------------------------------------------------------------------- encoding
+def _cbor_map(value: Mapping[str, JSONValue], out: list[bytes]) -> None:
+    # Every map of every claim passes here: the common small scalars are written inline.
+    cache = _KEY_CACHE
+    items = [(cache.get(k) or _cbor_key(k), v) for k, v in value.items()]
+    items.sort()  # encoded keys are unique, so the values are never compared
+    count = len(items)
+    append = out.append
+    append(_HEAD_SMALL[0xA0 | count] if count < 24 else _head(0xA0, count))
+    for key, item in items:
+        append(key)
+        t = type(item)
+        if t is int and 0 <= item < 24:
+            append(_HEAD_SMALL[item])
+        elif t is str and len(item) < 24 and item.isascii():
+            append(_HEAD_SMALL[0x60 | len(item)])
+            append(item.encode("ascii"))
+        elif t is float:
+            append(_cbor_float(item))
+        else:
+            _cbor_value(item, out)
 
 
 def to_wire(message: Message) -> dict[str, object]:
