@@ -57,7 +57,7 @@ import cbor2
 from edge.errors import FrameError
 
 #: Largest payload a decoder accepts, in bytes. A BeatFrame is ~250 bytes and a full
-#: StatusClaim with the agent's metadata ~400; 64 KiB leaves room for rich metadata while
+#: StatusClaim with the agent's metadata ~500; 64 KiB leaves room for rich metadata while
 #: bounding the work a hostile sender can cause (larger payloads are refused unread).
 MAX_PAYLOAD_BYTES = 64 * 1024
 #: Deepest nesting of objects and arrays accepted inside ``metadata`` and ``resources``
