@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.messages import StatusClaim, decode_status_claim, encode  # noqa: E402
+from edge.messages import StatusClaim, decode_status_claim, encode
 
 CLAIM = StatusClaim(
     agent_id="edge:pi-07",

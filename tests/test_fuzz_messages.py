@@ -112,10 +112,12 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
         elif kind == 3:
             buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 8)))
         else:
-            buf[pos:pos] = rng.choice([b"\xff", b"\x9f", b"\xbf", b"\xc1", b"\xd8\x1c", b"\xf9\x7e\x00",
-                                       b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff", b"[", b"{", b"\"",
-                                       b"\\ud800", b"NaN", b"1e999"])
+            buf[pos:pos] = rng.choice(SPLICES)
     return bytes(buf)
+
+
+SPLICES = [b"\xff", b"\x9f", b"\xbf", b"\xc1", b"\xd8\x1c", b"\xf9\x7e\x00", b"[", b"{",
+           b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff", b"\"", b"\\ud800", b"NaN", b"1e999"]
 
 
 def payloads(seed: int, count: int) -> Iterator[bytes]:
