@@ -152,6 +152,9 @@ def start_mosquitto(port: int | None = None, extra_conf: str = "",
         listener
         + (f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
            if persistence else "persistence false\n")
+        # As root mosquitto would drop to its own user, which cannot read the private
+        # temporary files (password files, certificates) a test hands it.
+        + ("user root\n" if os.geteuid() == 0 else "")
         + f"log_dest file {workdir / 'mosquitto.log'}\n"
         "log_type error\nlog_type warning\nlog_type notice\n"
         "max_queued_messages 100000\n"

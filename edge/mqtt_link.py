@@ -258,12 +258,15 @@ class MqttLink:
 
     def _connect_once(self) -> bool:
         try:
-            props = None
             if self.mqtt5:
                 props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = 300
-            self._client.connect(self.broker.host, self.broker.port, self.broker.keepalive_s,
-                                 clean_start=False, properties=props)
+                self._client.connect(self.broker.host, self.broker.port,
+                                     self.broker.keepalive_s, clean_start=False,
+                                     properties=props)
+            else:  # MQTT 3.1.1: the persistent session comes from clean_session=False
+                self._client.connect(self.broker.host, self.broker.port,
+                                     self.broker.keepalive_s)
             return True
         except ssl.SSLCertVerificationError as exc:
             self.last_error = f"TLS: the broker's certificate did not verify: {exc.verify_message}"
@@ -272,6 +275,9 @@ class MqttLink:
         except OSError as exc:
             self.last_error = (f"cannot reach broker {self.broker.host}:{self.broker.port}: "
                                f"{exc.strerror or exc}")
+        except Exception as exc:  # a paho surprise must not kill the link for good
+            log.exception("unexpected error connecting to the broker")
+            self.last_error = f"unexpected error connecting: {type(exc).__name__}: {exc}"
         return False
 
     def _run(self) -> None:
@@ -283,7 +289,12 @@ class MqttLink:
             else:
                 # Pump until the connection drops (or the broker refuses the CONNECT).
                 while not self._stop.is_set():
-                    rc = self._client.loop(timeout=0.5)
+                    try:
+                        rc = self._client.loop(timeout=0.5)
+                    except Exception as exc:  # keep the link alive whatever paho raises
+                        log.exception("unexpected error in the MQTT loop")
+                        self.last_error = f"MQTT loop error: {type(exc).__name__}: {exc}"
+                        break
                     if rc != mqtt.MQTT_ERR_SUCCESS:
                         break
                     if self._connected.is_set():

@@ -74,8 +74,9 @@ class Subscriber:
         self.client.disconnect()
 
 
-def assert_complete_and_ordered(sub: Subscriber) -> list[StatusClaim]:
-    """Every seq from the first to the last arrived; first arrivals are in order."""
+def assert_complete_and_ordered(sub: Subscriber, beat_gaps: int = 0) -> list[StatusClaim]:
+    """Every seq from the first to the last arrived; first arrivals are in order; beats
+    follow one another except for at most ``beat_gaps`` gaps (an agent that was dead)."""
     first: dict[int, StatusClaim] = {}
     order = []
     for claim, seq in zip(sub.claims, sub.seqs(), strict=True):
@@ -87,7 +88,9 @@ def assert_complete_and_ordered(sub: Subscriber) -> list[StatusClaim]:
     assert not missing, f"claims missing: seq {missing}"
     beats = [first[s].beat_index for s in order]
     # one claim per beat, none skipped (the final shutdown claim may repeat the last beat)
-    assert all(b2 - b1 in (0, 1) for b1, b2 in itertools.pairwise(beats)), beats
+    steps = [b2 - b1 for b1, b2 in itertools.pairwise(beats)]
+    assert all(step >= 0 for step in steps), beats
+    assert sum(1 for step in steps if step > 1) <= beat_gaps, beats
     return [first[s] for s in order]
 
 
@@ -167,7 +170,9 @@ def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_broker: Mo
         agent.stop()
         time.sleep(0.5)
         sub.close()
-    claims = assert_complete_and_ordered(sub)
+    # The agent was dead between the SIGKILL and its restart: those beats have no claim,
+    # but every claim it made (seq) arrived, the backlog first.
+    claims = assert_complete_and_ordered(sub, beat_gaps=1)
     assert len(claims) >= 20
 
 
@@ -197,8 +202,11 @@ def test_outbox_limit_drops_oldest_and_says_so(tmp_path: Path, durable_broker: M
 
 def test_wrong_password_is_a_clear_error_and_retried(tmp_path: Path) -> None:
     port = free_port()
+    import subprocess
+
     passwd = tmp_path / "passwd"
-    passwd.write_text("pi-01:nothing-matches-this\n")
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "pi-01", "the-right-one"],
+                   check=True, capture_output=True)
     listener = f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
     with start_mosquitto(port=port, listener_conf=listener) as broker:
         (tmp_path / "pw").write_text("wrong\n")
