@@ -63,6 +63,8 @@ class Agent:
         self.config = config
         self.clock = SystemClock()
         self.notifier = Notifier.from_env()
+        if self.notifier.problem:
+            log.warning("systemd notify: %s", self.notifier.problem)
         interval = self.notifier.watchdog_interval_s
         self.gate = None if interval is None else WatchdogGate(interval)
         self.hardware = Hardware(config.profile, pin_factory=pin_factory)

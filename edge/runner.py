@@ -558,12 +558,20 @@ class Runner:
         if new is None:
             return
         self._pending_reload = None
-        self.config = dataclasses.replace(new)
+        old, self.config = self.config, new
         self.score = new.score
+        if new.guard != old.guard:
+            self.guard = Guard(new.guard)
+        if new.status != old.status or new.digest != old.digest:
+            self.status = StatusBuilder(new.agent.id, new.status, self.hlc, __version__,
+                                        new.digest, start_seq=self.status.seq)
+        if new.sync != old.sync:
+            log.warning("reload: [sync] changes take effect at the next restart")
+        # Whatever was planned under the old score is dropped; this beat is planned anew.
         self.pending.clear()
         self.planned_beats.clear()
         self.counters.reloads += 1
-        log.info("new config applied at beat %s", self.last_beat)
+        log.info("new config applied at the start of beat %s", self.last_beat)
 
     # ------------------------------------------------------------------ reporting
 

@@ -1,0 +1,182 @@
+"""The real agent process under a systemd-like supervisor.
+
+A unix datagram socket stands in for systemd's NOTIFY_SOCKET; the agent runs with a
+private Mosquitto and the real pulse. Checked: READY=1, readable STATUS= lines, WATCHDOG=1
+at least twice per watchdog period, pings stopping when the loop is hung on purpose,
+RELOADING=1 + MONOTONIC_USEC / READY=1 around SIGHUP, STOPPING=1 on SIGTERM; a reload
+switching the score exactly at a beat boundary, and a broken reload keeping the old score.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.broker import Mosquitto
+from edge.harness import Proc, read_trace, start_agent, start_pulse, write_agent_config
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+PROFILE_A = """
+[gpio]
+pin_factory = "mock"
+[devices.led]
+kind = "led"
+pin = 17
+[devices.relay]
+kind = "relay"
+pin = 27
+[[score]]
+device = "led"
+do = "toggle"
+every = 1
+"""
+PROFILE_B = PROFILE_A.replace('device = "led"\ndo = "toggle"', 'device = "relay"\ndo = "toggle"')
+
+
+class NotifySocket:
+    """Collects (monotonic time, datagram) pairs sent to a unix datagram socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def wait_for(self, needle: str, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(needle in m for _, m in self.messages):
+                return True
+            self.drain(0.1)
+        return False
+
+    def times(self, needle: str) -> list[float]:
+        return [t for t, m in self.messages if needle in m.split("\n")]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _start(tmp: Path, broker: Mosquitto, watchdog_s: float, hang: bool = False,
+           bpm: float = 120) -> tuple[NotifySocket, Proc, Proc, Path]:
+    notify = NotifySocket(tmp / "notify.sock")
+    config = write_agent_config(tmp, broker.url, PROFILE_A)
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(int(watchdog_s * 1e6))}
+    if hang:
+        env["BACKBEAT_DEBUG_HANG"] = "1"
+    agent = start_agent(config, tmp / "agent.jsonl", tmp / "agent.log", env=env)
+    pulse = start_pulse(broker.url, "bench", bpm, None, tmp / "pulse.log")
+    return notify, agent, pulse, config
+
+
+def test_ready_status_watchdog_and_stopping(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    notify, agent, pulse, _ = _start(tmp_path, mosquitto, watchdog_s=1.0)
+    try:
+        assert notify.wait_for("READY=1", 15), agent.log()
+        ready_at = notify.times("READY=1")[0]
+        notify.drain(5.0)
+        agent.signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1", 10)
+        assert agent.process.wait(timeout=10) == 0
+    finally:
+        pulse.stop()
+        agent.kill()
+        notify.close()
+    pings = [t for t in notify.times("WATCHDOG=1") if t > ready_at]
+    # at least two pings in every 1 s watchdog period after start-up
+    span = pings[-1] - pings[0]
+    assert len(pings) >= 2 * int(span) and span > 3.5, pings
+    assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) <= 0.5 + 0.15, pings
+    statuses = [m for _, m in notify.messages if m.startswith("STATUS=")]
+    assert any("sync locked" in s and "beat" in s and "backlog" in s for s in statuses), statuses
+    assert notify.times("STOPPING=1"), notify.messages
+
+
+def test_watchdog_pings_stop_when_the_loop_hangs(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    notify, agent, pulse, _ = _start(tmp_path, mosquitto, watchdog_s=1.0, hang=True)
+    try:
+        assert notify.wait_for("READY=1", 15), agent.log()
+        notify.drain(2.0)
+        before = len(notify.times("WATCHDOG=1"))
+        assert before >= 3
+        agent.signal(signal.SIGUSR2)  # the debug hook hangs the loop
+        notify.drain(0.3)
+        hung_at = time.monotonic()
+        notify.drain(3.0)
+    finally:
+        pulse.stop()
+        agent.kill()
+        notify.close()
+    assert not [t for t in notify.times("WATCHDOG=1") if t > hung_at], "pinged while hung"
+    assert "deliberately hung" in agent.log()
+
+
+def test_reload_switches_score_at_a_beat_boundary(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    notify, agent, pulse, config = _start(tmp_path, mosquitto, watchdog_s=5.0)
+    trace = tmp_path / "agent.jsonl"
+    try:
+        assert notify.wait_for("READY=1", 15)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and len(read_trace(trace)) < 6:
+            notify.drain(0.1)
+        (tmp_path / "profile.toml").write_text(PROFILE_B)
+        agent.signal(signal.SIGHUP)
+        assert notify.wait_for("RELOADING=1", 5)
+        notify.drain(3.0)
+        # a broken config: the old (B) score stays, with a clear error
+        (tmp_path / "profile.toml").write_text(PROFILE_B + "\n[[score]]\ndevice = 'nope'\n")
+        agent.signal(signal.SIGHUP)
+        notify.drain(3.0)
+        agent.signal(signal.SIGTERM)
+        assert agent.process.wait(timeout=10) == 0
+        notify.drain(0.2)
+    finally:
+        pulse.stop()
+        agent.kill()
+        notify.close()
+    reloading = [m for _, m in notify.messages if "RELOADING=1" in m]
+    assert reloading and all("MONOTONIC_USEC=" in m for m in reloading)
+    assert len(notify.times("READY=1")) >= 3  # start-up, and after each reload
+    rows = [r for r in read_trace(trace) if r["fired_mono"]]
+    devices = [(int(r["beat_index"]), str(r["device"])) for r in rows]  # type: ignore[call-overload]
+    first_b = next(i for i, (_, d) in enumerate(devices) if d == "relay")
+    before, after = devices[:first_b], devices[first_b:]
+    assert before and all(d == "led" for _, d in before)
+    assert len(after) >= 8 and all(d == "relay" for _, d in after), devices
+    # the switch falls exactly on a beat boundary: no beat lost, none doubled
+    assert after[0][0] == before[-1][0] + 1, devices
+    log = agent.log()
+    assert "reload refused" in log and "devices.nope" not in log.split("reload refused")[0]
+    assert "score[1]" in log or "nope" in log
+
+
+def test_sigterm_leaves_every_output_safe(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    notify, agent, pulse, _ = _start(tmp_path, mosquitto, watchdog_s=5.0, bpm=240)
+    try:
+        end = time.monotonic() + 20
+        while time.monotonic() < end and len(read_trace(tmp_path / "agent.jsonl")) < 5:
+            time.sleep(0.1)
+        agent.signal(signal.SIGTERM)
+        assert agent.process.wait(timeout=10) == 0
+    finally:
+        pulse.stop()
+        agent.kill()
+        notify.close()
+    log = agent.log()
+    line = next(x for x in log.splitlines() if "outputs after safe state" in x)
+    assert "'led': False" in line and "'relay': False" in line, line
