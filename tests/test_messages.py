@@ -790,6 +790,8 @@ reports = st.builds(
 @settings(max_examples=150, deadline=None)
 @given(frame=frames)
 def test_beat_frames_round_trip(frame: BeatFrame) -> None:
+    # Our canonical encoder must agree byte for byte with cbor2's canonical mode.
+    assert encode(frame, "cbor") == cbor2.dumps(to_wire(frame), canonical=True)
     for fmt in ("cbor", "json"):
         raw = encode(frame, fmt)  # type: ignore[arg-type]
         assert decode_beat_frame(raw) == frame
@@ -799,6 +801,7 @@ def test_beat_frames_round_trip(frame: BeatFrame) -> None:
 @settings(max_examples=150, deadline=None)
 @given(claim=claims)
 def test_status_claims_round_trip(claim: StatusClaim) -> None:
+    assert encode(claim, "cbor") == cbor2.dumps(to_wire(claim), canonical=True)
     for fmt in ("cbor", "json"):
         raw = encode(claim, fmt)  # type: ignore[arg-type]
         back = decode_status_claim(raw)
@@ -810,6 +813,7 @@ def test_status_claims_round_trip(claim: StatusClaim) -> None:
 @settings(max_examples=150, deadline=None)
 @given(report=reports)
 def test_bar_reports_round_trip(report: BarReport) -> None:
+    assert encode(report, "cbor") == cbor2.dumps(to_wire(report), canonical=True)
     for fmt in ("cbor", "json"):
         raw = encode(report, fmt)  # type: ignore[arg-type]
         assert decode_bar_report(raw) == report
