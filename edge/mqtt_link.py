@@ -105,20 +105,27 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 def read_password(path: Path | None) -> str | None:
     """Read the broker password from a file (a systemd credential), stripping one newline.
 
-    A relative name is looked up in ``$CREDENTIALS_DIRECTORY`` first, as systemd's
-    ``LoadCredential=`` places it there. Raises LinkError naming the file if unreadable.
+    Under systemd (``$CREDENTIALS_DIRECTORY`` set) the credential named like the file is
+    tried first, whether the configured path is relative or absolute: ``LoadCredential=``
+    copies the root-only file there, and the original beside the config usually *exists*
+    but is unreadable to the service's user. Only then is the path itself read. Raises
+    LinkError naming the file if neither can be read.
     """
     if path is None:
         return None
     candidates = [path]
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and not path.is_absolute():
-        candidates.insert(0, Path(creds) / path)
-    elif creds and not path.exists():
+    if creds:
+        # config.py has already made a relative name absolute (beside the config file),
+        # so the credential is found by the file's name.
         candidates.insert(0, Path(creds) / path.name)
     for candidate in candidates:
         try:
-            return candidate.read_text(encoding="utf-8").rstrip("\r\n")
+            text = candidate.read_text(encoding="utf-8")
+            # One trailing newline (echo pw > file) is not part of the password.
+            if text.endswith("\r\n"):
+                return text[:-2]
+            return text[:-1] if text.endswith("\n") else text
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -162,6 +169,9 @@ class MqttLink:
         self.last_connected_at: float | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        # The MQTT 5 properties last published per topic, so stop()'s final messages carry
+        # the same content type and expiry as the ones before them.
+        self._props_by_topic: dict[str, Properties] = {}
         self._client = self._make_client()
 
     # ------------------------------------------------------------------ set-up
@@ -338,14 +348,21 @@ class MqttLink:
                 props.ContentType = content_type
             if expiry_s:
                 props.MessageExpiryInterval = expiry_s
+            self._props_by_topic[topic] = props
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         self.bytes_out += len(payload)
         return int(info.mid)
 
     def stop(self, final: Sequence[tuple[str, bytes, bool]] = (), timeout: float = 2.0) -> None:
-        """Publish ``final`` (topic, payload, retain) messages, wait for them, and close."""
+        """Publish ``final`` (topic, payload, retain) messages, wait for them, and close.
+
+        A final message goes out with the MQTT 5 properties of the last :meth:`publish` to
+        its topic (the shutdown claim is marked like every claim before it).
+        """
         if self.connected:
-            infos = [self._client.publish(t, p, qos=1, retain=r) for t, p, r in final]
+            infos = [self._client.publish(t, p, qos=1, retain=r,
+                                          properties=self._props_by_topic.get(t))
+                     for t, p, r in final]
             deadline = time.monotonic() + timeout
             for info in infos:
                 while not info.is_published() and time.monotonic() < deadline:
