@@ -21,7 +21,7 @@ INSTALL = ROOT / "scripts" / "install"
 UNIT = ROOT / "systemd" / "backbeat-edge.service"
 EXAMPLE = ROOT / "systemd" / "agent.example.toml"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
                                 reason="needs root and shadow's useradd --prefix")
 
 
@@ -66,6 +66,7 @@ def profile(tmp_path: Path) -> Path:
     return path
 
 
+@needs_root
 def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
         tmp_path: Path, profile: Path) -> None:
     root = seed_root(tmp_path / "root")
@@ -119,6 +120,7 @@ def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
     assert (opt / "VERSION").read_text().strip() == project_version()
 
 
+@needs_root
 def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Path) -> None:
     root = seed_root(tmp_path / "root")
     # An existing gpio group (as on Raspberry Pi OS) is reused, not duplicated.
@@ -156,3 +158,16 @@ def test_install_refuses_bad_arguments_with_a_reason(
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert message in proc.stderr
+
+
+def test_the_installed_example_config_loads_with_the_shipped_profile(tmp_path: Path) -> None:
+    # What scripts/install lays down on a fresh device must be a config the agent accepts.
+    config = pytest.importorskip("edge.config")
+    (tmp_path / "agent.toml").write_text(EXAMPLE.read_text())
+    shutil.copy(ROOT / "hw" / "relay-board.toml", tmp_path / "profile.toml")
+    loaded = config.load_config(tmp_path / "agent.toml")
+    assert loaded.agent.id == "stage-left:pi-relay-01"
+    assert loaded.broker.tls and loaded.broker.username == "pi-relay-01"
+    # The file name is the systemd credential name that the unit's LoadCredential= uses.
+    assert loaded.broker.password_file.name == "broker-password"
+    assert "LoadCredential=broker-password:" + str(loaded.broker.password_file) in UNIT.read_text()

@@ -186,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         password = None
         if args.password_file is not None:
             try:
-                password = args.password_file.read_text().rstrip("\r\n") or None
+                text = args.password_file.read_text()
+                # As the agent reads it: one trailing newline is not part of the password.
+                text = text.removesuffix("\n").removesuffix("\r")
+                password = text or None
             except OSError as exc:
                 print(f"error: cannot read --password-file: {exc}", file=sys.stderr)
                 return USAGE
