@@ -104,7 +104,7 @@ def bench_size() -> None:
     topic = TOPICS.status(AGENT)
     for name, review in reviews().items():
         for fmt in ("cbor", "json"):
-            builder = StatusBuilder(AGENT, StatusConfig(format=fmt),  # type: ignore[arg-type]
+            builder = StatusBuilder(AGENT, StatusConfig(format=fmt),
                                     HybridLogicalClock(SystemClock(), node_id(AGENT)),
                                     "0.1.0", config_hash(b"example config"),
                                     start_seq=123_456)
