@@ -103,7 +103,7 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 
 
 def read_password(path: Path | None) -> str | None:
-    """Read the broker password from a file (a systemd credential), stripping one newline.
+    """Read the broker password from a file (a systemd credential), stripping the newline.
 
     Under systemd (``$CREDENTIALS_DIRECTORY`` set) the credential named like the file is
     tried first, whether the configured path is relative or absolute: ``LoadCredential=``

@@ -42,6 +42,7 @@ offset = 0.0
 essential = true
 
 [[score]]
+essential = true
 device = "relay"
 do = "on"
 downbeat = true
@@ -49,6 +50,7 @@ phase = "execute"
 offset = 0.5
 
 [[score]]
+essential = true
 device = "relay"
 do = "off"
 bar_beats = [3]
@@ -118,15 +120,14 @@ def _wait_for(predicate: object, timeout: float) -> bool:
 def test_actions_fire_in_their_beats_and_phases(tmp_path: Path, mosquitto: Mosquitto) -> None:
     agent, pulse, agent_trace, pulse_trace = _run(tmp_path, mosquitto, 150)
     try:
-        assert _wait_for(lambda: len(read_trace(agent_trace)) >= 16, 25), agent.log()
-        time.sleep(1.0)
+        assert _wait_for(lambda: len(read_trace(agent_trace)) >= 20, 25), agent.log()
     finally:
         pulse.stop()
         code = agent.stop()
     assert code == 0, agent.log()
     rows = read_trace(agent_trace)
     beats = _beats(read_trace(pulse_trace))
-    assert _check_phases(rows, beats) >= 16
+    assert _check_phases(rows, beats) >= 14
     fired = [r for r in rows if r["fired_mono"] is not None]
     # The downbeat rule fires only on the pulse's downbeats (every 4th beat from 0).
     relay_on = {int(r["beat_index"]) for r in fired if r["rule"] == 1}  # type: ignore[call-overload]

@@ -31,6 +31,7 @@ pin_factory = "mock"
 kind = "led"
 pin = 17
 [[score]]
+essential = true
 device = "led"
 do = "toggle"
 every = 1

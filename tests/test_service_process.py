@@ -31,6 +31,7 @@ pin = 17
 kind = "relay"
 pin = 27
 [[score]]
+essential = true
 device = "led"
 do = "toggle"
 every = 1
@@ -154,13 +155,14 @@ def test_reload_switches_score_at_a_beat_boundary(tmp_path: Path, mosquitto: Mos
     assert len(notify.times("READY=1")) >= 3  # start-up, and after each reload
     rows = [r for r in read_trace(trace) if r["fired_mono"]]
     devices = [(int(r["beat_index"]), str(r["device"])) for r in rows]  # type: ignore[call-overload]
-    first_b = next(i for i, (_, d) in enumerate(devices) if d == "relay")
+    log = agent.log()
+    first_b = next((i for i, (_, d) in enumerate(devices) if d == "relay"), None)
+    assert first_b is not None, f"the new score never played: {devices}\n{log}"
     before, after = devices[:first_b], devices[first_b:]
     assert before and all(d == "led" for _, d in before)
     assert len(after) >= 8 and all(d == "relay" for _, d in after), devices
     # the switch falls exactly on a beat boundary: no beat lost, none doubled
     assert after[0][0] == before[-1][0] + 1, devices
-    log = agent.log()
     assert "reload refused" in log and "devices.nope" not in log.split("reload refused")[0]
     assert "score[1]" in log or "nope" in log
 
