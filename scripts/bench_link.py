@@ -32,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.client import SocketLike
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -201,7 +203,7 @@ def _record_socket_opens(link: MqttLink, opens: list[float]) -> None:
     client = link._client
     original = client.on_socket_open
 
-    def on_open(c: object, userdata: object, sock: object) -> None:
+    def on_open(c: mqtt.Client, userdata: object, sock: SocketLike) -> None:
         opens.append(time.monotonic())
         if original is not None:
             original(c, userdata, sock)
