@@ -29,11 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import SocketLike
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -44,6 +44,9 @@ from edge.harness import start_agent, write_agent_config
 from edge.hlc import HybridLogicalClock, node_id
 from edge.mqtt_link import MqttLink, Topics
 from edge.status import BeatReview, StatusBuilder, StatusConfig, config_hash
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import SocketLike
 
 AGENT = "relay:pi-07"
 TOPICS = Topics("backbeat", "c1")
