@@ -1,0 +1,72 @@
+"""The backbeat-edge command as a user runs it: help, check, pulse arguments, the demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize("command", ["run", "pulse", "check", "demo", "monitor"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"backbeat-edge {command}" in out and "--" in out
+
+
+def test_check_prints_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\n'
+                      f'profile = "{ROOT / "hw" / "bench.toml"}"\n', encoding="utf-8")
+    assert main(["check", "--config", str(config), "--tempo", "60", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "status_led" in out
+    assert "60.0 BPM: all rules fit" in out
+    assert "1000.0 BPM:" in out and "all rules fit" not in out.split("1000.0 BPM:")[1]
+
+
+def test_check_lists_every_problem_and_fails(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[agent]\nid = "x y"\n[broker]\nurl = "mqtt://h:1883"\n'
+                      'password = "oops"\n[sync]\nbogus = 1\n', encoding="utf-8")
+    assert main(["check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    for where in ("agent.id", "agent.cluster", "broker.password", "sync.bogus"):
+        assert where in err, err
+
+
+def test_check_names_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml" in capsys.readouterr().err
+
+
+def test_pulse_refuses_bad_arguments() -> None:
+    result = _cli("pulse", "--cluster", "bench", "--bpm", "5000", "--broker", "http://x")
+    assert result.returncode == 2
+    assert "--bpm" in result.stderr and "--broker" in result.stderr
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_stops_cleanly() -> None:
+    result = _cli("demo", "--duration", "7", "--plain", "--bpm", "120")
+    assert result.returncode == 0, result.stderr
+    assert "sync locked" in result.stdout
+    line = next(x for x in result.stdout.splitlines() if x.startswith("demo stopped"))
+    fired = int(line.split(":")[1].split()[0])
+    assert fired >= 10, line
+    assert "outputs after safe state" in result.stderr
