@@ -67,6 +67,7 @@ Until two downbeats are seen, :meth:`BeatFollower.is_downbeat` answers None.
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 import math
 from bisect import bisect_right
@@ -314,7 +315,7 @@ SyncEvent: TypeAlias = (
 )
 
 Key: TypeAlias = tuple[int, int]  # (beat index, phase index 0..2)
-_Point: TypeAlias = tuple[int, int, float]  # (beat, phase index, arrival)
+_Point: TypeAlias = tuple[int, int, float, float]  # (beat, phase index, arrival, u)
 _Pending: TypeAlias = tuple[BeatFrame, float, float | None, float]  # frame, arrival, wall, r
 
 _SEEN_KEYS = 512  # duplicate memory, in frames
@@ -324,6 +325,10 @@ _MAX_TEMPO_CANDIDATES = 64
 _NTP_SLEW = 500e-6  # the fastest a disciplined wall clock is slewed (ntpd/chrony limit)
 _BOUND_FLOOR_S = 10e-6
 _RATE_SMOOTHING = 1.0 / 16
+_SPACING_ORDER = 16  # lowest residuals whose spacing estimates the delay density
+_OFFSET_Z = 6.0  # envelope gap bound in mean spacings (p99 of an exponential: 4.6)
+_RATE_Z = 20.0  # slope bound in mean spacings per window span
+_RATE_FLOOR = 1e-6  # slope bound never below 1 ppm (smoothing, float and model error)
 
 
 def _next(key: Key) -> Key:
@@ -339,6 +344,13 @@ def _median(values: list[float]) -> float:
     n = len(ordered)
     mid = n // 2
     return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def _spacing(offsets: list[float]) -> float:
+    """Mean gap between the lowest of ``offsets`` (at least 3 values): the lowest quarter,
+    at most ``_SPACING_ORDER`` (only the region near the floor tells its density)."""
+    lowest = heapq.nsmallest(min(_SPACING_ORDER, max(3, len(offsets) // 4)), offsets)
+    return (lowest[-1] - lowest[0]) / (len(lowest) - 1)
 
 
 def lower_envelope_slope(xs: list[float], ys: list[float]) -> float | None:
@@ -397,6 +409,10 @@ class BeatFollower:
         self._slope = 1.0
         self._rate_known = False
         self._rate_fits = 0
+        self._rate_err = config.max_rate_ppm * 1e-6
+        # Error-bound statistics of the last fit (see error_bound_at).
+        self._fit_spacing = math.inf
+        self._fit_ends = (0.0, 0.0)  # arrivals of the window's first and last frame
         self._window: deque[_Point] = deque(maxlen=config.filter_window_frames)
         self._early_run: list[_Point] = []
         self._late_run: list[tuple[_Point, float]] = []
@@ -482,31 +498,33 @@ class BeatFollower:
         return self._bias()
 
     def error_bound_at(self, t: float) -> float:
-        """Bound on the error of a boundary predicted for local time ``t``.
+        """Bound (about 99%) on the error of a boundary predicted for local time ``t``.
 
-        Sum of the envelope's own uncertainty (the 4th lowest residual in the window: the
-        lowest points sit that close to the floor), the rate uncertainty times the distance
-        from the window's centre, the correction still being slewed, and the spread of the
-        wall-clock delay estimate when it is used. Without a trusted wall clock or a given
-        path delay the boundaries are also late by the unknown fixed path delay, which no
-        bound built from arrival times can see. Infinite before the first frame.
+        The envelope sits on the lowest arrival in the window; the true floor is below it
+        by an unknown gap. Near the floor the arrivals' spacing tells the density of delays
+        there (``s``: mean gap between the lowest residuals, so ``s`` ~ 1 / (frames x
+        density)), and the gap is then about exponential with mean ``s``: its 99th
+        percentile is ~4.6 s; ``_OFFSET_Z`` adds room for the estimate of ``s`` itself.
+        To that adds the slope uncertainty (``_RATE_Z * s / span``, ``max_rate_ppm``
+        while the rate is unknown) times the distance of ``t`` from the far end of the
+        window (the lowest true arrival may sit anywhere in it), so the bound shrinks as
+        frames accumulate and grows in silence; plus the
+        correction still being slewed and, when used, the spread of the wall-clock delay.
+        Without a trusted wall clock or a given path delay the boundaries are also late by
+        the unknown fixed path delay, which no bound built from arrival times can see.
+        Assumes the delay density does not vanish at its floor (true of queueing delay).
+        Infinite before the first frame. O(1).
         """
         if not self._have_model:
             return math.inf
-        cfg = self._cfg
-        points = list(self._window)
-        if len(points) < 4 or self._state is SyncState.ACQUIRING:
-            base = cfg.jitter_tolerance_s
+        if math.isfinite(self._fit_spacing):
+            base = max(_OFFSET_Z * self._fit_spacing, _BOUND_FLOOR_S)
         else:
-            residuals = sorted(a - self._env(self._u(k, p)) for k, p, a in points)
-            base = max(residuals[3], _BOUND_FLOOR_S)
-        span = points[-1][2] - points[0][2] if points else 0.0
-        if self._rate_known and span > 0:
-            rate_err = 2.0 * base / span + 1e-6
-        else:
-            rate_err = cfg.max_rate_ppm * 1e-6
-        centre = sum(a for _, _, a in points) / len(points) if points else t
-        bound = base + rate_err * abs(t - centre) + abs(self._corr(t))
+            base = self._cfg.jitter_tolerance_s
+        rate_err = self._rate_err if self._rate_known else self._cfg.max_rate_ppm * 1e-6
+        first, last = self._fit_ends
+        reach = max(abs(t - first), abs(t - last))
+        bound = base + rate_err * reach + abs(self._corr(t))
         if self.wall_clock_trusted and self._explicit_delay is None:
             bound += self._wall_bias_spread
         return bound
@@ -749,40 +767,51 @@ class BeatFollower:
         self._c0, self._ct0 = shift, now
 
     def _refit(self) -> None:
-        """Fit the lower envelope to the window (slope held until the span is long enough)."""
-        points = list(self._window)
+        """Fit the lower envelope to the window and refresh the error-bound statistics.
+
+        The slope is re-estimated only once the window spans ``rate_min_span_s`` and the
+        estimate's own uncertainty is below ``rate_max_uncertainty_ppm``; until then it is
+        held (and its uncertainty is ``max_rate_ppm``). O(window) per call.
+        """
+        points = self._window
         if not points:
             return
-        u_ref = self._u(points[-1][0], points[-1][1])
-        a_ref = points[-1][2]
-        xs = [self._u(k, p) - u_ref for k, p, _ in points]
-        ys = [a - a_ref for _, _, a in points]
+        last = points[-1]
+        u_ref, a_ref = last[3], last[2]
+        xs = [pt[3] - u_ref for pt in points]
+        ys = [pt[2] - a_ref for pt in points]
         cfg = self._cfg
-        span = points[-1][2] - points[0][2]
+        span = last[2] - points[0][2]
         slope = self._slope
-        if len(points) >= cfg.rate_min_frames and span >= cfg.rate_min_span_s:
+        if len(points) >= cfg.rate_min_frames and span >= cfg.rate_min_span_s and span > 0:
             estimate = lower_envelope_slope(xs, ys)
             if estimate is not None:
-                floor = sorted(y - estimate * x for x, y in zip(xs, ys, strict=True))
-                uncertainty = 2.0 * (floor[3] - floor[0]) / span
-                if uncertainty > cfg.rate_max_uncertainty_ppm * 1e-6:
-                    estimate = None
-            if estimate is not None:
-                limit = cfg.max_rate_ppm * 1e-6
-                estimate = min(max(estimate, 1.0 / (1.0 + limit)), 1.0 / (1.0 - limit))
-                # Successive windows share most points, so one hull edge is a noisy
-                # reading: average them (first readings count fully, later ones 1/16).
-                self._rate_fits += 1
-                weight = max(1.0 / self._rate_fits, _RATE_SMOOTHING)
-                slope = slope + (estimate - slope) * weight
-                self._rate_known = True
-        offset = min(y - slope * x for x, y in zip(xs, ys, strict=True))
+                spacing = _spacing([y - estimate * x for x, y in zip(xs, ys, strict=True)])
+                uncertainty = _RATE_Z * spacing / span
+                if uncertainty <= cfg.rate_max_uncertainty_ppm * 1e-6:
+                    limit = cfg.max_rate_ppm * 1e-6
+                    estimate = min(max(estimate, 1.0 / (1.0 + limit)), 1.0 / (1.0 - limit))
+                    # Successive windows share most points, so one hull edge is a noisy
+                    # reading: average them (first readings count fully, later ones 1/16).
+                    self._rate_fits += 1
+                    weight = max(1.0 / self._rate_fits, _RATE_SMOOTHING)
+                    slope = slope + (estimate - slope) * weight
+                    # Honest: the window's own slope uncertainty, plus how far the smoothed
+                    # slope still is from this reading (large while it catches up).
+                    self._rate_err = min(
+                        uncertainty + abs(slope - estimate) + _RATE_FLOOR, 2.0 * limit
+                    )
+                    self._rate_known = True
+        offsets = [y - slope * x for x, y in zip(xs, ys, strict=True)]
+        offset = min(offsets)
         self._slope = slope
         self._u0 = u_ref
         self._t0 = a_ref + offset
+        self._fit_ends = (points[0][2], last[2])
+        self._fit_spacing = _spacing(offsets) if len(offsets) >= 3 else math.inf
 
     def _window_residuals(self) -> list[float]:
-        return [a - self._env(self._u(k, p)) for k, p, a in self._window]
+        return [a - self._env(u) for _, _, a, u in self._window]
 
     # ----------------------------------------------------------------- internals: frames
 
@@ -878,7 +907,7 @@ class BeatFollower:
             k, p = frame.beat_index, PHASES.index(frame.phase)
             if frame.tempo_bpm != self._seg_bpm[-1] and k > self._seg_beat[-1]:
                 self._add_segment(k, frame.tempo_bpm)
-            self._window.append((k, p, a))
+            self._window.append((k, p, a, self._u(k, p)))
         self._have_model = True
         self._refit()
         self._c0, self._ct0 = 0.0, frames[-1][1]
@@ -925,7 +954,7 @@ class BeatFollower:
             events.append(
                 TempoChanged(change_at, old, frame.tempo_bpm, self._model_start((change_at, 0)))
             )
-        point: _Point = (k, p, a)
+        point: _Point = (k, p, a, self._u(k, p))
         cfg = self._cfg
         if self._state is SyncState.ACQUIRING:
             self._window.append(point)
@@ -998,6 +1027,10 @@ class BeatFollower:
         if self._seg_beat and beat <= self._seg_beat[-1]:
             # The same beat announced again with another tempo: the later word wins.
             self._seg_bpm[-1] = bpm
+            self._window = deque(
+                ((k, p, a, self._u(k, p)) for k, p, a, _ in self._window),
+                maxlen=self._cfg.filter_window_frames,
+            )
             return
         u = self._u(beat, 0)
         self._seg_beat.append(beat)
