@@ -450,6 +450,7 @@ class BeatFollower:
         self._rejected: dict[str, int] = {}
         self.outliers = 0
         self.reanchors = 0
+        self.relabels = 0
         self.wall_steps = 0
 
     # ----------------------------------------------------------------- public answers
@@ -675,7 +676,11 @@ class BeatFollower:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             if fit is None and self._confirms(pending, frame, a):
-                self._reanchor(pending, (frame, a, wall_at, 0.0), events)
+                shift = self._relabel_shift(pending, frame, a)
+                if shift is not None:
+                    self._relabel(shift, pending, (frame, a, wall_at, 0.0), events)
+                else:
+                    self._reanchor(pending, (frame, a, wall_at, 0.0), events)
                 return events
             reason = "stale" if pending[3] > 0 else "unconfirmed_jump"
             events.extend(self._reject(reason, pending[0], pending[1]))
@@ -930,12 +935,88 @@ class BeatFollower:
         self._start_timeline(pair)
         jumped = abs(frame.beat_index - expected) > self._cfg.jump_after_beats
         if jumped:
-            events.append(BeatJumped(expected, frame.beat_index, a))
+            first = pending[0].beat_index
+            events.append(BeatJumped(expected - (frame.beat_index - first), first, a))
+            # The runner hears every beat of the new numbering, from the first frame on
+            # (already past: tick() emits it at once, with its true start).
+            self._cursor = _prev((first, PHASES.index(pending[0].phase)))
         elif old_cursor > self._cursor:
             self._cursor = old_cursor  # same beats, moved in time: never emit one twice
         self._transition("restart")
         for f, at, wall in pair:
             self._after_accept(f, at, wall, events)
+
+    def _relabel_shift(self, pending: _Pending, frame: BeatFrame, a: float) -> int | None:
+        """The index shift if both frames land on boundaries of the current timeline.
+
+        A Pulse that renumbers its beats but keeps its timing (fail-over to a standby
+        with another count, an operator reset) sends frames that sit on our boundaries
+        with other labels: each must arrive at the start of a local phase of its own
+        phase name and tempo (early by at most three error bounds, late by at most the
+        jitter tolerance plus one), and both must imply the same shift. None when the
+        timing changed too (or the tolerance would not tell neighbouring phases apart).
+        """
+        cfg = self._cfg
+        bound = self.error_bound_at(a)
+        early, late = cfg.early_tolerance_s + 3.0 * bound, cfg.jitter_tolerance_s + bound
+        if early + late >= self._phase_seconds():
+            return None
+        shifts: set[int] = set()
+        for f, at in ((pending[0], pending[1]), (frame, a)):
+            if f.tempo_bpm != self._seg_bpm[-1]:
+                return None
+            p = PHASES.index(f.phase)
+            near = self._key_at(self._u0 + (at - self._t0) / self._slope)
+            hits = [
+                key
+                for key in (near, _next(near))
+                if key[1] == p and -early <= at - self._env(self._u(*key)) <= late
+            ]
+            if not hits:
+                return None
+            shifts.add(f.beat_index - hits[0][0])
+        return shifts.pop() if len(shifts) == 1 else None
+
+    def _relabel(
+        self,
+        shift: int,
+        pending: _Pending,
+        current: _Pending,
+        events: list[SyncEvent],
+    ) -> None:
+        """Renumber the timeline by ``shift`` beats, keeping the fit (and its precision)."""
+        first = (pending[0].beat_index, PHASES.index(pending[0].phase))
+        self.relabels += 1
+        self._seg_beat = [b + shift for b in self._seg_beat]
+        self._window = deque(
+            ((k + shift, p, a, u) for k, p, a, u in self._window),
+            maxlen=self._cfg.filter_window_frames,
+        )
+        self._early_run = [(k + shift, p, a, u) for k, p, a, u in self._early_run]
+        self._late_run = [((k + shift, p, a, u), r) for (k, p, a, u), r in self._late_run]
+        self._wall_samples = deque(
+            ((k + shift, p, a, d) for k, p, a, d in self._wall_samples),
+            maxlen=self._wall_samples.maxlen,
+        )
+        self._seen = deque((k + shift, p) for k, p in self._seen)
+        self._seen_set = set(self._seen)
+        self._latest = (self._latest[0] + shift, self._latest[1])
+        if self._last_downbeat is not None:
+            self._last_downbeat += shift
+        self._known_downbeat = {k + shift: v for k, v in self._known_downbeat.items()}
+        if self._window_id is not None:
+            self._window_id = (self._window_id[0] + shift, self._window_id[1])
+        self._new_windows = [
+            NewWindow(w.beat_index + shift, w.window_id, w.at) for w in self._new_windows
+        ]
+        events.append(BeatJumped(first[0] - shift, first[0], current[1]))
+        # The jumped-to beat was already emitted under its old number; the runner hears
+        # it again under the new one (at its true, past start) and every beat after.
+        self._cursor = min((self._cursor[0] + shift, self._cursor[1]), _prev(first))
+        for f, at, wall, _ in (pending, current):
+            k, p = f.beat_index, PHASES.index(f.phase)
+            residual = at - self._env(self._u(k, p))
+            self._accept(f, at, wall, None, residual, events)
 
     def _accept(
         self,
