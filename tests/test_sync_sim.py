@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -111,6 +112,7 @@ class Run:
     arrivals: list[tuple[float, BeatFrame]]
     receive_events: list[SyncEvent]
     bounds: dict[tuple[int, int], float] = field(default_factory=dict)
+    receive_s: list[float] = field(default_factory=list)  # CPU time of each receive()
 
     def phases(self) -> list[PhaseStarted]:
         return [e for e in self.events if isinstance(e, PhaseStarted)]
@@ -162,6 +164,7 @@ def simulate(
     end = until if until is not None else (max(pulse.truth.values()) + 1.0)
     now = 0.0
     bounds: dict[tuple[int, int], float] = {}
+    receive_s: list[float] = []
 
     def ticked(got: list[SyncEvent]) -> None:
         for e in got:
@@ -180,13 +183,15 @@ def simulate(
             break
         arrive, _, frame, wall = heapq.heappop(heap)
         now = max(now, arrive)
+        started = time.perf_counter()
         got = follower.receive(frame, arrive, wall)
+        receive_s.append(time.perf_counter() - started)
         receive_events.extend(got)
         events.extend(got)
         arrivals.append((arrive, frame))
         ticked(follower.tick(now))
     ticked(follower.tick(max(now, end)))
-    return Run(follower, pulse, events, arrivals, receive_events, bounds)
+    return Run(follower, pulse, events, arrivals, receive_events, bounds, receive_s)
 
 
 def percentile(values: list[float], q: float) -> float:
