@@ -46,7 +46,8 @@ INFORMATION_LIMIT = (
     "information limit, uniform 0-50 ms delay, no wall clock: the envelope can only sit on "
     "the\n  earliest of N arrivals, which is 50/(N+1) ms above d on average and "
     "50*(1-0.01**(1/N)) ms at p99\n"
-    f"  (rate known): the error at beat 8 (N~{_N8}) has p99 {50 * (1 - 0.01 ** (1 / _N8)):.0f} ms, i.e. "
+    f"  (rate known): the error at beat 8 (N~{_N8}) has p99 "
+    f"{50 * (1 - 0.01 ** (1 / _N8)):.0f} ms, i.e. "
     f"at best {50 / (50 * (1 - 0.01 ** (1 / _N8))):.0f}x better than receipt; "
     f"p99 < 2.5 ms (20x) needs N >= {math.ceil(math.log(0.01) / math.log(1 - 2.5 / 50))}, "
     f"p99 < 1 ms needs N >= {math.ceil(math.log(0.01) / math.log(1 - 1 / 50))} frames "
@@ -171,10 +172,11 @@ def main() -> int:
     for note in notes:
         print(note)
     print(INFORMATION_LIMIT)
-    print(f"(errors in ms from beat 8 / beat {STEADY} / the last quarter of the run; <1ms@ = beat after which "
-          f"the error beyond the fixed delay stays under 1 ms; gain = receipt p99 / follower "
-          f"p99 beyond the fixed delay; bnd@100 = median error bound; recv us = CPU per "
-          f"receive() on this machine; window {SyncConfig().filter_window_frames} frames; "
+    print(f"(errors in ms from beat 8 / beat {STEADY} / the last quarter of the run; <1ms@ = "
+          f"beat after which the error beyond the fixed delay stays under 1 ms; gain = "
+          f"receipt p99 / follower p99 beyond the fixed delay; bnd@100 = median error bound; "
+          f"recv us = CPU per receive() on this machine; window "
+          f"{SyncConfig().filter_window_frames} frames; "
           f"{time.perf_counter() - started:.1f} s)")
     return 0
 
