@@ -411,3 +411,79 @@ def test_events_are_phase_and_beat_started_in_order() -> None:
     first_plan = next(i for i, e in enumerate(boundary)
                       if isinstance(e, PhaseStarted) and e.phase == "plan")
     assert isinstance(boundary[first_plan - 1], BeatStarted)
+
+
+# --------------------------------------------------------------------------- error bound, jumps
+
+
+def in_bound_share(run: object, base: float, after: int) -> float:
+    hits = total = 0
+    for e in run.phases():  # type: ignore[attr-defined]
+        key = (e.beat_index, PHASES.index(e.phase))
+        if e.beat_index >= after and key in run.pulse.truth:  # type: ignore[attr-defined]
+            total += 1
+            err = e.at - run.pulse.truth[key] - base  # type: ignore[attr-defined]
+            hits += abs(err) <= run.bounds[key]  # type: ignore[attr-defined]
+    return hits / total
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_error_bound_is_honest_and_shrinks_under_uniform_delay(seed: int) -> None:
+    run = simulate(Pulse(beats=600), Network(jitter=uniform(), loss=0.1, seed=seed))
+    assert in_bound_share(run, 0.0005, FIRST + 8) >= 0.99
+    early = [b for (k, _), b in run.bounds.items() if FIRST + 8 <= k < FIRST + 40]
+    late = [b for (k, _), b in run.bounds.items() if k >= FIRST + 500]
+    assert percentile(late, 50) < percentile(early, 50) / 5
+
+
+def test_error_bound_is_honest_with_a_rate_difference() -> None:
+    run = simulate(Pulse(beats=300, ppm=-200.0), Network(jitter=heavy_tail(), loss=0.1, seed=4))
+    assert in_bound_share(run, 0.0005, FIRST + 8) >= 0.99
+
+
+def test_error_bound_grows_in_silence() -> None:
+    f = BeatFollower("c1")
+    for i in range(40):
+        f.receive(frame(FIRST + i), 100.0 + i + (0.004 if i % 3 else 0.0))
+    assert f.error_bound_at(140.0) < f.error_bound_at(160.0) < f.error_bound_at(200.0)
+    assert f.error_bound_at(140.0) < 0.002
+
+
+def test_uniform_delay_steady_state_is_under_a_millisecond() -> None:
+    run = simulate(Pulse(beats=1200), Network(jitter=uniform(), loss=0.1, seed=1))
+    late = [abs(e - 0.0005) for e in run.errors(after=FIRST + 900)]
+    assert percentile(late, 99) < 0.001  # receipt: 50 ms
+
+
+def test_index_jump_with_the_same_timing_relabels_and_keeps_precision() -> None:
+    run = simulate(Pulse(beats=300, jump_at=150, jump_to=5),
+                   Network(jitter=heavy_tail(), loss=0.1, seed=7))
+    f = run.follower
+    assert f.relabels == 1 and f.reanchors == 0
+    jumps = [e for e in run.events if isinstance(e, BeatJumped)]
+    assert [(j.from_beat, j.to_beat) for j in jumps] == [(FIRST + 150, 5)]
+    starts = {e.beat_index for e in run.events if isinstance(e, BeatStarted)}
+    assert 5 in starts and 6 in starts  # the jumped-to beat is not skipped
+    assert_each_phase_once(run)
+    truth = run.pulse.truth
+    after = [abs(e.at - truth[(e.beat_index, PHASES.index(e.phase))] - 0.0005)
+             for e in run.phases()
+             if e.beat_index < FIRST and (e.beat_index, PHASES.index(e.phase)) in truth]
+    # Precision is kept across the jump (a restart from two frames gave 1.5 ms p99).
+    assert len(after) == 150 * 3 and max(after) < 0.001
+    assert f.state is SyncState.LOCKED
+
+
+def test_index_jump_with_new_timing_restarts_and_emits_the_new_beat() -> None:
+    f = BeatFollower("c1")
+    for i in range(20):
+        f.receive(frame(FIRST + i), 100.0 + i)
+        f.tick(100.0 + i)
+    assert f.receive(frame(7), 120.4) == []  # held: 0.4 s off our boundaries
+    events = f.receive(frame(8), 121.4)
+    assert [e for e in events if isinstance(e, BeatJumped)] == [BeatJumped(FIRST + 20, 7, 121.4)]
+    assert f.reanchors == 1 and f.relabels == 0
+    ticked = f.tick(121.4)
+    assert [(e.beat_index, e.at) for e in ticked if isinstance(e, BeatStarted)] == [
+        (7, pytest.approx(120.4)), (8, pytest.approx(121.4))]
+    assert f.phase_start(10, "plan") == pytest.approx(123.4, abs=1e-6)
