@@ -191,6 +191,7 @@ class Runner:
         # Commands run off the loop: their real run time is known only when they end.
         self._commands: dict[str, deque[tuple[str, float, int]]] = {}
         self._last_frame_error: str | None = None
+        self._last_reviewed: int | None = None
         self.stop_requested = False
         self.recent_late_ms: deque[float] = deque(maxlen=256)
 
@@ -417,9 +418,11 @@ class Runner:
                 self.metrics.record_action(name, duration, 0.0, killed, result.at)
                 if killed:
                     self.counters.missed += 1
-                    ledger = self.ledgers.get(beat)
-                    if ledger is not None:
-                        ledger.missed += 1
+                    # A kill that lands after its beat's review (a deadline longer than
+                    # the rest of the phase) goes into the next review, not nowhere.
+                    if self._last_reviewed is not None and beat <= self._last_reviewed:
+                        beat = self._last_reviewed + 1
+                    self.ledgers.setdefault(beat, BeatLedger()).missed += 1
         if not result.ok and result.error:
             log.warning("%s.%s: %s", result.device, result.do, result.error)
 
@@ -427,6 +430,7 @@ class Runner:
 
     def _review(self, beat: int, now: float) -> None:
         ledger = self.ledgers.pop(beat, BeatLedger())
+        self._last_reviewed = beat
         self.guard.end_beat(beat)
         phase_s = self.follower.beat_seconds() / 3.0
         self.metrics.record_beat(beat, phase_s, ledger.busy_s, ledger.missed == 0,
