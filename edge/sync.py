@@ -44,7 +44,16 @@ and consistent with each other, the timeline really moved and the window restart
 them. A frame far outside the timeline (index jump, Pulse restart or fail-over, or a very
 late replay) is held as pending; if the next frame continues it at the right spacing the
 follower re-anchors on the pair (emitting BeatJumped if the beat index jumped), else the
-pending frame is rejected (``stale`` when it was late).
+pending frame is rejected (``stale`` when it was late). When both frames of the pair sit
+on our own boundaries (the Pulse renumbered but kept its timing) the timeline is relabelled
+instead, keeping the whole fit; either way BeatJumped is emitted and tick() then emits the
+jumped-to beat under its new number (late, with its true start) and every beat after it.
+
+*Error bound.* See :meth:`BeatFollower.error_bound_at`: the spacing of the lowest residuals
+tells how densely arrivals crowd the floor, hence how far above it the envelope may sit;
+add the slope uncertainty times the reach from the window. With delay uniform over 50 ms no
+estimator can be within 1 ms by beat 8 (the earliest of 7 arrivals is ~6 ms above the floor
+on average); only a trusted wall clock (``deadline_at``) makes that possible.
 
 *The published timeline.* The runner sees the model plus a correction that keeps the
 beat position continuous whenever the model changes; the correction decays at
