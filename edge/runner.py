@@ -220,11 +220,11 @@ class Runner:
         for beat in {sa.beat_index for sa in self.pending}:
             for sa in self.score.due(beat, self.follower):
                 fresh[(beat, sa.rule)] = sa
-        retimed = []
-        for sa in self.pending:
-            new = fresh.get((sa.beat_index, sa.rule))
-            retimed.append(sa if new is None else dataclasses.replace(
-                sa, at=new.at, deadline=new.deadline))
+        # An action the score no longer places in its beat (the bar was learnt, the beat
+        # was renumbered) is dropped; the rest follow the follower's latest model.
+        retimed = [dataclasses.replace(sa, at=new.at, deadline=new.deadline)
+                   for sa in self.pending
+                   if (new := fresh.get((sa.beat_index, sa.rule))) is not None]
         retimed.sort(key=lambda s: (s.at, -s.action.priority))
         self.pending = retimed
 
@@ -326,12 +326,23 @@ class Runner:
             elif isinstance(event, BeatJumped):
                 log.warning("beat index jumped %d -> %d (pulse restart or failover)",
                             event.from_beat, event.to_beat)
-                self.pending = [sa for sa in self.pending if sa.beat_index >= event.to_beat]
-                self.planned_beats = {b for b in self.planned_beats if b >= event.to_beat}
+                self._renumber(event.to_beat - event.from_beat)
             elif isinstance(event, SyncLost):
                 log.warning("beat lost after %.1f s of silence", event.silent_s)
             elif isinstance(event, SyncRegained):
                 log.info("beat regained (error %.2f ms)", event.error_s * 1000)
+
+    def _renumber(self, offset: int) -> None:
+        """Carry what is planned over to the pulse's new numbering, so a beat already
+        planned (or half fired) under its old number is not planned and fired again."""
+        self.pending = [dataclasses.replace(sa, beat_index=sa.beat_index + offset)
+                        for sa in self.pending]
+        self.planned_beats = {b + offset for b in self.planned_beats}
+        self.ledgers = {b + offset: ledger for b, ledger in self.ledgers.items()}
+        self._warmed.clear()
+        for runs in self._commands.values():
+            for i, (name, started, beat) in enumerate(runs):
+                runs[i] = (name, started, beat + offset)
 
     def _may_fire(self) -> bool:
         """Fire on a locked or free-running timeline, and on a lost one until the device's

@@ -680,7 +680,7 @@ class BeatFollower:
         key: Key = (frame.beat_index, PHASES.index(frame.phase))
         if frame.cluster_id != self._cluster:
             return self._reject("wrong_cluster", frame, a)
-        if key in self._seen_set:
+        if key in self._seen_set and self._same_moment(key, a):
             return self._reject("duplicate", frame, a)
         if not self._have_model:
             self._acquire(frame, a, wall_at, events)
@@ -837,6 +837,14 @@ class BeatFollower:
     def _reject(self, reason: str, frame: BeatFrame, at: float) -> list[SyncEvent]:
         self._rejected[reason] = self._rejected.get(reason, 0) + 1
         return [FrameRejected(reason, frame.beat_index, at)]
+
+    def _same_moment(self, key: Key, a: float) -> bool:
+        """A seen index is a duplicate only if it arrives near where that beat was; far
+        from it, a restarted Pulse is reusing old numbers (held as a possible jump)."""
+        if not self._have_model:
+            return True
+        horizon = max(4.0 * 60.0 / self._seg_bpm[-1], self._band())
+        return abs(a - self._model_start(key)) <= horizon
 
     def _remember(self, key: Key) -> None:
         self._seen.append(key)

@@ -9,6 +9,7 @@ switching the score exactly at a beat boundary, and a broken reload keeping the 
 
 from __future__ import annotations
 
+import itertools
 import signal
 import socket
 import time
@@ -102,7 +103,7 @@ def test_ready_status_watchdog_and_stopping(tmp_path: Path, mosquitto: Mosquitto
     # at least two pings in every 1 s watchdog period after start-up
     span = pings[-1] - pings[0]
     assert len(pings) >= 2 * int(span) and span > 3.5, pings
-    assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) <= 0.5 + 0.15, pings
+    assert max(b - a for a, b in itertools.pairwise(pings)) <= 0.5 + 0.15, pings
     statuses = [m for _, m in notify.messages if m.startswith("STATUS=")]
     assert any("sync locked" in s and "beat" in s and "backlog" in s for s in statuses), statuses
     assert notify.times("STOPPING=1"), notify.messages
@@ -128,7 +129,7 @@ def test_watchdog_pings_stop_when_the_loop_hangs(tmp_path: Path, mosquitto: Mosq
 
 
 def test_reload_switches_score_at_a_beat_boundary(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    notify, agent, pulse, config = _start(tmp_path, mosquitto, watchdog_s=5.0)
+    notify, agent, pulse, _config = _start(tmp_path, mosquitto, watchdog_s=5.0)
     trace = tmp_path / "agent.jsonl"
     try:
         assert notify.wait_for("READY=1", 15)

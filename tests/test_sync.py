@@ -249,16 +249,22 @@ def test_frames_per_phase() -> None:
 # --------------------------------------------------------------------------- jumps
 
 
-@pytest.mark.parametrize("to", [5, 50_000])
+@pytest.mark.parametrize("to", [5, 50_000, -1])
 def test_beat_index_jump_is_reported_once_and_followed(to: int) -> None:
+    if to == -1:  # a Pulse restarting on numbers it sent a minute ago: not duplicates
+        to = FIRST + 20
     run = simulate(Pulse(beats=300, jump_at=150, jump_to=to), Network(base=0.0005, seed=1))
     jumps = [e for e in run.events if isinstance(e, BeatJumped)]
     assert len(jumps) == 1 and jumps[0].to_beat in (to, to + 1)
     got = emitted(run)
-    assert len(got) == len(set(got))
+    # each numbering on its own has every phase once (a reused number may recur across them)
+    cut = next((i for i in range(1, len(got)) if got[i][0] < got[i - 1][0]), len(got))
+    for part in (got[:cut], got[cut:]):
+        assert len(part) == len(set(part))
     assert (to + 140, "execute") in got and (FIRST + 149, "review") in got
-    late = [abs(e - 0.0005) for e in run.errors(after=to + 20) if e is not None]
-    assert late and max(late) < 1e-6
+    if to != FIRST + 20:  # the simulator's truth is keyed by number: reused ones are ambiguous
+        late = [abs(e - 0.0005) for e in run.errors(after=to + 20) if e is not None]
+        assert late and max(late) < 1e-6
     assert run.follower.state is SyncState.LOCKED
 
 

@@ -1,0 +1,212 @@
+"""The runner through ``step()`` with a fake clock: hundreds of beats in milliseconds.
+
+Frames are fed as the link would hand them over (payload bytes stamped with an arrival
+time); the clock jumps straight to each deadline the runner asks for, so every action
+fires exactly at its time and the tests check *what* fires *when*, not how fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+
+from edge.clock import FakeClock
+from edge.config import Config, load_config
+from edge.hardware import Hardware
+from edge.messages import BeatFrame, encode
+from edge.mqtt_link import Inbound
+from edge.runner import Runner
+from edge.sync import SyncState
+
+PROFILE = """
+[agent]
+id = "bench:pi-01"
+cluster = "bench"
+safe_after_lost_s = 2.0
+[sync]
+lost_after_s = 3.0
+[gpio]
+pin_factory = "mock"
+[devices.led]
+kind = "led"
+pin = 17
+[devices.relay]
+kind = "relay"
+pin = 27
+max_switch_hz = 100
+[[score]]
+device = "led"
+do = "toggle"
+offset = 0.25
+essential = true
+[[score]]
+device = "relay"
+do = "on"
+downbeat = true
+phase = "plan"
+offset = 0.5
+essential = true
+[[score]]
+device = "relay"
+do = "off"
+downbeat = true
+phase = "review"
+essential = true
+"""
+BPM = 120.0
+BEAT = 60.0 / BPM
+DELAY = 0.0007  # fixed one-way delay of every frame
+
+
+@pytest.fixture
+def factory() -> Iterator[MockFactory]:
+    saved = Device.pin_factory
+    mock = MockFactory()
+    Device.pin_factory = mock
+    try:
+        yield mock
+    finally:
+        mock.reset()
+        Device.pin_factory = saved
+
+
+def _config(tmp_path: Path, text: str = PROFILE) -> Config:
+    path = tmp_path / "agent.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path)
+
+
+def _frame(k: int, start_wall: float, index: int | None = None) -> bytes:
+    beat = k if index is None else index
+    return encode(BeatFrame(
+        cluster_id="bench", beat_index=beat, downbeat=beat % 4 == 0, phase="plan",
+        hlc="0001:0000:0001", deadline_at=datetime.fromtimestamp(start_wall + BEAT / 3, UTC),
+        tempo_bpm=BPM, window_id=f"{beat // 4:032x}"), "json")
+
+
+class Bench:
+    """A runner on mock pins, a fake clock, and a pulse that is just a list of frames."""
+
+    def __init__(self, tmp_path: Path, factory: MockFactory, text: str = PROFILE) -> None:
+        self.clock = FakeClock(monotonic=500.0, wall=1_800_000_000.0)
+        self.config = _config(tmp_path, text)
+        self.hardware = Hardware(self.config.profile, pin_factory=factory,
+                                 clock=self.clock.monotonic)
+        self.trace = StringIO()
+        self.runner = Runner(self.config, self.hardware, self.clock, trace=self.trace)
+        self.start = self.clock.monotonic() + 0.1  # beat 0 of the pulse, local time
+        self.frames: list[tuple[float, bytes]] = []
+
+    def pulse(self, beats: range, index_offset: int = 0, skip: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        wall0 = self.clock.wall() - self.clock.monotonic()
+        for k in beats:
+            if k in skip:
+                continue
+            at = self.start + k * BEAT
+            self.frames.append((at + DELAY, _frame(k, wall0 + at, k + index_offset)))
+        self.frames.sort(key=lambda f: f[0])
+
+    def run_until(self, t_end: float) -> None:
+        while self.clock.monotonic() < t_end:
+            now = self.clock.monotonic()
+            target = min(self.runner.next_deadline(now), t_end)
+            if self.frames:
+                target = min(target, self.frames[0][0])
+            self.clock.set(max(target, now))
+            item = None
+            if self.frames and self.frames[0][0] <= self.clock.monotonic():
+                arrived, payload = self.frames.pop(0)
+                item = Inbound("message", arrived, self.clock.wall(), "backbeat/bench/beat",
+                               payload)
+            self.runner.step(item, self.clock.monotonic())
+        self.runner.flush()
+
+    def rows(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.trace.getvalue().splitlines()]
+
+
+def test_hundreds_of_beats_fire_each_action_once_at_its_time(tmp_path: Path,
+                                                              factory: MockFactory) -> None:
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(300))
+    bench.run_until(bench.start + 300 * BEAT)
+    rows = [r for r in bench.rows() if r["fired_mono"] is not None]
+    toggles = [r for r in rows if r["rule"] == 0]
+    beats = [int(r["beat_index"]) for r in toggles]  # type: ignore[call-overload]
+    assert beats == list(range(beats[0], 300)) and beats[0] <= 8  # locked within 8 beats
+    for r in toggles[8:]:  # the execute phase, a quarter in, in the pulse's time
+        truth = bench.start + int(r["beat_index"]) * BEAT + (1 + 0.25) * BEAT / 3  # type: ignore[call-overload]
+        # The fake wall clock is in step with the pulse, so the follower may use deadline_at
+        # and remove even the fixed 0.7 ms path delay.
+        assert abs(float(r["fired_mono"]) - truth) < 0.0001, r  # type: ignore[arg-type]
+    on = sorted(int(r["beat_index"]) for r in rows if r["rule"] == 1)  # type: ignore[call-overload]
+    off = sorted(int(r["beat_index"]) for r in rows if r["rule"] == 2)  # type: ignore[call-overload]
+    assert on == off and all(b % 4 == 0 for b in on) and len(on) >= 70
+    # the pins saw it: one state change per toggle
+    led = factory.pin(17)
+    assert len([s for s in led.states if s.state]) >= 140
+    assert bench.runner.counters.missed == 0 and bench.runner.counters.claims >= 290
+    assert bench.runner.follower.state is SyncState.LOCKED
+
+
+def test_a_malformed_frame_is_counted_and_survived(tmp_path: Path, factory: MockFactory) -> None:
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(40))
+    bench.frames.insert(10, (bench.frames[9][0] + 0.01, b'{"type": "backbeat.beatframe.v1"'))
+    bench.frames.insert(20, (bench.frames[19][0] + 0.01, b"\xff" * 100))
+    bench.run_until(bench.start + 40 * BEAT)
+    assert bench.runner.counters.frames_bad == 2
+    fired = {int(r["beat_index"]) for r in bench.rows() if r["rule"] == 0 and r["fired_mono"]}  # type: ignore[call-overload]
+    assert set(range(10, 40)) <= fired
+
+
+def test_free_runs_through_silence_then_goes_safe(tmp_path: Path, factory: MockFactory) -> None:
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(20))
+    bench.run_until(bench.start + 50 * BEAT)  # 30 beats (15 s) of silence
+    fired = {int(r["beat_index"]) for r in bench.rows() if r["rule"] == 0 and r["fired_mono"]}  # type: ignore[call-overload]
+    assert {20, 21, 22, 23, 24} <= fired  # free-running on the model
+    # lost after 3 s (or 8 beats) of silence, safe 2 s later: then nothing fires
+    assert bench.runner.follower.state is SyncState.LOST
+    assert bench.runner.counters.safe_states == 1
+    assert bench.hardware.states()["led"] is False and bench.hardware.states()["relay"] is False
+    assert max(fired) <= 19 + int((4.0 + 2.0) / BEAT) + 1, max(fired)
+
+
+def test_a_renumbered_pulse_does_not_double_any_action(tmp_path: Path,
+                                                       factory: MockFactory) -> None:
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(60))
+    bench.pulse(range(60, 120), index_offset=-58)  # same timing, numbers restart at 2
+    bench.run_until(bench.start + 120 * BEAT)
+    toggles = [r for r in bench.rows() if r["rule"] == 0 and r["fired_mono"]]
+    times = [round(float(r["fired_mono"]), 4) for r in toggles]  # type: ignore[arg-type]
+    assert len(times) == len(set(times)), "an action fired twice at one moment"
+    steps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(abs(step - BEAT) < 0.001 for step in steps), steps  # no beat lost either
+
+
+def test_a_reload_applies_at_the_next_beat_boundary(tmp_path: Path,
+                                                    factory: MockFactory) -> None:
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(40))
+    bench.run_until(bench.start + 20.4 * BEAT)
+    new = _config(tmp_path, PROFILE.replace('device = "led"\ndo = "toggle"',
+                                            'device = "relay"\ndo = "toggle"'))
+    bench.runner.request_reload(new)
+    bench.run_until(bench.start + 40 * BEAT)
+    by_beat: dict[int, set[str]] = {}
+    for r in bench.rows():
+        if r["rule"] == 0 and r["fired_mono"]:
+            by_beat.setdefault(int(r["beat_index"]), set()).add(str(r["device"]))  # type: ignore[call-overload]
+    assert by_beat[20] == {"led"} and by_beat[21] == {"relay"} and by_beat[39] == {"relay"}
+    assert all(by_beat[b] == {"led"} for b in range(10, 21))
+    assert bench.runner.counters.reloads == 1
