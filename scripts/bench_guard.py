@@ -15,6 +15,9 @@ read. Per run it prints:
   the rule's place in the execute phase): p50, p99, max in ms (includes the follower's
   error), and as the agent measured it (``late_ms``, against its own timeline);
 * essential misses (fired after their phase ended, or never fired);
+* how long the loop spent starting each command (median, max): ``subprocess.Popen`` returns
+  only once the child has exec'd, and under a hog the child waits for a CPU first, so a
+  command started just before an essential action delays it by that much;
 * the deadline miss rate over all actions, from the agent's StatusClaims
   (``metadata.actions``: deadline misses, which include killed commands, over fired +
   misses);
@@ -221,6 +224,7 @@ class RunResult:
     late: Stats  # vs the pulse's beat times
     own: Stats  # the agent's own late_ms
     optional_run: int
+    spawn: Stats  # time the loop spent starting a command (Popen returns after exec)
     fired: int  # from the claims
     misses: int  # from the claims: deadline passed + commands killed
     shed: Counter[str]
@@ -238,7 +242,7 @@ def guard_levels(claims: list[dict[str, object]]) -> Counter[str]:
     for m in claims:
         guard = m.get("guard")
         if isinstance(guard, Mapping):
-            levels[str(guard.get("level"))] += 1
+            levels[f"{guard.get('level')}:{guard.get('reason')}"] += 1
     return levels
 
 
@@ -298,12 +302,14 @@ def run(bpm: float, guarded: bool, seconds: float, lock_s: float) -> RunResult:
     fired = sum(_count(m, "actions", "fired") for m in claims)
     misses = sum(_count(m, "actions", "deadline_misses") for m in claims)
     levels, levels_before = guard_levels(claims), guard_levels(before)
+    spawn = [num(r, "duration_ms") for r in rows if r["do"] == "command" and r["fired_mono"]]
     nonessential_fired = sum(1 for r in rows if not r["essential"] and r["fired_mono"] is not None
                              and not r["dropped"] and not r["missed"])
     return RunResult(
         bpm=bpm, guard="on" if guarded else "off", essential=ess_rows, essential_missed=ess_missed,
         late=Stats.of(vs_pulse), own=Stats.of(own), optional_run=nonessential_fired,
-        fired=fired, misses=misses, shed=shed, levels=levels, levels_before=levels_before)
+        spawn=Stats.of(spawn), fired=fired, misses=misses, shed=shed, levels=levels,
+        levels_before=levels_before)
 
 
 def os_floor(seconds: float, period_s: float = 0.02) -> Stats:
@@ -373,11 +379,13 @@ def main() -> int:
     print(f"essential actions under 2 CPU hogs, {args.seconds:g} s per run "
           "(lateness in ms vs the pulse's beat times; 'own' = the agent's late_ms)")
     head = (f"{'BPM':>4} {'guard':>5} {'ess':>4} {'miss':>4} {'p50':>7} {'p99':>7} {'max':>7} "
-            f"{'own p50':>7} {'own p99':>7} {'own max':>7} {'opt run':>7} {'misses':>6} "
+            f"{'own p50':>7} {'own p99':>7} {'own max':>7} {'opt run':>7} {'spawn50':>7} "
+            f"{'spawnmx':>7} {'misses':>6} "
             f"{'miss %':>6}  shed by reason / guard levels seen")
     print("ess/miss: essential actions due / missed; opt run: non-essential actions started; "
+          "spawn50/spawnmx: ms the loop spent in one command's start (median/max); "
           "misses, miss %: the claims' deadline_misses (killed commands included) and their "
-          "share of fired + misses")
+          "share of fired + misses; levels as level:reason")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -386,7 +394,8 @@ def main() -> int:
                       + ",".join(f"{k}={v}" for k, v in sorted(r.levels_before.items())) + ")")
         print(f"{r.bpm:>4.0f} {r.guard:>5} {r.essential:>4} {r.essential_missed:>4} "
               f"{r.late.p50:>7.3f} {r.late.p99:>7.3f} {r.late.max:>7.3f} {r.own.p50:>7.3f} "
-              f"{r.own.p99:>7.3f} {r.own.max:>7.3f} {r.optional_run:>7} {r.misses:>6} "
+              f"{r.own.p99:>7.3f} {r.own.max:>7.3f} {r.optional_run:>7} {r.spawn.p50:>7.2f} "
+              f"{r.spawn.max:>7.2f} {r.misses:>6} "
               f"{100 * r.miss_rate:>6.1f}  {shed_text} / {level_text}")
     print(f"{'-':>4} {'os':>5} {floor.n:>4} {'-':>4} {floor.p50:>7.3f} {floor.p99:>7.3f} "
           f"{floor.max:>7.3f}  <- floor: a bare python sleep+spin loop (every 20 ms) under "
