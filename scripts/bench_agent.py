@@ -91,8 +91,9 @@ def run_tempo(bpm: float, beats: int, warmup_beats: int = 10) -> dict[str, float
         agent = start_agent(config, work / "agent.jsonl", work / "agent.log")
         time.sleep(1.0)  # imports done before the beat starts
         pulse = start_pulse(broker.url, "bench", bpm, work / "pulse.jsonl", work / "pulse.log")
-        # warm-up (acquire and lock), then the measured window
-        time.sleep(max(2.0, warmup_beats * beat_s))
+        # warm-up: acquire, lock, and let the follower learn the clock rate (it needs a few
+        # seconds of frames), then the measured window
+        time.sleep(max(8.0, warmup_beats * beat_s))
         cpu0, t0 = cpu_seconds(agent.process.pid), time.monotonic()
         time.sleep(beats * beat_s)
         cpu1, t1 = cpu_seconds(agent.process.pid), time.monotonic()
