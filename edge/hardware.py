@@ -4,11 +4,24 @@ Theory of operation
 -------------------
 :class:`Hardware` builds one gpiozero device per :class:`~edge.profile.DeviceSpec` (the only
 module that imports gpiozero) and applies :class:`~edge.score.Action` values to them. It
-owns no thread and never sleeps: anything that must happen later (the end of a pulse or a
-beep, the steps of a fade, a dead-man switch-off, the deadline of an external command) is a
-due-time the runner learns from :meth:`Hardware.next_deadline` and carries out by calling
-:meth:`Hardware.tick` with the time. gpiozero's own ``blink``/``pulse`` threads are never
-used. Times are plain seconds on the runner's monotonic clock, passed in.
+never sleeps: anything that must happen later (the end of a pulse or a beep, the steps of a
+fade, a dead-man switch-off, the deadline of an external command) is a due-time the runner
+learns from :meth:`Hardware.next_deadline` and carries out by calling :meth:`Hardware.tick`
+with the time. gpiozero's own ``blink``/``pulse`` threads are never used. Times are plain
+seconds on the runner's monotonic clock, passed in.
+
+Pins need no thread: a write is microseconds. Starting an external command needs one:
+``subprocess.Popen`` returns only once the child has exec'd (0.3 ms on a quiet machine,
+7-31 ms under CPU load), and the beat loop must never wait for that. So a profile with a
+``command`` device gets one launcher thread, made at the first command and stopped by
+:meth:`Hardware.close`; it only calls ``Popen`` and hands the process back. ``apply`` of a
+command returns at once (``ok``, with a ``run`` id); the start failure, the end or the
+kill of that run come later from :meth:`tick`, carrying the same ``run`` and the run's
+duration counted from the ``apply`` (its deadline counts from there too, so a command
+that has not even started by its deadline is reported killed, and killed once it exists).
+A run is polled 2 ms after it is applied, then at doubling intervals up to 20 ms, and at
+its deadline: a short command's duration is measured to a few ms, a long one's to 20 ms,
+always rounded up (the guard would rather over- than under-estimate).
 
 Safety rules, which no tempo can override:
 
@@ -40,7 +53,9 @@ import contextlib
 import logging
 import math
 import os
+import queue
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -70,8 +85,13 @@ from edge.score import Action
 
 log = logging.getLogger(__name__)
 
-#: How often a running command is polled for completion.
+#: How soon after its apply a command is first polled (for a start or an end); each later
+#: poll waits twice as long as the one before, up to COMMAND_POLL_S.
+COMMAND_POLL_MIN_S = 0.002
+#: The longest wait between two polls of a running command.
 COMMAND_POLL_S = 0.02
+#: How long close() waits for the launcher to finish a start it is in (an exec, bounded).
+LAUNCHER_STOP_S = 5.0
 #: Bytes of a command's stderr kept for its result.
 COMMAND_STDERR_BYTES = 2048
 #: Input edges kept between two calls of ``input_events``; older ones are dropped, counted.
@@ -89,6 +109,13 @@ class ActionResult:
     ``"busy"`` (a command device already running its maximum), ``"unknown_device"``,
     ``"bad_action"``. ``error`` carries an exception's text; ``value`` the value read back
     (inputs, ``read``) or written.
+
+    Commands: ``apply`` of a ``command`` is ``ok`` once handed to the launcher and carries
+    the ``run`` id; :meth:`Hardware.tick` later reports the same ``run`` exactly once as
+    ``command_done`` (``value`` = exit code, ``ok`` when 0), ``command_killed`` (it overran
+    its deadline) or ``command_not_started`` (``error`` names the program), with
+    ``duration_s`` counted from the ``apply``. A run killed by :meth:`Hardware.safe_state`
+    reports nothing more.
     """
 
     device: str
@@ -99,6 +126,8 @@ class ActionResult:
     value: float | bool | None = None
     at: float = 0.0
     deferred_to: float | None = None
+    run: int | None = None
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +167,78 @@ class _Fade:
 
 @dataclass(slots=True)
 class _Run:
-    proc: subprocess.Popen[bytes]
+    """One command run, from its apply (``applied``) until it is reaped."""
+
+    run_id: int
     argv: tuple[str, ...]
-    started: float
+    applied: float  # the deadline and the reported duration count from here
     deadline: float
     poll_at: float
+    poll_every: float = COMMAND_POLL_MIN_S
+    proc: subprocess.Popen[bytes] | None = None  # None until the launcher has started it
     killed: bool = False
+
+    def schedule_poll(self, now: float) -> None:
+        # Doubling intervals: a short command is seen ending within a few ms, a long one
+        # costs few wake-ups; the deadline itself is always a due-time (see earliest()).
+        self.poll_at = now + self.poll_every
+        self.poll_every = min(self.poll_every * 2.0, COMMAND_POLL_S)
+
+
+Popen = Callable[..., "subprocess.Popen[bytes]"]
+
+
+class _Launcher:
+    """The one thread that starts commands (see the module doc for why there is one).
+
+    ``submit`` queues a start and returns at once; the thread runs ``popen`` and puts
+    ``(run_id, process, None)`` or ``(run_id, None, error text)`` on ``started``, which the
+    loop drains in :meth:`Hardware.tick`. The thread touches nothing else of the hardware,
+    so the loop needs no lock. Pins never use it: a pin write is microseconds and must
+    stay in order with the other writes of the beat.
+    """
+
+    def __init__(self, popen: Popen) -> None:
+        self._popen = popen
+        self._requests: queue.SimpleQueue[tuple[int, tuple[str, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.started: queue.SimpleQueue[
+            tuple[int, subprocess.Popen[bytes] | None, str | None]
+        ] = queue.SimpleQueue()
+        self.thread = threading.Thread(
+            target=self._serve, name="backbeat-command-launcher", daemon=True
+        )
+        self.thread.start()
+
+    def submit(self, run_id: int, argv: tuple[str, ...]) -> None:
+        self._requests.put((run_id, argv))
+
+    def _serve(self) -> None:
+        while (request := self._requests.get()) is not None:
+            run_id, argv = request
+            try:
+                # Returns once the child has exec'd (or failed to): the wait the loop avoids.
+                proc = self._popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    close_fds=True,
+                    start_new_session=True,
+                )
+                if proc.stderr is not None:
+                    os.set_blocking(proc.stderr.fileno(), False)
+            except Exception as exc:  # any failure is this run's, never the thread's end
+                self.started.put((run_id, None, _describe(exc)))
+                continue
+            self.started.put((run_id, proc, None))
+
+    def stop(self, timeout: float) -> bool:
+        """Finish the queued starts, end the thread; False if it did not end in time."""
+        self._requests.put(None)
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
 
 
 @dataclass(slots=True)
@@ -177,6 +272,10 @@ class _Device:
         return min(times) if times else None
 
 
+def _program(argv: tuple[str, ...]) -> str:
+    return argv[0] if argv else "(empty argv)"
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
@@ -207,7 +306,8 @@ class Hardware:
     ``pin_factory`` (a gpiozero factory) overrides the profile's ``[gpio] pin_factory``;
     with neither, gpiozero chooses (``GPIOZERO_PIN_FACTORY``, else lgpio on a Pi).
     ``clock`` stamps input edges (they arrive on gpiozero's callback); it defaults to
-    ``time.monotonic``, the runner's clock.
+    ``time.monotonic``, the runner's clock. ``popen`` starts commands on the launcher
+    thread (``subprocess.Popen``; tests pass a slow or failing one).
 
     Raises :class:`HardwareError` only when no pin factory can be had at all; a device that
     fails to build is isolated and reported in ``failures`` / ``errors``.
@@ -218,9 +318,14 @@ class Hardware:
         profile: Profile,
         pin_factory: object | None = None,
         clock: Callable[[], float] = time.monotonic,
+        popen: Popen = subprocess.Popen,
     ) -> None:
         self.profile = profile
         self._clock = clock
+        self._popen = popen
+        self._launcher: _Launcher | None = None  # made at the first command
+        self._launching: dict[int, tuple[_Device, _Run]] = {}  # run id -> run not yet started
+        self._next_run = 1
         self._owns_factory = False
         if pin_factory is not None:
             self.factory: Any = pin_factory
@@ -551,6 +656,7 @@ class Hardware:
     # ----------------------------------------------------------------------- commands
 
     def _spawn(self, d: _Device, action: Action, now: float) -> ActionResult:
+        """Hand the start to the launcher and return at once (see the module doc)."""
         name = d.spec.name
         running = d.running if d.running is not None else []
         if len([r for r in running if not r.killed]) >= int(d.spec.number("max_running", 1)):
@@ -561,65 +667,96 @@ class Hardware:
             return ActionResult(name, "command", False, "rate_limit", None, None, now)
         argv = action.argv or ()
         timeout = action.duration_s or d.spec.number("timeout_s", DEFAULT_COMMAND_TIMEOUT_S)
-        try:
-            # Popen returns once the child has exec'd; nothing here waits for it to finish.
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                close_fds=True,
-                start_new_session=True,
-            )
-        except (OSError, ValueError) as exc:
-            self._failures[name] = self._failures.get(name, 0) + 1
-            self.errors[name] = f"{name}: could not start {argv[:1]}: {_describe(exc)}"
-            return ActionResult(name, "command", False, None, self.errors[name], None, now)
-        if proc.stderr is not None:
-            os.set_blocking(proc.stderr.fileno(), False)
-        running.append(_Run(proc, argv, now, now + timeout, now + COMMAND_POLL_S))
+        if self._launcher is None:
+            self._launcher = _Launcher(self._popen)
+        run = _Run(self._next_run, argv, now, now + timeout, now)
+        self._next_run += 1
+        run.schedule_poll(now)
+        running.append(run)
         d.running = running
         d.last_switch = now
-        return ActionResult(name, "command", True, None, None, float(proc.pid), now)
+        self._launching[run.run_id] = (d, run)
+        self._launcher.submit(run.run_id, argv)
+        return ActionResult(name, "command", True, None, None, None, now, run=run.run_id)
+
+    def _collect_starts(self, launcher: _Launcher | None, now: float) -> list[ActionResult]:
+        """Take the launcher's finished starts: attach each process to its run, kill it at
+        once if its run was killed meanwhile, report a start that failed."""
+        results: list[ActionResult] = []
+        if launcher is None:
+            return results
+        while True:
+            try:
+                run_id, proc, error = launcher.started.get_nowait()
+            except queue.Empty:
+                return results
+            d, run = self._launching.pop(run_id)
+            name = d.spec.name
+            if proc is None:
+                message = f"{name}: could not start {_program(run.argv)!r}: {error}"
+                self._failures[name] = self._failures.get(name, 0) + 1
+                self.errors[name] = message
+                if d.running is not None and run in d.running:
+                    d.running.remove(run)
+                if run.killed:
+                    log.warning("%s", message)  # its kill was reported already
+                else:
+                    results.append(ActionResult(
+                        name, "command_not_started", False, None, message, None, now,
+                        run=run_id, duration_s=now - run.applied,
+                    ))
+                continue
+            run.proc = proc
+            if run.killed:
+                # Its deadline (or a safe state) came before it even started.
+                with contextlib.suppress(OSError):
+                    proc.kill()
 
     def _tick_commands(self, d: _Device, now: float) -> list[ActionResult]:
         results: list[ActionResult] = []
         keep: list[_Run] = []
         name = d.spec.name
         for run in d.running or ():
-            code = run.proc.poll()
+            if now < run.poll_at and (run.killed or now < run.deadline):
+                keep.append(run)  # another run's due-time woke us; nothing due for this one
+                continue
+            code = run.proc.poll() if run.proc is not None else None
             if code is not None:
                 err = self._stderr(run)
                 if not run.killed:
                     ok = code == 0
-                    text = None if ok else f"{run.argv[0]} exited {code}: {err}".rstrip(": ")
+                    program = _program(run.argv)
+                    text = None if ok else f"{program} exited {code}: {err}".rstrip(": ")
                     if not ok:
                         self._failures[name] = self._failures.get(name, 0) + 1
-                    results.append(
-                        ActionResult(name, "command_done", ok, None, text, float(code), now)
-                    )
+                    results.append(ActionResult(
+                        name, "command_done", ok, None, text, float(code), now,
+                        run=run.run_id, duration_s=now - run.applied,
+                    ))
                 continue
             if not run.killed and now >= run.deadline:
-                with contextlib.suppress(OSError):
-                    run.proc.kill()
+                if run.proc is not None:
+                    with contextlib.suppress(OSError):
+                        run.proc.kill()
+                    how = "was killed"
+                else:  # the launcher kills it the moment it exists (_collect_starts)
+                    how = "had not even started; it is killed once it does"
                 run.killed = True
                 self.commands_killed += 1
-                limit = run.deadline - run.started
-                results.append(
-                    ActionResult(
-                        name, "command_killed", False, None,
-                        f"{run.argv[0]} overran its {limit:g} s deadline and was killed",
-                        None, now,
-                    )
-                )
-            run.poll_at = now + COMMAND_POLL_S
+                limit = run.deadline - run.applied
+                results.append(ActionResult(
+                    name, "command_killed", False, None,
+                    f"{_program(run.argv)} overran its {limit:g} s deadline and {how}",
+                    None, now, run=run.run_id, duration_s=now - run.applied,
+                ))
+            run.schedule_poll(now)
             keep.append(run)
         d.running = keep
         return results
 
     @staticmethod
     def _stderr(run: _Run) -> str:
-        stream = run.proc.stderr
+        stream = run.proc.stderr if run.proc is not None else None
         if stream is None:
             return ""
         try:
@@ -636,7 +773,7 @@ class Hardware:
         """Carry out every follow-up due by ``now``: fade steps, pulse and beep ends,
         deferred returns to safe, dead-man offs, command completion and kills. Returns a
         result for each (fade steps report only their last step)."""
-        results: list[ActionResult] = []
+        results = self._collect_starts(self._launcher, now)
         for d in self._devices.values():
             if d.running is not None:
                 if d.running:
@@ -713,8 +850,10 @@ class Hardware:
         for d in self._devices.values():
             for run in d.running or ():
                 if not run.killed:
-                    with contextlib.suppress(OSError):
-                        run.proc.kill()
+                    if run.proc is not None:
+                        with contextlib.suppress(OSError):
+                            run.proc.kill()
+                    # (one not started yet is killed when it is: _collect_starts)
                     run.killed = True
                     self.commands_killed += 1
             if not d.spec.is_output or d.dev is None:
@@ -753,10 +892,18 @@ class Hardware:
         return events
 
     def close(self) -> None:
-        """Outputs to safe state, commands killed and reaped, devices released."""
+        """Outputs to safe state, commands killed and reaped, the launcher thread ended
+        (after the starts it was given, each killed at once), devices released."""
         self.safe_state("close")
+        launcher, self._launcher = self._launcher, None
+        if launcher is not None:
+            if not launcher.stop(LAUNCHER_STOP_S):
+                log.error("the command launcher did not stop within %g s", LAUNCHER_STOP_S)
+            self._collect_starts(launcher, self._clock())  # all runs killed: arrivals die now
         for d in self._devices.values():
             for run in d.running or ():
+                if run.proc is None:
+                    continue
                 with contextlib.suppress(Exception):
                     run.proc.wait(timeout=1.0)
                 if run.proc.stderr is not None:

@@ -6,11 +6,15 @@ Times are plain numbers handed to ``apply`` / ``tick``; nothing here sleeps on t
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import threading
 import time
 import tomllib
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from gpiozero import Device
@@ -493,10 +497,12 @@ def test_profile_and_environment_choose_the_factory(
 
 # --------------------------------------------------------------------------- commands
 
+SLEEP_30 = (sys.executable, "-c", "import time; time.sleep(30)")
+
 
 def finish(hw: Hardware, start: float) -> list[ActionResult]:
     """Tick (with fake times) until the command reports, waiting at most 10 s of real time
-    for the child process to exit."""
+    for the launcher to start it and the child process to exit."""
     t = start
     limit = time.monotonic() + 10.0
     while time.monotonic() < limit:
@@ -508,12 +514,56 @@ def finish(hw: Hardware, start: float) -> list[ActionResult]:
     raise AssertionError("command never reported")
 
 
+def drain(hw: Hardware, start: float) -> list[ActionResult]:
+    """Tick (with fake times) until nothing is left to do (every run reaped), at most 10 s
+    of real time; return everything reported on the way."""
+    t = start
+    results: list[ActionResult] = []
+    limit = time.monotonic() + 10.0
+    while hw.next_deadline() is not None:
+        assert time.monotonic() < limit, "commands never reaped"
+        t = max(t + 0.001, hw.next_deadline() or t)
+        results.extend(hw.tick(t))
+        time.sleep(0.005)
+    return results
+
+
+class GatedPopen:
+    """A ``popen`` that holds each start until ``gate`` is set, as a slow exec would, then
+    starts the real process; ``order`` records when it returned."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.order: list[str] = []
+
+    def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        self.gate.wait(10.0)
+        proc: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)
+        self.procs.append(proc)
+        self.order.append("popen returned")
+        return proc
+
+
+@pytest.fixture
+def gated(factory: MockFactory) -> Iterator[tuple[Hardware, GatedPopen]]:
+    popen = GatedPopen()
+    hardware = Hardware(profile_of(BENCH), pin_factory=factory, clock=lambda: 0.0, popen=popen)
+    try:
+        yield hardware, popen
+    finally:
+        popen.gate.set()
+        hardware.close()
+
+
 def test_command_runs_and_reports(hw: Hardware) -> None:
     started = hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "pass")), 0.0)
-    assert started.ok and started.value
-    assert hw.next_deadline() == pytest.approx(0.02)
+    assert (started.ok, started.do, started.value) == (True, "command", None)
+    assert started.run is not None
+    assert hw.next_deadline() == pytest.approx(0.002)  # first poll 2 ms after the apply
     [done] = finish(hw, 0.0)
-    assert (done.do, done.ok, done.value) == ("command_done", True, 0.0)
+    assert (done.do, done.ok, done.value, done.run) == ("command_done", True, 0.0, started.run)
+    assert done.duration_s == pytest.approx(done.at)  # counted from the apply, at 0.0
 
 
 def test_command_failure_carries_stderr(hw: Hardware) -> None:
@@ -525,48 +575,158 @@ def test_command_failure_carries_stderr(hw: Hardware) -> None:
 
 
 def test_command_overrunning_its_deadline_is_killed(hw: Hardware) -> None:
-    argv = (sys.executable, "-c", "import time; time.sleep(30)")
-    assert hw.apply(Action("sh", "command", argv=argv, duration_s=0.3), 0.0).ok
-    busy = hw.apply(Action("sh", "command", argv=argv), 0.1)
+    started = hw.apply(Action("sh", "command", argv=SLEEP_30, duration_s=0.3), 0.0)
+    assert started.ok
+    busy = hw.apply(Action("sh", "command", argv=SLEEP_30), 0.1)
     assert (busy.ok, busy.dropped) == (False, "busy")
     assert hw.tick(0.29) == []
     [killed] = hw.tick(0.3)
-    assert (killed.do, killed.ok) == ("command_killed", False)
+    assert (killed.do, killed.ok, killed.run) == ("command_killed", False, started.run)
+    assert killed.duration_s == pytest.approx(0.3)
     assert "deadline" in (killed.error or "") and hw.commands_killed == 1
-    # reaped on later ticks, silently
-    limit = time.monotonic() + 10.0
-    t = 0.3
-    while hw.next_deadline() is not None and time.monotonic() < limit:
-        t += 0.02
-        assert hw.tick(t) == []
-        time.sleep(0.005)
-    assert hw.next_deadline() is None
+    assert drain(hw, 0.3) == []  # reaped on later ticks, silently
 
 
 def test_command_that_cannot_start(hw: Hardware) -> None:
-    result = hw.apply(Action("sh", "command", argv=("/nonexistent/i2cset",)), 0.0)
-    assert not result.ok and "i2cset" in (result.error or "")
+    started = hw.apply(Action("sh", "command", argv=("/nonexistent/i2cset",)), 0.0)
+    assert started.ok  # the start is the launcher's; its failure comes from tick
+    [failed] = finish(hw, 0.0)
+    assert (failed.do, failed.ok, failed.run) == ("command_not_started", False, started.run)
+    assert "/nonexistent/i2cset" in (failed.error or "") and hw.failures == {"sh": 1}
     assert hw.next_deadline() is None
+    # and the device is free again
+    assert hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "pass")), 0.1).ok
 
 
 def test_safe_state_kills_running_commands(hw: Hardware) -> None:
-    hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "import time; time.sleep(30)")), 0)
+    hw.apply(Action("sh", "command", argv=SLEEP_30), 0)
     hw.safe_state("stop", now=0.1)
     assert hw.commands_killed == 1
+    assert drain(hw, 0.1) == []  # reaped, and nothing reported: the safe state said it all
+
+
+def test_apply_returns_before_the_process_has_started(gated: tuple[Hardware, GatedPopen]) -> None:
+    hw, popen = gated
+    result = hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "pass")), 0.0)
+    popen.order.append("apply returned")
+    popen.gate.set()
+    [done] = finish(hw, 0.0)
+    assert popen.order == ["apply returned", "popen returned"]
+    assert result.ok and done.run == result.run and done.ok
+
+
+def test_polls_come_fast_then_slower_and_at_the_deadline(
+    gated: tuple[Hardware, GatedPopen],
+) -> None:
+    hw, _ = gated  # the gate stays shut: the run never starts
+    hw.apply(Action("sh", "command", argv=SLEEP_30, duration_s=0.05), 0.0)
+    seen = []
+    while (due := hw.next_deadline()) is not None and due <= 0.05:
+        seen.append(round(due, 6))
+        assert hw.tick(due) == [] or due == 0.05
+    assert seen == [0.002, 0.006, 0.014, 0.03, 0.05]
+
+
+def test_a_command_not_started_by_its_deadline_is_killed_once_it_starts(
+    gated: tuple[Hardware, GatedPopen],
+) -> None:
+    hw, popen = gated
+    started = hw.apply(Action("sh", "command", argv=SLEEP_30, duration_s=0.1), 0.0)
+    [killed] = hw.tick(0.1)
+    assert (killed.do, killed.run, killed.duration_s) == ("command_killed", started.run, 0.1)
+    assert "not even started" in (killed.error or "") and hw.commands_killed == 1
+    assert hw.apply(Action("sh", "command", argv=SLEEP_30), 0.11).ok  # no longer busy
+    popen.gate.set()
+    results = drain(hw, 0.11)
+    assert [r.do for r in results] == ["command_killed"]  # the second one's deadline
+    assert popen.procs[0].returncode == -signal.SIGKILL  # killed the moment it existed
+
+
+def test_safe_state_kills_a_command_still_starting(gated: tuple[Hardware, GatedPopen]) -> None:
+    hw, popen = gated
+    hw.apply(Action("sh", "command", argv=SLEEP_30), 0.0)
+    hw.safe_state("stop", now=0.001)
+    assert hw.commands_killed == 1
+    popen.gate.set()
+    assert drain(hw, 0.001) == []  # nothing more to report: it was killed by the safe state
+    assert popen.procs[0].returncode == -signal.SIGKILL
+
+
+def test_close_kills_a_command_still_starting(factory: MockFactory) -> None:
+    popen = GatedPopen()
+    hw = Hardware(profile_of(BENCH), pin_factory=factory, clock=lambda: 0.0, popen=popen)
+    hw.apply(Action("sh", "command", argv=SLEEP_30), 0.0)
+    popen.gate.set()
+    hw.close()  # waits for the launcher's start in progress, kills and reaps it
+    [proc] = popen.procs
+    assert proc.returncode == -signal.SIGKILL
+
+
+TWO_AT_ONCE = """
+[devices.sh]
+kind = "command"
+timeout_s = 60
+max_running = 2
+"""
+
+
+def test_out_of_order_finishes_carry_their_own_run_and_duration(
+    factory: MockFactory, tmp_path: Path,
+) -> None:
+    flag = tmp_path / "go"
+    slow = (sys.executable, "-c",
+            f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.005)")
+    hw = Hardware(profile_of(TWO_AT_ONCE), pin_factory=factory, clock=lambda: 0.0)
+    try:
+        first = hw.apply(Action("sh", "command", argv=slow), 0.0)
+        second = hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "pass")), 0.01)
+        assert first.ok and second.ok and first.run != second.run
+        [quick] = finish(hw, 0.01)
+        flag.touch()
+        [late] = finish(hw, quick.at)
+    finally:
+        hw.close()
+    assert (quick.run, late.run) == (second.run, first.run)
+    assert quick.duration_s == pytest.approx(quick.at - 0.01)
+    assert late.duration_s == pytest.approx(late.at - 0.0)
+    assert late.duration_s > quick.duration_s
 
 
 # --------------------------------------------------------------------------- the contract
 
+PINS_ONLY = BENCH[: BENCH.index("[devices.sh]")]
 
-def test_no_threads_are_started_and_warm_writes_nothing(hw: Hardware, factory: MockFactory) -> None:
-    before = threading.active_count()
-    hw.apply(Action("led", "pulse"), 0.0)
-    hw.apply(Action("glow", "fade", value=1.0, duration_s=0.3), 0.0)
-    hw.apply(Action("arm", "move", value=1.0, duration_s=0.3), 0.0)
-    hw.warm(["led", "relay", "glow", "arm", "btn", "nope"])
-    run_until(hw, 1.0)
-    assert threading.active_count() == before
-    assert states(factory, 27) == [True]  # warm touched the relay without switching it
+
+def test_pins_start_no_threads_and_warm_writes_nothing(factory: MockFactory) -> None:
+    hw = Hardware(profile_of(PINS_ONLY), pin_factory=factory, clock=lambda: 0.0)
+    fresh_history(factory)
+    before = threading.active_count()  # (gpiozero's own, for the inputs, are there now)
+    try:
+        hw.apply(Action("led", "pulse"), 0.0)
+        hw.apply(Action("glow", "fade", value=1.0, duration_s=0.3), 0.0)
+        hw.apply(Action("arm", "move", value=1.0, duration_s=0.3), 0.0)
+        hw.warm(["led", "relay", "glow", "arm", "btn", "nope"])
+        run_until(hw, 1.0)
+        assert threading.active_count() == before
+        assert states(factory, 27) == [True]  # warm touched the relay without switching it
+    finally:
+        hw.close()
+
+
+def test_commands_use_one_launcher_thread_that_close_stops(factory: MockFactory) -> None:
+    before = set(threading.enumerate())
+    hw = Hardware(profile_of(TWO_AT_ONCE), pin_factory=factory, clock=lambda: 0.0)
+    assert set(threading.enumerate()) == before  # made at the first command, not before
+    quick = (sys.executable, "-c", "pass")
+    hw.apply(Action("sh", "command", argv=quick), 0.0)
+    hw.apply(Action("sh", "command", argv=quick), 0.0)
+    [launcher] = set(threading.enumerate()) - before
+    assert launcher.name == "backbeat-command-launcher" and launcher.daemon
+    drain(hw, 0.0)
+    hw.apply(Action("sh", "command", argv=quick), 1.0)
+    assert set(threading.enumerate()) - before == {launcher}  # the same one, reused
+    hw.close()
+    assert not launcher.is_alive()
 
 
 def test_close_leaves_outputs_safe_and_releases_pins(factory: MockFactory) -> None:
