@@ -68,7 +68,14 @@ Use from the runner, once per beat::
     plan = guard.admit(beat, score.due(beat, timeline), execute_phase_s, now)  # plan
     ...fire plan.admitted at their times...
     guard.record(action.name, took_s, late_s, missed)     # each fired action
+    guard.count_dropped(action.name, reason, missed=...)  # each one that did not run
     guard.end_beat(beat)                                  # review
+
+Only what ran teaches a duration: an action dropped (a busy device, a rate limit, an
+isolated pin, a command that could not start, a deadline already passed) took no time
+worth learning, and recording it as ~0 s would pull the estimate down exactly when the
+device is struggling. ``count_dropped`` counts it by reason instead and, when the drop is
+itself a sign of load (``missed=True``), as a missed action in the miss rate.
 """
 
 from __future__ import annotations
@@ -449,6 +456,7 @@ class Guard:
         self._verdict_changes = 0
         self._backoffs = 0
         self._invalid_records = 0
+        self._dropped: dict[str, int] = {}
         self._last_sample: Sample | None = None
 
     # ----------------------------------------------------------------- inputs
@@ -498,6 +506,22 @@ class Guard:
         c = self.config
         alpha = c.estimate_alpha_up if duration_s > prev else c.estimate_alpha_down
         self._estimates[name] = prev + alpha * (duration_s - prev)
+
+    def count_dropped(self, name: str, reason: str, *, missed: bool = False) -> None:
+        """Count an action that did not run, by ``reason``, learning nothing of its cost.
+
+        With ``missed`` it also counts in this beat as an action that missed its deadline,
+        so the miss rate, backoff and ``miss_rate_high`` see it: pass it when the drop
+        means load (a command device still busy with earlier runs) or a deadline passed.
+        Without it the drop is only counted (``dropped``): a rate limit or an isolated pin
+        is the device's rule or fault, not load, and neither raises nor dilutes the miss
+        rate. ``name`` is accepted so the runner can hand every outcome the same way.
+        """
+        del name
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+        if missed:
+            self._beat.actions += 1
+            self._beat.misses += 1
 
     def end_beat(self, beat_index: int) -> None:
         """Close the beat: slide the miss-rate window, back off or recover the work factor.
@@ -690,6 +714,11 @@ class Guard:
     def backoffs(self) -> int:
         """How many times the work factor was cut."""
         return self._backoffs
+
+    @property
+    def dropped(self) -> Mapping[str, int]:
+        """Actions counted by :meth:`count_dropped`, by reason."""
+        return MappingProxyType(dict(self._dropped))
 
     @property
     def invalid_records(self) -> int:

@@ -361,6 +361,39 @@ def test_bad_durations_are_counted_not_learned() -> None:
     assert guard.invalid_records == 2
 
 
+def test_a_dropped_action_is_counted_not_learned() -> None:
+    guard = Guard(RAW)
+    guard.record("sh.command", 0.06, 0.0, missed=False)
+    guard.count_dropped("sh.command", "rate_limit")
+    guard.count_dropped("sh.command", "isolated")
+    guard.count_dropped("sh.command", "busy", missed=True)
+    assert guard.estimate("sh.command", 0.001) == 0.06  # not pulled toward 0 s
+    assert guard.dropped == {"rate_limit": 1, "isolated": 1, "busy": 1}
+    guard.end_beat(0)
+    # Only the busy drop is load: one action and one miss besides the recorded run.
+    assert guard.miss_rate() == pytest.approx(1 / 2)
+
+
+def test_busy_drops_back_off_optional_work() -> None:
+    guard = Guard(RAW)
+    for beat in range(3):
+        guard.record("sh.command", 0.06, 0.0, missed=False)
+        guard.count_dropped("sh.command", "busy", missed=True)
+        guard.end_beat(beat)
+    assert guard.work_factor == pytest.approx(0.8**3)
+    assert guard.estimate("sh.command", 0.001) == 0.06
+
+
+def test_drops_that_are_not_load_leave_the_miss_rate_alone() -> None:
+    guard = Guard(replace(RAW, miss_min_actions=1))
+    for beat in range(5):
+        guard.record("relay.on", 0.001, 0.0, missed=False)
+        guard.count_dropped("relay.on", "rate_limit")
+        guard.end_beat(beat)
+    assert guard.miss_rate() == 0.0 and guard.work_factor == 1.0
+    assert guard.verdict(5.0) == Verdict(Level.FULL, "ok")
+
+
 def test_invalid_cost_is_shed() -> None:
     guard = Guard(RAW)
     admission = guard.admit(0, [cand("x", cost_s=float("inf"))], 1.0, now=0.0)
