@@ -206,13 +206,23 @@ class _Launcher:
         self.started: queue.SimpleQueue[
             tuple[int, subprocess.Popen[bytes] | None, str | None]
         ] = queue.SimpleQueue()
+        self._submitted = 0  # written by the loop only
+        self._made = 0  # written by the thread only, under _settled
+        self._settled = threading.Condition()
         self.thread = threading.Thread(
             target=self._serve, name="backbeat-command-launcher", daemon=True
         )
         self.thread.start()
 
     def submit(self, run_id: int, argv: tuple[str, ...]) -> None:
+        self._submitted += 1
         self._requests.put((run_id, argv))
+
+    def wait_made(self, timeout: float) -> bool:
+        """Wait until every start submitted so far has been made (or has failed)."""
+        submitted = self._submitted
+        with self._settled:
+            return self._settled.wait_for(lambda: self._made >= submitted, timeout)
 
     def _serve(self) -> None:
         while (request := self._requests.get()) is not None:
@@ -231,8 +241,11 @@ class _Launcher:
                     os.set_blocking(proc.stderr.fileno(), False)
             except Exception as exc:  # any failure is this run's, never the thread's end
                 self.started.put((run_id, None, _describe(exc)))
-                continue
-            self.started.put((run_id, proc, None))
+            else:
+                self.started.put((run_id, proc, None))
+            with self._settled:
+                self._made += 1
+                self._settled.notify_all()
 
     def stop(self, timeout: float) -> bool:
         """Finish the queued starts, end the thread; False if it did not end in time."""
@@ -820,6 +833,13 @@ class Hardware:
             if t is not None and (best is None or t < best):
                 best = t
         return best
+
+    def wait_for_starts(self, timeout: float) -> bool:
+        """Block until the launcher has made every command start handed to it so far
+        (their results still come from :meth:`tick`); False on ``timeout``. For tests and
+        benchmarks that step a fake clock: the beat loop never calls it."""
+        launcher = self._launcher
+        return True if launcher is None else launcher.wait_made(timeout)
 
     # ----------------------------------------------------------------------- the rest
 

@@ -188,8 +188,10 @@ class Runner:
         self._trace_buf: list[tuple[ScheduledAction, float, float, ActionResult | None,
                                     str | None]] = []
         self._pending_reload: Config | None = None
-        # Commands run off the loop: their real run time is known only when they end.
-        self._commands: dict[str, deque[tuple[str, float, int]]] = {}
+        # Commands run off the loop: their real run time is known only when they end. The
+        # hardware reports each end with the run id its start had, so several runs of one
+        # device may end in any order: run id -> (action name, beat it was fired in).
+        self._commands: dict[int, tuple[str, int]] = {}
         self._last_frame_error: str | None = None
         self._last_reviewed: int | None = None
         self.stop_requested = False
@@ -340,9 +342,8 @@ class Runner:
         self.planned_beats = {b + offset for b in self.planned_beats}
         self.ledgers = {b + offset: ledger for b, ledger in self.ledgers.items()}
         self._warmed.clear()
-        for runs in self._commands.values():
-            for i, (name, started, beat) in enumerate(runs):
-                runs[i] = (name, started, beat + offset)
+        self._commands = {run: (name, beat + offset)
+                          for run, (name, beat) in self._commands.items()}
 
     def _may_fire(self) -> bool:
         """Fire on a locked or free-running timeline, and on a lost one until the device's
@@ -363,6 +364,7 @@ class Runner:
         if (not self._safe_applied
                 and now - self._unsynced_since >= self.config.agent.safe_after_lost_s):
             self.hardware.safe_state("beat lost")
+            self._commands.clear()  # killed by the safe state: no end will be reported
             self.counters.safe_states += 1
             self._safe_applied = True
             self.pending.clear()
@@ -383,13 +385,15 @@ class Runner:
 
     def _fire(self, sa: ScheduledAction) -> None:
         ledger = self.ledgers.setdefault(sa.beat_index, BeatLedger())
+        name = sa.action.name
         before = self.clock.monotonic()
         if before > sa.deadline:
-            # Its phase is over: switching now would be wrong, so it is a miss.
+            # Its phase is over: switching now would be wrong, so it is a miss. It did not
+            # run, so it teaches the guard no duration.
             ledger.missed += 1
             self.counters.missed += 1
-            self.guard.record(sa.action.name, 0.0, before - sa.at, True)
-            self.metrics.record_action(sa.action.name, 0.0, before - sa.at, True, before)
+            self.guard.count_dropped(name, "deadline_passed", missed=True)
+            self.metrics.record_action(name, 0.0, before - sa.at, True, before)
             self._trace_buf.append((sa, before, 0.0, None, "deadline_passed"))
             return
         result = self.hardware.apply(sa.action, before)
@@ -399,43 +403,64 @@ class Runner:
         if result.dropped is not None:
             ledger.dropped[result.dropped] += 1
             self.counters.dropped[result.dropped] += 1
+            # Nothing ran, so no duration is learned (a ~0 s sample would pull the estimate
+            # down just when the device struggles). A busy command device means earlier
+            # runs are still going: commands take longer than the score allows, which is
+            # load, so it counts as a miss (miss rate, backoff, decimation). A rate limit,
+            # an isolated pin or a bad action is the device's rule or fault: counted only.
+            self.guard.count_dropped(name, result.dropped, missed=result.dropped == "busy")
+            self.metrics.record_action(name, after - before, late_s, False, after)
         elif not result.ok:
             ledger.failed += 1
+            self.guard.record(name, after - before, late_s, False)
+            self.metrics.record_action(name, after - before, late_s, False, after)
         else:
             ledger.fired += 1
             self.counters.fired += 1
             ledger.late_ms.append(late_s * 1000.0)
             self.recent_late_ms.append(late_s * 1000.0)
-        if sa.action.do == "command" and result.ok:
-            self._commands.setdefault(sa.action.device, deque()).append(
-                (sa.action.name, before, sa.beat_index))
-        else:
-            self.guard.record(sa.action.name, after - before, late_s, False)
-            self.metrics.record_action(sa.action.name, after - before, late_s, False, after)
+            if sa.action.do == "command" and result.run is not None:
+                # Its cost is learned when it ends (_note_followup), from the hardware's
+                # own measure of that run.
+                self._commands[result.run] = (name, sa.beat_index)
+            else:
+                self.guard.record(name, after - before, late_s, False)
+                self.metrics.record_action(name, after - before, late_s, False, after)
         if self.trace is not None:
             self._trace_buf.append((sa, before, after - before, result, result.dropped))
+
+    def _open_beat(self, beat: int) -> int:
+        """``beat``, or the next one to be reviewed if its review has passed: an outcome
+        that lands late (a command's end) goes into the next review, not nowhere."""
+        if self._last_reviewed is not None and beat <= self._last_reviewed:
+            return self._last_reviewed + 1
+        return beat
 
     def _note_followup(self, result: ActionResult) -> None:
         if result.dropped is not None:
             self.counters.dropped[result.dropped] += 1
-        if result.do in ("command_done", "command_killed"):
-            runs = self._commands.get(result.device)
-            if runs:
-                name, started, beat = runs.popleft()
-                killed = result.do == "command_killed"
-                duration = result.at - started
-                # An overrun is a deadline miss, and teaches the guard what it really costs.
-                self.guard.record(name, duration, 0.0, killed)
-                self.metrics.record_action(name, duration, 0.0, killed, result.at)
-                if killed:
-                    self.counters.missed += 1
-                    # A kill that lands after its beat's review (a deadline longer than
-                    # the rest of the phase) goes into the next review, not nowhere.
-                    if self._last_reviewed is not None and beat <= self._last_reviewed:
-                        beat = self._last_reviewed + 1
-                    self.ledgers.setdefault(beat, BeatLedger()).missed += 1
+        if result.run is not None and result.do in (
+                "command_done", "command_killed", "command_not_started"):
+            entry = self._commands.pop(result.run, None)
+            if entry is not None:
+                self._command_ended(result, *entry)
         if not result.ok and result.error:
             log.warning("%s.%s: %s", result.device, result.do, result.error)
+
+    def _command_ended(self, result: ActionResult, name: str, beat: int) -> None:
+        if result.do == "command_not_started":
+            # A fault (missing program...), not load: counted, failed, nothing learned.
+            self.guard.count_dropped(name, "not_started")
+            self.ledgers.setdefault(self._open_beat(beat), BeatLedger()).failed += 1
+            return
+        killed = result.do == "command_killed"
+        duration = result.duration_s if result.duration_s is not None else float("nan")
+        # An overrun is a deadline miss, and teaches the guard what it really costs.
+        self.guard.record(name, duration, 0.0, killed)
+        self.metrics.record_action(name, duration, 0.0, killed, result.at)
+        if killed:
+            self.counters.missed += 1
+            self.ledgers.setdefault(self._open_beat(beat), BeatLedger()).missed += 1
 
     # ------------------------------------------------------------------ review and status
 

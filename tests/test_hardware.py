@@ -615,6 +615,17 @@ def test_apply_returns_before_the_process_has_started(gated: tuple[Hardware, Gat
     assert result.ok and done.run == result.run and done.ok
 
 
+def test_wait_for_starts_waits_for_the_launcher(gated: tuple[Hardware, GatedPopen]) -> None:
+    hw, popen = gated
+    assert hw.wait_for_starts(0.0)  # nothing handed over yet
+    started = hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "pass")), 0.0)
+    assert not hw.wait_for_starts(0.05)  # the start is held at the gate
+    popen.gate.set()
+    assert hw.wait_for_starts(10.0) and len(popen.procs) == 1
+    [done] = finish(hw, 0.0)
+    assert done.run == started.run
+
+
 def test_polls_come_fast_then_slower_and_at_the_deadline(
     gated: tuple[Hardware, GatedPopen],
 ) -> None:

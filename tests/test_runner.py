@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gpiozero import Device
@@ -20,6 +21,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.clock import FakeClock
 from edge.config import Config, load_config
+from edge.guard import Guard
 from edge.hardware import Hardware
 from edge.messages import BeatFrame, encode
 from edge.mqtt_link import Inbound
@@ -92,6 +94,53 @@ def _frame(k: int, start_wall: float, index: int | None = None) -> bytes:
         tempo_bpm=BPM, window_id=f"{beat // 4:032x}"), "json")
 
 
+class FakeRun:
+    """A command that "runs" on the fake clock: it ends ``seconds`` after it was started."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.clock = clock
+        self.end = clock.monotonic() + seconds
+        self.returncode: int | None = None
+        self.stderr = None
+        self.pid = 0
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.clock.monotonic() >= self.end:
+            self.returncode = 0
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            self.returncode = -9
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.returncode
+
+
+class FakePopen:
+    """Starts ``["fake-run", SECONDS]`` as a FakeRun; anything else cannot be started."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def __call__(self, argv: list[str], **kwargs: Any) -> FakeRun:
+        if argv[0] != "fake-run":
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+        return FakeRun(self.clock, float(argv[1]))
+
+
+class RecordingGuard(Guard):
+    """The real guard, noting every duration it is taught."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.records: list[tuple[str, float, bool]] = []
+
+    def record(self, name: str, duration_s: float, late_s: float, missed: bool) -> None:
+        self.records.append((name, duration_s, missed))
+        super().record(name, duration_s, late_s, missed)
+
+
 class Bench:
     """A runner on mock pins, a fake clock, and a pulse that is just a list of frames."""
 
@@ -99,7 +148,7 @@ class Bench:
         self.clock = FakeClock(monotonic=500.0, wall=1_800_000_000.0)
         self.config = _config(tmp_path, text)
         self.hardware = Hardware(self.config.profile, pin_factory=factory,
-                                 clock=self.clock.monotonic)
+                                 clock=self.clock.monotonic, popen=FakePopen(self.clock))
         self.trace = StringIO()
         self.runner = Runner(self.config, self.hardware, self.clock, trace=self.trace)
         self.start = self.clock.monotonic() + 0.1  # beat 0 of the pulse, local time
@@ -127,6 +176,9 @@ class Bench:
                 item = Inbound("message", arrived, self.clock.wall(), "backbeat/bench/beat",
                                payload)
             self.runner.step(item, self.clock.monotonic())
+            # Commands start on the hardware's launcher thread: let it catch up before the
+            # fake clock moves on, as real time would.
+            assert self.hardware.wait_for_starts(10.0)
         self.runner.flush()
 
     def rows(self) -> list[dict[str, object]]:
@@ -210,3 +262,99 @@ def test_a_reload_applies_at_the_next_beat_boundary(tmp_path: Path,
     assert by_beat[20] == {"led"} and by_beat[21] == {"relay"} and by_beat[39] == {"relay"}
     assert all(by_beat[b] == {"led"} for b in range(10, 21))
     assert bench.runner.counters.reloads == 1
+
+
+HEADER = PROFILE[: PROFILE.index("[devices.led]")]
+
+TWO_RUNS = HEADER + """
+[devices.sh]
+kind = "command"
+timeout_s = 5
+max_running = 2
+[[score]]
+device = "sh"
+do = "command"
+argv = ["fake-run", "1.2"]
+every = 4
+essential = true
+[[score]]
+device = "sh"
+do = "command"
+argv = ["fake-run", "0.1"]
+every = 4
+every_at = 1
+essential = true
+"""
+
+
+def test_out_of_order_command_ends_teach_each_run_its_own_duration(
+        tmp_path: Path, factory: MockFactory) -> None:
+    # A 1.2 s run starts on beats 0 mod 4, a 0.1 s one half a second later on the same
+    # device: the later one ends first. Matched in start order, each would be taught the
+    # other's start (0.6 s and 0.7 s); matched by run id, each gets its own.
+    bench = Bench(tmp_path, factory, TWO_RUNS)
+    guard = bench.runner.guard = RecordingGuard(bench.config.guard)
+    bench.pulse(range(60))
+    bench.run_until(bench.start + 60 * BEAT)
+    taught = [d for name, d, _ in guard.records if name == "sh.command"]
+    long_runs = [d for d in taught if 1.2 <= d <= 1.2 + 0.021]  # polled every <= 20 ms
+    short_runs = [d for d in taught if 0.1 <= d <= 0.1 + 0.021]
+    assert len(long_runs) >= 10 and len(short_runs) >= 10
+    assert len(long_runs) + len(short_runs) == len(taught), taught
+    assert not any(missed for _, _, missed in guard.records)
+    assert bench.runner.counters.missed == 0 and not bench.runner.counters.dropped
+
+
+BUSY = HEADER + """
+[devices.sh]
+kind = "command"
+timeout_s = 1.0
+[[score]]
+device = "sh"
+do = "command"
+argv = ["fake-run", "0.7"]
+cost_s = 0.7
+essential = true
+"""
+
+
+def test_a_dropped_action_does_not_lower_the_learned_estimate(
+        tmp_path: Path, factory: MockFactory) -> None:
+    # A 0.7 s command every 0.5 s beat on a device that runs one at a time: every other
+    # start finds it busy. Learning those drops as ~0 s runs would pull the estimate toward
+    # 0.64 s; only the runs that happened may teach it.
+    bench = Bench(tmp_path, factory, BUSY)
+    bench.pulse(range(60))
+    bench.run_until(bench.start + 60 * BEAT)
+    guard = bench.runner.guard
+    busy = bench.runner.counters.dropped["busy"]
+    assert busy >= 20
+    assert 0.7 <= guard.estimate("sh.command", 0.0) <= 0.7 + 0.021
+    assert guard.dropped["busy"] == busy
+    assert guard.miss_rate() > 0.3  # and the busy device shows as pressure
+
+
+MISSING = HEADER + """
+[devices.sh]
+kind = "command"
+[[score]]
+device = "sh"
+do = "command"
+argv = ["/nonexistent/i2cset"]
+every = 4
+essential = true
+"""
+
+
+def test_a_command_that_cannot_start_fails_its_beat_and_teaches_nothing(
+        tmp_path: Path, factory: MockFactory) -> None:
+    bench = Bench(tmp_path, factory, MISSING)
+    guard = bench.runner.guard = RecordingGuard(bench.config.guard)
+    bench.pulse(range(40))
+    bench.run_until(bench.start + 20.99 * BEAT)  # past beat 20's review (a command beat)
+    review = bench.runner.last_review
+    assert review is not None and (review.beat_index, review.state) == (20, "failed")
+    bench.run_until(bench.start + 40 * BEAT)
+    assert guard.records == [] and guard.dropped["not_started"] >= 5
+    assert guard.miss_rate() == 0.0  # a fault, not load
+    assert "/nonexistent/i2cset" in bench.hardware.errors["sh"]
