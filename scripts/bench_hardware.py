@@ -10,6 +10,13 @@ medians and must stay under 100 us. The cold rows apply after a 25 ms pause (as 
 action per beat phase), without ``Hardware.warm``, with it 1 ms before (a sleep in
 between cools the caches again) and with it right before (as a runner that spins the last
 ~2 ms to its deadline would call it).
+
+The command rows: what ``apply`` of a command costs the caller (the loop) now that the
+start is the launcher thread's (microseconds), the same followed at once by an LED write
+(an essential action scheduled right after a command: the launcher's Popen must not hold
+it up), how long after the ``apply`` the process exists (the launcher's latency, off the
+loop), and a bare ``subprocess.Popen`` of the same program: what the loop used to wait.
+``--hogs N`` runs the command rows beside N CPU-burning processes, as on a loaded Pi.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import time
 import tomllib
@@ -91,6 +99,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000, help="repetitions per hot row")
     parser.add_argument("--cold", type=int, default=200, help="repetitions per cold row")
+    parser.add_argument("--commands", type=int, default=100, help="repetitions per command row")
+    parser.add_argument("--hogs", type=int, default=0,
+                        help="CPU-burning processes beside the command rows")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the bench's dead-man and close are expected
     n = args.n
@@ -162,32 +173,69 @@ def main() -> int:
                        before=lambda: hw.warm(["led"]), gap=0.0)))
 
     argv = ("/bin/true",) if os.path.exists("/bin/true") else (sys.executable, "-c", "")
+    start = Action("sh", "command", argv=argv, duration_s=5.0)
 
-    spawn_times: list[float] = []
-    for _ in range(50):
-        t0 = time.perf_counter_ns()
-        apply(Action("sh", "command", argv=argv, duration_s=5.0))
-        spawn_times.append((time.perf_counter_ns() - t0) / 1000.0)
+    def settle() -> None:
+        """Let the launcher start it and the loop reap it (off the clock)."""
+        hw.wait_for_starts(10.0)
         while hw.next_deadline() is not None:
             time.sleep(0.001)
             now[0] += 0.02
             hw.tick(now[0])
-    rows.append(("command start (Popen /bin/true)", spawn_times))
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.hogs)]
+    try:
+        apply(start)  # the first command makes the launcher thread: not timed
+        settle()
+        applies: list[float] = []
+        with_led: list[float] = []
+        to_started: list[float] = []
+        clock = time.perf_counter_ns
+        for i in range(args.commands):
+            t0 = clock()
+            apply(start)
+            t1 = clock()
+            apply(on if i % 2 else off)
+            t2 = clock()
+            hw.wait_for_starts(10.0)
+            t3 = clock()
+            applies.append((t1 - t0) / 1000.0)
+            with_led.append((t2 - t0) / 1000.0)
+            to_started.append((t3 - t0) / 1000.0)
+            settle()
+        bare: list[float] = []
+        for _ in range(args.commands):
+            t0 = clock()
+            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    close_fds=True, start_new_session=True)
+            bare.append((clock() - t0) / 1000.0)
+            proc.communicate()
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    load = f", {args.hogs} hogs" if args.hogs else ""
+    rows.append((f"command start: apply() to caller{load}", applies))
+    rows.append((f"command start + led on/off{load}", with_led))
+    rows.append((f"command apply -> process exists{load}", to_started))
+    rows.append((f"bare Popen {argv[0]} (old loop cost){load}", bare))
 
     hw.close()
     raw.close()
 
-    print(f"{'action':40} {'n':>6} {'median us':>10} {'p99 us':>10} {'max us':>10}")
-    print("-" * 80)
+    print(f"{'action':44} {'n':>6} {'median us':>10} {'p99 us':>10} {'max us':>10}")
+    print("-" * 84)
     for name, values in rows:
-        print(f"{name:40} {len(values):6d} {statistics.median(values):10.2f} "
+        print(f"{name:44} {len(values):6d} {statistics.median(values):10.2f} "
               f"{percentile(values, 0.99):10.2f} {max(values):10.2f}")
     raw_median = statistics.median(rows[0][1])
     ours = statistics.median(rows[1][1])
     added = ours - raw_median
     ours_p99 = percentile(rows[1][1], 0.99) - percentile(rows[0][1], 0.99)
     verdict = "OK" if added < DIGITAL_LIMIT_US else "TOO SLOW"
-    print("-" * 80)
+    print("-" * 84)
     print(f"layer overhead per digital action: median {added:.2f} us, p99 {ours_p99:.2f} us "
           f"(limit {DIGITAL_LIMIT_US:.0f} us): {verdict}")
     return 0 if added < DIGITAL_LIMIT_US else 1
