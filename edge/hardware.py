@@ -13,8 +13,10 @@ seconds on the runner's monotonic clock, passed in.
 Pins need no thread: a write is microseconds. Starting an external command needs one:
 ``subprocess.Popen`` returns only once the child has exec'd (0.3 ms on a quiet machine,
 7-31 ms under CPU load), and the beat loop must never wait for that. So a profile with a
-``command`` device gets one launcher thread, made at the first command and stopped by
-:meth:`Hardware.close`; it only calls ``Popen`` and hands the process back. ``apply`` of a
+``command`` device gets one launcher thread, made with the :class:`Hardware` (not at the
+first command: ``Thread.start`` waits until the new thread runs, 1-4 ms under load, which
+the loop must not pay either) and stopped by :meth:`Hardware.close`; it only calls
+``Popen`` and hands the process back. A profile of pins only has no thread. ``apply`` of a
 command returns at once (``ok``, with a ``run`` id); the start failure, the end or the
 kill of that run come later from :meth:`tick`, carrying the same ``run`` and the run's
 duration counted from the ``apply`` (its deadline counts from there too, so a command
@@ -336,7 +338,7 @@ class Hardware:
         self.profile = profile
         self._clock = clock
         self._popen = popen
-        self._launcher: _Launcher | None = None  # made at the first command
+        self._launcher: _Launcher | None = None
         self._launching: dict[int, tuple[_Device, _Run]] = {}  # run id -> run not yet started
         self._next_run = 1
         self._owns_factory = False
@@ -365,6 +367,8 @@ class Hardware:
         self._devices: dict[str, _Device] = {}
         for spec in profile.devices.values():
             self._devices[spec.name] = self._build(spec)
+        if any(d.running is not None for d in self._devices.values()):
+            self._launcher = _Launcher(popen)
 
     # ----------------------------------------------------------------------- counters
 
@@ -680,7 +684,7 @@ class Hardware:
             return ActionResult(name, "command", False, "rate_limit", None, None, now)
         argv = action.argv or ()
         timeout = action.duration_s or d.spec.number("timeout_s", DEFAULT_COMMAND_TIMEOUT_S)
-        if self._launcher is None:
+        if self._launcher is None:  # only after close(): start one again rather than fail
             self._launcher = _Launcher(self._popen)
         run = _Run(self._next_run, argv, now, now + timeout, now)
         self._next_run += 1

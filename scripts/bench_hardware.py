@@ -186,7 +186,7 @@ def main() -> int:
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
             for _ in range(args.hogs)]
     try:
-        apply(start)  # the first command makes the launcher thread: not timed
+        apply(start)  # a first start warms the path (exec of the program): not timed
         settle()
         applies: list[float] = []
         with_led: list[float] = []
