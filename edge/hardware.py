@@ -788,8 +788,8 @@ class Hardware:
 
     def tick(self, now: float) -> list[ActionResult]:
         """Carry out every follow-up due by ``now``: fade steps, pulse and beep ends,
-        deferred returns to safe, dead-man offs, command completion and kills. Returns a
-        result for each (fade steps report only their last step)."""
+        deferred returns to safe, dead-man offs, command starts that failed, command ends
+        and kills. Returns a result for each (fade steps report only their last step)."""
         results = self._collect_starts(self._launcher, now)
         for d in self._devices.values():
             if d.running is not None:
