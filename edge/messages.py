@@ -43,14 +43,15 @@ from __future__ import annotations
 import io
 import json
 import math
+import operator
 import re
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal, TypeAlias, cast
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import cbor2
 
@@ -184,8 +185,13 @@ def _tempo(value: object) -> float:
     if not 0.1 <= bpm <= 1000:
         raise _fail("tempo_bpm", f"must be between 0.1 and 1000, got {_show(value)}")
     # repr() is the shortest decimal that round-trips, i.e. what the sender wrote; binary
-    # float arithmetic would call 0.3 or 2.3 off-step.
-    if Decimal(repr(bpm)) % _TENTH != 0:
+    # float arithmetic would call 0.3 or 2.3 off-step. In this range repr() never uses an
+    # exponent, so one digit after the point means a multiple of 0.1; anything else is
+    # settled in decimal arithmetic.
+    text = repr(bpm)
+    if len(text) - text.find(".") == 2:
+        return bpm
+    if Decimal(text) % _TENTH != 0:
         raise _fail("tempo_bpm", f"must be a multiple of 0.1, got {_show(value)}")
     return bpm
 
@@ -243,8 +249,13 @@ def _deadline(value: object) -> datetime:
     return parse_rfc3339("deadline_at", value)
 
 
+#: Who built the data a message is made from: a caller (its containers are copied), or
+#: our JSON or CBOR decoder (frozen in place; CBOR text and integers need fewer checks).
+_BY_CALLER, _BY_JSON, _BY_CBOR = 0, 1, 2
+
+
 class _Bad(Exception):
-    """Raised inside :func:`_freeze_value`; collects the path while unwinding."""
+    """Raised while freezing JSON data; collects the path while unwinding."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -252,8 +263,45 @@ class _Bad(Exception):
         self.path: list[str] = []
 
 
-def _freeze_scalar(value: object) -> JSONValue:
-    """Check one JSON scalar; raise _Bad if it is not one (containers are handled apart)."""
+class _Raw:
+    """CBOR bytes that ``encode`` writes verbatim: a float in its shortest canonical form.
+
+    cbor2's fast (non-canonical) mode writes every float in 8 bytes; canonical CBOR wants
+    the shortest exact form, so a wire tree carries such floats pre-encoded, and cbor2
+    hands them to :func:`_write_raw` (its ``default`` hook).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+#: _Raw of recently seen short floats (60.0, 0.5...: they repeat). Never 0.0: it equals
+#: -0.0, which encodes differently. Bounded: a sender inventing floats costs time only.
+_SHORT: dict[float, _Raw] = {}
+_SHORT_MAX = 256
+
+
+def _short_float(value: float) -> _Raw | None:
+    """The canonical encoding of finite ``value`` if shorter than 8 bytes, else None."""
+    # A double fits a single (and so maybe a half) only if its significand has at most
+    # 24 bits: one multiplication rules out almost every measured value.
+    if not (_frexp(value)[0] * 16777216.0).is_integer():
+        return None
+    raw = _SHORT.get(value) if value else None
+    if raw is None:
+        data = _cbor_float(value)
+        if len(data) == 9:  # too large or too small for a single
+            return None
+        raw = _Raw(data)
+        if value and len(_SHORT) < _SHORT_MAX:
+            _SHORT[value] = raw
+    return raw
+
+
+def _plain_scalar(value: object) -> JSONValue:
+    """Check one JSON scalar; subclasses (an IntEnum...) become the plain type."""
     t = type(value)
     if t is str:
         if not _valid_text(value):  # type: ignore[arg-type]
@@ -269,91 +317,206 @@ def _freeze_scalar(value: object) -> JSONValue:
         return value
     if value is None or t is bool:
         return value
-    # Subclasses (an IntEnum, a str subclass...) are stored as the plain type.
     if isinstance(value, str):
-        return _freeze_scalar(str(value))
+        return _plain_scalar(str(value))
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        return _freeze_scalar(int(value))
+        return _plain_scalar(int(value))
     if isinstance(value, float):
-        return _freeze_scalar(float(value))
+        return _plain_scalar(float(value))
     raise _Bad(f"must hold only JSON values, got {type(value).__name__} {_show(value)}")
 
 
-def _freeze_value(value: object, depth: int) -> JSONValue:
-    """A read-only deep copy of JSON data: objects become mappingproxy, arrays tuples.
+def _container(value: object) -> int:
+    """1 for a mapping, 2 for a sequence (not text or bytes), 0 otherwise."""
+    t = type(value)
+    if t is dict or t is MappingProxyType:
+        return 1
+    if t is list or t is tuple:
+        return 2
+    if isinstance(value, Mapping):
+        return 1
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
+        return 2
+    return 0
 
-    Scalars of the common exact types are checked inline (this runs for every value of
-    every decoded claim); everything else goes through :func:`_freeze_scalar`.
+
+# Freezing a decoder's output: the decoder built every dict and list and nothing else
+# holds them, so they are checked and frozen in place, with no copy.
+
+
+def _freeze_owned(d: dict[Any, Any], depth: int, cbor: bool) -> Mapping[str, JSONValue]:
+    """Check a JSON object our decoder built; freeze it in place; return a read-only view.
+
+    Nested objects become views, arrays tuples. ``cbor``: the data came from cbor2, whose
+    text is always valid Unicode (it refuses bad UTF-8) and whose integers always fit
+    64 bits (bignums are tags, refused), so those two checks are skipped. Raises _Bad
+    (with the path) on a breach.
     """
-    t = type(value)
-    if t is dict or t is MappingProxyType or (t is not str and isinstance(value, Mapping)):
-        if depth >= MAX_DEPTH:
-            raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
-        out: dict[str, JSONValue] = {}
-        for key, item in value.items():  # type: ignore[attr-defined]
-            try:
-                if type(key) is not str:
-                    raise _Bad(f"keys must be strings, got {_show(key)}")
-                if not key.isascii() and not _valid_text(key):
-                    raise _Bad(f"keys must be valid Unicode text, got {_show(key)}")
-                ti = type(item)
-                if ti is int:
-                    if not _MIN_INT <= item <= _MAX_INT:
-                        raise _Bad(f"must fit in 64 bits, got {_show(item)}")
-                    out[key] = item
-                elif ti is str and item.isascii():
-                    out[key] = item
-                elif ti is float:
-                    if item - item != 0.0:  # NaN or an infinity
-                        raise _Bad(f"must be a finite number, got {item!r}")
-                    out[key] = item
-                elif ti is dict or ti is list or ti is tuple or ti is MappingProxyType:
-                    out[key] = _freeze_value(item, depth + 1)
+    if depth >= MAX_DEPTH:
+        raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
+    for key, item in d.items():
+        try:
+            if type(key) is not str:
+                raise _Bad(f"keys must be strings, got {_show(key)}")
+            if not cbor and not key.isascii() and not _valid_text(key):
+                raise _Bad(f"keys must be valid Unicode text, got {_show(key)}")
+            t = type(item)
+            # The common types inline: this runs for every value of every claim.
+            if t is str:
+                if not cbor and not item.isascii() and not _valid_text(item):
+                    raise _Bad(f"must be valid Unicode text, got {_show(item)}")
+            elif t is int:
+                if not cbor and not _MIN_INT <= item <= _MAX_INT:
+                    raise _Bad(f"must fit in 64 bits, got {_show(item)}")
+            elif t is float:
+                if item - item != 0.0:  # NaN or an infinity
+                    raise _Bad(f"must be a finite number, got {item!r}")
+            elif t is dict:
+                d[key] = _freeze_owned(item, depth + 1, cbor)  # same size: safe in the loop
+            elif t is list:
+                d[key] = _freeze_owned_list(item, depth + 1, cbor)
+            elif t is not bool and item is not None:
+                raise _Bad(f"must hold only JSON values, got {t.__name__} {_show(item)}")
+        except _Bad as bad:
+            bad.path.append(f".{_show(key) if type(key) is not str else key}")
+            raise
+    return MappingProxyType(d)
+
+
+def _freeze_owned_list(items: list[Any], depth: int, cbor: bool) -> tuple[JSONValue, ...]:
+    """Check a JSON array our decoder built; return it as a tuple of frozen values."""
+    if depth >= MAX_DEPTH:
+        raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
+    for i, item in enumerate(items):
+        try:
+            t = type(item)
+            if t is dict:
+                items[i] = _freeze_owned(item, depth + 1, cbor)
+            elif t is list:
+                items[i] = _freeze_owned_list(item, depth + 1, cbor)
+            elif t is str or t is int or t is float or t is bool or item is None:
+                _plain_scalar(item)
+            else:
+                raise _Bad(f"must hold only JSON values, got {t.__name__} {_show(item)}")
+        except _Bad as bad:
+            bad.path.append(f"[{i}]")
+            raise
+    return tuple(items)
+
+
+# Freezing what a caller passed: a deep copy (the caller keeps its dicts), made in
+# canonical key order, together with the wire tree ``encode`` hands to cbor2.
+
+
+def _freeze_map(value: Mapping[Any, Any], depth: int) -> tuple[Mapping[str, JSONValue], Any]:
+    """Check a JSON object; return (read-only deep copy, wire tree).
+
+    The copy's dicts are in canonical CBOR key order. The wire tree is the same data as
+    plain dicts and lists, with :class:`_Raw` for floats that have a short form; it shares
+    every dict that needs no change. Raises _Bad (with the path) on a breach.
+    """
+    if depth >= MAX_DEPTH:
+        raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
+    keys = tuple(value)
+    order = _ORDERS.get(keys)
+    if order is None:
+        order = _canonical_order(keys)
+    out: dict[str, JSONValue] = {}
+    patches: list[tuple[str, object]] | None = None
+    for key in order or keys:
+        try:
+            item = value[key]
+            if type(key) is not str:
+                raise _Bad(f"keys must be strings, got {_show(key)}")
+            if not key.isascii() and not _valid_text(key):
+                raise _Bad(f"keys must be valid Unicode text, got {_show(key)}")
+            t = type(item)
+            if t is str:
+                if not item.isascii() and not _valid_text(item):
+                    raise _Bad(f"must be valid Unicode text, got {_show(item)}")
+            elif t is int:
+                if not _MIN_INT <= item <= _MAX_INT:
+                    raise _Bad(f"must fit in 64 bits, got {_show(item)}")
+            elif t is not bool and item is not None:
+                kind = 0 if t is float else _container(item)
+                if kind == 0:
+                    item = _plain_scalar(item)
+                    if type(item) is float and (raw := _short_float(item)) is not None:
+                        if patches is None:
+                            patches = []
+                        patches.append((key, raw))
                 else:
-                    out[key] = _freeze_other(item, depth + 1)
-            except _Bad as bad:
-                bad.path.append(f".{_show(key) if type(key) is not str else key}")
-                raise
-        return MappingProxyType(out)
-    if t is list or t is tuple or (
-        isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
-    ):
-        if depth >= MAX_DEPTH:
-            raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
-        items = []
-        for i, item in enumerate(value):  # type: ignore[arg-type]
-            try:
-                items.append(_freeze_other(item, depth + 1))
-            except _Bad as bad:
-                bad.path.append(f"[{i}]")
-                raise
-        return tuple(items)
-    return _freeze_scalar(value)
+                    item, wire = (_freeze_map(item, depth + 1) if kind == 1
+                                  else _freeze_seq(item, depth + 1))
+                    if wire is not item:
+                        if patches is None:
+                            patches = []
+                        patches.append((key, wire))
+            out[key] = item
+        except _Bad as bad:
+            bad.path.append(f".{_show(key) if type(key) is not str else key}")
+            raise
+    if patches is None:
+        return MappingProxyType(out), out
+    wire_map = dict(out)
+    wire_map.update(patches)
+    return MappingProxyType(out), wire_map
 
 
-def _freeze_other(value: object, depth: int) -> JSONValue:
-    t = type(value)
-    if t is dict or t is list or t is tuple or t is MappingProxyType:
-        return _freeze_value(value, depth)
-    if isinstance(value, Mapping) or (
-        isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
-    ):
-        return _freeze_value(value, depth)
-    return _freeze_scalar(value)
+def _freeze_seq(value: Sequence[Any], depth: int) -> tuple[tuple[JSONValue, ...], Any]:
+    """Check a JSON array; return (tuple of frozen copies, wire tree): see _freeze_map."""
+    if depth >= MAX_DEPTH:
+        raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
+    items = list(value)
+    patches: list[tuple[int, object]] | None = None
+    for i, item in enumerate(items):
+        try:
+            kind = _container(item)
+            wire: object
+            if kind == 0:
+                item = items[i] = _plain_scalar(item)
+                wire = _short_float(item) if type(item) is float else None
+            else:
+                item, wire = (_freeze_map(item, depth + 1) if kind == 1
+                              else _freeze_seq(item, depth + 1))
+                items[i] = item
+                if wire is item:
+                    wire = None
+            if wire is not None:
+                if patches is None:
+                    patches = []
+                patches.append((i, wire))
+        except _Bad as bad:
+            bad.path.append(f"[{i}]")
+            raise
+    frozen = tuple(items)
+    if patches is None:
+        return frozen, frozen
+    wire_list: list[object] = list(frozen)
+    for i, part in patches:
+        wire_list[i] = part
+    return frozen, wire_list
 
 
-def _object(name: str, value: object) -> Mapping[str, JSONValue]:
-    """Check ``value`` is a JSON object of plain JSON data; return a read-only deep copy."""
-    if not isinstance(value, Mapping):
-        raise _fail(name, f"must be an object, got {_show(value)}")
+def _object(name: str, value: object, owned: int) -> tuple[Mapping[str, JSONValue], Any]:
+    """Check ``value`` is a JSON object of plain JSON data; return (view, wire tree).
+
+    ``owned`` (see :data:`_BY_CALLER`): ``value`` was built by our decoder and is frozen
+    in place; its wire tree is then None (``encode`` derives one if the message is ever
+    encoded again). Otherwise the view is a deep copy. Raises FrameError naming the full
+    path of a breach.
+    """
     try:
-        frozen: Mapping[str, JSONValue] = _freeze_value(value, 0)
+        if owned and type(value) is dict:
+            return _freeze_owned(value, 0, owned == _BY_CBOR), None
+        if not isinstance(value, Mapping):
+            raise _fail(name, f"must be an object, got {_show(value)}")
+        return _freeze_map(value, 0)
     except _Bad as bad:
         where = name + "".join(reversed(bad.path))
         raise _fail(where, bad.message) from None
-    return frozen
 
 
 def _thaw(value: JSONValue) -> object:
@@ -365,12 +528,86 @@ def _thaw(value: JSONValue) -> object:
     return value
 
 
-def _set(instance: object, name: str, value: object) -> None:
-    # Frozen dataclasses normalise their own fields once, in __post_init__.
-    object.__setattr__(instance, name, value)
+def _wire_map(view: Mapping[str, JSONValue]) -> dict[str, object]:
+    """The wire tree of a frozen object that has none (a decoded one): see _freeze_map."""
+    keys = tuple(view)
+    order = _ORDERS.get(keys)
+    if order is None:
+        order = _canonical_order(keys)
+    wire: dict[str, object] = {}
+    for key in order or keys:
+        item = view[key]
+        t = type(item)
+        if t is float:
+            wire[key] = _short_float(item) or item
+        elif t is MappingProxyType:
+            wire[key] = _wire_map(item)
+        elif t is tuple:
+            wire[key] = _wire_list(item)
+        else:
+            wire[key] = item
+    return wire
+
+
+def _wire_list(view: tuple[JSONValue, ...]) -> list[object]:
+    wire: list[object] = []
+    for item in view:
+        t = type(item)
+        if t is float:
+            wire.append(_short_float(item) or item)
+        elif t is MappingProxyType:
+            wire.append(_wire_map(item))
+        elif t is tuple:
+            wire.append(_wire_list(item))
+        else:
+            wire.append(item)
+    return wire
+
+
+#: Canonical key order of recently seen key tuples (a claim's maps repeat every beat):
+#: ``()`` when the tuple is already in order, else the keys in order. Bounded, so a
+#: sender inventing keys costs a sort per map, never memory.
+_ORDERS: dict[tuple[Any, ...], tuple[str, ...]] = {}
+_ORDERS_MAX = 1024
+
+
+def _canonical_order(keys: tuple[Any, ...]) -> tuple[str, ...]:
+    # RFC 8949 core deterministic order is bytewise on the encoded key: for text keys,
+    # shorter UTF-8 first, then bytewise. Keys that are not valid text are left in place
+    # (and uncached) for the caller to refuse.
+    try:
+        ordered = tuple(sorted(keys, key=_utf8_length_then_bytes))
+    except (AttributeError, TypeError, UnicodeEncodeError):
+        return ()
+    order = () if ordered == keys else ordered
+    if len(_ORDERS) < _ORDERS_MAX and len(keys) <= 64:
+        _ORDERS[keys] = order
+    return order
+
+
+def _utf8_length_then_bytes(key: str) -> tuple[int, bytes]:
+    raw = key.encode("utf-8")
+    return len(raw), raw
+
+
+_set = object.__setattr__  # frozen dataclasses store their checked fields through this
+
+
+def _array(name: str, value: object) -> Sequence[object]:
+    if type(value) is list or type(value) is tuple:
+        return value
+    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Sequence):
+        raise _fail(name, f"must be an array, got {_show(value)}")
+    return value
 
 
 # --------------------------------------------------------------------------- the messages
+#
+# Each message's rules live in one ``_fill_*`` function that checks every field and
+# stores it (normalised) on the instance. ``__post_init__`` runs it on what the caller
+# passed; the decoders run it on a bare instance (``object.__new__``) with the values
+# they just parsed, telling it those containers are theirs to freeze in place. Either
+# way every rule runs exactly once per field.
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,19 +630,14 @@ class BeatFrame:
     tempo_bpm: float
     window_id: str
     metadata: Mapping[str, JSONValue] | None = field(default=None, hash=False)
+    # The canonical-CBOR wire tree of ``metadata`` (see _freeze_map); private.
+    _metadata_wire: Any = field(default=None, init=False, repr=False, compare=False,
+                                hash=False)
 
     def __post_init__(self) -> None:
-        _set(self, "cluster_id", _string("cluster_id", self.cluster_id, _CLUSTER_ID))
-        _set(self, "beat_index", _integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX))
-        _boolean("downbeat", self.downbeat)
-        if type(self.phase) is not str or self.phase not in PHASES:
-            raise _fail("phase", f"must be one of plan, execute, review, got {_show(self.phase)}")
-        _set(self, "hlc", _string("hlc", self.hlc, _HLC))
-        _set(self, "deadline_at", _deadline(self.deadline_at))
-        _set(self, "tempo_bpm", _tempo(self.tempo_bpm))
-        _set(self, "window_id", _string("window_id", self.window_id, _WINDOW_ID))
-        if self.metadata is not None:
-            _set(self, "metadata", _object("metadata", self.metadata))
+        _fill_beat_frame(self, _BY_CALLER, self.cluster_id, self.beat_index, self.downbeat,
+                         self.phase, self.hlc, self.deadline_at, self.tempo_bpm,
+                         self.window_id, self.metadata)
 
     @property
     def beat_seconds(self) -> float:
@@ -416,6 +648,26 @@ class BeatFrame:
     def phase_seconds(self) -> float:
         """Length of one phase (a third of a beat) at this frame's tempo."""
         return 20.0 / self.tempo_bpm
+
+
+def _fill_beat_frame(f: BeatFrame, owned: int, cluster_id: object, beat_index: object,
+                     downbeat: object, phase: object, hlc: object, deadline_at: object,
+                     tempo_bpm: object, window_id: object, metadata: object) -> None:
+    _set(f, "cluster_id", _string("cluster_id", cluster_id, _CLUSTER_ID))
+    _set(f, "beat_index", _integer("beat_index", beat_index, 0, MAX_BEAT_INDEX))
+    _set(f, "downbeat", _boolean("downbeat", downbeat))
+    if type(phase) is not str or phase not in PHASES:
+        raise _fail("phase", f"must be one of plan, execute, review, got {_show(phase)}")
+    _set(f, "phase", phase)
+    _set(f, "hlc", _string("hlc", hlc, _HLC))
+    _set(f, "deadline_at", _deadline(deadline_at))
+    _set(f, "tempo_bpm", _tempo(tempo_bpm))
+    _set(f, "window_id", _string("window_id", window_id, _WINDOW_ID))
+    wire = None
+    if metadata is not None:
+        metadata, wire = _object("metadata", metadata, owned)
+    _set(f, "metadata", metadata)
+    _set(f, "_metadata_wire", wire)
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,44 +692,68 @@ class StatusClaim:
     resources: Mapping[str, JSONValue] | None = field(default=None, hash=False)
     dependencies: tuple[str, ...] | None = None
     metadata: Mapping[str, JSONValue] | None = field(default=None, hash=False)
+    # The canonical-CBOR wire trees of ``resources`` and ``metadata``; private.
+    _resources_wire: Any = field(default=None, init=False, repr=False, compare=False,
+                                 hash=False)
+    _metadata_wire: Any = field(default=None, init=False, repr=False, compare=False,
+                                hash=False)
 
     def __post_init__(self) -> None:
-        _set(self, "agent_id", _string("agent_id", self.agent_id, _AGENT_ID))
-        _set(self, "beat_index", _integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX))
-        if type(self.state) is not str or self.state not in CLAIM_STATES:
-            raise _fail("state", f"must be one of {_STATES_TEXT}, got {_show(self.state)}")
-        _set(self, "hlc", _string("hlc", self.hlc, _HLC))
-        if self.task_id is not None:
-            _set(self, "task_id", _string("task_id", self.task_id, _AGENT_ID))
-        if self.beats_left is not None:
-            _set(self, "beats_left", _integer("beats_left", self.beats_left, 0, 1000))
-        if self.progress is not None:
-            _set(self, "progress", _number("progress", self.progress, 0.0, 1.0))
-        if self.notes is not None:
-            notes = _string("notes", self.notes)
-            if len(notes) > 256:
-                raise _fail("notes", f"must be at most 256 characters, got {len(notes)}")
-            _set(self, "notes", notes)
-        if self.resources is not None:
-            resources = _object("resources", self.resources)
-            for key in ("cpu_percent", "network_kb"):
-                if key in resources:
-                    _number(f"resources.{key}", resources[key], 0.0)
-            for key in ("memory_mb", "disk_io_ops"):
-                if key in resources:
-                    _integer(f"resources.{key}", resources[key], 0, MAX_BEAT_INDEX)
-            _set(self, "resources", resources)
-        if self.dependencies is not None:
-            deps = self.dependencies
-            if isinstance(deps, str | bytes | bytearray | Mapping) or not isinstance(
-                deps, Sequence
-            ):
-                raise _fail("dependencies", f"must be an array, got {_show(deps)}")
-            _set(self, "dependencies", tuple(
-                _string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in enumerate(deps)
-            ))
-        if self.metadata is not None:
-            _set(self, "metadata", _object("metadata", self.metadata))
+        _fill_status_claim(self, _BY_CALLER, self.agent_id, self.beat_index, self.state,
+                           self.hlc, self.task_id, self.beats_left, self.progress, self.notes,
+                           self.resources, self.dependencies, self.metadata)
+
+
+_RESOURCE_NUMBERS = (("cpu_percent", "resources.cpu_percent"),
+                     ("network_kb", "resources.network_kb"))
+_RESOURCE_COUNTS = (("memory_mb", "resources.memory_mb"), ("disk_io_ops", "resources.disk_io_ops"))
+
+
+def _fill_status_claim(c: StatusClaim, owned: int, agent_id: object, beat_index: object,
+                       state: object, hlc: object, task_id: object, beats_left: object,
+                       progress: object, notes: object, resources: object,
+                       dependencies: object, metadata: object) -> None:
+    _set(c, "agent_id", _string("agent_id", agent_id, _AGENT_ID))
+    _set(c, "beat_index", _integer("beat_index", beat_index, 0, MAX_BEAT_INDEX))
+    if type(state) is not str or state not in CLAIM_STATES:
+        raise _fail("state", f"must be one of {_STATES_TEXT}, got {_show(state)}")
+    _set(c, "state", state)
+    _set(c, "hlc", _string("hlc", hlc, _HLC))
+    if task_id is not None:
+        task_id = _string("task_id", task_id, _AGENT_ID)
+    _set(c, "task_id", task_id)
+    if beats_left is not None:
+        beats_left = _integer("beats_left", beats_left, 0, 1000)
+    _set(c, "beats_left", beats_left)
+    if progress is not None:
+        progress = _number("progress", progress, 0.0, 1.0)
+    _set(c, "progress", progress)
+    if notes is not None:
+        notes = _string("notes", notes)
+        if len(notes) > 256:
+            raise _fail("notes", f"must be at most 256 characters, got {len(notes)}")
+    _set(c, "notes", notes)
+    wire = None
+    if resources is not None:
+        resources, wire = _object("resources", resources, owned)
+        for key, where in _RESOURCE_NUMBERS:
+            if key in resources:
+                _number(where, resources[key], 0.0)
+        for key, where in _RESOURCE_COUNTS:
+            if key in resources:
+                _integer(where, resources[key], 0, MAX_BEAT_INDEX)
+    _set(c, "resources", resources)
+    _set(c, "_resources_wire", wire)
+    if dependencies is not None:
+        deps = _array("dependencies", dependencies)
+        dependencies = tuple(
+            _string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in enumerate(deps))
+    _set(c, "dependencies", dependencies)
+    wire = None
+    if metadata is not None:
+        metadata, wire = _object("metadata", metadata, owned)
+    _set(c, "metadata", metadata)
+    _set(c, "_metadata_wire", wire)
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,9 +765,14 @@ class BarIssue:
     count: int
 
     def __post_init__(self) -> None:
-        _set(self, "severity", _string("issues.severity", self.severity))
-        _set(self, "category", _string("issues.category", self.category))
-        _set(self, "count", _integer("issues.count", self.count, 0, MAX_BEAT_INDEX))
+        _fill_bar_issue(self, _BY_CALLER, self.severity, self.category, self.count)
+
+
+def _fill_bar_issue(i: BarIssue, owned: int, severity: object, category: object,
+                    count: object) -> None:
+    _set(i, "severity", _string("issues.severity", severity))
+    _set(i, "category", _string("issues.category", category))
+    _set(i, "count", _integer("issues.count", count, 0, MAX_BEAT_INDEX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,45 +796,62 @@ class BarReport:
     issues: tuple[BarIssue, ...] | None = None
 
     def __post_init__(self) -> None:
-        _set(self, "window_id", _string("window_id", self.window_id, _WINDOW_ID))
-        for name in ("from_beat", "to_beat", "agents_reporting", "on_time_reviews",
-                     "help_promises_fulfilled"):
-            _set(self, name, _integer(name, getattr(self, name), 0, MAX_BEAT_INDEX))
-        _boolean("secret_rotations_ok", self.secret_rotations_ok)
-        _set(self, "tempo_drift_ms", _number("tempo_drift_ms", self.tempo_drift_ms))
-        if self.issues is not None:
-            issues = self.issues
-            if isinstance(issues, str | bytes | bytearray | Mapping) or not isinstance(
-                issues, Sequence
-            ):
-                raise _fail("issues", f"must be an array, got {_show(issues)}")
-            if len(issues) > 100:
-                raise _fail("issues", f"must hold at most 100 items, got {len(issues)}")
-            items = []
-            for i, item in enumerate(issues):
-                if isinstance(item, BarIssue):
-                    items.append(item)
-                    continue
-                if not isinstance(item, Mapping):
-                    raise _fail(f"issues[{i}]", f"must be an object, got {_show(item)}")
-                try:
-                    items.append(_build(BarIssue, item, with_type=False))
-                except FrameError as exc:
-                    # Re-point "issues.count" (or a bare key) at this item.
-                    where = exc.field.removeprefix("issues.")
-                    message = str(exc).removeprefix(exc.field)
-                    raise _fail(f"issues[{i}].{where}", message.lstrip()) from None
-            _set(self, "issues", tuple(items))
+        _fill_bar_report(self, _BY_CALLER, self.window_id, self.from_beat, self.to_beat,
+                         self.agents_reporting, self.on_time_reviews,
+                         self.help_promises_fulfilled, self.secret_rotations_ok,
+                         self.tempo_drift_ms, self.issues)
+
+
+def _fill_bar_report(r: BarReport, owned: int, window_id: object, from_beat: object,
+                     to_beat: object, agents_reporting: object, on_time_reviews: object,
+                     help_promises_fulfilled: object, secret_rotations_ok: object,
+                     tempo_drift_ms: object, issues: object) -> None:
+    _set(r, "window_id", _string("window_id", window_id, _WINDOW_ID))
+    _set(r, "from_beat", _integer("from_beat", from_beat, 0, MAX_BEAT_INDEX))
+    _set(r, "to_beat", _integer("to_beat", to_beat, 0, MAX_BEAT_INDEX))
+    _set(r, "agents_reporting", _integer("agents_reporting", agents_reporting, 0,
+                                         MAX_BEAT_INDEX))
+    _set(r, "on_time_reviews", _integer("on_time_reviews", on_time_reviews, 0,
+                                        MAX_BEAT_INDEX))
+    _set(r, "help_promises_fulfilled", _integer("help_promises_fulfilled",
+                                                help_promises_fulfilled, 0, MAX_BEAT_INDEX))
+    _set(r, "secret_rotations_ok", _boolean("secret_rotations_ok", secret_rotations_ok))
+    _set(r, "tempo_drift_ms", _number("tempo_drift_ms", tempo_drift_ms))
+    if issues is not None:
+        entries = _array("issues", issues)
+        if len(entries) > 100:
+            raise _fail("issues", f"must hold at most 100 items, got {len(entries)}")
+        items = []
+        for i, item in enumerate(entries):
+            if isinstance(item, BarIssue):
+                items.append(item)
+                continue
+            if not isinstance(item, Mapping):
+                raise _fail(f"issues[{i}]", f"must be an object, got {_show(item)}")
+            try:
+                items.append(_build(BarIssue, item, owned, with_type=False))
+            except FrameError as exc:
+                # Re-point "issues.count" (or a bare key) at this item.
+                where = exc.field.removeprefix("issues.")
+                message = str(exc).removeprefix(exc.field)
+                raise _fail(f"issues[{i}].{where}", message.lstrip()) from None
+        issues = tuple(items)
+    _set(r, "issues", issues)
 
 
 Message: TypeAlias = BeatFrame | StatusClaim | BarReport
 
+#: Per class: its public fields in order, and the function holding its rules.
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls))
+    cls: tuple(f.name for f in fields(cls) if f.init)
     for cls in (BeatFrame, StatusClaim, BarIssue, BarReport)
 }
+_FILL: dict[type, Callable[..., None]] = {
+    BeatFrame: _fill_beat_frame, StatusClaim: _fill_status_claim, BarIssue: _fill_bar_issue,
+    BarReport: _fill_bar_report,
+}
 _REQUIRED: dict[type, frozenset[str]] = {
-    cls: frozenset(f.name for f in fields(cls) if f.default is not None)
+    cls: frozenset(f.name for f in fields(cls) if f.init and f.default is not None)
     for cls in (BeatFrame, StatusClaim, BarIssue, BarReport)
 }
 _ALLOWED: dict[type, frozenset[str]] = {
@@ -602,14 +900,18 @@ class _EveryTag(Mapping[int, Any]):
 
 _EVERY_TAG = _EveryTag()
 _JSON_START = b"{"
-_CBOR_EOF = cbor2.CBORDecodeEOF
+_cbor_load = cbor2.load
 
 
-def _load(payload: bytes) -> object:
-    """Bytes to a plain value, JSON or CBOR by the first byte; only FrameError escapes."""
-    if not isinstance(payload, bytes | bytearray | memoryview):
+def _load(payload: bytes) -> tuple[object, int]:
+    """Bytes to a plain value and its source (_BY_JSON or _BY_CBOR), told by the first
+    byte; only FrameError escapes."""
+    if type(payload) is bytes:
+        size = len(payload)
+    elif isinstance(payload, bytearray | memoryview):
+        size = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
+    else:
         raise FrameError(f"payload must be bytes, got {type(payload).__name__}")
-    size = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
     if size == 0:
         raise FrameError("payload is empty")
     if size > MAX_PAYLOAD_BYTES:
@@ -624,20 +926,20 @@ def _load(payload: bytes) -> object:
                 data.decode("utf-8"),
                 object_pairs_hook=_no_duplicates,
                 parse_constant=_reject_constant,
-            )
-        decoder = cbor2.CBORDecoder(
-            io.BytesIO(data),
+            ), _BY_JSON
+        stream = io.BytesIO(data)
+        value = _cbor_load(
+            stream,
             semantic_decoders=_EVERY_TAG,
             tag_hook=_no_tag,
             allow_duplicate_keys=False,
             max_depth=MAX_DEPTH + 3,
         )
-        value = decoder.decode()
-        try:
-            decoder.read(1)
-        except _CBOR_EOF:
-            return value
-        raise FrameError("payload has bytes after the CBOR item")
+        # cbor2 leaves the stream just after the item it read (it seeks back over any
+        # read-ahead), so a short position means bytes follow the item.
+        if stream.tell() != size:
+            raise FrameError("payload has bytes after the CBOR item")
+        return value, _BY_CBOR
     except FrameError:
         raise
     except UnicodeDecodeError as exc:
@@ -652,8 +954,12 @@ def _load(payload: bytes) -> object:
                          ) from None
 
 
-def _build(cls: Any, data: Mapping[Any, Any], with_type: bool = True) -> Any:
-    """Check the keys of ``data`` against ``cls`` and construct it (which checks values)."""
+def _build(cls: Any, data: Mapping[Any, Any], owned: int, with_type: bool = True) -> Any:
+    """Check the keys of ``data`` against ``cls``, then its values, and build it.
+
+    ``owned`` (see :data:`_BY_CALLER`): who built ``data``; a decoder's containers are
+    frozen in place, a caller's (a BarIssue given to a BarReport as a mapping) copied.
+    """
     allowed = _ALLOWED[cls]
     keys = data.keys()
     if not allowed.issuperset(keys):
@@ -669,22 +975,27 @@ def _build(cls: Any, data: Mapping[Any, Any], with_type: bool = True) -> Any:
         got = data["type"]
         if type(got) is not str or got != cls.TYPE:
             raise FrameError(f"type must be {cls.TYPE!r}, got {_show(got)}", field="type")
-    missing = _REQUIRED[cls] - keys
-    if missing:
-        name = min(missing)
+    if not keys >= _REQUIRED[cls]:
+        name = min(_REQUIRED[cls] - keys)
         prefix = "issues." if cls is BarIssue else ""
         raise FrameError(f"{prefix}{name} is required", field=f"{prefix}{name}")
-    kwargs = dict(data)
-    kwargs.pop("type", None)
-    return cls(**kwargs)
+    # The fields were just checked: build the instance without the dataclass __init__
+    # (which would run the same rules on copies) and let the rules store the values.
+    message = _new(cls)
+    _FILL[cls](message, owned if type(data) is dict else _BY_CALLER,
+               *map(data.get, _FIELD_NAMES[cls]))
+    return message
+
+
+_new = object.__new__
 
 
 def _decode(cls: Any, payload: bytes) -> Any:
-    data = _load(payload)
+    data, source = _load(payload)
     if type(data) is not dict:
         raise FrameError(f"payload must be an object, got {type(data).__name__}")
     try:
-        return _build(cls, data)
+        return _build(cls, data, source)
     except FrameError:
         raise
     except Exception as exc:  # a safety net: a checker bug must still not crash a reader
@@ -711,49 +1022,28 @@ def decode_bar_report(payload: bytes) -> BarReport:
 
 # --------------------------------------------------------------------------- canonical CBOR
 #
-# cbor2's canonical mode sorts each map in native code but pays a fixed cost per map
-# (~3 us), and a claim carries a dozen small maps. This encoder covers just the frozen
-# JSON data model a message can hold, caches the encoding of map keys (a small, fixed
-# vocabulary) and emits RFC 8949 core deterministic CBOR: definite lengths, shortest
-# integer and length heads, shortest exact float, map keys sorted bytewise by encoding.
-# The golden-byte tests pin its output; cbor2 decodes it.
+# cbor2's canonical mode sorts every map in native code but pays ~0.3 us per key for it,
+# and its fast mode writes maps in insertion order and every float in 8 bytes. A claim is
+# a dozen small maps, so: when a message is built, each JSON object is also kept as a
+# "wire tree" (see _freeze_map) of plain dicts already in canonical key order, with the
+# floats that have a shorter exact form pre-encoded as _Raw. ``encode`` then puts the
+# top-level fields in a dict in canonical order and lets cbor2's fast mode write it,
+# handing each _Raw to _write_raw. Every other JSON value encodes the same in both modes
+# (shortest integer and length heads, definite lengths), so the bytes are RFC 8949 core
+# deterministic CBOR, identical to cbor2.dumps(to_wire(m), canonical=True) (the property
+# tests check that); the golden-byte tests pin them.
 
 _HEAD_SMALL = [bytes((i,)) for i in range(256)]
 _U8, _U16, _U32, _U64 = (struct.Struct(f">B{c}").pack for c in "BHIQ")
 _F64 = struct.Struct(">d").pack
 _F32 = struct.Struct(">f")
 _F16 = struct.Struct(">e")
-_KEY_CACHE: dict[str, bytes] = {}
-_KEY_CACHE_MAX = 4096
-
-
-def _head(major: int, n: int) -> bytes:
-    if n < 24:
-        return _HEAD_SMALL[major | n]
-    if n < 0x100:
-        return _U8(major | 24, n)
-    if n < 0x10000:
-        return _U16(major | 25, n)
-    if n < 0x100000000:
-        return _U32(major | 26, n)
-    return _U64(major | 27, n)
-
-
-def _cbor_text(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return _head(0x60, len(raw)) + raw
-
-
-def _cbor_key(key: str) -> bytes:
-    cached = _KEY_CACHE.get(key)
-    if cached is None:
-        cached = _cbor_text(key)
-        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
-            _KEY_CACHE[key] = cached
-    return cached
+_frexp = math.frexp
+_cbor_dumps = cbor2.dumps
 
 
 def _cbor_float(value: float) -> bytes:
+    """The shortest CBOR encoding of ``value`` that decodes to exactly ``value``."""
     raw = _F64(value)
     # A double fits a single only if its low 29 mantissa bits are zero: test that on the
     # bytes before trying the narrower packings.
@@ -774,51 +1064,11 @@ def _cbor_float(value: float) -> bytes:
     return b"\xfb" + raw
 
 
-def _cbor_value(value: object, out: list[bytes]) -> None:
-    t = type(value)
-    if t is str:
-        out.append(_cbor_text(value))  # type: ignore[arg-type]
-    elif t is int:
-        if value >= 0:  # type: ignore[operator]
-            out.append(_head(0x00, value))  # type: ignore[arg-type]
-        else:
-            out.append(_head(0x20, -1 - value))  # type: ignore[operator]
-    elif t is float:
-        out.append(_cbor_float(value))  # type: ignore[arg-type]
-    elif t is bool:
-        out.append(b"\xf5" if value else b"\xf4")
-    elif value is None:
-        out.append(b"\xf6")
-    elif t is MappingProxyType or t is dict:
-        _cbor_map(value, out)  # type: ignore[arg-type]
-    elif t is tuple or t is list:
-        out.append(_head(0x80, len(value)))  # type: ignore[arg-type]
-        for item in value:  # type: ignore[attr-defined]
-            _cbor_value(item, out)
-    else:  # unreachable for a validated message
-        raise TypeError(f"cannot encode {t.__name__} as CBOR")
-
-
-def _cbor_map(value: Mapping[str, JSONValue], out: list[bytes]) -> None:
-    # Every map of every claim passes here: the common small scalars are written inline.
-    cache = _KEY_CACHE
-    items = [(cache.get(k) or _cbor_key(k), v) for k, v in value.items()]
-    items.sort()  # encoded keys are unique, so the values are never compared
-    count = len(items)
-    append = out.append
-    append(_HEAD_SMALL[0xA0 | count] if count < 24 else _head(0xA0, count))
-    for key, item in items:
-        append(key)
-        t = type(item)
-        if t is int and 0 <= item < 24:
-            append(_HEAD_SMALL[item])
-        elif t is str and len(item) < 24 and item.isascii():
-            append(_HEAD_SMALL[0x60 | len(item)])
-            append(item.encode("ascii"))
-        elif t is float:
-            append(_cbor_float(item))
-        else:
-            _cbor_value(item, out)
+def _write_raw(encoder: cbor2.CBOREncoder, value: object) -> None:
+    """cbor2's ``default`` hook: write a _Raw verbatim (nothing else reaches it)."""
+    if type(value) is not _Raw:  # unreachable for a validated message
+        raise TypeError(f"cannot encode {type(value).__name__} as CBOR")
+    encoder.write(value.data)
 
 
 def to_wire(message: Message) -> dict[str, object]:
@@ -841,34 +1091,38 @@ def to_wire(message: Message) -> dict[str, object]:
     return out
 
 
-def _cbor_order(cls: Any) -> tuple[tuple[str, bytes], ...]:
-    names = ("type", *_FIELD_NAMES[cls])
-    return tuple(sorted(((n, _cbor_text(n)) for n in names), key=lambda pair: pair[1]))
+def _cbor_plan(cls: Any) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """The wire names of ``cls`` in canonical order, and a getter of their values."""
+    names = tuple(sorted(("type", *_FIELD_NAMES[cls]), key=_utf8_length_then_bytes))
+    return names, operator.attrgetter(*("TYPE" if n == "type" else n for n in names))
 
 
-_CBOR_ORDER: dict[type, tuple[tuple[str, bytes], ...]] = {
-    cls: _cbor_order(cls) for cls in (BeatFrame, StatusClaim, BarReport)
-}
+_CBOR_PLAN = {cls: _cbor_plan(cls) for cls in (BeatFrame, StatusClaim, BarReport)}
+_WIRE_ATTR = {"metadata": "_metadata_wire", "resources": "_resources_wire"}
 
 
 def _encode_cbor(message: Message) -> bytes:
-    out: list[bytes] = []
-    count = 0
-    for name, key in _CBOR_ORDER[type(message)]:
-        value = message.TYPE if name == "type" else getattr(message, name)
+    names, values = _CBOR_PLAN[type(message)]
+    wire: dict[str, object] = {}
+    for name, value in zip(names, values(message), strict=True):
         if value is None:
             continue
-        count += 1
-        out.append(key)
-        if type(value) is datetime:
-            out.append(_cbor_text(format_rfc3339(value)))
+        t = type(value)
+        if t is float:
+            wire[name] = _short_float(value) or value
+        elif t is MappingProxyType:
+            # Built with the message, or, for a decoded message, derived now.
+            tree = getattr(message, _WIRE_ATTR[name])
+            wire[name] = tree if tree is not None else _wire_map(value)
+        elif t is datetime:
+            wire[name] = format_rfc3339(value)
         elif name == "issues":
-            issues = cast("tuple[BarIssue, ...]", value)
-            _cbor_value([{"severity": i.severity, "category": i.category, "count": i.count}
-                         for i in issues], out)
-        else:
-            _cbor_value(value, out)
-    return _head(0xA0, count) + b"".join(out)
+            # Keys in canonical order: count, category, severity.
+            wire[name] = [{"count": i.count, "category": i.category, "severity": i.severity}
+                          for i in value]
+        else:  # text, an integer, a boolean, a tuple of text
+            wire[name] = value
+    return _cbor_dumps(wire, default=_write_raw)
 
 
 def encode(message: Message, fmt: Format = "cbor") -> bytes:
