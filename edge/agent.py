@@ -127,6 +127,8 @@ class Agent:
         # collector's view, so a full collection in the beat loop walks only new objects.
         gc.collect()
         gc.freeze()
+        # Re-prime the CPU counters: the first sample must not measure our own start-up.
+        self.probe.sample(time.monotonic(), full=False)
         self.link.start()
         self.notifier.ready()  # configured and running; the broker may come later
         end = None if duration_s is None else time.monotonic() + duration_s
