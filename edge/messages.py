@@ -254,6 +254,10 @@ def _deadline(value: object) -> datetime:
 _BY_CALLER, _BY_JSON, _BY_CBOR = 0, 1, 2
 
 
+#: Stands for the wire tree of a decoded message's object: derived when encoding.
+_DERIVE: Any = object()
+
+
 class _Bad(Exception):
     """Raised while freezing JSON data; collects the path while unwinding."""
 
@@ -504,13 +508,13 @@ def _object(name: str, value: object, owned: int) -> tuple[Mapping[str, JSONValu
     """Check ``value`` is a JSON object of plain JSON data; return (view, wire tree).
 
     ``owned`` (see :data:`_BY_CALLER`): ``value`` was built by our decoder and is frozen
-    in place; its wire tree is then None (``encode`` derives one if the message is ever
-    encoded again). Otherwise the view is a deep copy. Raises FrameError naming the full
-    path of a breach.
+    in place; its wire tree is then :data:`_DERIVE` (``encode`` derives one if the message
+    is ever encoded again: few are). Otherwise the view is a deep copy. Raises FrameError
+    naming the full path of a breach.
     """
     try:
         if owned and type(value) is dict:
-            return _freeze_owned(value, 0, owned == _BY_CBOR), None
+            return _freeze_owned(value, 0, owned == _BY_CBOR), _DERIVE
         if not isinstance(value, Mapping):
             raise _fail(name, f"must be an object, got {_show(value)}")
         return _freeze_map(value, 0)
@@ -1039,7 +1043,6 @@ _F64 = struct.Struct(">d").pack
 _F32 = struct.Struct(">f")
 _F16 = struct.Struct(">e")
 _frexp = math.frexp
-_cbor_dumps = cbor2.dumps
 
 
 def _cbor_float(value: float) -> bytes:
@@ -1092,13 +1095,23 @@ def to_wire(message: Message) -> dict[str, object]:
 
 
 def _cbor_plan(cls: Any) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
-    """The wire names of ``cls`` in canonical order, and a getter of their values."""
+    """The wire names of ``cls`` in canonical order, and a getter of their values.
+
+    The getter reads ``TYPE`` for ``type`` and a JSON object's wire tree for the object.
+    """
     names = tuple(sorted(("type", *_FIELD_NAMES[cls]), key=_utf8_length_then_bytes))
-    return names, operator.attrgetter(*("TYPE" if n == "type" else n for n in names))
+    slots = set(cls.__slots__)
+    return names, operator.attrgetter(*(
+        "TYPE" if n == "type" else f"_{n}_wire" if f"_{n}_wire" in slots else n
+        for n in names))
 
 
 _CBOR_PLAN = {cls: _cbor_plan(cls) for cls in (BeatFrame, StatusClaim, BarReport)}
-_WIRE_ATTR = {"metadata": "_metadata_wire", "resources": "_resources_wire"}
+
+#: Idle cbor2 encoders with their streams, reused (an encoder copies cbor2's table of
+#: type encoders when made). list.pop and list.append are atomic, so two threads never
+#: share one; an encoder that raised is dropped, never returned.
+_ENCODERS: list[tuple[cbor2.CBOREncoder, io.BytesIO]] = []
 
 
 def _encode_cbor(message: Message) -> bytes:
@@ -1110,19 +1123,27 @@ def _encode_cbor(message: Message) -> bytes:
         t = type(value)
         if t is float:
             wire[name] = _short_float(value) or value
-        elif t is MappingProxyType:
-            # Built with the message, or, for a decoded message, derived now.
-            tree = getattr(message, _WIRE_ATTR[name])
-            wire[name] = tree if tree is not None else _wire_map(value)
+        elif value is _DERIVE:  # a decoded message's object
+            wire[name] = _wire_map(getattr(message, name))
         elif t is datetime:
             wire[name] = format_rfc3339(value)
-        elif name == "issues":
+        elif t is tuple and name == "issues":
             # Keys in canonical order: count, category, severity.
             wire[name] = [{"count": i.count, "category": i.category, "severity": i.severity}
                           for i in value]
-        else:  # text, an integer, a boolean, a tuple of text
+        else:  # text, an integer, a boolean, a tuple of text, a wire tree
             wire[name] = value
-    return _cbor_dumps(wire, default=_write_raw)
+    try:
+        encoder, stream = _ENCODERS.pop()
+    except IndexError:
+        stream = io.BytesIO()
+        encoder = cbor2.CBOREncoder(stream, default=_write_raw)
+    stream.seek(0)
+    stream.truncate()
+    encoder.encode(wire)
+    data = stream.getvalue()
+    _ENCODERS.append((encoder, stream))
+    return data
 
 
 def encode(message: Message, fmt: Format = "cbor") -> bytes:
