@@ -904,7 +904,10 @@ class _EveryTag(Mapping[int, Any]):
 
 _EVERY_TAG = _EveryTag()
 _JSON_START = b"{"
-_cbor_load = cbor2.load
+#: Idle cbor2 decoders, reused (making one costs about as much as reading a small map).
+#: list.pop and list.append are atomic, so two threads never share one; a decoder that
+#: raised is dropped, never returned.
+_DECODERS: list[cbor2.CBORDecoder] = []
 
 
 def _load(payload: bytes) -> tuple[object, int]:
@@ -932,13 +935,19 @@ def _load(payload: bytes) -> tuple[object, int]:
                 parse_constant=_reject_constant,
             ), _BY_JSON
         stream = io.BytesIO(data)
-        value = _cbor_load(
-            stream,
-            semantic_decoders=_EVERY_TAG,
-            tag_hook=_no_tag,
-            allow_duplicate_keys=False,
-            max_depth=MAX_DEPTH + 3,
-        )
+        try:
+            decoder = _DECODERS.pop()
+            decoder.fp = stream
+        except IndexError:
+            decoder = cbor2.CBORDecoder(
+                stream,
+                semantic_decoders=_EVERY_TAG,
+                tag_hook=_no_tag,
+                allow_duplicate_keys=False,
+                max_depth=MAX_DEPTH + 3,
+            )
+        value = decoder.decode()
+        _DECODERS.append(decoder)  # only after a clean decode
         # cbor2 leaves the stream just after the item it read (it seeks back over any
         # read-ahead), so a short position means bytes follow the item.
         if stream.tell() != size:
