@@ -378,7 +378,21 @@ def _freeze_owned(d: dict[Any, Any], depth: int, cbor: bool) -> Mapping[str, JSO
                 if item - item != 0.0:  # NaN or an infinity
                     raise _Bad(f"must be a finite number, got {item!r}")
             elif t is dict:
-                d[key] = _freeze_owned(item, depth + 1, cbor)  # same size: safe in the loop
+                # Most objects in a claim hold only scalars: check those here, which saves
+                # a call; anything else gets the full treatment (and its error path).
+                for k2, v2 in item.items():
+                    t2 = type(v2)
+                    if type(k2) is not str or not (
+                        t2 is bool or v2 is None
+                        or (t2 is float and v2 - v2 == 0.0)
+                        or (cbor and (t2 is str or t2 is int))
+                    ):
+                        break
+                else:
+                    if depth + 1 < MAX_DEPTH:
+                        d[key] = MappingProxyType(item)  # same size: safe in the loop
+                        continue
+                d[key] = _freeze_owned(item, depth + 1, cbor)
             elif t is list:
                 d[key] = _freeze_owned_list(item, depth + 1, cbor)
             elif t is not bool and item is not None:
