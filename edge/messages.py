@@ -96,6 +96,8 @@ _DATETIME = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
+_AGENT_ID_MATCH = _AGENT_ID.fullmatch
+_HLC_MATCH = _HLC.fullmatch
 _TENTH = Decimal("0.1")
 _STATES_TEXT = ", ".join(sorted(CLAIM_STATES))
 
@@ -731,12 +733,20 @@ def _fill_status_claim(c: StatusClaim, owned: int, agent_id: object, beat_index:
                        state: object, hlc: object, task_id: object, beats_left: object,
                        progress: object, notes: object, resources: object,
                        dependencies: object, metadata: object) -> None:
-    _set(c, "agent_id", _string("agent_id", agent_id, _AGENT_ID))
-    _set(c, "beat_index", _integer("beat_index", beat_index, 0, MAX_BEAT_INDEX))
+    # The common case inline (a plain value that passes); the helpers convert subclasses
+    # and word the errors.
+    if type(agent_id) is not str or _AGENT_ID_MATCH(agent_id) is None:
+        agent_id = _string("agent_id", agent_id, _AGENT_ID)
+    _set(c, "agent_id", agent_id)
+    if type(beat_index) is not int or not 0 <= beat_index <= MAX_BEAT_INDEX:
+        beat_index = _integer("beat_index", beat_index, 0, MAX_BEAT_INDEX)
+    _set(c, "beat_index", beat_index)
     if type(state) is not str or state not in CLAIM_STATES:
         raise _fail("state", f"must be one of {_STATES_TEXT}, got {_show(state)}")
     _set(c, "state", state)
-    _set(c, "hlc", _string("hlc", hlc, _HLC))
+    if type(hlc) is not str or _HLC_MATCH(hlc) is None:
+        hlc = _string("hlc", hlc, _HLC)
+    _set(c, "hlc", hlc)
     if task_id is not None:
         task_id = _string("task_id", task_id, _AGENT_ID)
     _set(c, "task_id", task_id)
