@@ -608,6 +608,66 @@ def test_messages_are_immutable_all_the_way_down() -> None:
     assert claim.metadata["x"]["y"] == (1,)
 
 
+@pytest.mark.parametrize("dump", FORMATS)
+def test_decoded_messages_are_immutable_all_the_way_down(dump: Callable[[object], bytes]) -> None:
+    claim = decode_status_claim(dump(claim_dict(
+        metadata={"flat": {"a": 1}, "deep": {"b": [1, {"c": 2}]}}, resources={"memory_mb": 1})))
+    assert claim.metadata is not None and claim.resources is not None
+    for mapping in (claim.metadata, claim.metadata["flat"], claim.metadata["deep"],
+                    claim.metadata["deep"]["b"][1], claim.resources):
+        with pytest.raises(TypeError):
+            mapping["x"] = 1  # type: ignore[index]
+    assert claim.metadata["deep"]["b"] == (1, {"c": 2})
+    assert type(claim.metadata["deep"]["b"]) is tuple
+
+
+def test_a_message_keeps_its_own_copy_of_what_the_caller_passed() -> None:
+    meta: dict[str, Any] = {"sync": {"state": "locked"}, "late": [0.5]}
+    claim = StatusClaim("a", 1, "idle", "0000:0000:0000", metadata=meta)
+    before = encode(claim)
+    meta["sync"]["state"] = "lost"
+    meta["late"].append(1.0)
+    meta["new"] = 1
+    assert claim.metadata == {"sync": {"state": "locked"}, "late": (0.5,)}
+    assert encode(claim) == before
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field", "shown"),
+    [
+        ({"x": {"y": b"raw"}}, "metadata.x.y", "b'raw'"),
+        ({"x": {"ok": 1, "y": math.nan}}, "metadata.x.y", "nan"),
+        ({"x": {"y": {"z": math.inf}}}, "metadata.x.y.z", "inf"),
+        ({"x": {"ok": "a", "y": None, "z": cbor2.undefined}}, "metadata.x.z", "undefined"),
+        ({"x": {1: 2}}, "metadata.x.1", "keys must be strings"),
+    ],
+)
+def test_problems_in_flat_nested_objects_name_the_full_path(
+    metadata: dict[Any, Any], field: str, shown: str,
+) -> None:
+    with pytest.raises(FrameError) as err:
+        decode_status_claim(as_cbor(claim_dict(metadata=metadata)))
+    assert err.value.field == field and shown in str(err.value), str(err.value)
+
+
+def test_depth_is_bounded_for_nested_objects_too() -> None:
+    def nest(levels: int) -> Any:
+        value: Any = {"leaf": 1}  # a flat object
+        for _ in range(levels):
+            value = {"x": value}
+        return value
+    # metadata is level 0, so the flat object may sit at level MAX_DEPTH - 1.
+    ok = nest(MAX_DEPTH - 1)
+    for dump in (as_json, as_cbor):
+        assert decode_status_claim(dump(claim_dict(metadata=ok))).metadata == ok
+    assert StatusClaim("a", 1, "idle", "0000:0000:0000", metadata=ok).metadata == ok
+    for dump in (as_json, as_cbor):
+        with pytest.raises(FrameError, match="nested"):
+            decode_status_claim(dump(claim_dict(metadata=nest(MAX_DEPTH))))
+    with pytest.raises(FrameError, match="nested"):
+        StatusClaim("a", 1, "idle", "0000:0000:0000", metadata=nest(MAX_DEPTH))
+
+
 def test_deadline_is_normalised_to_utc_and_equal_instants_are_equal() -> None:
     plus_one = datetime(2026, 3, 1, 13, tzinfo=timezone(timedelta(hours=1)))
     a = BeatFrame("c", 1, True, "plan", "0000:0000:0000", plus_one, 60, WINDOW)
@@ -712,6 +772,34 @@ def test_identical_claims_give_identical_bytes_whatever_the_insertion_order() ->
     assert encode(a) == encode(b)
     assert encode(a, "json") == encode(b, "json")
     assert encode(a) == encode(decode_status_claim(encode(b)))
+
+
+def test_a_decoded_non_canonical_payload_encodes_canonically() -> None:
+    # A sender with another key order and 8-byte floats everywhere (cbor2's fast mode).
+    wire = claim_dict(progress=0.5, resources={"temperature_c": 61.2, "cpu_percent": 37.5},
+                      metadata={"zz": {"b": 1.0, "a": [2.5, {"d": 0.1, "c": -0.0}]}, "a": 60.0})
+    raw = cbor2.dumps(wire)
+    assert b"\xfb" + bytes.fromhex("3fe0000000000000") in raw  # 0.5 in 8 bytes
+    claim = decode_status_claim(raw)
+    assert encode(claim) == cbor2.dumps(wire, canonical=True) == encode(
+        decode_status_claim(encode(claim)))
+    assert encode(claim) == encode(StatusClaim(**without(wire, "type")))
+
+
+def test_decoding_after_a_refused_payload_reads_the_next_one_whole() -> None:
+    good = encode(CLAIM)
+    for bad in (good + b"\x00", good[:-1], b"\xa1\x61a\xd8\x1c\x00", good + good):
+        with pytest.raises(FrameError):
+            decode_status_claim(bad)
+        assert decode_status_claim(good) == CLAIM
+        assert encode(decode_status_claim(good)) == good
+
+
+def test_private_wire_trees_stay_out_of_repr_and_equality() -> None:
+    built = StatusClaim("a", 1, "idle", "0000:0000:0000", metadata={"x": 1.5})
+    decoded = decode_status_claim(encode(built))
+    assert built == decoded and hash(built) == hash(decoded)
+    assert "wire" not in repr(built) and repr(built) == repr(decoded)
 
 
 @pytest.mark.parametrize("kind", ["frame", "claim", "report"])
