@@ -459,8 +459,16 @@ def _freeze_map(value: Mapping[Any, Any], depth: int) -> tuple[Mapping[str, JSON
             elif t is int:
                 if not _MIN_INT <= item <= _MAX_INT:
                     raise _Bad(f"must fit in 64 bits, got {_show(item)}")
+            elif t is float:
+                if item - item != 0.0:  # NaN or an infinity
+                    raise _Bad(f"must be a finite number, got {item!r}")
+                if (raw := _short_float(item)) is not None:
+                    if patches is None:
+                        patches = []
+                    patches.append((key, raw))
             elif t is not bool and item is not None:
-                kind = 0 if t is float else _container(item)
+                kind = (1 if t is dict or t is MappingProxyType else
+                        2 if t is list or t is tuple else _container(item))
                 if kind == 0:
                     item = _plain_scalar(item)
                     if type(item) is float and (raw := _short_float(item)) is not None:
