@@ -158,6 +158,8 @@ def start_mosquitto(port: int | None = None, extra_conf: str = "",
         + f"log_dest file {workdir / 'mosquitto.log'}\n"
         "log_type error\nlog_type warning\nlog_type notice\n"
         "max_queued_messages 100000\n"
+        # Small messages must not wait behind Nagle's algorithm (see MqttLink._quickack).
+        "set_tcp_nodelay true\n"
         + extra_conf
     )
     (workdir / "mosquitto.conf").write_text(conf)

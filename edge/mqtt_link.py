@@ -46,6 +46,9 @@ from edge.errors import LinkError
 
 log = logging.getLogger("backbeat.link")
 
+#: Linux only; elsewhere the broker side must set TCP_NODELAY (see _quickack).
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
 InboundKind = Literal["message", "ack", "connected", "disconnected"]
 
 
@@ -266,6 +269,20 @@ class MqttLink:
 
     # ------------------------------------------------------------------ the network thread
 
+    def _quickack(self) -> None:
+        """Re-arm TCP_QUICKACK after each read (Linux clears it again on its own).
+
+        Our QoS 1 claims make the broker send PUBACKs; if we delay the TCP ACK of one (the
+        kernel's delayed-ACK timer, up to 40 ms), a broker without TCP_NODELAY (Mosquitto's
+        default) holds the next beat frame back behind it (Nagle's algorithm): frames then
+        arrive 20-40 ms late, in steps, which no filter can tell from a moved timeline.
+        """
+        sock = self._client.socket()
+        if sock is None or _TCP_QUICKACK is None:
+            return
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[attr-defined]
+
     def _connect_once(self) -> bool:
         try:
             if self.mqtt5:
@@ -301,6 +318,7 @@ class MqttLink:
                 while not self._stop.is_set():
                     try:
                         rc = self._client.loop(timeout=0.5)
+                        self._quickack()
                     except Exception as exc:  # keep the link alive whatever paho raises
                         log.exception("unexpected error in the MQTT loop")
                         self.last_error = f"MQTT loop error: {type(exc).__name__}: {exc}"
