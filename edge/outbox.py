@@ -64,7 +64,29 @@ second. ``fsync_every = 1`` fsyncs each record (safest, slowest, most wear); ``0
 disables the count trigger (the interval still applies; ``fsync_interval_s = 0`` disables
 it). Acks are flushed, not fsynced: a lost ack costs a duplicate send, not a lost claim.
 
-Not thread-safe: the runner owns it (paho's callbacks only hand the PUBACKs over).
+**The syncer thread.** ``append`` runs in the beat loop, where a 5-50 ms fsync would make
+the next actions late (a phase is 20-83 ms at 240-1000 BPM), so no fsync ever runs on the
+caller's thread during ``append`` or ``ack``: when one is due, the loop hands an
+``os.dup`` of the segment's file descriptor to one background *syncer* thread (started on
+first need, a daemon) and goes on. The dup refers to the same open file description, so
+the fsync covers everything the loop wrote, and the syncer owns and closes it: the loop
+may close, rotate, compact or delete the segment meanwhile without the syncer ever
+syncing a closed or reused descriptor. Requests coalesce: while one fsync of a segment is
+queued and not started, a second request joins it (it will cover the newer writes too);
+while one is *running*, exactly one follow-up is queued, because a running fsync may have
+started before the newest write. So at most one running and one queued fsync per segment,
+however slow the card. A new segment's BASE frame and its directory entry are synced by
+the syncer too; until that is done the dead segments in front are not deleted, so a power
+cut never leaves neither the old records nor the new BASE to say what the last seq was.
+Opening, compaction (write, fsync, rename: ordering matters and it is rare) and ``close``
+(which drains and joins the syncer, then fsyncs once more) stay synchronous. An fsync
+that fails in the background (EIO, ENOSPC...) is recorded and counted in
+``fsync_failures``; the next ``append`` (or ``retry_disk``/``close``) on the loop thread
+finds it and degrades to memory exactly as a failed write does, ``degraded`` naming the
+background fsync. ``wait_synced`` waits until the syncer is idle (tests, shutdown).
+
+Not thread-safe: the runner owns it (paho's callbacks only hand the PUBACKs over). The
+syncer shares nothing with the loop but its own queue, under its own lock.
 """
 
 from __future__ import annotations
@@ -73,6 +95,8 @@ import contextlib
 import errno
 import os
 import struct
+import threading
+import weakref
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -249,6 +273,124 @@ class _Segment:
     live: int = 0        # DATA records in it that are still pending
 
 
+@dataclass(slots=True)
+class _SyncJob:
+    fd: int              # a dup the syncer owns and closes
+    path: Path           # for the error message
+    directory: Path | None  # also fsync this directory (a new segment's name)
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class _SyncFailure:
+    """A background fsync that failed: the segment it was for and the error."""
+
+    path: Path
+    error: Exception
+
+
+class _Syncer:
+    """One background thread that runs the outbox's fsyncs, in the order requested.
+
+    ``request`` is called on the loop thread and never blocks on the disk; the thread is
+    started on the first request. Jobs are keyed by segment number (see the module
+    docstring for how they coalesce). Every job gets a ticket; tickets finish in order,
+    so ``finished(t)`` says whether everything requested up to ``t`` has been attempted.
+    """
+
+    def __init__(self, fsync: Callable[[int], None], name: str) -> None:
+        self._fsync = fsync
+        self._name = name
+        self._cond = threading.Condition()
+        self._queue: dict[int, _SyncJob] = {}   # insertion order is run order
+        self._running: int | None = None        # segment number being synced
+        self._tickets = 0
+        self._finished = 0
+        self._failure: _SyncFailure | None = None
+        self._failures = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def request(self, key: int, fileno: int, path: Path, directory: Path | None) -> int:
+        """Queue an fsync of ``fileno`` (a dup of it) unless one for ``key`` is waiting.
+
+        Returns the ticket that covers this request. Raises OSError if the descriptor
+        cannot be duplicated (too many open files), RuntimeError after ``stop``.
+        """
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the outbox syncer was stopped")
+            waiting = self._queue.get(key)
+            if waiting is not None:  # not started: it will see what was just written
+                if directory is not None:
+                    waiting.directory = directory
+                return waiting.ticket
+            fd = os.dup(fileno)
+            self._tickets += 1
+            self._queue[key] = _SyncJob(fd, path, directory, self._tickets)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name,
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+            return self._tickets
+
+    def finished(self, ticket: int) -> bool:
+        """True once the job with ``ticket`` (and every earlier one) has been attempted."""
+        with self._cond:
+            return self._finished >= ticket
+
+    def take_failure(self) -> tuple[_SyncFailure | None, int]:
+        """The first failure not taken yet (or None) and how many failed in all."""
+        with self._cond:
+            failure, self._failure = self._failure, None
+            return failure, self._failures
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until nothing is queued or running; False if ``timeout`` ran out first."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not self._queue and self._running is None, timeout)
+
+    def stop(self, join: bool = True) -> None:
+        """Let the thread finish the queued jobs and exit; ``join`` waits for it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if join and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                key = next(iter(self._queue))
+                job = self._queue.pop(key)
+                self._running = key
+            failure: _SyncFailure | None = None
+            try:
+                self._fsync(job.fd)
+                if job.directory is not None:
+                    _fsync_directory(job.directory)
+            except Exception as exc:  # any error: the loop thread must hear of it
+                failure = _SyncFailure(job.path, exc)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(job.fd)
+            with self._cond:
+                self._running = None
+                self._finished = job.ticket
+                if failure is not None:
+                    self._failures += 1
+                    if self._failure is None:
+                        self._failure = failure
+                self._cond.notify_all()
+
+
 class Outbox:
     """A bounded, crash-safe queue of records waiting for the broker's acknowledgement.
 
@@ -256,12 +398,15 @@ class Outbox:
     starts a new segment; a missing directory is created. If the directory cannot be used
     the outbox runs in memory and ``degraded`` says why. ``opener`` opens files (default:
     the builtin ``open``) and ``fsync`` syncs a file descriptor (default ``os.fsync``):
-    seams so tests can fail like a full or read-only disk and count fsyncs.
+    seams so tests can fail like a full or read-only disk and count fsyncs. ``fsync`` is
+    called on the caller's thread only while opening, compacting and closing; the fsyncs
+    that ``append`` makes due run on the syncer thread, with a descriptor of their own.
 
     Attributes: ``dropped`` (records dropped to keep the bounds, this process), ``torn``
     (torn or corrupt segment tails found at open), ``degraded`` (``None`` when the disk is
-    in use, else the reason), ``last_seq`` (the last seq assigned, persisted across
-    restarts), ``backlog`` (pending records).
+    in use, else the reason), ``fsync_failures`` (background fsyncs that failed, this
+    process), ``last_seq`` (the last seq assigned, persisted across restarts),
+    ``backlog`` (pending records).
     """
 
     def __init__(self, config: OutboxConfig, opener: Opener = _default_opener,
@@ -283,8 +428,13 @@ class Outbox:
         # If the directory could not be read, writing into it could clobber records we
         # never saw; only an empty directory may be taken over later.
         self._unread = False
+        self._syncer: _Syncer | None = None    # created at the first background fsync
+        # Ticket of the active segment's BASE + directory fsync while it is not done: the
+        # dead segments in front may not be deleted before it (they still say last_seq).
+        self._unsynced_base: int | None = None
         self.dropped = 0
         self.torn = 0
+        self.fsync_failures = 0
         self.degraded: str | None = None
         self.last_seq = 0
         if config.directory is not None:
@@ -311,8 +461,10 @@ class Outbox:
         """Store a new record and return it (with its seq); the oldest go past the bounds.
 
         ``now`` is the wall time, stored as ``enqueued_at`` and used for the fsync interval
-        and disk retries. A disk failure is not raised: the record is kept in memory and
-        ``degraded`` set. Raises ValueError if one record alone is larger than
+        and disk retries. The frame is written and flushed before this returns; a due
+        fsync is only handed to the syncer thread, never waited for. A disk failure is not
+        raised (nor one a background fsync reported since the last call): the record is
+        kept in memory and ``degraded`` set. Raises ValueError if one record alone is larger than
         ``max_bytes`` or the topic is empty or too long (caller bugs), OutboxError if the
         outbox was closed.
         """
@@ -325,6 +477,7 @@ class Outbox:
         if record.cost > self._config.max_bytes:
             raise ValueError(f"a record of {record.cost} bytes cannot fit max_bytes "
                              f"{self._config.max_bytes}")
+        self._take_sync_failure(now)
         self._maybe_retry(now)
         while self._pending and (len(self._pending) + 1 > self._config.max_count
                                  or self._bytes + record.cost > self._config.max_bytes):
@@ -380,20 +533,39 @@ class Outbox:
         self._retire(seq, _ACK)
 
     def retry_disk(self, now: float) -> bool:
-        """Try the disk again now if degraded; True if the disk is in use afterwards."""
+        """Try the disk again now if degraded; True if the disk is in use afterwards.
+
+        A background fsync failure not yet seen counts as degraded (so it is retried).
+        """
+        self._take_sync_failure(now)
         if self.degraded is not None and self._config.directory is not None:
             self._retry_at = now
             self._maybe_retry(now)
         return self.degraded is None and self._active is not None
 
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        """Wait until every fsync handed to the syncer has been attempted.
+
+        For tests and shutdown; the beat loop never calls it. Returns False if
+        ``timeout`` (seconds; None = no limit) ran out first. A failure is not raised
+        here: the next ``append`` degrades on it.
+        """
+        return self._syncer is None or self._syncer.wait_idle(timeout)
+
     def close(self) -> None:
         """Flush, fsync and close the segment; pending records stay on disk for next time.
 
-        A degraded outbox tries the disk once more first, so a backlog held in memory
-        is not lost at shutdown if the disk has come back.
+        Lets the syncer finish what it was handed and joins it, then fsyncs the segment on
+        the caller's thread, so what was appended is on disk when this returns. A failure
+        of a background fsync, or a degraded outbox, makes it try the disk once more first
+        (rewriting the queue), so a backlog held in memory is not lost at shutdown if the
+        disk has come back.
         """
         if self._closed:
             return
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._take_sync_failure(self._last_fsync or 0.0)
         if self.degraded is not None and self._config.directory is not None:
             self._retry_at = 0.0
             self._maybe_retry(self._last_fsync or 0.0)
@@ -496,10 +668,10 @@ class Outbox:
         segment.live += 1
         self._where[record.seq] = segment.number
         self._since_fsync += 1
-        if self._fsync_due(now):
-            self._fsync(now)
-        if self._active is not None and segment.size >= self._config.segment_bytes:
-            self._rotate(now)
+        if segment.size >= self._config.segment_bytes:
+            self._rotate(now)  # fsyncs the full segment anyway
+        elif self._fsync_due(now):
+            self._request_fsync(now)
 
     def _write_mark(self, kind: int, seq: int) -> None:
         if self._active is None:
@@ -525,19 +697,47 @@ class Outbox:
             return False
         return now - self._last_fsync >= config.fsync_interval_s
 
-    def _fsync(self, now: float) -> None:
+    def _request_fsync(self, now: float, directory: Path | None = None) -> int | None:
+        """Hand an fsync of the active segment (and ``directory``) to the syncer.
+
+        Returns the job's ticket, or None if the outbox degraded instead.
+        """
         assert self._active is not None
+        segment = self._segments[self._active_number]
+        if self._syncer is None:
+            where = self._config.directory
+            self._syncer = _Syncer(self._fsync_fd, f"outbox-fsync {where}")
+            # An outbox dropped without close() must not leave its thread waiting forever.
+            weakref.finalize(self, self._syncer.stop, False)
         try:
-            self._fsync_fd(self._active.fileno())
+            ticket = self._syncer.request(segment.number, self._active.fileno(),
+                                          segment.path, directory)
         except OSError as exc:
-            self._degrade(f"cannot fsync {self._segments[self._active_number].path}: {exc}",
-                          now)
-            return
+            self._degrade(f"cannot hand {segment.path} to the fsync thread: {exc}", now)
+            return None
         self._since_fsync = 0
         self._last_fsync = now
+        return ticket
 
-    def _start_segment(self, now: float) -> None:
-        """Open a new segment after the newest one and write its BASE frame."""
+    def _take_sync_failure(self, now: float) -> None:
+        """Degrade on a background fsync failure reported since the last look."""
+        if self._syncer is None:
+            return
+        failure, self.fsync_failures = self._syncer.take_failure()
+        if failure is None:
+            return
+        if self.degraded is not None:
+            # Already in memory: the retry rewrites every pending record anyway, and the
+            # first reason (and its retry time) stays.
+            return
+        self._degrade(f"background fsync of {failure.path} failed: {failure.error}", now)
+
+    def _start_segment(self, now: float, background: bool = False) -> None:
+        """Open a new segment after the newest one and write its BASE frame.
+
+        The BASE frame and the new name are fsynced here, or by the syncer if
+        ``background`` (a rotation in ``append``).
+        """
         directory = self._config.directory
         assert directory is not None
         number = self._active_number + 1
@@ -551,8 +751,9 @@ class Outbox:
         try:
             handle.write(frame)
             handle.flush()
-            self._fsync_fd(handle.fileno())
-            _fsync_directory(directory)
+            if not background:
+                self._fsync_fd(handle.fileno())
+                _fsync_directory(directory)
         except OSError as exc:
             _close_quietly(handle)
             self._unlink(path)
@@ -562,14 +763,16 @@ class Outbox:
         self._active_number = number
         self._segments[number] = _Segment(number, path, size=len(frame))
         self._since_fsync = 0
+        if background:
+            self._unsynced_base = self._request_fsync(now, directory)
 
     def _rotate(self, now: float) -> None:
         assert self._active is not None
-        self._fsync(now)
+        self._request_fsync(now)  # the syncer's dup keeps the file open after the close
         if self._active is None:
             return
         self._close_active()
-        self._start_segment(now)
+        self._start_segment(now, background=True)
         if self._active is None:
             return
         self._delete_dead_segments()
@@ -612,6 +815,7 @@ class Outbox:
         self._where = dict.fromkeys(self._pending, number)
         self._active = handle
         self._active_number = number
+        self._unsynced_base = None  # this BASE was fsynced above, before the rename
         self._since_fsync = 0
         self._last_fsync = now
         for segment in old:
@@ -626,6 +830,12 @@ class Outbox:
         self._delete_dead_segments()
 
     def _delete_dead_segments(self) -> None:
+        if self._unsynced_base is not None:
+            # Not before the new BASE is durable: see the module docstring. Deleting later
+            # only costs space for a moment; each ack and rotation tries again.
+            if self._syncer is not None and not self._syncer.finished(self._unsynced_base):
+                return
+            self._unsynced_base = None
         # Front only: a later segment may hold the ACK that cancels an earlier DATA.
         for number in list(self._segments):
             segment = self._segments[number]

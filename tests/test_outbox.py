@@ -155,6 +155,8 @@ def test_acked_segments_are_deleted(config: OutboxConfig) -> None:
     box = Outbox(config)
     made = fill(box, 200)
     assert len(segments(config.directory)) > 5
+    # Dead segments go only once the newest segment's BASE is fsynced (by the syncer).
+    assert box.wait_synced(timeout=30)
     for record in made:
         box.ack(record.seq)
     # Only the segment being written is left.
@@ -500,16 +502,25 @@ def test_fsync_policy_counts(tmp_path: Path) -> None:
                           segment_bytes=1 << 20)
     box = Outbox(config, fsync=calls.append)
     start = len(calls)  # the new segment's BASE frame
+
+    def append(outbox: Outbox, now: float) -> None:
+        outbox.append(TOPIC, b"x", now)
+        # The fsync runs on the syncer; waiting after each append also keeps two due
+        # fsyncs from coalescing into one.
+        assert outbox.wait_synced(timeout=30)
+
     for i in range(8):
-        box.append(TOPIC, b"x", 100.0 + i * 0.1)
+        append(box, 100.0 + i * 0.1)
     assert len(calls) - start == 2  # every 4 appends
-    box.append(TOPIC, b"x", 200.0)  # 1 append since, but 10 s have passed
+    append(box, 200.0)  # 1 append since, but 10 s have passed
     assert len(calls) - start == 3
     every = Outbox(OutboxConfig(directory=tmp_path / "p", fsync_every=1), fsync=calls.append)
     start = len(calls)
     for i in range(5):
-        every.append(TOPIC, b"x", 100.0 + i)
+        append(every, 100.0 + i)
     assert len(calls) - start == 5
+    box.close()
+    every.close()
 
 
 def test_unreadable_directory_is_not_clobbered(config: OutboxConfig) -> None:
