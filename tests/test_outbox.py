@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import random
 import shutil
@@ -10,10 +11,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import pytest
 
@@ -532,7 +534,7 @@ def test_unreadable_directory_is_not_clobbered(config: OutboxConfig) -> None:
     def unreadable(path: Path, mode: str) -> BinaryIO:
         if "r" in mode:
             raise OSError(errno.EIO, "Input/output error", str(path))
-        return open(path, mode)  # the outbox closes it
+        return cast(BinaryIO, open(path, mode))  # the outbox closes it
 
     blind = Outbox(config, opener=unreadable)
     assert blind.degraded is not None and "cannot read" in blind.degraded
@@ -541,6 +543,176 @@ def test_unreadable_directory_is_not_clobbered(config: OutboxConfig) -> None:
     assert "could not be read" in (blind.degraded or "")
     blind.close()
     assert Outbox(config).pending() == made
+
+
+# --------------------------------------------------------------------------- the syncer
+
+
+class GatedFsync:
+    """An fsync seam that notes the calling thread, can be held shut and can fail.
+
+    ``gate`` is open at first; a test closes it to hold the syncer inside an fsync.
+    ``error`` fails every call, ``background_error`` only calls off the test's thread.
+    """
+
+    def __init__(self) -> None:
+        self.main = threading.get_ident()
+        self.threads: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.error: int | None = None
+        self.background_error: int | None = None
+
+    def __call__(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        self.entered.set()
+        if not self.gate.wait(timeout=60):
+            raise AssertionError("the test never opened the fsync gate")
+        os.fstat(fd)  # raises if the outbox closed the descriptor under the syncer
+        error = self.error
+        if error is None and threading.get_ident() != self.main:
+            error = self.background_error
+        if error is not None:
+            raise OSError(error, os.strerror(error))
+
+    def off_thread(self, start: int = 0) -> list[int]:
+        return [t for t in self.threads[start:] if t != self.main]
+
+
+@pytest.fixture
+def seam() -> Iterator[GatedFsync]:
+    gated = GatedFsync()
+    yield gated
+    gated.gate.set()  # never leave a syncer stuck in a failed test
+
+
+def syncer_threads(directory: Path) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"outbox-fsync {directory}"]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_append_never_fsyncs_on_the_callers_thread(tmp_path: Path, seam: GatedFsync) -> None:
+    directory = tmp_path / "o"
+    box = Outbox(OutboxConfig(directory, fsync_every=1, segment_bytes=512), fsync=seam)
+    assert seam.threads == [seam.main]  # opening fsyncs the first BASE itself
+    assert not syncer_threads(directory)  # started on first need only
+    made = fill(box, 60)
+    box.ack(made[0].seq)
+    assert box.wait_synced(timeout=30)
+    assert len(segments(directory)) > 3  # rotations happened, closing segments under it
+    calls = seam.threads[1:]
+    assert calls and seam.off_thread(1) == calls
+    assert len(set(calls)) == 1  # one syncer thread
+    assert box.degraded is None and box.fsync_failures == 0  # no closed fd was synced
+    box.close()
+
+
+def test_a_slow_fsync_does_not_hold_up_append(tmp_path: Path, seam: GatedFsync) -> None:
+    directory = tmp_path / "o"
+    box = Outbox(OutboxConfig(directory, fsync_every=1, segment_bytes=1 << 20), fsync=seam)
+    seam.gate.clear()
+    made = fill(box, 1)
+    assert seam.entered.wait(timeout=30)  # the syncer is now stuck in that fsync
+    fds = open_fds()
+    made += fill(box, 20)  # each one due an fsync
+    # Every append returned, written and flushed, while the first fsync still hangs.
+    assert not seam.gate.is_set() and len(seam.threads) == 2
+    blob = segments(directory)[-1].read_bytes()
+    assert all(payload(r.seq) in blob for r in made)
+    # Coalesced: one follow-up waits behind the running fsync, holding one dup.
+    assert open_fds() <= fds + 1
+    seam.gate.set()
+    assert box.wait_synced(timeout=30)
+    assert len(seam.threads) == 3  # the stuck one and the single follow-up
+    assert box.pending() == made and box.degraded is None
+    box.close()
+    assert Outbox(OutboxConfig(directory)).pending() == made
+
+
+def test_background_fsync_failure_degrades_on_the_next_append(
+        config: OutboxConfig, seam: GatedFsync) -> None:
+    config = OutboxConfig(config.directory, fsync_every=1, segment_bytes=1 << 20)
+    box = Outbox(config, fsync=seam)
+    seam.error = errno.EIO
+    made = fill(box, 1, start_time=1000.0)
+    assert box.wait_synced(timeout=30)
+    assert box.degraded is None  # the loop thread has not looked yet
+    made += fill(box, 1, start_time=1001.0)
+    assert box.degraded is not None
+    assert "background fsync" in box.degraded and "Input/output error" in box.degraded
+    assert box.fsync_failures == 1
+    made += fill(box, 2, start_time=1002.0)  # in memory now
+    assert box.pending() == made
+    seam.error = None
+    made += fill(box, 1, start_time=1031.0)  # retry_interval_s later: rewritten to disk
+    assert box.degraded is None
+    box.close()
+    assert Outbox(config).pending() == made
+
+
+def test_close_joins_the_syncer_then_fsyncs_on_the_callers_thread(
+        tmp_path: Path, seam: GatedFsync) -> None:
+    directory = tmp_path / "o"
+    box = Outbox(OutboxConfig(directory, fsync_every=3), fsync=seam)
+    made = fill(box, 10)
+    assert syncer_threads(directory)
+    before = len(seam.threads)
+    box.close()
+    assert not syncer_threads(directory)
+    assert seam.threads[-1] == seam.main  # the final fsync, after the syncer was joined
+    assert len(seam.threads) > before
+    assert seam.off_thread() and seam.main not in seam.threads[1:before]
+    assert Outbox(OutboxConfig(directory)).pending() == made
+
+
+def test_a_background_failure_found_at_close_rewrites_the_queue(
+        tmp_path: Path, seam: GatedFsync) -> None:
+    directory = tmp_path / "o"
+    box = Outbox(OutboxConfig(directory, fsync_every=1), fsync=seam)
+    seam.background_error = errno.ENOSPC
+    made = fill(box, 5)
+    box.ack(3)
+    box.close()  # finds the failure, compacts (fsync on this thread works), fsyncs
+    assert box.fsync_failures >= 1
+    assert box.degraded is None
+    assert Outbox(OutboxConfig(directory)).pending() == [r for r in made if r.seq != 3]
+
+
+def test_dead_segments_stay_until_the_new_base_is_synced(
+        tmp_path: Path, seam: GatedFsync) -> None:
+    directory = tmp_path / "o"
+    config = OutboxConfig(directory, fsync_every=0, fsync_interval_s=0.0, segment_bytes=256)
+    box = Outbox(config, fsync=seam)
+    seam.gate.clear()
+    made = fill(box, 12)
+    on_disk = segments(directory)
+    assert len(on_disk) > 3
+    for record in made[:-1]:
+        box.ack(record.seq)
+    # Dead segments in front, but the newest BASE is not known to be durable yet.
+    assert segments(directory) == on_disk
+    seam.gate.set()
+    assert box.wait_synced(timeout=30)
+    box.ack(made[-1].seq)
+    assert len(segments(directory)) == 1
+    box.close()
+    again = Outbox(config)
+    assert again.backlog == 0 and again.last_seq == 12
+
+
+def test_an_outbox_dropped_without_close_lets_its_syncer_go(tmp_path: Path) -> None:
+    directory = tmp_path / "o"
+    box = Outbox(OutboxConfig(directory, fsync_every=1))
+    fill(box, 2)
+    (thread,) = syncer_threads(directory)
+    del box
+    gc.collect()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 @pytest.fixture
