@@ -294,8 +294,8 @@ class _Syncer:
 
     ``request`` is called on the loop thread and never blocks on the disk; the thread is
     started on the first request. Jobs are keyed by segment number (see the module
-    docstring for how they coalesce). Every job gets a ticket; tickets finish in order,
-    so ``finished(t)`` says whether everything requested up to ``t`` has been attempted.
+    docstring for how they coalesce). Every job gets a ticket and tickets finish in
+    order, so ``synced(t)`` can say whether job ``t`` is done.
     """
 
     def __init__(self, fsync: Callable[[int], None], name: str) -> None:
@@ -306,6 +306,7 @@ class _Syncer:
         self._running: int | None = None        # segment number being synced
         self._tickets = 0
         self._finished = 0
+        self._failed: set[int] = set()          # tickets whose job failed (rare)
         self._failure: _SyncFailure | None = None
         self._failures = 0
         self._stopping = False
@@ -335,10 +336,10 @@ class _Syncer:
             self._cond.notify_all()
             return self._tickets
 
-    def finished(self, ticket: int) -> bool:
-        """True once the job with ``ticket`` (and every earlier one) has been attempted."""
+    def synced(self, ticket: int) -> bool:
+        """True once the job with ``ticket`` has run and succeeded."""
         with self._cond:
-            return self._finished >= ticket
+            return self._finished >= ticket and ticket not in self._failed
 
     def take_failure(self) -> tuple[_SyncFailure | None, int]:
         """The first failure not taken yet (or None) and how many failed in all."""
@@ -386,6 +387,7 @@ class _Syncer:
                 self._finished = job.ticket
                 if failure is not None:
                     self._failures += 1
+                    self._failed.add(job.ticket)
                     if self._failure is None:
                         self._failure = failure
                 self._cond.notify_all()
@@ -832,8 +834,9 @@ class Outbox:
     def _delete_dead_segments(self) -> None:
         if self._unsynced_base is not None:
             # Not before the new BASE is durable: see the module docstring. Deleting later
-            # only costs space for a moment; each ack and rotation tries again.
-            if self._syncer is not None and not self._syncer.finished(self._unsynced_base):
+            # only costs space for a moment; each ack and rotation tries again. If that
+            # fsync failed, the next append degrades (which lifts this wait).
+            if self._syncer is not None and not self._syncer.synced(self._unsynced_base):
                 return
             self._unsynced_base = None
         # Front only: a later segment may hold the ACK that cancels an earlier DATA.
@@ -856,6 +859,9 @@ class Outbox:
 
     def _degrade(self, reason: str, now: float) -> None:
         self._close_active()
+        # In memory, dead segments may go as acks come (as before the syncer): their space
+        # may be what the disk needs back; the recovery compaction writes a durable BASE.
+        self._unsynced_base = None
         self.degraded = f"outbox in memory: {reason}"
         self._retry_at = now + self._config.retry_interval_s
 
