@@ -1,10 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmark status claims and the outbox: claim size, append and replay rates.
+"""Benchmark status claims and the outbox: claim size, append latency, fsync, replay.
 
 Run with the project's interpreter: ``.venv/bin/python scripts/bench_outbox.py [--dir D]``.
 ``--dir`` picks where the segments go (default: a temporary directory under the system
 temp dir); put it on the device's real storage (an SD card on a Pi) to see what fsync
 costs there. Prints tables; no assertion is made (speed depends on the machine).
+
+The outbox table shows ``append`` as the beat loop sees it (p50/p99/max per call) under
+each fsync policy, and on its own row what the fsyncs cost on the syncer thread (``calls``
+= how many ran: requests made while one is queued coalesce). Appends are paced 2 ms apart
+(a beat loop appends once per beat; back to back, every fsync would coalesce away). The
+reference row "inline fsync" is write+flush+fsync on the caller's thread: what ``append``
+paid when a due fsync ran inline. "slow card" replaces fsync with a 20 ms sleep, as a
+cheap SD card might take, to show that the caller does not wait for it whatever the local
+disk is. ``close`` drains the syncer, joins it and fsyncs once more on the caller.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,6 +37,8 @@ from edge.outbox import Outbox, OutboxConfig
 from edge.status import BeatReview, StatusBuilder, StatusConfig, config_hash
 
 AGENT = "relay:pi-07"
+COUNT = 500       # appends per policy
+PACE_S = 0.002    # between appends
 TOPIC = f"backbeat/c1/status/{AGENT}"
 
 
@@ -64,31 +76,89 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def timed(fn: object, count: int) -> list[float]:
-    call = fn  # type: ignore[assignment]
+def timed(call: Callable[[int], object], count: int, pace_s: float = 0.0) -> list[float]:
+    """Time ``call(i)`` for i in range(count); ``pace_s`` sleeps between calls."""
     out = []
     for i in range(count):
+        if pace_s:
+            time.sleep(pace_s)
         start = time.perf_counter()
-        call(i)  # type: ignore[operator]
+        call(i)
         out.append(time.perf_counter() - start)
     return out
 
 
+def encoder(b: StatusBuilder, make: Callable[[int], BeatReview]) -> Callable[[int], bytes]:
+    return lambda i: b.encode(b.final(make(1000 + i)))
+
+
+def decoder(payload: bytes) -> Callable[[int], object]:
+    return lambda i: decode_status_claim(payload)
+
+
+def appender(box: Outbox, payload: bytes) -> Callable[[int], object]:
+    return lambda i: box.append(TOPIC, payload, time.time())
+
+
+def acker(box: Outbox) -> Callable[[int], None]:
+    return lambda i: box.ack(i + 1)  # seqs start at 1
+
+
 def bench_claims() -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for label, make in (("quiet beat", quiet_review), ("troubled beat", busy_review)):
         for fmt in ("cbor", "json"):
             b = builder(fmt)
             claim = b.build(make(1000))
             assert claim is not None
             size = len(b.encode(claim))
-            enc = timed(lambda i, b=b, make=make: b.encode(b.final(make(1000 + i))), 2000)
-            payload = b.encode(claim)
-            dec = timed(lambda i, p=payload: decode_status_claim(p), 2000)
+            enc = timed(encoder(b, make), 2000)
+            dec = timed(decoder(b.encode(claim)), 2000)
             rows.append((label, fmt, str(size), f"{statistics.median(enc) * 1e6:.1f}",
                          f"{percentile(enc, 0.99) * 1e6:.1f}",
                          f"{statistics.median(dec) * 1e6:.1f}"))
     return rows
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f}"
+
+
+def latency_row(label: str, op: str, samples: list[float], rate: bool = True
+                ) -> tuple[str, ...]:
+    if not samples:
+        return (label, op, "0", "", "", "", "")
+    return (label, op, str(len(samples)),
+            f"{len(samples) / sum(samples):,.0f}" if rate else "",
+            us(statistics.median(samples)), us(percentile(samples, 0.99)), us(max(samples)))
+
+
+class TimedFsync:
+    """The fsync seam: runs ``os.fsync`` (or sleeps ``fake_s``) and notes how long it took."""
+
+    def __init__(self, fake_s: float | None = None) -> None:
+        self.fake_s = fake_s
+        self.times: list[float] = []
+
+    def __call__(self, fd: int) -> None:
+        start = time.perf_counter()
+        if self.fake_s is None:
+            os.fsync(fd)
+        else:
+            time.sleep(self.fake_s)
+        self.times.append(time.perf_counter() - start)
+
+
+def inline_fsync(directory: Path, payload: bytes, count: int) -> list[float]:
+    """write + flush + fsync of one claim-sized frame on this thread, as append did before."""
+    directory.mkdir()
+    frame = bytes(16) + payload
+    with open(directory / "inline.log", "ab") as handle:
+        def one(_: int) -> None:
+            handle.write(frame)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return timed(one, count, pace_s=PACE_S)
 
 
 def bench_outbox(base: Path) -> list[tuple[str, ...]]:
@@ -96,23 +166,31 @@ def bench_outbox(base: Path) -> list[tuple[str, ...]]:
     claim = b.build(quiet_review(1))
     assert claim is not None
     payload = b.encode(claim)
-    rows = []
-    policies = (("default (10 / 1 s)", 10, 1.0, 3000), ("fsync every record", 1, 0.0, 500),
-                ("flush only (no fsync)", 0, 0.0, 3000))
-    for label, every, interval, count in policies:
-        directory = base / label.split()[0]
+    rows = [latency_row("inline fsync (before)", "write+fsync", inline_fsync(
+        base / "inline", payload, COUNT))]
+    policies = (("default (10 / 1 s)", 10, 1.0, None),
+                ("fsync every record", 1, 0.0, None),
+                ("slow card, default", 10, 1.0, 0.020),
+                ("slow card, every record", 1, 0.0, 0.020),
+                ("flush only (no fsync)", 0, 0.0, None))
+    for number, (label, every, interval, fake_s) in enumerate(policies):
+        directory = base / f"policy{number}"
         config = OutboxConfig(directory, fsync_every=every, fsync_interval_s=interval)
-        box = Outbox(config)
-        now = time.time()
-        per = timed(lambda i, box=box, now=now: box.append(TOPIC, payload, now + i * 0.001),
-                    count)
-        total = sum(per)
-        ack = timed(lambda i, box=box: box.ack(i + 1), count)
+        seam = TimedFsync(fake_s)
+        box = Outbox(config, fsync=seam)
+        at_open = len(seam.times)
+        per = timed(appender(box, payload), COUNT, pace_s=PACE_S)
+        ack = timed(acker(box), COUNT)
+        start = time.perf_counter()
         box.close()
-        rows.append((label, "append", str(count), f"{count / total:,.0f}",
-                     f"{statistics.median(per) * 1e6:.1f}", f"{percentile(per, 0.99) * 1e6:.1f}"))
-        rows.append((label, "ack", str(count), f"{count / sum(ack):,.0f}",
-                     f"{statistics.median(ack) * 1e6:.1f}", f"{percentile(ack, 0.99) * 1e6:.1f}"))
+        closing = time.perf_counter() - start
+        rows.append(latency_row(label, "append (caller)", per))
+        rows.append(latency_row(label, "ack (caller)", ack))
+        if every or interval:
+            # Without the one at open and the final one in close (both on the caller).
+            rows.append(latency_row(label, "fsync (syncer)", seam.times[at_open:-1],
+                                    rate=False))
+        rows.append((label, "close (caller)", "1", "", us(closing), "", ""))
         shutil.rmtree(directory)
     # Replay: reopen a directory holding a full backlog (10,000 claims, as after an outage).
     directory = base / "replay"
@@ -134,7 +212,7 @@ def bench_outbox(base: Path) -> list[tuple[str, ...]]:
             again.close()
     best = statistics.median(opens)
     rows.append(("reopen 10k frames, 5k pending", "replay", "5000", f"{5000 / best:,.0f}",
-                 f"{best * 1e3:.1f} ms", f"{max(opens) * 1e3:.1f} ms"))
+                 f"{best * 1e3:.1f} ms", "", f"{max(opens) * 1e3:.1f} ms"))
     start = time.perf_counter()
     sent = 0
     while True:
@@ -145,7 +223,9 @@ def bench_outbox(base: Path) -> list[tuple[str, ...]]:
             again.mark_sent(record.seq)
         sent += len(batch)
     drain = time.perf_counter() - start
-    rows.append(("unsent(100)+mark_sent, 5k", "drain", str(sent), f"{sent / drain:,.0f}", "", ""))
+    rows.append(("unsent(100)+mark_sent, 5k", "drain", str(sent), f"{sent / drain:,.0f}",
+                 "", "", ""))
+    again.close()
     return rows
 
 
@@ -181,8 +261,9 @@ def main() -> None:
                     bench_claims()))
         print()
         print(f"Outbox on {base} ({filesystem(base.resolve())}), "
-              f"{os.cpu_count()} CPUs; times in us unless marked")
-        print(table(("policy", "op", "records", "records/s", "p50", "p99"), bench_outbox(base)))
+              f"{os.cpu_count()} CPUs; times in us unless marked; appends back to back")
+        print(table(("policy", "op", "calls", "calls/s", "p50", "p99", "max"),
+                    bench_outbox(base)))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
