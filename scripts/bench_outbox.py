@@ -261,7 +261,8 @@ def main() -> None:
                     bench_claims()))
         print()
         print(f"Outbox on {base} ({filesystem(base.resolve())}), "
-              f"{os.cpu_count()} CPUs; times in us unless marked; appends back to back")
+              f"{os.cpu_count()} CPUs; times in us unless marked; "
+              f"appends {PACE_S * 1e3:g} ms apart")
         print(table(("policy", "op", "calls", "calls/s", "p50", "p99", "max"),
                     bench_outbox(base)))
     finally:
