@@ -24,6 +24,7 @@ from edge.clock import SystemClock
 from edge.config import Config, load_config
 from edge.errors import ConfigError, EdgeError
 from edge.hardware import Hardware
+from edge.messages import encode
 from edge.mqtt_link import MqttLink, Topics
 from edge.outbox import Outbox
 from edge.probe import Probe
@@ -167,8 +168,6 @@ class Agent:
         review = self.runner.last_review
         if review is not None:
             claim = self.runner.status.final(replace(review, state="idle"))
-            from edge.messages import encode
-
             payload = encode(claim, self.config.status.format)
             topic = topics.status(self.config.agent.id)
             if self.link.connected:

@@ -48,7 +48,7 @@ from edge.errors import FrameError
 from edge.guard import Guard, Sample
 from edge.hardware import ActionResult, Hardware
 from edge.hlc import HybridLogicalClock, node_id
-from edge.messages import decode_bar_report, decode_beat_frame, encode
+from edge.messages import StatusClaim, decode_bar_report, decode_beat_frame, encode
 from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
@@ -534,10 +534,7 @@ class Runner:
             del self.ledgers[old]
         self.planned_beats = {b for b in self.planned_beats if b >= beat - 4}
 
-    def _submit_claim(self, claim: object, now: float) -> None:
-        from edge.messages import StatusClaim  # local: keeps the type near its one use
-
-        assert isinstance(claim, StatusClaim)
+    def _submit_claim(self, claim: StatusClaim, now: float) -> None:
         payload = encode(claim, self.config.status.format)
         self.counters.claims += 1
         topic = self.topics.status(self.config.agent.id)
@@ -565,9 +562,6 @@ class Runner:
             mid = self._publish(record.topic, record.payload)
             self.outbox.mark_sent(record.seq)
             self._inflight[mid] = record.seq
-
-    def on_disconnected(self) -> None:
-        """paho re-sends in-flight QoS 1 publishes itself after a reconnect."""
 
     # ------------------------------------------------------------------ trace
 
