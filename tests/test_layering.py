@@ -16,15 +16,15 @@ EDGE = Path(__file__).resolve().parent.parent / "edge"
 
 #: The core as DESIGN.md draws it; these must exist.
 REQUIRED_CORE = ("errors", "clock", "messages", "hlc", "sync", "score", "guard", "metrics",
-                 "status", "config")
+                 "status", "config", "profile")
 #: Core modules that may exist (checked when they do).
-OPTIONAL_CORE = ("profile",)
+OPTIONAL_CORE: tuple[str, ...] = ()
 
 FORBIDDEN = frozenset({
     "paho", "gpiozero", "psutil", "socket", "threading", "time", "subprocess", "asyncio",
     "select", "signal",
     # the same doors under other names
-    "_thread", "selectors", "socketserver", "multiprocessing", "lgpio", "RPi",
+    "_thread", "selectors", "socketserver", "multiprocessing", "lgpio", "RPi", "os",
 })
 ALLOWED_EXCEPTIONS = {"clock": frozenset({"time"})}
 
