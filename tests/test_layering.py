@@ -75,7 +75,8 @@ def test_core_module_imports_no_io(module: str) -> None:
     ("snippet", "expected"),
     [
         ("import time\n", ["1: time"]),
-        ("import os, socket\n", ["1: socket"]),
+        ("import json, socket\n", ["1: socket"]),
+        ("import os\n", ["1: os"]),
         ("import paho.mqtt.client as mqtt\n", ["1: paho.mqtt.client"]),
         ("from gpiozero import LED\n", ["1: gpiozero"]),
         ("from threading import Thread\n", ["1: threading"]),
