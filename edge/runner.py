@@ -190,6 +190,7 @@ class Runner:
         self._safe_applied = False
         self._warmed: set[tuple[int, int]] = set()
         self._inflight: dict[int, int] = {}  # MQTT mid -> outbox seq
+        self._outbox_degraded: str | None = None if outbox is None else outbox.degraded
         self._trace_buf: list[tuple[ScheduledAction, float, float, ActionResult | None,
                                     str | None]] = []
         self._pending_reload: Config | None = None
@@ -521,6 +522,7 @@ class Runner:
             temperature_c=None if full is None else full.temperature_c,
             backlog=0 if self.outbox is None else self.outbox.backlog,
             outbox_dropped=0 if self.outbox is None else self.outbox.dropped,
+            outbox_degraded=None if self.outbox is None else self.outbox.degraded,
             alerts=tuple(a.name for a in self.metrics.active_alerts()),
         )
         self.last_review = review
@@ -540,6 +542,12 @@ class Runner:
         topic = self.topics.status(self.config.agent.id)
         if self.outbox is not None:
             self.outbox.append(topic, payload, self.clock.wall())
+            if self.outbox.degraded != self._outbox_degraded:  # say it once, and the recovery
+                if self.outbox.degraded:
+                    log.warning("outbox: %s", self.outbox.degraded)
+                else:
+                    log.info("outbox: back on disk")
+                self._outbox_degraded = self.outbox.degraded
             self._pump_outbox()
         elif self.link is not None and self.link.connected:
             self._publish(topic, payload)

@@ -44,7 +44,8 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.frames_rejected`` ``{reason: count}``
 ``metadata.guard``     ``{"level": str, "reason": str}``
 ``metadata.tempo_bpm`` the guard's recommended tempo (omitted when none)
-``metadata.outbox``    ``{"backlog": int, "dropped": int}``
+``metadata.outbox``    ``{"backlog": int, "dropped": int}``, plus ``"degraded": str`` while
+                       the outbox keeps claims in memory (disk full or read-only)
 ``metadata.alerts``    list of alert strings (omitted when empty)
 ``metadata.final``     ``true`` on the shutdown claim only
 =====================  ===============================================================
@@ -180,6 +181,8 @@ class BeatReview:
     backlog: int
     outbox_dropped: int
     alerts: tuple[str, ...] = field(default=())
+    #: Why the outbox is keeping claims in memory (disk full, read-only...), if it is.
+    outbox_degraded: str | None = None
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -209,7 +212,15 @@ def _condition(review: BeatReview) -> tuple[object, ...]:
         review.dropped_by_limit,
         tuple(sorted(review.frames_rejected.items())),
         review.outbox_dropped,
+        review.outbox_degraded,
     )
+
+
+def _outbox_meta(review: BeatReview) -> dict[str, object]:
+    meta: dict[str, object] = {"backlog": review.backlog, "dropped": review.outbox_dropped}
+    if review.outbox_degraded:
+        meta["degraded"] = review.outbox_degraded[:200]
+    return meta
 
 
 class StatusBuilder:
@@ -328,7 +339,7 @@ class StatusBuilder:
             "shed": dict(review.shed),
             "frames_rejected": dict(review.frames_rejected),
             "guard": {"level": review.guard_level, "reason": review.guard_reason},
-            "outbox": {"backlog": review.backlog, "dropped": review.outbox_dropped},
+            "outbox": _outbox_meta(review),
         }
         tempo = _finite(review.recommended_tempo, 1)
         if tempo is not None:
