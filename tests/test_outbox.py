@@ -614,20 +614,23 @@ def test_append_never_fsyncs_on_the_callers_thread(tmp_path: Path, seam: GatedFs
 def test_a_slow_fsync_does_not_hold_up_append(tmp_path: Path, seam: GatedFsync) -> None:
     directory = tmp_path / "o"
     box = Outbox(OutboxConfig(directory, fsync_every=1, segment_bytes=1 << 20), fsync=seam)
+    assert box.wait_synced(timeout=30)  # the new segment's own first sync is done
+    before = len(seam.threads)
+    seam.entered.clear()
     seam.gate.clear()
     made = fill(box, 1)
     assert seam.entered.wait(timeout=30)  # the syncer is now stuck in that fsync
     fds = open_fds()
     made += fill(box, 20)  # each one due an fsync
     # Every append returned, written and flushed, while the first fsync still hangs.
-    assert not seam.gate.is_set() and len(seam.threads) == 2
+    assert not seam.gate.is_set() and len(seam.threads) == before + 1
     blob = segments(directory)[-1].read_bytes()
     assert all(payload(r.seq) in blob for r in made)
     # Coalesced: one follow-up waits behind the running fsync, holding one dup.
     assert open_fds() <= fds + 1
     seam.gate.set()
     assert box.wait_synced(timeout=30)
-    assert len(seam.threads) == 3  # the stuck one and the single follow-up
+    assert len(seam.threads) == before + 2  # the stuck one and the single follow-up
     assert box.pending() == made and box.degraded is None
     box.close()
     assert Outbox(OutboxConfig(directory)).pending() == made
