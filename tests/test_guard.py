@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import pytest
+from machine_samples import quiet_sample
 
 from edge.errors import ConfigProblems
 from edge.guard import (
@@ -19,7 +20,6 @@ from edge.guard import (
     Guard,
     GuardConfig,
     Level,
-    Sample,
     Verdict,
     parse_guard,
 )
@@ -28,20 +28,7 @@ from edge.guard import (
 RAW = GuardConfig(cpu_smoothing=1.0, recover_hold_s=0.0)
 
 
-def sample(at: float = 0.0, **readings: float | int | None) -> Sample:
-    base: dict[str, float | int | None] = {
-        "cpu_percent": 10.0,
-        "process_cpu_percent": 1.0,
-        "process_rss_mb": 30.0,
-        "memory_percent": 40.0,
-        "swap_percent": None,
-        "load1": 0.5,
-        "temperature_c": 50.0,
-        "throttled": 0,
-        "disk_free_mb": 1000.0,
-    }
-    base.update(readings)
-    return Sample(at=at, cost_s=0.0001, **base)  # type: ignore[arg-type]
+sample = quiet_sample
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from machine_samples import quiet_sample
 
 from edge.guard import Sample
 from edge.metrics import (
@@ -24,19 +25,7 @@ from edge.metrics import (
 
 
 def sample(at: float = 0.0, **readings: float | int | None) -> Sample:
-    base: dict[str, float | int | None] = {
-        "cpu_percent": 20.0,
-        "process_cpu_percent": 1.0,
-        "process_rss_mb": 30.0,
-        "memory_percent": 40.0,
-        "swap_percent": None,
-        "load1": 0.5,
-        "temperature_c": 50.0,
-        "throttled": 0,
-        "disk_free_mb": 1000.0,
-    }
-    base.update(readings)
-    return Sample(at=at, cost_s=0.0001, **base)  # type: ignore[arg-type]
+    return quiet_sample(at, **{"cpu_percent": 20.0, **readings})
 
 
 def beat(
