@@ -383,7 +383,7 @@ def _freeze_json(d: dict[Any, Any], depth: int) -> Mapping[str, JSONValue]:
                 if not _MIN_INT <= item <= _MAX_INT:
                     raise _Bad(f"must fit in 64 bits, got {_show(item)}")
             elif t is float:
-                if item - item != 0.0:  # 1e999 parses as an infinity
+                if item - item != 0.0:  # 1e400 parses as an infinity
                     raise _Bad(_not_json(item))
             elif t is dict:
                 d[key] = _freeze_json(item, depth + 1)

@@ -472,6 +472,11 @@ def test_nan_and_infinity_are_refused_in_every_spelling() -> None:
     huge = as_json(beat_dict(tempo_bpm=1)).replace(b'"tempo_bpm": 1', b'"tempo_bpm": 1e400')
     with pytest.raises(FrameError, match=r"^tempo_bpm must be a finite number, got inf"):
         decode_beat_frame(huge)
+    # 1e400 parses as an infinity inside metadata too, at any depth.
+    for where, meta in (("metadata.x", b'{"x": 1e400}'), ("metadata.a.b", b'{"a": {"b": -1e400}}')):
+        raw = as_json(claim_dict(metadata={})).replace(b'"metadata": {}', b'"metadata": ' + meta)
+        with pytest.raises(FrameError, match=rf"^{where} must be a finite number, got -?inf"):
+            decode_status_claim(raw)
     for value in (math.nan, math.inf, -math.inf):
         with pytest.raises(FrameError, match=r"^tempo_bpm must be a finite number"):
             decode_beat_frame(as_cbor(beat_dict(tempo_bpm=value)))
