@@ -48,7 +48,12 @@ Where the time goes (a claim is built, encoded and decoded every beat):
   hands that tree to cbor2's fast (non-canonical) C encoder, which then writes canonical
   bytes. A decoder's own dicts are checked and frozen in place instead (nothing else holds
   them); a decoded message derives its wire tree only if it is encoded again;
-* cbor2 encoders and decoders are reused from small pools (making one is costly).
+* cbor2's output needs fewer checks than json's (its text is valid Unicode and its
+  integers fit 64 bits), so it is frozen by its own walk that checks types by set
+  membership;
+* fields are stored through the slots' descriptors (see :func:`_slot_setters`);
+* cbor2 encoders and decoders are reused from small pools (making one is costly); a pooled
+  decoder keeps its stream, which is re-pointed at each payload.
 """
 
 from __future__ import annotations
