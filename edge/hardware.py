@@ -40,6 +40,7 @@ Safety rules, which no tempo can override:
 * **Isolation.** An exception from gpiozero while building, writing or reading a device
   marks that device isolated (counted in ``failures``, reported with the error); later
   actions on it are dropped as ``"isolated"``. The other devices carry on.
+  :meth:`Hardware.revive` (run on every reload) builds isolated devices anew.
 
 A value outside a device's range (a wrong tone, say) is the caller's error, not a failing
 pin: it is reported in the result and does not isolate the device.
@@ -889,6 +890,34 @@ class Hardware:
                     self._write(d, d.spec.safe_state)
                 continue
             self._change(d, d.spec.safe_state, now, "safe_state", force=True)
+
+    def revive(self) -> list[str]:
+        """Give every isolated device another chance (say the wiring was fixed and the
+        agent reloaded): its gpiozero device is closed and built anew from its spec, at its
+        safe state. One that builds is back in service, its error cleared; one that does
+        not stays isolated, the new failure counted, logged and reported as at the first.
+        Returns the names back in service."""
+        back: list[str] = []
+        for name, d in self._devices.items():
+            if not d.isolated:
+                continue
+            if d.dev is not None:
+                with contextlib.suppress(Exception):
+                    d.dev.close()
+                d.dev = None
+            d.isolated = False  # so that a failure now is logged again
+            if d.running is None:  # a pin device (a command device has nothing to build)
+                try:
+                    d.dev = self._make(d.spec)
+                except Exception as exc:
+                    self._fail(d, exc, "rebuild")
+                    continue
+            d.value = d.spec.safe_state
+            d.last_switch = -math.inf
+            self.errors.pop(name, None)
+            back.append(name)
+            log.info("%s: rebuilt, back in service", name)
+        return back
 
     def states(self) -> dict[str, float | bool | None]:
         """The value of every device read from its pin (``None`` when isolated)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gpiozero import Device
+from gpiozero import LED, Device
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from edge.errors import ConfigProblems, HardwareError
@@ -466,6 +466,48 @@ def test_a_device_that_cannot_be_built_is_isolated(factory: MockFactory) -> None
         assert hw.apply(Action("ghost", "on"), 0.0).dropped == "isolated"
         assert hw.apply(Action("led", "on"), 0.0).ok
     finally:
+        hw.close()
+
+
+def test_revive_brings_a_repaired_device_back_and_leaves_a_broken_one_isolated(
+        factory: MockFactory) -> None:
+    flaky = factory.pin(17, pin_class=FlakyPin)
+    hw = Hardware(profile_of(BENCH), pin_factory=factory)
+    try:
+        assert hw.apply(Action("led", "on"), 0.0).ok
+        flaky.broken = True
+        assert not hw.apply(Action("led", "off"), 1.0).ok and hw.isolated == {"led"}
+        # still broken: rebuilding fails, it stays out, and the new failure is counted
+        assert hw.revive() == []
+        assert hw.isolated == {"led"} and hw.failures == {"led": 2}
+        assert "rebuild failed" in hw.errors["led"]
+        assert hw.apply(Action("led", "on"), 2.0).dropped == "isolated"
+        # repaired: back in service at its safe state, error cleared, actions apply
+        flaky.broken = False
+        assert hw.revive() == ["led"]
+        assert hw.isolated == frozenset() and "led" not in hw.errors
+        assert hw.states()["led"] is False and hw.commanded()["led"] == 0.0
+        assert hw.apply(Action("led", "on"), 3.0).ok and pin_of(factory, 17).state is True
+        assert hw.revive() == []  # nothing isolated: nothing touched
+        assert pin_of(factory, 17).state is True
+    finally:
+        flaky.broken = False
+        hw.close()
+
+
+def test_revive_rebuilds_a_device_whose_pin_was_taken(factory: MockFactory) -> None:
+    # The pin was held by something else when the agent started; once it is free, a
+    # reload gets the device.
+    holder = LED(22, pin_factory=factory)
+    hw = Hardware(profile_of(BENCH), pin_factory=factory)
+    try:
+        assert hw.isolated == {"fan"} and "build failed" in hw.errors["fan"]
+        holder.close()
+        assert hw.revive() == ["fan"]
+        assert hw.states()["fan"] is True  # fan's safe state is on
+        assert hw.apply(Action("fan", "off"), 0.0).ok and pin_of(factory, 22).state is False
+    finally:
+        holder.close()
         hw.close()
 
 
