@@ -2,7 +2,8 @@
 
 Each agent's row shows whether it is online (its retained availability), the last beat it
 claimed, its state, sync state and error bound, action lateness, CPU, temperature, guard
-verdict and outbox backlog. ``--json`` prints one JSON line per claim instead, for scripts.
+verdict and outbox backlog, and the devices it has isolated, if any. ``--json`` prints one
+JSON line per claim instead, for scripts.
 Malformed claims are counted and shown, never fatal.
 """
 
@@ -93,7 +94,7 @@ class FleetView:
             sync, lateness = sub("sync"), sub("late_ms")
             guard, outbox = sub("guard"), sub("outbox")
             late = f"{num(lateness.get('p50'), '.3f')}/{num(lateness.get('max'), '.3f')}"
-            lines.append(
+            line = (
                 f"{agent:<24} {row.online:<7} {(c.beat_index if c else '-')!s:>8} "
                 f"{(c.state if c else '-'):<10} {sync.get('state', '-')!s:<12} "
                 f"{num(sync.get('error_bound_ms')):>7} {late:>16} "
@@ -101,6 +102,10 @@ class FleetView:
                 f"{num(res.get('temperature_c'), '.1f'):>5} "
                 f"{guard.get('level', '-')!s:<15} {num(outbox.get('backlog'), 'd'):>7}"
             )
+            isolated = md.get("isolated")
+            if isinstance(isolated, tuple) and isolated:  # devices out of service
+                line += "  isolated: " + ", ".join(str(name) for name in isolated)
+            lines.append(line)
         if self.bad:
             lines.append(f"\n{self.bad} malformed claim(s); last: {self.last_error}")
         return "\n".join(lines) + "\n"

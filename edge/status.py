@@ -17,9 +17,10 @@ When a beat is reported (:class:`StatusConfig`):
   the agent skip more than it should). A beat index that goes *backwards* (the cluster
   restarted) is always reported.
 * ``mode = "on_change"``: the first review, then whenever the *condition* changed (state,
-  sync state, guard level and reason, recommended tempo, alerts) or a trouble counter
-  (deadline misses, sheds, drops by limit, rejected frames, outbox drops) differs from the
-  last report, and otherwise as a heartbeat once ``heartbeat_beats`` beats have passed.
+  sync state, guard level and reason, recommended tempo, alerts, isolated devices) or a
+  trouble counter (deadline misses, sheds, drops by limit, rejected frames, outbox drops)
+  differs from the last report, and otherwise as a heartbeat once ``heartbeat_beats``
+  beats have passed.
   Continuous readings (lateness, CPU, memory, temperature, error bound, backlog) do not
   count as a change, or every beat would be one.
 * :meth:`StatusBuilder.final` always emits (shutdown) and marks ``metadata.final``.
@@ -47,6 +48,8 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.outbox``    ``{"backlog": int, "dropped": int}``, plus ``"degraded": str`` while
                        the outbox keeps claims in memory (disk full or read-only)
 ``metadata.alerts``    list of alert strings (omitted when empty)
+``metadata.isolated``  names of the devices out of service after a failure (omitted when
+                       none); a reload builds them anew
 ``metadata.final``     ``true`` on the shutdown claim only
 =====================  ===============================================================
 
@@ -183,6 +186,8 @@ class BeatReview:
     alerts: tuple[str, ...] = field(default=())
     #: Why the outbox is keeping claims in memory (disk full, read-only...), if it is.
     outbox_degraded: str | None = None
+    #: Devices taken out of service after a failure (sorted), until a reload revives them.
+    isolated: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -213,6 +218,7 @@ def _condition(review: BeatReview) -> tuple[object, ...]:
         tuple(sorted(review.frames_rejected.items())),
         review.outbox_dropped,
         review.outbox_degraded,
+        review.isolated,
     )
 
 
@@ -346,6 +352,8 @@ class StatusBuilder:
             meta["tempo_bpm"] = tempo
         if review.alerts:
             meta["alerts"] = list(review.alerts)
+        if review.isolated:
+            meta["isolated"] = list(review.isolated)
         if final:
             meta["final"] = True
         return meta

@@ -48,8 +48,9 @@ def render(runner: Runner, now: float) -> str:
                  f"dropped {sum(c.dropped.values())}  bad frames {c.frames_bad}  "
                  f"claims {c.claims} (acked {c.claims_acked})")
     lines += ["", "outputs:"]
+    isolated = runner.hardware.isolated
     for name, value in sorted(runner.hardware.states().items()):
-        lines.append(f"  {name:<16} {_fmt(value)}")
+        lines.append(f"  {name:<16} {'ISOLATED' if name in isolated else _fmt(value)}")
     return "\n".join(lines) + "\n"
 
 

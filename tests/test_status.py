@@ -113,6 +113,7 @@ def test_on_change_reports_changes_and_heartbeats(fake_clock: FakeClock) -> None
     {"dropped_by_limit": 1},
     {"outbox_dropped": 4},
     {"alerts": ("deadline miss rate 3% > 2%",)},
+    {"isolated": ("relay",)},
 ])
 def test_on_change_sees_each_condition(fake_clock: FakeClock, change: dict[str, object]) -> None:
     b = builder(fake_clock, StatusConfig(mode="on_change", heartbeat_beats=100))
@@ -225,6 +226,13 @@ def test_missing_and_non_finite_readings_are_left_out(fake_clock: FakeClock) -> 
     assert claim.metadata["sync"] == {"state": "locked"}
     assert "tempo_bpm" not in claim.metadata
     assert "alerts" not in claim.metadata
+    assert "isolated" not in claim.metadata
+
+
+def test_isolated_devices_are_named_in_the_claim(fake_clock: FakeClock) -> None:
+    claim = builder(fake_clock).build(review(1, isolated=("fan", "relay")))
+    assert claim is not None and claim.metadata is not None
+    assert claim.metadata["isolated"] == ("fan", "relay")
 
 
 def test_negative_cpu_reading_is_clamped(fake_clock: FakeClock) -> None:
