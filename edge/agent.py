@@ -28,6 +28,7 @@ from edge.messages import encode
 from edge.mqtt_link import MqttLink, Topics
 from edge.outbox import Outbox
 from edge.probe import Probe
+from edge.profile import Profile
 from edge.runner import Runner, lower_timer_slack
 from edge.service import Notifier, WatchdogGate
 
@@ -62,14 +63,16 @@ class Agent:
                  pin_factory: object | None = None) -> None:
         self.config_path = Path(config_path)
         config = outbox_config_for(load_config(self.config_path))
-        self.config = config
         self.clock = SystemClock()
         self.notifier = Notifier.from_env()
         if self.notifier.problem:
             log.warning("systemd notify: %s", self.notifier.problem)
         interval = self.notifier.watchdog_interval_s
         self.gate = None if interval is None else WatchdogGate(interval)
-        self.hardware = Hardware(config.profile, pin_factory=pin_factory)
+        def make_hardware(profile: Profile) -> Hardware:
+            return Hardware(profile, pin_factory=pin_factory)
+
+        hardware = make_hardware(config.profile)
         self.outbox = Outbox(config.outbox)
         if self.outbox.degraded:
             log.warning("outbox: %s", self.outbox.degraded)
@@ -81,12 +84,22 @@ class Agent:
             availability_topic=topics.availability(config.agent.id),
         )
         self.probe = Probe(disk_path=config.outbox.directory)
-        self.runner = Runner(config, self.hardware, self.clock, link=self.link,
+        self.runner = Runner(config, hardware, self.clock, link=self.link,
                              outbox=self.outbox, probe=self.probe, notifier=self.notifier,
-                             trace=trace, on_view=on_view, start_seq=self.outbox.last_seq)
+                             trace=trace, on_view=on_view, start_seq=self.outbox.last_seq,
+                             make_hardware=make_hardware)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._hang = threading.Event()
+
+    # The runner owns both from here on: a reload may replace them at a beat boundary.
+    @property
+    def config(self) -> Config:
+        return self.runner.config
+
+    @property
+    def hardware(self) -> Hardware:
+        return self.runner.hardware
 
     # Signal handlers only set flags: the loop wakes at least every MAX_WAIT_S to see them.
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
@@ -114,12 +127,9 @@ class Agent:
             self.runner.counters.reload_errors += 1
             log.error("reload refused, keeping the running config:\n%s", exc)
         else:
-            if new.profile != self.config.profile:
-                log.error("reload: the device profile changed; devices are rebuilt only on "
-                          "restart, the new score and settings apply at the next beat")
-                new = replace(new, profile=self.config.profile)
+            # Applied at the next beat boundary: the new score and settings; the devices
+            # built anew if the profile changed, else any isolated ones retried.
             self.runner.request_reload(new)
-            self.config = new
         self.notifier.ready()
 
     def run(self, duration_s: float | None = None) -> int:

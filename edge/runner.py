@@ -44,7 +44,7 @@ from typing import IO, Protocol
 from edge import __version__
 from edge.clock import Clock
 from edge.config import Config
-from edge.errors import FrameError
+from edge.errors import FrameError, HardwareError
 from edge.guard import Guard, Sample
 from edge.hardware import ActionResult, Hardware
 from edge.hlc import HybridLogicalClock, node_id
@@ -52,6 +52,7 @@ from edge.messages import StatusClaim, decode_bar_report, decode_beat_frame, enc
 from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
+from edge.profile import Profile
 from edge.score import ScheduledAction, Score
 from edge.status import BeatReview, StatusBuilder
 from edge.sync import (
@@ -140,6 +141,28 @@ def lower_timer_slack() -> None:
         pass
 
 
+#: What a reload does not apply: the link, the outbox, the follower and the topics were
+#: built from these and live as long as the process. The rest (the score, the devices,
+#: [guard], [status], the other [agent] settings) applies at the next beat boundary.
+_RESTART_ONLY_SECTIONS = ("broker", "outbox", "sync")
+_RESTART_ONLY_AGENT = ("id", "cluster", "topic_prefix")
+
+
+def _keep_restart_only(new: Config, old: Config) -> Config:
+    """``new`` with the running values of what only a restart changes (logged, if any)."""
+    kept = [f"[{name}]" for name in _RESTART_ONLY_SECTIONS
+            if getattr(new, name) != getattr(old, name)]
+    kept += [f"agent.{name}" for name in _RESTART_ONLY_AGENT
+             if getattr(new.agent, name) != getattr(old.agent, name)]
+    if not kept:
+        return new
+    log.warning("reload: %s changes take effect at the next restart", ", ".join(kept))
+    agent = dataclasses.replace(new.agent, **{
+        name: getattr(old.agent, name) for name in _RESTART_ONLY_AGENT})
+    return dataclasses.replace(new, agent=agent, **{
+        name: getattr(old, name) for name in _RESTART_ONLY_SECTIONS})
+
+
 class Runner:
     """The agent: follower + score + guard + hardware + status, driven by one loop."""
 
@@ -155,9 +178,12 @@ class Runner:
         trace: IO[str] | None = None,
         on_view: Callable[[Runner, float], None] | None = None,
         start_seq: int = 0,
+        make_hardware: Callable[[Profile], Hardware] = Hardware,
     ) -> None:
         self.config = config
         self.hardware = hardware
+        #: Builds the devices of a profile anew (a reload that changes the profile).
+        self.make_hardware = make_hardware
         self.clock = clock
         self.link = link
         self.outbox = outbox
@@ -524,6 +550,7 @@ class Runner:
             outbox_dropped=0 if self.outbox is None else self.outbox.dropped,
             outbox_degraded=None if self.outbox is None else self.outbox.degraded,
             alerts=tuple(a.name for a in self.metrics.active_alerts()),
+            isolated=tuple(sorted(self.hardware.isolated)),
         )
         self.last_review = review
         claim = self.status.build(review)
@@ -611,20 +638,45 @@ class Runner:
         if new is None:
             return
         self._pending_reload = None
-        old, self.config = self.config, new
+        old = self.config
+        new = _keep_restart_only(new, old)
+        if new.profile != old.profile:
+            if not self._rebuild_hardware(new.profile, old.profile):
+                self.counters.reload_errors += 1
+                return
+        elif self.hardware.isolated:
+            self.hardware.revive()
+        self.config = new
         self.score = new.score
         if new.guard != old.guard:
             self.guard = Guard(new.guard)
         if new.status != old.status or new.digest != old.digest:
             self.status = StatusBuilder(new.agent.id, new.status, self.hlc, __version__,
                                         new.digest, start_seq=self.status.seq)
-        if new.sync != old.sync:
-            log.warning("reload: [sync] changes take effect at the next restart")
         # Whatever was planned under the old score is dropped; this beat is planned anew.
         self.pending.clear()
         self.planned_beats.clear()
         self.counters.reloads += 1
         log.info("new config applied at the start of beat %s", self.last_beat)
+
+    def _rebuild_hardware(self, profile: Profile, old_profile: Profile) -> bool:
+        """Swap in the devices of ``profile``: the old ones go to their safe state and are
+        released (their running commands killed, as in any safe state), then the new ones
+        are built. This takes a few milliseconds of the loop, once, at the beat boundary.
+        False, with the old profile built again, if the new one cannot be built at all."""
+        self.hardware.close()
+        # The old hardware's run ids die with it (the new one counts from 1 again).
+        self._commands.clear()
+        try:
+            self.hardware = self.make_hardware(profile)
+        except HardwareError as exc:
+            log.error("reload refused: the new device profile cannot be built (%s); "
+                      "the old devices are built again", exc)
+            self.hardware = self.make_hardware(old_profile)
+            return False
+        log.info("reload: devices rebuilt from the new profile (%d devices)",
+                 len(profile.devices))
+        return True
 
     # ------------------------------------------------------------------ reporting
 

@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gpiozero import Device
+from gpiozero import LED, Device
 from gpiozero.pins.mock import MockFactory
 
 from edge.clock import FakeClock
 from edge.config import Config, load_config
+from edge.errors import HardwareError
 from edge.guard import Guard
 from edge.hardware import Hardware
 from edge.messages import BeatFrame, encode
 from edge.mqtt_link import Inbound
+from edge.profile import Profile
 from edge.runner import Runner
 from edge.sync import SyncState
 
@@ -147,12 +149,20 @@ class Bench:
     def __init__(self, tmp_path: Path, factory: MockFactory, text: str = PROFILE) -> None:
         self.clock = FakeClock(monotonic=500.0, wall=1_800_000_000.0)
         self.config = _config(tmp_path, text)
-        self.hardware = Hardware(self.config.profile, pin_factory=factory,
-                                 clock=self.clock.monotonic, popen=FakePopen(self.clock))
+        self.factory = factory
         self.trace = StringIO()
-        self.runner = Runner(self.config, self.hardware, self.clock, trace=self.trace)
+        self.runner = Runner(self.config, self.make_hardware(self.config.profile), self.clock,
+                             trace=self.trace, make_hardware=self.make_hardware)
         self.start = self.clock.monotonic() + 0.1  # beat 0 of the pulse, local time
         self.frames: list[tuple[float, bytes]] = []
+
+    def make_hardware(self, profile: Profile) -> Hardware:
+        return Hardware(profile, pin_factory=self.factory, clock=self.clock.monotonic,
+                        popen=FakePopen(self.clock))
+
+    @property
+    def hardware(self) -> Hardware:
+        return self.runner.hardware  # a reload may rebuild it
 
     def pulse(self, beats: range, index_offset: int = 0, skip: set[int] = frozenset()) -> None:  # type: ignore[assignment]
         wall0 = self.clock.wall() - self.clock.monotonic()
@@ -262,6 +272,94 @@ def test_a_reload_applies_at_the_next_beat_boundary(tmp_path: Path,
     assert by_beat[20] == {"led"} and by_beat[21] == {"relay"} and by_beat[39] == {"relay"}
     assert all(by_beat[b] == {"led"} for b in range(10, 21))
     assert bench.runner.counters.reloads == 1
+
+
+def _fired(bench: Bench, device: str) -> list[int]:
+    return [int(r["beat_index"]) for r in bench.rows()  # type: ignore[call-overload]
+            if r["device"] == device and r["fired_mono"] and r["ok"]]
+
+
+def test_a_reload_with_a_new_profile_rebuilds_the_devices_at_the_boundary(
+        tmp_path: Path, factory: MockFactory) -> None:
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(40))
+    bench.run_until(bench.start + 20.4 * BEAT)
+    old_led = bench.hardware
+    assert factory.pin(17).state is not None
+    moved = PROFILE.replace("pin = 17", "pin = 22")  # the LED was rewired to GPIO22
+    bench.runner.request_reload(_config(tmp_path, moved))
+    bench.run_until(bench.start + 40 * BEAT)
+    assert bench.hardware is not old_led and bench.runner.counters.reloads == 1
+    assert bench.hardware.profile.devices["led"].pin == 22
+    toggles = [int(r["beat_index"]) for r in bench.rows()  # type: ignore[call-overload]
+               if r["rule"] == 0 and r["fired_mono"] and r["ok"]]
+    assert toggles[-1] == 39 and set(range(21, 40)) <= set(toggles)  # no beat lost
+    pin17 = [st for st in factory.pin(17).states if st.timestamp > 0]
+    pin22 = factory.pin(22).states
+    # GPIO17 was left at the safe state (off) by the old devices and never touched again;
+    # GPIO22 toggles from beat 21 on.
+    assert factory.pin(17).state is False and pin17
+    assert len(pin22) >= 19, pin22
+
+
+def test_a_reload_brings_an_isolated_device_back(tmp_path: Path, factory: MockFactory) -> None:
+    squatter = LED(27, pin_factory=factory)  # the relay's pin is taken at start-up
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(40))
+    bench.run_until(bench.start + 12.4 * BEAT)
+    assert bench.hardware.isolated == {"relay"}
+    assert bench.runner.last_review is not None
+    assert bench.runner.last_review.isolated == ("relay",)
+    assert _fired(bench, "relay") == []
+    squatter.close()  # the operator frees the pin, then reloads the unchanged config
+    bench.runner.request_reload(_config(tmp_path))
+    bench.run_until(bench.start + 40 * BEAT)
+    assert bench.hardware.isolated == frozenset()
+    assert bench.runner.last_review is not None and bench.runner.last_review.isolated == ()
+    relay = _fired(bench, "relay")
+    assert relay and min(relay) >= 13 and {16, 20, 24, 28, 32, 36} <= set(relay)
+
+
+def test_a_profile_that_cannot_be_built_keeps_the_old_config(
+        tmp_path: Path, factory: MockFactory) -> None:
+    bench = Bench(tmp_path, factory)
+    built: list[Profile] = []
+
+    def picky(profile: Profile) -> Hardware:
+        built.append(profile)
+        if profile.devices["led"].pin == 22:
+            raise HardwareError("no pin factory could be loaded (test)")
+        return bench.make_hardware(profile)
+
+    bench.runner.make_hardware = picky
+    bench.pulse(range(30))
+    bench.run_until(bench.start + 10.4 * BEAT)
+    bench.runner.request_reload(_config(tmp_path, PROFILE.replace("pin = 17", "pin = 22")))
+    bench.run_until(bench.start + 30 * BEAT)
+    assert [p.devices["led"].pin for p in built] == [22, 17]  # tried, then the old again
+    assert bench.runner.counters.reload_errors == 1 and bench.runner.counters.reloads == 0
+    assert bench.runner.config.profile.devices["led"].pin == 17
+    toggles = [int(r["beat_index"]) for r in bench.rows()  # type: ignore[call-overload]
+               if r["rule"] == 0 and r["fired_mono"] and r["ok"]]
+    assert set(range(11, 30)) <= set(toggles)
+
+
+def test_restart_only_sections_are_kept_on_reload(tmp_path: Path, factory: MockFactory,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(12))
+    bench.run_until(bench.start + 4.4 * BEAT)
+    changed = PROFILE.replace('id = "bench:pi-01"', 'id = "bench:pi-99"').replace(
+        "lost_after_s = 3.0", "lost_after_s = 4.0").replace(
+        "safe_after_lost_s = 2.0", "safe_after_lost_s = 5.0").replace(
+        'do = "toggle"\noffset = 0.25', 'do = "toggle"\noffset = 0.5')
+    bench.runner.request_reload(_config(tmp_path, changed))
+    bench.run_until(bench.start + 12 * BEAT)
+    config = bench.runner.config
+    assert config.agent.id == "bench:pi-01" and config.sync.lost_after_s == 3.0
+    # what a reload does apply, applied
+    assert config.score != bench.config.score and config.agent.safe_after_lost_s == 5.0
+    assert "[sync], agent.id changes take effect at the next restart" in caplog.text
 
 
 HEADER = PROFILE[: PROFILE.index("[devices.led]")]

@@ -12,13 +12,17 @@ from __future__ import annotations
 import itertools
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import Mosquitto
 from edge.harness import Proc, read_trace, start_agent, start_pulse, write_agent_config
+from edge.messages import StatusClaim, decode_status_claim
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -166,6 +170,74 @@ def test_reload_switches_score_at_a_beat_boundary(tmp_path: Path, mosquitto: Mos
     assert after[0][0] == before[-1][0] + 1, devices
     assert "reload refused" in log and "devices.nope" not in log.split("reload refused")[0]
     assert "score[1]" in log or "nope" in log
+
+
+MISWIRED = PROFILE_A + """
+[devices.fan]
+kind = "output"
+pin = "GPIO99"
+[[score]]
+device = "fan"
+do = "toggle"
+every = 1
+"""
+
+
+def test_a_reload_after_fixing_the_wiring_brings_the_device_back(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    # The fan is wired to a pin that does not exist: isolated at start, named in every
+    # claim. The operator fixes the profile and reloads: the devices are rebuilt at a beat
+    # boundary and the fan plays, while the LED never misses a beat.
+    config = write_agent_config(tmp_path, mosquitto.url, MISWIRED)
+    claims: list[StatusClaim] = []
+    lock = threading.Lock()
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            claims.append(decode_status_claim(msg.payload))
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2)
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.subscribe("backbeat/bench/status/+", qos=1)
+    sub.loop_start()
+    trace = tmp_path / "agent.jsonl"
+    agent = start_agent(config, trace, tmp_path / "agent.log")
+    pulse = start_pulse(mosquitto.url, "bench", 240, None, tmp_path / "pulse.log")
+    try:
+        end = time.monotonic() + 20
+        while time.monotonic() < end and sum(
+                r["device"] == "fan" for r in read_trace(trace)) < 6:
+            time.sleep(0.1)
+        (tmp_path / "profile.toml").write_text(MISWIRED.replace('pin = "GPIO99"', "pin = 22"))
+        agent.signal(signal.SIGHUP)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and sum(
+                r["device"] == "fan" and r["ok"] is True for r in read_trace(trace)) < 8:
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few claims after
+        assert agent.stop() == 0, agent.log()
+    finally:
+        pulse.stop()
+        agent.kill()
+        sub.loop_stop()
+    rows = read_trace(trace)
+    fan = [r for r in rows if r["device"] == "fan"]
+    first_ok = next(i for i, r in enumerate(fan) if r["ok"])
+    assert first_ok >= 6 and all(r["dropped"] == "isolated" for r in fan[:first_ok]), fan
+    assert all(r["ok"] and r["fired_mono"] for r in fan[first_ok:]), fan
+    assert len(fan) - first_ok >= 8
+    led = sorted(int(r["beat_index"]) for r in rows  # type: ignore[call-overload]
+                 if r["device"] == "led" and r["ok"])
+    assert led == list(range(led[0], led[-1] + 1)), led  # no beat lost to the rebuild
+    with lock:
+        meta = [dict(c.metadata or {}) for c in claims if not (c.metadata or {}).get("final")]
+    isolated = [m.get("isolated") for m in meta]
+    flip = isolated.index(None)
+    assert flip >= 3 and all(v == ("fan",) for v in isolated[:flip]), isolated
+    assert all(v is None for v in isolated[flip:]), isolated
+    log = agent.log()
+    assert "fan: build failed" in log and "devices rebuilt from the new profile" in log
 
 
 def test_sigterm_leaves_every_output_safe(tmp_path: Path, mosquitto: Mosquitto) -> None:
