@@ -29,6 +29,7 @@ from edge.mqtt_link import Inbound
 from edge.profile import Profile
 from edge.runner import Runner
 from edge.sync import SyncState
+from edge.view import render
 
 PROFILE = """
 [agent]
@@ -311,11 +312,14 @@ def test_a_reload_brings_an_isolated_device_back(tmp_path: Path, factory: MockFa
     assert bench.runner.last_review is not None
     assert bench.runner.last_review.isolated == ("relay",)
     assert _fired(bench, "relay") == []
+    outputs = render(bench.runner, bench.clock.monotonic()).split("outputs:")[1]
+    assert "relay            ISOLATED" in outputs and "led " in outputs
     squatter.close()  # the operator frees the pin, then reloads the unchanged config
     bench.runner.request_reload(_config(tmp_path))
     bench.run_until(bench.start + 40 * BEAT)
     assert bench.hardware.isolated == frozenset()
     assert bench.runner.last_review is not None and bench.runner.last_review.isolated == ()
+    assert "ISOLATED" not in render(bench.runner, bench.clock.monotonic())
     relay = _fired(bench, "relay")
     assert relay and min(relay) >= 13 and {16, 20, 24, 28, 32, 36} <= set(relay)
 
