@@ -2,7 +2,8 @@
 
 Like ``edge.broker`` this is tooling, not part of the agent: it writes an agent config
 next to a profile, launches ``backbeat-edge run`` / ``backbeat-edge pulse`` with the
-interpreter running the caller, and reads back their JSON-lines traces.
+interpreter running the caller, reads back their JSON-lines traces, and records the claims
+an agent publishes.
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.messages import StatusClaim, decode_status_claim
 
 
 def write_agent_config(workdir: Path, broker_url: str, profile_toml: str, cluster: str = "bench",
@@ -103,3 +110,43 @@ def read_trace(path: Path) -> list[dict[str, object]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+class ClaimRecorder:
+    """Every claim published on a cluster's status topics, decoded, in arrival order.
+
+    Subscribes (QoS 1) on the broker at ``127.0.0.1:port`` when made; :meth:`stop` ends it.
+    A payload that does not decode raises in the test that reads :attr:`claims`, not in
+    paho's thread: it is kept as the exception.
+    """
+
+    def __init__(self, port: int, cluster: str = "bench", prefix: str = "backbeat") -> None:
+        self._lock = threading.Lock()
+        self._claims: list[StatusClaim | Exception] = []
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(f"{prefix}/{cluster}/status/+", qos=1)
+        self._client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: object,
+                    msg: mqtt.MQTTMessage) -> None:
+        try:
+            claim: StatusClaim | Exception = decode_status_claim(bytes(msg.payload))
+        except Exception as exc:  # re-raised by .claims
+            claim = exc
+        with self._lock:
+            self._claims.append(claim)
+
+    @property
+    def claims(self) -> list[StatusClaim]:
+        with self._lock:
+            got = list(self._claims)
+        for item in got:
+            if isinstance(item, Exception):
+                raise item
+        return got  # type: ignore[return-value]
+
+    def stop(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psutil
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import Mosquitto
-from edge.harness import read_trace, start_agent, start_pulse, write_agent_config
-from edge.messages import StatusClaim, decode_status_claim
+from edge.harness import ClaimRecorder, read_trace, start_agent, start_pulse, write_agent_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -87,18 +83,7 @@ def test_guard_keeps_essential_work_on_time_under_load(tmp_path: Path,
     guard = (f"[guard]\nmemory_enter = {enter}\nmemory_exit = {round(vm.percent + 0.8, 1)}\n"
              f"memory_critical_enter = 99.0\nmemory_critical_exit = 98.0\n")
     config = write_agent_config(tmp_path, mosquitto.url, PROFILE, extra=guard)
-    claims: list[StatusClaim] = []
-    lock = threading.Lock()
-
-    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with lock:
-            claims.append(decode_status_claim(msg.payload))
-
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2)
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", mosquitto.port)
-    sub.subscribe("backbeat/bench/status/+", qos=1)
-    sub.loop_start()
+    recorder = ClaimRecorder(mosquitto.port)
     agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
     pulse = start_pulse(mosquitto.url, "bench", 120, tmp_path / "pulse.jsonl",
                         tmp_path / "pulse.log")
@@ -113,7 +98,7 @@ def test_guard_keeps_essential_work_on_time_under_load(tmp_path: Path,
             hog.wait()
         pulse.stop()
         assert agent.stop() == 0, agent.log()
-        sub.loop_stop()
+        recorder.stop()
     rows = read_trace(tmp_path / "agent.jsonl")
     loaded_from = min(float(r["intended_mono"]) for r in rows) + 6.0  # type: ignore[arg-type]
     loaded = [r for r in rows if float(r["intended_mono"]) >= loaded_from]  # type: ignore[arg-type]
@@ -125,9 +110,7 @@ def test_guard_keeps_essential_work_on_time_under_load(tmp_path: Path,
     shed = Counter(str(r["shed"]) for r in loaded if r["shed"])
     assert sum(shed.values()) >= 20, shed
     # The claims carry the guard's verdict and the shed counts with their reasons.
-    with lock:
-        got = list(claims)
-    meta = [dict(c.metadata or {}) for c in got]
+    meta = [dict(c.metadata or {}) for c in recorder.claims]
     reasons = Counter()
     for m in meta:
         reasons.update(dict(m.get("shed", {})))  # type: ignore[arg-type]

@@ -12,17 +12,20 @@ from __future__ import annotations
 import itertools
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import Mosquitto
-from edge.harness import Proc, read_trace, start_agent, start_pulse, write_agent_config
-from edge.messages import StatusClaim, decode_status_claim
+from edge.harness import (
+    ClaimRecorder,
+    Proc,
+    read_trace,
+    start_agent,
+    start_pulse,
+    write_agent_config,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -189,18 +192,7 @@ def test_a_reload_after_fixing_the_wiring_brings_the_device_back(
     # claim. The operator fixes the profile and reloads: the devices are rebuilt at a beat
     # boundary and the fan plays, while the LED never misses a beat.
     config = write_agent_config(tmp_path, mosquitto.url, MISWIRED)
-    claims: list[StatusClaim] = []
-    lock = threading.Lock()
-
-    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with lock:
-            claims.append(decode_status_claim(msg.payload))
-
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2)
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", mosquitto.port)
-    sub.subscribe("backbeat/bench/status/+", qos=1)
-    sub.loop_start()
+    recorder = ClaimRecorder(mosquitto.port)
     trace = tmp_path / "agent.jsonl"
     agent = start_agent(config, trace, tmp_path / "agent.log")
     pulse = start_pulse(mosquitto.url, "bench", 240, None, tmp_path / "pulse.log")
@@ -220,7 +212,7 @@ def test_a_reload_after_fixing_the_wiring_brings_the_device_back(
     finally:
         pulse.stop()
         agent.kill()
-        sub.loop_stop()
+        recorder.stop()
     rows = read_trace(trace)
     fan = [r for r in rows if r["device"] == "fan"]
     first_ok = next(i for i, r in enumerate(fan) if r["ok"])
@@ -230,8 +222,8 @@ def test_a_reload_after_fixing_the_wiring_brings_the_device_back(
     led = sorted(int(r["beat_index"]) for r in rows  # type: ignore[call-overload]
                  if r["device"] == "led" and r["ok"])
     assert led == list(range(led[0], led[-1] + 1)), led  # no beat lost to the rebuild
-    with lock:
-        meta = [dict(c.metadata or {}) for c in claims if not (c.metadata or {}).get("final")]
+    meta = [dict(c.metadata or {}) for c in recorder.claims
+            if not (c.metadata or {}).get("final")]
     isolated = [m.get("isolated") for m in meta]
     flip = isolated.index(None)
     assert flip >= 3 and all(v == ("fan",) for v in isolated[:flip]), isolated
