@@ -58,9 +58,13 @@ def outbox_config_for(config: Config) -> Config:
 class Agent:
     """One agent process: owns the runner and every adapter around it."""
 
-    def __init__(self, config_path: str | Path, trace: IO[str] | None = None,
-                 on_view: Callable[[Runner, float], None] | None = None,
-                 pin_factory: object | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str | Path,
+        trace: IO[str] | None = None,
+        on_view: Callable[[Runner, float], None] | None = None,
+        pin_factory: object | None = None,
+    ) -> None:
         self.config_path = Path(config_path)
         config = outbox_config_for(load_config(self.config_path))
         self.clock = SystemClock()
@@ -69,6 +73,7 @@ class Agent:
             log.warning("systemd notify: %s", self.notifier.problem)
         interval = self.notifier.watchdog_interval_s
         self.gate = None if interval is None else WatchdogGate(interval)
+
         def make_hardware(profile: Profile) -> Hardware:
             return Hardware(profile, pin_factory=pin_factory)
 
@@ -84,10 +89,19 @@ class Agent:
             availability_topic=topics.availability(config.agent.id),
         )
         self.probe = Probe(disk_path=config.outbox.directory)
-        self.runner = Runner(config, hardware, self.clock, link=self.link,
-                             outbox=self.outbox, probe=self.probe, notifier=self.notifier,
-                             trace=trace, on_view=on_view, start_seq=self.outbox.last_seq,
-                             make_hardware=make_hardware)
+        self.runner = Runner(
+            config,
+            hardware,
+            self.clock,
+            link=self.link,
+            outbox=self.outbox,
+            probe=self.probe,
+            notifier=self.notifier,
+            trace=trace,
+            on_view=on_view,
+            start_seq=self.outbox.last_seq,
+            make_hardware=make_hardware,
+        )
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._hang = threading.Event()

@@ -126,15 +126,22 @@ def _spawn(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     if not wait_for_port(port):
         proc.kill()
         proc.wait()
-        log = (workdir / "mosquitto.log").read_text(errors="replace")[-2000:] if (
-            workdir / "mosquitto.log").exists() else ""
+        log = (
+            (workdir / "mosquitto.log").read_text(errors="replace")[-2000:]
+            if (workdir / "mosquitto.log").exists()
+            else ""
+        )
         raise BrokerUnavailable(f"mosquitto did not start on 127.0.0.1:{port}\n{log}")
     return proc
 
 
-def start_mosquitto(port: int | None = None, extra_conf: str = "",
-                    workdir: Path | None = None, listener_conf: str | None = None,
-                    persistence: bool = False) -> Mosquitto:
+def start_mosquitto(
+    port: int | None = None,
+    extra_conf: str = "",
+    workdir: Path | None = None,
+    listener_conf: str | None = None,
+    persistence: bool = False,
+) -> Mosquitto:
     """Start a private Mosquitto on 127.0.0.1 (a free port unless given).
 
     ``listener_conf`` replaces the default plain, anonymous listener (for TLS or password
@@ -146,12 +153,18 @@ def start_mosquitto(port: int | None = None, extra_conf: str = "",
     owned = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="backbeat-mosquitto-")) if workdir is None else workdir
     port = free_port() if port is None else port
-    listener = listener_conf if listener_conf is not None else (
-        f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    listener = (
+        listener_conf
+        if listener_conf is not None
+        else (f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    )
     conf = (
         listener
-        + (f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
-           if persistence else "persistence false\n")
+        + (
+            f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
+            if persistence
+            else "persistence false\n"
+        )
         # As root mosquitto would drop to its own user, which cannot read the private
         # temporary files (password files, certificates) a test hands it.
         + ("user root\n" if os.geteuid() == 0 else "")
@@ -159,8 +172,7 @@ def start_mosquitto(port: int | None = None, extra_conf: str = "",
         "log_type error\nlog_type warning\nlog_type notice\n"
         "max_queued_messages 100000\n"
         # Small messages must not wait behind Nagle's algorithm (see MqttLink._quickack).
-        "set_tcp_nodelay true\n"
-        + extra_conf
+        "set_tcp_nodelay true\n" + extra_conf
     )
     (workdir / "mosquitto.conf").write_text(conf)
     try:
@@ -169,5 +181,6 @@ def start_mosquitto(port: int | None = None, extra_conf: str = "",
         if owned:
             shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return Mosquitto(port=port, process=proc, workdir=workdir, extra_conf=extra_conf,
-                     _owned_dir=owned)
+    return Mosquitto(
+        port=port, process=proc, workdir=workdir, extra_conf=extra_conf, _owned_dir=owned
+    )

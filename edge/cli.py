@@ -91,21 +91,32 @@ def cmd_pulse(args: argparse.Namespace) -> int:
             try:
                 bpm = float(words[0])
             except (IndexError, ValueError):
-                logging.warning("ignored tempo request %r: expected e.g. '72' or '72 force'",
-                                item.payload[:40])
+                logging.warning(
+                    "ignored tempo request %r: expected e.g. '72' or '72 force'", item.payload[:40]
+                )
                 continue
             tempo[0] = bpm
             controls.put((bpm, len(words) > 1 and words[1] == "force"))
 
     link.start()
     if not link.wait_connected(args.connect_timeout):
-        print(f"backbeat-edge pulse: no broker at {args.broker} yet ({link.last_error}); "
-              "beats are queued and sent once it is there", file=sys.stderr)
+        print(
+            f"backbeat-edge pulse: no broker at {args.broker} yet ({link.last_error}); "
+            "beats are queued and sent once it is there",
+            file=sys.stderr,
+        )
     threading.Thread(target=pump_controls, name="pulse-control", daemon=True).start()
     trace = open_trace(args.trace)
-    options = PulseOptions(cluster=args.cluster, bpm=args.bpm, bar=args.bar, fmt=args.format,
-                           duration_s=args.duration, per_phase=args.per_phase,
-                           start_beat=args.start_beat, prefix=args.prefix)
+    options = PulseOptions(
+        cluster=args.cluster,
+        bpm=args.bpm,
+        bar=args.bar,
+        fmt=args.format,
+        duration_s=args.duration,
+        per_phase=args.per_phase,
+        start_beat=args.start_beat,
+        prefix=args.prefix,
+    )
 
     def publish(topic: str, payload: bytes) -> object:
         return link.publish(topic, payload, qos=0)
@@ -132,8 +143,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    print(f"{config.source}: OK (agent {config.agent.id}, cluster {config.agent.cluster}, "
-          f"broker {config.broker.url}, config hash {config.digest})")
+    print(
+        f"{config.source}: OK (agent {config.agent.id}, cluster {config.agent.cluster}, "
+        f"broker {config.broker.url}, config hash {config.digest})"
+    )
     devices = config.profile.devices
     factory = config.profile.pin_factory or "(gpiozero default / GPIOZERO_PIN_FACTORY)"
     print(f"pin factory: {factory}; {len(devices)} device(s):")
@@ -142,9 +155,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"score: {len(config.score.rules)} rule(s)")
     for i, rule in enumerate(config.score.rules):
         a = rule.action
-        print(f"  [{i}] {a.device}.{a.do} every {rule.every} in {rule.phase} +{rule.offset:.2f}"
-              f" {'essential' if a.essential else 'optional'} prio {a.priority}; "
-              f"fits up to {rule.max_tempo_bpm():.1f} BPM")
+        print(
+            f"  [{i}] {a.device}.{a.do} every {rule.every} in {rule.phase} +{rule.offset:.2f}"
+            f" {'essential' if a.essential else 'optional'} prio {a.priority}; "
+            f"fits up to {rule.max_tempo_bpm():.1f} BPM"
+        )
     tempos = [float(t) for t in args.tempo] if args.tempo else [1, 10, 60, 240, 1000]
     print("plan by tempo:")
     worst = 0
@@ -163,8 +178,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
     try:
-        return run_demo(bpm=args.bpm, duration_s=args.duration, profile=args.profile,
-                        trace_path=args.trace, plain=args.plain)
+        return run_demo(
+            bpm=args.bpm,
+            duration_s=args.duration,
+            profile=args.profile,
+            trace_path=args.trace,
+            plain=args.plain,
+        )
     except EdgeError as exc:
         print(f"backbeat-edge demo: {exc}", file=sys.stderr)
         return 1
@@ -176,8 +196,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from edge.monitor import run_monitor
 
-    return run_monitor(args.broker, args.cluster, as_json=args.json, prefix=args.prefix,
-                       duration_s=args.duration)
+    return run_monitor(
+        args.broker, args.cluster, as_json=args.json, prefix=args.prefix, duration_s=args.duration
+    )
 
 
 # ---------------------------------------------------------------------------- parser
@@ -192,17 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run the agent", description="Run the agent: follow the "
-                       "beat from the broker, fire the score's actions, report status.")
+    p = sub.add_parser(
+        "run",
+        help="run the agent",
+        description="Run the agent: follow the "
+        "beat from the broker, fire the score's actions, report status.",
+    )
     p.add_argument("--config", required=True, help="agent config TOML (may name a profile)")
     p.add_argument("--trace", help="append one JSON line per action fired or shed to FILE")
     p.add_argument("--duration", type=float, help="stop after S seconds (tests, benches)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("pulse", help="send a BACKBEAT beat for benches and demos",
-                       description="Send one BeatFrame per beat (SIGUSR1/SIGUSR2 or the topic "
-                       "{prefix}/{cluster}/pulse/tempo change the tempo, +/-10%% per change "
-                       "unless the payload says e.g. '600 force').")
+    p = sub.add_parser(
+        "pulse",
+        help="send a BACKBEAT beat for benches and demos",
+        description="Send one BeatFrame per beat (SIGUSR1/SIGUSR2 or the topic "
+        "{prefix}/{cluster}/pulse/tempo change the tempo, +/-10%% per change "
+        "unless the payload says e.g. '600 force').",
+    )
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     p.add_argument("--cluster", required=True)
     p.add_argument("--bpm", type=float, required=True)
@@ -216,16 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_pulse)
 
-    p = sub.add_parser("check", help="validate a config and print the plan",
-                       description="Validate a config and its profile, list every problem, and "
-                       "print which actions fit at which tempo.")
+    p = sub.add_parser(
+        "check",
+        help="validate a config and print the plan",
+        description="Validate a config and its profile, list every problem, and "
+        "print which actions fit at which tempo.",
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--tempo", nargs="*", help="tempos to plan for (BPM)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("demo", help="run the embedded demo (broker, pulse, agent on mock pins)",
-                       description="Start a private Mosquitto, a pulse and the agent on mock "
-                       "pins, and show a live view until Ctrl-C or --duration.")
+    p = sub.add_parser(
+        "demo",
+        help="run the embedded demo (broker, pulse, agent on mock pins)",
+        description="Start a private Mosquitto, a pulse and the agent on mock "
+        "pins, and show a live view until Ctrl-C or --duration.",
+    )
     p.add_argument("--bpm", type=float, default=60.0)
     p.add_argument("--duration", type=float)
     p.add_argument("--profile", help="hardware profile (default: the bench profile in hw/)")
@@ -233,8 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="one status line per beat, no screen")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("monitor", help="live table of a fleet's status",
-                       description="Watch a cluster's status and availability topics.")
+    p = sub.add_parser(
+        "monitor",
+        help="live table of a fleet's status",
+        description="Watch a cluster's status and availability topics.",
+    )
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     p.add_argument("--cluster", required=True)
     p.add_argument("--prefix", default="backbeat")

@@ -60,8 +60,9 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         # "not >= 0" also catches NaN, which would otherwise poison both readings.
         if not (seconds >= 0 and math.isfinite(seconds)):
-            raise ValueError(f"a FakeClock only moves forward by finite steps, got "
-                             f"advance({seconds})")
+            raise ValueError(
+                f"a FakeClock only moves forward by finite steps, got advance({seconds})"
+            )
         self._mono += seconds
         self._wall += seconds
 

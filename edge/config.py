@@ -108,16 +108,24 @@ def _table(raw: Mapping[str, object], key: str, problems: ConfigProblems) -> Map
     return value
 
 
-def _unknown(table: Mapping[str, object], known: set[str], where: str,
-             problems: ConfigProblems) -> None:
+def _unknown(
+    table: Mapping[str, object], known: set[str], where: str, problems: ConfigProblems
+) -> None:
     for key in table:
         if key not in known:
-            problems.add(f"{where}.{key}",
-                         f"is not a known key (known: {', '.join(sorted(known))})")
+            problems.add(
+                f"{where}.{key}", f"is not a known key (known: {', '.join(sorted(known))})"
+            )
 
 
-def _number(table: Mapping[str, object], key: str, default: float, where: str,
-            problems: ConfigProblems, low: float = 0.0) -> float:
+def _number(
+    table: Mapping[str, object],
+    key: str,
+    default: float,
+    where: str,
+    problems: ConfigProblems,
+    low: float = 0.0,
+) -> float:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
         problems.add(f"{where}.{key}", f"must be a number >= {low:g}, got {value!r}")
@@ -125,8 +133,14 @@ def _number(table: Mapping[str, object], key: str, default: float, where: str,
     return float(value)
 
 
-def _path(table: Mapping[str, object], key: str, base: Path, where: str,
-          problems: ConfigProblems, must_exist: bool = True) -> Path | None:
+def _path(
+    table: Mapping[str, object],
+    key: str,
+    base: Path,
+    where: str,
+    problems: ConfigProblems,
+    must_exist: bool = True,
+) -> Path | None:
     value = table.get(key)
     if value is None:
         return None
@@ -143,17 +157,23 @@ def _path(table: Mapping[str, object], key: str, base: Path, where: str,
 
 def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
     table = _table(raw, "agent", problems)
-    _unknown(table, {"id", "cluster", "profile", "topic_prefix", "safe_after_lost_s",
-                     "sample_interval_s"}, "agent", problems)
+    _unknown(
+        table,
+        {"id", "cluster", "profile", "topic_prefix", "safe_after_lost_s", "sample_interval_s"},
+        "agent",
+        problems,
+    )
     agent_id = table.get("id")
     if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
-        problems.add("agent.id", "is required and must match [a-zA-Z0-9_:-]{1,128}, got "
-                     f"{agent_id!r}")
+        problems.add(
+            "agent.id", f"is required and must match [a-zA-Z0-9_:-]{{1,128}}, got {agent_id!r}"
+        )
         agent_id = "invalid"
     cluster = table.get("cluster")
     if not isinstance(cluster, str) or not _CLUSTER_ID.fullmatch(cluster):
-        problems.add("agent.cluster", f"is required and must match [a-zA-Z0-9_-]{{1,64}}, got "
-                     f"{cluster!r}")
+        problems.add(
+            "agent.cluster", f"is required and must match [a-zA-Z0-9_-]{{1,64}}, got {cluster!r}"
+        )
         cluster = "invalid"
     prefix = table.get("topic_prefix", "backbeat")
     if not isinstance(prefix, str) or not _TOPIC_PREFIX.fullmatch(prefix):
@@ -168,12 +188,30 @@ def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
     )
 
 
-def parse_broker(table: Mapping[str, object], problems: ConfigProblems, base: Path,
-                 where: str = "broker") -> BrokerConfig:
+def parse_broker(
+    table: Mapping[str, object], problems: ConfigProblems, base: Path, where: str = "broker"
+) -> BrokerConfig:
     """Check ``[broker]``; file paths are relative to ``base``."""
-    _unknown(table, {"url", "client_id", "username", "password_file", "ca_file", "cert_file",
-                     "key_file", "protocol", "keepalive_s", "reconnect_min_s", "reconnect_max_s",
-                     "will_delay_s", "inbox_size"}, where, problems)
+    _unknown(
+        table,
+        {
+            "url",
+            "client_id",
+            "username",
+            "password_file",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "protocol",
+            "keepalive_s",
+            "reconnect_min_s",
+            "reconnect_max_s",
+            "will_delay_s",
+            "inbox_size",
+        },
+        where,
+        problems,
+    )
     url = table.get("url", "mqtt://127.0.0.1:1883")
     host, port, tls = "127.0.0.1", 1883, False
     if not isinstance(url, str):
@@ -193,7 +231,7 @@ def parse_broker(table: Mapping[str, object], problems: ConfigProblems, base: Pa
             problems.add(f"{where}.url", f"{exc}, got {url!r}")
     protocol = str(table.get("protocol", "5"))
     if protocol not in ("5", "3.1.1"):
-        problems.add(f"{where}.protocol", f"must be \"5\" or \"3.1.1\", got {protocol!r}")
+        problems.add(f"{where}.protocol", f'must be "5" or "3.1.1", got {protocol!r}')
         protocol = "5"
     for key in ("client_id", "username"):
         value = table.get(key)
@@ -258,8 +296,9 @@ def load_config(path: str | Path) -> Config:
     digest.update(path.read_bytes())
     for key in raw:
         if key not in _KNOWN_SECTIONS:
-            problems.add(key, "is not a known section (known: "
-                         f"{', '.join(sorted(_KNOWN_SECTIONS))})")
+            problems.add(
+                key, f"is not a known section (known: {', '.join(sorted(_KNOWN_SECTIONS))})"
+            )
     base = path.parent
     agent = _agent(raw, problems)
 
@@ -276,8 +315,10 @@ def load_config(path: str | Path) -> Config:
             digest.update(profile_path.read_bytes())
             for key in profile_raw:
                 if key not in _PROFILE_SECTIONS:
-                    problems.add(f"agent.profile ({profile_path.name}): {key}",
-                                 "a profile holds only gpio, devices and score")
+                    problems.add(
+                        f"agent.profile ({profile_path.name}): {key}",
+                        "a profile holds only gpio, devices and score",
+                    )
             merged.update({k: v for k, v in profile_raw.items() if k in _PROFILE_SECTIONS})
     merged.update({k: v for k, v in raw.items() if k in _PROFILE_SECTIONS})
 

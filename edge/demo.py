@@ -36,8 +36,13 @@ def demo_config(broker_url: str, profile: Path, workdir: Path) -> Path:
     return path
 
 
-def run_demo(bpm: float = 60.0, duration_s: float | None = None, profile: str | None = None,
-             trace_path: str | None = None, plain: bool = False) -> int:
+def run_demo(
+    bpm: float = 60.0,
+    duration_s: float | None = None,
+    profile: str | None = None,
+    trace_path: str | None = None,
+    plain: bool = False,
+) -> int:
     from edge.agent import Agent
     from edge.pulse import open_trace
     from edge.view import TerminalView
@@ -50,9 +55,22 @@ def run_demo(bpm: float = 60.0, duration_s: float | None = None, profile: str | 
         workdir = Path(tmp)
         config = demo_config(broker.url, profile_path, workdir)
         pulse = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "pulse", "--broker", broker.url,
-             "--cluster", "demo", "--bpm", str(bpm), "--bar", "4"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "edge.cli",
+                "pulse",
+                "--broker",
+                broker.url,
+                "--cluster",
+                "demo",
+                "--bpm",
+                str(bpm),
+                "--bar",
+                "4",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         trace = open_trace(trace_path)
         try:
@@ -68,6 +86,8 @@ def run_demo(bpm: float = 60.0, duration_s: float | None = None, profile: str | 
                 pulse.wait()
             if trace is not None:
                 trace.close()
-        print(f"\ndemo stopped: {agent.runner.counters.fired} actions fired, "
-              f"{agent.runner.counters.missed} missed, {agent.runner.counters.claims} claims")
+        print(
+            f"\ndemo stopped: {agent.runner.counters.fired} actions fired, "
+            f"{agent.runner.counters.missed} missed, {agent.runner.counters.claims} claims"
+        )
         return code

@@ -760,4 +760,3 @@ def _stagger(name: str) -> int:
     # A stable hash (Python's hash() is salted per process), so a given action keeps its
     # slot across restarts and different actions land on different beats.
     return zlib.crc32(name.encode("utf-8"))
-

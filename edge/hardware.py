@@ -203,12 +203,10 @@ class _Launcher:
 
     def __init__(self, popen: Popen) -> None:
         self._popen = popen
-        self._requests: queue.SimpleQueue[tuple[int, tuple[str, ...]] | None] = (
+        self._requests: queue.SimpleQueue[tuple[int, tuple[str, ...]] | None] = queue.SimpleQueue()
+        self.started: queue.SimpleQueue[tuple[int, subprocess.Popen[bytes] | None, str | None]] = (
             queue.SimpleQueue()
         )
-        self.started: queue.SimpleQueue[
-            tuple[int, subprocess.Popen[bytes] | None, str | None]
-        ] = queue.SimpleQueue()
         self._submitted = 0  # written by the loop only
         self._made = 0  # written by the thread only, under _settled
         self._settled = threading.Condition()
@@ -311,7 +309,7 @@ def load_pin_factory(name: str) -> Any:
     except Exception as exc:
         raise HardwareError(
             f"pin factory {name!r} could not be loaded ({_describe(exc)}); on a bench use "
-            "pin_factory = \"mock\" or GPIOZERO_PIN_FACTORY=mock"
+            'pin_factory = "mock" or GPIOZERO_PIN_FACTORY=mock'
         ) from exc
     raise HardwareError(f"gpiozero has no pin factory called {name!r}")
 
@@ -550,9 +548,7 @@ class Hardware:
             return float(len(d.running or ()))
         return float(dev.value)
 
-    def _guarded_write(
-        self, d: _Device, value: float, now: float, do: str
-    ) -> ActionResult | None:
+    def _guarded_write(self, d: _Device, value: float, now: float, do: str) -> ActionResult | None:
         """Write ``value``; on failure isolate and return the failed result."""
         try:
             self._write(d, value)
@@ -719,10 +715,19 @@ class Hardware:
                 if run.killed:
                     log.warning("%s", message)  # its kill was reported already
                 else:
-                    results.append(ActionResult(
-                        name, "command_not_started", False, None, message, None, now,
-                        run=run_id, duration_s=now - run.applied,
-                    ))
+                    results.append(
+                        ActionResult(
+                            name,
+                            "command_not_started",
+                            False,
+                            None,
+                            message,
+                            None,
+                            now,
+                            run=run_id,
+                            duration_s=now - run.applied,
+                        )
+                    )
                 continue
             run.proc = proc
             if run.killed:
@@ -747,10 +752,19 @@ class Hardware:
                     text = None if ok else f"{program} exited {code}: {err}".rstrip(": ")
                     if not ok:
                         self._failures[name] = self._failures.get(name, 0) + 1
-                    results.append(ActionResult(
-                        name, "command_done", ok, None, text, float(code), now,
-                        run=run.run_id, duration_s=now - run.applied,
-                    ))
+                    results.append(
+                        ActionResult(
+                            name,
+                            "command_done",
+                            ok,
+                            None,
+                            text,
+                            float(code),
+                            now,
+                            run=run.run_id,
+                            duration_s=now - run.applied,
+                        )
+                    )
                 continue
             if not run.killed and now >= run.deadline:
                 if run.proc is not None:
@@ -762,11 +776,19 @@ class Hardware:
                 run.killed = True
                 self.commands_killed += 1
                 limit = run.deadline - run.applied
-                results.append(ActionResult(
-                    name, "command_killed", False, None,
-                    f"{_program(run.argv)} overran its {limit:g} s deadline and {how}",
-                    None, now, run=run.run_id, duration_s=now - run.applied,
-                ))
+                results.append(
+                    ActionResult(
+                        name,
+                        "command_killed",
+                        False,
+                        None,
+                        f"{_program(run.argv)} overran its {limit:g} s deadline and {how}",
+                        None,
+                        now,
+                        run=run.run_id,
+                        duration_s=now - run.applied,
+                    )
+                )
             run.schedule_poll(now)
             keep.append(run)
         d.running = keep

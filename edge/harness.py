@@ -23,9 +23,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.messages import StatusClaim, decode_status_claim
 
 
-def write_agent_config(workdir: Path, broker_url: str, profile_toml: str, cluster: str = "bench",
-                       agent_id: str = "bench:pi-01", extra: str = "",
-                       broker_extra: str = "") -> Path:
+def write_agent_config(
+    workdir: Path,
+    broker_url: str,
+    profile_toml: str,
+    cluster: str = "bench",
+    agent_id: str = "bench:pi-01",
+    extra: str = "",
+    broker_extra: str = "",
+) -> Path:
     """Write ``profile.toml`` and an ``agent.toml`` naming it; returns the config path.
 
     ``broker_extra`` lines go into ``[broker]``; ``extra`` is appended (more sections).
@@ -74,24 +80,51 @@ def _spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -
     full_env = dict(os.environ)
     full_env.update(env or {})
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "edge.cli", *args],
-                                   stdout=log, stderr=log, env=full_env)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", *args], stdout=log, stderr=log, env=full_env
+        )
     return Proc(process, log_path)
 
 
-def start_agent(config: Path, trace: Path | None, log_path: Path,
-                env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> Proc:
+def start_agent(
+    config: Path,
+    trace: Path | None,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Proc:
     args = ["run", "--config", str(config), *extra_args]
     if trace is not None:
         args += ["--trace", str(trace)]
     return _spawn(args, log_path, {"GPIOZERO_PIN_FACTORY": "mock", **(env or {})})
 
 
-def start_pulse(broker_url: str, cluster: str, bpm: float, trace: Path | None, log_path: Path,
-                bar: int = 4, fmt: str = "json", start_beat: int = 0,
-                per_phase: bool = False) -> Proc:
-    args = ["pulse", "--broker", broker_url, "--cluster", cluster, "--bpm", str(bpm),
-            "--bar", str(bar), "--format", fmt, "--start-beat", str(start_beat)]
+def start_pulse(
+    broker_url: str,
+    cluster: str,
+    bpm: float,
+    trace: Path | None,
+    log_path: Path,
+    bar: int = 4,
+    fmt: str = "json",
+    start_beat: int = 0,
+    per_phase: bool = False,
+) -> Proc:
+    args = [
+        "pulse",
+        "--broker",
+        broker_url,
+        "--cluster",
+        cluster,
+        "--bpm",
+        str(bpm),
+        "--bar",
+        str(bar),
+        "--format",
+        fmt,
+        "--start-beat",
+        str(start_beat),
+    ]
     if per_phase:
         args.append("--per-phase")
     if trace is not None:
@@ -129,8 +162,7 @@ class ClaimRecorder:
         self._client.subscribe(f"{prefix}/{cluster}/status/+", qos=1)
         self._client.loop_start()
 
-    def _on_message(self, client: mqtt.Client, userdata: object,
-                    msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             claim: StatusClaim | Exception = decode_status_claim(bytes(msg.payload))
         except Exception as exc:  # re-raised by .claims

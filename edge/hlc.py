@@ -52,8 +52,9 @@ def parse(text: str) -> tuple[int, int, int]:
     """Split a wire HLC into its three 16-bit fields; raises FrameError if malformed."""
     m = _WIRE.fullmatch(text) if isinstance(text, str) else None
     if m is None:
-        raise FrameError(f"hlc must be wall:logical:node in 4 hex digits each, got {text!r}",
-                         field="hlc")
+        raise FrameError(
+            f"hlc must be wall:logical:node in 4 hex digits each, got {text!r}", field="hlc"
+        )
     return int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16)
 
 

@@ -427,7 +427,8 @@ def _freeze_cbor(d: dict[Any, Any], depth: int) -> Mapping[str, JSONValue]:
                     for k2, v2 in item.items():
                         t2 = type(v2)
                         if type(k2) is not str or not (
-                                t2 in _CBOR_PLAIN or (t2 is float and v2 - v2 == 0.0)):
+                            t2 in _CBOR_PLAIN or (t2 is float and v2 - v2 == 0.0)
+                        ):
                             break
                     else:
                         d[key] = MappingProxyType(item)  # same size: safe in the loop
@@ -523,8 +524,13 @@ def _freeze_map(value: Mapping[Any, Any], depth: int) -> tuple[Mapping[str, JSON
                         patches = []
                     patches.append((key, raw))
             elif t is not bool and item is not None:
-                kind = (1 if t is dict or t is MappingProxyType else
-                        2 if t is list or t is tuple else _container(item))
+                kind = (
+                    1
+                    if t is dict or t is MappingProxyType
+                    else 2
+                    if t is list or t is tuple
+                    else _container(item)
+                )
                 if kind == 0:
                     item = _plain_scalar(item)
                     if type(item) is float and (raw := _short_float(item)) is not None:
@@ -532,8 +538,9 @@ def _freeze_map(value: Mapping[Any, Any], depth: int) -> tuple[Mapping[str, JSON
                             patches = []
                         patches.append((key, raw))
                 else:
-                    item, wire = (_freeze_map(item, depth + 1) if kind == 1
-                                  else _freeze_seq(item, depth + 1))
+                    item, wire = (
+                        _freeze_map(item, depth + 1) if kind == 1 else _freeze_seq(item, depth + 1)
+                    )
                     if wire is not item:
                         if patches is None:
                             patches = []
@@ -563,8 +570,9 @@ def _freeze_seq(value: Sequence[Any], depth: int) -> tuple[tuple[JSONValue, ...]
                 item = items[i] = _plain_scalar(item)
                 wire = _short_float(item) if type(item) is float else None
             else:
-                item, wire = (_freeze_map(item, depth + 1) if kind == 1
-                              else _freeze_seq(item, depth + 1))
+                item, wire = (
+                    _freeze_map(item, depth + 1) if kind == 1 else _freeze_seq(item, depth + 1)
+                )
                 items[i] = item
                 if wire is item:
                     wire = None
@@ -725,13 +733,22 @@ class BeatFrame:
     window_id: str
     metadata: Mapping[str, JSONValue] | None = field(default=None, hash=False)
     # The canonical-CBOR wire tree of ``metadata`` (see _freeze_map); private.
-    _metadata_wire: Any = field(default=None, init=False, repr=False, compare=False,
-                                hash=False)
+    _metadata_wire: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        _fill_beat_frame(self, _BY_CALLER, self.cluster_id, self.beat_index, self.downbeat,
-                         self.phase, self.hlc, self.deadline_at, self.tempo_bpm,
-                         self.window_id, self.metadata)
+        _fill_beat_frame(
+            self,
+            _BY_CALLER,
+            self.cluster_id,
+            self.beat_index,
+            self.downbeat,
+            self.phase,
+            self.hlc,
+            self.deadline_at,
+            self.tempo_bpm,
+            self.window_id,
+            self.metadata,
+        )
 
     @property
     def beat_seconds(self) -> float:
@@ -746,17 +763,38 @@ class BeatFrame:
 
 #: Setters of BeatFrame's slots (see _slot_setters).
 (
-    _frame_cluster_id, _frame_beat_index, _frame_downbeat, _frame_phase, _frame_hlc,
-    _frame_deadline_at, _frame_tempo_bpm, _frame_window_id, _frame_metadata,
+    _frame_cluster_id,
+    _frame_beat_index,
+    _frame_downbeat,
+    _frame_phase,
+    _frame_hlc,
+    _frame_deadline_at,
+    _frame_tempo_bpm,
+    _frame_window_id,
+    _frame_metadata,
     _frame_metadata_wire,
-) = _slot_setters(BeatFrame, (
-    "cluster_id beat_index downbeat phase hlc deadline_at tempo_bpm window_id metadata "
-    "_metadata_wire"))
+) = _slot_setters(
+    BeatFrame,
+    (
+        "cluster_id beat_index downbeat phase hlc deadline_at tempo_bpm window_id metadata "
+        "_metadata_wire"
+    ),
+)
 
 
-def _fill_beat_frame(f: BeatFrame, owned: int, cluster_id: object, beat_index: object,
-                     downbeat: object, phase: object, hlc: object, deadline_at: object,
-                     tempo_bpm: object, window_id: object, metadata: object) -> None:
+def _fill_beat_frame(
+    f: BeatFrame,
+    owned: int,
+    cluster_id: object,
+    beat_index: object,
+    downbeat: object,
+    phase: object,
+    hlc: object,
+    deadline_at: object,
+    tempo_bpm: object,
+    window_id: object,
+    metadata: object,
+) -> None:
     _frame_cluster_id(f, _string("cluster_id", cluster_id, _CLUSTER_ID))
     _frame_beat_index(f, _integer("beat_index", beat_index, 0, MAX_BEAT_INDEX))
     _frame_downbeat(f, _boolean("downbeat", downbeat))
@@ -797,34 +835,69 @@ class StatusClaim:
     dependencies: tuple[str, ...] | None = None
     metadata: Mapping[str, JSONValue] | None = field(default=None, hash=False)
     # The canonical-CBOR wire trees of ``resources`` and ``metadata``; private.
-    _resources_wire: Any = field(default=None, init=False, repr=False, compare=False,
-                                 hash=False)
-    _metadata_wire: Any = field(default=None, init=False, repr=False, compare=False,
-                                hash=False)
+    _resources_wire: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
+    _metadata_wire: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        _fill_status_claim(self, _BY_CALLER, self.agent_id, self.beat_index, self.state,
-                           self.hlc, self.task_id, self.beats_left, self.progress, self.notes,
-                           self.resources, self.dependencies, self.metadata)
+        _fill_status_claim(
+            self,
+            _BY_CALLER,
+            self.agent_id,
+            self.beat_index,
+            self.state,
+            self.hlc,
+            self.task_id,
+            self.beats_left,
+            self.progress,
+            self.notes,
+            self.resources,
+            self.dependencies,
+            self.metadata,
+        )
 
 
 #: Setters of StatusClaim's slots (see _slot_setters).
 (
-    _claim_agent_id, _claim_beat_index, _claim_state, _claim_hlc, _claim_task_id,
-    _claim_beats_left, _claim_progress, _claim_notes, _claim_resources, _claim_resources_wire,
-    _claim_dependencies, _claim_metadata, _claim_metadata_wire,
-) = _slot_setters(StatusClaim, (
-    "agent_id beat_index state hlc task_id beats_left progress notes resources "
-    "_resources_wire dependencies metadata _metadata_wire"))
+    _claim_agent_id,
+    _claim_beat_index,
+    _claim_state,
+    _claim_hlc,
+    _claim_task_id,
+    _claim_beats_left,
+    _claim_progress,
+    _claim_notes,
+    _claim_resources,
+    _claim_resources_wire,
+    _claim_dependencies,
+    _claim_metadata,
+    _claim_metadata_wire,
+) = _slot_setters(
+    StatusClaim,
+    (
+        "agent_id beat_index state hlc task_id beats_left progress notes resources "
+        "_resources_wire dependencies metadata _metadata_wire"
+    ),
+)
 
 #: Stands for a key that is absent (a present null must still be refused).
 _ABSENT: Any = object()
 
 
-def _fill_status_claim(c: StatusClaim, owned: int, agent_id: object, beat_index: object,
-                       state: object, hlc: object, task_id: object, beats_left: object,
-                       progress: object, notes: object, resources: object,
-                       dependencies: object, metadata: object) -> None:
+def _fill_status_claim(
+    c: StatusClaim,
+    owned: int,
+    agent_id: object,
+    beat_index: object,
+    state: object,
+    hlc: object,
+    task_id: object,
+    beats_left: object,
+    progress: object,
+    notes: object,
+    resources: object,
+    dependencies: object,
+    metadata: object,
+) -> None:
     # The common case inline (a plain value that passes); the helpers convert subclasses
     # and word the errors.
     if type(agent_id) is not str or _AGENT_ID_MATCH(agent_id) is None:
@@ -874,7 +947,8 @@ def _fill_status_claim(c: StatusClaim, owned: int, agent_id: object, beat_index:
     if dependencies is not None:
         deps = _array("dependencies", dependencies)
         dependencies = tuple(
-            _string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in enumerate(deps))
+            _string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in enumerate(deps)
+        )
     _claim_dependencies(c, dependencies)
     wire = None
     if metadata is not None:
@@ -897,13 +971,15 @@ class BarIssue:
 
 #: Setters of BarIssue's slots (see _slot_setters).
 (
-    _issue_severity, _issue_category, _issue_count,
-) = _slot_setters(BarIssue, (
-    "severity category count"))
+    _issue_severity,
+    _issue_category,
+    _issue_count,
+) = _slot_setters(BarIssue, ("severity category count"))
 
 
-def _fill_bar_issue(i: BarIssue, owned: int, severity: object, category: object,
-                    count: object) -> None:
+def _fill_bar_issue(
+    i: BarIssue, owned: int, severity: object, category: object, count: object
+) -> None:
     _issue_severity(i, _string("issues.severity", severity))
     _issue_category(i, _string("issues.category", category))
     _issue_count(i, _integer("issues.count", count, 0, MAX_BEAT_INDEX))
@@ -930,35 +1006,62 @@ class BarReport:
     issues: tuple[BarIssue, ...] | None = None
 
     def __post_init__(self) -> None:
-        _fill_bar_report(self, _BY_CALLER, self.window_id, self.from_beat, self.to_beat,
-                         self.agents_reporting, self.on_time_reviews,
-                         self.help_promises_fulfilled, self.secret_rotations_ok,
-                         self.tempo_drift_ms, self.issues)
+        _fill_bar_report(
+            self,
+            _BY_CALLER,
+            self.window_id,
+            self.from_beat,
+            self.to_beat,
+            self.agents_reporting,
+            self.on_time_reviews,
+            self.help_promises_fulfilled,
+            self.secret_rotations_ok,
+            self.tempo_drift_ms,
+            self.issues,
+        )
 
 
 #: Setters of BarReport's slots (see _slot_setters).
 (
-    _report_window_id, _report_from_beat, _report_to_beat, _report_agents_reporting,
-    _report_on_time_reviews, _report_help_promises_fulfilled, _report_secret_rotations_ok,
-    _report_tempo_drift_ms, _report_issues,
-) = _slot_setters(BarReport, (
-    "window_id from_beat to_beat agents_reporting on_time_reviews help_promises_fulfilled "
-    "secret_rotations_ok tempo_drift_ms issues"))
+    _report_window_id,
+    _report_from_beat,
+    _report_to_beat,
+    _report_agents_reporting,
+    _report_on_time_reviews,
+    _report_help_promises_fulfilled,
+    _report_secret_rotations_ok,
+    _report_tempo_drift_ms,
+    _report_issues,
+) = _slot_setters(
+    BarReport,
+    (
+        "window_id from_beat to_beat agents_reporting on_time_reviews help_promises_fulfilled "
+        "secret_rotations_ok tempo_drift_ms issues"
+    ),
+)
 
 
-def _fill_bar_report(r: BarReport, owned: int, window_id: object, from_beat: object,
-                     to_beat: object, agents_reporting: object, on_time_reviews: object,
-                     help_promises_fulfilled: object, secret_rotations_ok: object,
-                     tempo_drift_ms: object, issues: object) -> None:
+def _fill_bar_report(
+    r: BarReport,
+    owned: int,
+    window_id: object,
+    from_beat: object,
+    to_beat: object,
+    agents_reporting: object,
+    on_time_reviews: object,
+    help_promises_fulfilled: object,
+    secret_rotations_ok: object,
+    tempo_drift_ms: object,
+    issues: object,
+) -> None:
     _report_window_id(r, _string("window_id", window_id, _WINDOW_ID))
     _report_from_beat(r, _integer("from_beat", from_beat, 0, MAX_BEAT_INDEX))
     _report_to_beat(r, _integer("to_beat", to_beat, 0, MAX_BEAT_INDEX))
-    _report_agents_reporting(r, _integer("agents_reporting", agents_reporting, 0,
-                                         MAX_BEAT_INDEX))
-    _report_on_time_reviews(r, _integer("on_time_reviews", on_time_reviews, 0,
-                                        MAX_BEAT_INDEX))
-    _report_help_promises_fulfilled(r, _integer("help_promises_fulfilled",
-                                                help_promises_fulfilled, 0, MAX_BEAT_INDEX))
+    _report_agents_reporting(r, _integer("agents_reporting", agents_reporting, 0, MAX_BEAT_INDEX))
+    _report_on_time_reviews(r, _integer("on_time_reviews", on_time_reviews, 0, MAX_BEAT_INDEX))
+    _report_help_promises_fulfilled(
+        r, _integer("help_promises_fulfilled", help_promises_fulfilled, 0, MAX_BEAT_INDEX)
+    )
     _report_secret_rotations_ok(r, _boolean("secret_rotations_ok", secret_rotations_ok))
     _report_tempo_drift_ms(r, _number("tempo_drift_ms", tempo_drift_ms))
     if issues is not None:
@@ -991,7 +1094,9 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {
     for cls in (BeatFrame, StatusClaim, BarIssue, BarReport)
 }
 _FILL: dict[type, Callable[..., None]] = {
-    BeatFrame: _fill_beat_frame, StatusClaim: _fill_status_claim, BarIssue: _fill_bar_issue,
+    BeatFrame: _fill_beat_frame,
+    StatusClaim: _fill_status_claim,
+    BarIssue: _fill_bar_issue,
     BarReport: _fill_bar_report,
 }
 _REQUIRED: dict[type, frozenset[str]] = {
@@ -1109,8 +1214,9 @@ def _load(payload: bytes) -> tuple[object, int]:
         raise FrameError("payload is nested too deeply") from None
     except Exception as exc:  # cbor2 raises many types on hostile input; all are garbage in.
         detail = str(exc.__cause__ or exc)[:120]
-        raise FrameError(f"payload is not valid CBOR/JSON: {type(exc).__name__}: {detail}"
-                         ) from None
+        raise FrameError(
+            f"payload is not valid CBOR/JSON: {type(exc).__name__}: {detail}"
+        ) from None
 
 
 def _build(cls: Any, data: Mapping[Any, Any], owned: int, with_type: bool = True) -> Any:
@@ -1126,8 +1232,10 @@ def _build(cls: Any, data: Mapping[Any, Any], owned: int, with_type: bool = True
             if key not in allowed:
                 where = key if type(key) is str else _show(key)
                 what = cls.TYPE if with_type else "an issue"
-                raise FrameError(f"{where} is not a field of {what} (unknown fields are not "
-                                 f"allowed)", field=where)
+                raise FrameError(
+                    f"{where} is not a field of {what} (unknown fields are not allowed)",
+                    field=where,
+                )
     if with_type:
         if "type" not in keys:
             raise FrameError("type is required", field="type")
@@ -1141,8 +1249,9 @@ def _build(cls: Any, data: Mapping[Any, Any], owned: int, with_type: bool = True
     # The fields were just checked: build the instance without the dataclass __init__
     # (which would run the same rules on copies) and let the rules store the values.
     message = _new(cls)
-    _FILL[cls](message, owned if type(data) is dict else _BY_CALLER,
-               *map(data.get, _FIELD_NAMES[cls]))
+    _FILL[cls](
+        message, owned if type(data) is dict else _BY_CALLER, *map(data.get, _FIELD_NAMES[cls])
+    )
     return message
 
 
@@ -1242,15 +1351,17 @@ def to_wire(message: Message) -> dict[str, object]:
         elif t is datetime:
             out[name] = format_rfc3339(value)
         elif name == "issues":
-            out[name] = [{"severity": i.severity, "category": i.category, "count": i.count}
-                         for i in value]
+            out[name] = [
+                {"severity": i.severity, "category": i.category, "count": i.count} for i in value
+            ]
         else:
             out[name] = _thaw(value)
     return out
 
 
-def _cbor_plan(cls: Any) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]],
-                                  tuple[str, ...]]:
+def _cbor_plan(
+    cls: Any,
+) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], tuple[str, ...]]:
     """The wire names of ``cls`` in canonical order, a getter of their values, and the
     names whose values need converting for the wire (see :data:`_CBOR_CONVERT`).
 
@@ -1258,9 +1369,16 @@ def _cbor_plan(cls: Any) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ..
     """
     names = tuple(sorted(("type", *_FIELD_NAMES[cls]), key=_utf8_length_then_bytes))
     slots = set(cls.__slots__)
-    return names, operator.attrgetter(*(
-        "TYPE" if n == "type" else f"_{n}_wire" if f"_{n}_wire" in slots else n
-        for n in names)), _CBOR_CONVERT[cls]
+    return (
+        names,
+        operator.attrgetter(
+            *(
+                "TYPE" if n == "type" else f"_{n}_wire" if f"_{n}_wire" in slots else n
+                for n in names
+            )
+        ),
+        _CBOR_CONVERT[cls],
+    )
 
 
 #: The fields whose value is not written as it is: floats (in their shortest exact form),
@@ -1283,8 +1401,9 @@ _ENCODERS: list[cbor2.CBOREncoder] = []
 
 def _encode_cbor(message: Message) -> bytes:
     names, values, convert = _CBOR_PLAN[type(message)]
-    wire = {name: value for name, value in zip(names, values(message), strict=True)
-            if value is not None}
+    wire = {
+        name: value for name, value in zip(names, values(message), strict=True) if value is not None
+    }
     for name in convert:
         value = wire.get(name)
         if value is None:
@@ -1297,8 +1416,9 @@ def _encode_cbor(message: Message) -> bytes:
             wire[name] = format_rfc3339(value)
         elif name == "issues":
             # Keys in canonical order: count, category, severity.
-            wire[name] = [{"count": i.count, "category": i.category, "severity": i.severity}
-                          for i in value]
+            wire[name] = [
+                {"count": i.count, "category": i.category, "severity": i.severity} for i in value
+            ]
         # else a wire tree, already in canonical form
     try:
         encoder = _ENCODERS.pop()
@@ -1319,6 +1439,7 @@ def encode(message: Message, fmt: Format = "cbor") -> bytes:
         return _encode_cbor(message)
     if fmt == "json":
         wire = to_wire(message)
-        return json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          sort_keys=True).encode("utf-8")
+        return json.dumps(
+            wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True
+        ).encode("utf-8")
     raise ValueError(f"fmt must be 'cbor' or 'json', got {fmt!r}")

@@ -46,7 +46,7 @@ class FleetView:
         base = f"{self.topics.prefix}/{self.topics.cluster}/"
         if not topic.startswith(base):
             return None
-        parts = topic[len(base):].split("/")
+        parts = topic[len(base) :].split("/")
         if len(parts) == 2 and parts[0] == "status":
             return "status", parts[1]
         if len(parts) == 3 and parts[0] == "agents" and parts[2] == "availability":
@@ -74,9 +74,11 @@ class FleetView:
         return claim
 
     def table(self) -> str:
-        head = (f"{'agent':<24} {'online':<7} {'beat':>8} {'state':<10} {'sync':<12} "
-                f"{'err ms':>7} {'late p50/max ms':>16} {'cpu%':>5} {'temp':>5} "
-                f"{'guard':<15} {'backlog':>7}")
+        head = (
+            f"{'agent':<24} {'online':<7} {'beat':>8} {'state':<10} {'sync':<12} "
+            f"{'err ms':>7} {'late p50/max ms':>16} {'cpu%':>5} {'temp':>5} "
+            f"{'guard':<15} {'backlog':>7}"
+        )
         lines = [head, "-" * len(head)]
         for agent in sorted(self.rows):
             row = self.rows[agent]
@@ -111,8 +113,14 @@ class FleetView:
         return "\n".join(lines) + "\n"
 
 
-def run_monitor(broker_url: str, cluster: str, as_json: bool = False, prefix: str = "backbeat",
-                duration_s: float | None = None, out: IO[str] = sys.stdout) -> int:
+def run_monitor(
+    broker_url: str,
+    cluster: str,
+    as_json: bool = False,
+    prefix: str = "backbeat",
+    duration_s: float | None = None,
+    out: IO[str] = sys.stdout,
+) -> int:
     problems = ConfigProblems("monitor")
     broker = parse_broker({"url": broker_url}, problems, Path.cwd(), where="--broker")
     if problems:
@@ -120,8 +128,11 @@ def run_monitor(broker_url: str, cluster: str, as_json: bool = False, prefix: st
         return 2
     topics = Topics(prefix, cluster)
     view = FleetView(topics)
-    link = MqttLink(broker, f"backbeat-monitor-{cluster}-{int(time.time())}",
-                    subscriptions=(topics.all_status, topics.all_availability))
+    link = MqttLink(
+        broker,
+        f"backbeat-monitor-{cluster}-{int(time.time())}",
+        subscriptions=(topics.all_status, topics.all_availability),
+    )
     link.start()
     end = None if duration_s is None else time.monotonic() + duration_s
     next_draw = 0.0

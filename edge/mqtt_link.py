@@ -206,8 +206,9 @@ class MqttLink:
             if self.mqtt5:
                 props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
                 props.WillDelayInterval = self.broker.will_delay_s
-            client.will_set(self.availability_topic, b"offline", qos=1, retain=True,
-                            properties=props)
+            client.will_set(
+                self.availability_topic, b"offline", qos=1, retain=True, properties=props
+            )
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -233,8 +234,9 @@ class MqttLink:
         except (OSError, AttributeError):
             pass  # not a TCP socket (e.g. a unix socket in a test): nothing to tune
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
             return
@@ -249,22 +251,26 @@ class MqttLink:
         self.last_connected_at = now
         self._hand_over(Inbound("connected", now, time.time()))
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if was:
-            self._hand_over(Inbound("disconnected", time.monotonic(), time.time(),
-                                    reason=str(reason)))
+            self._hand_over(
+                Inbound("disconnected", time.monotonic(), time.time(), reason=str(reason))
+            )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         arrived = time.monotonic()
         self.bytes_in += len(message.payload)
-        self._hand_over(Inbound("message", arrived, time.time(), message.topic,
-                                bytes(message.payload)))
+        self._hand_over(
+            Inbound("message", arrived, time.time(), message.topic, bytes(message.payload))
+        )
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
-                    properties: Any) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
         self._hand_over(Inbound("ack", time.monotonic(), mid=mid))
 
     # ------------------------------------------------------------------ the network thread
@@ -288,20 +294,24 @@ class MqttLink:
             if self.mqtt5:
                 props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = 300
-                self._client.connect(self.broker.host, self.broker.port,
-                                     self.broker.keepalive_s, clean_start=False,
-                                     properties=props)
+                self._client.connect(
+                    self.broker.host,
+                    self.broker.port,
+                    self.broker.keepalive_s,
+                    clean_start=False,
+                    properties=props,
+                )
             else:  # MQTT 3.1.1: the persistent session comes from clean_session=False
-                self._client.connect(self.broker.host, self.broker.port,
-                                     self.broker.keepalive_s)
+                self._client.connect(self.broker.host, self.broker.port, self.broker.keepalive_s)
             return True
         except ssl.SSLCertVerificationError as exc:
             self.last_error = f"TLS: the broker's certificate did not verify: {exc.verify_message}"
         except ssl.SSLError as exc:
             self.last_error = f"TLS error talking to {self.broker.host}:{self.broker.port}: {exc}"
         except OSError as exc:
-            self.last_error = (f"cannot reach broker {self.broker.host}:{self.broker.port}: "
-                               f"{exc.strerror or exc}")
+            self.last_error = (
+                f"cannot reach broker {self.broker.host}:{self.broker.port}: {exc.strerror or exc}"
+            )
         except Exception as exc:  # a paho surprise must not kill the link for good
             log.exception("unexpected error connecting to the broker")
             self.last_error = f"unexpected error connecting: {type(exc).__name__}: {exc}"
@@ -336,8 +346,9 @@ class MqttLink:
             if self.last_error and self.last_error != reported:
                 log.warning("%s; retrying with backoff", self.last_error)
                 reported = self.last_error
-            delay = backoff_delay(attempt, self.broker.reconnect_min_s,
-                                  self.broker.reconnect_max_s, self._rng)
+            delay = backoff_delay(
+                attempt, self.broker.reconnect_min_s, self.broker.reconnect_max_s, self._rng
+            )
             attempt += 1
             self._stop.wait(delay)
         with contextlib.suppress(Exception):  # best effort on the way out
@@ -356,8 +367,15 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-                content_type: str | None = None, expiry_s: int | None = None) -> int:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+        expiry_s: int | None = None,
+    ) -> int:
         """Queue a publish; returns its message id (acked later as an ``ack`` Inbound)."""
         props: Properties | None = None
         if self.mqtt5 and (content_type or expiry_s):
@@ -378,9 +396,10 @@ class MqttLink:
         its topic (the shutdown claim is marked like every claim before it).
         """
         if self.connected:
-            infos = [self._client.publish(t, p, qos=1, retain=r,
-                                          properties=self._props_by_topic.get(t))
-                     for t, p, r in final]
+            infos = [
+                self._client.publish(t, p, qos=1, retain=r, properties=self._props_by_topic.get(t))
+                for t, p, r in final
+            ]
             deadline = time.monotonic() + timeout
             for info in infos:
                 while not info.is_published() and time.monotonic() < deadline:

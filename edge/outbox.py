@@ -108,11 +108,11 @@ from edge.errors import ConfigProblems, OutboxError
 Opener = Callable[[Path, str], BinaryIO]
 """Opens a file (path, mode) as ``open`` does; a seam so tests can inject disk failures."""
 
-_HEADER = struct.Struct(">II")          # length, crc32
-_DATA = struct.Struct(">BQdH")          # kind, seq, enqueued_at, topic_len
-_MARK = struct.Struct(">BQ")            # kind, seq  (BASE, ACK, DROP)
+_HEADER = struct.Struct(">II")  # length, crc32
+_DATA = struct.Struct(">BQdH")  # kind, seq, enqueued_at, topic_len
+_MARK = struct.Struct(">BQ")  # kind, seq  (BASE, ACK, DROP)
 _BASE, _DATA_KIND, _ACK, _DROP = 1, 2, 3, 4
-_MAX_BODY = 64 * 1024 * 1024            # a length beyond this is garbage, not a record
+_MAX_BODY = 64 * 1024 * 1024  # a length beyond this is garbage, not a record
 _SEGMENT_PREFIX, _SEGMENT_SUFFIX, _TMP_SUFFIX = "seg-", ".log", ".tmp"
 #: Bytes a record costs against ``max_bytes`` besides its topic and payload.
 RECORD_OVERHEAD = _HEADER.size + _DATA.size
@@ -142,8 +142,9 @@ class OutboxConfig:
     retry_interval_s: float = 30.0
 
 
-def parse_outbox(raw: Mapping[str, object], problems: ConfigProblems,
-                 where: str = "outbox") -> OutboxConfig:
+def parse_outbox(
+    raw: Mapping[str, object], problems: ConfigProblems, where: str = "outbox"
+) -> OutboxConfig:
     """Read the ``[outbox]`` TOML section; every problem goes to ``problems``.
 
     Keys: ``directory`` (string path; absent = memory only), ``max_bytes`` (integer >= 1024,
@@ -158,8 +159,9 @@ def parse_outbox(raw: Mapping[str, object], problems: ConfigProblems,
     known = {"directory", *ints, *floats}
     for key in raw:
         if key not in known:
-            problems.add(f"{where}.{key}",
-                         f"is not an outbox setting (known: {', '.join(sorted(known))})")
+            problems.add(
+                f"{where}.{key}", f"is not an outbox setting (known: {', '.join(sorted(known))})"
+            )
     values: dict[str, object] = {}
     for key, low in ints.items():
         if key not in raw:
@@ -193,8 +195,10 @@ def parse_outbox(raw: Mapping[str, object], problems: ConfigProblems,
     assert isinstance(segment_bytes, int) and isinstance(max_bytes, int)
     if segment_bytes > max_bytes:
         if "segment_bytes" in values:
-            problems.add(f"{where}.segment_bytes",
-                         f"must not exceed max_bytes ({max_bytes}), got {segment_bytes}")
+            problems.add(
+                f"{where}.segment_bytes",
+                f"must not exceed max_bytes ({max_bytes}), got {segment_bytes}",
+            )
         values["segment_bytes"] = max_bytes
     return OutboxConfig(directory=directory, **values)  # type: ignore[arg-type]
 
@@ -243,7 +247,7 @@ def _scan(blob: bytes) -> tuple[list[tuple[int, int, object]], int | None]:
         start = offset + _HEADER.size
         if length < 1 or length > _MAX_BODY or start + length > size:
             return frames, offset
-        body = blob[start:start + length]
+        body = blob[start : start + length]
         if zlib.crc32(body) != crc:
             return frames, offset
         kind = body[0]
@@ -253,7 +257,7 @@ def _scan(blob: bytes) -> tuple[list[tuple[int, int, object]], int | None]:
             if topic_end > length:
                 return frames, offset
             try:
-                topic = body[_DATA.size:topic_end].decode("utf-8")
+                topic = body[_DATA.size : topic_end].decode("utf-8")
             except UnicodeDecodeError:
                 return frames, offset
             frames.append((kind, seq, Record(seq, topic, body[topic_end:], enqueued_at)))
@@ -270,13 +274,13 @@ class _Segment:
     number: int
     path: Path
     size: int = 0
-    live: int = 0        # DATA records in it that are still pending
+    live: int = 0  # DATA records in it that are still pending
 
 
 @dataclass(slots=True)
 class _SyncJob:
-    fd: int              # a dup the syncer owns and closes
-    path: Path           # for the error message
+    fd: int  # a dup the syncer owns and closes
+    path: Path  # for the error message
     directory: Path | None  # also fsync this directory (a new segment's name)
     ticket: int
 
@@ -302,11 +306,11 @@ class _Syncer:
         self._fsync = fsync
         self._name = name
         self._cond = threading.Condition()
-        self._queue: dict[int, _SyncJob] = {}   # insertion order is run order
-        self._running: int | None = None        # segment number being synced
+        self._queue: dict[int, _SyncJob] = {}  # insertion order is run order
+        self._running: int | None = None  # segment number being synced
         self._tickets = 0
         self._finished = 0
-        self._failed: set[int] = set()          # tickets whose job failed (rare)
+        self._failed: set[int] = set()  # tickets whose job failed (rare)
         self._failure: _SyncFailure | None = None
         self._failures = 0
         self._stopping = False
@@ -330,8 +334,7 @@ class _Syncer:
             self._tickets += 1
             self._queue[key] = _SyncJob(fd, path, directory, self._tickets)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name,
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._cond.notify_all()
             return self._tickets
@@ -350,8 +353,7 @@ class _Syncer:
     def wait_idle(self, timeout: float | None) -> bool:
         """Wait until nothing is queued or running; False if ``timeout`` ran out first."""
         with self._cond:
-            return self._cond.wait_for(
-                lambda: not self._queue and self._running is None, timeout)
+            return self._cond.wait_for(lambda: not self._queue and self._running is None, timeout)
 
     def stop(self, join: bool = True) -> None:
         """Let the thread finish the queued jobs and exit; ``join`` waits for it."""
@@ -411,15 +413,19 @@ class Outbox:
     ``backlog`` (pending records).
     """
 
-    def __init__(self, config: OutboxConfig, opener: Opener = _default_opener,
-                 fsync: Callable[[int], None] = os.fsync) -> None:
+    def __init__(
+        self,
+        config: OutboxConfig,
+        opener: Opener = _default_opener,
+        fsync: Callable[[int], None] = os.fsync,
+    ) -> None:
         self._config = config
         self._opener = opener
         self._fsync_fd = fsync
         self._pending: dict[int, Record] = {}
         self._inflight: set[int] = set()
         self._bytes = 0
-        self._where: dict[int, int] = {}          # seq -> segment number holding its DATA
+        self._where: dict[int, int] = {}  # seq -> segment number holding its DATA
         self._segments: dict[int, _Segment] = {}  # by number, oldest first
         self._active: BinaryIO | None = None
         self._active_number = 0
@@ -430,7 +436,7 @@ class Outbox:
         # If the directory could not be read, writing into it could clobber records we
         # never saw; only an empty directory may be taken over later.
         self._unread = False
-        self._syncer: _Syncer | None = None    # created at the first background fsync
+        self._syncer: _Syncer | None = None  # created at the first background fsync
         # Ticket of the active segment's BASE + directory fsync while it is not done: the
         # dead segments in front may not be deleted before it (they still say last_seq).
         self._unsynced_base: int | None = None
@@ -477,12 +483,15 @@ class Outbox:
             raise ValueError(f"topic must be 1 to 65535 bytes of UTF-8, got {len(encoded_topic)}")
         record = Record(self.last_seq + 1, topic, bytes(payload), float(now))
         if record.cost > self._config.max_bytes:
-            raise ValueError(f"a record of {record.cost} bytes cannot fit max_bytes "
-                             f"{self._config.max_bytes}")
+            raise ValueError(
+                f"a record of {record.cost} bytes cannot fit max_bytes {self._config.max_bytes}"
+            )
         self._take_sync_failure(now)
         self._maybe_retry(now)
-        while self._pending and (len(self._pending) + 1 > self._config.max_count
-                                 or self._bytes + record.cost > self._config.max_bytes):
+        while self._pending and (
+            len(self._pending) + 1 > self._config.max_count
+            or self._bytes + record.cost > self._config.max_bytes
+        ):
             self._drop_oldest()
         self.last_seq = record.seq
         self._pending[record.seq] = record
@@ -614,8 +623,9 @@ class Outbox:
         self._start_segment(0.0)
         # Bounds may have shrunk since the records were written (after the new segment is
         # up, so the DROP frames are stored).
-        while self._pending and (len(self._pending) > self._config.max_count
-                                 or self._bytes > self._config.max_bytes):
+        while self._pending and (
+            len(self._pending) > self._config.max_count or self._bytes > self._config.max_bytes
+        ):
             self._drop_oldest()
         self._delete_dead_segments()
 
@@ -712,8 +722,9 @@ class Outbox:
             # An outbox dropped without close() must not leave its thread waiting forever.
             weakref.finalize(self, self._syncer.stop, False)
         try:
-            ticket = self._syncer.request(segment.number, self._active.fileno(),
-                                          segment.path, directory)
+            ticket = self._syncer.request(
+                segment.number, self._active.fileno(), segment.path, directory
+            )
         except OSError as exc:
             self._degrade(f"cannot hand {segment.path} to the fsync thread: {exc}", now)
             return None
@@ -812,8 +823,7 @@ class Outbox:
             return
         self._close_active()
         old = list(self._segments.values())
-        self._segments = {number: _Segment(number, path, size=len(blob),
-                                           live=len(self._pending))}
+        self._segments = {number: _Segment(number, path, size=len(blob), live=len(self._pending))}
         self._where = dict.fromkeys(self._pending, number)
         self._active = handle
         self._active_number = number
@@ -881,8 +891,11 @@ class Outbox:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
                 if any(_segment_number(p.name) is not None for p in directory.iterdir()):
-                    self._degrade(f"{directory} holds segments that could not be read at "
-                                  f"start; staying in memory until restart", now)
+                    self._degrade(
+                        f"{directory} holds segments that could not be read at "
+                        f"start; staying in memory until restart",
+                        now,
+                    )
                     return
             except OSError as exc:
                 self._degrade(f"cannot read {directory}: {exc}", now)
@@ -910,7 +923,7 @@ def _segment_name(number: int) -> str:
 def _segment_number(name: str) -> int | None:
     if not (name.startswith(_SEGMENT_PREFIX) and name.endswith(_SEGMENT_SUFFIX)):
         return None
-    digits = name[len(_SEGMENT_PREFIX):-len(_SEGMENT_SUFFIX)]
+    digits = name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)]
     return int(digits) if digits.isdigit() else None
 
 

@@ -51,8 +51,15 @@ DEFAULT_THERMAL_ROOT = Path("/sys/class/thermal")
 
 _MIB = 1024.0 * 1024.0
 # psutil sensor names, most wanted first: Raspberry Pi, then common SoCs and x86.
-_SENSOR_NAMES = ("cpu_thermal", "cpu-thermal", "soc_thermal", "coretemp", "k10temp",
-                 "zenpower", "acpitz")
+_SENSOR_NAMES = (
+    "cpu_thermal",
+    "cpu-thermal",
+    "soc_thermal",
+    "coretemp",
+    "k10temp",
+    "zenpower",
+    "acpitz",
+)
 _ZONE_TYPES = ("cpu-thermal", "cpu_thermal", "soc_thermal", "soc-thermal", "x86_pkg_temp")
 _ZONE_NUMBER = re.compile(r"thermal_zone(\d+)")
 
@@ -177,7 +184,7 @@ class Probe:
         try:
             text = self._throttled_path.read_text().strip()
             if text.startswith("throttled="):
-                text = text[len("throttled="):]
+                text = text[len("throttled=") :]
             return int(text, 16)
         except (OSError, ValueError) as exc:
             self._fail("throttled", exc)

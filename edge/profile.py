@@ -209,8 +209,10 @@ def read_number(
         return None
     number = float(value)  # type: ignore[arg-type]
     if (low is not None and number < low) or (high is not None and number > high):
-        span = f"between {low:g} and {high:g}" if low is not None and high is not None else (
-            f"at least {low:g}" if low is not None else f"at most {high:g}"
+        span = (
+            f"between {low:g} and {high:g}"
+            if low is not None and high is not None
+            else (f"at least {low:g}" if low is not None else f"at most {high:g}")
         )
         problems.add(f"{where}.{key}", f"must be {span}, got {_show(value)}")
         return None
@@ -291,9 +293,7 @@ def _options(
     return found
 
 
-def _device(
-    name: str, table: Mapping[str, object], problems: ConfigProblems
-) -> DeviceSpec | None:
+def _device(name: str, table: Mapping[str, object], problems: ConfigProblems) -> DeviceSpec | None:
     where = f"devices.{name}"
     if not _NAME.fullmatch(name):
         problems.add(where, "a device name must be 1-64 letters, digits, '_' or '-'")

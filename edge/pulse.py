@@ -65,8 +65,16 @@ class BeatSlot:
 class PulseSchedule:
     """The pulse's timeline: beat k starts where beat k-1 ended, at the tempo then in force."""
 
-    def __init__(self, cluster: str, bpm: float, bar: int, start_mono: float, start_wall: float,
-                 first_beat: int = 0, seed: str = "") -> None:
+    def __init__(
+        self,
+        cluster: str,
+        bpm: float,
+        bar: int,
+        start_mono: float,
+        start_wall: float,
+        first_beat: int = 0,
+        seed: str = "",
+    ) -> None:
         if bar < 1:
             raise ValueError(f"bar must be at least 1 beat, got {bar}")
         self.cluster = cluster
@@ -86,14 +94,19 @@ class PulseSchedule:
         return self._tempo
 
     def peek(self) -> BeatSlot:
-        return BeatSlot(self._next.beat_index, self._next.start_mono, self._next.start_wall,
-                        self._tempo)
+        return BeatSlot(
+            self._next.beat_index, self._next.start_mono, self._next.start_wall, self._tempo
+        )
 
     def advance(self) -> BeatSlot:
         """Take the next beat (at the tempo in force now) and move past it."""
         slot = self.peek()
-        self._next = BeatSlot(slot.beat_index + 1, slot.start_mono + slot.seconds,
-                              slot.start_wall + slot.seconds, self._tempo)
+        self._next = BeatSlot(
+            slot.beat_index + 1,
+            slot.start_mono + slot.seconds,
+            slot.start_wall + slot.seconds,
+            self._tempo,
+        )
         return slot
 
     def window_id(self, beat_index: int) -> str:
@@ -116,8 +129,9 @@ class PulseSchedule:
         )
 
 
-def precise_sleep_until(deadline: float, wake: threading.Event | None = None,
-                        spin_s: float = 0.0005) -> None:
+def precise_sleep_until(
+    deadline: float, wake: threading.Event | None = None, spin_s: float = 0.0005
+) -> None:
     """Sleep until ``deadline`` (monotonic): a plain wait to just before, then a short spin.
 
     A plain sleep wakes 0.1-0.7 ms late here; spinning the last half millisecond brings it
@@ -164,8 +178,14 @@ def run_pulse(
     """
     topic = f"{options.prefix}/{options.cluster}/beat"
     start = clock.monotonic() + 0.05
-    schedule = PulseSchedule(options.cluster, options.bpm, options.bar, start,
-                             clock.wall() + 0.05, first_beat=options.start_beat)
+    schedule = PulseSchedule(
+        options.cluster,
+        options.bpm,
+        options.bar,
+        start,
+        clock.wall() + 0.05,
+        first_beat=options.start_beat,
+    )
     hlc = HybridLogicalClock(clock, node_id(f"pulse:{options.cluster}"))
     end = None if options.duration_s is None else start + options.duration_s
     sent = 0
@@ -177,8 +197,12 @@ def run_pulse(
                 except queue.Empty:
                     break
                 applied = schedule.request_tempo(bpm, force)
-                log.info("tempo request %.1f%s -> %.1f BPM from the next beat", bpm,
-                         " (forced)" if force else "", applied)
+                log.info(
+                    "tempo request %.1f%s -> %.1f BPM from the next beat",
+                    bpm,
+                    " (forced)" if force else "",
+                    applied,
+                )
         slot = schedule.peek()
         if end is not None and slot.start_mono >= end:
             break
@@ -194,10 +218,18 @@ def run_pulse(
             sent_at = time.monotonic()
             sent += 1
             if trace is not None:
-                trace.write(json.dumps({
-                    "beat_index": slot.beat_index, "phase": PHASES[phase_no],
-                    "tempo_bpm": slot.tempo_bpm, "intended_mono": at, "sent_mono": sent_at,
-                }) + "\n")
+                trace.write(
+                    json.dumps(
+                        {
+                            "beat_index": slot.beat_index,
+                            "phase": PHASES[phase_no],
+                            "tempo_bpm": slot.tempo_bpm,
+                            "intended_mono": at,
+                            "sent_mono": sent_at,
+                        }
+                    )
+                    + "\n"
+                )
                 trace.flush()
     return sent
 

@@ -89,8 +89,15 @@ class Link(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-                content_type: str | None = None, expiry_s: int | None = None) -> int: ...
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+        expiry_s: int | None = None,
+    ) -> int: ...
 
 
 class Probe(Protocol):
@@ -150,17 +157,23 @@ _RESTART_ONLY_AGENT = ("id", "cluster", "topic_prefix")
 
 def _keep_restart_only(new: Config, old: Config) -> Config:
     """``new`` with the running values of what only a restart changes (logged, if any)."""
-    kept = [f"[{name}]" for name in _RESTART_ONLY_SECTIONS
-            if getattr(new, name) != getattr(old, name)]
-    kept += [f"agent.{name}" for name in _RESTART_ONLY_AGENT
-             if getattr(new.agent, name) != getattr(old.agent, name)]
+    kept = [
+        f"[{name}]" for name in _RESTART_ONLY_SECTIONS if getattr(new, name) != getattr(old, name)
+    ]
+    kept += [
+        f"agent.{name}"
+        for name in _RESTART_ONLY_AGENT
+        if getattr(new.agent, name) != getattr(old.agent, name)
+    ]
     if not kept:
         return new
     log.warning("reload: %s changes take effect at the next restart", ", ".join(kept))
-    agent = dataclasses.replace(new.agent, **{
-        name: getattr(old.agent, name) for name in _RESTART_ONLY_AGENT})
-    return dataclasses.replace(new, agent=agent, **{
-        name: getattr(old, name) for name in _RESTART_ONLY_SECTIONS})
+    agent = dataclasses.replace(
+        new.agent, **{name: getattr(old.agent, name) for name in _RESTART_ONLY_AGENT}
+    )
+    return dataclasses.replace(
+        new, agent=agent, **{name: getattr(old, name) for name in _RESTART_ONLY_SECTIONS}
+    )
 
 
 class Runner:
@@ -197,8 +210,14 @@ class Runner:
         self.guard = Guard(config.guard)
         self.metrics = Metrics()
         self.hlc = HybridLogicalClock(clock, node_id(config.agent.id))
-        self.status = StatusBuilder(config.agent.id, config.status, self.hlc, __version__,
-                                    config.digest, start_seq=start_seq)
+        self.status = StatusBuilder(
+            config.agent.id,
+            config.status,
+            self.hlc,
+            __version__,
+            config.digest,
+            start_seq=start_seq,
+        )
         self.counters = Counters()
         self.pending: list[ScheduledAction] = []
         self.planned_beats: set[int] = set()
@@ -217,8 +236,9 @@ class Runner:
         self._warmed: set[tuple[int, int]] = set()
         self._inflight: dict[int, int] = {}  # MQTT mid -> outbox seq
         self._outbox_degraded: str | None = None if outbox is None else outbox.degraded
-        self._trace_buf: list[tuple[ScheduledAction, float, float, ActionResult | None,
-                                    str | None]] = []
+        self._trace_buf: list[
+            tuple[ScheduledAction, float, float, ActionResult | None, str | None]
+        ] = []
         self._pending_reload: Config | None = None
         # Commands run off the loop: their real run time is known only when they end. The
         # hardware reports each end with the run id its start had, so several runs of one
@@ -256,9 +276,11 @@ class Runner:
                 fresh[(beat, sa.rule)] = sa
         # An action the score no longer places in its beat (the bar was learnt, the beat
         # was renumbered) is dropped; the rest follow the follower's latest model.
-        retimed = [dataclasses.replace(sa, at=new.at, deadline=new.deadline)
-                   for sa in self.pending
-                   if (new := fresh.get((sa.beat_index, sa.rule))) is not None]
+        retimed = [
+            dataclasses.replace(sa, at=new.at, deadline=new.deadline)
+            for sa in self.pending
+            if (new := fresh.get((sa.beat_index, sa.rule))) is not None
+        ]
         retimed.sort(key=lambda s: (s.at, -s.action.priority))
         self.pending = retimed
 
@@ -338,8 +360,7 @@ class Runner:
         elif item.kind == "connected":
             log.info("broker connected")
         elif item.kind == "disconnected":
-            log.warning("broker connection lost (%s); free-running on the local model",
-                        item.reason)
+            log.warning("broker connection lost (%s); free-running on the local model", item.reason)
 
     def _bad_frame(self, message: str) -> None:
         self.counters.frames_bad += 1
@@ -361,11 +382,18 @@ class Runner:
                 if event.phase == "review":
                     self._review(event.beat_index, now)
             elif isinstance(event, TempoChanged):
-                log.info("tempo %.1f -> %.1f BPM at beat %d", event.old_bpm, event.new_bpm,
-                         event.beat_index)
+                log.info(
+                    "tempo %.1f -> %.1f BPM at beat %d",
+                    event.old_bpm,
+                    event.new_bpm,
+                    event.beat_index,
+                )
             elif isinstance(event, BeatJumped):
-                log.warning("beat index jumped %d -> %d (pulse restart or failover)",
-                            event.from_beat, event.to_beat)
+                log.warning(
+                    "beat index jumped %d -> %d (pulse restart or failover)",
+                    event.from_beat,
+                    event.to_beat,
+                )
                 self._renumber(event.to_beat - event.from_beat)
             elif isinstance(event, SyncLost):
                 log.warning("beat lost after %.1f s of silence", event.silent_s)
@@ -375,13 +403,15 @@ class Runner:
     def _renumber(self, offset: int) -> None:
         """Carry what is planned over to the pulse's new numbering, so a beat already
         planned (or half fired) under its old number is not planned and fired again."""
-        self.pending = [dataclasses.replace(sa, beat_index=sa.beat_index + offset)
-                        for sa in self.pending]
+        self.pending = [
+            dataclasses.replace(sa, beat_index=sa.beat_index + offset) for sa in self.pending
+        ]
         self.planned_beats = {b + offset for b in self.planned_beats}
         self.ledgers = {b + offset: ledger for b, ledger in self.ledgers.items()}
         self._warmed.clear()
-        self._commands = {run: (name, beat + offset)
-                          for run, (name, beat) in self._commands.items()}
+        self._commands = {
+            run: (name, beat + offset) for run, (name, beat) in self._commands.items()
+        }
 
     def _may_fire(self) -> bool:
         """Fire on a locked or free-running timeline, and on a lost one until the device's
@@ -399,8 +429,10 @@ class Runner:
             return
         if self._unsynced_since is None:
             self._unsynced_since = now
-        if (not self._safe_applied
-                and now - self._unsynced_since >= self.config.agent.safe_after_lost_s):
+        if (
+            not self._safe_applied
+            and now - self._unsynced_since >= self.config.agent.safe_after_lost_s
+        ):
             self.hardware.safe_state("beat lost")
             self._commands.clear()  # killed by the safe state: no end will be reported
             self.counters.safe_states += 1
@@ -478,7 +510,10 @@ class Runner:
         if result.dropped is not None:
             self.counters.dropped[result.dropped] += 1
         if result.run is not None and result.do in (
-                "command_done", "command_killed", "command_not_started"):
+            "command_done",
+            "command_killed",
+            "command_not_started",
+        ):
             entry = self._commands.pop(result.run, None)
             if entry is not None:
                 self._command_ended(result, *entry)
@@ -507,12 +542,20 @@ class Runner:
         self._last_reviewed = beat
         self.guard.end_beat(beat)
         phase_s = self.follower.beat_seconds() / 3.0
-        self.metrics.record_beat(beat, phase_s, ledger.busy_s, ledger.missed == 0,
-                                 ledger.fired, self.follower.tempo_drift_ms(now), now)
+        self.metrics.record_beat(
+            beat,
+            phase_s,
+            ledger.busy_s,
+            ledger.missed == 0,
+            ledger.fired,
+            self.follower.tempo_drift_ms(now),
+            now,
+        )
         started, cleared = self.metrics.check_alerts(now)
         for alert in started:
-            log.warning("alert %s started: %s (%s)", alert.name, alert.message,
-                        alert.recommendation)
+            log.warning(
+                "alert %s started: %s (%s)", alert.name, alert.message, alert.recommendation
+            )
         for alert in cleared:
             log.info("alert %s cleared", alert.name)
         self._flush_trace()
@@ -581,10 +624,12 @@ class Runner:
 
     def _publish(self, topic: str, payload: bytes) -> int:
         assert self.link is not None
-        content_type = "application/cbor" if self.config.status.format == "cbor" else (
-            "application/json")
-        return self.link.publish(topic, payload, qos=1, content_type=content_type,
-                                 expiry_s=self.config.status.expiry_s)
+        content_type = (
+            "application/cbor" if self.config.status.format == "cbor" else ("application/json")
+        )
+        return self.link.publish(
+            topic, payload, qos=1, content_type=content_type, expiry_s=self.config.status.expiry_s
+        )
 
     def _pump_outbox(self) -> None:
         """Hand claims to the link in order, at most PUBLISH_WINDOW un-acked at once."""
@@ -607,22 +652,28 @@ class Runner:
         lines = []
         for sa, fired, duration, result, note in self._trace_buf:
             shed = note is not None and note.startswith("shed:")
-            lines.append(json.dumps({
-                "beat_index": sa.beat_index,
-                "device": sa.action.device,
-                "do": sa.action.do,
-                "rule": sa.rule,
-                "essential": sa.action.essential,
-                "intended_mono": round(sa.at, 7),
-                "deadline_mono": round(sa.deadline, 7),
-                "fired_mono": None if shed or note == "deadline_passed" else round(fired, 7),
-                "late_ms": None if shed else round((fired - sa.at) * 1000.0, 4),
-                "duration_ms": round(duration * 1000.0, 4),
-                "ok": bool(result.ok) if result is not None else False,
-                "shed": note[5:] if shed and note else None,
-                "dropped": None if shed else note,
-                "missed": note == "deadline_passed",
-            }))
+            lines.append(
+                json.dumps(
+                    {
+                        "beat_index": sa.beat_index,
+                        "device": sa.action.device,
+                        "do": sa.action.do,
+                        "rule": sa.rule,
+                        "essential": sa.action.essential,
+                        "intended_mono": round(sa.at, 7),
+                        "deadline_mono": round(sa.deadline, 7),
+                        "fired_mono": None
+                        if shed or note == "deadline_passed"
+                        else round(fired, 7),
+                        "late_ms": None if shed else round((fired - sa.at) * 1000.0, 4),
+                        "duration_ms": round(duration * 1000.0, 4),
+                        "ok": bool(result.ok) if result is not None else False,
+                        "shed": note[5:] if shed and note else None,
+                        "dropped": None if shed else note,
+                        "missed": note == "deadline_passed",
+                    }
+                )
+            )
         self._trace_buf.clear()
         self.trace.write("\n".join(lines) + "\n")
         self.trace.flush()
@@ -651,8 +702,14 @@ class Runner:
         if new.guard != old.guard:
             self.guard = Guard(new.guard)
         if new.status != old.status or new.digest != old.digest:
-            self.status = StatusBuilder(new.agent.id, new.status, self.hlc, __version__,
-                                        new.digest, start_seq=self.status.seq)
+            self.status = StatusBuilder(
+                new.agent.id,
+                new.status,
+                self.hlc,
+                __version__,
+                new.digest,
+                start_seq=self.status.seq,
+            )
         # Whatever was planned under the old score is dropped; this beat is planned anew.
         self.pending.clear()
         self.planned_beats.clear()
@@ -670,12 +727,14 @@ class Runner:
         try:
             self.hardware = self.make_hardware(profile)
         except HardwareError as exc:
-            log.error("reload refused: the new device profile cannot be built (%s); "
-                      "the old devices are built again", exc)
+            log.error(
+                "reload refused: the new device profile cannot be built (%s); "
+                "the old devices are built again",
+                exc,
+            )
             self.hardware = self.make_hardware(old_profile)
             return False
-        log.info("reload: devices rebuilt from the new profile (%d devices)",
-                 len(profile.devices))
+        log.info("reload: devices rebuilt from the new profile (%d devices)", len(profile.devices))
         return True
 
     # ------------------------------------------------------------------ reporting
@@ -683,9 +742,11 @@ class Runner:
     def status_line(self) -> str:
         phase = self.last_phase or "-"
         backlog = 0 if self.outbox is None else self.outbox.backlog
-        return (f"beat {self.last_beat if self.last_beat is not None else '-'} {phase}; "
-                f"sync {self.follower.state.value} +/-"
-                f"{self.follower.error_bound_s * 1000:.2f} ms; backlog {backlog}")
+        return (
+            f"beat {self.last_beat if self.last_beat is not None else '-'} {phase}; "
+            f"sync {self.follower.state.value} +/-"
+            f"{self.follower.error_bound_s * 1000:.2f} ms; backlog {backlog}"
+        )
 
     def flush(self) -> None:
         self._flush_trace()

@@ -52,9 +52,23 @@ DEFAULT_PIN_COST_S = 0.001
 TIMED_ACTIONS = frozenset({"pulse", "beep", "fade", "command"})
 _RULE_KEYS = frozenset(
     {
-        "device", "do", "value", "duration_s", "argv", "cost_s", "priority", "essential",
-        "every", "every_at", "downbeat", "bar_beats", "from_beat", "to_beat", "offset",
-        "phase", "name",
+        "device",
+        "do",
+        "value",
+        "duration_s",
+        "argv",
+        "cost_s",
+        "priority",
+        "essential",
+        "every",
+        "every_at",
+        "downbeat",
+        "bar_beats",
+        "from_beat",
+        "to_beat",
+        "offset",
+        "phase",
+        "name",
     }
 )
 

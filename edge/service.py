@@ -79,9 +79,14 @@ class Notifier:
     configured (so at least two pings land in every period), or None without a watchdog.
     """
 
-    def __init__(self, address: str | None, watchdog_usec: int | None = None, *,
-                 monotonic_ns: Callable[[], int] = time.monotonic_ns,
-                 problem: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        watchdog_usec: int | None = None,
+        *,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
+        problem: str | None = None,
+    ) -> None:
         """``address`` is the kernel form (a path, or NUL + abstract name); None disables.
 
         ``monotonic_ns`` reads CLOCK_MONOTONIC (the clock systemd compares MONOTONIC_USEC
@@ -98,8 +103,9 @@ class Notifier:
         self.problem = problem
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, *,
-                 pid: int | None = None) -> Notifier:
+    def from_env(
+        cls, environ: Mapping[str, str] = os.environ, *, pid: int | None = None
+    ) -> Notifier:
         """A notifier for the environment systemd gave this process.
 
         Reads ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID``; ``pid`` defaults

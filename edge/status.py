@@ -97,8 +97,14 @@ class StatusConfig:
     expiry_s: int | None = 60
 
 
-def _positive_int(raw: Mapping[str, object], key: str, default: int, problems: ConfigProblems,
-                  where: str, low: int = 1) -> int:
+def _positive_int(
+    raw: Mapping[str, object],
+    key: str,
+    default: int,
+    problems: ConfigProblems,
+    where: str,
+    low: int = 1,
+) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         problems.add(f"{where}.{key}", f"must be an integer, got {value!r}")
@@ -109,8 +115,9 @@ def _positive_int(raw: Mapping[str, object], key: str, default: int, problems: C
     return value
 
 
-def parse_status(raw: Mapping[str, object], problems: ConfigProblems,
-                 where: str = "status") -> StatusConfig:
+def parse_status(
+    raw: Mapping[str, object], problems: ConfigProblems, where: str = "status"
+) -> StatusConfig:
     """Read the ``[status]`` TOML section; every problem goes to ``problems``.
 
     Keys: ``every`` (integer >= 1, default 1), ``mode`` (``"every"`` | ``"on_change"``),
@@ -122,8 +129,9 @@ def parse_status(raw: Mapping[str, object], problems: ConfigProblems,
     known = {"every", "mode", "heartbeat_beats", "format", "expiry_s"}
     for key in raw:
         if key not in known:
-            problems.add(f"{where}.{key}", f"is not a status setting (known: "
-                         f"{', '.join(sorted(known))})")
+            problems.add(
+                f"{where}.{key}", f"is not a status setting (known: {', '.join(sorted(known))})"
+            )
     defaults = StatusConfig()
     every = _positive_int(raw, "every", defaults.every, problems, where)
     heartbeat = _positive_int(raw, "heartbeat_beats", defaults.heartbeat_beats, problems, where)
@@ -140,8 +148,13 @@ def parse_status(raw: Mapping[str, object], problems: ConfigProblems,
         seconds = _positive_int(raw, "expiry_s", -1, problems, where, low=0)
         if seconds >= 0:
             expiry = seconds or None
-    return StatusConfig(every=every, mode=cast(StatusMode, mode), heartbeat_beats=heartbeat,
-                        format=cast(Format, fmt), expiry_s=expiry)
+    return StatusConfig(
+        every=every,
+        mode=cast(StatusMode, mode),
+        heartbeat_beats=heartbeat,
+        format=cast(Format, fmt),
+        expiry_s=expiry,
+    )
 
 
 def config_hash(data: bytes) -> str:
@@ -191,8 +204,9 @@ class BeatReview:
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
-            raise ValueError(f"state must be one of {', '.join(sorted(CLAIM_STATES))}, "
-                             f"got {self.state!r}")
+            raise ValueError(
+                f"state must be one of {', '.join(sorted(CLAIM_STATES))}, got {self.state!r}"
+            )
         if isinstance(self.beat_index, bool) or self.beat_index < 0:
             raise ValueError(f"beat_index must be an integer >= 0, got {self.beat_index!r}")
 
@@ -237,8 +251,15 @@ class StatusBuilder:
     the moment it is built. Not thread-safe; the runner owns it.
     """
 
-    def __init__(self, agent_id: str, config: StatusConfig, hlc: HybridLogicalClock,
-                 agent_version: str, config_hash: str, start_seq: int = 0) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        config: StatusConfig,
+        hlc: HybridLogicalClock,
+        agent_version: str,
+        config_hash: str,
+        start_seq: int = 0,
+    ) -> None:
         if start_seq < 0:
             raise ValueError(f"start_seq must be >= 0, got {start_seq}")
         self._agent_id = agent_id

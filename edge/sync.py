@@ -653,9 +653,7 @@ class BeatFollower:
             self._cursor = key
             if key[1] == 0:
                 downbeat = self.is_downbeat(key[0])
-                events.append(
-                    BeatStarted(key[0], at, bool(downbeat), self._window_for(key[0]))
-                )
+                events.append(BeatStarted(key[0], at, bool(downbeat), self._window_for(key[0])))
             events.append(PhaseStarted(key[0], PHASES[key[1]], at))
             self._flush_windows(events)
         self._flush_windows(events)
@@ -1219,9 +1217,7 @@ class BeatFollower:
                     self._wall_frozen = True
         self._wall_last = (offset, a)
         sent = frame.deadline_at.timestamp() - frame.phase_seconds
-        self._wall_samples.append(
-            (frame.beat_index, PHASES.index(frame.phase), a, wall_at - sent)
-        )
+        self._wall_samples.append((frame.beat_index, PHASES.index(frame.phase), a, wall_at - sent))
 
     def _update_wall_bias(self) -> None:
         cfg = self._cfg

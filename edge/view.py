@@ -32,21 +32,27 @@ def render(runner: Runner, now: float) -> str:
         bar = f.bar_position(pos.beat_index)
         bar_text = "-" if bar is None else str(bar + 1)
         meter = "#" * int(pos.fraction * 20)
-        lines.append(f"beat {pos.beat_index:>6}  bar pos {bar_text:>3}  phase {pos.phase:<8} "
-                     f"[{meter:<20}]")
+        lines.append(
+            f"beat {pos.beat_index:>6}  bar pos {bar_text:>3}  phase {pos.phase:<8} [{meter:<20}]"
+        )
     tempo = f.tempo_bpm
-    lines.append(f"sync {f.state.value:<13} error bound +/-{f.error_bound_s * 1000:.3f} ms  "
-                 f"tempo {_fmt(tempo)} BPM  rate {f.rate_ppm:+.1f} ppm  "
-                 f"drift {f.tempo_drift_ms(now):+.2f} ms")
+    lines.append(
+        f"sync {f.state.value:<13} error bound +/-{f.error_bound_s * 1000:.3f} ms  "
+        f"tempo {_fmt(tempo)} BPM  rate {f.rate_ppm:+.1f} ppm  "
+        f"drift {f.tempo_drift_ms(now):+.2f} ms"
+    )
     verdict = runner.guard.verdict(now)
     late = list(runner.recent_late_ms)
-    late_text = "-" if not late else (
-        f"p50 {statistics.median(late):.3f} ms  max {max(late):.3f} ms")
+    late_text = (
+        "-" if not late else (f"p50 {statistics.median(late):.3f} ms  max {max(late):.3f} ms")
+    )
     lines.append(f"guard {verdict.level.value} ({verdict.reason})  lateness {late_text}")
     c = runner.counters
-    lines.append(f"fired {c.fired}  missed {c.missed}  shed {sum(c.shed.values())}  "
-                 f"dropped {sum(c.dropped.values())}  bad frames {c.frames_bad}  "
-                 f"claims {c.claims} (acked {c.claims_acked})")
+    lines.append(
+        f"fired {c.fired}  missed {c.missed}  shed {sum(c.shed.values())}  "
+        f"dropped {sum(c.dropped.values())}  bad frames {c.frames_bad}  "
+        f"claims {c.claims} (acked {c.claims_acked})"
+    )
     lines += ["", "outputs:"]
     isolated = runner.hardware.isolated
     for name, value in sorted(runner.hardware.states().items()):

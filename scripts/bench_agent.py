@@ -102,10 +102,16 @@ def run_tempo(bpm: float, beats: int, warmup_beats: int = 10) -> dict[str, float
         agent.signal(signal.SIGTERM)
         agent.process.wait(timeout=15)
         pulse_rows = read_trace(work / "pulse.jsonl")
-        starts = {int(r["beat_index"]): (float(r["intended_mono"]), float(r["tempo_bpm"]))
-                  for r in pulse_rows if r["phase"] == "plan"}
-        rows = [r for r in read_trace(work / "agent.jsonl")
-                if r["intended_mono"] is not None and t0 <= float(r["intended_mono"]) <= t1]
+        starts = {
+            int(r["beat_index"]): (float(r["intended_mono"]), float(r["tempo_bpm"]))
+            for r in pulse_rows
+            if r["phase"] == "plan"
+        }
+        rows = [
+            r
+            for r in read_trace(work / "agent.jsonl")
+            if r["intended_mono"] is not None and t0 <= float(r["intended_mono"]) <= t1
+        ]
     vs_pulse, own = [], []
     missed = shed = 0
     for r in rows:
@@ -122,13 +128,19 @@ def run_tempo(bpm: float, beats: int, warmup_beats: int = 10) -> dict[str, float
         vs_pulse.append((float(r["fired_mono"]) - intended) * 1000.0)
         own.append(float(r["late_ms"]))
     return {
-        "bpm": bpm, "actions": len(rows), "fired": len(vs_pulse), "missed": missed,
+        "bpm": bpm,
+        "actions": len(rows),
+        "fired": len(vs_pulse),
+        "missed": missed,
         "shed": shed,
         "p50": statistics.median(vs_pulse) if vs_pulse else float("nan"),
-        "p99": pct(vs_pulse, 0.99), "max": max(vs_pulse, default=float("nan")),
+        "p99": pct(vs_pulse, 0.99),
+        "max": max(vs_pulse, default=float("nan")),
         "min": min(vs_pulse, default=float("nan")),
-        "own_p50": statistics.median(own) if own else float("nan"), "own_p99": pct(own, 0.99),
-        "cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0), "rss_mb": rss,
+        "own_p50": statistics.median(own) if own else float("nan"),
+        "own_p99": pct(own, 0.99),
+        "cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),
+        "rss_mb": rss,
     }
 
 
@@ -138,19 +150,26 @@ def main() -> int:
     parser.add_argument("--beats-240", type=int, default=300)
     parser.add_argument("--beats-1000", type=int, default=600)
     args = parser.parse_args()
-    results = [run_tempo(60, args.beats_60), run_tempo(240, args.beats_240),
-               run_tempo(1000, args.beats_1000)]
+    results = [
+        run_tempo(60, args.beats_60),
+        run_tempo(240, args.beats_240),
+        run_tempo(1000, args.beats_1000),
+    ]
     print("lateness vs the pulse's beat times (ms; negative = early) and agent footprint")
-    head = (f"{'BPM':>6} {'actions':>8} {'fired':>6} {'missed':>6} {'shed':>5} {'min':>7} "
-            f"{'p50':>7} {'p99':>7} {'max':>7} {'own p50':>8} {'own p99':>8} {'cpu %':>6} "
-            f"{'peak MB':>8}")
+    head = (
+        f"{'BPM':>6} {'actions':>8} {'fired':>6} {'missed':>6} {'shed':>5} {'min':>7} "
+        f"{'p50':>7} {'p99':>7} {'max':>7} {'own p50':>8} {'own p99':>8} {'cpu %':>6} "
+        f"{'peak MB':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
-        print(f"{r['bpm']:>6.0f} {r['actions']:>8.0f} {r['fired']:>6.0f} {r['missed']:>6.0f} "
-              f"{r['shed']:>5.0f} {r['min']:>7.3f} {r['p50']:>7.3f} {r['p99']:>7.3f} "
-              f"{r['max']:>7.3f} {r['own_p50']:>8.3f} {r['own_p99']:>8.3f} "
-              f"{r['cpu_pct']:>6.2f} {r['rss_mb']:>8.1f}")
+        print(
+            f"{r['bpm']:>6.0f} {r['actions']:>8.0f} {r['fired']:>6.0f} {r['missed']:>6.0f} "
+            f"{r['shed']:>5.0f} {r['min']:>7.3f} {r['p50']:>7.3f} {r['p99']:>7.3f} "
+            f"{r['max']:>7.3f} {r['own_p50']:>8.3f} {r['own_p99']:>8.3f} "
+            f"{r['cpu_pct']:>6.2f} {r['rss_mb']:>8.1f}"
+        )
     return 0
 
 

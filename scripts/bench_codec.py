@@ -92,30 +92,41 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20_000)
     args = parser.parse_args()
-    print(f"StatusClaim with {len(CLAIM.metadata or {})} metadata fields, {args.runs} runs each; "
-          f"python {sys.version.split()[0]}")
-    print(f"{'format':6} {'bytes':>6} {'enc p50':>8} {'enc p99':>8} {'dec p50':>8} "
-          f"{'dec p99':>8} {'e+d p50':>8} {'e+d p99':>8}   (microseconds)")
+    print(
+        f"StatusClaim with {len(CLAIM.metadata or {})} metadata fields, {args.runs} runs each; "
+        f"python {sys.version.split()[0]}"
+    )
+    print(
+        f"{'format':6} {'bytes':>6} {'enc p50':>8} {'enc p99':>8} {'dec p50':>8} "
+        f"{'dec p99':>8} {'e+d p50':>8} {'e+d p99':>8}   (microseconds)"
+    )
     sizes: dict[str, int] = {}
     both: dict[str, float] = {}
     for fmt in ("cbor", "json"):
         raw = encode(CLAIM, fmt)
         assert decode_status_claim(raw) == CLAIM
         sizes[fmt] = len(raw)
-        enc, dec, rt = sample_all([
-            lambda f=fmt: encode(CLAIM, f),  # type: ignore[misc]
-            lambda r=raw: decode_status_claim(r),  # type: ignore[misc]
-            lambda f=fmt: decode_status_claim(encode(CLAIM, f)),  # type: ignore[misc]
-        ], args.runs)
+        enc, dec, rt = sample_all(
+            [
+                lambda f=fmt: encode(CLAIM, f),  # type: ignore[misc]
+                lambda r=raw: decode_status_claim(r),  # type: ignore[misc]
+                lambda f=fmt: decode_status_claim(encode(CLAIM, f)),  # type: ignore[misc]
+            ],
+            args.runs,
+        )
         both[fmt] = statistics.median(rt)
-        print(f"{fmt:6} {len(raw):6d} {statistics.median(enc):8.2f} {p99(enc):8.2f} "
-              f"{statistics.median(dec):8.2f} {p99(dec):8.2f} {both[fmt]:8.2f} {p99(rt):8.2f}")
+        print(
+            f"{fmt:6} {len(raw):6d} {statistics.median(enc):8.2f} {p99(enc):8.2f} "
+            f"{statistics.median(dec):8.2f} {p99(dec):8.2f} {both[fmt]:8.2f} {p99(rt):8.2f}"
+        )
     ratio = sizes["cbor"] / sizes["json"]
     print(f"CBOR/JSON size ratio: {ratio:.3f}")
     ok_speed = both["cbor"] < 20.0
     ok_size = ratio <= 0.85
-    print(f"target CBOR encode+decode < 20 us: {'met' if ok_speed else 'MISSED'} "
-          f"({both['cbor']:.2f} us median)")
+    print(
+        f"target CBOR encode+decode < 20 us: {'met' if ok_speed else 'MISSED'} "
+        f"({both['cbor']:.2f} us median)"
+    )
     print(f"target CBOR <= 85% of JSON:       {'met' if ok_size else 'MISSED'} ({ratio:.1%})")
     print()
     steps(args.runs)

@@ -142,8 +142,10 @@ PHASE_INDEX = {"plan": 0, "execute": 1, "review": 2}
 def rule_places() -> dict[int, tuple[int, float]]:
     """Rule index -> (phase index, offset), as the score reads the profile."""
     rules = tomllib.loads(PROFILE)["score"]
-    return {i: (PHASE_INDEX[r.get("phase", "execute")], float(r.get("offset", 0.0)))
-            for i, r in enumerate(rules)}
+    return {
+        i: (PHASE_INDEX[r.get("phase", "execute")], float(r.get("offset", 0.0)))
+        for i, r in enumerate(rules)
+    }
 
 
 def num(row: Mapping[str, object], key: str) -> float:
@@ -256,8 +258,7 @@ def run(bpm: float, guarded: bool, seconds: float, lock_s: float) -> RunResult:
         hogs: list[subprocess.Popen[bytes]] = []
         try:
             time.sleep(1.0)  # imports done before the beat starts
-            pulse = start_pulse(broker.url, "bench", bpm, work / "pulse.jsonl",
-                                work / "pulse.log")
+            pulse = start_pulse(broker.url, "bench", bpm, work / "pulse.jsonl", work / "pulse.log")
             try:
                 t_lock = time.monotonic()
                 time.sleep(lock_s)
@@ -275,10 +276,16 @@ def run(bpm: float, guarded: bool, seconds: float, lock_s: float) -> RunResult:
             tap.stop()
         if code != 0:
             raise SystemExit(f"agent exited {code}:\n{agent.log()[-3000:]}")
-        starts = {int(num(r, "beat_index")): (num(r, "intended_mono"), num(r, "tempo_bpm"))
-                  for r in read_trace(work / "pulse.jsonl") if r["phase"] == "plan"}
-        rows = [r for r in read_trace(work / "agent.jsonl")
-                if r["intended_mono"] is not None and t0 <= num(r, "intended_mono") <= t1]
+        starts = {
+            int(num(r, "beat_index")): (num(r, "intended_mono"), num(r, "tempo_bpm"))
+            for r in read_trace(work / "pulse.jsonl")
+            if r["phase"] == "plan"
+        }
+        rows = [
+            r
+            for r in read_trace(work / "agent.jsonl")
+            if r["intended_mono"] is not None and t0 <= num(r, "intended_mono") <= t1
+        ]
         claims = tap.since(t0, t1)
         before = tap.since(t_lock + 2.0, t0)  # locked by then, not yet loaded
     vs_pulse: list[float] = []
@@ -303,13 +310,29 @@ def run(bpm: float, guarded: bool, seconds: float, lock_s: float) -> RunResult:
     misses = sum(_count(m, "actions", "deadline_misses") for m in claims)
     levels, levels_before = guard_levels(claims), guard_levels(before)
     spawn = [num(r, "duration_ms") for r in rows if r["do"] == "command" and r["fired_mono"]]
-    nonessential_fired = sum(1 for r in rows if not r["essential"] and r["fired_mono"] is not None
-                             and not r["dropped"] and not r["missed"])
+    nonessential_fired = sum(
+        1
+        for r in rows
+        if not r["essential"]
+        and r["fired_mono"] is not None
+        and not r["dropped"]
+        and not r["missed"]
+    )
     return RunResult(
-        bpm=bpm, guard="on" if guarded else "off", essential=ess_rows, essential_missed=ess_missed,
-        late=Stats.of(vs_pulse), own=Stats.of(own), optional_run=nonessential_fired,
-        spawn=Stats.of(spawn), fired=fired, misses=misses, shed=shed, levels=levels,
-        levels_before=levels_before)
+        bpm=bpm,
+        guard="on" if guarded else "off",
+        essential=ess_rows,
+        essential_missed=ess_missed,
+        late=Stats.of(vs_pulse),
+        own=Stats.of(own),
+        optional_run=nonessential_fired,
+        spawn=Stats.of(spawn),
+        fired=fired,
+        misses=misses,
+        shed=shed,
+        levels=levels,
+        levels_before=levels_before,
+    )
 
 
 def os_floor(seconds: float, period_s: float = 0.02) -> Stats:
@@ -362,44 +385,70 @@ def probe_cost(n: int) -> list[tuple[str, float, float]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=25.0,
-                        help="measured seconds under the hog, per run (default 25)")
-    parser.add_argument("--lock", type=float, default=4.0,
-                        help="seconds of unloaded lock before the hog starts (default 4)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=25.0,
+        help="measured seconds under the hog, per run (default 25)",
+    )
+    parser.add_argument(
+        "--lock",
+        type=float,
+        default=4.0,
+        help="seconds of unloaded lock before the hog starts (default 4)",
+    )
     parser.add_argument("--bpm", type=float, nargs="+", default=[120.0, 240.0])
     parser.add_argument("--probe-samples", type=int, default=2000)
-    parser.add_argument("--floor-seconds", type=float, default=8.0,
-                        help="seconds of the bare wake-up loop under the hogs (default 8)")
+    parser.add_argument(
+        "--floor-seconds",
+        type=float,
+        default=8.0,
+        help="seconds of the bare wake-up loop under the hogs (default 8)",
+    )
     args = parser.parse_args()
     results: list[RunResult] = []
     for bpm in args.bpm:
         for guarded in (True, False):
             results.append(run(bpm, guarded, args.seconds, args.lock))
     floor = os_floor(args.floor_seconds)
-    print(f"essential actions under 2 CPU hogs, {args.seconds:g} s per run "
-          "(lateness in ms vs the pulse's beat times; 'own' = the agent's late_ms)")
-    head = (f"{'BPM':>4} {'guard':>5} {'ess':>4} {'miss':>4} {'p50':>7} {'p99':>7} {'max':>7} "
-            f"{'own p50':>7} {'own p99':>7} {'own max':>7} {'opt run':>7} {'spawn50':>7} "
-            f"{'spawnmx':>7} {'misses':>6} "
-            f"{'miss %':>6}  shed by reason / guard levels seen")
-    print("ess/miss: essential actions due / missed; opt run: non-essential actions started; "
-          "spawn50/spawnmx: ms the loop spent in one command's start (median/max); "
-          "misses, miss %: the claims' deadline_misses (killed commands included) and their "
-          "share of fired + misses; levels as level:reason")
+    print(
+        f"essential actions under 2 CPU hogs, {args.seconds:g} s per run "
+        "(lateness in ms vs the pulse's beat times; 'own' = the agent's late_ms)"
+    )
+    head = (
+        f"{'BPM':>4} {'guard':>5} {'ess':>4} {'miss':>4} {'p50':>7} {'p99':>7} {'max':>7} "
+        f"{'own p50':>7} {'own p99':>7} {'own max':>7} {'opt run':>7} {'spawn50':>7} "
+        f"{'spawnmx':>7} {'misses':>6} "
+        f"{'miss %':>6}  shed by reason / guard levels seen"
+    )
+    print(
+        "ess/miss: essential actions due / missed; opt run: non-essential actions started; "
+        "spawn50/spawnmx: ms the loop spent in one command's start (median/max); "
+        "misses, miss %: the claims' deadline_misses (killed commands included) and their "
+        "share of fired + misses; levels as level:reason"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
         shed_text = ",".join(f"{k}={v}" for k, v in sorted(r.shed.items())) or "-"
-        level_text = (",".join(f"{k}={v}" for k, v in sorted(r.levels.items())) + " (before: "
-                      + ",".join(f"{k}={v}" for k, v in sorted(r.levels_before.items())) + ")")
-        print(f"{r.bpm:>4.0f} {r.guard:>5} {r.essential:>4} {r.essential_missed:>4} "
-              f"{r.late.p50:>7.3f} {r.late.p99:>7.3f} {r.late.max:>7.3f} {r.own.p50:>7.3f} "
-              f"{r.own.p99:>7.3f} {r.own.max:>7.3f} {r.optional_run:>7} {r.spawn.p50:>7.2f} "
-              f"{r.spawn.max:>7.2f} {r.misses:>6} "
-              f"{100 * r.miss_rate:>6.1f}  {shed_text} / {level_text}")
-    print(f"{'-':>4} {'os':>5} {floor.n:>4} {'-':>4} {floor.p50:>7.3f} {floor.p99:>7.3f} "
-          f"{floor.max:>7.3f}  <- floor: a bare python sleep+spin loop (every 20 ms) under "
-          "the same hogs")
+        level_text = (
+            ",".join(f"{k}={v}" for k, v in sorted(r.levels.items()))
+            + " (before: "
+            + ",".join(f"{k}={v}" for k, v in sorted(r.levels_before.items()))
+            + ")"
+        )
+        print(
+            f"{r.bpm:>4.0f} {r.guard:>5} {r.essential:>4} {r.essential_missed:>4} "
+            f"{r.late.p50:>7.3f} {r.late.p99:>7.3f} {r.late.max:>7.3f} {r.own.p50:>7.3f} "
+            f"{r.own.p99:>7.3f} {r.own.max:>7.3f} {r.optional_run:>7} {r.spawn.p50:>7.2f} "
+            f"{r.spawn.max:>7.2f} {r.misses:>6} "
+            f"{100 * r.miss_rate:>6.1f}  {shed_text} / {level_text}"
+        )
+    print(
+        f"{'-':>4} {'os':>5} {floor.n:>4} {'-':>4} {floor.p50:>7.3f} {floor.p99:>7.3f} "
+        f"{floor.max:>7.3f}  <- floor: a bare python sleep+spin loop (every 20 ms) under "
+        "the same hogs"
+    )
     print()
     print(f"probe cost per sample ({args.probe_samples} samples, us)")
     print(f"{'sample':>16} {'median':>8} {'p99':>8}")

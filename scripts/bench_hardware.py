@@ -77,8 +77,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def timed(n: int, step: Callable[[int], None], pause: float = 0.0,
-          before: Callable[[], None] | None = None, gap: float = 0.001) -> list[float]:
+def timed(
+    n: int,
+    step: Callable[[int], None],
+    pause: float = 0.0,
+    before: Callable[[], None] | None = None,
+    gap: float = 0.001,
+) -> list[float]:
     """Run ``step(i)`` n times; return each call's duration in microseconds."""
     out: list[float] = []
     clock = time.perf_counter_ns
@@ -100,8 +105,9 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=5000, help="repetitions per hot row")
     parser.add_argument("--cold", type=int, default=200, help="repetitions per cold row")
     parser.add_argument("--commands", type=int, default=100, help="repetitions per command row")
-    parser.add_argument("--hogs", type=int, default=0,
-                        help="CPU-burning processes beside the command rows")
+    parser.add_argument(
+        "--hogs", type=int, default=0, help="CPU-burning processes beside the command rows"
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the bench's dead-man and close are expected
     n = args.n
@@ -125,6 +131,7 @@ def main() -> int:
             apply(action)
             now[0] += span
             hw.tick(now[0])
+
         return run
 
     on, off = Action("led", "on"), Action("led", "off")
@@ -135,17 +142,27 @@ def main() -> int:
     rows.append(("raw gpiozero LED.on/off", timed(n, lambda i: raw.on() if i % 2 else raw.off())))
     rows.append(("led on/off", timed(n, lambda i: apply(on if i % 2 else off))))
     rows.append(("led toggle", timed(n, lambda i: apply(Action("led", "toggle")))))
-    rows.append(("relay on/off (rate limit, dead-man)",
-                 timed(n, lambda i: apply(Action("relay", "on" if i % 2 else "off")))))
-    rows.append(("led pulse + tick(off)",
-                 timed(n, apply_tick(Action("led", "pulse", duration_s=0.005), 0.005))))
+    rows.append(
+        (
+            "relay on/off (rate limit, dead-man)",
+            timed(n, lambda i: apply(Action("relay", "on" if i % 2 else "off"))),
+        )
+    )
+    rows.append(
+        (
+            "led pulse + tick(off)",
+            timed(n, apply_tick(Action("led", "pulse", duration_s=0.005), 0.005)),
+        )
+    )
     rows.append(("led read", timed(n, lambda i: apply(Action("led", "read")))))
     rows.append(("button read", timed(n, lambda i: apply(Action("btn", "read")))))
-    rows.append(("pwm set",
-                 timed(n, lambda i: apply(Action("glow", "set", value=(i % 10) / 10)))))
-    rows.append(("pwm fade start",
-                 timed(n, lambda i: apply(Action("glow", "fade", value=float(i % 2),
-                                                 duration_s=0.1)))))
+    rows.append(("pwm set", timed(n, lambda i: apply(Action("glow", "set", value=(i % 10) / 10)))))
+    rows.append(
+        (
+            "pwm fade start",
+            timed(n, lambda i: apply(Action("glow", "fade", value=float(i % 2), duration_s=0.1))),
+        )
+    )
 
     def fade_step(_: int) -> None:
         now[0] += 0.02
@@ -154,23 +171,48 @@ def main() -> int:
     apply(Action("glow", "fade", value=1.0, duration_s=1e6))
     rows.append(("pwm fade step (tick)", timed(n, fade_step)))
     apply(Action("glow", "off"))
-    rows.append(("servo move",
-                 timed(n, lambda i: apply(Action("arm", "move", value=(i % 3) - 1.0)))))
-    rows.append(("tone beep + tick(stop)",
-                 timed(n // 5, apply_tick(Action("tone", "beep", value=440.0,
-                                                  duration_s=0.01), 0.01))))
+    rows.append(
+        ("servo move", timed(n, lambda i: apply(Action("arm", "move", value=(i % 3) - 1.0))))
+    )
+    rows.append(
+        (
+            "tone beep + tick(stop)",
+            timed(n // 5, apply_tick(Action("tone", "beep", value=440.0, duration_s=0.01), 0.01)),
+        )
+    )
     rows.append(("tick, nothing due", timed(n, lambda i: hw.tick(now[0]))))
     rows.append(("next_deadline", timed(n, lambda i: hw.next_deadline())))
 
     cold = args.cold
-    rows.append(("led on/off cold (25 ms idle)",
-                 timed(cold, lambda i: apply(on if i % 2 else off), pause=0.025)))
-    rows.append(("led on/off cold, warm() 1 ms before",
-                 timed(cold, lambda i: apply(on if i % 2 else off), pause=0.024,
-                       before=lambda: hw.warm(["led"]))))
-    rows.append(("led on/off cold, warm() just before",
-                 timed(cold, lambda i: apply(on if i % 2 else off), pause=0.025,
-                       before=lambda: hw.warm(["led"]), gap=0.0)))
+    rows.append(
+        (
+            "led on/off cold (25 ms idle)",
+            timed(cold, lambda i: apply(on if i % 2 else off), pause=0.025),
+        )
+    )
+    rows.append(
+        (
+            "led on/off cold, warm() 1 ms before",
+            timed(
+                cold,
+                lambda i: apply(on if i % 2 else off),
+                pause=0.024,
+                before=lambda: hw.warm(["led"]),
+            ),
+        )
+    )
+    rows.append(
+        (
+            "led on/off cold, warm() just before",
+            timed(
+                cold,
+                lambda i: apply(on if i % 2 else off),
+                pause=0.025,
+                before=lambda: hw.warm(["led"]),
+                gap=0.0,
+            ),
+        )
+    )
 
     argv = ("/bin/true",) if os.path.exists("/bin/true") else (sys.executable, "-c", "")
     start = Action("sh", "command", argv=argv, duration_s=5.0)
@@ -183,8 +225,7 @@ def main() -> int:
             now[0] += 0.02
             hw.tick(now[0])
 
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            for _ in range(args.hogs)]
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
     try:
         apply(start)  # a first start warms the path (exec of the program): not timed
         settle()
@@ -207,9 +248,14 @@ def main() -> int:
         bare: list[float] = []
         for _ in range(args.commands):
             t0 = clock()
-            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    close_fds=True, start_new_session=True)
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+                start_new_session=True,
+            )
             bare.append((clock() - t0) / 1000.0)
             proc.communicate()
     finally:
@@ -228,16 +274,20 @@ def main() -> int:
     print(f"{'action':44} {'n':>6} {'median us':>10} {'p99 us':>10} {'max us':>10}")
     print("-" * 84)
     for name, values in rows:
-        print(f"{name:44} {len(values):6d} {statistics.median(values):10.2f} "
-              f"{percentile(values, 0.99):10.2f} {max(values):10.2f}")
+        print(
+            f"{name:44} {len(values):6d} {statistics.median(values):10.2f} "
+            f"{percentile(values, 0.99):10.2f} {max(values):10.2f}"
+        )
     raw_median = statistics.median(rows[0][1])
     ours = statistics.median(rows[1][1])
     added = ours - raw_median
     ours_p99 = percentile(rows[1][1], 0.99) - percentile(rows[0][1], 0.99)
     verdict = "OK" if added < DIGITAL_LIMIT_US else "TOO SLOW"
     print("-" * 84)
-    print(f"layer overhead per digital action: median {added:.2f} us, p99 {ours_p99:.2f} us "
-          f"(limit {DIGITAL_LIMIT_US:.0f} us): {verdict}")
+    print(
+        f"layer overhead per digital action: median {added:.2f} us, p99 {ours_p99:.2f} us "
+        f"(limit {DIGITAL_LIMIT_US:.0f} us): {verdict}"
+    )
     return 0 if added < DIGITAL_LIMIT_US else 1
 
 

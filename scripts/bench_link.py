@@ -68,19 +68,46 @@ every = 1
 
 def reviews() -> dict[str, BeatReview]:
     quiet = BeatReview(
-        beat_index=48_213, state="reviewing", sync_state="locked", error_bound_ms=0.84,
-        late_ms_p50=0.052, late_ms_max=0.31, fired=192_852, missed=0, shed={},
-        dropped_by_limit=0, frames_rejected={}, guard_level="admit", guard_reason="",
-        recommended_tempo=None, cpu_percent=11.3, memory_mb=28.4, temperature_c=51.2,
-        backlog=0, outbox_dropped=0,
+        beat_index=48_213,
+        state="reviewing",
+        sync_state="locked",
+        error_bound_ms=0.84,
+        late_ms_p50=0.052,
+        late_ms_max=0.31,
+        fired=192_852,
+        missed=0,
+        shed={},
+        dropped_by_limit=0,
+        frames_rejected={},
+        guard_level="admit",
+        guard_reason="",
+        recommended_tempo=None,
+        cpu_percent=11.3,
+        memory_mb=28.4,
+        temperature_c=51.2,
+        backlog=0,
+        outbox_dropped=0,
     )
     busy = BeatReview(
-        beat_index=48_214, state="executing", sync_state="free_running", error_bound_ms=12.5,
-        late_ms_p50=0.41, late_ms_max=7.9, fired=192_856, missed=37,
-        shed={"cpu": 12, "thermal": 3}, dropped_by_limit=5,
-        frames_rejected={"bad_tempo": 2, "stale": 9}, guard_level="essential_only",
-        guard_reason="cpu 94% > 85% for 5 samples", recommended_tempo=54.0,
-        cpu_percent=94.1, memory_mb=31.0, temperature_c=78.6, backlog=412, outbox_dropped=18,
+        beat_index=48_214,
+        state="executing",
+        sync_state="free_running",
+        error_bound_ms=12.5,
+        late_ms_p50=0.41,
+        late_ms_max=7.9,
+        fired=192_856,
+        missed=37,
+        shed={"cpu": 12, "thermal": 3},
+        dropped_by_limit=5,
+        frames_rejected={"bad_tempo": 2, "stale": 9},
+        guard_level="essential_only",
+        guard_reason="cpu 94% > 85% for 5 samples",
+        recommended_tempo=54.0,
+        cpu_percent=94.1,
+        memory_mb=31.0,
+        temperature_c=78.6,
+        backlog=412,
+        outbox_dropped=18,
         alerts=("deadline miss rate 3.1% > 2%", "sync lost 4 beats ago"),
     )
     return {"quiet (locked, no trouble)": quiet, "busy (shedding, alerts)": busy}
@@ -110,10 +137,14 @@ def bench_size() -> None:
     topic = TOPICS.status(AGENT)
     for name, review in reviews().items():
         for fmt in ("cbor", "json"):
-            builder = StatusBuilder(AGENT, StatusConfig(format=fmt),
-                                    HybridLogicalClock(SystemClock(), node_id(AGENT)),
-                                    "0.1.0", config_hash(b"example config"),
-                                    start_seq=123_456)
+            builder = StatusBuilder(
+                AGENT,
+                StatusConfig(format=fmt),
+                HybridLogicalClock(SystemClock(), node_id(AGENT)),
+                "0.1.0",
+                config_hash(b"example config"),
+                start_seq=123_456,
+            )
             claim = builder.build(review)
             assert claim is not None
             payload = builder.encode(claim)
@@ -129,8 +160,10 @@ _CONNECTED = re.compile(r"^(\S+ \S+) INFO backbeat.runner: broker connected", re
 
 
 def _connected_walls(log: str) -> list[float]:
-    return [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            for m in _CONNECTED.finditer(log)]
+    return [
+        datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for m in _CONNECTED.finditer(log)
+    ]
 
 
 def _wait(predicate: object, timeout: float) -> bool:
@@ -143,8 +176,10 @@ def _wait(predicate: object, timeout: float) -> bool:
 
 
 def bench_agent_reconnect(restarts: int, down_s: float) -> None:
-    print(f"(b) one agent process: broker restart -> 'broker connected' "
-          f"({restarts} restarts, broker down {down_s:g} s, default backoff 0.25..2 s)")
+    print(
+        f"(b) one agent process: broker restart -> 'broker connected' "
+        f"({restarts} restarts, broker down {down_s:g} s, default backoff 0.25..2 s)"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-link-") as tmp:
         work = Path(tmp)
         broker = start_mosquitto()
@@ -173,8 +208,10 @@ def bench_agent_reconnect(restarts: int, down_s: float) -> None:
     if times:
         ms = sorted(t * 1000 for t in times)
         print(f"{'n':>3} {'min ms':>8} {'median ms':>10} {'max ms':>8}   all (ms)")
-        print(f"{len(ms):>3} {ms[0]:>8.0f} {statistics.median(ms):>10.0f} {ms[-1]:>8.0f}   "
-              + " ".join(f"{t:.0f}" for t in ms))
+        print(
+            f"{len(ms):>3} {ms[0]:>8.0f} {statistics.median(ms):>10.0f} {ms[-1]:>8.0f}   "
+            + " ".join(f"{t:.0f}" for t in ms)
+        )
         print("  (log timestamps have 1 ms resolution; the backoff is random by design)")
     print()
 
@@ -224,9 +261,13 @@ def fleet_run(n: int, down_s: float, jitter: bool, seed: int) -> FleetRun | None
         for i in range(n):
             agent_id = f"fleet:pi-{i:03d}"
             rng = random.Random(seed + i) if jitter else NoJitter()
-            link = MqttLink(config, f"bench-link-{i:03d}",
-                            subscriptions=(TOPICS.beat, TOPICS.bar),
-                            availability_topic=TOPICS.availability(agent_id), rng=rng)
+            link = MqttLink(
+                config,
+                f"bench-link-{i:03d}",
+                subscriptions=(TOPICS.beat, TOPICS.bar),
+                availability_topic=TOPICS.availability(agent_id),
+                rng=rng,
+            )
             opens.append([])
             _record_socket_opens(link, opens[-1])
             links.append(link)
@@ -262,12 +303,16 @@ def max_in_window(times: list[float], window: float) -> int:
 
 
 def bench_fleet(n: int, down_s: float, rounds: int) -> None:
-    print(f"(c) {n} links in one process, broker down {down_s:g} s then restarted "
-          "(backoff 0.25..2 s).")
+    print(
+        f"(c) {n} links in one process, broker down {down_s:g} s then restarted "
+        "(backoff 0.25..2 s)."
+    )
     print("    CONNECT = the reconnecting attempt's TCP open, CONNACK = the broker's answer;")
     print("    ms after the broker was restarted ('broker up' = until its port accepted)")
-    print(f"{'backoff':<22} {'first':>6} {'last':>6} {'spread':>7} {'p50':>6} "
-          f"{'max CONNECTs/50ms':>18} {'CONNACK p50':>12} {'last':>6} {'broker up':>10}")
+    print(
+        f"{'backoff':<22} {'first':>6} {'last':>6} {'spread':>7} {'p50':>6} "
+        f"{'max CONNECTs/50ms':>18} {'CONNACK p50':>12} {'last':>6} {'broker up':>10}"
+    )
     for round_ in range(rounds):
         for jitter, label in ((True, "full jitter"), (False, "no jitter (paho-like)")):
             run = fleet_run(n, down_s, jitter, seed=1000 + round_ * n)
@@ -276,9 +321,11 @@ def bench_fleet(n: int, down_s: float, rounds: int) -> None:
                 continue
             c = [t * 1000 for t in run.connects]
             a = [t * 1000 for t in run.connacks]
-            print(f"{label:<22} {c[0]:>6.0f} {c[-1]:>6.0f} {c[-1] - c[0]:>7.0f} "
-                  f"{statistics.median(c):>6.0f} {max_in_window(run.connects, 0.050):>18} "
-                  f"{statistics.median(a):>12.0f} {a[-1]:>6.0f} {run.broker_up_s * 1000:>10.0f}")
+            print(
+                f"{label:<22} {c[0]:>6.0f} {c[-1]:>6.0f} {c[-1] - c[0]:>7.0f} "
+                f"{statistics.median(c):>6.0f} {max_in_window(run.connects, 0.050):>18} "
+                f"{statistics.median(a):>12.0f} {a[-1]:>6.0f} {run.broker_up_s * 1000:>10.0f}"
+            )
     print()
 
 

@@ -37,38 +37,70 @@ from edge.outbox import Outbox, OutboxConfig
 from edge.status import BeatReview, StatusBuilder, StatusConfig, config_hash
 
 AGENT = "relay:pi-07"
-COUNT = 500       # appends per policy
-PACE_S = 0.002    # between appends
+COUNT = 500  # appends per policy
+PACE_S = 0.002  # between appends
 TOPIC = f"backbeat/c1/status/{AGENT}"
 
 
 def quiet_review(beat: int) -> BeatReview:
     return BeatReview(
-        beat_index=beat, state="reviewing", sync_state="locked", error_bound_ms=0.84,
-        late_ms_p50=0.052, late_ms_max=0.31, fired=4 * beat, missed=0, shed={},
-        dropped_by_limit=0, frames_rejected={}, guard_level="admit", guard_reason="",
-        recommended_tempo=None, cpu_percent=11.3, memory_mb=28.4, temperature_c=51.2,
-        backlog=0, outbox_dropped=0,
+        beat_index=beat,
+        state="reviewing",
+        sync_state="locked",
+        error_bound_ms=0.84,
+        late_ms_p50=0.052,
+        late_ms_max=0.31,
+        fired=4 * beat,
+        missed=0,
+        shed={},
+        dropped_by_limit=0,
+        frames_rejected={},
+        guard_level="admit",
+        guard_reason="",
+        recommended_tempo=None,
+        cpu_percent=11.3,
+        memory_mb=28.4,
+        temperature_c=51.2,
+        backlog=0,
+        outbox_dropped=0,
     )
 
 
 def busy_review(beat: int) -> BeatReview:
     return BeatReview(
-        beat_index=beat, state="executing", sync_state="free_running", error_bound_ms=12.5,
-        late_ms_p50=0.41, late_ms_max=7.9, fired=4 * beat, missed=37,
-        shed={"cpu": 12, "thermal": 3}, dropped_by_limit=5,
-        frames_rejected={"bad_tempo": 2, "stale": 9}, guard_level="essential_only",
-        guard_reason="cpu 94% > 85% for 5 samples", recommended_tempo=54.0,
-        cpu_percent=94.1, memory_mb=31.0, temperature_c=78.6, backlog=412, outbox_dropped=18,
+        beat_index=beat,
+        state="executing",
+        sync_state="free_running",
+        error_bound_ms=12.5,
+        late_ms_p50=0.41,
+        late_ms_max=7.9,
+        fired=4 * beat,
+        missed=37,
+        shed={"cpu": 12, "thermal": 3},
+        dropped_by_limit=5,
+        frames_rejected={"bad_tempo": 2, "stale": 9},
+        guard_level="essential_only",
+        guard_reason="cpu 94% > 85% for 5 samples",
+        recommended_tempo=54.0,
+        cpu_percent=94.1,
+        memory_mb=31.0,
+        temperature_c=78.6,
+        backlog=412,
+        outbox_dropped=18,
         alerts=("deadline miss rate 3.1% > 2%", "sync lost 4 beats ago"),
     )
 
 
 def builder(fmt: str) -> StatusBuilder:
     clock = SystemClock()
-    return StatusBuilder(AGENT, StatusConfig(format=fmt),  # type: ignore[arg-type]
-                         HybridLogicalClock(clock, node_id(AGENT)), "0.1.0",
-                         config_hash(b"example config"), start_seq=123_456)
+    return StatusBuilder(
+        AGENT,
+        StatusConfig(format=fmt),  # type: ignore[arg-type]
+        HybridLogicalClock(clock, node_id(AGENT)),
+        "0.1.0",
+        config_hash(b"example config"),
+        start_seq=123_456,
+    )
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -114,9 +146,16 @@ def bench_claims() -> list[tuple[str, ...]]:
             size = len(b.encode(claim))
             enc = timed(encoder(b, make), 2000)
             dec = timed(decoder(b.encode(claim)), 2000)
-            rows.append((label, fmt, str(size), f"{statistics.median(enc) * 1e6:.1f}",
-                         f"{percentile(enc, 0.99) * 1e6:.1f}",
-                         f"{statistics.median(dec) * 1e6:.1f}"))
+            rows.append(
+                (
+                    label,
+                    fmt,
+                    str(size),
+                    f"{statistics.median(enc) * 1e6:.1f}",
+                    f"{percentile(enc, 0.99) * 1e6:.1f}",
+                    f"{statistics.median(dec) * 1e6:.1f}",
+                )
+            )
     return rows
 
 
@@ -124,13 +163,18 @@ def us(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f}"
 
 
-def latency_row(label: str, op: str, samples: list[float], rate: bool = True
-                ) -> tuple[str, ...]:
+def latency_row(label: str, op: str, samples: list[float], rate: bool = True) -> tuple[str, ...]:
     if not samples:
         return (label, op, "0", "", "", "", "")
-    return (label, op, str(len(samples)),
-            f"{len(samples) / sum(samples):,.0f}" if rate else "",
-            us(statistics.median(samples)), us(percentile(samples, 0.99)), us(max(samples)))
+    return (
+        label,
+        op,
+        str(len(samples)),
+        f"{len(samples) / sum(samples):,.0f}" if rate else "",
+        us(statistics.median(samples)),
+        us(percentile(samples, 0.99)),
+        us(max(samples)),
+    )
 
 
 class TimedFsync:
@@ -154,10 +198,12 @@ def inline_fsync(directory: Path, payload: bytes, count: int) -> list[float]:
     directory.mkdir()
     frame = bytes(16) + payload
     with open(directory / "inline.log", "ab") as handle:
+
         def one(_: int) -> None:
             handle.write(frame)
             handle.flush()
             os.fsync(handle.fileno())
+
         return timed(one, count, pace_s=PACE_S)
 
 
@@ -166,13 +212,18 @@ def bench_outbox(base: Path) -> list[tuple[str, ...]]:
     claim = b.build(quiet_review(1))
     assert claim is not None
     payload = b.encode(claim)
-    rows = [latency_row("inline fsync (before)", "write+fsync", inline_fsync(
-        base / "inline", payload, COUNT))]
-    policies = (("default (10 / 1 s)", 10, 1.0, None),
-                ("fsync every record", 1, 0.0, None),
-                ("slow card, default", 10, 1.0, 0.020),
-                ("slow card, every record", 1, 0.0, 0.020),
-                ("flush only (no fsync)", 0, 0.0, None))
+    rows = [
+        latency_row(
+            "inline fsync (before)", "write+fsync", inline_fsync(base / "inline", payload, COUNT)
+        )
+    ]
+    policies = (
+        ("default (10 / 1 s)", 10, 1.0, None),
+        ("fsync every record", 1, 0.0, None),
+        ("slow card, default", 10, 1.0, 0.020),
+        ("slow card, every record", 1, 0.0, 0.020),
+        ("flush only (no fsync)", 0, 0.0, None),
+    )
     for number, (label, every, interval, fake_s) in enumerate(policies):
         directory = base / f"policy{number}"
         config = OutboxConfig(directory, fsync_every=every, fsync_interval_s=interval)
@@ -188,8 +239,7 @@ def bench_outbox(base: Path) -> list[tuple[str, ...]]:
         rows.append(latency_row(label, "ack (caller)", ack))
         if every or interval:
             # Without the one at open and the final one in close (both on the caller).
-            rows.append(latency_row(label, "fsync (syncer)", seam.times[at_open:-1],
-                                    rate=False))
+            rows.append(latency_row(label, "fsync (syncer)", seam.times[at_open:-1], rate=False))
         rows.append((label, "close (caller)", "1", "", us(closing), "", ""))
         shutil.rmtree(directory)
     # Replay: reopen a directory holding a full backlog (10,000 claims, as after an outage).
@@ -211,8 +261,17 @@ def bench_outbox(base: Path) -> list[tuple[str, ...]]:
         if len(opens) < 7:
             again.close()
     best = statistics.median(opens)
-    rows.append(("reopen 10k frames, 5k pending", "replay", "5000", f"{5000 / best:,.0f}",
-                 f"{best * 1e3:.1f} ms", "", f"{max(opens) * 1e3:.1f} ms"))
+    rows.append(
+        (
+            "reopen 10k frames, 5k pending",
+            "replay",
+            "5000",
+            f"{5000 / best:,.0f}",
+            f"{best * 1e3:.1f} ms",
+            "",
+            f"{max(opens) * 1e3:.1f} ms",
+        )
+    )
     start = time.perf_counter()
     sent = 0
     while True:
@@ -223,16 +282,19 @@ def bench_outbox(base: Path) -> list[tuple[str, ...]]:
             again.mark_sent(record.seq)
         sent += len(batch)
     drain = time.perf_counter() - start
-    rows.append(("unsent(100)+mark_sent, 5k", "drain", str(sent), f"{sent / drain:,.0f}",
-                 "", "", ""))
+    rows.append(
+        ("unsent(100)+mark_sent, 5k", "drain", str(sent), f"{sent / drain:,.0f}", "", "", "")
+    )
     again.close()
     return rows
 
 
 def table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
 
@@ -257,14 +319,19 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-outbox-", dir=args.dir))
     try:
         print("Status claim size and codec cost (us per claim; encode includes building)")
-        print(table(("claim", "format", "bytes", "build+encode p50", "p99", "decode p50"),
-                    bench_claims()))
+        print(
+            table(
+                ("claim", "format", "bytes", "build+encode p50", "p99", "decode p50"),
+                bench_claims(),
+            )
+        )
         print()
-        print(f"Outbox on {base} ({filesystem(base.resolve())}), "
-              f"{os.cpu_count()} CPUs; times in us unless marked; "
-              f"appends {PACE_S * 1e3:g} ms apart")
-        print(table(("policy", "op", "calls", "calls/s", "p50", "p99", "max"),
-                    bench_outbox(base)))
+        print(
+            f"Outbox on {base} ({filesystem(base.resolve())}), "
+            f"{os.cpu_count()} CPUs; times in us unless marked; "
+            f"appends {PACE_S * 1e3:g} ms apart"
+        )
+        print(table(("policy", "op", "calls", "calls/s", "p50", "p99", "max"), bench_outbox(base)))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

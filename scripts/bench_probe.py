@@ -74,9 +74,11 @@ def main() -> int:
         disk = args.disk or Path(scratch)
         probe = Probe(disk_path=disk)
         first = probe.sample(0.0)
-        print(f"machine: temperature source {probe.temperature_source or 'none'}, "
-              f"throttle flags {'present' if first.throttled is not None else 'absent'}, "
-              f"swap {'present' if first.swap_percent is not None else 'absent'}")
+        print(
+            f"machine: temperature source {probe.temperature_source or 'none'}, "
+            f"throttle flags {'present' if first.throttled is not None else 'absent'}, "
+            f"swap {'present' if first.swap_percent is not None else 'absent'}"
+        )
         print()
         print(f"{'probe':<28} {'n':>6} {'median us':>10} {'p99 us':>10} {'max us':>10}")
         rows = []

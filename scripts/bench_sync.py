@@ -68,11 +68,14 @@ def scenarios() -> list[tuple[str, Pulse, Network, dict[str, object]]]:
         ("heavy tail <=50ms, 10% loss", Pulse(), Network(jitter=hv, loss=0.1), {}),
         ("  same, wall in sync", Pulse(), Network(jitter=hv, loss=0.1), {"wall": 0.0}),
         ("  same, wall 3 h off", Pulse(), Network(jitter=hv, loss=0.1), {"wall": 10800.0}),
-        ("uniform 0-50ms, 10% loss", Pulse(beats=UNIFORM_BEATS), Network(jitter=un, loss=0.1),
-         {}),
+        ("uniform 0-50ms, 10% loss", Pulse(beats=UNIFORM_BEATS), Network(jitter=un, loss=0.1), {}),
         ("  same, seed 2", Pulse(beats=UNIFORM_BEATS), Network(jitter=un, loss=0.1, seed=2), {}),
-        ("  same, wall in sync", Pulse(beats=UNIFORM_BEATS), Network(jitter=un, loss=0.1),
-         {"wall": 0.0}),
+        (
+            "  same, wall in sync",
+            Pulse(beats=UNIFORM_BEATS),
+            Network(jitter=un, loss=0.1),
+            {"wall": 0.0},
+        ),
         ("dup 10% + reorder 5%", Pulse(), Network(jitter=hv, duplicate=0.1), {"reorder": 0.05}),
         ("+200 ppm, heavy, 10% loss", Pulse(ppm=200), Network(jitter=hv, loss=0.1), {}),
         ("-200 ppm, heavy, 10% loss", Pulse(ppm=-200), Network(jitter=hv, loss=0.1), {}),
@@ -156,8 +159,10 @@ def main() -> int:
                 <= truth.get((e.beat_index, PHASES.index(e.phase)), 0.0)
                 < quiet_end
             ]
-            notes.append(f"{name}: error beyond the fixed delay in the last 5 s of the silence: "
-                         f"max {max(tail) * 1e3:.3f} ms over {len(tail)} boundaries")
+            notes.append(
+                f"{name}: error beyond the fixed delay in the last 5 s of the silence: "
+                f"max {max(tail) * 1e3:.3f} ms over {len(tail)} boundaries"
+            )
         rp99 = percentile(receipt, 99)
         gain = rp99 / max(percentile(follower, 99) - fixed, 1e-6)
         gain_ss = rp99 / max(percentile(steady, 99) - fixed, 1e-6)
@@ -172,12 +177,14 @@ def main() -> int:
     for note in notes:
         print(note)
     print(INFORMATION_LIMIT)
-    print(f"(errors in ms from beat 8 / beat {STEADY} / the last quarter of the run; <1ms@ = "
-          f"beat after which the error beyond the fixed delay stays under 1 ms; gain = "
-          f"receipt p99 / follower p99 beyond the fixed delay; bnd@100 = median error bound; "
-          f"recv us = CPU per receive() on this machine; window "
-          f"{SyncConfig().filter_window_frames} frames; "
-          f"{time.perf_counter() - started:.1f} s)")
+    print(
+        f"(errors in ms from beat 8 / beat {STEADY} / the last quarter of the run; <1ms@ = "
+        f"beat after which the error beyond the fixed delay stays under 1 ms; gain = "
+        f"receipt p99 / follower p99 beyond the fixed delay; bnd@100 = median error bound; "
+        f"recv us = CPU per receive() on this machine; window "
+        f"{SyncConfig().filter_window_frames} frames; "
+        f"{time.perf_counter() - started:.1f} s)"
+    )
     return 0
 
 

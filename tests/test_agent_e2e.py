@@ -68,12 +68,14 @@ def _beats(pulse_rows: list[dict[str, object]]) -> dict[int, list[tuple[float, f
     for row in pulse_rows:
         if row["phase"] == "plan":
             out.setdefault(int(row["beat_index"]), []).append(  # type: ignore[call-overload]
-                (float(row["intended_mono"]), float(row["tempo_bpm"])))  # type: ignore[arg-type]
+                (float(row["intended_mono"]), float(row["tempo_bpm"]))
+            )  # type: ignore[arg-type]
     return out
 
 
-def _check_phases(agent_rows: list[dict[str, object]],
-                  beats: dict[int, list[tuple[float, float]]]) -> int:
+def _check_phases(
+    agent_rows: list[dict[str, object]], beats: dict[int, list[tuple[float, float]]]
+) -> int:
     """Assert every fired action lies in its rule's phase of its beat; return how many."""
     checked = 0
     last_sent = max(beats)
@@ -93,7 +95,8 @@ def _check_phases(agent_rows: list[dict[str, object]],
         assert phase_start - 0.005 <= fired < phase_start + third, (
             f"{row['device']}.{row['do']} of beat {row['beat_index']} fired {fired - start:.4f} s "
             f"into the beat, outside its {phase} phase [{PHASE_NO[phase] * third:.3f}, "
-            f"{(PHASE_NO[phase] + 1) * third:.3f})")
+            f"{(PHASE_NO[phase] + 1) * third:.3f})"
+        )
         # and near where the rule put it (generous: a loaded 2-core CI box)
         assert abs(fired - intended) < 0.03, (row, intended)
         checked += 1
@@ -148,14 +151,18 @@ def test_tempo_change_is_followed(tmp_path: Path, mosquitto: Mosquitto) -> None:
     agent, pulse, agent_trace, pulse_trace = _run(tmp_path, mosquitto, 120)
     try:
         assert _wait_for(lambda: len(read_trace(agent_trace)) >= 8, 25), agent.log()
-        publish.single("backbeat/bench/pulse/tempo", "132", hostname="127.0.0.1",
-                       port=mosquitto.port)
-        assert _wait_for(lambda: any(r["tempo_bpm"] == 132.0 for r in read_trace(pulse_trace)),
-                         10), pulse.log()
-        publish.single("backbeat/bench/pulse/tempo", "118.8", hostname="127.0.0.1",
-                       port=mosquitto.port)
-        assert _wait_for(lambda: any(r["tempo_bpm"] == 118.8 for r in read_trace(pulse_trace)),
-                         10), pulse.log()
+        publish.single(
+            "backbeat/bench/pulse/tempo", "132", hostname="127.0.0.1", port=mosquitto.port
+        )
+        assert _wait_for(
+            lambda: any(r["tempo_bpm"] == 132.0 for r in read_trace(pulse_trace)), 10
+        ), pulse.log()
+        publish.single(
+            "backbeat/bench/pulse/tempo", "118.8", hostname="127.0.0.1", port=mosquitto.port
+        )
+        assert _wait_for(
+            lambda: any(r["tempo_bpm"] == 118.8 for r in read_trace(pulse_trace)), 10
+        ), pulse.log()
         time.sleep(3.0)
     finally:
         pulse.stop()
@@ -180,11 +187,22 @@ def test_agent_survives_pulse_stop_and_restart(tmp_path: Path, mosquitto: Mosqui
         time.sleep(2.5)  # the agent free-runs on its model meanwhile
         free_run_rows = read_trace(agent_trace)[silent_from:]
         # A new pulse restarts the beat count from 1000: a beat-index jump.
-        pulse = start_pulse(mosquitto.url, "bench", 120, tmp_path / "pulse2.jsonl",
-                            tmp_path / "pulse2.log", start_beat=1000)
-        assert _wait_for(lambda: any(int(r["beat_index"]) >= 1000  # type: ignore[call-overload]
-                                     and r["fired_mono"] for r in read_trace(agent_trace)), 20), (
-            agent.log())
+        pulse = start_pulse(
+            mosquitto.url,
+            "bench",
+            120,
+            tmp_path / "pulse2.jsonl",
+            tmp_path / "pulse2.log",
+            start_beat=1000,
+        )
+        assert _wait_for(
+            lambda: any(
+                int(r["beat_index"]) >= 1000  # type: ignore[call-overload]
+                and r["fired_mono"]
+                for r in read_trace(agent_trace)
+            ),
+            20,
+        ), agent.log()
         time.sleep(2.0)
     finally:
         pulse.stop()
@@ -201,8 +219,11 @@ def test_agent_survives_pulse_stop_and_restart(tmp_path: Path, mosquitto: Mosqui
 
 def test_broken_config_exits_nonzero_listing_every_problem(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text('[agent]\nid = "bad id!"\n[broker]\nurl = "http://x"\n'
-                      '[devices.led]\nkind = "lamp"\npin = 17\n', encoding="utf-8")
+    config.write_text(
+        '[agent]\nid = "bad id!"\n[broker]\nurl = "http://x"\n'
+        '[devices.led]\nkind = "lamp"\npin = 17\n',
+        encoding="utf-8",
+    )
     proc = start_agent(config, None, tmp_path / "agent.log")
     assert proc.process.wait(timeout=30) == 2
     log = proc.log()
@@ -223,7 +244,8 @@ def test_agent_waits_for_a_missing_broker(tmp_path: Path) -> None:
             pulse = start_pulse(broker.url, "bench", 150, None, tmp_path / "pulse.log")
             try:
                 assert _wait_for(lambda: len(read_trace(tmp_path / "agent.jsonl")) >= 4, 25), (
-                    agent.log())
+                    agent.log()
+                )
             finally:
                 pulse.stop()
     finally:

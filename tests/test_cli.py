@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.parametrize("command", ["run", "pulse", "check", "demo", "monitor"])
@@ -29,8 +34,11 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 
 def test_check_prints_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text(f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\n'
-                      f'profile = "{ROOT / "hw" / "bench.toml"}"\n', encoding="utf-8")
+    config.write_text(
+        f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\n'
+        f'profile = "{ROOT / "hw" / "bench.toml"}"\n',
+        encoding="utf-8",
+    )
     assert main(["check", "--config", str(config), "--tempo", "60", "1000"]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "status_led" in out
@@ -38,11 +46,15 @@ def test_check_prints_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "1000.0 BPM:" in out and "all rules fit" not in out.split("1000.0 BPM:")[1]
 
 
-def test_check_lists_every_problem_and_fails(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_lists_every_problem_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text('[agent]\nid = "x y"\n[broker]\nurl = "mqtt://h:1883"\n'
-                      'password = "oops"\n[sync]\nbogus = 1\n', encoding="utf-8")
+    config.write_text(
+        '[agent]\nid = "x y"\n[broker]\nurl = "mqtt://h:1883"\n'
+        'password = "oops"\n[sync]\nbogus = 1\n',
+        encoding="utf-8",
+    )
     assert main(["check", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     for where in ("agent.id", "agent.cluster", "broker.password", "sync.bogus"):

@@ -36,8 +36,9 @@ class FakeAgents:
     """Speaks for a few agents on the broker, as a running backbeat-edge would."""
 
     def __init__(self, broker: Mosquitto) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fake-agents",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="fake-agents", protocol=mqtt.MQTTv5
+        )
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         self.agents: dict[str, dict[str, object]] = {}
@@ -45,8 +46,15 @@ class FakeAgents:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, agent_id: str, *, sync: str = "locked", version: str | Path = NEW,
-            availability: str | None = "online", payload: bytes | None = None) -> None:
+    def add(
+        self,
+        agent_id: str,
+        *,
+        sync: str = "locked",
+        version: str | Path = NEW,
+        availability: str | None = "online",
+        payload: bytes | None = None,
+    ) -> None:
         """``version`` is a string, or the VERSION file of a root to read it from."""
         self.agents[agent_id] = {"sync": sync, "version": version, "payload": payload}
         if availability is not None:
@@ -64,10 +72,16 @@ class FakeAgents:
                 version = spec["version"]
                 if isinstance(version, Path):
                     version = version.read_text().strip() if version.exists() else "none"
-                claim = StatusClaim(agent_id=agent_id, beat_index=self.beat, state="executing",
-                                    hlc="0001:0002:0003", metadata={
-                                        "sync": {"state": spec["sync"], "error_bound_ms": 0.8},
-                                        "agent_version": version})
+                claim = StatusClaim(
+                    agent_id=agent_id,
+                    beat_index=self.beat,
+                    state="executing",
+                    hlc="0001:0002:0003",
+                    metadata={
+                        "sync": {"state": spec["sync"], "error_bound_ms": 0.8},
+                        "agent_version": version,
+                    },
+                )
                 payload = encode(claim)
             assert isinstance(payload, bytes)
             self.client.publish(f"backbeat/{CLUSTER}/status/{agent_id}", payload, qos=0)
@@ -76,6 +90,7 @@ class FakeAgents:
         def loop() -> None:
             while not self._stop.wait(period_s):
                 self.publish_beat()
+
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
 
@@ -96,16 +111,31 @@ def agents(mosquitto: Mosquitto) -> Iterator[FakeAgents]:
 
 def health(broker: Mosquitto, agent_id: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(HEALTH), "--broker", broker.url, "--cluster", CLUSTER,
-         "--agent-id", agent_id, "--claims", "2", *extra],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            str(HEALTH),
+            "--broker",
+            broker.url,
+            "--cluster",
+            CLUSTER,
+            "--agent-id",
+            agent_id,
+            "--claims",
+            "2",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # --------------------------------------------------------------------------- the health gate
 
 
-def test_health_gate_passes_an_online_locked_agent(mosquitto: Mosquitto,
-                                                  agents: FakeAgents) -> None:
+def test_health_gate_passes_an_online_locked_agent(
+    mosquitto: Mosquitto, agents: FakeAgents
+) -> None:
     agents.add("bench:pi-01")
     agents.start()
     got = health(mosquitto, "bench:pi-01", "--timeout", "30", "--expect-version", NEW)
@@ -114,27 +144,37 @@ def test_health_gate_passes_an_online_locked_agent(mosquitto: Mosquitto,
 
 
 def test_health_gate_reads_json_claims_too(mosquitto: Mosquitto, agents: FakeAgents) -> None:
-    claim = StatusClaim(agent_id="bench:pi-01", beat_index=7, state="idle", hlc="0001:0002:0003",
-                        metadata={"sync": "locked"})
+    claim = StatusClaim(
+        agent_id="bench:pi-01",
+        beat_index=7,
+        state="idle",
+        hlc="0001:0002:0003",
+        metadata={"sync": "locked"},
+    )
     agents.add("bench:pi-01", payload=encode(claim, "json"))
     agents.start()
     got = health(mosquitto, "bench:pi-01", "--timeout", "30")
     assert got.returncode == 0, got.stdout + got.stderr
 
 
-@pytest.mark.parametrize(("spec", "reason"), [
-    ({"sync": "free_running"}, "none locked (last sync state 'free_running')"),
-    ({"availability": "offline"}, "is 'offline', not 'online'"),
-    ({"availability": None}, "never announced availability"),
-    ({"version": OLD}, f"runs version {OLD}, expected {NEW}"),
-    ({"payload": b"\xa1\x61x\x01"}, "sent no valid status claims"),
-])
-def test_health_gate_fails_with_a_clear_reason(mosquitto: Mosquitto, agents: FakeAgents,
-                                              spec: dict[str, object], reason: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ({"sync": "free_running"}, "none locked (last sync state 'free_running')"),
+        ({"availability": "offline"}, "is 'offline', not 'online'"),
+        ({"availability": None}, "never announced availability"),
+        ({"version": OLD}, f"runs version {OLD}, expected {NEW}"),
+        ({"payload": b"\xa1\x61x\x01"}, "sent no valid status claims"),
+    ],
+)
+def test_health_gate_fails_with_a_clear_reason(
+    mosquitto: Mosquitto, agents: FakeAgents, spec: dict[str, object], reason: str
+) -> None:
     agents.add("bench:pi-01", **spec)  # type: ignore[arg-type]
     agents.start()
-    got = health(mosquitto, "bench:pi-01", "--beats", "2", "--tempo-bpm", "120",
-                 "--expect-version", NEW)
+    got = health(
+        mosquitto, "bench:pi-01", "--beats", "2", "--tempo-bpm", "120", "--expect-version", NEW
+    )
     assert got.returncode == 1, got.stdout + got.stderr
     assert got.stdout.startswith("unhealthy: bench:pi-01 ")
     assert reason in got.stdout
@@ -151,16 +191,43 @@ def test_health_gate_ignores_other_agents(mosquitto: Mosquitto, agents: FakeAgen
 def test_health_gate_reports_an_unreachable_broker(mosquitto: Mosquitto) -> None:
     url = mosquitto.url
     mosquitto.stop()
-    got = subprocess.run([sys.executable, str(HEALTH), "--broker", url, "--cluster", CLUSTER,
-                          "--agent-id", "bench:pi-01", "--timeout", "1"],
-                         capture_output=True, text=True, timeout=60)
+    got = subprocess.run(
+        [
+            sys.executable,
+            str(HEALTH),
+            "--broker",
+            url,
+            "--cluster",
+            CLUSTER,
+            "--agent-id",
+            "bench:pi-01",
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert got.returncode == 3
     assert got.stdout.startswith("unreachable: cannot connect to")
 
 
 def test_health_gate_rejects_a_bad_broker_url() -> None:
-    got = subprocess.run([sys.executable, str(HEALTH), "--broker", "http://x", "--cluster",
-                          CLUSTER, "--agent-id", "a"], capture_output=True, text=True, timeout=60)
+    got = subprocess.run(
+        [
+            sys.executable,
+            str(HEALTH),
+            "--broker",
+            "http://x",
+            "--cluster",
+            CLUSTER,
+            "--agent-id",
+            "a",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert got.returncode == 2
     assert "--broker must be mqtt://" in got.stderr
 
@@ -173,8 +240,9 @@ def ansible_playbook() -> Path:
     tool = Path(sys.executable).parent / "ansible-playbook"
     if not tool.exists():
         try:
-            proc = subprocess.run([str(ROOT / "scripts" / "fleet-setup")], capture_output=True,
-                                  text=True, timeout=300)
+            proc = subprocess.run(
+                [str(ROOT / "scripts" / "fleet-setup")], capture_output=True, text=True, timeout=300
+            )
         except subprocess.TimeoutExpired:
             pytest.skip("ansible-core could not be installed (scripts/fleet-setup timed out)")
         if proc.returncode != 0 or not tool.exists():
@@ -189,17 +257,33 @@ def build_wheels(tmp: Path) -> Path:
     procs = []
     for version in (OLD, NEW):
         src = tmp / f"src-{version}"
-        shutil.copytree(ROOT / "edge", src / "edge",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "edge", src / "edge", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "README.md", src / "README.md")
         text = (ROOT / "pyproject.toml").read_text()
         assert '\nversion = "' in text
-        lines = [f'version = "{version}"' if line.startswith("version = ") else line
-                 for line in text.splitlines()]
+        lines = [
+            f'version = "{version}"' if line.startswith("version = ") else line
+            for line in text.splitlines()
+        ]
         (src / "pyproject.toml").write_text("\n".join(lines) + "\n")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(house), str(src)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "-q",
+                    "--no-deps",
+                    "-w",
+                    str(house),
+                    str(src),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for proc in procs:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out
@@ -218,18 +302,30 @@ def seed_device(root: Path) -> None:
 def installed_version(root: Path) -> str:
     """What the device's venv really holds, not only what VERSION says."""
     python = root / "opt" / "backbeat-edge" / "venv" / "bin" / "python"
-    out = subprocess.run([str(python), "-I", "-c", "import importlib.metadata as m;"
-                          "print(m.version('backbeat-edge'))"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    out = subprocess.run(
+        [
+            str(python),
+            "-I",
+            "-c",
+            "import importlib.metadata as m;print(m.version('backbeat-edge'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
     assert (root / "opt" / "backbeat-edge" / "VERSION").read_text().strip() == out
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
-                    reason="the installer needs root and shadow's useradd --prefix")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None,
+    reason="the installer needs root and shadow's useradd --prefix",
+)
 def test_rollout_stops_at_a_failing_wave_and_rolls_it_back(
-        tmp_path: Path, mosquitto: Mosquitto, agents: FakeAgents) -> None:
+    tmp_path: Path, mosquitto: Mosquitto, agents: FakeAgents
+) -> None:
     tool = ansible_playbook()
     house = build_wheels(tmp_path)
     devices = {name: tmp_path / name for name in ("dev1", "dev2", "dev3")}
@@ -237,11 +333,27 @@ def test_rollout_stops_at_a_failing_wave_and_rolls_it_back(
     installs = []
     for root in devices.values():
         seed_device(root)
-        installs.append(subprocess.Popen(
-            [str(INSTALL), "--prefix", str(root), "--version", OLD, "--wheelhouse", str(house),
-             "--no-systemctl", "--no-start", "--profile", str(ROOT / "systemd" /
-                                                               "agent.example.toml")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        installs.append(
+            subprocess.Popen(
+                [
+                    str(INSTALL),
+                    "--prefix",
+                    str(root),
+                    "--version",
+                    OLD,
+                    "--wheelhouse",
+                    str(house),
+                    "--no-systemctl",
+                    "--no-start",
+                    "--profile",
+                    str(ROOT / "systemd" / "agent.example.toml"),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for proc in installs:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out
@@ -250,15 +362,20 @@ def test_rollout_stops_at_a_failing_wave_and_rolls_it_back(
 
     # The agents report what is installed; dev2 (the 30% wave) never locks to the beat.
     for name, root in devices.items():
-        agents.add(f"{CLUSTER}:{name}", version=root / "opt/backbeat-edge/VERSION",
-                   sync="free_running" if name == "dev2" else "locked")
+        agents.add(
+            f"{CLUSTER}:{name}",
+            version=root / "opt/backbeat-edge/VERSION",
+            sync="free_running" if name == "dev2" else "locked",
+        )
     agents.start()
 
     inventory = tmp_path / "inventory.ini"
     inventory.write_text(
         "[devices]\n"
-        + "".join(f"{name} backbeat_root={root} backbeat_agent_id={CLUSTER}:{name}\n"
-                  for name, root in devices.items())
+        + "".join(
+            f"{name} backbeat_root={root} backbeat_agent_id={CLUSTER}:{name}\n"
+            for name, root in devices.items()
+        )
         + "\n[devices:vars]\n"
         "ansible_connection=local\n"
         f"ansible_python_interpreter={sys.executable}\n"
@@ -271,21 +388,32 @@ def test_rollout_stops_at_a_failing_wave_and_rolls_it_back(
         "backbeat_become=false\n"
         "backbeat_health_beats=6\n"
         "backbeat_health_tempo_bpm=120\n"
-        "backbeat_health_claims=2\n")
+        "backbeat_health_claims=2\n"
+    )
     (tmp_path / "ansible.cfg").write_text("[defaults]\n")
     ansible_env = {
-        **os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
-        "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+        **os.environ,
+        "LC_ALL": "C.UTF-8",
+        "LANG": "C.UTF-8",
+        "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
         "ANSIBLE_REMOTE_TEMP": str(tmp_path / "ansible-remote"),
         "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
-        "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_PIPELINING": "1", "TMPDIR": str(tmp_path),
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_PIPELINING": "1",
+        "TMPDIR": str(tmp_path),
     }
 
     run = subprocess.run(
         [str(tool), "-i", str(inventory), str(PLAYBOOK), "-e", f"backbeat_version={NEW}"],
-        capture_output=True, text=True, env=ansible_env, timeout=600, cwd=tmp_path)
+        capture_output=True,
+        text=True,
+        env=ansible_env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     log = run.stdout + run.stderr
     assert run.returncode != 0, log
     # Canary upgraded and healthy; dev2 failed its gate and was rolled back; dev3 never touched.

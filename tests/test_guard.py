@@ -221,7 +221,10 @@ def test_missing_sensor_never_raises_a_condition() -> None:
     guard = Guard(RAW)
     guard.observe(
         sample(
-            cpu_percent=None, memory_percent=None, temperature_c=None, throttled=None,
+            cpu_percent=None,
+            memory_percent=None,
+            temperature_c=None,
+            throttled=None,
             swap_percent=None,
         )
     )
@@ -389,8 +392,11 @@ def test_queue_is_bounded_and_rejections_counted() -> None:
     cands.append(cand("must", essential=True, cost_s=0.0))
     admission = guard.admit(0, cands, 10.0, now=0.0)
     assert sorted(names(admission)) == ["must", "n3", "n4"]
-    assert shed_reasons(admission) == {"n0": SHED_QUEUE_FULL, "n1": SHED_QUEUE_FULL,
-                                       "n2": SHED_QUEUE_FULL}
+    assert shed_reasons(admission) == {
+        "n0": SHED_QUEUE_FULL,
+        "n1": SHED_QUEUE_FULL,
+        "n2": SHED_QUEUE_FULL,
+    }
     assert guard.rejected == 3
     assert guard.shed[SHED_QUEUE_FULL] == 3
 
@@ -571,8 +577,13 @@ def test_pi_defaults_are_sane() -> None:
 def test_parse_guard_reads_values() -> None:
     problems = ConfigProblems()
     config = parse_guard(
-        {"cpu_enter": 90, "cpu_exit": 60.5, "queue_bound": 8, "throttle_mask": 0x5,
-         "enabled": False},
+        {
+            "cpu_enter": 90,
+            "cpu_exit": 60.5,
+            "queue_bound": 8,
+            "throttle_mask": 0x5,
+            "enabled": False,
+        },
         problems,
     )
     assert not problems

@@ -68,25 +68,34 @@ essential = false
 
 def _hogs(memory_mb: int) -> list[subprocess.Popen[bytes]]:
     cpu = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    mem = subprocess.Popen([sys.executable, "-c",
-                            f"import time; b = bytearray({memory_mb} * 1024 * 1024); "
-                            "b[::4096] = b'x' * len(b[::4096]); time.sleep(600)"])
+    mem = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time; b = bytearray({memory_mb} * 1024 * 1024); "
+            "b[::4096] = b'x' * len(b[::4096]); time.sleep(600)",
+        ]
+    )
     return [*cpu, mem]
 
 
-def test_guard_keeps_essential_work_on_time_under_load(tmp_path: Path,
-                                                        mosquitto: Mosquitto) -> None:
+def test_guard_keeps_essential_work_on_time_under_load(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     # Memory thresholds just above what this machine uses now, so a 2 % hog crosses them.
     vm = psutil.virtual_memory()
     hog_mb = int(vm.total / 1024 / 1024 * 0.03)
     enter = round(vm.percent + 1.5, 1)
-    guard = (f"[guard]\nmemory_enter = {enter}\nmemory_exit = {round(vm.percent + 0.8, 1)}\n"
-             f"memory_critical_enter = 99.0\nmemory_critical_exit = 98.0\n")
+    guard = (
+        f"[guard]\nmemory_enter = {enter}\nmemory_exit = {round(vm.percent + 0.8, 1)}\n"
+        f"memory_critical_enter = 99.0\nmemory_critical_exit = 98.0\n"
+    )
     config = write_agent_config(tmp_path, mosquitto.url, PROFILE, extra=guard)
     recorder = ClaimRecorder(mosquitto.port)
     agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
-    pulse = start_pulse(mosquitto.url, "bench", 120, tmp_path / "pulse.jsonl",
-                        tmp_path / "pulse.log")
+    pulse = start_pulse(
+        mosquitto.url, "bench", 120, tmp_path / "pulse.jsonl", tmp_path / "pulse.log"
+    )
     hogs: list[subprocess.Popen[bytes]] = []
     try:
         time.sleep(4.0)  # locked, unloaded

@@ -146,8 +146,14 @@ def test_every_device_is_built_at_its_safe_state(hw: Hardware, factory: MockFact
 
 def test_on_off_toggle_set_history(hw: Hardware, factory: MockFactory) -> None:
     for t, action in enumerate(
-        [Action("led", "on"), Action("led", "off"), Action("led", "toggle"),
-         Action("led", "toggle"), Action("led", "set", value=1.0), Action("led", "on")]
+        [
+            Action("led", "on"),
+            Action("led", "off"),
+            Action("led", "toggle"),
+            Action("led", "toggle"),
+            Action("led", "set", value=1.0),
+            Action("led", "on"),
+        ]
     ):
         result = hw.apply(action, float(t))
         assert result.ok and result.dropped is None
@@ -470,7 +476,8 @@ def test_a_device_that_cannot_be_built_is_isolated(factory: MockFactory) -> None
 
 
 def test_revive_brings_a_repaired_device_back_and_leaves_a_broken_one_isolated(
-        factory: MockFactory) -> None:
+    factory: MockFactory,
+) -> None:
     flaky = factory.pin(17, pin_class=FlakyPin)
     hw = Hardware(profile_of(BENCH), pin_factory=factory)
     try:
@@ -724,11 +731,15 @@ max_running = 2
 
 
 def test_out_of_order_finishes_carry_their_own_run_and_duration(
-    factory: MockFactory, tmp_path: Path,
+    factory: MockFactory,
+    tmp_path: Path,
 ) -> None:
     flag = tmp_path / "go"
-    slow = (sys.executable, "-c",
-            f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.005)")
+    slow = (
+        sys.executable,
+        "-c",
+        f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.005)",
+    )
     hw = Hardware(profile_of(TWO_AT_ONCE), pin_factory=factory, clock=lambda: 0.0)
     try:
         first = hw.apply(Action("sh", "command", argv=slow), 0.0)

@@ -30,7 +30,10 @@ def test_now_wire_is_three_groups_of_four_lowercase_hex_digits() -> None:
 def test_logical_counts_within_a_second_and_resets_when_the_wall_moves() -> None:
     clock, hlc = hlc_at(100.0)
     assert [hlc.now_wire() for _ in range(3)] == [
-        "0064:0000:beef", "0064:0001:beef", "0064:0002:beef"]
+        "0064:0000:beef",
+        "0064:0001:beef",
+        "0064:0002:beef",
+    ]
     clock.advance(0.5)  # same second
     assert hlc.now_wire() == "0064:0003:beef"
     clock.advance(0.5)

@@ -21,8 +21,10 @@ INSTALL = ROOT / "scripts" / "install"
 UNIT = ROOT / "systemd" / "backbeat-edge.service"
 EXAMPLE = ROOT / "systemd" / "agent.example.toml"
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
-                                reason="needs root and shadow's useradd --prefix")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None,
+    reason="needs root and shadow's useradd --prefix",
+)
 
 
 def seed_root(root: Path) -> Path:
@@ -62,13 +64,14 @@ def project_version() -> str:
 @pytest.fixture
 def profile(tmp_path: Path) -> Path:
     path = tmp_path / "relay-board.toml"
-    path.write_text('[gpio]\n# a stand-in profile for the installer test\n')
+    path.write_text("[gpio]\n# a stand-in profile for the installer test\n")
     return path
 
 
 @needs_root
 def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
-        tmp_path: Path, profile: Path) -> None:
+    tmp_path: Path, profile: Path
+) -> None:
     root = seed_root(tmp_path / "root")
     log = run_install(root, profile=profile)
 
@@ -135,8 +138,7 @@ def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Pa
     log = run_install(root, "--uninstall")
     assert not (root / "opt" / "backbeat-edge").exists()
     assert not (root / "etc/systemd/system/backbeat-edge.service").exists()
-    assert not (root / "etc/systemd/system/multi-user.target.wants/backbeat-edge.service"
-                ).exists()
+    assert not (root / "etc/systemd/system/multi-user.target.wants/backbeat-edge.service").exists()
     assert (root / "etc/backbeat-edge/agent.toml").is_file()
     assert "backbeat" in [u[0] for u in accounts(root, "passwd")]
     assert "kept" in log
@@ -147,15 +149,23 @@ def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Pa
     assert "gpio" in [g[0] for g in accounts(root, "group")]  # shared with other users
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--wheel", "x.whl", "--version", "1.0"], "not both"),
-    (["--frobnicate"], "unknown argument: --frobnicate"),
-    (["--wheel", "/nonexistent/backbeat.whl", "--no-users"], "no wheel at"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--wheel", "x.whl", "--version", "1.0"], "not both"),
+        (["--frobnicate"], "unknown argument: --frobnicate"),
+        (["--wheel", "/nonexistent/backbeat.whl", "--no-users"], "no wheel at"),
+    ],
+)
 def test_install_refuses_bad_arguments_with_a_reason(
-        tmp_path: Path, args: list[str], message: str) -> None:
-    proc = subprocess.run([str(INSTALL), "--prefix", str(tmp_path), *args],
-                          capture_output=True, text=True, timeout=120)
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    proc = subprocess.run(
+        [str(INSTALL), "--prefix", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert message in proc.stderr
 

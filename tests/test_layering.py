@@ -15,17 +15,44 @@ import pytest
 EDGE = Path(__file__).resolve().parent.parent / "edge"
 
 #: The core as DESIGN.md draws it; these must exist.
-REQUIRED_CORE = ("errors", "clock", "messages", "hlc", "sync", "score", "guard", "metrics",
-                 "status", "config", "profile")
+REQUIRED_CORE = (
+    "errors",
+    "clock",
+    "messages",
+    "hlc",
+    "sync",
+    "score",
+    "guard",
+    "metrics",
+    "status",
+    "config",
+    "profile",
+)
 #: Core modules that may exist (checked when they do).
 OPTIONAL_CORE: tuple[str, ...] = ()
 
-FORBIDDEN = frozenset({
-    "paho", "gpiozero", "psutil", "socket", "threading", "time", "subprocess", "asyncio",
-    "select", "signal",
-    # the same doors under other names
-    "_thread", "selectors", "socketserver", "multiprocessing", "lgpio", "RPi", "os",
-})
+FORBIDDEN = frozenset(
+    {
+        "paho",
+        "gpiozero",
+        "psutil",
+        "socket",
+        "threading",
+        "time",
+        "subprocess",
+        "asyncio",
+        "select",
+        "signal",
+        # the same doors under other names
+        "_thread",
+        "selectors",
+        "socketserver",
+        "multiprocessing",
+        "lgpio",
+        "RPi",
+        "os",
+    }
+)
 ALLOWED_EXCEPTIONS = {"clock": frozenset({"time"})}
 
 
@@ -42,8 +69,13 @@ def forbidden_imports(source: str, allowed: frozenset[str] = frozenset()) -> lis
                 names = [node.module]
         elif isinstance(node, ast.Call):
             func = node.func
-            called = (func.id if isinstance(func, ast.Name)
-                      else func.attr if isinstance(func, ast.Attribute) else "")
+            called = (
+                func.id
+                if isinstance(func, ast.Name)
+                else func.attr
+                if isinstance(func, ast.Attribute)
+                else ""
+            )
             if called in ("__import__", "import_module") and node.args:
                 first = node.args[0]
                 if isinstance(first, ast.Constant) and isinstance(first.value, str):

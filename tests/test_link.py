@@ -62,7 +62,7 @@ class _Ceiling(random.Random):
 def test_backoff_stays_within_zero_and_the_exponential_ceiling() -> None:
     rng = random.Random(7)
     for attempt in range(0, 40):
-        ceiling = min(2.0, 0.25 * 2 ** attempt)
+        ceiling = min(2.0, 0.25 * 2**attempt)
         for _ in range(50):
             delay = backoff_delay(attempt, 0.25, 2.0, rng)
             assert 0.0 <= delay <= ceiling, (attempt, delay)
@@ -97,7 +97,8 @@ def test_backoff_is_full_jitter_across_the_whole_range() -> None:
 
 
 def test_password_relative_name_is_found_in_the_credentials_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "broker-password").write_text("from-systemd\n")
@@ -107,7 +108,8 @@ def test_password_relative_name_is_found_in_the_credentials_directory(
 
 
 def test_password_credential_wins_over_the_file_beside_the_config(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The unit's LoadCredential= source usually sits beside the config (and is root-only);
     # config.py has made the name absolute, yet the credential must still come first.
     etc = tmp_path / "etc"
@@ -124,7 +126,8 @@ def test_password_credential_wins_over_the_file_beside_the_config(
 
 
 def test_password_falls_back_to_the_path_when_no_credential_has_that_name(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (tmp_path / "pw").write_text("by-hand")
@@ -133,7 +136,8 @@ def test_password_falls_back_to_the_path_when_no_credential_has_that_name(
 
 
 def test_password_missing_file_error_names_the_file_not_a_password(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     missing = tmp_path / "nowhere" / "broker-password"
     with pytest.raises(LinkError) as info:
@@ -143,7 +147,8 @@ def test_password_missing_file_error_names_the_file_not_a_password(
 
 
 def test_password_unreadable_is_a_link_error_naming_the_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     directory = tmp_path / "a-directory"
     directory.mkdir()
@@ -151,16 +156,20 @@ def test_password_unreadable_is_a_link_error_naming_the_file(
         read_password(directory)
 
 
-@pytest.mark.parametrize(("text", "password"), [
-    ("pw\n", "pw"),
-    ("pw\r\n", "pw"),
-    ("pw", "pw"),
-    ("pw\n\n", "pw\n"),  # only one newline is the file's; the rest is the password's
-    (" pw \n", " pw "),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    ("text", "password"),
+    [
+        ("pw\n", "pw"),
+        ("pw\r\n", "pw"),
+        ("pw", "pw"),
+        ("pw\n\n", "pw\n"),  # only one newline is the file's; the rest is the password's
+        (" pw \n", " pw "),
+        ("", ""),
+    ],
+)
 def test_password_strips_exactly_one_newline(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, password: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, password: str
+) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     path = tmp_path / "pw"
     path.write_bytes(text.encode())
@@ -203,13 +212,13 @@ class Seen:
 class Watcher:
     """An MQTT 5 observer recording everything on its topics, with properties."""
 
-    def __init__(self, port: int, topics: tuple[str, ...], client_id: str = "test-watcher"
-                 ) -> None:
+    def __init__(self, port: int, topics: tuple[str, ...], client_id: str = "test-watcher") -> None:
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
         self.topics = topics
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -221,9 +230,14 @@ class Watcher:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         props = msg.properties
-        item = Seen(msg.topic, bytes(msg.payload), bool(msg.retain),
-                    getattr(props, "ContentType", None),
-                    getattr(props, "MessageExpiryInterval", None), time.monotonic())
+        item = Seen(
+            msg.topic,
+            bytes(msg.payload),
+            bool(msg.retain),
+            getattr(props, "ContentType", None),
+            getattr(props, "MessageExpiryInterval", None),
+            time.monotonic(),
+        )
         with self.lock:
             self.seen.append(item)
 
@@ -289,17 +303,42 @@ def make_pki(directory: Path) -> Pki:
     """A private CA, a server certificate for IP 127.0.0.1 and a client certificate."""
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     ca_key, ca = directory / "ca.key", directory / "ca.crt"
-    _openssl("req", "-x509", *ec, "-days", "2", "-subj", "/CN=backbeat test CA",
-             "-keyout", str(ca_key), "-out", str(ca))
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=backbeat test CA",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+    )
 
     def issue(name: str, extension: str) -> tuple[Path, Path]:
         key, csr, crt = (directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
         ext_file = directory / f"{name}.ext"
         ext_file.write_text(extension + "\n")
-        _openssl("req", "-new", *ec, "-subj", f"/CN={name}", "-keyout", str(key),
-                 "-out", str(csr))
-        _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-                 "-CAcreateserial", "-days", "2", "-extfile", str(ext_file), "-out", str(crt))
+        _openssl("req", "-new", *ec, "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext_file),
+            "-out",
+            str(crt),
+        )
         return crt, key
 
     server_crt, server_key = issue("server", "subjectAltName=IP:127.0.0.1")
@@ -313,12 +352,16 @@ def make_pki(directory: Path) -> Pki:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_mtls_with_password_credential_delivers_claims_and_never_shows_the_password(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     pki = make_pki(tmp_path)
     password = "pw-" + secrets.token_hex(12)
     passwd = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "pi-01", password],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(passwd), "pi-01", password],
+        check=True,
+        capture_output=True,
+    )
     secure_port, plain_port = free_port(), free_port()
     # The agent alone comes in over mTLS + password; pulse and observer use a plain
     # loopback listener (per_listener_settings keeps the two apart).
@@ -337,14 +380,21 @@ def test_mtls_with_password_credential_delivers_claims_and_never_shows_the_passw
     with start_mosquitto(port=secure_port, listener_conf=listeners) as broker:
         watcher = Watcher(plain_port, (STATUS, AVAILABILITY))
         config = write_agent_config(
-            tmp_path, f"mqtts://127.0.0.1:{secure_port}", PROFILE,
-            broker_extra=(f'ca_file = "{pki.ca}"\ncert_file = "{pki.client_crt}"\n'
-                          f'key_file = "{pki.client_key}"\nusername = "pi-01"\n'
-                          'password_file = "broker-password"\n'))
-        agent = start_agent(config, None, tmp_path / "agent.log",
-                            env={"CREDENTIALS_DIRECTORY": str(creds)})
-        pulse = start_pulse(f"mqtt://127.0.0.1:{plain_port}", "bench", 240, None,
-                            tmp_path / "pulse.log")
+            tmp_path,
+            f"mqtts://127.0.0.1:{secure_port}",
+            PROFILE,
+            broker_extra=(
+                f'ca_file = "{pki.ca}"\ncert_file = "{pki.client_crt}"\n'
+                f'key_file = "{pki.client_key}"\nusername = "pi-01"\n'
+                'password_file = "broker-password"\n'
+            ),
+        )
+        agent = start_agent(
+            config, None, tmp_path / "agent.log", env={"CREDENTIALS_DIRECTORY": str(creds)}
+        )
+        pulse = start_pulse(
+            f"mqtt://127.0.0.1:{plain_port}", "bench", 240, None, tmp_path / "pulse.log"
+        )
         try:
             cmdline = Path(f"/proc/{agent.process.pid}/cmdline").read_bytes()
             arrived = wait_for(lambda: len(watcher.on(STATUS)) >= 3, 30)
@@ -372,12 +422,13 @@ def test_mtls_refuses_a_client_without_a_certificate(tmp_path: Path) -> None:
     """The broker above really demands the client certificate: the test is not vacuous."""
     pki = make_pki(tmp_path)
     port = free_port()
-    listener = (f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {pki.ca}\n"
-                f"certfile {pki.server_crt}\nkeyfile {pki.server_key}\n"
-                "require_certificate true\n")
+    listener = (
+        f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {pki.ca}\n"
+        f"certfile {pki.server_crt}\nkeyfile {pki.server_key}\n"
+        "require_certificate true\n"
+    )
     with start_mosquitto(port=port, listener_conf=listener):
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="no-cert",
-                             protocol=mqtt.MQTTv5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="no-cert", protocol=mqtt.MQTTv5)
         client.tls_set(ca_certs=str(pki.ca))
         with pytest.raises(OSError):  # the handshake fails (or the socket is reset)
             client.connect("127.0.0.1", port, keepalive=5)
@@ -393,10 +444,12 @@ def test_mtls_refuses_a_client_without_a_certificate(tmp_path: Path) -> None:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_json_claims_say_so_in_the_content_type_and_expire(
-        tmp_path: Path, plain_broker: Mosquitto) -> None:
+    tmp_path: Path, plain_broker: Mosquitto
+) -> None:
     watcher = Watcher(plain_broker.port, (STATUS,))
-    config = write_agent_config(tmp_path, plain_broker.url, PROFILE,
-                                extra='[status]\nformat = "json"\nexpiry_s = 30\n')
+    config = write_agent_config(
+        tmp_path, plain_broker.url, PROFILE, extra='[status]\nformat = "json"\nexpiry_s = 30\n'
+    )
     agent = start_agent(config, None, tmp_path / "agent.log")
     pulse = start_pulse(plain_broker.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
@@ -418,11 +471,13 @@ def test_json_claims_say_so_in_the_content_type_and_expire(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_online_on_connect_and_offline_one_will_delay_after_sigkill(
-        tmp_path: Path, plain_broker: Mosquitto) -> None:
+    tmp_path: Path, plain_broker: Mosquitto
+) -> None:
     port = plain_broker.port
     watcher = Watcher(port, (AVAILABILITY,))
-    config = write_agent_config(tmp_path, plain_broker.url, PROFILE,
-                                broker_extra="will_delay_s = 1\n")
+    config = write_agent_config(
+        tmp_path, plain_broker.url, PROFILE, broker_extra="will_delay_s = 1\n"
+    )
     agent = start_agent(config, None, tmp_path / "agent.log")
     try:
         assert wait_for(lambda: watcher.payloads(AVAILABILITY) == [b"online"], 20), agent.log()
@@ -443,15 +498,17 @@ def test_online_on_connect_and_offline_one_will_delay_after_sigkill(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_fast_reboot_within_the_will_delay_never_shows_offline(
-        tmp_path: Path, plain_broker: Mosquitto) -> None:
+    tmp_path: Path, plain_broker: Mosquitto
+) -> None:
     # The new process reconnects with the same (stable) client id and clean_start=False:
     # the broker takes the session over and drops the pending will. With a client id that
     # changed per start, the old will would go out once its delay ran out.
     delay = 6
     port = plain_broker.port
     watcher = Watcher(port, (AVAILABILITY,))
-    config = write_agent_config(tmp_path, plain_broker.url, PROFILE,
-                                broker_extra=f"will_delay_s = {delay}\n")
+    config = write_agent_config(
+        tmp_path, plain_broker.url, PROFILE, broker_extra=f"will_delay_s = {delay}\n"
+    )
     agent = start_agent(config, None, tmp_path / "agent.log")
     second: Proc | None = None
     try:
@@ -477,11 +534,13 @@ def test_fast_reboot_within_the_will_delay_never_shows_offline(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_clean_sigterm_leaves_retained_offline_at_once(
-        tmp_path: Path, plain_broker: Mosquitto) -> None:
+    tmp_path: Path, plain_broker: Mosquitto
+) -> None:
     port = plain_broker.port
     # A will delay far longer than the test: an 'offline' now can only be the goodbye.
-    config = write_agent_config(tmp_path, plain_broker.url, PROFILE,
-                                broker_extra="will_delay_s = 600\n")
+    config = write_agent_config(
+        tmp_path, plain_broker.url, PROFILE, broker_extra="will_delay_s = 600\n"
+    )
     agent = start_agent(config, None, tmp_path / "agent.log")
     try:
         assert wait_for(lambda: retained(port, AVAILABILITY, 0.5) == b"online", 20), agent.log()
@@ -498,7 +557,8 @@ def test_clean_sigterm_leaves_retained_offline_at_once(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_resubscribes_after_a_broker_restart_that_forgot_every_session(
-        tmp_path: Path, plain_broker: Mosquitto) -> None:
+    tmp_path: Path, plain_broker: Mosquitto
+) -> None:
     broker = plain_broker  # no persistence: the restarted broker knows no subscription
     trace = tmp_path / "agent.jsonl"
     config = write_agent_config(tmp_path, broker.url, PROFILE)
@@ -513,10 +573,15 @@ def test_resubscribes_after_a_broker_restart_that_forgot_every_session(
         assert wait_for(lambda: connected_count(agent) >= 2, 20), agent.log()
         # Beats numbered from 1000 exist only after the restart: an action on one of them
         # proves the agent is subscribed again.
-        pulse = start_pulse(broker.url, "bench", 240, None, tmp_path / "pulse2.log",
-                            start_beat=1000)
-        resumed = wait_for(lambda: any(int(str(r["beat_index"])) >= 1000 and r["fired_mono"]
-                                       for r in read_trace(trace)), 30)
+        pulse = start_pulse(
+            broker.url, "bench", 240, None, tmp_path / "pulse2.log", start_beat=1000
+        )
+        resumed = wait_for(
+            lambda: any(
+                int(str(r["beat_index"])) >= 1000 and r["fired_mono"] for r in read_trace(trace)
+            ),
+            30,
+        )
     finally:
         pulse.stop()
         code = agent.stop()

@@ -98,9 +98,17 @@ Decoder = Callable[[bytes], object]
 
 @pytest.mark.parametrize("dump", FORMATS)
 def test_a_full_beat_frame_decodes_to_its_fields(dump: Callable[[object], bytes]) -> None:
-    frame = decode_beat_frame(dump(beat_dict(metadata={"pulse_version": "1.0.0",
-                                                       "cluster_health": "healthy",
-                                                       "expected_agents": 3})))
+    frame = decode_beat_frame(
+        dump(
+            beat_dict(
+                metadata={
+                    "pulse_version": "1.0.0",
+                    "cluster_health": "healthy",
+                    "expected_agents": 3,
+                }
+            )
+        )
+    )
     assert frame.cluster_id == "lab-1"
     assert frame.beat_index == 42
     assert frame.downbeat is True
@@ -109,8 +117,11 @@ def test_a_full_beat_frame_decodes_to_its_fields(dump: Callable[[object], bytes]
     assert frame.deadline_at == datetime(2026, 3, 1, 12, tzinfo=UTC)
     assert frame.tempo_bpm == 60.0 and isinstance(frame.tempo_bpm, float)
     assert frame.window_id == WINDOW
-    assert frame.metadata == {"pulse_version": "1.0.0", "cluster_health": "healthy",
-                              "expected_agents": 3}
+    assert frame.metadata == {
+        "pulse_version": "1.0.0",
+        "cluster_health": "healthy",
+        "expected_agents": 3,
+    }
     assert frame.beat_seconds == 1.0
     assert frame.phase_seconds == pytest.approx(1 / 3)
 
@@ -185,9 +196,11 @@ def test_parse_rfc3339_reads_utc(text: str, expected: datetime) -> None:
 
 def test_format_rfc3339_is_utc_with_z_and_four_digit_year() -> None:
     assert format_rfc3339(datetime(2026, 3, 1, 13, tzinfo=timezone(timedelta(hours=1)))) == (
-        "2026-03-01T12:00:00Z")
+        "2026-03-01T12:00:00Z"
+    )
     assert format_rfc3339(datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=UTC)) == (
-        "2026-03-01T12:00:00.000005Z")
+        "2026-03-01T12:00:00.000005Z"
+    )
     assert format_rfc3339(datetime(33, 1, 2, 3, 4, 5, tzinfo=UTC)) == "0033-01-02T03:04:05Z"
 
 
@@ -197,7 +210,11 @@ def test_a_minimal_status_claim_decodes_with_optional_fields_absent(
 ) -> None:
     claim = decode_status_claim(dump(claim_dict()))
     assert (claim.agent_id, claim.beat_index, claim.state, claim.hlc) == (
-        "edge:pi-07", 42, "executing", "7ffd:0002:1a2b")
+        "edge:pi-07",
+        42,
+        "executing",
+        "7ffd:0002:1a2b",
+    )
     # Go producers omit beats_left: 0 and progress: 0 (omitempty): absent means not given.
     assert claim.beats_left is None and claim.progress is None
     assert claim.task_id is None and claim.notes is None and claim.resources is None
@@ -206,20 +223,40 @@ def test_a_minimal_status_claim_decodes_with_optional_fields_absent(
 
 @pytest.mark.parametrize("dump", FORMATS)
 def test_a_full_status_claim_decodes(dump: Callable[[object], bytes]) -> None:
-    claim = decode_status_claim(dump(claim_dict(
-        task_id="task:1", beats_left=0, progress=0, notes="n" * 256,
-        resources={"cpu_percent": 12.5, "memory_mb": 512, "disk_io_ops": 3, "network_kb": 1.5},
-        dependencies=["svc:a", "svc:b"], metadata={"agent_version": "1", "retry_count": 0})))
+    claim = decode_status_claim(
+        dump(
+            claim_dict(
+                task_id="task:1",
+                beats_left=0,
+                progress=0,
+                notes="n" * 256,
+                resources={
+                    "cpu_percent": 12.5,
+                    "memory_mb": 512,
+                    "disk_io_ops": 3,
+                    "network_kb": 1.5,
+                },
+                dependencies=["svc:a", "svc:b"],
+                metadata={"agent_version": "1", "retry_count": 0},
+            )
+        )
+    )
     assert claim.beats_left == 0 and claim.progress == 0.0
     assert claim.dependencies == ("svc:a", "svc:b")
-    assert claim.resources == {"cpu_percent": 12.5, "memory_mb": 512, "disk_io_ops": 3,
-                               "network_kb": 1.5}
+    assert claim.resources == {
+        "cpu_percent": 12.5,
+        "memory_mb": 512,
+        "disk_io_ops": 3,
+        "network_kb": 1.5,
+    }
     assert claim.notes == "n" * 256
 
 
 @pytest.mark.parametrize("dump", FORMATS)
-@pytest.mark.parametrize("state", ["idle", "planning", "executing", "reviewing", "completed",
-                                   "failed", "blocked", "helping"])
+@pytest.mark.parametrize(
+    "state",
+    ["idle", "planning", "executing", "reviewing", "completed", "failed", "blocked", "helping"],
+)
 def test_all_eight_claim_states_are_valid(dump: Callable[[object], bytes], state: str) -> None:
     assert decode_status_claim(dump(claim_dict(state=state))).state == state
 
@@ -245,12 +282,29 @@ def test_json_with_leading_whitespace_and_buffer_types_are_read() -> None:
 
 # --------------------------------------------------------------------------- invalid input
 
-BEAT_REQUIRED = ["type", "cluster_id", "beat_index", "downbeat", "phase", "hlc", "deadline_at",
-                 "tempo_bpm", "window_id"]
+BEAT_REQUIRED = [
+    "type",
+    "cluster_id",
+    "beat_index",
+    "downbeat",
+    "phase",
+    "hlc",
+    "deadline_at",
+    "tempo_bpm",
+    "window_id",
+]
 CLAIM_REQUIRED = ["type", "agent_id", "beat_index", "state", "hlc"]
-REPORT_REQUIRED = ["type", "window_id", "from_beat", "to_beat", "agents_reporting",
-                   "on_time_reviews", "help_promises_fulfilled", "secret_rotations_ok",
-                   "tempo_drift_ms"]
+REPORT_REQUIRED = [
+    "type",
+    "window_id",
+    "from_beat",
+    "to_beat",
+    "agents_reporting",
+    "on_time_reviews",
+    "help_promises_fulfilled",
+    "secret_rotations_ok",
+    "tempo_drift_ms",
+]
 
 
 @pytest.mark.parametrize("dump", FORMATS)
@@ -261,7 +315,9 @@ REPORT_REQUIRED = ["type", "window_id", "from_beat", "to_beat", "agents_reportin
     + [(decode_bar_report, report_dict, n) for n in REPORT_REQUIRED],
 )
 def test_every_required_field_is_required(
-    dump: Callable[[object], bytes], decoder: Decoder, base: Callable[[], dict[str, Any]],
+    dump: Callable[[object], bytes],
+    decoder: Decoder,
+    base: Callable[[], dict[str, Any]],
     name: str,
 ) -> None:
     with pytest.raises(FrameError, match=rf"^{name} is required") as err:
@@ -269,11 +325,21 @@ def test_every_required_field_is_required(
     assert err.value.field == name
 
 
-def bad(decoder: Decoder, base: Callable[..., dict[str, Any]], field: str, value: Any,
-        shown: str | None = None) -> Any:
+def bad(
+    decoder: Decoder,
+    base: Callable[..., dict[str, Any]],
+    field: str,
+    value: Any,
+    shown: str | None = None,
+) -> Any:
     shown = repr(value) if shown is None else shown
-    return pytest.param(decoder, base(**{field: value}), field, shown,
-                        id=f"{decoder.__name__[7:]}-{field}-{shown[:30]}")
+    return pytest.param(
+        decoder,
+        base(**{field: value}),
+        field,
+        shown,
+        id=f"{decoder.__name__[7:]}-{field}-{shown[:30]}",
+    )
 
 
 INVALID = [
@@ -370,15 +436,23 @@ INVALID = [
     bad(decode_bar_report, report_dict, "tempo_drift_ms", "fast"),
     bad(decode_bar_report, report_dict, "tempo_drift_ms", None),
     bad(decode_bar_report, report_dict, "issues", {"severity": "x"}),
-    bad(decode_bar_report, report_dict, "issues", [{"severity": "warning", "category": "late",
-                                                    "count": 1}] * 101, "101"),
+    bad(
+        decode_bar_report,
+        report_dict,
+        "issues",
+        [{"severity": "warning", "category": "late", "count": 1}] * 101,
+        "101",
+    ),
 ]
 
 
 @pytest.mark.parametrize("dump", FORMATS)
 @pytest.mark.parametrize(("decoder", "payload", "field", "shown"), INVALID)
 def test_invalid_values_are_refused_naming_field_and_value(
-    dump: Callable[[object], bytes], decoder: Decoder, payload: dict[str, Any], field: str,
+    dump: Callable[[object], bytes],
+    decoder: Decoder,
+    payload: dict[str, Any],
+    field: str,
     shown: str,
 ) -> None:
     with pytest.raises(FrameError) as err:
@@ -392,42 +466,100 @@ def test_invalid_values_are_refused_naming_field_and_value(
 @pytest.mark.parametrize(
     ("decoder", "payload", "field", "shown"),
     [
-        (decode_status_claim, claim_dict(resources={"cpu_percent": "high"}),
-         "resources.cpu_percent", "'high'"),
-        (decode_status_claim, claim_dict(resources={"cpu_percent": -1}),
-         "resources.cpu_percent", "-1"),
-        (decode_status_claim, claim_dict(resources={"memory_mb": 1.5}), "resources.memory_mb",
-         "1.5"),
-        (decode_status_claim, claim_dict(resources={"disk_io_ops": True}),
-         "resources.disk_io_ops", "True"),
+        (
+            decode_status_claim,
+            claim_dict(resources={"cpu_percent": "high"}),
+            "resources.cpu_percent",
+            "'high'",
+        ),
+        (
+            decode_status_claim,
+            claim_dict(resources={"cpu_percent": -1}),
+            "resources.cpu_percent",
+            "-1",
+        ),
+        (
+            decode_status_claim,
+            claim_dict(resources={"memory_mb": 1.5}),
+            "resources.memory_mb",
+            "1.5",
+        ),
+        (
+            decode_status_claim,
+            claim_dict(resources={"disk_io_ops": True}),
+            "resources.disk_io_ops",
+            "True",
+        ),
         # null is not "absent": a present resource must be a number.
-        (decode_status_claim, claim_dict(resources={"cpu_percent": None}),
-         "resources.cpu_percent", "None"),
-        (decode_status_claim, claim_dict(resources={"network_kb": True}),
-         "resources.network_kb", "True"),
-        (decode_status_claim, claim_dict(resources={"memory_mb": None}),
-         "resources.memory_mb", "None"),
-        (decode_status_claim, claim_dict(resources={"memory_mb": -3}),
-         "resources.memory_mb", "-3"),
-        (decode_status_claim, claim_dict(resources={"memory_mb": 2**63}),
-         "resources.memory_mb", str(2**63)),
-        (decode_status_claim, claim_dict(dependencies=["svc:a", "bad id"]), "dependencies[1]",
-         "'bad id'"),
-        (decode_status_claim, claim_dict(metadata={"a": {"b": [1, {"c": b"raw"}]}}),
-         "metadata.a.b[1].c", "b'raw'"),
-        (decode_bar_report, report_dict(issues=[{"severity": "x", "category": "y"}]),
-         "issues[0].count", "required"),
-        (decode_bar_report, report_dict(issues=[{"severity": "x", "category": "y", "count": -1}]),
-         "issues[0].count", "-1"),
-        (decode_bar_report, report_dict(issues=[{"severity": "x", "category": "y", "count": 1,
-                                                 "extra": 1}]), "issues[0].extra", "unknown"),
+        (
+            decode_status_claim,
+            claim_dict(resources={"cpu_percent": None}),
+            "resources.cpu_percent",
+            "None",
+        ),
+        (
+            decode_status_claim,
+            claim_dict(resources={"network_kb": True}),
+            "resources.network_kb",
+            "True",
+        ),
+        (
+            decode_status_claim,
+            claim_dict(resources={"memory_mb": None}),
+            "resources.memory_mb",
+            "None",
+        ),
+        (decode_status_claim, claim_dict(resources={"memory_mb": -3}), "resources.memory_mb", "-3"),
+        (
+            decode_status_claim,
+            claim_dict(resources={"memory_mb": 2**63}),
+            "resources.memory_mb",
+            str(2**63),
+        ),
+        (
+            decode_status_claim,
+            claim_dict(dependencies=["svc:a", "bad id"]),
+            "dependencies[1]",
+            "'bad id'",
+        ),
+        (
+            decode_status_claim,
+            claim_dict(metadata={"a": {"b": [1, {"c": b"raw"}]}}),
+            "metadata.a.b[1].c",
+            "b'raw'",
+        ),
+        (
+            decode_bar_report,
+            report_dict(issues=[{"severity": "x", "category": "y"}]),
+            "issues[0].count",
+            "required",
+        ),
+        (
+            decode_bar_report,
+            report_dict(issues=[{"severity": "x", "category": "y", "count": -1}]),
+            "issues[0].count",
+            "-1",
+        ),
+        (
+            decode_bar_report,
+            report_dict(issues=[{"severity": "x", "category": "y", "count": 1, "extra": 1}]),
+            "issues[0].extra",
+            "unknown",
+        ),
         (decode_bar_report, report_dict(issues=["late"]), "issues[0]", "'late'"),
-        (decode_bar_report, report_dict(issues=[{"severity": 3, "category": "y", "count": 1}]),
-         "issues[0].severity", "3"),
+        (
+            decode_bar_report,
+            report_dict(issues=[{"severity": 3, "category": "y", "count": 1}]),
+            "issues[0].severity",
+            "3",
+        ),
     ],
 )
 def test_nested_problems_name_the_full_path(
-    decoder: Decoder, payload: dict[str, Any], field: str, shown: str,
+    decoder: Decoder,
+    payload: dict[str, Any],
+    field: str,
+    shown: str,
 ) -> None:
     for dump in (as_cbor, as_json) if "raw" not in shown else (as_cbor,):
         with pytest.raises(FrameError) as err:
@@ -448,7 +580,10 @@ def test_nested_problems_name_the_full_path(
     ],
 )
 def test_unknown_top_level_fields_are_refused(
-    dump: Callable[[object], bytes], decoder: Decoder, payload: dict[str, Any], extra: str,
+    dump: Callable[[object], bytes],
+    decoder: Decoder,
+    payload: dict[str, Any],
+    extra: str,
 ) -> None:
     with pytest.raises(FrameError, match=rf"^{extra} is not a field") as err:
         decoder(dump(payload))
@@ -487,8 +622,10 @@ def test_nan_and_infinity_are_refused_in_every_spelling() -> None:
 
 
 def test_duplicate_keys_are_refused_in_json_and_cbor() -> None:
-    raw = b'{"type":"backbeat.statusclaim.v1","agent_id":"a","agent_id":"b","beat_index":1,' \
-          b'"state":"idle","hlc":"0000:0000:0000"}'
+    raw = (
+        b'{"type":"backbeat.statusclaim.v1","agent_id":"a","agent_id":"b","beat_index":1,'
+        b'"state":"idle","hlc":"0000:0000:0000"}'
+    )
     with pytest.raises(FrameError, match=r"agent_id.*twice"):
         decode_status_claim(raw)
     nested = raw.replace(b'"agent_id":"b",', b'"metadata":{"k":1,"k":2},')
@@ -587,12 +724,14 @@ def test_metadata_depth_is_bounded() -> None:
 
 
 def test_huge_integers_are_refused_without_crashing() -> None:
-    raw = as_json(claim_dict(beat_index=1)).replace(b'"beat_index": 1', b'"beat_index": 1'
-                                                    + b"0" * 5000)
+    raw = as_json(claim_dict(beat_index=1)).replace(
+        b'"beat_index": 1', b'"beat_index": 1' + b"0" * 5000
+    )
     with pytest.raises(FrameError):
         decode_status_claim(raw)
-    raw = as_json(claim_dict(beat_index=1)).replace(b'"beat_index": 1', b'"beat_index": 1'
-                                                    + b"0" * 100)
+    raw = as_json(claim_dict(beat_index=1)).replace(
+        b'"beat_index": 1', b'"beat_index": 1' + b"0" * 100
+    )
     with pytest.raises(FrameError, match=r"^beat_index must be between 0 and .*bits"):
         decode_status_claim(raw)
     with pytest.raises(FrameError, match=r"^metadata.n must fit in 64 bits"):
@@ -614,8 +753,9 @@ def test_constructing_an_invalid_message_raises_frame_error_a_value_error() -> N
 
 
 def test_messages_are_immutable_all_the_way_down() -> None:
-    claim = StatusClaim("a", 1, "idle", "0000:0000:0000", metadata={"x": {"y": [1]}},
-                        dependencies=["b"])  # type: ignore[arg-type]
+    claim = StatusClaim(
+        "a", 1, "idle", "0000:0000:0000", metadata={"x": {"y": [1]}}, dependencies=["b"]
+    )  # type: ignore[arg-type]
     assert claim.metadata is not None and claim.dependencies == ("b",)
     with pytest.raises(AttributeError):
         claim.state = "failed"  # type: ignore[misc]
@@ -626,11 +766,22 @@ def test_messages_are_immutable_all_the_way_down() -> None:
 
 @pytest.mark.parametrize("dump", FORMATS)
 def test_decoded_messages_are_immutable_all_the_way_down(dump: Callable[[object], bytes]) -> None:
-    claim = decode_status_claim(dump(claim_dict(
-        metadata={"flat": {"a": 1}, "deep": {"b": [1, {"c": 2}]}}, resources={"memory_mb": 1})))
+    claim = decode_status_claim(
+        dump(
+            claim_dict(
+                metadata={"flat": {"a": 1}, "deep": {"b": [1, {"c": 2}]}},
+                resources={"memory_mb": 1},
+            )
+        )
+    )
     assert claim.metadata is not None and claim.resources is not None
-    for mapping in (claim.metadata, claim.metadata["flat"], claim.metadata["deep"],
-                    claim.metadata["deep"]["b"][1], claim.resources):
+    for mapping in (
+        claim.metadata,
+        claim.metadata["flat"],
+        claim.metadata["deep"],
+        claim.metadata["deep"]["b"][1],
+        claim.resources,
+    ):
         with pytest.raises(TypeError):
             mapping["x"] = 1  # type: ignore[index]
     assert claim.metadata["deep"]["b"] == (1, {"c": 2})
@@ -659,7 +810,9 @@ def test_a_message_keeps_its_own_copy_of_what_the_caller_passed() -> None:
     ],
 )
 def test_problems_in_flat_nested_objects_name_the_full_path(
-    metadata: dict[Any, Any], field: str, shown: str,
+    metadata: dict[Any, Any],
+    field: str,
+    shown: str,
 ) -> None:
     with pytest.raises(FrameError) as err:
         decode_status_claim(as_cbor(claim_dict(metadata=metadata)))
@@ -672,6 +825,7 @@ def test_depth_is_bounded_for_nested_objects_too() -> None:
         for _ in range(levels):
             value = {"x": value}
         return value
+
     # metadata is level 0, so the flat object may sit at level MAX_DEPTH - 1.
     ok = nest(MAX_DEPTH - 1)
     for dump in (as_json, as_cbor):
@@ -687,26 +841,51 @@ def test_depth_is_bounded_for_nested_objects_too() -> None:
 def test_deadline_is_normalised_to_utc_and_equal_instants_are_equal() -> None:
     plus_one = datetime(2026, 3, 1, 13, tzinfo=timezone(timedelta(hours=1)))
     a = BeatFrame("c", 1, True, "plan", "0000:0000:0000", plus_one, 60, WINDOW)
-    b = BeatFrame("c", 1, True, "plan", "0000:0000:0000", "2026-03-01T12:00:00Z",  # type: ignore[arg-type]
-                  60, WINDOW)
+    b = BeatFrame(
+        "c",
+        1,
+        True,
+        "plan",
+        "0000:0000:0000",
+        "2026-03-01T12:00:00Z",  # type: ignore[arg-type]
+        60,
+        WINDOW,
+    )
     assert a.deadline_at.tzinfo is UTC and a == b and encode(a) == encode(b)
 
 
 # --------------------------------------------------------------------------- encoding
 
 FRAME = BeatFrame(
-    cluster_id="lab-1", beat_index=42, downbeat=True, phase="execute", hlc="7ffd:0001:beef",
-    deadline_at="2026-03-01T12:00:00.250Z", tempo_bpm=120.5,  # type: ignore[arg-type]
+    cluster_id="lab-1",
+    beat_index=42,
+    downbeat=True,
+    phase="execute",
+    hlc="7ffd:0001:beef",
+    deadline_at="2026-03-01T12:00:00.250Z",
+    tempo_bpm=120.5,  # type: ignore[arg-type]
     window_id="0123456789abcdef0123456789ABCDEF",
     metadata={"pulse_version": "1.0.0", "expected_agents": 3},
 )
 CLAIM = StatusClaim(
-    agent_id="edge:pi-07", beat_index=42, state="executing", hlc="7ffd:0002:1a2b", beats_left=3,
-    progress=0.5, resources={"cpu_percent": 37.5, "memory_mb": 412}, metadata={"seq": 7},
+    agent_id="edge:pi-07",
+    beat_index=42,
+    state="executing",
+    hlc="7ffd:0002:1a2b",
+    beats_left=3,
+    progress=0.5,
+    resources={"cpu_percent": 37.5, "memory_mb": 412},
+    metadata={"seq": 7},
 )
 REPORT = BarReport(
-    window_id=WINDOW, from_beat=40, to_beat=43, agents_reporting=2, on_time_reviews=2,
-    help_promises_fulfilled=0, secret_rotations_ok=True, tempo_drift_ms=-1.5,
+    window_id=WINDOW,
+    from_beat=40,
+    to_beat=43,
+    agents_reporting=2,
+    on_time_reviews=2,
+    help_promises_fulfilled=0,
+    secret_rotations_ok=True,
+    tempo_drift_ms=-1.5,
     issues=[{"severity": "warning", "category": "late", "count": 1}],  # type: ignore[list-item]
 )
 
@@ -737,20 +916,23 @@ GOLDEN_CBOR = {
 }
 GOLDEN_JSON = {
     "frame": b'{"beat_index":42,"cluster_id":"lab-1","deadline_at":"2026-03-01T12:00:00.250000Z",'
-             b'"downbeat":true,"hlc":"7ffd:0001:beef","metadata":{"expected_agents":3,'
-             b'"pulse_version":"1.0.0"},"phase":"execute","tempo_bpm":120.5,'
-             b'"type":"backbeat.beatframe.v1","window_id":"0123456789abcdef0123456789ABCDEF"}',
+    b'"downbeat":true,"hlc":"7ffd:0001:beef","metadata":{"expected_agents":3,'
+    b'"pulse_version":"1.0.0"},"phase":"execute","tempo_bpm":120.5,'
+    b'"type":"backbeat.beatframe.v1","window_id":"0123456789abcdef0123456789ABCDEF"}',
     "claim": b'{"agent_id":"edge:pi-07","beat_index":42,"beats_left":3,"hlc":"7ffd:0002:1a2b",'
-             b'"metadata":{"seq":7},"progress":0.5,"resources":{"cpu_percent":37.5,'
-             b'"memory_mb":412},"state":"executing","type":"backbeat.statusclaim.v1"}',
+    b'"metadata":{"seq":7},"progress":0.5,"resources":{"cpu_percent":37.5,'
+    b'"memory_mb":412},"state":"executing","type":"backbeat.statusclaim.v1"}',
     "report": b'{"agents_reporting":2,"from_beat":40,"help_promises_fulfilled":0,"issues":'
-              b'[{"category":"late","count":1,"severity":"warning"}],"on_time_reviews":2,'
-              b'"secret_rotations_ok":true,"tempo_drift_ms":-1.5,"to_beat":43,'
-              b'"type":"backbeat.barreport.v1","window_id":"0123456789abcdef0123456789abcdef"}',
+    b'[{"category":"late","count":1,"severity":"warning"}],"on_time_reviews":2,'
+    b'"secret_rotations_ok":true,"tempo_drift_ms":-1.5,"to_beat":43,'
+    b'"type":"backbeat.barreport.v1","window_id":"0123456789abcdef0123456789abcdef"}',
 }
 MESSAGES = {"frame": FRAME, "claim": CLAIM, "report": REPORT}
-DECODERS: dict[str, Decoder] = {"frame": decode_beat_frame, "claim": decode_status_claim,
-                                "report": decode_bar_report}
+DECODERS: dict[str, Decoder] = {
+    "frame": decode_beat_frame,
+    "claim": decode_status_claim,
+    "report": decode_bar_report,
+}
 
 
 @pytest.mark.parametrize("kind", ["frame", "claim", "report"])
@@ -780,8 +962,15 @@ def test_cbor_is_canonical(kind: str) -> None:
 
 def test_identical_claims_give_identical_bytes_whatever_the_insertion_order() -> None:
     def claim(meta: dict[str, Any]) -> StatusClaim:
-        return StatusClaim("edge:a", 9, "idle", "0001:0002:0003", metadata=meta,
-                           resources={"memory_mb": 3, "cpu_percent": 1.0})
+        return StatusClaim(
+            "edge:a",
+            9,
+            "idle",
+            "0001:0002:0003",
+            metadata=meta,
+            resources={"memory_mb": 3, "cpu_percent": 1.0},
+        )
+
     a = claim({"b": 1, "a": {"y": 2, "x": 1}, "seq": 0.1})
     b = claim({"seq": 0.1, "a": {"x": 1, "y": 2}, "b": 1})
     assert a == b
@@ -792,13 +981,19 @@ def test_identical_claims_give_identical_bytes_whatever_the_insertion_order() ->
 
 def test_a_decoded_non_canonical_payload_encodes_canonically() -> None:
     # A sender with another key order and 8-byte floats everywhere (cbor2's fast mode).
-    wire = claim_dict(progress=0.5, resources={"temperature_c": 61.2, "cpu_percent": 37.5},
-                      metadata={"zz": {"b": 1.0, "a": [2.5, {"d": 0.1, "c": -0.0}]}, "a": 60.0})
+    wire = claim_dict(
+        progress=0.5,
+        resources={"temperature_c": 61.2, "cpu_percent": 37.5},
+        metadata={"zz": {"b": 1.0, "a": [2.5, {"d": 0.1, "c": -0.0}]}, "a": 60.0},
+    )
     raw = cbor2.dumps(wire)
     assert b"\xfb" + bytes.fromhex("3fe0000000000000") in raw  # 0.5 in 8 bytes
     claim = decode_status_claim(raw)
-    assert encode(claim) == cbor2.dumps(wire, canonical=True) == encode(
-        decode_status_claim(encode(claim)))
+    assert (
+        encode(claim)
+        == cbor2.dumps(wire, canonical=True)
+        == encode(decode_status_claim(encode(claim)))
+    )
     assert encode(claim) == encode(StatusClaim(**without(wire, "type")))
 
 
@@ -823,8 +1018,8 @@ def test_private_wire_trees_stay_out_of_repr_and_equality() -> None:
 def test_encoded_output_has_only_upstream_top_level_fields(kind: str, fmt: str) -> None:
     allowed = {
         "frame": set(BEAT_REQUIRED) | {"metadata"},
-        "claim": set(CLAIM_REQUIRED) | {"task_id", "beats_left", "progress", "notes",
-                                        "resources", "dependencies", "metadata"},
+        "claim": set(CLAIM_REQUIRED)
+        | {"task_id", "beats_left", "progress", "notes", "resources", "dependencies", "metadata"},
         "report": set(REPORT_REQUIRED) | {"issues"},
     }[kind]
     raw = encode(MESSAGES[kind], fmt)  # type: ignore[arg-type]
@@ -835,9 +1030,13 @@ def test_encoded_output_has_only_upstream_top_level_fields(kind: str, fmt: str) 
 
 def test_absent_optional_fields_are_omitted_not_null() -> None:
     claim = StatusClaim("a", 1, "idle", "0000:0000:0000")
-    assert json.loads(encode(claim, "json")) == {"type": "backbeat.statusclaim.v1",
-                                                 "agent_id": "a", "beat_index": 1,
-                                                 "state": "idle", "hlc": "0000:0000:0000"}
+    assert json.loads(encode(claim, "json")) == {
+        "type": "backbeat.statusclaim.v1",
+        "agent_id": "a",
+        "beat_index": 1,
+        "state": "idle",
+        "hlc": "0000:0000:0000",
+    }
 
 
 def test_encode_refuses_an_unknown_format() -> None:
@@ -852,40 +1051,84 @@ hlcs = st.from_regex(r"\A[0-9a-fA-F]{4}:[0-9a-fA-F]{4}:[0-9a-fA-F]{4}\Z")
 windows = st.from_regex(r"\A[0-9a-fA-F]{32}\Z")
 beats = st.integers(0, 2**63 - 1)
 texts = st.text(max_size=20)
-scalars = (st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1)
-           | st.floats(allow_nan=False, allow_infinity=False) | texts)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts
+)
 json_values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
     max_leaves=12,
 )
 objects = st.dictionaries(texts, json_values, max_size=6)
-moments = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
-                       timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
-                                                  timezone(timedelta(hours=-8))]))
+moments = st.datetimes(
+    min_value=datetime(1, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.sampled_from(
+        [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+    ),
+)
 
 frames = st.builds(
-    BeatFrame, cluster_id=st.from_regex(r"\A[a-zA-Z0-9_-]{1,64}\Z"), beat_index=beats,
-    downbeat=st.booleans(), phase=st.sampled_from(["plan", "execute", "review"]), hlc=hlcs,
-    deadline_at=moments, tempo_bpm=st.integers(1, 10000).map(lambda n: n / 10),
-    window_id=windows, metadata=st.none() | objects,
+    BeatFrame,
+    cluster_id=st.from_regex(r"\A[a-zA-Z0-9_-]{1,64}\Z"),
+    beat_index=beats,
+    downbeat=st.booleans(),
+    phase=st.sampled_from(["plan", "execute", "review"]),
+    hlc=hlcs,
+    deadline_at=moments,
+    tempo_bpm=st.integers(1, 10000).map(lambda n: n / 10),
+    window_id=windows,
+    metadata=st.none() | objects,
 )
 claims = st.builds(
-    StatusClaim, agent_id=ids, beat_index=beats,
-    state=st.sampled_from(sorted(["idle", "planning", "executing", "reviewing", "completed",
-                                  "failed", "blocked", "helping"])),
-    hlc=hlcs, task_id=st.none() | ids, beats_left=st.none() | st.integers(0, 1000),
-    progress=st.none() | st.floats(0.0, 1.0), notes=st.none() | st.text(max_size=256),
-    resources=st.none() | st.fixed_dictionaries(
-        {}, optional={"cpu_percent": st.floats(0, 1e6), "memory_mb": st.integers(0, 2**40),
-                      "temperature_c": st.floats(-40, 120)}),
+    StatusClaim,
+    agent_id=ids,
+    beat_index=beats,
+    state=st.sampled_from(
+        sorted(
+            [
+                "idle",
+                "planning",
+                "executing",
+                "reviewing",
+                "completed",
+                "failed",
+                "blocked",
+                "helping",
+            ]
+        )
+    ),
+    hlc=hlcs,
+    task_id=st.none() | ids,
+    beats_left=st.none() | st.integers(0, 1000),
+    progress=st.none() | st.floats(0.0, 1.0),
+    notes=st.none() | st.text(max_size=256),
+    resources=st.none()
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "cpu_percent": st.floats(0, 1e6),
+            "memory_mb": st.integers(0, 2**40),
+            "temperature_c": st.floats(-40, 120),
+        },
+    ),
     dependencies=st.none() | st.lists(ids, max_size=3).map(tuple),
     metadata=st.none() | objects,
 )
 issues = st.builds(BarIssue, severity=texts, category=texts, count=st.integers(0, 2**63 - 1))
 reports = st.builds(
-    BarReport, window_id=windows, from_beat=beats, to_beat=beats, agents_reporting=beats,
-    on_time_reviews=beats, help_promises_fulfilled=beats, secret_rotations_ok=st.booleans(),
+    BarReport,
+    window_id=windows,
+    from_beat=beats,
+    to_beat=beats,
+    agents_reporting=beats,
+    on_time_reviews=beats,
+    help_promises_fulfilled=beats,
+    secret_rotations_ok=st.booleans(),
     tempo_drift_ms=st.floats(allow_nan=False, allow_infinity=False),
     issues=st.none() | st.lists(issues, max_size=5).map(tuple),
 )

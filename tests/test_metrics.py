@@ -230,8 +230,12 @@ def test_several_alerts_start_together_in_rule_order() -> None:
     m.observe(sample(cpu_percent=60.0, temperature_c=90.0, throttled=1))
     started, cleared = m.check_alerts(0.0)
     assert names(started) == [
-        "latency_high", "miss_rate_high", "cpu_high", "temperature_high",
-        "temperature_critical", "throttled",
+        "latency_high",
+        "miss_rate_high",
+        "cpu_high",
+        "temperature_high",
+        "temperature_critical",
+        "throttled",
     ]
     assert cleared == []
     assert names(m.active_alerts()) == names(started)
@@ -307,11 +311,22 @@ def test_capacity_planner_takes_the_tightest_resource() -> None:
 
 def snapshot_with(miss: float, completion: float, cpu: float | None) -> TempoMetrics:
     return TempoMetrics(
-        beat_processing_latency_s=0.1, phase_completion_rate=completion,
-        deadline_miss_rate=miss, cpu_utilisation=cpu, memory_utilisation=0.3,
-        network_bandwidth_bps=0.0, tasks_per_beat=1.0, beats_per_second=1.0,
-        tempo_drift_ms=0.0, beats=10, actions=10, phase_utilisation=0.1, latency_max_s=0.1,
-        mean_task_s=0.01, temperature_c=None, throttled=None,
+        beat_processing_latency_s=0.1,
+        phase_completion_rate=completion,
+        deadline_miss_rate=miss,
+        cpu_utilisation=cpu,
+        memory_utilisation=0.3,
+        network_bandwidth_bps=0.0,
+        tasks_per_beat=1.0,
+        beats_per_second=1.0,
+        tempo_drift_ms=0.0,
+        beats=10,
+        actions=10,
+        phase_utilisation=0.1,
+        latency_max_s=0.1,
+        mean_task_s=0.01,
+        temperature_c=None,
+        throttled=None,
     )
 
 

@@ -20,16 +20,34 @@ from edge.mqtt_link import Topics
 from edge.status import BeatReview, StatusBuilder, StatusConfig
 
 
-def _claim_bytes(agent: str, beat: int, sync: str = "locked",
-                 isolated: tuple[str, ...] = ()) -> bytes:
-    builder = StatusBuilder(agent, StatusConfig(), HybridLogicalClock(FakeClock(), 7), "0.1.0",
-                            "abc123")
+def _claim_bytes(
+    agent: str, beat: int, sync: str = "locked", isolated: tuple[str, ...] = ()
+) -> bytes:
+    builder = StatusBuilder(
+        agent, StatusConfig(), HybridLogicalClock(FakeClock(), 7), "0.1.0", "abc123"
+    )
     review = BeatReview(
-        beat_index=beat, state="reviewing", sync_state=sync, error_bound_ms=0.42,
-        late_ms_p50=0.021, late_ms_max=0.3, fired=3, missed=0, shed={}, dropped_by_limit=0,
-        frames_rejected={}, guard_level="full", guard_reason="ok", recommended_tempo=120.0,
-        cpu_percent=12.5, memory_mb=31.0, temperature_c=51.2, backlog=4, outbox_dropped=0,
-        isolated=isolated)
+        beat_index=beat,
+        state="reviewing",
+        sync_state=sync,
+        error_bound_ms=0.42,
+        late_ms_p50=0.021,
+        late_ms_max=0.3,
+        fired=3,
+        missed=0,
+        shed={},
+        dropped_by_limit=0,
+        frames_rejected={},
+        guard_level="full",
+        guard_reason="ok",
+        recommended_tempo=120.0,
+        cpu_percent=12.5,
+        memory_mb=31.0,
+        temperature_c=51.2,
+        backlog=4,
+        outbox_dropped=0,
+        isolated=isolated,
+    )
     claim = builder.build(review)
     assert claim is not None
     return encode(claim)
@@ -49,8 +67,11 @@ def test_rows_follow_claims_and_availability() -> None:
     row2 = next(line for line in table.splitlines() if line.startswith("bench:pi-02"))
     assert "offline" in row2 and "lost" in row2
     assert len(table.splitlines()) == 4  # header, rule, two agents: the other cluster is not shown
-    view.feed("backbeat/bench/status/bench:pi-01",
-              _claim_bytes("bench:pi-01", 42, isolated=("fan", "relay")), 1.5)
+    view.feed(
+        "backbeat/bench/status/bench:pi-01",
+        _claim_bytes("bench:pi-01", 42, isolated=("fan", "relay")),
+        1.5,
+    )
     row1 = next(line for line in view.table().splitlines() if line.startswith("bench:pi-01"))
     assert row1.endswith("4  isolated: fan, relay"), row1
 
@@ -65,24 +86,41 @@ def test_a_malformed_claim_is_counted_and_shown() -> None:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_monitor_json_prints_a_line_per_claim(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    profile = ('[gpio]\npin_factory = "mock"\n[devices.led]\nkind = "led"\npin = 17\n'
-               '[[score]]\ndevice = "led"\ndo = "toggle"\nessential = true\n')
+    profile = (
+        '[gpio]\npin_factory = "mock"\n[devices.led]\nkind = "led"\npin = 17\n'
+        '[[score]]\ndevice = "led"\ndo = "toggle"\nessential = true\n'
+    )
     config = write_agent_config(tmp_path, mosquitto.url, profile)
     agent = start_agent(config, None, tmp_path / "agent.log")
     pulse = start_pulse(mosquitto.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
         time.sleep(1.0)
         monitor = subprocess.run(
-            [sys.executable, "-m", "edge.cli", "monitor", "--broker", mosquitto.url,
-             "--cluster", "bench", "--json", "--duration", "5"],
-            capture_output=True, text=True, timeout=30)
+            [
+                sys.executable,
+                "-m",
+                "edge.cli",
+                "monitor",
+                "--broker",
+                mosquitto.url,
+                "--cluster",
+                "bench",
+                "--json",
+                "--duration",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     finally:
         pulse.stop()
         agent.stop()
     assert monitor.returncode == 0, monitor.stderr
     lines = [json.loads(x) for x in monitor.stdout.splitlines()]
     assert len(lines) >= 8
-    assert all(x["type"] == "backbeat.statusclaim.v1" and x["agent_id"] == "bench:pi-01"
-               for x in lines)
+    assert all(
+        x["type"] == "backbeat.statusclaim.v1" and x["agent_id"] == "bench:pi-01" for x in lines
+    )
     beats = [x["beat_index"] for x in lines]
     assert beats == sorted(beats)

@@ -63,9 +63,15 @@ async def _drive(nats_port: int, beats: int, bpm: float) -> list[bytes]:
         await asyncio.sleep(max(0.0, at - time.time()))
         deadline = datetime.fromtimestamp(at + beat_s / 3, UTC).isoformat().replace("+00:00", "Z")
         frame = {
-            "type": "backbeat.beatframe.v1", "cluster_id": "bench", "beat_index": k,
-            "downbeat": k % 4 == 0, "phase": "plan", "hlc": f"{int(at) & 0xFFFF:04x}:0000:0001",
-            "deadline_at": deadline, "tempo_bpm": bpm, "window_id": f"{k // 4:032x}",
+            "type": "backbeat.beatframe.v1",
+            "cluster_id": "bench",
+            "beat_index": k,
+            "downbeat": k % 4 == 0,
+            "phase": "plan",
+            "hlc": f"{int(at) & 0xFFFF:04x}:0000:0001",
+            "deadline_at": deadline,
+            "tempo_bpm": bpm,
+            "window_id": f"{k // 4:032x}",
         }
         await nc.publish("backbeat.bench.beat", json.dumps(frame).encode())
     await asyncio.sleep(1.0)
@@ -80,14 +86,18 @@ def test_agent_follows_a_nats_pulse_through_the_mqtt_gateway(tmp_path: Path) -> 
     conf.write_text(
         f"listen: 127.0.0.1:{nats_port}\nserver_name: backbeat_test\n"
         f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
-        f"mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n", encoding="utf-8")
-    server = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+        f"mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n",
+        encoding="utf-8",
+    )
+    server = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         assert wait_for_port(nats_port, 10) and wait_for_port(mqtt_port, 10)
         # NATS's MQTT gateway speaks MQTT 3.1.1.
-        config = write_agent_config(tmp_path, f"mqtt://127.0.0.1:{mqtt_port}", PROFILE,
-                                    broker_extra='protocol = "3.1.1"\n')
+        config = write_agent_config(
+            tmp_path, f"mqtt://127.0.0.1:{mqtt_port}", PROFILE, broker_extra='protocol = "3.1.1"\n'
+        )
         agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
         try:
             time.sleep(2.0)  # connected and subscribed before the first beat

@@ -85,8 +85,8 @@ def test_acks_out_of_order_advance_the_head_past_contiguous_acks(config: OutboxC
     assert seqs(box.pending()) == [1, 4, 5]
     box.ack(1)
     assert seqs(box.pending()) == [4, 5]
-    box.ack(1)    # a duplicate PUBACK
-    box.ack(99)   # never existed
+    box.ack(1)  # a duplicate PUBACK
+    box.ack(99)  # never existed
     assert seqs(box.pending()) == [4, 5]
 
 
@@ -326,12 +326,14 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _child_round(directory: Path, seed: int, fsync_every: int, delay: float
-                 ) -> list[tuple[str, int]]:
+def _child_round(
+    directory: Path, seed: int, fsync_every: int, delay: float
+) -> list[tuple[str, int]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(directory), str(seed), str(fsync_every)],
-        stdout=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE,
+        env=env,
     )
     assert child.stdout is not None
     try:
@@ -500,8 +502,9 @@ def test_fsync_failure_degrades_too(config: OutboxConfig) -> None:
 
 def test_fsync_policy_counts(tmp_path: Path) -> None:
     calls: list[int] = []
-    config = OutboxConfig(directory=tmp_path / "o", fsync_every=4, fsync_interval_s=10.0,
-                          segment_bytes=1 << 20)
+    config = OutboxConfig(
+        directory=tmp_path / "o", fsync_every=4, fsync_interval_s=10.0, segment_bytes=1 << 20
+    )
     box = Outbox(config, fsync=calls.append)
     start = len(calls)  # the new segment's BASE frame
 
@@ -637,7 +640,8 @@ def test_a_slow_fsync_does_not_hold_up_append(tmp_path: Path, seam: GatedFsync) 
 
 
 def test_background_fsync_failure_degrades_on_the_next_append(
-        config: OutboxConfig, seam: GatedFsync) -> None:
+    config: OutboxConfig, seam: GatedFsync
+) -> None:
     config = OutboxConfig(config.directory, fsync_every=1, segment_bytes=1 << 20)
     box = Outbox(config, fsync=seam)
     seam.error = errno.EIO
@@ -658,7 +662,8 @@ def test_background_fsync_failure_degrades_on_the_next_append(
 
 
 def test_close_joins_the_syncer_then_fsyncs_on_the_callers_thread(
-        tmp_path: Path, seam: GatedFsync) -> None:
+    tmp_path: Path, seam: GatedFsync
+) -> None:
     directory = tmp_path / "o"
     box = Outbox(OutboxConfig(directory, fsync_every=3), fsync=seam)
     made = fill(box, 10)
@@ -673,7 +678,8 @@ def test_close_joins_the_syncer_then_fsyncs_on_the_callers_thread(
 
 
 def test_a_background_failure_found_at_close_rewrites_the_queue(
-        tmp_path: Path, seam: GatedFsync) -> None:
+    tmp_path: Path, seam: GatedFsync
+) -> None:
     directory = tmp_path / "o"
     box = Outbox(OutboxConfig(directory, fsync_every=1), fsync=seam)
     seam.background_error = errno.ENOSPC
@@ -685,8 +691,7 @@ def test_a_background_failure_found_at_close_rewrites_the_queue(
     assert Outbox(OutboxConfig(directory)).pending() == [r for r in made if r.seq != 3]
 
 
-def test_dead_segments_stay_until_the_new_base_is_synced(
-        tmp_path: Path, seam: GatedFsync) -> None:
+def test_dead_segments_stay_until_the_new_base_is_synced(tmp_path: Path, seam: GatedFsync) -> None:
     directory = tmp_path / "o"
     config = OutboxConfig(directory, fsync_every=0, fsync_interval_s=0.0, segment_bytes=256)
     box = Outbox(config, fsync=seam)
@@ -722,8 +727,9 @@ def test_an_outbox_dropped_without_close_lets_its_syncer_go(tmp_path: Path) -> N
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
@@ -767,26 +773,61 @@ def test_real_full_and_read_only_filesystem(tiny_tmpfs: Path) -> None:
 def test_parse_outbox_defaults_and_values(tmp_path: Path) -> None:
     problems = ConfigProblems()
     assert parse_outbox({}, problems) == OutboxConfig(directory=None)
-    got = parse_outbox({"directory": str(tmp_path), "max_bytes": 65536, "max_count": 50,
-                        "fsync_every": 1, "fsync_interval_s": 0, "segment_bytes": 4096,
-                        "retry_interval_s": 5}, problems)
-    assert got == OutboxConfig(directory=tmp_path, max_bytes=65536, max_count=50,
-                               fsync_every=1, fsync_interval_s=0.0, segment_bytes=4096,
-                               retry_interval_s=5.0)
+    got = parse_outbox(
+        {
+            "directory": str(tmp_path),
+            "max_bytes": 65536,
+            "max_count": 50,
+            "fsync_every": 1,
+            "fsync_interval_s": 0,
+            "segment_bytes": 4096,
+            "retry_interval_s": 5,
+        },
+        problems,
+    )
+    assert got == OutboxConfig(
+        directory=tmp_path,
+        max_bytes=65536,
+        max_count=50,
+        fsync_every=1,
+        fsync_interval_s=0.0,
+        segment_bytes=4096,
+        retry_interval_s=5.0,
+    )
     assert not problems
 
 
 def test_parse_outbox_reports_every_problem() -> None:
     problems = ConfigProblems()
-    got = parse_outbox({"directory": 3, "max_bytes": "big", "max_count": 0,
-                        "fsync_every": -1, "fsync_interval_s": float("inf"),
-                        "retry_interval_s": True, "segment_bytes": 10, "dir": "x"},
-                       problems, "agent.outbox")
+    got = parse_outbox(
+        {
+            "directory": 3,
+            "max_bytes": "big",
+            "max_count": 0,
+            "fsync_every": -1,
+            "fsync_interval_s": float("inf"),
+            "retry_interval_s": True,
+            "segment_bytes": 10,
+            "dir": "x",
+        },
+        problems,
+        "agent.outbox",
+    )
     assert got == OutboxConfig(directory=None)
     wheres = {item.split(":")[0] for item in problems.items}
-    assert wheres == {f"agent.outbox.{k}" for k in (
-        "directory", "max_bytes", "max_count", "fsync_every", "fsync_interval_s",
-        "retry_interval_s", "segment_bytes", "dir")}
+    assert wheres == {
+        f"agent.outbox.{k}"
+        for k in (
+            "directory",
+            "max_bytes",
+            "max_count",
+            "fsync_every",
+            "fsync_interval_s",
+            "retry_interval_s",
+            "segment_bytes",
+            "dir",
+        )
+    }
 
 
 def test_parse_outbox_keeps_segments_within_max_bytes() -> None:

@@ -96,10 +96,20 @@ def test_every_problem_is_reported_at_once() -> None:
     )
     wheres = [p.split(":")[0] for p in problems]
     for where in [
-        "gpio.pin_factory", "gpio.colour", "devices.a.kind", "devices.b.pin", "devices.c.pin",
-        "devices.d.safe_state", "devices.d.max_switch_hz", "devices.d.max_on_s",
-        "devices.d.frequency_hz", "devices.e.pin", "devices.f.safe_state", "devices.f",
-        "devices.g.pin", "devices.g.timeout_s",
+        "gpio.pin_factory",
+        "gpio.colour",
+        "devices.a.kind",
+        "devices.b.pin",
+        "devices.c.pin",
+        "devices.d.safe_state",
+        "devices.d.max_switch_hz",
+        "devices.d.max_on_s",
+        "devices.d.frequency_hz",
+        "devices.e.pin",
+        "devices.f.safe_state",
+        "devices.f",
+        "devices.g.pin",
+        "devices.g.timeout_s",
     ]:
         assert where in wheres, (where, problems)
     assert any("already used by d" in p for p in problems)

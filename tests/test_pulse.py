@@ -23,14 +23,18 @@ def test_tempo_snaps_to_the_contract_grid_and_range() -> None:
     assert snap_tempo(5000) == 1000.0
 
 
-@pytest.mark.parametrize(("current", "requested", "force", "applied"), [
-    (120.0, 132.0, False, 132.0),   # +10 %: allowed
-    (120.0, 200.0, False, 132.0),   # limited to +10 %
-    (120.0, 60.0, False, 108.0),    # limited to -10 %
-    (1.0, 600.0, True, 600.0),      # forced
-])
+@pytest.mark.parametrize(
+    ("current", "requested", "force", "applied"),
+    [
+        (120.0, 132.0, False, 132.0),  # +10 %: allowed
+        (120.0, 200.0, False, 132.0),  # limited to +10 %
+        (120.0, 60.0, False, 108.0),  # limited to -10 %
+        (1.0, 600.0, True, 600.0),  # forced
+    ],
+)
 def test_a_change_moves_at_most_ten_percent_unless_forced(
-        current: float, requested: float, force: bool, applied: float) -> None:
+    current: float, requested: float, force: bool, applied: float
+) -> None:
     assert limit_change(current, requested, force) == applied
 
 
@@ -46,8 +50,7 @@ def test_beats_follow_each_other_at_the_tempo_in_force() -> None:
 
 
 def test_frames_are_valid_with_downbeats_windows_and_deadlines() -> None:
-    s = PulseSchedule("bench", 60, bar=3, start_mono=0.0, start_wall=1_800_000_000.0,
-                      first_beat=42)
+    s = PulseSchedule("bench", 60, bar=3, start_mono=0.0, start_wall=1_800_000_000.0, first_beat=42)
     frames = []
     for _ in range(7):
         slot = s.advance()
@@ -72,8 +75,9 @@ def test_a_bar_needs_a_beat() -> None:
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_signals_change_the_running_pulse_by_ten_percent(tmp_path: Path,
-                                                         mosquitto: Mosquitto) -> None:
+def test_signals_change_the_running_pulse_by_ten_percent(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     trace = tmp_path / "pulse.jsonl"
     pulse = start_pulse(mosquitto.url, "bench", 300, trace, tmp_path / "pulse.log")
     try:

@@ -91,10 +91,19 @@ def _config(tmp_path: Path, text: str = PROFILE) -> Config:
 
 def _frame(k: int, start_wall: float, index: int | None = None) -> bytes:
     beat = k if index is None else index
-    return encode(BeatFrame(
-        cluster_id="bench", beat_index=beat, downbeat=beat % 4 == 0, phase="plan",
-        hlc="0001:0000:0001", deadline_at=datetime.fromtimestamp(start_wall + BEAT / 3, UTC),
-        tempo_bpm=BPM, window_id=f"{beat // 4:032x}"), "json")
+    return encode(
+        BeatFrame(
+            cluster_id="bench",
+            beat_index=beat,
+            downbeat=beat % 4 == 0,
+            phase="plan",
+            hlc="0001:0000:0001",
+            deadline_at=datetime.fromtimestamp(start_wall + BEAT / 3, UTC),
+            tempo_bpm=BPM,
+            window_id=f"{beat // 4:032x}",
+        ),
+        "json",
+    )
 
 
 class FakeRun:
@@ -152,14 +161,23 @@ class Bench:
         self.config = _config(tmp_path, text)
         self.factory = factory
         self.trace = StringIO()
-        self.runner = Runner(self.config, self.make_hardware(self.config.profile), self.clock,
-                             trace=self.trace, make_hardware=self.make_hardware)
+        self.runner = Runner(
+            self.config,
+            self.make_hardware(self.config.profile),
+            self.clock,
+            trace=self.trace,
+            make_hardware=self.make_hardware,
+        )
         self.start = self.clock.monotonic() + 0.1  # beat 0 of the pulse, local time
         self.frames: list[tuple[float, bytes]] = []
 
     def make_hardware(self, profile: Profile) -> Hardware:
-        return Hardware(profile, pin_factory=self.factory, clock=self.clock.monotonic,
-                        popen=FakePopen(self.clock))
+        return Hardware(
+            profile,
+            pin_factory=self.factory,
+            clock=self.clock.monotonic,
+            popen=FakePopen(self.clock),
+        )
 
     @property
     def hardware(self) -> Hardware:
@@ -184,8 +202,9 @@ class Bench:
             item = None
             if self.frames and self.frames[0][0] <= self.clock.monotonic():
                 arrived, payload = self.frames.pop(0)
-                item = Inbound("message", arrived, self.clock.wall(), "backbeat/bench/beat",
-                               payload)
+                item = Inbound(
+                    "message", arrived, self.clock.wall(), "backbeat/bench/beat", payload
+                )
             self.runner.step(item, self.clock.monotonic())
             # Commands start on the hardware's launcher thread: let it catch up before the
             # fake clock moves on, as real time would.
@@ -196,8 +215,9 @@ class Bench:
         return [json.loads(line) for line in self.trace.getvalue().splitlines()]
 
 
-def test_hundreds_of_beats_fire_each_action_once_at_its_time(tmp_path: Path,
-                                                              factory: MockFactory) -> None:
+def test_hundreds_of_beats_fire_each_action_once_at_its_time(
+    tmp_path: Path, factory: MockFactory
+) -> None:
     bench = Bench(tmp_path, factory)
     bench.pulse(range(300))
     bench.run_until(bench.start + 300 * BEAT)
@@ -244,8 +264,9 @@ def test_free_runs_through_silence_then_goes_safe(tmp_path: Path, factory: MockF
     assert max(fired) <= 19 + int((4.0 + 2.0) / BEAT) + 1, max(fired)
 
 
-def test_a_renumbered_pulse_does_not_double_any_action(tmp_path: Path,
-                                                       factory: MockFactory) -> None:
+def test_a_renumbered_pulse_does_not_double_any_action(
+    tmp_path: Path, factory: MockFactory
+) -> None:
     bench = Bench(tmp_path, factory)
     bench.pulse(range(60))
     bench.pulse(range(60, 120), index_offset=-58)  # same timing, numbers restart at 2
@@ -257,13 +278,14 @@ def test_a_renumbered_pulse_does_not_double_any_action(tmp_path: Path,
     assert all(abs(step - BEAT) < 0.001 for step in steps), steps  # no beat lost either
 
 
-def test_a_reload_applies_at_the_next_beat_boundary(tmp_path: Path,
-                                                    factory: MockFactory) -> None:
+def test_a_reload_applies_at_the_next_beat_boundary(tmp_path: Path, factory: MockFactory) -> None:
     bench = Bench(tmp_path, factory)
     bench.pulse(range(40))
     bench.run_until(bench.start + 20.4 * BEAT)
-    new = _config(tmp_path, PROFILE.replace('device = "led"\ndo = "toggle"',
-                                            'device = "relay"\ndo = "toggle"'))
+    new = _config(
+        tmp_path,
+        PROFILE.replace('device = "led"\ndo = "toggle"', 'device = "relay"\ndo = "toggle"'),
+    )
     bench.runner.request_reload(new)
     bench.run_until(bench.start + 40 * BEAT)
     by_beat: dict[int, set[str]] = {}
@@ -276,12 +298,16 @@ def test_a_reload_applies_at_the_next_beat_boundary(tmp_path: Path,
 
 
 def _fired(bench: Bench, device: str) -> list[int]:
-    return [int(r["beat_index"]) for r in bench.rows()  # type: ignore[call-overload]
-            if r["device"] == device and r["fired_mono"] and r["ok"]]
+    return [
+        int(r["beat_index"])
+        for r in bench.rows()  # type: ignore[call-overload]
+        if r["device"] == device and r["fired_mono"] and r["ok"]
+    ]
 
 
 def test_a_reload_with_a_new_profile_rebuilds_the_devices_at_the_boundary(
-        tmp_path: Path, factory: MockFactory) -> None:
+    tmp_path: Path, factory: MockFactory
+) -> None:
     bench = Bench(tmp_path, factory)
     bench.pulse(range(40))
     bench.run_until(bench.start + 20.4 * BEAT)
@@ -292,8 +318,11 @@ def test_a_reload_with_a_new_profile_rebuilds_the_devices_at_the_boundary(
     bench.run_until(bench.start + 40 * BEAT)
     assert bench.hardware is not old_led and bench.runner.counters.reloads == 1
     assert bench.hardware.profile.devices["led"].pin == 22
-    toggles = [int(r["beat_index"]) for r in bench.rows()  # type: ignore[call-overload]
-               if r["rule"] == 0 and r["fired_mono"] and r["ok"]]
+    toggles = [
+        int(r["beat_index"])
+        for r in bench.rows()  # type: ignore[call-overload]
+        if r["rule"] == 0 and r["fired_mono"] and r["ok"]
+    ]
     assert toggles[-1] == 39 and set(range(21, 40)) <= set(toggles)  # no beat lost
     pin17 = [st for st in factory.pin(17).states if st.timestamp > 0]
     pin22 = factory.pin(22).states
@@ -325,7 +354,8 @@ def test_a_reload_brings_an_isolated_device_back(tmp_path: Path, factory: MockFa
 
 
 def test_a_profile_that_cannot_be_built_keeps_the_old_config(
-        tmp_path: Path, factory: MockFactory) -> None:
+    tmp_path: Path, factory: MockFactory
+) -> None:
     bench = Bench(tmp_path, factory)
     built: list[Profile] = []
 
@@ -343,20 +373,26 @@ def test_a_profile_that_cannot_be_built_keeps_the_old_config(
     assert [p.devices["led"].pin for p in built] == [22, 17]  # tried, then the old again
     assert bench.runner.counters.reload_errors == 1 and bench.runner.counters.reloads == 0
     assert bench.runner.config.profile.devices["led"].pin == 17
-    toggles = [int(r["beat_index"]) for r in bench.rows()  # type: ignore[call-overload]
-               if r["rule"] == 0 and r["fired_mono"] and r["ok"]]
+    toggles = [
+        int(r["beat_index"])
+        for r in bench.rows()  # type: ignore[call-overload]
+        if r["rule"] == 0 and r["fired_mono"] and r["ok"]
+    ]
     assert set(range(11, 30)) <= set(toggles)
 
 
-def test_restart_only_sections_are_kept_on_reload(tmp_path: Path, factory: MockFactory,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_restart_only_sections_are_kept_on_reload(
+    tmp_path: Path, factory: MockFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     bench = Bench(tmp_path, factory)
     bench.pulse(range(12))
     bench.run_until(bench.start + 4.4 * BEAT)
-    changed = PROFILE.replace('id = "bench:pi-01"', 'id = "bench:pi-99"').replace(
-        "lost_after_s = 3.0", "lost_after_s = 4.0").replace(
-        "safe_after_lost_s = 2.0", "safe_after_lost_s = 5.0").replace(
-        'do = "toggle"\noffset = 0.25', 'do = "toggle"\noffset = 0.5')
+    changed = (
+        PROFILE.replace('id = "bench:pi-01"', 'id = "bench:pi-99"')
+        .replace("lost_after_s = 3.0", "lost_after_s = 4.0")
+        .replace("safe_after_lost_s = 2.0", "safe_after_lost_s = 5.0")
+        .replace('do = "toggle"\noffset = 0.25', 'do = "toggle"\noffset = 0.5')
+    )
     bench.runner.request_reload(_config(tmp_path, changed))
     bench.run_until(bench.start + 12 * BEAT)
     config = bench.runner.config
@@ -368,7 +404,9 @@ def test_restart_only_sections_are_kept_on_reload(tmp_path: Path, factory: MockF
 
 HEADER = PROFILE[: PROFILE.index("[devices.led]")]
 
-TWO_RUNS = HEADER + """
+TWO_RUNS = (
+    HEADER
+    + """
 [devices.sh]
 kind = "command"
 timeout_s = 5
@@ -387,10 +425,12 @@ every = 4
 every_at = 1
 essential = true
 """
+)
 
 
 def test_out_of_order_command_ends_teach_each_run_its_own_duration(
-        tmp_path: Path, factory: MockFactory) -> None:
+    tmp_path: Path, factory: MockFactory
+) -> None:
     # A 1.2 s run starts on beats 0 mod 4, a 0.1 s one half a second later on the same
     # device: the later one ends first. Matched in start order, each would be taught the
     # other's start (0.6 s and 0.7 s); matched by run id, each gets its own.
@@ -407,7 +447,9 @@ def test_out_of_order_command_ends_teach_each_run_its_own_duration(
     assert bench.runner.counters.missed == 0 and not bench.runner.counters.dropped
 
 
-BUSY = HEADER + """
+BUSY = (
+    HEADER
+    + """
 [devices.sh]
 kind = "command"
 timeout_s = 1.0
@@ -418,10 +460,12 @@ argv = ["fake-run", "0.7"]
 cost_s = 0.7
 essential = true
 """
+)
 
 
 def test_a_dropped_action_does_not_lower_the_learned_estimate(
-        tmp_path: Path, factory: MockFactory) -> None:
+    tmp_path: Path, factory: MockFactory
+) -> None:
     # A 0.7 s command every 0.5 s beat on a device that runs one at a time: every other
     # start finds it busy. Learning those drops as ~0 s runs would pull the estimate toward
     # 0.64 s; only the runs that happened may teach it.
@@ -436,7 +480,9 @@ def test_a_dropped_action_does_not_lower_the_learned_estimate(
     assert guard.miss_rate() > 0.3  # and the busy device shows as pressure
 
 
-MISSING = HEADER + """
+MISSING = (
+    HEADER
+    + """
 [devices.sh]
 kind = "command"
 [[score]]
@@ -446,10 +492,12 @@ argv = ["/nonexistent/i2cset"]
 every = 4
 essential = true
 """
+)
 
 
 def test_a_command_that_cannot_start_fails_its_beat_and_teaches_nothing(
-        tmp_path: Path, factory: MockFactory) -> None:
+    tmp_path: Path, factory: MockFactory
+) -> None:
     bench = Bench(tmp_path, factory, MISSING)
     guard = bench.runner.guard = RecordingGuard(bench.config.guard)
     bench.pulse(range(40))

@@ -40,9 +40,11 @@ class FakeTimeline:
     first_downbeat: int = 0
 
     def phase_start(self, beat_index: int, phase: Phase) -> float:
-        return self.t0 + beat_index * self.beat_s + ("plan", "execute", "review").index(
-            phase
-        ) * self.beat_s / 3
+        return (
+            self.t0
+            + beat_index * self.beat_s
+            + ("plan", "execute", "review").index(phase) * self.beat_s / 3
+        )
 
     def beat_seconds(self) -> float:
         return self.beat_s
@@ -242,9 +244,18 @@ def test_parse_reports_every_problem_with_where() -> None:
     score = parse_score(raw["score"], profile, problems)
     wheres = {p.split(":")[0] for p in problems.items}
     assert wheres == {
-        "score[0].device", "score[1].do", "score[2].value", "score[2].every",
-        "score[2].offset", "score[2].phase", "score[2].colour", "score[3].duration_s",
-        "score[4].argv", "score[5].bar_beats", "score[5].to_beat", "score[5].duration_s",
+        "score[0].device",
+        "score[1].do",
+        "score[2].value",
+        "score[2].every",
+        "score[2].offset",
+        "score[2].phase",
+        "score[2].colour",
+        "score[3].duration_s",
+        "score[4].argv",
+        "score[5].bar_beats",
+        "score[5].to_beat",
+        "score[5].duration_s",
     }
     assert any("a button cannot 'pulse'" in p for p in problems.items)
     assert len(score.rules) < 6
@@ -260,9 +271,7 @@ def test_parse_score_odd_shapes() -> None:
 
 
 def test_command_action_carries_argv_deadline_and_cost() -> None:
-    score = score_of(
-        '[[score]]\ndevice="sh"\ndo="command"\nargv=["i2cset","-y","1"]\npriority=2\n'
-    )
+    score = score_of('[[score]]\ndevice="sh"\ndo="command"\nargv=["i2cset","-y","1"]\npriority=2\n')
     action = score.rules[0].action
     assert action.argv == ("i2cset", "-y", "1")
     assert action.duration_s == 0.5 and action.cost_s == 0.5 and action.priority == 2

@@ -138,7 +138,8 @@ def test_watchdog_meant_for_another_process_is_ignored(systemd: FakeSystemd) -> 
 
 @pytest.mark.parametrize("usec", ["ten", "0", "-5"])
 def test_bad_watchdog_usec_disables_the_watchdog_and_says_why(
-        systemd: FakeSystemd, usec: str) -> None:
+    systemd: FakeSystemd, usec: str
+) -> None:
     notifier = Notifier.from_env(env_for(systemd, WATCHDOG_USEC=usec))
     assert notifier.watchdog_interval_s is None
     assert notifier.problem is not None and "WATCHDOG_USEC" in notifier.problem
@@ -202,8 +203,9 @@ def test_close_then_send_reopens(systemd: FakeSystemd) -> None:
 # --------------------------------------------------------------------------- WatchdogGate
 
 
-def run_loop(gate: WatchdogGate, start: float, end: float, step: float,
-             alive_until: float) -> list[float]:
+def run_loop(
+    gate: WatchdogGate, start: float, end: float, step: float, alive_until: float
+) -> list[float]:
     """Simulate the runner: wake every ``step``; the loop iterates until ``alive_until``."""
     pings = []
     now = start
@@ -282,8 +284,9 @@ def test_gate_ignores_time_going_backwards_for_liveness() -> None:
     assert gate.last_alive == 10.0
 
 
-@pytest.mark.parametrize("kwargs", [{"interval_s": 0.0}, {"interval_s": -1.0},
-                                    {"interval_s": 1.0, "stale_after_s": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"interval_s": 0.0}, {"interval_s": -1.0}, {"interval_s": 1.0, "stale_after_s": 0.0}]
+)
 def test_gate_rejects_nonsense_intervals(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         WatchdogGate(**kwargs)

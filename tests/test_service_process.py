@@ -81,8 +81,9 @@ class NotifySocket:
         self.sock.close()
 
 
-def _start(tmp: Path, broker: Mosquitto, watchdog_s: float, hang: bool = False,
-           bpm: float = 120) -> tuple[NotifySocket, Proc, Proc, Path]:
+def _start(
+    tmp: Path, broker: Mosquitto, watchdog_s: float, hang: bool = False, bpm: float = 120
+) -> tuple[NotifySocket, Proc, Proc, Path]:
     notify = NotifySocket(tmp / "notify.sock")
     config = write_agent_config(tmp, broker.url, PROFILE_A)
     env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(int(watchdog_s * 1e6))}
@@ -175,7 +176,9 @@ def test_reload_switches_score_at_a_beat_boundary(tmp_path: Path, mosquitto: Mos
     assert "score[1]" in log or "nope" in log
 
 
-MISWIRED = PROFILE_A + """
+MISWIRED = (
+    PROFILE_A
+    + """
 [devices.fan]
 kind = "output"
 pin = "GPIO99"
@@ -184,10 +187,12 @@ device = "fan"
 do = "toggle"
 every = 1
 """
+)
 
 
 def test_a_reload_after_fixing_the_wiring_brings_the_device_back(
-        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     # The fan is wired to a pin that does not exist: isolated at start, named in every
     # claim. The operator fixes the profile and reloads: the devices are rebuilt at a beat
     # boundary and the fan plays, while the LED never misses a beat.
@@ -198,14 +203,15 @@ def test_a_reload_after_fixing_the_wiring_brings_the_device_back(
     pulse = start_pulse(mosquitto.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
         end = time.monotonic() + 20
-        while time.monotonic() < end and sum(
-                r["device"] == "fan" for r in read_trace(trace)) < 6:
+        while time.monotonic() < end and sum(r["device"] == "fan" for r in read_trace(trace)) < 6:
             time.sleep(0.1)
         (tmp_path / "profile.toml").write_text(MISWIRED.replace('pin = "GPIO99"', "pin = 22"))
         agent.signal(signal.SIGHUP)
         end = time.monotonic() + 20
-        while time.monotonic() < end and sum(
-                r["device"] == "fan" and r["ok"] is True for r in read_trace(trace)) < 8:
+        while (
+            time.monotonic() < end
+            and sum(r["device"] == "fan" and r["ok"] is True for r in read_trace(trace)) < 8
+        ):
             time.sleep(0.1)
         time.sleep(1.0)  # a few claims after
         assert agent.stop() == 0, agent.log()
@@ -219,11 +225,13 @@ def test_a_reload_after_fixing_the_wiring_brings_the_device_back(
     assert first_ok >= 6 and all(r["dropped"] == "isolated" for r in fan[:first_ok]), fan
     assert all(r["ok"] and r["fired_mono"] for r in fan[first_ok:]), fan
     assert len(fan) - first_ok >= 8
-    led = sorted(int(r["beat_index"]) for r in rows  # type: ignore[call-overload]
-                 if r["device"] == "led" and r["ok"])
+    led = sorted(
+        int(r["beat_index"])
+        for r in rows  # type: ignore[call-overload]
+        if r["device"] == "led" and r["ok"]
+    )
     assert led == list(range(led[0], led[-1] + 1)), led  # no beat lost to the rebuild
-    meta = [dict(c.metadata or {}) for c in recorder.claims
-            if not (c.metadata or {}).get("final")]
+    meta = [dict(c.metadata or {}) for c in recorder.claims if not (c.metadata or {}).get("final")]
     isolated = [m.get("isolated") for m in meta]
     flip = isolated.index(None)
     assert flip >= 3 and all(v == ("fan",) for v in isolated[:flip]), isolated

@@ -51,11 +51,18 @@ def review(beat: int, **changes: object) -> BeatReview:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def builder(clock: FakeClock, config: StatusConfig | None = None, start_seq: int = 0
-            ) -> StatusBuilder:
+def builder(
+    clock: FakeClock, config: StatusConfig | None = None, start_seq: int = 0
+) -> StatusBuilder:
     hlc = HybridLogicalClock(clock, node=0xBEEF)
-    return StatusBuilder("relay:pi-07", config or StatusConfig(), hlc, "0.1.0",
-                         config_hash(b"[agent]\nid='relay:pi-07'\n"), start_seq=start_seq)
+    return StatusBuilder(
+        "relay:pi-07",
+        config or StatusConfig(),
+        hlc,
+        "0.1.0",
+        config_hash(b"[agent]\nid='relay:pi-07'\n"),
+        start_seq=start_seq,
+    )
 
 
 def reported(b: StatusBuilder, reviews: list[BeatReview]) -> list[int]:
@@ -93,28 +100,33 @@ def test_beat_index_going_back_is_reported(fake_clock: FakeClock) -> None:
 
 def test_on_change_reports_changes_and_heartbeats(fake_clock: FakeClock) -> None:
     b = builder(fake_clock, StatusConfig(mode="on_change", heartbeat_beats=5))
-    reviews = [review(i, cpu_percent=10.0 + i, late_ms_max=i / 10, missed=int(i >= 7))
-               for i in range(0, 12)]
-    reviews[3] = review(3, state="blocked")          # a change of state
-    reviews[4] = review(4, state="blocked")          # same again: not reported
-    reviews[5] = review(5)                           # back to reviewing: a change
+    reviews = [
+        review(i, cpu_percent=10.0 + i, late_ms_max=i / 10, missed=int(i >= 7))
+        for i in range(0, 12)
+    ]
+    reviews[3] = review(3, state="blocked")  # a change of state
+    reviews[4] = review(4, state="blocked")  # same again: not reported
+    reviews[5] = review(5)  # back to reviewing: a change
     # beat 7: a trouble counter moved (missed 0 -> 1), and stays at 1 after that.
     assert reported(b, reviews) == [0, 3, 5, 7]
     # No change from 8 on; the heartbeat comes 5 beats after the last report (7).
     assert reported(b, [review(i, missed=1) for i in range(8, 20)]) == [12, 17]
 
 
-@pytest.mark.parametrize("change", [
-    {"sync_state": "free_running"},
-    {"guard_level": "shed", "guard_reason": "cpu 93%"},
-    {"recommended_tempo": 54.0},
-    {"shed": {"cpu": 2}},
-    {"frames_rejected": {"bad_hlc": 1}},
-    {"dropped_by_limit": 1},
-    {"outbox_dropped": 4},
-    {"alerts": ("deadline miss rate 3% > 2%",)},
-    {"isolated": ("relay",)},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sync_state": "free_running"},
+        {"guard_level": "shed", "guard_reason": "cpu 93%"},
+        {"recommended_tempo": 54.0},
+        {"shed": {"cpu": 2}},
+        {"frames_rejected": {"bad_hlc": 1}},
+        {"dropped_by_limit": 1},
+        {"outbox_dropped": 4},
+        {"alerts": ("deadline miss rate 3% > 2%",)},
+        {"isolated": ("relay",)},
+    ],
+)
 def test_on_change_sees_each_condition(fake_clock: FakeClock, change: dict[str, object]) -> None:
     b = builder(fake_clock, StatusConfig(mode="on_change", heartbeat_beats=100))
     assert b.build(review(1)) is not None
@@ -125,8 +137,17 @@ def test_on_change_sees_each_condition(fake_clock: FakeClock, change: dict[str, 
 def test_on_change_ignores_continuous_readings(fake_clock: FakeClock) -> None:
     b = builder(fake_clock, StatusConfig(mode="on_change", heartbeat_beats=100))
     assert b.build(review(1)) is not None
-    noisy = review(2, cpu_percent=99.0, memory_mb=300.0, temperature_c=80.0, late_ms_p50=5.0,
-                   late_ms_max=9.0, error_bound_ms=7.0, backlog=40, fired=9)
+    noisy = review(
+        2,
+        cpu_percent=99.0,
+        memory_mb=300.0,
+        temperature_c=80.0,
+        late_ms_p50=5.0,
+        late_ms_max=9.0,
+        error_bound_ms=7.0,
+        backlog=40,
+        fired=9,
+    )
     assert b.build(noisy) is None
 
 
@@ -184,12 +205,27 @@ def test_hlc_moves_forward_between_claims(fake_clock: FakeClock) -> None:
 
 def test_claim_carries_resources_and_metadata(fake_clock: FakeClock) -> None:
     b = builder(fake_clock)
-    claim = b.build(review(
-        42, state="executing", sync_state="free_running", error_bound_ms=3.14159,
-        late_ms_p50=0.1234, late_ms_max=1.5, fired=7, missed=2, shed={"cpu": 3},
-        dropped_by_limit=1, frames_rejected={"bad_tempo": 4}, guard_level="shed",
-        guard_reason="cpu 93% > 85%", recommended_tempo=54.0, backlog=12, outbox_dropped=5,
-        alerts=("miss rate high",)))
+    claim = b.build(
+        review(
+            42,
+            state="executing",
+            sync_state="free_running",
+            error_bound_ms=3.14159,
+            late_ms_p50=0.1234,
+            late_ms_max=1.5,
+            fired=7,
+            missed=2,
+            shed={"cpu": 3},
+            dropped_by_limit=1,
+            frames_rejected={"bad_tempo": 4},
+            guard_level="shed",
+            guard_reason="cpu 93% > 85%",
+            recommended_tempo=54.0,
+            backlog=12,
+            outbox_dropped=5,
+            alerts=("miss rate high",),
+        )
+    )
     assert claim is not None
     assert claim.agent_id == "relay:pi-07"
     assert claim.beat_index == 42
@@ -216,9 +252,17 @@ def test_claim_carries_resources_and_metadata(fake_clock: FakeClock) -> None:
 
 def test_missing_and_non_finite_readings_are_left_out(fake_clock: FakeClock) -> None:
     b = builder(fake_clock)
-    claim = b.build(review(1, cpu_percent=None, memory_mb=None, temperature_c=float("nan"),
-                           late_ms_p50=None, late_ms_max=float("inf"),
-                           error_bound_ms=float("inf")))
+    claim = b.build(
+        review(
+            1,
+            cpu_percent=None,
+            memory_mb=None,
+            temperature_c=float("nan"),
+            late_ms_p50=None,
+            late_ms_max=float("inf"),
+            error_bound_ms=float("inf"),
+        )
+    )
     assert claim is not None and claim.metadata is not None
     assert claim.resources is None
     assert claim.notes is None
@@ -257,8 +301,15 @@ def test_every_claim_decodes_in_both_formats(fake_clock: FakeClock, fmt: str) ->
     b = builder(fake_clock, StatusConfig(format=fmt))  # type: ignore[arg-type]
     states = ["planning", "executing", "reviewing", "idle", "failed", "blocked"]
     for i, state in enumerate(states * 3):
-        claim = b.build(review(i, state=state, shed={"cpu": i}, alerts=("a",) * (i % 2),
-                               recommended_tempo=60.0 if i % 3 else None))
+        claim = b.build(
+            review(
+                i,
+                state=state,
+                shed={"cpu": i},
+                alerts=("a",) * (i % 2),
+                recommended_tempo=60.0 if i % 3 else None,
+            )
+        )
         assert claim is not None
         payload = b.encode(claim)
         assert payload == encode(claim, fmt)  # type: ignore[arg-type]
@@ -276,8 +327,20 @@ def test_claim_wire_has_only_upstream_top_level_keys(fake_clock: FakeClock) -> N
     b = builder(fake_clock)
     claim = b.build(review(1, alerts=("x",)))
     assert claim is not None
-    upstream = {"type", "agent_id", "task_id", "beat_index", "state", "beats_left", "progress",
-                "notes", "hlc", "resources", "dependencies", "metadata"}
+    upstream = {
+        "type",
+        "agent_id",
+        "task_id",
+        "beat_index",
+        "state",
+        "beats_left",
+        "progress",
+        "notes",
+        "hlc",
+        "resources",
+        "dependencies",
+        "metadata",
+    }
     assert set(cbor2.loads(encode(claim))) <= upstream
     assert set(json.loads(encode(claim, "json"))) <= upstream
 
@@ -300,24 +363,35 @@ def test_parse_status_defaults() -> None:
 
 def test_parse_status_reads_every_key() -> None:
     problems = ConfigProblems()
-    got = parse_status({"every": 2, "mode": "on_change", "heartbeat_beats": 30,
-                        "format": "json", "expiry_s": 0}, problems)
-    assert got == StatusConfig(every=2, mode="on_change", heartbeat_beats=30, format="json",
-                               expiry_s=None)
+    got = parse_status(
+        {"every": 2, "mode": "on_change", "heartbeat_beats": 30, "format": "json", "expiry_s": 0},
+        problems,
+    )
+    assert got == StatusConfig(
+        every=2, mode="on_change", heartbeat_beats=30, format="json", expiry_s=None
+    )
     assert not problems
 
 
 def test_parse_status_reports_every_problem_at_once() -> None:
     problems = ConfigProblems()
-    got = parse_status({"every": 0, "mode": "sometimes", "heartbeat_beats": True,
-                        "format": "xml", "expiry_s": -1, "evry": 3}, problems, "agent.status")
+    got = parse_status(
+        {
+            "every": 0,
+            "mode": "sometimes",
+            "heartbeat_beats": True,
+            "format": "xml",
+            "expiry_s": -1,
+            "evry": 3,
+        },
+        problems,
+        "agent.status",
+    )
     assert got == StatusConfig()
     text = "\n".join(problems.items)
     for where in ("every", "mode", "heartbeat_beats", "format", "expiry_s", "evry"):
         assert f"agent.status.{where}:" in text
     assert len(problems.items) == 6
-
-
 
 
 def test_a_degraded_outbox_is_said_in_the_claim_and_counts_as_a_change() -> None:

@@ -47,8 +47,12 @@ class Subscriber:
         self.claims: list[StatusClaim] = []
         self.availability: list[str] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-subscriber",
-                                  clean_session=False, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="test-subscriber",
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
         self.client.reconnect_delay_set(0.05, 0.2)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -130,8 +134,11 @@ def test_broker_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto)
         broker.stop()
         down_at = time.monotonic()
         time.sleep(30.0)
-        fired_during = [r for r in read_trace(tmp_path / "agent.jsonl")
-                        if r["fired_mono"] and float(r["fired_mono"]) > down_at + 1]
+        fired_during = [
+            r
+            for r in read_trace(tmp_path / "agent.jsonl")
+            if r["fired_mono"] and float(r["fired_mono"]) > down_at + 1
+        ]
         broker.restart()
         back_at = time.time()
         assert _wait(lambda: len(_connected_times(agent.log())) >= 2, 15), agent.log()
@@ -179,8 +186,9 @@ def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_broker: Mo
 def test_outbox_limit_drops_oldest_and_says_so(tmp_path: Path, durable_broker: Mosquitto) -> None:
     broker = durable_broker
     sub = Subscriber(broker.port)
-    config = write_agent_config(tmp_path, broker.url, PROFILE,
-                                extra="max_count = 5\n")  # into [outbox], the last section
+    config = write_agent_config(
+        tmp_path, broker.url, PROFILE, extra="max_count = 5\n"
+    )  # into [outbox], the last section
     agent = start_agent(config, None, tmp_path / "agent.log")
     pulse = start_pulse(broker.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
@@ -188,15 +196,20 @@ def test_outbox_limit_drops_oldest_and_says_so(tmp_path: Path, durable_broker: M
         broker.stop()
         time.sleep(5.0)  # ~20 beats, room for 5
         broker.restart()
-        assert _wait(lambda: any(
-            int(dict(dict(c.metadata or {}).get("outbox", {})).get("dropped", 0)) > 0
-            for c in sub.claims), 20), agent.log()
+        assert _wait(
+            lambda: any(
+                int(dict(dict(c.metadata or {}).get("outbox", {})).get("dropped", 0)) > 0
+                for c in sub.claims
+            ),
+            20,
+        ), agent.log()
     finally:
         pulse.stop()
         assert agent.stop() == 0  # no crash
         sub.close()
-    dropped = max(int(dict(dict(c.metadata or {}).get("outbox", {})).get("dropped", 0))
-                  for c in sub.claims)
+    dropped = max(
+        int(dict(dict(c.metadata or {}).get("outbox", {})).get("dropped", 0)) for c in sub.claims
+    )
     assert dropped >= 10
 
 
@@ -205,13 +218,17 @@ def test_wrong_password_is_a_clear_error_and_retried(tmp_path: Path) -> None:
     import subprocess
 
     passwd = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "pi-01", "the-right-one"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(passwd), "pi-01", "the-right-one"],
+        check=True,
+        capture_output=True,
+    )
     listener = f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
     with start_mosquitto(port=port, listener_conf=listener) as broker:
         (tmp_path / "pw").write_text("wrong\n")
-        config = write_agent_config(tmp_path, broker.url, PROFILE,
-                                    broker_extra='username = "pi-01"\npassword_file = "pw"\n')
+        config = write_agent_config(
+            tmp_path, broker.url, PROFILE, broker_extra='username = "pi-01"\npassword_file = "pw"\n'
+        )
         agent = start_agent(config, None, tmp_path / "agent.log")
         try:
             assert _wait(lambda: "refused" in agent.log(), 15), agent.log()
@@ -230,19 +247,39 @@ def test_wrong_ca_is_a_clear_error_and_retried(tmp_path: Path) -> None:
 
     def make_ca(name: str) -> tuple[Path, Path]:
         key, crt = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(crt)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                f"/CN={name}",
+                "-keyout",
+                str(key),
+                "-out",
+                str(crt),
+            ],
+            check=True,
+            capture_output=True,
+        )
         return key, crt
 
     server_key, server_crt = make_ca("127.0.0.1")
     _, other_ca = make_ca("some-other-ca")
     port = free_port()
-    listener = (f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                f"certfile {server_crt}\nkeyfile {server_key}\n")
+    listener = (
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        f"certfile {server_crt}\nkeyfile {server_key}\n"
+    )
     with start_mosquitto(port=port, listener_conf=listener):
-        config = write_agent_config(tmp_path, f"mqtts://127.0.0.1:{port}", PROFILE,
-                                    broker_extra=f'ca_file = "{other_ca}"\n')
+        config = write_agent_config(
+            tmp_path, f"mqtts://127.0.0.1:{port}", PROFILE, broker_extra=f'ca_file = "{other_ca}"\n'
+        )
         agent = start_agent(config, None, tmp_path / "agent.log")
         try:
             assert _wait(lambda: "certificate did not verify" in agent.log(), 15), agent.log()

@@ -28,11 +28,24 @@ from edge.sync import (
 FIRST = 1000
 
 
-def frame(beat: int, phase: str = "plan", bpm: float = 60.0, cluster: str = "c1",
-          downbeat: bool = False, window: int = 1) -> BeatFrame:
-    return BeatFrame(cluster_id=cluster, beat_index=beat, downbeat=downbeat, phase=phase,  # type: ignore[arg-type]
-                     hlc="0001:0000:beef", deadline_at=datetime(2026, 1, 1, tzinfo=UTC),
-                     tempo_bpm=bpm, window_id=f"{window:032x}")
+def frame(
+    beat: int,
+    phase: str = "plan",
+    bpm: float = 60.0,
+    cluster: str = "c1",
+    downbeat: bool = False,
+    window: int = 1,
+) -> BeatFrame:
+    return BeatFrame(
+        cluster_id=cluster,
+        beat_index=beat,
+        downbeat=downbeat,
+        phase=phase,  # type: ignore[arg-type]
+        hlc="0001:0000:beef",
+        deadline_at=datetime(2026, 1, 1, tzinfo=UTC),
+        tempo_bpm=bpm,
+        window_id=f"{window:032x}",
+    )
 
 
 def emitted(run: object) -> list[tuple[int, str]]:
@@ -111,8 +124,9 @@ def test_one_late_or_early_frame_does_not_move_the_boundaries() -> None:
 
 
 def test_duplicates_and_reordering_are_rejected_and_counted() -> None:
-    run = simulate(Pulse(beats=300), Network(jitter=heavy_tail(), duplicate=0.1, seed=5),
-                   reorder=0.05)
+    run = simulate(
+        Pulse(beats=300), Network(jitter=heavy_tail(), duplicate=0.1, seed=5), reorder=0.05
+    )
     assert_each_phase_once(run)
     rejected = run.follower.rejected
     assert rejected["duplicate"] > 10
@@ -162,10 +176,19 @@ def test_silence_of_sixty_beats_free_runs_then_resyncs_without_a_jump() -> None:
     assert abs(regained[0].error_s) < 0.002
     # Error at the end of the silence (beats just before the first frame returned).
     truth = run.pulse.truth
-    silent = [e for e in run.phases() if 300.0 <= truth.get(
-        (e.beat_index, PHASES.index(e.phase)), 0.0) < 310.0]
-    assert silent and max(abs(run.pulse.truth[(e.beat_index, PHASES.index(e.phase))] + 0.0005
-                              - e.at) for e in silent) < 0.002
+    silent = [
+        e
+        for e in run.phases()
+        if 300.0 <= truth.get((e.beat_index, PHASES.index(e.phase)), 0.0) < 310.0
+    ]
+    assert (
+        silent
+        and max(
+            abs(run.pulse.truth[(e.beat_index, PHASES.index(e.phase))] + 0.0005 - e.at)
+            for e in silent
+        )
+        < 0.002
+    )
     assert run.follower.state is SyncState.LOCKED
 
 
@@ -237,8 +260,7 @@ def test_tempo_jump_from_1_to_600_bpm() -> None:
 
 
 def test_frames_per_phase() -> None:
-    run = simulate(Pulse(beats=300, per_phase=True),
-                   Network(jitter=heavy_tail(), loss=0.1, seed=6))
+    run = simulate(Pulse(beats=300, per_phase=True), Network(jitter=heavy_tail(), loss=0.1, seed=6))
     assert_each_phase_once(run)
     assert run.follower.frames_accepted > 700
     assert percentile(locked_errors(run, 0.0005), 99) < 0.001
@@ -272,8 +294,10 @@ def test_one_stray_index_is_rejected_not_followed() -> None:
         f.receive(frame(FIRST + i), 100.0 + i)
     assert f.receive(frame(7), 120.3) == []  # held: a restart, or a stray?
     events = f.receive(frame(FIRST + 20), 120.0 + 1.0)
-    assert FrameRejected("stale", 7, 120.3) in events or FrameRejected(
-        "unconfirmed_jump", 7, 120.3) in events
+    assert (
+        FrameRejected("stale", 7, 120.3) in events
+        or FrameRejected("unconfirmed_jump", 7, 120.3) in events
+    )
     assert not [e for e in events if isinstance(e, BeatJumped)]
     assert f.phase_start(FIRST + 30, "plan") == pytest.approx(130.0, abs=1e-6)
 
@@ -312,8 +336,9 @@ def test_wall_clock_step_during_the_run_changes_nothing() -> None:
 
 def test_wall_clock_can_be_forbidden() -> None:
     net = Network(base=0.004, seed=8)
-    run = simulate(Pulse(beats=100), net, SyncConfig(trust_wall_clock=False),
-                   wall_error=lambda t: 0.0)
+    run = simulate(
+        Pulse(beats=100), net, SyncConfig(trust_wall_clock=False), wall_error=lambda t: 0.0
+    )
     assert run.follower.path_delay_s == 0.0
     assert max(abs(e - 0.004) for e in run.errors()) < 1e-6
 
@@ -366,8 +391,9 @@ def test_bar_unknown_until_two_downbeats() -> None:
 def test_parse_sync_defaults_and_values() -> None:
     problems = ConfigProblems()
     assert parse_sync({}, problems) == SyncConfig()
-    cfg = parse_sync({"jitter_tolerance_s": 0.02, "trust_wall_clock": "auto",
-                      "lock_after_frames": 6}, problems)
+    cfg = parse_sync(
+        {"jitter_tolerance_s": 0.02, "trust_wall_clock": "auto", "lock_after_frames": 6}, problems
+    )
     assert not problems
     assert cfg.jitter_tolerance_s == 0.02 and cfg.trust_wall_clock is None
     assert cfg.lock_after_frames == 6
@@ -375,12 +401,25 @@ def test_parse_sync_defaults_and_values() -> None:
 
 def test_parse_sync_reports_every_problem() -> None:
     problems = ConfigProblems()
-    parse_sync({"jitter": 1, "slew_rate": 2.0, "lock_after_frames": 1.5,
-                "trust_wall_clock": "yes", "path_delay_s": True}, problems)
+    parse_sync(
+        {
+            "jitter": 1,
+            "slew_rate": 2.0,
+            "lock_after_frames": 1.5,
+            "trust_wall_clock": "yes",
+            "path_delay_s": True,
+        },
+        problems,
+    )
     text = "\n".join(problems.items)
     assert len(problems.items) == 5
-    for where in ("sync.jitter", "sync.slew_rate", "sync.lock_after_frames",
-                  "sync.trust_wall_clock", "sync.path_delay_s"):
+    for where in (
+        "sync.jitter",
+        "sync.slew_rate",
+        "sync.lock_after_frames",
+        "sync.trust_wall_clock",
+        "sync.path_delay_s",
+    ):
         assert where in text
 
 
@@ -399,8 +438,9 @@ def test_events_are_phase_and_beat_started_in_order() -> None:
     boundary = [e for e in run.events if isinstance(e, BeatStarted | PhaseStarted)]
     ats = [e.at for e in boundary]
     assert ats == sorted(ats)
-    first_plan = next(i for i, e in enumerate(boundary)
-                      if isinstance(e, PhaseStarted) and e.phase == "plan")
+    first_plan = next(
+        i for i, e in enumerate(boundary) if isinstance(e, PhaseStarted) and e.phase == "plan"
+    )
     assert isinstance(boundary[first_plan - 1], BeatStarted)
 
 
@@ -447,8 +487,9 @@ def test_uniform_delay_steady_state_is_under_a_millisecond() -> None:
 
 
 def test_index_jump_with_the_same_timing_relabels_and_keeps_precision() -> None:
-    run = simulate(Pulse(beats=300, jump_at=150, jump_to=5),
-                   Network(jitter=heavy_tail(), loss=0.1, seed=7))
+    run = simulate(
+        Pulse(beats=300, jump_at=150, jump_to=5), Network(jitter=heavy_tail(), loss=0.1, seed=7)
+    )
     f = run.follower
     assert f.relabels == 1 and f.reanchors == 0
     jumps = [e for e in run.events if isinstance(e, BeatJumped)]
@@ -457,9 +498,11 @@ def test_index_jump_with_the_same_timing_relabels_and_keeps_precision() -> None:
     assert 5 in starts and 6 in starts  # the jumped-to beat is not skipped
     assert_each_phase_once(run)
     truth = run.pulse.truth
-    after = [abs(e.at - truth[(e.beat_index, PHASES.index(e.phase))] - 0.0005)
-             for e in run.phases()
-             if e.beat_index < FIRST and (e.beat_index, PHASES.index(e.phase)) in truth]
+    after = [
+        abs(e.at - truth[(e.beat_index, PHASES.index(e.phase))] - 0.0005)
+        for e in run.phases()
+        if e.beat_index < FIRST and (e.beat_index, PHASES.index(e.phase)) in truth
+    ]
     # Precision is kept across the jump (a restart from two frames gave 1.5 ms p99).
     assert len(after) == 150 * 3 and max(after) < 0.001
     assert f.state is SyncState.LOCKED
@@ -476,5 +519,7 @@ def test_index_jump_with_new_timing_restarts_and_emits_the_new_beat() -> None:
     assert f.reanchors == 1 and f.relabels == 0
     ticked = f.tick(121.4)
     assert [(e.beat_index, e.at) for e in ticked if isinstance(e, BeatStarted)] == [
-        (7, pytest.approx(120.4)), (8, pytest.approx(121.4))]
+        (7, pytest.approx(120.4)),
+        (8, pytest.approx(121.4)),
+    ]
     assert f.phase_start(10, "plan") == pytest.approx(123.4, abs=1e-6)

@@ -11,8 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "backbeat-edge.service"
-EXEC_START = ("/opt/backbeat-edge/venv/bin/backbeat-edge run "
-              "--config /etc/backbeat-edge/agent.toml")
+EXEC_START = "/opt/backbeat-edge/venv/bin/backbeat-edge run --config /etc/backbeat-edge/agent.toml"
 
 
 def settings(text: str) -> dict[str, list[str]]:
@@ -42,7 +41,10 @@ def verify(tmp_path: Path, text: str) -> list[str]:
     copy.write_text(text.replace("/opt/backbeat-edge/venv/bin/backbeat-edge", "/bin/true"))
     proc = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(copy)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     lines = (proc.stdout + proc.stderr).splitlines()
     complaints = [line for line in lines if "backbeat-edge" in line or "ignoring" in line]
@@ -51,8 +53,9 @@ def verify(tmp_path: Path, text: str) -> list[str]:
     return complaints
 
 
-needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                   reason="systemd-analyze is not installed")
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
 
 
 @needs_analyze
@@ -62,8 +65,11 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
 
 @needs_analyze
 def test_the_verify_check_catches_a_broken_unit(tmp_path: Path) -> None:
-    broken = UNIT.read_text().replace("Type=notify", "Type=notfy").replace(
-        "DeviceAllow=char-gpiochip rw", "DeviceAllow=char-gpiochip rwx")
+    broken = (
+        UNIT.read_text()
+        .replace("Type=notify", "Type=notfy")
+        .replace("DeviceAllow=char-gpiochip rw", "DeviceAllow=char-gpiochip rwx")
+    )
     complaints = verify(tmp_path, broken)
     assert any("notfy" in c for c in complaints)
     assert any("rwx" in c for c in complaints)
@@ -95,8 +101,7 @@ def test_it_runs_unprivileged_with_its_state_and_its_secret() -> None:
     assert unit["Service.User"] == ["backbeat"]
     assert unit["Service.SupplementaryGroups"] == ["gpio"]
     assert unit["Service.StateDirectory"] == ["backbeat-edge"]
-    assert unit["Service.LoadCredential"] == [
-        "broker-password:/etc/backbeat-edge/broker-password"]
+    assert unit["Service.LoadCredential"] == ["broker-password:/etc/backbeat-edge/broker-password"]
     assert unit["Service.CapabilityBoundingSet"] == [""]
     assert unit["Service.NoNewPrivileges"] == ["yes"]
 
@@ -104,10 +109,15 @@ def test_it_runs_unprivileged_with_its_state_and_its_secret() -> None:
 def test_it_is_hardened_but_can_reach_gpio_i2c_and_the_network() -> None:
     unit = settings(UNIT.read_text())
     for key, value in {
-        "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
-        "DevicePolicy": "closed", "ProtectKernelTunables": "yes",
-        "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
-        "ProtectControlGroups": "yes", "RestrictNamespaces": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "DevicePolicy": "closed",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictNamespaces": "yes",
     }.items():
         assert unit[f"Service.{key}"] == [value], key
     allowed = unit["Service.DeviceAllow"]

@@ -107,8 +107,10 @@ class Watch:
         who = self.agent_id
         if self.healthy():
             version = f", version {self.expect_version}" if self.expect_version else ""
-            return HEALTHY, (f"healthy: {who} online, {self.locked} locked claims "
-                             f"(last beat {self.last_beat}{version})")
+            return HEALTHY, (
+                f"healthy: {who} online, {self.locked} locked claims "
+                f"(last beat {self.last_beat}{version})"
+            )
         if self.availability is None:
             reason = "never announced availability (agent not running or not connected?)"
         elif self.availability != "online":
@@ -118,14 +120,20 @@ class Watch:
             if self.malformed:
                 reason += f" ({self.malformed} malformed: {self.last_problem})"
         elif self.wrong_versions and self.locked == 0:
-            reason = (f"runs version {', '.join(sorted(self.wrong_versions))}, expected "
-                      f"{self.expect_version}")
+            reason = (
+                f"runs version {', '.join(sorted(self.wrong_versions))}, expected "
+                f"{self.expect_version}"
+            )
         elif self.locked == 0:
-            reason = (f"sent {self.claims} claims in {waited_s:.1f} s, none locked "
-                      f"(last sync state {self.last_state!r})")
+            reason = (
+                f"sent {self.claims} claims in {waited_s:.1f} s, none locked "
+                f"(last sync state {self.last_state!r})"
+            )
         else:
-            reason = (f"only {self.locked} of {self.claims_needed} claims locked in "
-                      f"{waited_s:.1f} s (last sync state {self.last_state!r})")
+            reason = (
+                f"only {self.locked} of {self.claims_needed} claims locked in "
+                f"{waited_s:.1f} s (last sync state {self.last_state!r})"
+            )
         return UNHEALTHY, f"unhealthy: {who} {reason}"
 
 
@@ -156,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     url = urlsplit(args.broker)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        print(f"error: --broker must be mqtt://host:port or mqtts://host:port, got "
-              f"{args.broker!r}", file=sys.stderr)
+        print(
+            f"error: --broker must be mqtt://host:port or mqtts://host:port, got {args.broker!r}",
+            file=sys.stderr,
+        )
         return USAGE
     port = url.port or (8883 if url.scheme == "mqtts" else 1883)
     base = f"{args.topic_prefix}/{args.cluster}"
@@ -168,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     # paho's thread only hands over; the verdict is reached on this thread.
     connacks: queue.Queue[ReasonCode] = queue.Queue()
     inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"backbeat-health-"
-                         f"{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"backbeat-health-{uuid.uuid4().hex[:12]}",
+        protocol=mqtt.MQTTv5,
+    )
 
-    def on_connect(c: mqtt.Client, userdata: object, flags: object, rc: ReasonCode,
-                   props: Properties | None) -> None:
+    def on_connect(
+        c: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: Properties | None
+    ) -> None:
         if not rc.is_failure:
             c.subscribe([(avail_topic, 1), (status_topic, 1)])
         connacks.put(rc)
@@ -195,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                 return USAGE
         client.username_pw_set(args.username, password)
     if url.scheme == "mqtts":
-        client.tls_set(ca_certs=str(args.ca_file) if args.ca_file else None,
-                       cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_set(
+            ca_certs=str(args.ca_file) if args.ca_file else None, cert_reqs=ssl.CERT_REQUIRED
+        )
     try:
         client.connect(url.hostname, port, keepalive=15)
     except (OSError, ValueError) as exc:
@@ -210,9 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         client.loop_stop()
 
 
-def watch(args: argparse.Namespace, connacks: queue.Queue[ReasonCode],
-          inbox: queue.Queue[tuple[str, bytes, bool]], window: float, avail_topic: str,
-          status_topic: str) -> int:
+def watch(
+    args: argparse.Namespace,
+    connacks: queue.Queue[ReasonCode],
+    inbox: queue.Queue[tuple[str, bytes, bool]],
+    window: float,
+    avail_topic: str,
+    status_topic: str,
+) -> int:
     """Read the inbox until the agent proves healthy or the window closes."""
     try:
         rc = connacks.get(timeout=args.connect_timeout)
