@@ -74,17 +74,18 @@ distance between downbeats (a multiple of the known length is taken as lost fram
 Until two downbeats are seen, :meth:`BeatFollower.is_downbeat` answers None.
 
 *Parts.* Each concern is its own module, and each part renumbers and restarts itself:
-:mod:`~edge.sync.tempo` (the tempo map), :mod:`~edge.sync.envelope` (the fit and its
-window), :mod:`~edge.sync.correction` (the published correction),
-:mod:`~edge.sync.wall` (the wall-clock learner), :mod:`~edge.sync.bars` (bars and
-windows), :mod:`~edge.sync.accepted` (duplicate memory), :mod:`~edge.sync.states` (the
-transition table). This module classifies frames and drives them.
+:mod:`~edge.sync.timeline` (where the phases start: the tempo map of
+:mod:`~edge.sync.tempo`, the fit of :mod:`~edge.sync.envelope`, the fixed delay learnt by
+:mod:`~edge.sync.wall` and the correction of :mod:`~edge.sync.correction`),
+:mod:`~edge.sync.bars` (bars and windows), :mod:`~edge.sync.accepted` (duplicate memory)
+and :mod:`~edge.sync.states` (the transition table). This module classifies frames, moves
+the states and emits the events.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TypeAlias
 
@@ -92,8 +93,7 @@ from edge.messages import PHASES, BeatFrame, Phase
 from edge.sync.accepted import Accepted
 from edge.sync.bars import BarTracker
 from edge.sync.config import SyncConfig
-from edge.sync.correction import Correction
-from edge.sync.envelope import Admission, Envelope, Point, median
+from edge.sync.envelope import Admission, Point
 from edge.sync.events import (
     BeatJumped,
     BeatStarted,
@@ -105,14 +105,13 @@ from edge.sync.events import (
     SyncRegained,
     TempoChanged,
 )
-from edge.sync.states import SyncState, Trigger, next_state
-from edge.sync.tempo import Key, TempoMap, next_key, prev_key
-from edge.sync.wall import WallClock
+from edge.sync.states import SyncState, Trigger, next_state, silence_limits
+from edge.sync.tempo import Key, next_key, prev_key
+from edge.sync.timeline import Timeline
 
 _Pending: TypeAlias = tuple[BeatFrame, float, float | None, float]  # frame, arrival, wall, r
 
 _MAX_EMIT = 10_000  # boundaries one tick() emits at most; the rest come on the next call
-_MAX_TEMPO_CANDIDATES = 64
 _DEFAULTS = SyncConfig()
 
 
@@ -129,11 +128,7 @@ class BeatFollower:
         self._state = SyncState.ACQUIRING
         self._now = -math.inf
         self._have_model = False
-        self._tempo = TempoMap()
-        # Envelope: local monotonic arrival of Pulse time u (without the fixed delay).
-        self._envelope = Envelope(config)
-        self._correction = Correction(config.slew_rate)
-        self._wall = WallClock(config)
+        self._timeline = Timeline(config)
         self._bars = BarTracker()
         self._accepted = Accepted()
         self._pending: _Pending | None = None
@@ -141,7 +136,6 @@ class BeatFollower:
         self._last_arrival = 0.0
         self._lost_reported = False
         self._regain_error = 0.0
-        self._explicit_delay: float | None = None
         # Counters.
         self.frames_accepted = 0
         self._rejected: dict[str, int] = {}
@@ -163,12 +157,13 @@ class BeatFollower:
     @property
     def tempo_bpm(self) -> float | None:
         """Tempo of the latest beat we know of; None before the first frame."""
-        return self._tempo.latest_bpm if self._tempo else None
+        tempo = self._timeline.tempo
+        return tempo.latest_bpm if tempo else None
 
     @property
     def rate_ppm(self) -> float:
         """Pulse clock rate minus local clock rate, in ppm (positive: the Pulse runs fast)."""
-        return (1.0 / self._envelope.slope - 1.0) * 1e6
+        return (1.0 / self._timeline.envelope.slope - 1.0) * 1e6
 
     @property
     def error_bound_s(self) -> float:
@@ -183,79 +178,48 @@ class BeatFollower:
     @property
     def wall_steps(self) -> int:
         """Wall clock steps seen."""
-        return self._wall.steps
+        return self._timeline.wall.steps
 
     @property
     def wall_clock_trusted(self) -> bool:
         """Whether the wall clock is believed now (forced, or decided from the data).
 
         A delay learnt before a wall clock step stays in use after it (see the theory)."""
-        return self._wall.trusted
+        return self._timeline.wall.trusted
 
     @property
     def path_delay_s(self) -> float:
         """The fixed path delay currently removed from the envelope."""
-        return self._bias()
+        return self._timeline.path_delay()
 
     def error_bound_at(self, t: float) -> float:
-        """Bound (about 99%) on the error of a boundary predicted for local time ``t``.
-
-        The envelope sits on the lowest arrival in the window; the true floor is below it
-        by an unknown gap. Near the floor the arrivals' spacing tells the density of delays
-        there (``s``: mean gap between the lowest residuals, so ``s`` ~ 1 / (frames x
-        density)), and the gap is then about exponential with mean ``s``: its 99th
-        percentile is ~4.6 s; ``_OFFSET_Z`` adds room for the estimate of ``s`` itself.
-        To that adds the slope uncertainty (``_RATE_Z * s / span``, ``max_rate_ppm``
-        while the rate is unknown) times the distance of ``t`` from the far end of the
-        window (the lowest true arrival may sit anywhere in it), so the bound shrinks as
-        frames accumulate and grows in silence; plus the
-        correction still being slewed and, when used, the spread of the wall-clock delay.
-        Without a trusted wall clock or a given path delay the boundaries are also late by
-        the unknown fixed path delay, which no bound built from arrival times can see.
-        Assumes the delay density does not vanish at its floor (true of queueing delay).
-        Infinite before the first frame. O(1).
-        """
+        """Bound (about 99%) on the error of a boundary predicted for local time ``t``
+        (see :meth:`edge.sync.timeline.Timeline.error_bound_at`). Infinite before the
+        first frame. O(1)."""
         if not self._have_model:
             return math.inf
-        bound = self._envelope.bound_at(t) + abs(self._correction.at(t))
-        if self.wall_clock_trusted and self._explicit_delay is None:
-            bound += self._wall.spread
-        return bound
+        return self._timeline.error_bound_at(t)
 
     def beat_seconds(self) -> float:
         """Length of the current beat in local seconds (60 s before the first frame)."""
-        if not self._tempo:
+        if not self._timeline.tempo:
             return 60.0
-        return 60.0 / self._tempo.latest_bpm * self._envelope.slope
+        return self._timeline.beat_seconds()
 
     def phase_start(self, beat_index: int, phase: Phase) -> float:
         """Predicted local monotonic start of ``phase`` of ``beat_index`` (past or future).
 
         Raises RuntimeError before the first frame (there is no timeline yet).
         """
-        self._need_model()
-        return self._start((beat_index, PHASES.index(phase)))
+        if not self._have_model:
+            raise RuntimeError("the beat follower has no timeline yet (no frame received)")
+        return self._timeline.start((beat_index, PHASES.index(phase)))
 
     def position(self, now: float) -> Position | None:
         """Beat, phase and fraction of the phase at local time ``now``; None before a frame."""
         if not self._have_model:
             return None
-        key = self._tempo.key_at(self._published_u(now))
-        # Float rounding may put us one phase off at an exact boundary: settle it.
-        for _ in range(4):
-            start = self._start(key)
-            if start > now:
-                key = prev_key(key)
-                continue
-            end = self._start(next_key(key))
-            if end <= now:
-                key = next_key(key)
-                continue
-            break
-        start, end = self._start(key), self._start(next_key(key))
-        span = end - start
-        fraction = min(max((now - start) / span, 0.0), 1.0) if span > 0 else 0.0
-        return Position(key[0], PHASES[key[1]], start, end, fraction)
+        return self._timeline.position(now)
 
     def is_downbeat(self, beat_index: int) -> bool | None:
         """Whether the beat is the first of a bar; None while the bar is not known."""
@@ -275,7 +239,7 @@ class BeatFollower:
         positive = running behind, negative = ahead). Non-zero while a correction slews."""
         if not self._have_model:
             return 0.0
-        return self._correction.at(now) * 1000.0
+        return self._timeline.correction.at(now) * 1000.0
 
     def set_path_delay(self, seconds: float) -> None:
         """Use a measured fixed path delay (seconds >= 0); it wins over the wall clock.
@@ -285,21 +249,22 @@ class BeatFollower:
         """
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"path delay must be a finite number >= 0, got {seconds!r}")
+        timeline = self._timeline
         if not self._have_model:
-            self._explicit_delay = float(seconds)
+            timeline.explicit_delay = float(seconds)
             return
         now = self._now
-        u_now = self._published_u(now)
-        self._explicit_delay = float(seconds)
-        self._commit(now, u_now)
+        u_now = timeline.published_u(now)
+        timeline.explicit_delay = float(seconds)
+        timeline.commit(now, u_now, acquiring=self._state is SyncState.ACQUIRING)
 
     def next_deadline(self) -> float | None:
         """Local time of the next thing tick() would emit or decide; None before a frame."""
         if not self._have_model:
             return None
-        times = [self._start(next_key(self._cursor))]
+        times = [self._timeline.start(next_key(self._cursor))]
         times.extend(w.at for w in self._bars.due_windows(self._cursor[0]))
-        free_at, lost_at = self._silence_limits()
+        free_at, lost_at = silence_limits(self._cfg, self._last_arrival, self.beat_seconds())
         if self._state is SyncState.LOCKED:
             times.append(free_at)
         if self._state is not SyncState.LOST:
@@ -318,7 +283,7 @@ class BeatFollower:
         bars = self._bars
         for _ in range(_MAX_EMIT):
             key = next_key(self._cursor)
-            at = self._start(key)
+            at = self._timeline.start(key)
             if at > now:
                 break
             self._cursor = key
@@ -355,11 +320,12 @@ class BeatFollower:
             self._acquire(frame, a, wall_at, events)
             return events
 
-        fit = self._fit_frame(frame, a)
+        fit = self._timeline.fit(frame, a, self._band(), self._accepted.latest[0])
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            if fit is None and self._confirms(pending, frame, a):
-                shift = self._relabel_shift(pending, frame, a)
+            if fit is None and self._timeline.continues(pending[0], pending[1], frame, a):
+                pair = ((pending[0], pending[1]), (frame, a))
+                shift = self._timeline.relabel_shift(pair, a)
                 if shift is not None:
                     self._relabel(shift, pending, (frame, a, wall_at, 0.0), events)
                 else:
@@ -380,51 +346,6 @@ class BeatFollower:
         self._accept(frame, a, wall_at, change_at, residual, events)
         return events
 
-    # ----------------------------------------------------------------- internals: model
-
-    def _need_model(self) -> None:
-        if not self._have_model:
-            raise RuntimeError("the beat follower has no timeline yet (no frame received)")
-
-    def _env_at(self, beat: int, phase: int) -> float:
-        """The envelope's arrival time of a phase start (the fixed delay not removed)."""
-        return self._envelope.at(self._tempo.u(beat, phase))
-
-    def _bias(self) -> float:
-        if self._explicit_delay is not None:
-            return self._explicit_delay
-        learnt = self._wall.delay
-        if learnt is not None:
-            return learnt
-        return self._cfg.path_delay_s
-
-    def _model_start(self, key: Key) -> float:
-        return self._env_at(*key) - self._bias()
-
-    def _start(self, key: Key) -> float:
-        return self._correction.published(self._model_start(key))
-
-    def _beat_start(self, beat: int) -> float:
-        return self._start((beat, 0))
-
-    def _published_u(self, t: float) -> float:
-        model_t = t - self._correction.at(t)
-        return self._envelope.u_at(model_t + self._bias())
-
-    def _phase_seconds(self) -> float:
-        return self.beat_seconds() / 3.0
-
-    def _commit(self, now: float, u_now: float) -> None:
-        """Keep the published position at ``now`` where it was (``u_now``) by setting a
-        correction to slew away; step instead when acquiring or when it is large."""
-        shift = now - (self._envelope.at(u_now) - self._bias())
-        large = abs(shift) > self._cfg.step_after_phases * self._phase_seconds()
-        self._correction.start(now, shift, step=self._state is SyncState.ACQUIRING or large)
-
-    def _add_segment(self, beat: int, bpm: float) -> None:
-        if self._tempo.add(beat, bpm):
-            self._envelope.retime(self._tempo.u)
-
     # ----------------------------------------------------------------- internals: frames
 
     def _reject(self, reason: str, frame: BeatFrame, at: float) -> list[SyncEvent]:
@@ -436,59 +357,17 @@ class BeatFollower:
         from it, a restarted Pulse is reusing old numbers (held as a possible jump)."""
         if not self._have_model:
             return True
-        horizon = max(4.0 * 60.0 / self._tempo.latest_bpm, self._band())
-        return abs(a - self._model_start(key)) <= horizon
+        horizon = max(4.0 * 60.0 / self._timeline.tempo.latest_bpm, self._band())
+        return abs(a - self._timeline.model_start(key)) <= horizon
 
     def _band(self) -> float:
         """How far (either way) from the envelope a frame may arrive and still belong."""
         cfg = self._cfg
         return 3.0 * max(cfg.jitter_tolerance_s, self.error_bound_at(self._now))
 
-    def _fit_frame(self, frame: BeatFrame, a: float) -> tuple[int | None, float] | None:
-        """Does the frame belong to the current timeline? (change_at, residual) or None.
-
-        ``change_at`` is the beat where the frame's new tempo takes effect (None if the
-        tempo is unchanged); frames between the last one we saw and this one were lost, so
-        the most plausible beat is chosen by the arrival time.
-        """
-        k, p = frame.beat_index, PHASES.index(frame.phase)
-        band = self._band()
-        if frame.tempo_bpm == self._tempo.bpm_at(k):
-            r = a - self._env_at(k, p)
-            return (None, r) if -band <= r <= band else None
-        last = self._accepted.latest[0]
-        if k <= last:
-            candidates: Iterable[int] = (k,)
-        else:
-            candidates = range(max(last + 1, k - _MAX_TEMPO_CANDIDATES), k + 1)
-        residuals = self._envelope.residuals()
-        typical = median(residuals) if residuals else 0.0
-        best: tuple[float, int, float] | None = None
-        for j in candidates:
-            u = self._tempo.u(j, 0) + ((k - j) * 3 + p) * 20.0 / frame.tempo_bpm
-            r = a - self._envelope.at(u)
-            score = abs(r - typical)
-            if best is None or score < best[0]:
-                best = (score, j, r)
-        if best is None or not -band <= best[2] <= band:
-            return None
-        return (best[1], best[2])
-
     def _hold(self, frame: BeatFrame, a: float, wall_at: float | None) -> None:
         """Keep a frame that does not fit, until the next frame confirms or refutes it."""
-        r = a - self._env_at(frame.beat_index, PHASES.index(frame.phase))
-        self._pending = (frame, a, wall_at, r)
-
-    def _confirms(self, pending: _Pending, frame: BeatFrame, a: float) -> bool:
-        """Does ``frame`` continue ``pending`` at the spacing its tempo implies?"""
-        first = pending[0]
-        k1, p1 = first.beat_index, PHASES.index(first.phase)
-        k2, p2 = frame.beat_index, PHASES.index(frame.phase)
-        if first.cluster_id != frame.cluster_id or (k2, p2) <= (k1, p1):
-            return False
-        steps = (k2 - k1) * 3 + (p2 - p1)
-        expected = steps * 20.0 / first.tempo_bpm * self._envelope.slope
-        return abs((a - pending[1]) - expected) <= 2.0 * self._cfg.jitter_tolerance_s
+        self._pending = (frame, a, wall_at, self._timeline.residual(frame, a))
 
     def _acquire(
         self, frame: BeatFrame, a: float, wall_at: float | None, events: list[SyncEvent]
@@ -499,42 +378,28 @@ class BeatFollower:
         self._after_accept(frame, a, wall_at, events)
 
     def _start_timeline(self, frames: list[tuple[BeatFrame, float, float | None]]) -> None:
-        """Restart every part on these frames (the fit keeps its rate)."""
-        first = frames[0][0]
-        self._tempo.reset(first.beat_index, first.tempo_bpm)
-        self._envelope.reset()
-        self._wall.reset()
+        """Restart every part on these frames."""
         self._accepted.reset()
         self._bars.reset()
-        for frame, a, _ in frames:
-            k, p = frame.beat_index, PHASES.index(frame.phase)
-            if frame.tempo_bpm != self._tempo.latest_bpm and k > self._tempo.last_start:
-                self._add_segment(k, frame.tempo_bpm)
-            self._envelope.add((k, p, a, self._tempo.u(k, p)))
+        self._timeline.restart([(frame, a) for frame, a, _ in frames])
         self._have_model = True
-        self._envelope.refit()
-        self._correction.reset(frames[-1][1])
         last = frames[-1][0]
         self._cursor = prev_key((last.beat_index, PHASES.index(last.phase)))
 
-    def _reanchor(
-        self,
-        pending: _Pending,
-        current: _Pending,
-        events: list[SyncEvent],
-    ) -> None:
+    def _reanchor(self, pending: _Pending, current: _Pending, events: list[SyncEvent]) -> None:
         """Two consistent frames outside the timeline: restart the timeline on them."""
         frame, a = current[0], current[1]
-        expected = self._tempo.key_at(self._published_u(a - self._cfg.jitter_tolerance_s))[0]
+        timeline = self._timeline
+        expected = timeline.tempo.key_at(timeline.published_u(a - self._cfg.jitter_tolerance_s))
         old_cursor = self._cursor
         self.reanchors += 1
         self._regain_error = pending[3]
         pair = [(pending[0], pending[1], pending[2]), (frame, a, current[2])]
         self._start_timeline(pair)
-        jumped = abs(frame.beat_index - expected) > self._cfg.jump_after_beats
+        jumped = abs(frame.beat_index - expected[0]) > self._cfg.jump_after_beats
         if jumped:
             first = pending[0].beat_index
-            events.append(BeatJumped(expected - (frame.beat_index - first), first, a))
+            events.append(BeatJumped(expected[0] - (frame.beat_index - first), first, a))
             # The runner hears every beat of the new numbering, from the first frame on
             # (already past: tick() emits it at once, with its true start).
             self._cursor = prev_key((first, PHASES.index(pending[0].phase)))
@@ -544,50 +409,13 @@ class BeatFollower:
         for f, at, wall in pair:
             self._after_accept(f, at, wall, events)
 
-    def _relabel_shift(self, pending: _Pending, frame: BeatFrame, a: float) -> int | None:
-        """The index shift if both frames land on boundaries of the current timeline.
-
-        A Pulse that renumbers its beats but keeps its timing (fail-over to a standby
-        with another count, an operator reset) sends frames that sit on our boundaries
-        with other labels: each must arrive at the start of a local phase of its own
-        phase name and tempo (early by at most three error bounds, late by at most the
-        jitter tolerance plus one), and both must imply the same shift. None when the
-        timing changed too (or the tolerance would not tell neighbouring phases apart).
-        """
-        cfg = self._cfg
-        bound = self.error_bound_at(a)
-        early, late = cfg.early_tolerance_s + 3.0 * bound, cfg.jitter_tolerance_s + bound
-        if early + late >= self._phase_seconds():
-            return None
-        shifts: set[int] = set()
-        for f, at in ((pending[0], pending[1]), (frame, a)):
-            if f.tempo_bpm != self._tempo.latest_bpm:
-                return None
-            p = PHASES.index(f.phase)
-            near = self._tempo.key_at(self._envelope.u_at(at))
-            hits = [
-                key
-                for key in (near, next_key(near))
-                if key[1] == p and -early <= at - self._env_at(*key) <= late
-            ]
-            if not hits:
-                return None
-            shifts.add(f.beat_index - hits[0][0])
-        return shifts.pop() if len(shifts) == 1 else None
-
     def _relabel(
-        self,
-        shift: int,
-        pending: _Pending,
-        current: _Pending,
-        events: list[SyncEvent],
+        self, shift: int, pending: _Pending, current: _Pending, events: list[SyncEvent]
     ) -> None:
         """Renumber the timeline by ``shift`` beats, keeping the fit (and its precision)."""
         first = (pending[0].beat_index, PHASES.index(pending[0].phase))
         self.relabels += 1
-        self._tempo.renumber(shift)
-        self._envelope.renumber(shift)
-        self._wall.renumber(shift)
+        self._timeline.renumber(shift)
         self._accepted.renumber(shift)
         self._bars.renumber(shift)
         events.append(BeatJumped(first[0] - shift, first[0], current[1]))
@@ -595,8 +423,7 @@ class BeatFollower:
         # it again under the new one (at its true, past start) and every beat after.
         self._cursor = min((self._cursor[0] + shift, self._cursor[1]), prev_key(first))
         for f, at, wall, _ in (pending, current):
-            k, p = f.beat_index, PHASES.index(f.phase)
-            residual = at - self._env_at(k, p)
+            residual = self._timeline.residual(f, at)
             self._accept(f, at, wall, None, residual, events)
 
     def _accept(
@@ -608,46 +435,42 @@ class BeatFollower:
         residual: float,
         events: list[SyncEvent],
     ) -> None:
-        u_now = self._published_u(a)
+        timeline = self._timeline
+        u_now = timeline.published_u(a)
         k, p = frame.beat_index, PHASES.index(frame.phase)
         if change_at is not None:
-            old = self._tempo.latest_bpm
-            self._add_segment(change_at, frame.tempo_bpm)
-            events.append(
-                TempoChanged(change_at, old, frame.tempo_bpm, self._model_start((change_at, 0)))
-            )
-        point: Point = (k, p, a, self._tempo.u(k, p))
+            old = timeline.tempo.latest_bpm
+            timeline.add_segment(change_at, frame.tempo_bpm)
+            at = timeline.model_start((change_at, 0))
+            events.append(TempoChanged(change_at, old, frame.tempo_bpm, at))
+        point: Point = (k, p, a, timeline.tempo.u(k, p))
         if self._state is SyncState.ACQUIRING:
-            self._envelope.add(point)
+            timeline.envelope.add(point)
         else:
             early_tol = max(self._cfg.early_tolerance_s, 3.0 * self.error_bound_at(a))
-            admission = self._envelope.admit(point, residual, early_tol)
+            admission = timeline.envelope.admit(point, residual, early_tol)
             if admission is not Admission.FIT:
                 self.outliers += 1
             if admission is Admission.RESTARTED:
                 self.reanchors += 1
-        self._envelope.refit()
+        timeline.envelope.refit()
         self._after_accept(frame, a, wall_at, events)
-        self._commit(a, u_now)
+        timeline.commit(a, u_now, acquiring=self._state is SyncState.ACQUIRING)
         if self._state in (SyncState.FREE_RUNNING, SyncState.LOST):
-            self._regain_error = self._correction.last_shift
+            self._regain_error = timeline.correction.last_shift
             self._transition(Trigger.FRAME)
             self._regained(a, events)
 
     def _after_accept(
-        self,
-        frame: BeatFrame,
-        a: float,
-        wall_at: float | None,
-        events: list[SyncEvent],
+        self, frame: BeatFrame, a: float, wall_at: float | None, events: list[SyncEvent]
     ) -> None:
         """Bookkeeping common to every accepted frame: counters, bars, wall, lock."""
         self.frames_accepted += 1
         prev_beat = self._accepted.add((frame.beat_index, PHASES.index(frame.phase)))
         self._last_arrival = max(self._last_arrival, a)
-        self._bars.learn(frame, prev_beat, self._beat_start)
+        self._bars.learn(frame, prev_beat, self._timeline.beat_start)
         if wall_at is not None:
-            self._wall.learn(frame, a, wall_at, self._env_at)
+            self._timeline.wall.learn(frame, a, wall_at, self._timeline.env_at)
         locking = self._accepted.count >= self._cfg.lock_after_frames
         if self._state is SyncState.ACQUIRING and locking:
             self._transition(Trigger.LOCKED)
@@ -663,15 +486,8 @@ class BeatFollower:
     def _transition(self, trigger: Trigger) -> None:
         self._state = next_state(self._state, trigger)
 
-    def _silence_limits(self) -> tuple[float, float]:
-        cfg = self._cfg
-        beat = self.beat_seconds()
-        free_at = self._last_arrival + cfg.free_run_after_beats * beat + cfg.jitter_tolerance_s
-        lost_at = self._last_arrival + max(cfg.lost_after_s, cfg.lost_after_beats * beat)
-        return free_at, lost_at
-
     def _silence(self, now: float) -> list[SyncEvent]:
-        free_at, lost_at = self._silence_limits()
+        free_at, lost_at = silence_limits(self._cfg, self._last_arrival, self.beat_seconds())
         events: list[SyncEvent] = []
         if self._state is SyncState.LOCKED and now >= free_at:
             self._transition(Trigger.SILENT)

@@ -1,4 +1,4 @@
-"""The follower's states and the one table that moves between them.
+"""The follower's states, the one table that moves between them, and its silence limits.
 
 Transitions are data: :data:`TRANSITIONS` maps ``(state, trigger)`` to the next state, and
 :func:`next_state` refuses a pair the table does not know (as h11's ``_state.py`` does):
@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from types import MappingProxyType
+
+from edge.sync.config import SyncConfig
 
 
 class SyncState(enum.Enum):
@@ -67,3 +69,12 @@ def next_state(state: SyncState, trigger: Trigger) -> SyncState:
         return TRANSITIONS[(state, trigger)]
     except KeyError:
         raise TransitionError(state, trigger) from None
+
+
+def silence_limits(
+    config: SyncConfig, last_arrival: float, beat_seconds: float
+) -> tuple[float, float]:
+    """Local times at which silence since ``last_arrival`` means FREE_RUNNING and LOST."""
+    free_at = last_arrival + config.free_run_after_beats * beat_seconds + config.jitter_tolerance_s
+    lost_at = last_arrival + max(config.lost_after_s, config.lost_after_beats * beat_seconds)
+    return free_at, lost_at
