@@ -112,15 +112,16 @@ class Timeline:
         by an unknown gap. Near the floor the arrivals' spacing tells the density of delays
         there (``s``: mean gap between the lowest residuals, so ``s`` ~ 1 / (frames x
         density)), and the gap is then about exponential with mean ``s``: its 99th
-        percentile is ~4.6 s; ``_OFFSET_Z`` adds room for the estimate of ``s`` itself.
-        To that adds the slope uncertainty (``_RATE_Z * s / span``, ``max_rate_ppm``
-        while the rate is unknown) times the distance of ``t`` from the far end of the
-        window (the lowest true arrival may sit anywhere in it), so the bound shrinks as
-        frames accumulate and grows in silence; plus the
-        correction still being slewed and, when used, the spread of the wall-clock delay.
-        Without a trusted wall clock or a given path delay the boundaries are also late by
-        the unknown fixed path delay, which no bound built from arrival times can see.
-        Assumes the delay density does not vanish at its floor (true of queueing delay).
+        percentile is ~4.6 s; ``_OFFSET_Z`` (in :mod:`edge.sync.envelope`) adds room for
+        the estimate of ``s`` itself. To that adds the slope uncertainty
+        (``_RATE_Z * s / span``, ``max_rate_ppm`` while the rate is unknown) times the
+        distance of ``t`` from the far end of the window (the lowest true arrival may sit
+        anywhere in it), so the bound shrinks as frames accumulate and grows in silence;
+        plus the correction still being slewed and, when used, the spread of the
+        wall-clock delay. Without a trusted wall clock or a given path delay the
+        boundaries are also late by the unknown fixed path delay, which no bound built
+        from arrival times can see. Assumes the delay density does not vanish at its
+        floor (true of queueing delay).
         O(1).
         """
         bound = self.envelope.bound_at(t) + abs(self.correction.at(t))
