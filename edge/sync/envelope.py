@@ -1,0 +1,234 @@
+"""The lower-envelope fit: the line under the arrivals, its rate, its error statistics.
+
+Arrival time ``a`` plotted against Pulse time ``u`` lies on or above one straight line
+``a = t0 + slope * (u - u0)``; the window of the last ``filter_window_frames`` arrivals is
+fitted from below (see the theory in :mod:`edge.sync.follower`). This module also decides
+which arrivals enter the window: early or late outliers are held back until enough of
+them in a row say the timeline really moved.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import TypeAlias
+
+from edge.sync.config import SyncConfig
+
+Point: TypeAlias = tuple[int, int, float, float]  # (beat, phase index, arrival, u)
+
+_BOUND_FLOOR_S = 10e-6
+_RATE_SMOOTHING = 1.0 / 16
+_SPACING_ORDER = 16  # lowest residuals whose spacing estimates the delay density
+_OFFSET_Z = 6.0  # envelope gap bound in mean spacings (p99 of an exponential: 4.6)
+_RATE_Z = 20.0  # slope bound in mean spacings per window span
+_RATE_FLOOR = 1e-6  # slope bound never below 1 ppm (smoothing, float and model error)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def spacing(offsets: list[float]) -> float:
+    """Mean gap between the lowest of ``offsets`` (at least 3 values): the lowest quarter,
+    at most ``_SPACING_ORDER`` (only the region near the floor tells its density)."""
+    lowest = heapq.nsmallest(min(_SPACING_ORDER, max(3, len(offsets) // 4)), offsets)
+    return (lowest[-1] - lowest[0]) / (len(lowest) - 1)
+
+
+def lower_envelope_slope(xs: list[float], ys: list[float]) -> float | None:
+    """Slope of the lowest line under all points that is highest at their mean ``x``.
+
+    That line is the edge of the lower convex hull spanning the mean (the linear program
+    "maximise the sum of line heights subject to line <= every point"). ``xs`` must be
+    increasing. None if fewer than two distinct ``x``.
+    """
+    hull: list[tuple[float, float]] = []
+    for x, y in zip(xs, ys, strict=True):
+        while len(hull) >= 2:
+            (ox, oy), (ax, ay) = hull[-2], hull[-1]
+            if (ax - ox) * (y - oy) - (ay - oy) * (x - ox) <= 0.0:
+                hull.pop()
+            else:
+                break
+        if hull and x <= hull[-1][0]:
+            if y < hull[-1][1]:
+                hull[-1] = (x, y)
+            continue
+        hull.append((x, y))
+    if len(hull) < 2:
+        return None
+    mean = sum(xs) / len(xs)
+    for (x1, y1), (x2, y2) in itertools.pairwise(hull):
+        if x2 >= mean:
+            return (y2 - y1) / (x2 - x1)
+    (x1, y1), (x2, y2) = hull[-2], hull[-1]
+    return (y2 - y1) / (x2 - x1)
+
+
+class Admission(enum.Enum):
+    """What :meth:`Envelope.admit` did with a point."""
+
+    FIT = "fit"  # within the tolerances: in the window
+    OUTLIER = "outlier"  # early (held back) or late (in the window, counted)
+    RESTARTED = "restarted"  # an outlier that completed a run: the window restarted
+
+
+class Envelope:
+    """The window of arrivals and the line fitted under it.
+
+    ``at(u)`` is the envelope's local time for Pulse time ``u``; ``u_at(t)`` its inverse.
+    Before the first :meth:`refit` the line is ``a = u`` (slope 1, no offset).
+    """
+
+    def __init__(self, config: SyncConfig) -> None:
+        self._cfg = config
+        self.u0 = 0.0
+        self.t0 = 0.0
+        self.slope = 1.0
+        self._rate_known = False
+        self._rate_fits = 0
+        self._rate_err = config.max_rate_ppm * 1e-6
+        # Error-bound statistics of the last fit (see bound_at).
+        self._fit_spacing = math.inf
+        self._fit_ends = (0.0, 0.0)  # arrivals of the window's first and last frame
+        self._window: deque[Point] = deque(maxlen=config.filter_window_frames)
+        self._early_run: list[Point] = []
+        self._late_run: list[tuple[Point, float]] = []
+
+    def at(self, u: float) -> float:
+        return self.t0 + self.slope * (u - self.u0)
+
+    def u_at(self, t: float) -> float:
+        return self.u0 + (t - self.t0) / self.slope
+
+    def reset(self) -> None:
+        """Forget every point (a new timeline); the line and the rate are kept."""
+        self._window.clear()
+        self._early_run.clear()
+        self._late_run.clear()
+
+    def renumber(self, shift: int) -> None:
+        """Add ``shift`` to the beat index of every point kept."""
+        cap = self._cfg.filter_window_frames
+        self._window = deque(((k + shift, p, a, u) for k, p, a, u in self._window), maxlen=cap)
+        self._early_run = [(k + shift, p, a, u) for k, p, a, u in self._early_run]
+        self._late_run = [((k + shift, p, a, u), r) for (k, p, a, u), r in self._late_run]
+
+    def retime(self, u_of: Callable[[int, int], float]) -> None:
+        """The tempo map changed under the window: recompute each point's ``u``."""
+        self._window = deque(
+            ((k, p, a, u_of(k, p)) for k, p, a, _ in self._window),
+            maxlen=self._cfg.filter_window_frames,
+        )
+
+    def add(self, point: Point) -> None:
+        """Put a point in the window as it is (while acquiring)."""
+        self._window.append(point)
+
+    def admit(self, point: Point, residual: float, early_tolerance: float) -> Admission:
+        """Put a point with this residual from the line in the window, unless it is early.
+
+        A point earlier than ``early_tolerance`` is held back; later than the jitter
+        tolerance it enters but counts as late. ``relock_after_frames`` early ones in a
+        row, or late ones consistent with each other, restart the window from them.
+        """
+        cfg = self._cfg
+        if residual < -early_tolerance:
+            self._late_run.clear()
+            self._early_run.append(point)
+            if len(self._early_run) >= cfg.relock_after_frames:
+                self._restart(self._early_run)
+                self._early_run = []
+                return Admission.RESTARTED
+            return Admission.OUTLIER
+        if residual > cfg.jitter_tolerance_s:
+            self._early_run.clear()
+            self._late_run.append((point, residual))
+            self._window.append(point)
+            if len(self._late_run) >= cfg.relock_after_frames:
+                spread = [r for _, r in self._late_run]
+                restart = max(spread) - min(spread) <= 2.0 * cfg.jitter_tolerance_s
+                if restart:
+                    self._restart([pt for pt, _ in self._late_run])
+                self._late_run = []
+                if restart:
+                    return Admission.RESTARTED
+            return Admission.OUTLIER
+        self._early_run.clear()
+        self._late_run.clear()
+        self._window.append(point)
+        return Admission.FIT
+
+    def _restart(self, points: list[Point]) -> None:
+        """The timeline moved: refit from these recent points only (rate is kept)."""
+        self._window.clear()
+        self._window.extend(points)
+
+    def residuals(self) -> list[float]:
+        """Each kept arrival minus the line."""
+        return [a - self.at(u) for _, _, a, u in self._window]
+
+    def bound_at(self, t: float) -> float:
+        """The fit's own part of the error bound at local time ``t`` (see
+        :meth:`edge.sync.follower.BeatFollower.error_bound_at`): the envelope's gap above
+        the true floor plus the slope uncertainty times the reach from the window."""
+        if math.isfinite(self._fit_spacing):
+            base = max(_OFFSET_Z * self._fit_spacing, _BOUND_FLOOR_S)
+        else:
+            base = self._cfg.jitter_tolerance_s
+        rate_err = self._rate_err if self._rate_known else self._cfg.max_rate_ppm * 1e-6
+        first, last = self._fit_ends
+        reach = max(abs(t - first), abs(t - last))
+        return base + rate_err * reach
+
+    def refit(self) -> None:
+        """Fit the lower envelope to the window and refresh the error-bound statistics.
+
+        The slope is re-estimated only once the window spans ``rate_min_span_s`` and the
+        estimate's own uncertainty is below ``rate_max_uncertainty_ppm``; until then it is
+        held (and its uncertainty is ``max_rate_ppm``). O(window) per call.
+        """
+        points = self._window
+        if not points:
+            return
+        last = points[-1]
+        u_ref, a_ref = last[3], last[2]
+        xs = [pt[3] - u_ref for pt in points]
+        ys = [pt[2] - a_ref for pt in points]
+        cfg = self._cfg
+        span = last[2] - points[0][2]
+        slope = self.slope
+        if len(points) >= cfg.rate_min_frames and span >= cfg.rate_min_span_s and span > 0:
+            estimate = lower_envelope_slope(xs, ys)
+            if estimate is not None:
+                gap = spacing([y - estimate * x for x, y in zip(xs, ys, strict=True)])
+                uncertainty = _RATE_Z * gap / span
+                if uncertainty <= cfg.rate_max_uncertainty_ppm * 1e-6:
+                    limit = cfg.max_rate_ppm * 1e-6
+                    estimate = min(max(estimate, 1.0 / (1.0 + limit)), 1.0 / (1.0 - limit))
+                    # Successive windows share most points, so one hull edge is a noisy
+                    # reading: average them (first readings count fully, later ones 1/16).
+                    self._rate_fits += 1
+                    weight = max(1.0 / self._rate_fits, _RATE_SMOOTHING)
+                    slope = slope + (estimate - slope) * weight
+                    # Honest: the window's own slope uncertainty, plus how far the smoothed
+                    # slope still is from this reading (large while it catches up).
+                    self._rate_err = min(
+                        uncertainty + abs(slope - estimate) + _RATE_FLOOR, 2.0 * limit
+                    )
+                    self._rate_known = True
+        offsets = [y - slope * x for x, y in zip(xs, ys, strict=True)]
+        offset = min(offsets)
+        self.slope = slope
+        self.u0 = u_ref
+        self.t0 = a_ref + offset
+        self._fit_ends = (points[0][2], last[2])
+        self._fit_spacing = spacing(offsets) if len(offsets) >= 3 else math.inf
