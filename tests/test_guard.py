@@ -613,15 +613,16 @@ def test_parse_guard_reports_every_problem_with_its_place() -> None:
     )
     text = "\n".join(problems.items)
     for spot in (
-        "devices.pi.guard.cpu_enter: must be a number",
-        "devices.pi.guard.memory_enter: must be in [0, 100]",
-        "devices.pi.guard.queue_bound: must be an integer",
-        "devices.pi.guard.target_utilisation: must be in (0, 1]",
-        "devices.pi.guard.temperature_exit: must be below temperature_enter",
-        "devices.pi.guard.enabled: must be true or false",
-        "devices.pi.guard.cpu_exitt: unknown key",
-        "devices.pi.guard.decimate_every: must be an integer",
-        "devices.pi.guard.temperature_critical_enter: must not be below temperature_enter",
+        "devices.pi.guard.cpu_enter: must be a number between 0 and 100, got 'high'",
+        "devices.pi.guard.memory_enter: must be a number between 0 and 100, got 120",
+        "devices.pi.guard.queue_bound: must be an integer between 1 and 1000000, got 2.5",
+        "devices.pi.guard.target_utilisation: must be a number greater than 0 and at most 1, got 0",
+        "devices.pi.guard.temperature_exit: must be below temperature_enter (80), got 85",
+        "devices.pi.guard.enabled: must be true or false, got 'yes'",
+        "devices.pi.guard.cpu_exitt: is not a known key (known: backoff_factor,",
+        "devices.pi.guard.decimate_every: must be an integer between 1 and 100000, got True",
+        "devices.pi.guard.temperature_critical_enter: must not be below temperature_enter (80),"
+        " got 70",
     ):
         assert spot in text, spot
     assert len(problems.items) == 9
