@@ -369,8 +369,9 @@ class _BeatTally:
 class Guard:
     """The load policy. See the module docstring for how it decides.
 
-    Call order each beat: ``observe`` (whenever a sample is taken), ``verdict`` /
-    ``admit`` in the plan phase, ``record`` once per fired action, ``end_beat`` in review.
+    Call order each beat: ``observe`` (whenever a sample is taken), ``admit`` in the plan
+    phase (it calls ``advance``), ``record`` once per fired action, ``end_beat`` in review.
+    The inputs and ``advance`` change the guard; ``verdict`` and the counters only read.
     Nothing here raises on bad numbers: a non-finite or negative duration is ignored and
     counted in ``invalid_records``.
     """
@@ -521,11 +522,21 @@ class Guard:
                 level, reason = cond_level, name
         return level, reason
 
-    def verdict(self, now: float) -> Verdict:
-        """The level for work planned at ``now``, with the reason code that set it.
+    @property
+    def verdict(self) -> Verdict:
+        """The level and reason the last :meth:`advance` gave (``FULL``/``ok`` before any).
 
-        Worse levels apply at once; better ones one rung per ``recover_hold_s`` of calm.
-        ``verdict_changes`` counts level changes.
+        A read: it changes nothing, so a view may call it as often as it likes.
+        """
+        return Verdict(self._level, self._reason)
+
+    def advance(self, now: float) -> Verdict:
+        """Move the level toward what the conditions ask for at ``now``; return the verdict.
+
+        The step: worse levels apply at once; better ones one rung per ``recover_hold_s``
+        of calm, counted from the last call that saw pressure. ``verdict_changes`` counts
+        level changes. The runner calls it when it plans (through :meth:`admit`) and when
+        it reviews a beat; anything that only shows the level reads :attr:`verdict`.
         """
         if not self.config.enabled:
             return Verdict(Level.FULL, REASON_DISABLED)
@@ -583,7 +594,7 @@ class Guard:
         ordered = sorted(candidates, key=_admission_key)
         if not c.enabled:
             return Admission(tuple(sorted(ordered, key=_firing_key)), ())
-        verdict = self.verdict(now)
+        verdict = self.advance(now)
         admitted: list[C] = []
         shed: list[tuple[C, str]] = []
         budget = max(0.0, phase_seconds) * c.target_utilisation
@@ -688,7 +699,7 @@ class Guard:
 
     @property
     def level(self) -> Level:
-        """The level given by the last :meth:`verdict`."""
+        """The level given by the last :meth:`advance` (as :attr:`verdict` has it)."""
         return self._level
 
     @property
