@@ -155,7 +155,7 @@ def _toml(value: object) -> str:
     return repr(value)
 
 
-def show(value: object) -> str:
+def _show(value: object) -> str:
     """The offending value in a problem, cut short so a pasted blob stays readable."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -245,10 +245,6 @@ class Section(Generic[T]):
         """The table, by key."""
         return dict(self._fields)
 
-    def defaults(self) -> dict[str, object]:
-        """The value each field of the table falls back to."""
-        return dict(self._defaults)
-
     def read(self, raw: object, problems: ConfigProblems, where: str, **given: object) -> T:
         """Read the TOML table ``raw`` (the section at ``where``) into the dataclass.
 
@@ -256,15 +252,10 @@ class Section(Generic[T]):
         table, unknown key, wrong type, out of range) is added to ``problems``; a bad key
         keeps its default. Never raises for bad input.
         """
-        values = self.values(raw, problems, where)
-        return self._make(**values, **given)
-
-    def values(self, raw: object, problems: ConfigProblems, where: str) -> dict[str, object]:
-        """As :meth:`read`, but the checked values by key instead of the dataclass."""
         values = dict(self._defaults)
         if not isinstance(raw, Mapping):
-            problems.add(where, f"must be a table, got {show(raw)}")
-            return values
+            problems.add(where, f"must be a table, got {_show(raw)}")
+            return self._make(**values, **given)
         for key, value in raw.items():
             spec = self._fields.get(key)
             if spec is None:
@@ -276,8 +267,8 @@ class Section(Generic[T]):
             if ok:
                 values[key] = stored
             else:
-                problems.add(f"{where}.{key}", f"must be {spec.expects}, got {show(value)}")
-        return values
+                problems.add(f"{where}.{key}", f"must be {spec.expects}, got {_show(value)}")
+        return self._make(**values, **given)
 
 
 def check_order(
