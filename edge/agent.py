@@ -185,7 +185,7 @@ class Agent:
             self.hardware.safe_state("shutdown")
         except EdgeError as exc:
             log.error("safe state on shutdown: %s", exc)
-        log.info("outputs after safe state: %s", self.hardware.states())
+        log.info("outputs after safe state: %s", self.hardware.check_states())
         self.runner.flush()
         topics = Topics(self.config.agent.topic_prefix, self.config.agent.cluster)
         final: list[tuple[str, bytes, bool]] = []

@@ -11,9 +11,11 @@ a hardware profile (``[gpio]``, ``[devices.*]``, ``[[score]]``)::
     url = "mqtt://127.0.0.1:1883"
 
 Each section is checked by the module that owns it (``edge.profile``, ``edge.score``,
-``edge.sync``, ``edge.guard``, ``edge.status``, ``edge.outbox``); this module reads the
-files, checks ``[agent]`` and ``[broker]``, and gathers every problem into one
-:class:`~edge.errors.ConfigError`.
+``edge.sync``, ``edge.guard``, ``edge.status``); this module reads the files, checks
+``[agent]``, ``[broker]`` and ``[outbox]`` (whose :class:`OutboxConfig` lives here, so the
+core imports no adapter), and gathers every problem into one
+:class:`~edge.errors.ConfigError`. Keys with a type and a range are read by
+:mod:`edge.settings`, which words every problem alike.
 """
 
 from __future__ import annotations
@@ -22,16 +24,16 @@ import hashlib
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from edge.errors import ConfigError, ConfigProblems
 from edge.guard import GuardConfig, parse_guard
-from edge.outbox import OutboxConfig, parse_outbox
 from edge.profile import Profile, parse_profile
 from edge.score import Score, parse_score
+from edge.settings import Section, check_order, integer, number, pathname, text
 from edge.status import StatusConfig, parse_status
 from edge.sync import SyncConfig, parse_sync
 
@@ -86,6 +88,26 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    """``[outbox]``: where and how much of the claim backlog :mod:`edge.outbox` stores.
+
+    ``directory``: the segment directory (created if missing); ``None`` = memory only.
+    ``max_bytes`` / ``max_count``: bounds of the pending queue (oldest dropped past them).
+    ``fsync_every`` / ``fsync_interval_s``: the fsync policy (see :mod:`edge.outbox`).
+    ``segment_bytes``: size after which a new segment is started.
+    ``retry_interval_s``: how often a degraded outbox tries the disk again.
+    """
+
+    directory: Path | None
+    max_bytes: int = 4 * 1024 * 1024
+    max_count: int = 10_000
+    fsync_every: int = 10
+    fsync_interval_s: float = 1.0
+    segment_bytes: int = 256 * 1024
+    retry_interval_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     agent: AgentConfig
     broker: BrokerConfig
@@ -108,29 +130,36 @@ def _table(raw: Mapping[str, object], key: str, problems: ConfigProblems) -> Map
     return value
 
 
-def _unknown(
-    table: Mapping[str, object], known: set[str], where: str, problems: ConfigProblems
-) -> None:
-    for key in table:
-        if key not in known:
-            problems.add(
-                f"{where}.{key}", f"is not a known key (known: {', '.join(sorted(known))})"
-            )
-
-
-def _number(
-    table: Mapping[str, object],
-    key: str,
-    default: float,
-    where: str,
-    problems: ConfigProblems,
-    low: float = 0.0,
-) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
-        problems.add(f"{where}.{key}", f"must be a number >= {low:g}, got {value!r}")
-        return default
-    return float(value)
+_AGENT = Section(
+    AgentConfig,
+    (number("safe_after_lost_s", 0.0), number("sample_interval_s", 0.05)),
+    also_known=("id", "cluster", "profile", "topic_prefix"),
+)
+_BROKER = Section(
+    BrokerConfig,
+    (
+        text("client_id"),
+        text("username"),
+        integer("keepalive_s", 5),
+        number("reconnect_min_s", 0.01),
+        number("reconnect_max_s", 0.01),
+        integer("will_delay_s", 0),
+        integer("inbox_size", 1),
+    ),
+    also_known=("url", "password_file", "ca_file", "cert_file", "key_file", "protocol"),
+)
+_OUTBOX = Section(
+    OutboxConfig,
+    (
+        pathname("directory", default=None),
+        integer("max_bytes", 1024),
+        integer("max_count", 1),
+        integer("fsync_every", 0),
+        number("fsync_interval_s", 0.0),
+        integer("segment_bytes", 256),
+        number("retry_interval_s", 0.001),
+    ),
+)
 
 
 def _path(
@@ -157,12 +186,6 @@ def _path(
 
 def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
     table = _table(raw, "agent", problems)
-    _unknown(
-        table,
-        {"id", "cluster", "profile", "topic_prefix", "safe_after_lost_s", "sample_interval_s"},
-        "agent",
-        problems,
-    )
     agent_id = table.get("id")
     if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
         problems.add(
@@ -179,12 +202,8 @@ def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
     if not isinstance(prefix, str) or not _TOPIC_PREFIX.fullmatch(prefix):
         problems.add("agent.topic_prefix", f"must be a topic without wildcards, got {prefix!r}")
         prefix = "backbeat"
-    return AgentConfig(
-        id=agent_id,
-        cluster=cluster,
-        topic_prefix=prefix.rstrip("/"),
-        safe_after_lost_s=_number(table, "safe_after_lost_s", 60.0, "agent", problems),
-        sample_interval_s=_number(table, "sample_interval_s", 1.0, "agent", problems, 0.05),
+    return _AGENT.read(
+        table, problems, "agent", id=agent_id, cluster=cluster, topic_prefix=prefix.rstrip("/")
     )
 
 
@@ -192,26 +211,6 @@ def parse_broker(
     table: Mapping[str, object], problems: ConfigProblems, base: Path, where: str = "broker"
 ) -> BrokerConfig:
     """Check ``[broker]``; file paths are relative to ``base``."""
-    _unknown(
-        table,
-        {
-            "url",
-            "client_id",
-            "username",
-            "password_file",
-            "ca_file",
-            "cert_file",
-            "key_file",
-            "protocol",
-            "keepalive_s",
-            "reconnect_min_s",
-            "reconnect_max_s",
-            "will_delay_s",
-            "inbox_size",
-        },
-        where,
-        problems,
-    )
     url = table.get("url", "mqtt://127.0.0.1:1883")
     host, port, tls = "127.0.0.1", 1883, False
     if not isinstance(url, str):
@@ -233,38 +232,52 @@ def parse_broker(
     if protocol not in ("5", "3.1.1"):
         problems.add(f"{where}.protocol", f'must be "5" or "3.1.1", got {protocol!r}')
         protocol = "5"
-    for key in ("client_id", "username"):
-        value = table.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            problems.add(f"{where}.{key}", f"must be a non-empty string, got {value!r}")
     cert = _path(table, "cert_file", base, where, problems)
     key_file = _path(table, "key_file", base, where, problems)
     if (cert is None) != (key_file is None):
         problems.add(where, "cert_file and key_file go together (mutual TLS needs both)")
-    reconnect_min = _number(table, "reconnect_min_s", 0.25, where, problems, 0.01)
-    reconnect_max = _number(table, "reconnect_max_s", 2.0, where, problems, 0.01)
-    if reconnect_max < reconnect_min:
-        problems.add(f"{where}.reconnect_max_s", f"must be >= reconnect_min_s ({reconnect_min})")
-    username = table.get("username")
-    client_id = table.get("client_id")
-    return BrokerConfig(
+    broker = _BROKER.read(
+        table,
+        problems,
+        where,
         url=url,
         host=host,
         port=port,
         tls=tls,
-        client_id=client_id if isinstance(client_id, str) and client_id else None,
-        username=username if isinstance(username, str) and username else None,
         password_file=_path(table, "password_file", base, where, problems, must_exist=False),
         ca_file=_path(table, "ca_file", base, where, problems),
         cert_file=cert,
         key_file=key_file,
         protocol="5" if protocol == "5" else "3.1.1",
-        keepalive_s=int(_number(table, "keepalive_s", 15, where, problems, 5)),
-        reconnect_min_s=reconnect_min,
-        reconnect_max_s=reconnect_max,
-        will_delay_s=int(_number(table, "will_delay_s", 10, where, problems)),
-        inbox_size=int(_number(table, "inbox_size", 1000, where, problems, 1)),
     )
+    check_order(
+        broker, "reconnect_min_s", "reconnect_max_s", problems, where, strict=False, blame="upper"
+    )
+    return broker
+
+
+def parse_outbox(
+    raw: Mapping[str, object], problems: ConfigProblems, where: str = "outbox"
+) -> OutboxConfig:
+    """Read the ``[outbox]`` TOML section; every problem goes to ``problems``.
+
+    Keys: ``directory`` (string path; absent = memory only), ``max_bytes`` (integer >= 1024,
+    default 4 MiB), ``max_count`` (integer >= 1, default 10000), ``fsync_every`` (integer
+    >= 0, default 10), ``fsync_interval_s`` (number >= 0, default 1.0), ``segment_bytes``
+    (integer >= 256, default 256 KiB), ``retry_interval_s`` (number >= 0.001, default 30).
+    A bad value is reported and its default used; unknown keys are reported. Segments
+    never exceed ``max_bytes``: a larger ``segment_bytes`` given is a problem, and the
+    default one is cut to fit without a word.
+    """
+    config = _OUTBOX.read(raw, problems, where)
+    if config.segment_bytes > config.max_bytes:
+        given, _ = _OUTBOX.fields["segment_bytes"].accept(raw.get("segment_bytes"))
+        if given:  # a default (or a bad value, already said) is cut without a word
+            check_order(
+                config, "segment_bytes", "max_bytes", problems, where, strict=False, blame="lower"
+            )
+        config = replace(config, segment_bytes=config.max_bytes)
+    return config
 
 
 def _read_toml(path: Path, problems: ConfigProblems, where: str) -> dict[str, object] | None:

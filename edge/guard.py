@@ -85,11 +85,12 @@ import math
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Generic, Protocol, TypeVar
 
 from edge.errors import ConfigProblems
+from edge.settings import Section, check_order, flag, integer, number
 
 # --------------------------------------------------------------------------- values
 
@@ -248,42 +249,42 @@ class GuardConfig:
     estimate_alpha_down: float = 0.1
 
 
-# (kind, low, high, low_inclusive): the range every key of GuardConfig must lie in.
-_FLOAT, _INT, _BOOL = "number", "integer", "boolean"
-_RANGES: Mapping[str, tuple[str, float, float, bool]] = MappingProxyType(
-    {
-        "enabled": (_BOOL, 0, 0, True),
-        "cpu_enter": (_FLOAT, 0.0, 100.0, True),
-        "cpu_exit": (_FLOAT, 0.0, 100.0, True),
-        "cpu_smoothing": (_FLOAT, 0.0, 1.0, False),
-        "memory_enter": (_FLOAT, 0.0, 100.0, True),
-        "memory_exit": (_FLOAT, 0.0, 100.0, True),
-        "memory_critical_enter": (_FLOAT, 0.0, 100.0, True),
-        "memory_critical_exit": (_FLOAT, 0.0, 100.0, True),
-        "swap_enter": (_FLOAT, 0.0, 100.0, True),
-        "swap_exit": (_FLOAT, 0.0, 100.0, True),
-        "temperature_enter": (_FLOAT, -40.0, 150.0, True),
-        "temperature_exit": (_FLOAT, -40.0, 150.0, True),
-        "temperature_critical_enter": (_FLOAT, -40.0, 150.0, True),
-        "temperature_critical_exit": (_FLOAT, -40.0, 150.0, True),
-        "throttle_mask": (_INT, 0, 0xFFFFFFFF, True),
-        "miss_rate_enter": (_FLOAT, 0.0, 1.0, True),
-        "miss_rate_exit": (_FLOAT, 0.0, 1.0, True),
-        "miss_min_actions": (_INT, 1, 1_000_000, True),
-        "window_beats": (_INT, 1, 100_000, True),
-        "backoff_miss_rate": (_FLOAT, 0.0, 1.0, True),
-        "backoff_factor": (_FLOAT, 0.0, 1.0, False),
-        "min_work_factor": (_FLOAT, 0.0, 1.0, False),
-        "recovery_step": (_FLOAT, 0.0, 1.0, False),
-        "recovery_beats": (_INT, 1, 100_000, True),
-        "decimate_every": (_INT, 1, 100_000, True),
-        "target_utilisation": (_FLOAT, 0.0, 1.0, False),
-        "queue_bound": (_INT, 1, 1_000_000, True),
-        "recover_hold_s": (_FLOAT, 0.0, 86_400.0, True),
-        "stale_after_s": (_FLOAT, 0.0, 86_400.0, False),
-        "estimate_alpha_up": (_FLOAT, 0.0, 1.0, False),
-        "estimate_alpha_down": (_FLOAT, 0.0, 1.0, False),
-    }
+#: The range every key of GuardConfig must lie in; percentages are 0..100, rates 0..1.
+_SECTION = Section(
+    GuardConfig,
+    (
+        flag("enabled"),
+        number("cpu_enter", 0.0, 100.0),
+        number("cpu_exit", 0.0, 100.0),
+        number("cpu_smoothing", 0.0, 1.0, low_inclusive=False),
+        number("memory_enter", 0.0, 100.0),
+        number("memory_exit", 0.0, 100.0),
+        number("memory_critical_enter", 0.0, 100.0),
+        number("memory_critical_exit", 0.0, 100.0),
+        number("swap_enter", 0.0, 100.0),
+        number("swap_exit", 0.0, 100.0),
+        number("temperature_enter", -40.0, 150.0),
+        number("temperature_exit", -40.0, 150.0),
+        number("temperature_critical_enter", -40.0, 150.0),
+        number("temperature_critical_exit", -40.0, 150.0),
+        integer("throttle_mask", 0, 0xFFFFFFFF),
+        number("miss_rate_enter", 0.0, 1.0),
+        number("miss_rate_exit", 0.0, 1.0),
+        integer("miss_min_actions", 1, 1_000_000),
+        integer("window_beats", 1, 100_000),
+        number("backoff_miss_rate", 0.0, 1.0),
+        number("backoff_factor", 0.0, 1.0, low_inclusive=False),
+        number("min_work_factor", 0.0, 1.0, low_inclusive=False),
+        number("recovery_step", 0.0, 1.0, low_inclusive=False),
+        integer("recovery_beats", 1, 100_000),
+        integer("decimate_every", 1, 100_000),
+        number("target_utilisation", 0.0, 1.0, low_inclusive=False),
+        integer("queue_bound", 1, 1_000_000),
+        number("recover_hold_s", 0.0, 86_400.0),
+        number("stale_after_s", 0.0, 86_400.0, low_inclusive=False),
+        number("estimate_alpha_up", 0.0, 1.0, low_inclusive=False),
+        number("estimate_alpha_down", 0.0, 1.0, low_inclusive=False),
+    ),
 )
 _BANDS: tuple[tuple[str, str], ...] = (
     ("cpu_enter", "cpu_exit"),
@@ -296,11 +297,6 @@ _BANDS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def parse_guard(
     raw: Mapping[str, object], problems: ConfigProblems, where: str = "guard"
 ) -> GuardConfig:
@@ -308,58 +304,23 @@ def parse_guard(
 
     Every problem (unknown key, wrong type, out of range, an exit threshold not below its
     enter threshold, a critical band below its high band) is added to ``problems`` with its
-    place (``guard.cpu_enter``); a bad key keeps its default. Never raises.
+    place (``guard.cpu_enter``), worded as :mod:`edge.settings` words them; a bad key keeps
+    its default, and a band whose exit is not below its enter falls back to the default
+    band. Never raises.
     """
+    config = _SECTION.read(raw, problems, where)
     defaults = GuardConfig()
-    if not isinstance(raw, Mapping):
-        problems.add(where, f"must be a table, got {_show(raw)}")
-        return defaults
-    values: dict[str, object] = {f.name: getattr(defaults, f.name) for f in fields(GuardConfig)}
-    for key, value in raw.items():
-        spot = f"{where}.{key}"
-        spec = _RANGES.get(key) if isinstance(key, str) else None
-        if spec is None:
-            problems.add(spot, f"unknown key; known keys: {', '.join(sorted(_RANGES))}")
-            continue
-        kind, low, high, low_inclusive = spec
-        if kind == _BOOL:
-            if not isinstance(value, bool):
-                problems.add(spot, f"must be true or false, got {_show(value)}")
-                continue
-            values[key] = value
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            article = "an" if kind == _INT else "a"
-            problems.add(spot, f"must be {article} {kind}, got {_show(value)}")
-            continue
-        if kind == _INT and not isinstance(value, int):
-            problems.add(spot, f"must be an integer, got {_show(value)}")
-            continue
-        number = float(value)
-        above_low = number >= low if low_inclusive else number > low
-        if not math.isfinite(number) or not above_low or number > high:
-            bracket = "[" if low_inclusive else "("
-            problems.add(spot, f"must be in {bracket}{low:g}, {high:g}], got {_show(value)}")
-            continue
-        values[key] = value if kind == _INT else number
     for enter, leave in _BANDS:
-        hi, lo = values[enter], values[leave]
-        assert isinstance(hi, float | int) and isinstance(lo, float | int)
-        if lo >= hi:
-            problems.add(
-                f"{where}.{leave}",
-                f"must be below {enter} ({hi:g}) so the band has hysteresis, got {lo:g}",
+        if not check_order(config, leave, enter, problems, where, strict=True, blame="lower"):
+            config = replace(
+                config, **{enter: getattr(defaults, enter), leave: getattr(defaults, leave)}
             )
-            values[enter], values[leave] = getattr(defaults, enter), getattr(defaults, leave)
     for band, critical in (
         ("memory_enter", "memory_critical_enter"),
         ("temperature_enter", "temperature_critical_enter"),
     ):
-        a, b = values[band], values[critical]
-        assert isinstance(a, float | int) and isinstance(b, float | int)
-        if b < a:
-            problems.add(f"{where}.{critical}", f"must not be below {band} ({a:g}), got {b:g}")
-    return GuardConfig(**values)  # type: ignore[arg-type]
+        check_order(config, band, critical, problems, where, strict=False, blame="upper")
+    return config
 
 
 # --------------------------------------------------------------------------- hysteresis
@@ -408,8 +369,9 @@ class _BeatTally:
 class Guard:
     """The load policy. See the module docstring for how it decides.
 
-    Call order each beat: ``observe`` (whenever a sample is taken), ``verdict`` /
-    ``admit`` in the plan phase, ``record`` once per fired action, ``end_beat`` in review.
+    Call order each beat: ``observe`` (whenever a sample is taken), ``admit`` in the plan
+    phase (it calls ``advance``), ``record`` once per fired action, ``end_beat`` in review.
+    The inputs and ``advance`` change the guard; ``verdict`` and the counters only read.
     Nothing here raises on bad numbers: a non-finite or negative duration is ignored and
     counted in ``invalid_records``.
     """
@@ -560,11 +522,21 @@ class Guard:
                 level, reason = cond_level, name
         return level, reason
 
-    def verdict(self, now: float) -> Verdict:
-        """The level for work planned at ``now``, with the reason code that set it.
+    @property
+    def verdict(self) -> Verdict:
+        """The level and reason the last :meth:`advance` gave (``FULL``/``ok`` before any).
 
-        Worse levels apply at once; better ones one rung per ``recover_hold_s`` of calm.
-        ``verdict_changes`` counts level changes.
+        A read: it changes nothing, so a view may call it as often as it likes.
+        """
+        return Verdict(self._level, self._reason)
+
+    def advance(self, now: float) -> Verdict:
+        """Move the level toward what the conditions ask for at ``now``; return the verdict.
+
+        The step: worse levels apply at once; better ones one rung per ``recover_hold_s``
+        of calm, counted from the last call that saw pressure. ``verdict_changes`` counts
+        level changes. The runner calls it when it plans (through :meth:`admit`) and when
+        it reviews a beat; anything that only shows the level reads :attr:`verdict`.
         """
         if not self.config.enabled:
             return Verdict(Level.FULL, REASON_DISABLED)
@@ -622,7 +594,7 @@ class Guard:
         ordered = sorted(candidates, key=_admission_key)
         if not c.enabled:
             return Admission(tuple(sorted(ordered, key=_firing_key)), ())
-        verdict = self.verdict(now)
+        verdict = self.advance(now)
         admitted: list[C] = []
         shed: list[tuple[C, str]] = []
         budget = max(0.0, phase_seconds) * c.target_utilisation
@@ -727,7 +699,7 @@ class Guard:
 
     @property
     def level(self) -> Level:
-        """The level given by the last :meth:`verdict`."""
+        """The level given by the last :meth:`advance` (as :attr:`verdict` has it)."""
         return self._level
 
     @property

@@ -942,7 +942,20 @@ class Hardware:
         return back
 
     def states(self) -> dict[str, float | bool | None]:
-        """The value of every device read from its pin (``None`` when isolated)."""
+        """The value of every device read from its pin (``None`` when isolated).
+
+        A read: it changes nothing. A pin that fails to read now shows ``None`` but is not
+        isolated here; :meth:`check_states` is the call that isolates it.
+        """
+        return self._states(isolate=False)
+
+    def check_states(self) -> dict[str, float | bool | None]:
+        """As :meth:`states`, but a device whose pin fails to read is isolated (counted,
+        logged, reported in ``errors``), as one whose write fails is. The agent calls it
+        after its shutdown safe state, to log what the outputs really are."""
+        return self._states(isolate=True)
+
+    def _states(self, isolate: bool) -> dict[str, float | bool | None]:
         out: dict[str, float | bool | None] = {}
         for name, d in self._devices.items():
             if d.isolated or (d.dev is None and d.running is None):
@@ -951,7 +964,8 @@ class Hardware:
             try:
                 out[name] = self._read(d)
             except Exception as exc:
-                self._fail(d, exc, "read")
+                if isolate:
+                    self._fail(d, exc, "read")
                 out[name] = None
         return out
 

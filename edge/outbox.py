@@ -98,12 +98,13 @@ import struct
 import threading
 import weakref
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from edge.errors import ConfigProblems, OutboxError
+from edge.config import OutboxConfig
+from edge.errors import OutboxError
 
 Opener = Callable[[Path, str], BinaryIO]
 """Opens a file (path, mode) as ``open`` does; a seam so tests can inject disk failures."""
@@ -120,87 +121,6 @@ RECORD_OVERHEAD = _HEADER.size + _DATA.size
 
 def _default_opener(path: Path, mode: str) -> BinaryIO:
     return cast(BinaryIO, open(path, mode))  # the outbox owns the handle and closes it
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxConfig:
-    """Where and how much to store.
-
-    ``directory``: the segment directory (created if missing); ``None`` = memory only.
-    ``max_bytes`` / ``max_count``: bounds of the pending queue (oldest dropped past them).
-    ``fsync_every`` / ``fsync_interval_s``: the fsync policy (see the module docstring).
-    ``segment_bytes``: size after which a new segment is started.
-    ``retry_interval_s``: how often a degraded outbox tries the disk again.
-    """
-
-    directory: Path | None
-    max_bytes: int = 4 * 1024 * 1024
-    max_count: int = 10_000
-    fsync_every: int = 10
-    fsync_interval_s: float = 1.0
-    segment_bytes: int = 256 * 1024
-    retry_interval_s: float = 30.0
-
-
-def parse_outbox(
-    raw: Mapping[str, object], problems: ConfigProblems, where: str = "outbox"
-) -> OutboxConfig:
-    """Read the ``[outbox]`` TOML section; every problem goes to ``problems``.
-
-    Keys: ``directory`` (string path; absent = memory only), ``max_bytes`` (integer >= 1024,
-    default 4 MiB), ``max_count`` (integer >= 1, default 10000), ``fsync_every`` (integer
-    >= 0, default 10), ``fsync_interval_s`` (number >= 0, default 1.0), ``segment_bytes``
-    (integer >= 256, default 256 KiB), ``retry_interval_s`` (number > 0, default 30). A bad
-    value is reported and its default used; unknown keys are reported.
-    """
-    defaults = OutboxConfig(directory=None)
-    ints = {"max_bytes": 1024, "max_count": 1, "fsync_every": 0, "segment_bytes": 256}
-    floats = {"fsync_interval_s": 0.0, "retry_interval_s": 0.001}
-    known = {"directory", *ints, *floats}
-    for key in raw:
-        if key not in known:
-            problems.add(
-                f"{where}.{key}", f"is not an outbox setting (known: {', '.join(sorted(known))})"
-            )
-    values: dict[str, object] = {}
-    for key, low in ints.items():
-        if key not in raw:
-            continue
-        value = raw[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.add(f"{where}.{key}", f"must be an integer, got {value!r}")
-        elif value < low:
-            problems.add(f"{where}.{key}", f"must be at least {low}, got {value}")
-        else:
-            values[key] = value
-    for key, low_f in floats.items():
-        if key not in raw:
-            continue
-        value = raw[key]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.add(f"{where}.{key}", f"must be a number, got {value!r}")
-        elif not low_f <= value < float("inf"):
-            problems.add(f"{where}.{key}", f"must be at least {low_f:g}, got {value}")
-        else:
-            values[key] = float(value)
-    directory: Path | None = None
-    if "directory" in raw:
-        value = raw["directory"]
-        if not isinstance(value, str) or not value:
-            problems.add(f"{where}.directory", f"must be a non-empty path string, got {value!r}")
-        else:
-            directory = Path(value)
-    segment_bytes = values.get("segment_bytes", defaults.segment_bytes)
-    max_bytes = values.get("max_bytes", defaults.max_bytes)
-    assert isinstance(segment_bytes, int) and isinstance(max_bytes, int)
-    if segment_bytes > max_bytes:
-        if "segment_bytes" in values:
-            problems.add(
-                f"{where}.segment_bytes",
-                f"must not exceed max_bytes ({max_bytes}), got {segment_bytes}",
-            )
-        values["segment_bytes"] = max_bytes
-    return OutboxConfig(directory=directory, **values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

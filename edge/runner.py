@@ -559,7 +559,7 @@ class Runner:
         for alert in cleared:
             log.info("alert %s cleared", alert.name)
         self._flush_trace()
-        verdict = self.guard.verdict(now)
+        verdict = self.guard.advance(now)
         sample, full = self.last_sample, self.last_full_sample
         sync_state = self.follower.state
         if sync_state in (SyncState.LOST, SyncState.ACQUIRING):

@@ -68,6 +68,7 @@ from typing import Literal, cast, get_args
 from edge.errors import ConfigProblems
 from edge.hlc import HybridLogicalClock
 from edge.messages import CLAIM_STATES, ClaimState, Format, StatusClaim, encode
+from edge.settings import Section, choice, integer
 
 #: Version of the ``metadata`` layout above; bump it when a key changes meaning.
 METADATA_VERSION = 1
@@ -97,22 +98,17 @@ class StatusConfig:
     expiry_s: int | None = 60
 
 
-def _positive_int(
-    raw: Mapping[str, object],
-    key: str,
-    default: int,
-    problems: ConfigProblems,
-    where: str,
-    low: int = 1,
-) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.add(f"{where}.{key}", f"must be an integer, got {value!r}")
-        return default
-    if value < low:
-        problems.add(f"{where}.{key}", f"must be at least {low}, got {value}")
-        return default
-    return value
+_SECTION = Section(
+    StatusConfig,
+    (
+        integer("every", 1),
+        choice("mode", *_MODES),
+        integer("heartbeat_beats", 1),
+        choice("format", *_FORMATS),
+        # 0 = claims never expire, stored as None (the link then sets no expiry).
+        integer("expiry_s", 0, convert=lambda seconds: seconds or None),
+    ),
+)
 
 
 def parse_status(
@@ -124,37 +120,10 @@ def parse_status(
     ``heartbeat_beats`` (integer >= 1, default 10), ``format`` (``"cbor"`` | ``"json"``),
     ``expiry_s`` (integer seconds >= 0, default 60; 0 = claims never expire). Unknown keys
     are problems too (a typo must not silently fall back to a default). A bad value is
-    reported and its default used, so the returned config is always usable.
+    reported (worded as :mod:`edge.settings` words it) and its default used, so the
+    returned config is always usable.
     """
-    known = {"every", "mode", "heartbeat_beats", "format", "expiry_s"}
-    for key in raw:
-        if key not in known:
-            problems.add(
-                f"{where}.{key}", f"is not a status setting (known: {', '.join(sorted(known))})"
-            )
-    defaults = StatusConfig()
-    every = _positive_int(raw, "every", defaults.every, problems, where)
-    heartbeat = _positive_int(raw, "heartbeat_beats", defaults.heartbeat_beats, problems, where)
-    mode = raw.get("mode", defaults.mode)
-    if mode not in _MODES:
-        problems.add(f"{where}.mode", f"must be one of {', '.join(_MODES)}, got {mode!r}")
-        mode = defaults.mode
-    fmt = raw.get("format", defaults.format)
-    if fmt not in _FORMATS:
-        problems.add(f"{where}.format", f"must be one of {', '.join(_FORMATS)}, got {fmt!r}")
-        fmt = defaults.format
-    expiry: int | None = defaults.expiry_s
-    if "expiry_s" in raw:
-        seconds = _positive_int(raw, "expiry_s", -1, problems, where, low=0)
-        if seconds >= 0:
-            expiry = seconds or None
-    return StatusConfig(
-        every=every,
-        mode=cast(StatusMode, mode),
-        heartbeat_beats=heartbeat,
-        format=cast(Format, fmt),
-        expiry_s=expiry,
-    )
+    return _SECTION.read(raw, problems, where)
 
 
 def config_hash(data: bytes) -> str:

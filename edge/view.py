@@ -41,7 +41,7 @@ def render(runner: Runner, now: float) -> str:
         f"tempo {_fmt(tempo)} BPM  rate {f.rate_ppm:+.1f} ppm  "
         f"drift {f.tempo_drift_ms(now):+.2f} ms"
     )
-    verdict = runner.guard.verdict(now)
+    verdict = runner.guard.verdict
     late = list(runner.recent_late_ms)
     late_text = (
         "-" if not late else (f"p50 {statistics.median(late):.3f} ms  max {max(late):.3f} ms")

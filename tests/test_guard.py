@@ -70,7 +70,7 @@ def shed_reasons(admission: Admission[Cand]) -> dict[str, str]:
 def test_quiet_machine_is_full_ok() -> None:
     guard = Guard(RAW)
     guard.observe(sample())
-    assert guard.verdict(0.0) == Verdict(Level.FULL, "ok")
+    assert guard.advance(0.0) == Verdict(Level.FULL, "ok")
 
 
 @pytest.mark.parametrize(
@@ -91,20 +91,20 @@ def test_each_condition_sets_its_level_and_reason(
 ) -> None:
     guard = Guard(RAW)
     guard.observe(sample(**readings))
-    assert guard.verdict(0.0) == Verdict(level, reason)
+    assert guard.advance(0.0) == Verdict(level, reason)
 
 
 def test_sticky_throttle_bits_alone_do_not_degrade() -> None:
     # 0x50000: under-voltage and throttling *happened* since boot, but not now.
     guard = Guard(RAW)
     guard.observe(sample(throttled=0x50000))
-    assert guard.verdict(0.0) == Verdict(Level.FULL, "ok")
+    assert guard.advance(0.0) == Verdict(Level.FULL, "ok")
 
 
 def test_most_severe_condition_wins() -> None:
     guard = Guard(RAW)
     guard.observe(sample(cpu_percent=99.0, temperature_c=90.0))
-    assert guard.verdict(0.0) == Verdict(Level.SHED, "temperature_critical")
+    assert guard.advance(0.0) == Verdict(Level.SHED, "temperature_critical")
 
 
 def test_miss_rate_above_five_percent_goes_essential_only() -> None:
@@ -116,11 +116,11 @@ def test_miss_rate_above_five_percent_goes_essential_only() -> None:
     guard.record("led.on", 0.001, 0.02, missed=True)
     guard.end_beat(20)
     assert guard.miss_rate() == pytest.approx(1 / 20)
-    assert guard.verdict(20.0) == Verdict(Level.FULL, "ok")
+    assert guard.advance(20.0) == Verdict(Level.FULL, "ok")
     guard.record("led.on", 0.001, 0.02, missed=True)
     guard.end_beat(21)
     assert guard.miss_rate() == pytest.approx(2 / 20)
-    assert guard.verdict(21.0) == Verdict(Level.ESSENTIAL, "miss_rate_high")
+    assert guard.advance(21.0) == Verdict(Level.ESSENTIAL, "miss_rate_high")
 
 
 def test_miss_rate_needs_enough_actions_to_raise() -> None:
@@ -128,7 +128,7 @@ def test_miss_rate_needs_enough_actions_to_raise() -> None:
     guard.record("led.on", 0.001, 0.01, missed=True)
     guard.end_beat(0)
     assert guard.miss_rate() == 1.0
-    assert guard.verdict(1.0).level is Level.FULL  # 1 of 1 is not evidence yet
+    assert guard.advance(1.0).level is Level.FULL  # 1 of 1 is not evidence yet
 
 
 def test_miss_rate_clears_through_shed_beats() -> None:
@@ -137,10 +137,10 @@ def test_miss_rate_clears_through_shed_beats() -> None:
     for beat in range(2):
         guard.record("fan.set", 0.001, 0.01, missed=True)
         guard.end_beat(beat)
-    assert guard.verdict(2.0).reason == "miss_rate_high"
+    assert guard.advance(2.0).reason == "miss_rate_high"
     for beat in range(2, 6):
         guard.end_beat(beat)
-    assert guard.verdict(6.0) == Verdict(Level.FULL, "ok")
+    assert guard.advance(6.0) == Verdict(Level.FULL, "ok")
 
 
 # --------------------------------------------------------------------------- hysteresis
@@ -151,7 +151,7 @@ def test_cpu_hysteresis_holds_inside_the_band() -> None:
     seen = []
     for at, cpu in enumerate([60, 86, 80, 75, 71, 84, 70, 60]):
         guard.observe(sample(at=at, cpu_percent=cpu))
-        seen.append(guard.verdict(float(at)).level)
+        seen.append(guard.advance(float(at)).level)
     E, F = Level.ESSENTIAL, Level.FULL
     # Raised above 85, held while 70 < cpu <= 85, cleared at 70.
     assert seen == [F, E, E, E, E, E, F, F]
@@ -163,7 +163,7 @@ def test_temperature_hysteresis_does_not_flap_around_the_threshold() -> None:
     levels = []
     for at, temp in enumerate([79.0, 80.5, 79.5, 80.5, 79.0, 80.2, 76.0]):
         guard.observe(sample(at=at, temperature_c=temp))
-        levels.append(guard.verdict(float(at)).level)
+        levels.append(guard.advance(float(at)).level)
     assert levels.count(Level.FULL) == 1  # only the first reading
     assert guard.verdict_changes == 1
 
@@ -171,50 +171,79 @@ def test_temperature_hysteresis_does_not_flap_around_the_threshold() -> None:
 def test_recovery_waits_for_the_hold_time() -> None:
     guard = Guard(replace(RAW, recover_hold_s=5.0))
     guard.observe(sample(at=0.0, cpu_percent=95.0))
-    assert guard.verdict(0.0) == Verdict(Level.ESSENTIAL, "cpu_high")
+    assert guard.advance(0.0) == Verdict(Level.ESSENTIAL, "cpu_high")
     guard.observe(sample(at=1.0, cpu_percent=20.0))
-    assert guard.verdict(1.0) == Verdict(Level.ESSENTIAL, "recovering")
-    assert guard.verdict(4.9) == Verdict(Level.ESSENTIAL, "recovering")
-    assert guard.verdict(5.0) == Verdict(Level.FULL, "ok")
+    assert guard.advance(1.0) == Verdict(Level.ESSENTIAL, "recovering")
+    assert guard.advance(4.9) == Verdict(Level.ESSENTIAL, "recovering")
+    assert guard.advance(5.0) == Verdict(Level.FULL, "ok")
 
 
 def test_recovery_steps_down_one_rung_at_a_time() -> None:
     guard = Guard(replace(RAW, recover_hold_s=5.0))
     guard.observe(sample(at=0.0, temperature_c=90.0))
-    assert guard.verdict(0.0) == Verdict(Level.SHED, "temperature_critical")
+    assert guard.advance(0.0) == Verdict(Level.SHED, "temperature_critical")
     guard.observe(sample(at=1.0, temperature_c=60.0))
-    assert guard.verdict(5.0) == Verdict(Level.ESSENTIAL, "recovering")
-    assert guard.verdict(9.0).level is Level.ESSENTIAL
-    assert guard.verdict(10.0) == Verdict(Level.FULL, "ok")
+    assert guard.advance(5.0) == Verdict(Level.ESSENTIAL, "recovering")
+    assert guard.advance(9.0).level is Level.ESSENTIAL
+    assert guard.advance(10.0) == Verdict(Level.FULL, "ok")
     assert guard.verdict_changes == 3
+
+
+def test_reading_the_verdict_changes_nothing() -> None:
+    # The demo view reads the verdict every frame: reading must not move the recovery on.
+    guard = Guard(replace(RAW, recover_hold_s=5.0))
+    assert guard.verdict == Verdict(Level.FULL, "ok")  # nothing decided yet
+    guard.observe(sample(at=0.0, temperature_c=90.0))
+    assert guard.verdict == Verdict(Level.FULL, "ok")  # a sample alone decides nothing
+    assert guard.advance(0.0) == Verdict(Level.SHED, "temperature_critical")
+    guard.observe(sample(at=1.0, temperature_c=60.0))
+    for _ in range(3):
+        assert guard.verdict == Verdict(Level.SHED, "temperature_critical")
+    assert (guard.level, guard.verdict_changes) == (Level.SHED, 1)
+    # ...and the steps that follow are the ones an unread guard takes.
+    assert guard.advance(5.0) == guard.verdict == Verdict(Level.ESSENTIAL, "recovering")
+    assert guard.verdict == Verdict(Level.ESSENTIAL, "recovering")
+    assert guard.advance(9.0) == Verdict(Level.ESSENTIAL, "recovering")
+    assert guard.advance(10.0) == guard.verdict == Verdict(Level.FULL, "ok")
+    assert guard.verdict_changes == 3
+
+
+def test_admit_advances_and_the_verdict_reads_what_it_decided() -> None:
+    guard = Guard(replace(RAW, recover_hold_s=5.0))
+    guard.observe(sample(at=0.0, cpu_percent=95.0))
+    admission = guard.admit(0, [cand("x")], phase_seconds=1.0, now=0.0)
+    assert shed_reasons(admission) == {"x": "essential_only"}
+    assert guard.verdict == Verdict(Level.ESSENTIAL, "cpu_high")
+    disabled = Guard(replace(RAW, enabled=False))
+    assert disabled.verdict == disabled.advance(0.0) == Verdict(Level.FULL, "disabled")
 
 
 def test_worse_level_is_taken_at_once_even_while_recovering() -> None:
     guard = Guard(replace(RAW, recover_hold_s=5.0))
     guard.observe(sample(at=0.0, cpu_percent=95.0))
-    guard.verdict(0.0)
+    guard.advance(0.0)
     guard.observe(sample(at=1.0, cpu_percent=10.0, memory_percent=97.0))
-    assert guard.verdict(1.0) == Verdict(Level.SHED, "memory_critical")
+    assert guard.advance(1.0) == Verdict(Level.SHED, "memory_critical")
 
 
 def test_cpu_is_smoothed_so_one_spike_does_not_degrade() -> None:
     guard = Guard(replace(RAW, cpu_smoothing=0.5))
     guard.observe(sample(at=0.0, cpu_percent=20.0))
     guard.observe(sample(at=1.0, cpu_percent=100.0))  # EWMA 60
-    assert guard.verdict(1.0).level is Level.FULL
+    assert guard.advance(1.0).level is Level.FULL
     guard.observe(sample(at=2.0, cpu_percent=100.0))  # 80
     guard.observe(sample(at=3.0, cpu_percent=100.0))  # 90
-    assert guard.verdict(3.0) == Verdict(Level.ESSENTIAL, "cpu_high")
+    assert guard.advance(3.0) == Verdict(Level.ESSENTIAL, "cpu_high")
 
 
 def test_missing_reading_keeps_state_until_stale() -> None:
     guard = Guard(replace(RAW, stale_after_s=30.0))
     guard.observe(sample(at=0.0, temperature_c=82.0))
-    assert guard.verdict(0.0).reason == "temperature_high"
+    assert guard.advance(0.0).reason == "temperature_high"
     guard.observe(sample(at=10.0, temperature_c=None))  # a light sample or lost sensor
-    assert guard.verdict(10.0).reason == "temperature_high"
+    assert guard.advance(10.0).reason == "temperature_high"
     guard.observe(sample(at=30.0, temperature_c=None))
-    assert guard.verdict(30.0) == Verdict(Level.FULL, "ok")
+    assert guard.advance(30.0) == Verdict(Level.FULL, "ok")
 
 
 def test_missing_sensor_never_raises_a_condition() -> None:
@@ -228,14 +257,14 @@ def test_missing_sensor_never_raises_a_condition() -> None:
             swap_percent=None,
         )
     )
-    assert guard.verdict(0.0) == Verdict(Level.FULL, "ok")
+    assert guard.advance(0.0) == Verdict(Level.FULL, "ok")
     assert guard.active_conditions == ()
 
 
 def test_disabled_guard_always_full_and_admits_everything() -> None:
     guard = Guard(replace(RAW, enabled=False))
     guard.observe(sample(temperature_c=95.0))
-    assert guard.verdict(0.0) == Verdict(Level.FULL, "disabled")
+    assert guard.advance(0.0) == Verdict(Level.FULL, "disabled")
     many = [cand(f"a{i}", cost_s=1.0) for i in range(100)]
     admission = guard.admit(0, many, phase_seconds=1.0, now=0.0)
     assert len(admission.admitted) == 100 and admission.shed == ()
@@ -366,7 +395,7 @@ def test_drops_that_are_not_load_leave_the_miss_rate_alone() -> None:
         guard.count_dropped("relay.on", "rate_limit")
         guard.end_beat(beat)
     assert guard.miss_rate() == 0.0 and guard.work_factor == 1.0
-    assert guard.verdict(5.0) == Verdict(Level.FULL, "ok")
+    assert guard.advance(5.0) == Verdict(Level.FULL, "ok")
 
 
 def test_invalid_cost_is_shed() -> None:
@@ -613,15 +642,16 @@ def test_parse_guard_reports_every_problem_with_its_place() -> None:
     )
     text = "\n".join(problems.items)
     for spot in (
-        "devices.pi.guard.cpu_enter: must be a number",
-        "devices.pi.guard.memory_enter: must be in [0, 100]",
-        "devices.pi.guard.queue_bound: must be an integer",
-        "devices.pi.guard.target_utilisation: must be in (0, 1]",
-        "devices.pi.guard.temperature_exit: must be below temperature_enter",
-        "devices.pi.guard.enabled: must be true or false",
-        "devices.pi.guard.cpu_exitt: unknown key",
-        "devices.pi.guard.decimate_every: must be an integer",
-        "devices.pi.guard.temperature_critical_enter: must not be below temperature_enter",
+        "devices.pi.guard.cpu_enter: must be a number between 0 and 100, got 'high'",
+        "devices.pi.guard.memory_enter: must be a number between 0 and 100, got 120",
+        "devices.pi.guard.queue_bound: must be an integer between 1 and 1000000, got 2.5",
+        "devices.pi.guard.target_utilisation: must be a number greater than 0 and at most 1, got 0",
+        "devices.pi.guard.temperature_exit: must be below temperature_enter (80), got 85",
+        "devices.pi.guard.enabled: must be true or false, got 'yes'",
+        "devices.pi.guard.cpu_exitt: is not a known key (known: backoff_factor,",
+        "devices.pi.guard.decimate_every: must be an integer between 1 and 100000, got True",
+        "devices.pi.guard.temperature_critical_enter: must not be below temperature_enter (80),"
+        " got 70",
     ):
         assert spot in text, spot
     assert len(problems.items) == 9

@@ -449,6 +449,31 @@ def test_a_failing_pin_isolates_only_its_device(factory: MockFactory) -> None:
         hw.close()
 
 
+def test_reading_the_states_never_isolates_checking_them_does(factory: MockFactory) -> None:
+    flaky = factory.pin(17, pin_class=FlakyPin)
+    assert isinstance(flaky, FlakyPin)
+    hw = Hardware(profile_of(BENCH), pin_factory=factory)
+    try:
+        assert hw.apply(Action("led", "on"), 0.0).ok
+        assert hw.states() == hw.check_states() and hw.states()["led"] is True
+        flaky.broken = True
+        # The demo view reads every frame: a read shows the pin as unknown, nothing more.
+        for _ in range(3):
+            assert hw.states()["led"] is None
+        assert (hw.isolated, hw.failures, hw.errors) == (frozenset(), {}, {})
+        assert hw.apply(Action("relay", "on"), 0.1).ok  # (the LED is not touched)
+        # The step isolates it, as a failing write would.
+        assert hw.check_states()["led"] is None
+        assert hw.isolated == frozenset({"led"}) and hw.failures == {"led": 1}
+        assert "led: read failed (" in hw.errors["led"]
+        flaky.broken = False
+        assert hw.states()["led"] is None  # isolated until revived
+        assert hw.apply(Action("led", "on"), 1.0).dropped == "isolated"
+    finally:
+        flaky.broken = False
+        hw.close()
+
+
 def test_a_pending_follow_up_on_a_failing_pin(factory: MockFactory) -> None:
     flaky = factory.pin(17, pin_class=FlakyPin)
     hw = Hardware(profile_of(BENCH), pin_factory=factory)

@@ -19,8 +19,9 @@ from typing import BinaryIO, cast
 
 import pytest
 
+from edge.config import OutboxConfig, parse_outbox
 from edge.errors import ConfigProblems, OutboxError
-from edge.outbox import RECORD_OVERHEAD, Outbox, OutboxConfig, Record, parse_outbox
+from edge.outbox import RECORD_OVERHEAD, Outbox, Record
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC = "backbeat/c1/status/relay:pi-07"
@@ -290,7 +291,8 @@ def test_a_flipped_byte_is_detected_by_the_crc(tmp_path: Path) -> None:
 CHILD = textwrap.dedent("""
     import random, sys
     from pathlib import Path
-    from edge.outbox import Outbox, OutboxConfig
+    from edge.config import OutboxConfig
+    from edge.outbox import Outbox
 
     def payload(seq):
         return f"claim-{seq}-".encode() + bytes([seq % 251]) * (seq % 37)

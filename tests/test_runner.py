@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 from gpiozero import LED, Device
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory, MockPin
 
 from edge.clock import FakeClock
 from edge.config import Config, load_config
 from edge.errors import HardwareError
-from edge.guard import Guard
+from edge.guard import Guard, Level, Sample, Verdict
 from edge.hardware import Hardware
 from edge.messages import BeatFrame, encode
 from edge.mqtt_link import Inbound
@@ -351,6 +351,52 @@ def test_a_reload_brings_an_isolated_device_back(tmp_path: Path, factory: MockFa
     assert "ISOLATED" not in render(bench.runner, bench.clock.monotonic())
     relay = _fired(bench, "relay")
     assert relay and min(relay) >= 13 and {16, 20, 24, 28, 32, 36} <= set(relay)
+
+
+class UnreadablePin(MockPin):
+    """A mock pin whose reads fail like a lost GPIO line once ``broken`` is set."""
+
+    broken = False
+
+    def _get_state(self) -> bool:
+        if self.broken:
+            raise OSError(5, "Input/output error")
+        return bool(super()._get_state())
+
+
+def hot(at: float, temperature_c: float) -> Sample:
+    return Sample(at, None, None, None, None, None, None, temperature_c, None, None, 0.0)
+
+
+def test_the_view_only_reads(tmp_path: Path, factory: MockFactory) -> None:
+    led_pin = factory.pin(17, pin_class=UnreadablePin)
+    assert isinstance(led_pin, UnreadablePin)
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(8))
+    bench.run_until(bench.start + 4.4 * BEAT)
+    now = bench.clock.monotonic()
+    guard, hardware = bench.runner.guard, bench.hardware
+    # The guard went to SHED and has been calm long enough that its next step recovers.
+    guard.observe(hot(now, 90.0))
+    assert guard.advance(now) == Verdict(Level.SHED, "temperature_critical")
+    guard.observe(hot(now + 1.0, 40.0))
+    # The LED's pin can no longer be read.
+    led_pin.broken = True
+    changes = guard.verdict_changes
+    for later in (now + 10.0, now + 20.0):
+        screen = render(bench.runner, later)
+        assert "guard shed (temperature_critical)" in screen
+        assert "led              -" in screen and "ISOLATED" not in screen
+    assert guard.verdict == Verdict(Level.SHED, "temperature_critical")
+    assert guard.verdict_changes == changes
+    assert hardware.isolated == frozenset() and hardware.failures == {}
+    # The steps still do what they did: the guard recovers one rung, the check isolates.
+    assert guard.advance(now + 10.0) == Verdict(Level.ESSENTIAL, "recovering")
+    assert "guard essential_only (recovering)" in render(bench.runner, now + 10.0)
+    hardware.check_states()
+    assert hardware.isolated == {"led"}
+    assert "led              ISOLATED" in render(bench.runner, now + 10.0)
+    led_pin.broken = False
 
 
 def test_a_profile_that_cannot_be_built_keeps_the_old_config(

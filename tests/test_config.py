@@ -1,0 +1,93 @@
+"""load_config: every section's numbers read by the one settings reader, worded alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import BrokerConfig, OutboxConfig, load_config
+from edge.errors import ConfigError
+
+HEAD = '[agent]\nid = "bench:pi-01"\ncluster = "bench"\n'
+
+
+def load(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "agent.toml"
+    path.write_text(HEAD + text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return list(info.value.problems)
+
+
+def test_the_numbers_of_every_section_read_as_given(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        HEAD + "safe_after_lost_s = 5\nsample_interval_s = 0.05\n"
+        "[broker]\nkeepalive_s = 30\nreconnect_min_s = 1\nreconnect_max_s = 1\n"
+        'will_delay_s = 0\ninbox_size = 10\nclient_id = "pi"\n'
+        '[outbox]\ndirectory = "spool"\nmax_bytes = 2048\n',
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert (config.agent.safe_after_lost_s, config.agent.sample_interval_s) == (5.0, 0.05)
+    assert isinstance(config.agent.safe_after_lost_s, float)
+    broker = config.broker
+    assert (broker.keepalive_s, broker.will_delay_s, broker.inbox_size) == (30, 0, 10)
+    assert (broker.reconnect_min_s, broker.reconnect_max_s, broker.client_id) == (1.0, 1.0, "pi")
+    assert broker.username is None and BrokerConfig().keepalive_s == 15
+    # A segment may not outgrow the backlog: the default one is cut to fit, silently.
+    assert config.outbox == OutboxConfig(Path("spool"), max_bytes=2048, segment_bytes=2048)
+
+
+def test_nan_and_infinity_are_refused_in_every_section(tmp_path: Path) -> None:
+    problems = load(
+        tmp_path,
+        "safe_after_lost_s = nan\nsample_interval_s = inf\n"
+        "[broker]\nreconnect_max_s = -inf\n"
+        "[guard]\ncpu_enter = nan\n"
+        "[outbox]\nfsync_interval_s = inf\nretry_interval_s = nan\n",
+    )
+    assert problems == [
+        "agent.safe_after_lost_s: must be a finite number at least 0, got nan",
+        "agent.sample_interval_s: must be a finite number at least 0.05, got inf",
+        "broker.reconnect_max_s: must be a finite number at least 0.01, got -inf",
+        "guard.cpu_enter: must be a number between 0 and 100, got nan",
+        "outbox.fsync_interval_s: must be a finite number at least 0, got inf",
+        "outbox.retry_interval_s: must be a finite number at least 0.001, got nan",
+    ]
+
+
+def test_integers_are_integers_and_a_boolean_is_not_one(tmp_path: Path) -> None:
+    problems = load(
+        tmp_path,
+        "[broker]\nkeepalive_s = 15.5\nwill_delay_s = true\ninbox_size = 1e3\n"
+        "[status]\nevery = 1.0\n[outbox]\nmax_count = false\n",
+    )
+    assert problems == [
+        "broker.keepalive_s: must be an integer at least 5, got 15.5",
+        "broker.will_delay_s: must be an integer at least 0, got True",
+        "broker.inbox_size: must be an integer at least 1, got 1000.0",
+        "status.every: must be an integer at least 1, got 1.0",
+        "outbox.max_count: must be an integer at least 1, got False",
+    ]
+
+
+def test_every_problem_is_listed_at_once_with_its_full_key(tmp_path: Path) -> None:
+    problems = load(
+        tmp_path,
+        "sample_interval_s = 0.01\nsafe_after = 3\n"
+        '[broker]\nclient_id = ""\nreconnect_min_s = 1.0\nreconnect_max_s = 0.5\n'
+        '[status]\nmode = "sometimes"\n'
+        "[outbox]\nmax_bytes = 2048\nsegment_bytes = 4096\n",
+    )
+    assert problems[0] == "agent.sample_interval_s: must be a finite number at least 0.05, got 0.01"
+    assert problems[1].startswith(
+        "agent.safe_after: is not a known key (known: cluster, id, profile, "
+    )
+    assert problems[2:] == [
+        "broker.client_id: must be a non-empty string, got ''",
+        "broker.reconnect_max_s: must not be below reconnect_min_s (1), got 0.5",
+        'status.mode: must be one of "every", "on_change", got \'sometimes\'',
+        "outbox.segment_bytes: must not be above max_bytes (2048), got 4096",
+    ]
