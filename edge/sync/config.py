@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from edge.errors import ConfigProblems
+from edge.settings import Section, choice, integer, number
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,29 +67,37 @@ class SyncConfig:
     path_delay_s: float = 0.0
 
 
-# name -> (kind, low, high, low_inclusive); kind "f" float, "i" int.
-_LIMITS: dict[str, tuple[str, float, float, bool]] = {
-    "jitter_tolerance_s": ("f", 0.0, 10.0, False),
-    "lock_after_frames": ("i", 1, 1000, True),
-    "free_run_after_beats": ("f", 1.0, 1e6, True),
-    "lost_after_s": ("f", 0.0, 1e7, False),
-    "lost_after_beats": ("f", 1.0, 1e6, True),
-    "filter_window_frames": ("i", 4, 100_000, True),
-    "max_rate_ppm": ("f", 0.0, 100_000.0, True),
-    "rate_min_span_s": ("f", 0.0, 1e7, True),
-    "rate_min_frames": ("i", 4, 100_000, True),
-    "rate_max_uncertainty_ppm": ("f", 0.0, 100_000.0, False),
-    "early_tolerance_s": ("f", 0.0, 10.0, True),
-    "relock_after_frames": ("i", 2, 1000, True),
-    "slew_rate": ("f", 0.0, 0.5, False),
-    "step_after_phases": ("f", 0.0, 1e6, True),
-    "jump_after_beats": ("i", 1, 1_000_000, True),
-    "wall_trust_frames": ("i", 1, 10_000, True),
-    "wall_max_bias_s": ("f", 0.0, 10.0, True),
-    "wall_consistency_s": ("f", 0.0, 10.0, False),
-    "wall_step_s": ("f", 0.0, 3600.0, False),
-    "path_delay_s": ("f", 0.0, 10.0, True),
-}
+def _auto_is_none(value: object) -> object:
+    return None if value == "auto" else value
+
+
+#: Every key of SyncConfig and what it takes (TOML has no null: "auto" stands for None).
+_SECTION = Section(
+    SyncConfig,
+    (
+        number("jitter_tolerance_s", 0.0, 10.0, low_inclusive=False),
+        integer("lock_after_frames", 1, 1000),
+        number("free_run_after_beats", 1.0, 1e6),
+        number("lost_after_s", 0.0, 1e7, low_inclusive=False),
+        number("lost_after_beats", 1.0, 1e6),
+        integer("filter_window_frames", 4, 100_000),
+        number("max_rate_ppm", 0.0, 100_000.0),
+        number("rate_min_span_s", 0.0, 1e7),
+        integer("rate_min_frames", 4, 100_000),
+        number("rate_max_uncertainty_ppm", 0.0, 100_000.0, low_inclusive=False),
+        number("early_tolerance_s", 0.0, 10.0),
+        integer("relock_after_frames", 2, 1000),
+        number("slew_rate", 0.0, 0.5, low_inclusive=False),
+        number("step_after_phases", 0.0, 1e6),
+        integer("jump_after_beats", 1, 1_000_000),
+        choice("trust_wall_clock", True, False, "auto", convert=_auto_is_none),
+        integer("wall_trust_frames", 1, 10_000),
+        number("wall_max_bias_s", 0.0, 10.0),
+        number("wall_consistency_s", 0.0, 10.0, low_inclusive=False),
+        number("wall_step_s", 0.0, 3600.0, low_inclusive=False),
+        number("path_delay_s", 0.0, 10.0),
+    ),
+)
 
 
 def parse_sync(
@@ -97,43 +105,9 @@ def parse_sync(
 ) -> SyncConfig:
     """Read the ``[sync]`` TOML table into a :class:`SyncConfig`.
 
-    Every problem (unknown key, wrong type, out of range) is added to ``problems`` with its
-    place (``sync.slew_rate``); a bad value falls back to its default so parsing goes on.
-    ``trust_wall_clock`` takes ``true``, ``false`` or ``"auto"`` (TOML has no null).
-    Never raises for bad input.
+    Every problem (unknown key, wrong type, out of range, not finite) is added to
+    ``problems`` with its place (``sync.slew_rate``), worded as :mod:`edge.settings` words
+    them; a bad value keeps its default so parsing goes on. ``trust_wall_clock`` takes
+    ``true``, ``false`` or ``"auto"``. Never raises for bad input.
     """
-    known = {f.name for f in fields(SyncConfig)}
-    values: dict[str, object] = {}
-    if not isinstance(raw, Mapping):
-        problems.add(where, f"must be a table, got {type(raw).__name__}")
-        return SyncConfig()
-    for key, value in raw.items():
-        place = f"{where}.{key}"
-        if key not in known:
-            problems.add(place, f"is not a sync setting (known: {', '.join(sorted(known))})")
-            continue
-        if key == "trust_wall_clock":
-            if isinstance(value, bool):
-                values[key] = value
-            elif value == "auto":
-                values[key] = None
-            else:
-                problems.add(place, f'must be true, false or "auto", got {value!r}')
-            continue
-        kind, low, high, low_inclusive = _LIMITS[key]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.add(place, f"must be a number, got {value!r}")
-            continue
-        if kind == "i" and not isinstance(value, int):
-            problems.add(place, f"must be an integer, got {value!r}")
-            continue
-        if not math.isfinite(value):
-            problems.add(place, f"must be a finite number, got {value!r}")
-            continue
-        too_low = value < low or (value == low and not low_inclusive)
-        if too_low or value > high:
-            bracket = "[" if low_inclusive else "("
-            problems.add(place, f"must be in {bracket}{low:g}, {high:g}], got {value!r}")
-            continue
-        values[key] = int(value) if kind == "i" else float(value)
-    return SyncConfig(**values)  # type: ignore[arg-type]
+    return _SECTION.read(raw, problems, where)
