@@ -408,17 +408,19 @@ def test_parse_sync_reports_every_problem() -> None:
             "lock_after_frames": 1.5,
             "trust_wall_clock": "yes",
             "path_delay_s": True,
+            "lost_after_s": float("nan"),
         },
         problems,
     )
     text = "\n".join(problems.items)
-    assert len(problems.items) == 5
+    assert len(problems.items) == 6
     for where in (
         "sync.jitter",
         "sync.slew_rate",
         "sync.lock_after_frames",
         "sync.trust_wall_clock",
         "sync.path_delay_s",
+        "sync.lost_after_s",
     ):
         assert where in text
 
