@@ -29,7 +29,7 @@ REQUIRED_CORE = (
     "profile",
 )
 #: Core modules that may exist (checked when they do).
-OPTIONAL_CORE: tuple[str, ...] = ()
+OPTIONAL_CORE: tuple[str, ...] = ("plan", "trace")
 
 FORBIDDEN = frozenset(
     {
