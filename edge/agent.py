@@ -22,9 +22,8 @@ from typing import IO
 
 from edge.clock import SystemClock
 from edge.config import Config, load_config
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError
 from edge.hardware import Hardware
-from edge.messages import encode
 from edge.mqtt_link import MqttLink, Topics
 from edge.outbox import Outbox
 from edge.probe import Probe
@@ -181,24 +180,8 @@ class Agent:
 
     def shutdown(self) -> None:
         self.notifier.stopping()
-        try:
-            self.hardware.safe_state("shutdown")
-        except EdgeError as exc:
-            log.error("safe state on shutdown: %s", exc)
-        log.info("outputs after safe state: %s", self.hardware.states())
-        self.runner.flush()
-        topics = Topics(self.config.agent.topic_prefix, self.config.agent.cluster)
-        final: list[tuple[str, bytes, bool]] = []
-        review = self.runner.last_review
-        if review is not None:
-            claim = self.runner.status.final(replace(review, state="idle"))
-            payload = encode(claim, self.config.status.format)
-            topic = topics.status(self.config.agent.id)
-            if self.link.connected:
-                final.append((topic, payload, False))
-            else:  # kept for the next start, which sends the backlog first
-                self.outbox.append(topic, payload, self.clock.wall())
-        final.append((topics.availability(self.config.agent.id), b"offline", True))
+        # The runner drives the outputs safe and gives the final claim and ``offline``.
+        final = self.runner.shutdown()
         self.link.stop(final=final, timeout=2.0)
         self.outbox.close()
         self.hardware.close()
