@@ -8,6 +8,7 @@ drive every output to its safe state, send a final claim and ``offline``, and re
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -28,7 +29,7 @@ from edge.mqtt_link import MqttLink, Topics
 from edge.outbox import Outbox
 from edge.probe import Probe
 from edge.profile import Profile
-from edge.runner import Runner, lower_timer_slack
+from edge.runner import Runner
 from edge.service import Notifier, WatchdogGate
 
 log = logging.getLogger("backbeat.agent")
@@ -52,6 +53,16 @@ def outbox_config_for(config: Config) -> Config:
     if directory == config.outbox.directory:
         return config
     return replace(config, outbox=replace(config.outbox, directory=directory))
+
+
+def lower_timer_slack() -> None:
+    """Ask Linux for 1 ns timer slack on this thread: sleeps then wake ~25-50 us late
+    instead of the default 50 us slack plus rounding. A no-op where prctl is missing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK
+    except (OSError, AttributeError):
+        pass
 
 
 class Agent:

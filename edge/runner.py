@@ -32,7 +32,6 @@ safe.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import statistics
@@ -122,16 +121,6 @@ class Counters:
     claims_acked: int = 0
     reloads: int = 0
     reload_errors: int = 0
-
-
-def lower_timer_slack() -> None:
-    """Ask Linux for 1 ns timer slack on this thread: sleeps then wake ~25-50 us late
-    instead of the default 50 us slack plus rounding. A no-op where prctl is missing."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK
-    except (OSError, AttributeError):
-        pass
 
 
 class Runner:
