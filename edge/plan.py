@@ -16,7 +16,7 @@ the ledgers over, so nothing planned under the old numbers is planned (and fired
 
 What an action's result means is one pure rule, :func:`outcome`: an action taken out
 after its deadline (the end of its phase) is a *miss* and must not run; a dropped action
-(rate limit, isolated, busy, bad action) ran not, and teaches the guard no duration; a
+(rate limit, isolated, busy, bad action) did not run, and teaches the guard no duration; a
 busy command device counts as a miss (its runs take longer than the score allows: load),
 the other drops only as drops; a command handed to its launcher is *running*, and its
 cost is learned from its end (done, killed: a miss, or not started: a failure). The
