@@ -7,13 +7,30 @@ by hand, as trio's ``MockClock`` does. Two readings are offered:
 * ``wall()`` — seconds since the Unix epoch; may be hours off at boot on a Pi with no
   battery clock and may step when NTP catches up. Used only for reports and for
   ``deadline_at`` once the beat follower has decided the wall clock is in step.
+
+The loop's waiting goes through the clock too, so a test can drive it: ``wait(inbox,
+timeout)`` blocks for the next inbox item or the timeout, ``spin_until(deadline)`` spins
+the last fraction of a millisecond before a deadline. The fake clock does both at once:
+it takes an item already queued, or moves forward by the timeout (to the deadline).
 """
 
 from __future__ import annotations
 
 import math
+import queue
 import time
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Inbox(Protocol[T_co]):
+    """What ``wait`` reads: a ``queue.Queue`` (raising ``queue.Empty`` when empty)."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> T_co: ...
+
+    def get_nowait(self) -> T_co: ...
 
 
 class Clock(Protocol):
@@ -23,6 +40,15 @@ class Clock(Protocol):
 
     def wall(self) -> float:
         """Seconds since the Unix epoch on the (possibly wrong) wall clock."""
+        ...
+
+    def wait(self, inbox: Inbox[T] | None, timeout: float) -> T | None:
+        """The next item of ``inbox``, waiting at most ``timeout`` seconds for it (none
+        at all when ``timeout <= 0``); None if none came. With no inbox, just wait."""
+        ...
+
+    def spin_until(self, deadline: float) -> None:
+        """Return at monotonic ``deadline`` (at once if it has passed), spinning."""
         ...
 
 
@@ -36,6 +62,21 @@ class SystemClock:
 
     def wall(self) -> float:
         return time.time()
+
+    def wait(self, inbox: Inbox[T] | None, timeout: float) -> T | None:
+        if inbox is None:
+            if timeout > 0:
+                time.sleep(timeout)
+            return None
+        try:
+            return inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait()
+        except queue.Empty:
+            return None
+
+    def spin_until(self, deadline: float) -> None:
+        # A plain sleep wakes 0.1-0.7 ms late; a spin does not (and holds the GIL).
+        while time.monotonic() < deadline:
+            pass
 
 
 class FakeClock:
@@ -56,6 +97,23 @@ class FakeClock:
 
     def wall(self) -> float:
         return self._wall
+
+    def wait(self, inbox: Inbox[T] | None, timeout: float) -> T | None:
+        """An item already in ``inbox`` at once (the clock stays), else move forward by
+        ``timeout`` (when positive) and return None: nothing arrives while it waits."""
+        if inbox is not None:
+            try:
+                return inbox.get_nowait()
+            except queue.Empty:
+                pass
+        if timeout > 0:
+            self.advance(timeout)
+        return None
+
+    def spin_until(self, deadline: float) -> None:
+        """Move forward to ``deadline`` (no-op if already there)."""
+        if deadline > self._mono:
+            self.set(deadline)
 
     def advance(self, seconds: float) -> None:
         # "not >= 0" also catches NaN, which would otherwise poison both readings.

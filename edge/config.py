@@ -15,11 +15,14 @@ Each section is checked by the module that owns it (``edge.profile``, ``edge.sco
 ``[agent]``, ``[broker]`` and ``[outbox]`` (whose :class:`OutboxConfig` lives here, so the
 core imports no adapter), and gathers every problem into one
 :class:`~edge.errors.ConfigError`. Keys with a type and a range are read by
-:mod:`edge.settings`, which words every problem alike.
+:mod:`edge.settings`, which words every problem alike. It also holds the reload rules
+(:func:`apply_reload`): which settings a reload applies at the next beat boundary and which
+wait for a restart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import tomllib
@@ -120,6 +123,36 @@ class Config:
     #: Where it came from and a hash of its bytes (reported in every status claim).
     source: str
     digest: str
+
+
+#: What a reload does not apply: the link, the outbox, the follower and the topics were
+#: built from these and live as long as the process. The rest (the score, the devices,
+#: [guard], [status], the other [agent] settings) applies at the next beat boundary.
+RESTART_ONLY_SECTIONS = ("broker", "outbox", "sync")
+RESTART_ONLY_AGENT = ("id", "cluster", "topic_prefix")
+
+
+def apply_reload(new: Config, old: Config) -> tuple[Config, list[str]]:
+    """The config a reload runs with: ``new``, but with ``old``'s values of what only a
+    restart changes; and the names of those that differ (``"[sync]"``, ``"agent.id"``...),
+    kept back until the next restart (empty when none)."""
+    kept = [
+        f"[{name}]" for name in RESTART_ONLY_SECTIONS if getattr(new, name) != getattr(old, name)
+    ]
+    kept += [
+        f"agent.{name}"
+        for name in RESTART_ONLY_AGENT
+        if getattr(new.agent, name) != getattr(old.agent, name)
+    ]
+    if not kept:
+        return new, kept
+    agent = dataclasses.replace(
+        new.agent, **{name: getattr(old.agent, name) for name in RESTART_ONLY_AGENT}
+    )
+    merged = dataclasses.replace(
+        new, agent=agent, **{name: getattr(old, name) for name in RESTART_ONLY_SECTIONS}
+    )
+    return merged, kept
 
 
 def _table(raw: Mapping[str, object], key: str, problems: ConfigProblems) -> Mapping[str, object]:

@@ -62,7 +62,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -119,6 +119,9 @@ class ActionResult:
     its deadline) or ``command_not_started`` (``error`` names the program), with
     ``duration_s`` counted from the ``apply``. A run killed by :meth:`Hardware.safe_state`
     reports nothing more.
+
+    ``tag`` is the caller's own tag given to ``apply``, echoed unchanged in its result and,
+    for a command, in that run's end: the caller needs no map from run ids to its actions.
     """
 
     device: str
@@ -131,6 +134,7 @@ class ActionResult:
     deferred_to: float | None = None
     run: int | None = None
     duration_s: float | None = None
+    tag: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,7 @@ class _Run:
     poll_every: float = COMMAND_POLL_MIN_S
     proc: subprocess.Popen[bytes] | None = None  # None until the launcher has started it
     killed: bool = False
+    tag: object = None  # the caller's, echoed in the run's end
 
     def schedule_poll(self, now: float) -> None:
         # Doubling intervals: a short command is seen ending within a few ms, a long one
@@ -585,10 +590,17 @@ class Hardware:
 
     # ----------------------------------------------------------------------- actions
 
-    def apply(self, action: Action, now: float) -> ActionResult:
+    def apply(self, action: Action, now: float, tag: object = None) -> ActionResult:
         """Apply ``action`` at local time ``now``; never blocks, never raises for a device
         fault. Follow-ups it needs (pulse end, fade steps...) become due-times for
-        :meth:`tick`."""
+        :meth:`tick`. ``tag`` (anything) comes back in the result's ``tag`` and, for a
+        command, in its run's end."""
+        result = self._apply(action, now, tag)
+        if tag is not None and result.tag is not tag:
+            result = replace(result, tag=tag)
+        return result
+
+    def _apply(self, action: Action, now: float, tag: object) -> ActionResult:
         d = self._devices.get(action.device)
         do = action.do
         if d is None:
@@ -611,7 +623,7 @@ class Hardware:
                 return ActionResult(d.spec.name, do, False, None, self._fail(d, exc, do), None, now)
             return ActionResult(d.spec.name, do, True, None, None, value, now)
         if do == "command":
-            return self._spawn(d, action, now)
+            return self._spawn(d, action, now, tag)
         return self._output(d, action, now)
 
     def _on_value(self, d: _Device, action: Action) -> float:
@@ -669,7 +681,7 @@ class Hardware:
 
     # ----------------------------------------------------------------------- commands
 
-    def _spawn(self, d: _Device, action: Action, now: float) -> ActionResult:
+    def _spawn(self, d: _Device, action: Action, now: float, tag: object) -> ActionResult:
         """Hand the start to the launcher and return at once (see the module doc)."""
         name = d.spec.name
         running = d.running if d.running is not None else []
@@ -683,7 +695,7 @@ class Hardware:
         timeout = action.duration_s or d.spec.number("timeout_s", DEFAULT_COMMAND_TIMEOUT_S)
         if self._launcher is None:  # only after close(): start one again rather than fail
             self._launcher = _Launcher(self._popen)
-        run = _Run(self._next_run, argv, now, now + timeout, now)
+        run = _Run(self._next_run, argv, now, now + timeout, now, tag=tag)
         self._next_run += 1
         run.schedule_poll(now)
         running.append(run)
@@ -691,7 +703,7 @@ class Hardware:
         d.last_switch = now
         self._launching[run.run_id] = (d, run)
         self._launcher.submit(run.run_id, argv)
-        return ActionResult(name, "command", True, None, None, None, now, run=run.run_id)
+        return ActionResult(name, "command", True, None, None, None, now, run=run.run_id, tag=tag)
 
     def _collect_starts(self, launcher: _Launcher | None, now: float) -> list[ActionResult]:
         """Take the launcher's finished starts: attach each process to its run, kill it at
@@ -726,6 +738,7 @@ class Hardware:
                             now,
                             run=run_id,
                             duration_s=now - run.applied,
+                            tag=run.tag,
                         )
                     )
                 continue
@@ -763,6 +776,7 @@ class Hardware:
                             now,
                             run=run.run_id,
                             duration_s=now - run.applied,
+                            tag=run.tag,
                         )
                     )
                 continue
@@ -787,6 +801,7 @@ class Hardware:
                         now,
                         run=run.run_id,
                         duration_s=now - run.applied,
+                        tag=run.tag,
                     )
                 )
             run.schedule_poll(now)

@@ -85,6 +85,10 @@ that fails in the background (EIO, ENOSPC...) is recorded and counted in
 finds it and degrades to memory exactly as a failed write does, ``degraded`` naming the
 background fsync. ``wait_synced`` waits until the syncer is idle (tests, shutdown).
 
+**The publish window.** ``to_publish`` hands out the oldest unsent records, at most
+``PUBLISH_WINDOW`` published (``published(seq, mid)``) and not yet acknowledged
+(``acked(mid)``, with the link's message id) at once.
+
 Not thread-safe: the runner owns it (paho's callbacks only hand the PUBACKs over). The
 syncer shares nothing with the loop but its own queue, under its own lock.
 """
@@ -117,6 +121,9 @@ _MAX_BODY = 64 * 1024 * 1024  # a length beyond this is garbage, not a record
 _SEGMENT_PREFIX, _SEGMENT_SUFFIX, _TMP_SUFFIX = "seg-", ".log", ".tmp"
 #: Bytes a record costs against ``max_bytes`` besides its topic and payload.
 RECORD_OVERHEAD = _HEADER.size + _DATA.size
+#: At most this many records published and not yet acknowledged at once (``to_publish``);
+#: the rest wait here, so a reconnect does not hand the link the whole backlog at once.
+PUBLISH_WINDOW = 16
 
 
 def _default_opener(path: Path, mode: str) -> BinaryIO:
@@ -344,6 +351,7 @@ class Outbox:
         self._fsync_fd = fsync
         self._pending: dict[int, Record] = {}
         self._inflight: set[int] = set()
+        self._mids: dict[int, int] = {}  # the link's message id -> seq, until acked
         self._bytes = 0
         self._where: dict[int, int] = {}  # seq -> segment number holding its DATA
         self._segments: dict[int, _Segment] = {}  # by number, oldest first
@@ -446,9 +454,32 @@ class Outbox:
         if seq in self._pending:
             self._inflight.add(seq)
 
+    def to_publish(self) -> list[Record]:
+        """The next records to hand the link, oldest first: as many as keep at most
+        ``PUBLISH_WINDOW`` published and not yet acknowledged by the link (see
+        :meth:`published`), so a reconnect does not flood the broker with the backlog."""
+        return self.unsent(PUBLISH_WINDOW - len(self._mids))
+
+    def published(self, seq: int, mid: int) -> None:
+        """The link took record ``seq`` as its message ``mid``: in flight until
+        :meth:`acked` with that ``mid`` (counted in the window even if the record is
+        dropped meanwhile, as the link still holds it)."""
+        self.mark_sent(seq)
+        self._mids[mid] = seq
+
+    def acked(self, mid: int) -> bool:
+        """The link's message ``mid`` was acknowledged: its record is acked (see
+        :meth:`ack`). False if ``mid`` is not one of ours."""
+        seq = self._mids.pop(mid, None)
+        if seq is None:
+            return False
+        self.ack(seq)
+        return True
+
     def requeue_inflight(self) -> None:
         """After a disconnect: every in-flight record is unsent again (order is kept)."""
         self._inflight.clear()
+        self._mids.clear()
 
     def ack(self, seq: int) -> None:
         """The broker acknowledged record ``seq``: it is removed for good.

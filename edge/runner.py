@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-``Runner.step(item, now)`` handles one wake-up; ``Runner.run()`` only waits for the next
-message or the next deadline and calls it. A wake-up does, in order:
+``Runner.step(item, now)`` handles one wake-up; ``Runner.run_once()`` only waits for the
+next message or the next deadline (through the clock) and calls it. A wake-up does, in
+order:
 
 1. hand an inbound item to its owner: a beat frame to the follower (stamped with its local
    arrival time by the link), an acknowledgement to the outbox, a (dis)connect to the
@@ -11,9 +12,11 @@ message or the next deadline and calls it. A wake-up does, in order:
 2. let the follower emit the boundary events due by ``now`` (beat started, phase started,
    sync lost...). At each beat start the score picks the actions of *this and the next*
    beat (one beat of look-ahead, so plan-phase actions are known before their beat) and the
-   guard admits, sheds or keeps only the essential ones;
+   guard admits, sheds or keeps only the essential ones, into the beat plan
+   (``edge.plan``);
 3. fire every admitted action whose time has come, unless its deadline (the end of its
-   phase) has already passed (then it is a miss, not a late switch);
+   phase) has already passed (then it is a miss, not a late switch: ``edge.plan.outcome``
+   says what each result means);
 4. run the hardware's own follow-ups (pulse offs, fades, dead-man, command time-outs);
 5. at a beat's review phase: read results back, feed the guard and the metrics, build the
    StatusClaim and put it through the outbox to the broker;
@@ -21,7 +24,7 @@ message or the next deadline and calls it. A wake-up does, in order:
 
 Action times are not stored once: after every frame the follower's model may move (slew,
 tempo change), so pending actions are re-timed from it. The wait is precise: a blocking
-wait on the inbox to ~0.6 ms before an action, then a short spin (a plain sleep wakes
+wait on the inbox to ~0.6 ms before a deadline, then a short spin (a plain sleep wakes
 0.1-0.7 ms late). The spin holds the GIL, so frames stamped right after it are a little
 late; the follower's lower-envelope filter ignores late arrivals, which is why this is
 safe.
@@ -29,22 +32,18 @@ safe.
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
-import json
 import logging
 import queue
 import statistics
-import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Protocol
 
 from edge import __version__
 from edge.clock import Clock
-from edge.config import Config
-from edge.errors import FrameError, HardwareError
+from edge.config import Config, apply_reload
+from edge.errors import EdgeError, FrameError, HardwareError
 from edge.guard import Guard, Sample
 from edge.hardware import ActionResult, Hardware
 from edge.hlc import HybridLogicalClock, node_id
@@ -52,9 +51,10 @@ from edge.messages import StatusClaim, decode_bar_report, decode_beat_frame, enc
 from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
+from edge.plan import COMMAND_ENDS, BeatPlan, Fate, Outcome, RunTag, outcome, overdue
 from edge.profile import Profile
 from edge.score import ScheduledAction, Score
-from edge.status import BeatReview, StatusBuilder
+from edge.status import BeatReview, StatusBuilder, claim_state
 from edge.sync import (
     BeatFollower,
     BeatJumped,
@@ -66,10 +66,11 @@ from edge.sync import (
     SyncState,
     TempoChanged,
 )
+from edge.trace import TraceRow, write_rows
 
 log = logging.getLogger("backbeat.runner")
 
-#: Wake this long before an action and spin the rest (see the theory above).
+#: Wake this long before a deadline and spin the rest (see the theory above).
 SPIN_S = 0.0006
 #: Touch the hardware path this long before an action so the first write is not cold.
 WARM_S = 0.004
@@ -77,8 +78,6 @@ WARM_S = 0.004
 MAX_WAIT_S = 0.1
 #: Every this many probe samples one is a full sample (process, temperature, disk).
 FULL_SAMPLE_EVERY = 5
-#: At most this many claims in flight (un-acked) at once; the rest wait in the outbox.
-PUBLISH_WINDOW = 16
 
 
 class Link(Protocol):
@@ -109,20 +108,6 @@ class Notifier(Protocol):
 
 
 @dataclass
-class BeatLedger:
-    """What happened to one beat's actions, for its review."""
-
-    planned: int = 0
-    fired: int = 0
-    missed: int = 0
-    failed: int = 0
-    late_ms: list[float] = field(default_factory=list)
-    shed: Counter[str] = field(default_factory=Counter)
-    dropped: Counter[str] = field(default_factory=Counter)
-    busy_s: float = 0.0
-
-
-@dataclass
 class Counters:
     frames: int = 0
     frames_bad: int = 0
@@ -136,44 +121,6 @@ class Counters:
     claims_acked: int = 0
     reloads: int = 0
     reload_errors: int = 0
-
-
-def lower_timer_slack() -> None:
-    """Ask Linux for 1 ns timer slack on this thread: sleeps then wake ~25-50 us late
-    instead of the default 50 us slack plus rounding. A no-op where prctl is missing."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK
-    except (OSError, AttributeError):
-        pass
-
-
-#: What a reload does not apply: the link, the outbox, the follower and the topics were
-#: built from these and live as long as the process. The rest (the score, the devices,
-#: [guard], [status], the other [agent] settings) applies at the next beat boundary.
-_RESTART_ONLY_SECTIONS = ("broker", "outbox", "sync")
-_RESTART_ONLY_AGENT = ("id", "cluster", "topic_prefix")
-
-
-def _keep_restart_only(new: Config, old: Config) -> Config:
-    """``new`` with the running values of what only a restart changes (logged, if any)."""
-    kept = [
-        f"[{name}]" for name in _RESTART_ONLY_SECTIONS if getattr(new, name) != getattr(old, name)
-    ]
-    kept += [
-        f"agent.{name}"
-        for name in _RESTART_ONLY_AGENT
-        if getattr(new.agent, name) != getattr(old.agent, name)
-    ]
-    if not kept:
-        return new
-    log.warning("reload: %s changes take effect at the next restart", ", ".join(kept))
-    agent = dataclasses.replace(
-        new.agent, **{name: getattr(old.agent, name) for name in _RESTART_ONLY_AGENT}
-    )
-    return dataclasses.replace(
-        new, agent=agent, **{name: getattr(old, name) for name in _RESTART_ONLY_SECTIONS}
-    )
 
 
 class Runner:
@@ -219,9 +166,7 @@ class Runner:
             start_seq=start_seq,
         )
         self.counters = Counters()
-        self.pending: list[ScheduledAction] = []
-        self.planned_beats: set[int] = set()
-        self.ledgers: dict[int, BeatLedger] = {}
+        self.plan = BeatPlan()
         self.last_beat: int | None = None
         self.last_phase: str | None = None
         self.last_review: BeatReview | None = None
@@ -234,18 +179,10 @@ class Runner:
         self._unsynced_since: float | None = None
         self._safe_applied = False
         self._warmed: set[tuple[int, int]] = set()
-        self._inflight: dict[int, int] = {}  # MQTT mid -> outbox seq
         self._outbox_degraded: str | None = None if outbox is None else outbox.degraded
-        self._trace_buf: list[
-            tuple[ScheduledAction, float, float, ActionResult | None, str | None]
-        ] = []
+        self._trace_rows: list[TraceRow] = []
         self._pending_reload: Config | None = None
-        # Commands run off the loop: their real run time is known only when they end. The
-        # hardware reports each end with the run id its start had, so several runs of one
-        # device may end in any order: run id -> (action name, beat it was fired in).
-        self._commands: dict[int, tuple[str, int]] = {}
         self._last_frame_error: str | None = None
-        self._last_reviewed: int | None = None
         self.stop_requested = False
         self.recent_late_ms: deque[float] = deque(maxlen=256)
 
@@ -254,8 +191,9 @@ class Runner:
     def next_deadline(self, now: float) -> float:
         """The local time of the next thing ``step`` must do (capped at MAX_WAIT_S away)."""
         candidates = [now + MAX_WAIT_S]
-        if self.pending:
-            candidates.append(self.pending[0].at)
+        action_next = self.plan.next_at()
+        if action_next is not None:
+            candidates.append(action_next)
         follower_next = self.follower.next_deadline()
         if follower_next is not None:
             candidates.append(follower_next)
@@ -266,43 +204,20 @@ class Runner:
             candidates.append(self._next_sample)
         return min(candidates)
 
-    def _retime(self) -> None:
-        """Re-derive pending action times from the follower's current model."""
-        if not self.pending:
-            return
-        fresh: dict[tuple[int, int], ScheduledAction] = {}
-        for beat in {sa.beat_index for sa in self.pending}:
-            for sa in self.score.due(beat, self.follower):
-                fresh[(beat, sa.rule)] = sa
-        # An action the score no longer places in its beat (the bar was learnt, the beat
-        # was renumbered) is dropped; the rest follow the follower's latest model.
-        retimed = [
-            dataclasses.replace(sa, at=new.at, deadline=new.deadline)
-            for sa in self.pending
-            if (new := fresh.get((sa.beat_index, sa.rule))) is not None
-        ]
-        retimed.sort(key=lambda s: (s.at, -s.action.priority))
-        self.pending = retimed
+    def _due(self, beat: int) -> list[ScheduledAction]:
+        return self.score.due(beat, self.follower)
 
     def _plan(self, beat: int, now: float) -> None:
-        if beat in self.planned_beats:
-            return
-        self.planned_beats.add(beat)
-        ledger = self.ledgers.setdefault(beat, BeatLedger())
-        due = [sa for sa in self.score.due(beat, self.follower) if sa.deadline > now]
-        if not due:
-            return
-        phase_seconds = self.follower.beat_seconds() / 3.0
-        admission = self.guard.admit(beat, due, phase_seconds, now)
-        admitted = list(admission.admitted)
-        ledger.planned += len(admitted)
-        for candidate, reason in admission.shed:
-            ledger.shed[reason] += 1
+        shed = self.plan.plan(
+            beat,
+            self._due,
+            now,
+            lambda due: self.guard.admit(beat, due, self.follower.beat_seconds() / 3.0, now),
+        )
+        for candidate, reason in shed:
             self.counters.shed[reason] += 1
-            if self.trace is not None and isinstance(candidate, ScheduledAction):
-                self._trace_buf.append((candidate, now, 0.0, None, f"shed:{reason}"))
-        self.pending.extend(sa for sa in admitted if isinstance(sa, ScheduledAction))
-        self.pending.sort(key=lambda s: (s.at, -s.action.priority))
+            if self.trace is not None:
+                self._trace_rows.append(TraceRow.shed_by(candidate, reason))
 
     # ------------------------------------------------------------------ one wake-up
 
@@ -331,7 +246,8 @@ class Runner:
             self.on_view(self, now)
 
     def _imminent(self, now: float) -> bool:
-        return bool(self.pending) and self.pending[0].at - now < 0.01
+        action_next = self.plan.next_at()
+        return action_next is not None and action_next - now < 0.01
 
     def _receive(self, item: Inbound, now: float) -> None:
         if item.kind == "message":
@@ -345,7 +261,7 @@ class Runner:
                     return
                 self.hlc.merge(frame.hlc)
                 self._handle(self.follower.receive(frame, item.arrived_at, item.wall_at), now)
-                self._retime()
+                self.plan.retime(self._due)
             elif item.topic == self.topics.bar:
                 try:
                     decode_bar_report(item.payload)
@@ -353,9 +269,7 @@ class Runner:
                 except FrameError as exc:
                     self._bad_frame(f"bar report on {item.topic}: {exc}")
         elif item.kind == "ack":
-            seq = self._inflight.pop(item.mid, None)
-            if seq is not None and self.outbox is not None:
-                self.outbox.ack(seq)
+            if self.outbox is not None and self.outbox.acked(item.mid):
                 self.counters.claims_acked += 1
         elif item.kind == "connected":
             log.info("broker connected")
@@ -394,24 +308,13 @@ class Runner:
                     event.from_beat,
                     event.to_beat,
                 )
-                self._renumber(event.to_beat - event.from_beat)
+                # Carried over, so what was planned under the old numbers is not again.
+                self.plan.renumber(event.to_beat - event.from_beat)
+                self._warmed.clear()
             elif isinstance(event, SyncLost):
                 log.warning("beat lost after %.1f s of silence", event.silent_s)
             elif isinstance(event, SyncRegained):
                 log.info("beat regained (error %.2f ms)", event.error_s * 1000)
-
-    def _renumber(self, offset: int) -> None:
-        """Carry what is planned over to the pulse's new numbering, so a beat already
-        planned (or half fired) under its old number is not planned and fired again."""
-        self.pending = [
-            dataclasses.replace(sa, beat_index=sa.beat_index + offset) for sa in self.pending
-        ]
-        self.planned_beats = {b + offset for b in self.planned_beats}
-        self.ledgers = {b + offset: ledger for b, ledger in self.ledgers.items()}
-        self._warmed.clear()
-        self._commands = {
-            run: (name, beat + offset) for run, (name, beat) in self._commands.items()
-        }
 
     def _may_fire(self) -> bool:
         """Fire on a locked or free-running timeline, and on a lost one until the device's
@@ -433,113 +336,86 @@ class Runner:
             not self._safe_applied
             and now - self._unsynced_since >= self.config.agent.safe_after_lost_s
         ):
-            self.hardware.safe_state("beat lost")
-            self._commands.clear()  # killed by the safe state: no end will be reported
+            self.hardware.safe_state("beat lost")  # its killed commands report no end
             self.counters.safe_states += 1
             self._safe_applied = True
-            self.pending.clear()
+            self.plan.cancel()
 
     def _fire_due(self, now: float) -> None:
-        while self.pending:
-            head = self.pending[0]
+        while (head := self.plan.head()) is not None:
             key = (head.beat_index, head.rule)
             if head.at - now <= WARM_S and key not in self._warmed:
                 self._warmed.add(key)
                 self.hardware.warm([head.action.device])
-            if head.at > now:
+            sa = self.plan.pop_due(now)
+            if sa is None:
                 return
-            self.pending.pop(0)
             self._warmed.discard(key)
-            self._fire(head)
+            self._fire(sa)
             now = self.clock.monotonic()
 
     def _fire(self, sa: ScheduledAction) -> None:
-        ledger = self.ledgers.setdefault(sa.beat_index, BeatLedger())
-        name = sa.action.name
         before = self.clock.monotonic()
-        if before > sa.deadline:
-            # Its phase is over: switching now would be wrong, so it is a miss. It did not
-            # run, so it teaches the guard no duration.
-            ledger.missed += 1
-            self.counters.missed += 1
-            self.guard.count_dropped(name, "deadline_passed", missed=True)
-            self.metrics.record_action(name, 0.0, before - sa.at, True, before)
-            self._trace_buf.append((sa, before, 0.0, None, "deadline_passed"))
+        if overdue(sa, before):
+            self._settle(sa, outcome(sa.action.do, overdue=True), 0.0, before - sa.at, before)
+            if self.trace is not None:
+                self._trace_rows.append(TraceRow.missed_at(sa, before))
             return
-        result = self.hardware.apply(sa.action, before)
+        command = sa.action.do == "command"
+        # A command's end comes later, tagged, so it is counted in the beat it belongs to.
+        tag = self.plan.tag(sa) if command else None
+        result = self.hardware.apply(sa.action, before, tag=tag)
         after = self.clock.monotonic()
-        late_s = before - sa.at
-        ledger.busy_s += after - before
-        if result.dropped is not None:
-            ledger.dropped[result.dropped] += 1
-            self.counters.dropped[result.dropped] += 1
-            # Nothing ran, so no duration is learned (a ~0 s sample would pull the estimate
-            # down just when the device struggles). A busy command device means earlier
-            # runs are still going: commands take longer than the score allows, which is
-            # load, so it counts as a miss (miss rate, backoff, decimation). A rate limit,
-            # an isolated pin or a bad action is the device's rule or fault: counted only.
-            self.guard.count_dropped(name, result.dropped, missed=result.dropped == "busy")
-            self.metrics.record_action(name, after - before, late_s, False, after)
-        elif not result.ok:
-            ledger.failed += 1
-            self.guard.record(name, after - before, late_s, False)
-            self.metrics.record_action(name, after - before, late_s, False, after)
-        else:
-            ledger.fired += 1
-            self.counters.fired += 1
-            ledger.late_ms.append(late_s * 1000.0)
-            self.recent_late_ms.append(late_s * 1000.0)
-            if sa.action.do == "command" and result.run is not None:
-                # Its cost is learned when it ends (_note_followup), from the hardware's
-                # own measure of that run.
-                self._commands[result.run] = (name, sa.beat_index)
-            else:
-                self.guard.record(name, after - before, late_s, False)
-                self.metrics.record_action(name, after - before, late_s, False, after)
+        fate = outcome(
+            result.do,
+            ok=result.ok,
+            dropped=result.dropped,
+            running=command and result.run is not None,
+        )
+        self._settle(sa, fate, after - before, before - sa.at, after)
         if self.trace is not None:
-            self._trace_buf.append((sa, before, after - before, result, result.dropped))
+            self._trace_rows.append(
+                TraceRow.applied(sa, before, after - before, result.ok, result.dropped)
+            )
 
-    def _open_beat(self, beat: int) -> int:
-        """``beat``, or the next one to be reviewed if its review has passed: an outcome
-        that lands late (a command's end) goes into the next review, not nowhere."""
-        if self._last_reviewed is not None and beat <= self._last_reviewed:
-            return self._last_reviewed + 1
-        return beat
+    def _settle(
+        self, sa: ScheduledAction, fate: Outcome, duration: float, late_s: float, at: float
+    ) -> None:
+        """Count what became of ``sa`` and teach the guard and the metrics, as ``fate``
+        says (``duration``: how long applying it took; ``late_s``: how late it started)."""
+        self.plan.settle(sa.beat_index, fate, late_s, duration)
+        if fate.fate is Fate.FIRED or fate.fate is Fate.RUNNING:
+            self.counters.fired += 1
+            self.recent_late_ms.append(late_s * 1000.0)
+        self._learn(sa.action.name, fate, duration, late_s, at)
+
+    def _learn(self, name: str, fate: Outcome, duration: float, late_s: float, at: float) -> None:
+        if fate.fate is Fate.MISSED:
+            self.counters.missed += 1
+        elif fate.fate is Fate.DROPPED and fate.reason is not None:
+            self.counters.dropped[fate.reason] += 1
+        if fate.learn:
+            self.guard.record(name, duration, late_s, fate.miss)
+        elif fate.reason is not None:
+            self.guard.count_dropped(name, fate.reason, missed=fate.miss)
+        if fate.measured:
+            self.metrics.record_action(name, duration, late_s, fate.fate is Fate.MISSED, at)
 
     def _note_followup(self, result: ActionResult) -> None:
         if result.dropped is not None:
             self.counters.dropped[result.dropped] += 1
-        if result.run is not None and result.do in (
-            "command_done",
-            "command_killed",
-            "command_not_started",
-        ):
-            entry = self._commands.pop(result.run, None)
-            if entry is not None:
-                self._command_ended(result, *entry)
+        if result.do in COMMAND_ENDS and isinstance(result.tag, RunTag):
+            fate = outcome(result.do, ok=result.ok)
+            self.plan.settle_run(result.tag, fate)
+            duration = result.duration_s if result.duration_s is not None else float("nan")
+            self._learn(result.tag.name, fate, duration, 0.0, result.at)
         if not result.ok and result.error:
             log.warning("%s.%s: %s", result.device, result.do, result.error)
-
-    def _command_ended(self, result: ActionResult, name: str, beat: int) -> None:
-        if result.do == "command_not_started":
-            # A fault (missing program...), not load: counted, failed, nothing learned.
-            self.guard.count_dropped(name, "not_started")
-            self.ledgers.setdefault(self._open_beat(beat), BeatLedger()).failed += 1
-            return
-        killed = result.do == "command_killed"
-        duration = result.duration_s if result.duration_s is not None else float("nan")
-        # An overrun is a deadline miss, and teaches the guard what it really costs.
-        self.guard.record(name, duration, 0.0, killed)
-        self.metrics.record_action(name, duration, 0.0, killed, result.at)
-        if killed:
-            self.counters.missed += 1
-            self.ledgers.setdefault(self._open_beat(beat), BeatLedger()).missed += 1
 
     # ------------------------------------------------------------------ review and status
 
     def _review(self, beat: int, now: float) -> None:
-        ledger = self.ledgers.pop(beat, BeatLedger())
-        self._last_reviewed = beat
+        ledger = self.plan.review(beat)
         self.guard.end_beat(beat)
         phase_s = self.follower.beat_seconds() / 3.0
         self.metrics.record_beat(
@@ -562,18 +438,12 @@ class Runner:
         verdict = self.guard.advance(now)
         sample, full = self.last_sample, self.last_full_sample
         sync_state = self.follower.state
-        if sync_state in (SyncState.LOST, SyncState.ACQUIRING):
-            state = "blocked"
-        elif ledger.failed:
-            state = "failed"
-        elif ledger.planned == 0 and not ledger.shed:
-            state = "idle"
-        else:
-            state = "reviewing"
         late = sorted(ledger.late_ms)
         review = BeatReview(
             beat_index=beat,
-            state=state,
+            state=claim_state(
+                sync_state.value, ledger.planned, ledger.failed, sum(ledger.shed.values())
+            ),
             sync_state=sync_state.value,
             error_bound_ms=self.follower.error_bound_s * 1000.0,
             late_ms_p50=statistics.median(late) if late else None,
@@ -598,15 +468,11 @@ class Runner:
         self.last_review = review
         claim = self.status.build(review)
         if claim is not None:
-            self._submit_claim(claim, now)
+            self._submit_claim(claim)
         if self.notifier is not None:
             self.notifier.status(self.status_line())
-        # Forget ledgers of beats that can no longer be reviewed (jumps, silence).
-        for old in [b for b in self.ledgers if b < beat - 4]:
-            del self.ledgers[old]
-        self.planned_beats = {b for b in self.planned_beats if b >= beat - 4}
 
-    def _submit_claim(self, claim: StatusClaim, now: float) -> None:
+    def _submit_claim(self, claim: StatusClaim) -> None:
         payload = encode(claim, self.config.status.format)
         self.counters.claims += 1
         topic = self.topics.status(self.config.agent.id)
@@ -632,51 +498,16 @@ class Runner:
         )
 
     def _pump_outbox(self) -> None:
-        """Hand claims to the link in order, at most PUBLISH_WINDOW un-acked at once."""
+        """Hand claims to the link in order, as many as the outbox's window lets through."""
         if self.outbox is None or self.link is None or not self.link.connected:
             return
-        room = PUBLISH_WINDOW - len(self._inflight)
-        if room <= 0:
-            return
-        for record in self.outbox.unsent(room):
-            mid = self._publish(record.topic, record.payload)
-            self.outbox.mark_sent(record.seq)
-            self._inflight[mid] = record.seq
-
-    # ------------------------------------------------------------------ trace
+        for record in self.outbox.to_publish():
+            self.outbox.published(record.seq, self._publish(record.topic, record.payload))
 
     def _flush_trace(self) -> None:
-        if self.trace is None or not self._trace_buf:
-            self._trace_buf.clear()
-            return
-        lines = []
-        for sa, fired, duration, result, note in self._trace_buf:
-            shed = note is not None and note.startswith("shed:")
-            lines.append(
-                json.dumps(
-                    {
-                        "beat_index": sa.beat_index,
-                        "device": sa.action.device,
-                        "do": sa.action.do,
-                        "rule": sa.rule,
-                        "essential": sa.action.essential,
-                        "intended_mono": round(sa.at, 7),
-                        "deadline_mono": round(sa.deadline, 7),
-                        "fired_mono": None
-                        if shed or note == "deadline_passed"
-                        else round(fired, 7),
-                        "late_ms": None if shed else round((fired - sa.at) * 1000.0, 4),
-                        "duration_ms": round(duration * 1000.0, 4),
-                        "ok": bool(result.ok) if result is not None else False,
-                        "shed": note[5:] if shed and note else None,
-                        "dropped": None if shed else note,
-                        "missed": note == "deadline_passed",
-                    }
-                )
-            )
-        self._trace_buf.clear()
-        self.trace.write("\n".join(lines) + "\n")
-        self.trace.flush()
+        if self.trace is not None:
+            write_rows(self._trace_rows, self.trace)
+        self._trace_rows.clear()
 
     # ------------------------------------------------------------------ reload
 
@@ -690,7 +521,9 @@ class Runner:
             return
         self._pending_reload = None
         old = self.config
-        new = _keep_restart_only(new, old)
+        new, kept = apply_reload(new, old)
+        if kept:
+            log.warning("reload: %s changes take effect at the next restart", ", ".join(kept))
         if new.profile != old.profile:
             if not self._rebuild_hardware(new.profile, old.profile):
                 self.counters.reload_errors += 1
@@ -711,19 +544,17 @@ class Runner:
                 start_seq=self.status.seq,
             )
         # Whatever was planned under the old score is dropped; this beat is planned anew.
-        self.pending.clear()
-        self.planned_beats.clear()
+        self.plan.replan()
         self.counters.reloads += 1
         log.info("new config applied at the start of beat %s", self.last_beat)
 
     def _rebuild_hardware(self, profile: Profile, old_profile: Profile) -> bool:
         """Swap in the devices of ``profile``: the old ones go to their safe state and are
-        released (their running commands killed, as in any safe state), then the new ones
-        are built. This takes a few milliseconds of the loop, once, at the beat boundary.
-        False, with the old profile built again, if the new one cannot be built at all."""
+        released (their running commands killed, as in any safe state, so they report no
+        end), then the new ones are built. This takes a few milliseconds of the loop, once,
+        at the beat boundary. False, with the old profile built again, if the new one
+        cannot be built at all."""
         self.hardware.close()
-        # The old hardware's run ids die with it (the new one counts from 1 again).
-        self._commands.clear()
         try:
             self.hardware = self.make_hardware(profile)
         except HardwareError as exc:
@@ -751,26 +582,49 @@ class Runner:
     def flush(self) -> None:
         self._flush_trace()
 
+    def final_claim(self) -> tuple[str, bytes] | None:
+        """The shutdown claim, as (topic, payload): the last review, now ``idle`` and
+        marked final (it takes the next seq). None if no beat was reviewed yet."""
+        if self.last_review is None:
+            return None
+        claim = self.status.final(replace(self.last_review, state="idle"))
+        return self.topics.status(self.config.agent.id), encode(claim, self.config.status.format)
+
+    def shutdown(self) -> list[tuple[str, bytes, bool]]:
+        """Stop: every output to its safe state, the trace flushed. Returns what to send
+        on the way out, as (topic, payload, retain): the final claim (kept in the outbox
+        instead, for the next start to send first, when the link is down) and
+        ``offline``."""
+        try:
+            self.hardware.safe_state("shutdown")
+        except EdgeError as exc:
+            log.error("safe state on shutdown: %s", exc)
+        log.info("outputs after safe state: %s", self.hardware.check_states())
+        self.flush()
+        final: list[tuple[str, bytes, bool]] = []
+        claim = self.final_claim()
+        if claim is not None:
+            topic, payload = claim
+            if self.link is not None and self.link.connected:
+                final.append((topic, payload, False))
+            elif self.outbox is not None:
+                self.outbox.append(topic, payload, self.clock.wall())
+        final.append((self.topics.availability(self.config.agent.id), b"offline", True))
+        return final
+
     # ------------------------------------------------------------------ the loop
 
     def run_once(self) -> None:
-        """Wait for the next message or deadline, then step. Used by ``run`` and tests."""
+        """Wait (on the clock) for the next message or deadline, then step. Used by the
+        agent's loop and tests (a fake clock makes it move at once)."""
         inbox = self.link.inbox if self.link is not None else None
         now = self.clock.monotonic()
         deadline = self.next_deadline(now)
-        item: Inbound | None = None
-        wait = deadline - now - SPIN_S
-        action_next = bool(self.pending) and self.pending[0].at <= deadline
-        if inbox is not None:
-            try:
-                item = inbox.get(timeout=wait) if wait > 0 else inbox.get_nowait()
-            except queue.Empty:
-                item = None
-        elif wait > 0:
-            time.sleep(wait)
-        if item is None and action_next:
-            # Warm the path, then spin the last fraction of a millisecond.
-            self._fire_due(self.clock.monotonic())
-            while self.clock.monotonic() < deadline:
-                pass
+        action_next = self.plan.next_at()
+        item = self.clock.wait(inbox, deadline - now - SPIN_S)
+        if item is None and deadline < now + MAX_WAIT_S:
+            if action_next is not None and action_next <= deadline:
+                self._fire_due(self.clock.monotonic())  # warm the path
+            # Spin the last fraction of a millisecond to the deadline itself.
+            self.clock.spin_until(deadline)
         self.step(item, self.clock.monotonic())

@@ -135,6 +135,24 @@ def config_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+#: Follower states (``edge.sync.SyncState`` values) in which the agent does not act.
+_BLOCKED_SYNC_STATES = frozenset({"lost", "acquiring"})
+
+
+def claim_state(sync_state: str, planned: int, failed: int, shed: int) -> ClaimState:
+    """The state a beat's claim carries: ``blocked`` while the beat is not followed (the
+    follower lost it or is still acquiring it), else ``failed`` when an action of the beat
+    failed, ``idle`` when nothing was planned nor shed, else ``reviewing``. ``planned``,
+    ``failed`` and ``shed`` count the beat's actions."""
+    if sync_state in _BLOCKED_SYNC_STATES:
+        return "blocked"
+    if failed:
+        return "failed"
+    if planned == 0 and not shed:
+        return "idle"
+    return "reviewing"
+
+
 @dataclass(frozen=True, slots=True)
 class BeatReview:
     """What the runner hands over at the review phase of a beat.

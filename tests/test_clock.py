@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import queue
 import time
 
 import pytest
@@ -89,3 +90,48 @@ def test_step_wall_refuses_non_finite_steps() -> None:
     with pytest.raises(ValueError, match="finite"):
         clock.step_wall(math.nan)
     assert read(clock) == (1.0, 2.0)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def test_fake_wait_takes_a_queued_item_without_moving() -> None:
+    clock = FakeClock(monotonic=1.0, wall=2.0)
+    inbox: queue.Queue[str] = queue.Queue()
+    inbox.put("frame")
+    assert clock.wait(inbox, 0.05) == "frame"
+    assert read(clock) == (1.0, 2.0)
+
+
+def test_fake_wait_with_nothing_queued_moves_by_the_timeout() -> None:
+    clock = FakeClock(monotonic=1.0, wall=2.0)
+    inbox: queue.Queue[str] = queue.Queue()
+    assert clock.wait(inbox, 0.05) is None
+    assert read(clock) == (pytest.approx(1.05), pytest.approx(2.05))
+    assert clock.wait(None, 0.25) is None
+    assert clock.monotonic() == pytest.approx(1.3)
+    assert clock.wait(inbox, -0.1) is None and clock.wait(None, 0.0) is None  # a poll
+    assert clock.monotonic() == pytest.approx(1.3)
+
+
+def test_fake_spin_lands_on_the_deadline_and_never_goes_back() -> None:
+    clock = FakeClock(monotonic=1.0, wall=2.0)
+    clock.spin_until(1.0006)
+    assert clock.monotonic() == 1.0006
+    clock.spin_until(0.5)  # passed already: returns at once
+    assert clock.monotonic() == 1.0006
+
+
+def test_system_wait_returns_an_item_or_none_after_the_timeout() -> None:
+    clock = SystemClock()
+    inbox: queue.Queue[int] = queue.Queue()
+    inbox.put(7)
+    assert clock.wait(inbox, 1.0) == 7
+    assert clock.wait(inbox, 0.0) is None  # a poll of an empty inbox
+    start = time.monotonic()
+    assert clock.wait(inbox, 0.01) is None
+    assert clock.wait(None, 0.01) is None
+    assert time.monotonic() - start >= 0.02
+    deadline = time.monotonic() + 0.002
+    clock.spin_until(deadline)
+    assert time.monotonic() >= deadline

@@ -829,3 +829,28 @@ def test_close_leaves_outputs_safe_and_releases_pins(factory: MockFactory) -> No
         assert again.isolated == frozenset()
     finally:
         again.close()
+
+
+# ----------------------------------------------------------------------- caller's tags
+
+
+def test_apply_echoes_the_callers_tag_in_its_result(hw: Hardware) -> None:
+    tag = ("toggle", 7)
+    assert hw.apply(Action("led", "on"), 0.0, tag=tag).tag is tag
+    assert hw.apply(Action("nowhere", "on"), 0.0, tag=tag).tag is tag  # dropped, still tagged
+    assert hw.apply(Action("led", "off"), 0.1).tag is None  # no tag given, none back
+
+
+def test_each_command_end_carries_the_tag_its_start_had(hw: Hardware) -> None:
+    quick = hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "pass")), 0.0, tag="a")
+    assert (quick.ok, quick.tag) == (True, "a")
+    [done] = finish(hw, 0.0)
+    assert (done.do, done.tag) == ("command_done", "a")
+    slow = hw.apply(Action("sh", "command", argv=SLEEP_30, duration_s=0.3), 1.0, tag="b")
+    assert slow.tag == "b"
+    [killed] = hw.tick(1.3)
+    assert (killed.do, killed.tag) == ("command_killed", "b")
+    assert drain(hw, 1.3) == []
+    hw.apply(Action("sh", "command", argv=("/nonexistent/i2cset",)), 2.0, tag="c")
+    [failed] = finish(hw, 2.0)
+    assert (failed.do, failed.tag) == ("command_not_started", "c")

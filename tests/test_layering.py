@@ -25,7 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 EDGE = ROOT / "edge"
 
 #: Named by the issues that built them; the list in pyproject must keep them.
-MUST_BE_CORE = ("edge.errors", "edge.clock", "edge.config", "edge.settings", "edge.sync")
+MUST_BE_CORE = (
+    "edge.errors",
+    "edge.clock",
+    "edge.config",
+    "edge.settings",
+    "edge.sync",
+    "edge.plan",
+    "edge.trace",
+)
 
 FORBIDDEN = frozenset(
     {

@@ -21,7 +21,7 @@ import pytest
 
 from edge.config import OutboxConfig, parse_outbox
 from edge.errors import ConfigProblems, OutboxError
-from edge.outbox import RECORD_OVERHEAD, Outbox, Record
+from edge.outbox import PUBLISH_WINDOW, RECORD_OVERHEAD, Outbox, Record
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC = "backbeat/c1/status/relay:pi-07"
@@ -838,3 +838,32 @@ def test_parse_outbox_keeps_segments_within_max_bytes() -> None:
     assert got.segment_bytes == 2048 and not problems
     parse_outbox({"max_bytes": 2048, "segment_bytes": 4096}, problems)
     assert any("segment_bytes" in p for p in problems.items)
+
+
+# --------------------------------------------------------------------------- publish window
+
+
+def test_the_publish_window_keeps_at_most_its_size_in_flight(config: OutboxConfig) -> None:
+    box = Outbox(config)
+    fill(box, PUBLISH_WINDOW + 5)
+    first = box.to_publish()
+    assert seqs(first) == list(range(1, PUBLISH_WINDOW + 1))
+    for mid, record in enumerate(first, start=100):
+        box.published(record.seq, mid)
+    assert box.to_publish() == [] and box.inflight == PUBLISH_WINDOW
+    assert box.acked(101) and box.acked(100)  # acks in any order, by the link's mid
+    assert not box.acked(101) and not box.acked(999)  # twice, or not ours: no
+    assert seqs(box.to_publish()) == [PUBLISH_WINDOW + 1, PUBLISH_WINDOW + 2]
+    assert seqs(box.pending())[:2] == [3, 4] and box.backlog == PUBLISH_WINDOW + 3
+
+
+def test_a_dropped_record_holds_its_window_slot_until_the_link_acks_it(tmp_path: Path) -> None:
+    box = Outbox(OutboxConfig(directory=None, max_count=PUBLISH_WINDOW))
+    fill(box, PUBLISH_WINDOW)
+    for mid, record in enumerate(box.to_publish(), start=1):
+        box.published(record.seq, mid)
+    fill(box, 1)  # the bound drops record 1, which the link still holds as mid 1
+    assert box.dropped == 1 and seqs(box.unsent(10)) == [PUBLISH_WINDOW + 1]
+    assert box.to_publish() == []  # the window counts what the link holds
+    assert box.acked(1)  # ours, though the record is gone
+    assert seqs(box.to_publish()) == [PUBLISH_WINDOW + 1]

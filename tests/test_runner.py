@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import queue
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from io import StringIO
@@ -24,10 +25,11 @@ from edge.config import Config, load_config
 from edge.errors import HardwareError
 from edge.guard import Guard, Level, Sample, Verdict
 from edge.hardware import Hardware
-from edge.messages import BeatFrame, encode
+from edge.messages import BeatFrame, decode_status_claim, encode
 from edge.mqtt_link import Inbound
+from edge.outbox import Outbox, OutboxConfig
 from edge.profile import Profile
-from edge.runner import Runner
+from edge.runner import MAX_WAIT_S, SPIN_S, Runner
 from edge.sync import SyncState
 from edge.view import render
 
@@ -153,10 +155,38 @@ class RecordingGuard(Guard):
         super().record(name, duration_s, late_s, missed)
 
 
+class FakeLink:
+    """The runner's view of the MQTT link: an inbox, a connected flag, what it published."""
+
+    def __init__(self, connected: bool = True) -> None:
+        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self.connected = connected
+        self.published: list[tuple[str, bytes]] = []
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+        expiry_s: int | None = None,
+    ) -> int:
+        self.published.append((topic, payload))
+        return len(self.published)
+
+
 class Bench:
     """A runner on mock pins, a fake clock, and a pulse that is just a list of frames."""
 
-    def __init__(self, tmp_path: Path, factory: MockFactory, text: str = PROFILE) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        factory: MockFactory,
+        text: str = PROFILE,
+        link: FakeLink | None = None,
+        outbox: Outbox | None = None,
+    ) -> None:
         self.clock = FakeClock(monotonic=500.0, wall=1_800_000_000.0)
         self.config = _config(tmp_path, text)
         self.factory = factory
@@ -165,6 +195,8 @@ class Bench:
             self.config,
             self.make_hardware(self.config.profile),
             self.clock,
+            link=link,
+            outbox=outbox,
             trace=self.trace,
             make_hardware=self.make_hardware,
         )
@@ -554,3 +586,87 @@ def test_a_command_that_cannot_start_fails_its_beat_and_teaches_nothing(
     assert guard.records == [] and guard.dropped["not_started"] >= 5
     assert guard.miss_rate() == 0.0  # a fault, not load
     assert "/nonexistent/i2cset" in bench.hardware.errors["sh"]
+
+
+def test_run_once_waits_on_the_clock_so_a_fake_clock_drives_it(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    # Only run_once moves the fake clock here (to each deadline); the test just hands a
+    # frame to the inbox when it arrives before the runner's next deadline.
+    link = FakeLink()
+    bench = Bench(tmp_path, factory, link=link)
+    runner = bench.runner
+    bench.pulse(range(40))
+    end = bench.start + 40 * BEAT
+    for _ in range(100_000):
+        now = bench.clock.monotonic()
+        if now >= end:
+            break
+        if bench.frames and bench.frames[0][0] <= runner.next_deadline(now):
+            arrived, payload = bench.frames.pop(0)
+            bench.clock.set(max(arrived, now))
+            link.inbox.put(
+                Inbound("message", arrived, bench.clock.wall(), "backbeat/bench/beat", payload)
+            )
+        runner.run_once()
+    else:
+        raise AssertionError("run_once did not move the fake clock")
+    runner.flush()
+    toggles = [r for r in bench.rows() if r["rule"] == 0 and r["fired_mono"] is not None]
+    beats = [int(r["beat_index"]) for r in toggles]  # type: ignore[call-overload]
+    assert beats == list(range(beats[0], 40)) and beats[0] <= 8
+    assert all(r["ok"] for r in toggles)
+    for r in toggles:  # the spin lands each on its time exactly
+        assert abs(float(r["late_ms"])) < 1e-6, r  # type: ignore[arg-type]
+    for r in toggles[8:]:
+        truth = bench.start + int(r["beat_index"]) * BEAT + (1 + 0.25) * BEAT / 3  # type: ignore[call-overload]
+        assert abs(float(r["fired_mono"]) - truth) < 0.0001, r  # type: ignore[arg-type]
+    assert runner.counters.missed == 0 and runner.counters.frames == 40
+    assert len(link.published) == runner.counters.claims >= 30  # no outbox: straight out
+
+
+def test_run_once_takes_a_queued_item_at_once(tmp_path: Path, factory: MockFactory) -> None:
+    link = FakeLink()
+    runner = Bench(tmp_path, factory, link=link).runner
+    link.inbox.put(Inbound("message", 500.0, 0.0, "backbeat/bench/beat", b"not a frame"))
+    runner.run_once()
+    assert runner.clock.monotonic() == 500.0 and runner.counters.frames_bad == 1
+    runner.run_once()  # nothing queued: it waits (on the fake clock) for its next deadline
+    assert runner.clock.monotonic() == pytest.approx(500.0 + MAX_WAIT_S - SPIN_S)
+
+
+def test_shutdown_goes_safe_and_gives_the_final_claim_and_offline(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    link = FakeLink()
+    bench = Bench(tmp_path, factory, link=link)
+    runner = bench.runner
+    assert runner.final_claim() is None  # nothing reviewed yet
+    bench.pulse(range(12))
+    bench.run_until(bench.start + 10.5 * BEAT)
+    assert runner.last_review is not None and runner.last_review.state != "idle"
+    last_seq = runner.status.seq
+    final = runner.shutdown()
+    assert runner.hardware.states()["relay"] is False and runner.hardware.states()["led"] is False
+    [(topic, payload, retain), offline] = final
+    assert (topic, retain) == ("backbeat/bench/status/bench:pi-01", False)
+    claim = decode_status_claim(payload)
+    assert claim.state == "idle" and claim.metadata is not None
+    assert claim.metadata["final"] is True and claim.metadata["seq"] == last_seq + 1
+    assert offline == ("backbeat/bench/agents/bench:pi-01/availability", b"offline", True)
+
+
+def test_shutdown_while_disconnected_keeps_the_final_claim_in_the_outbox(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    outbox = Outbox(OutboxConfig(directory=None))
+    bench = Bench(tmp_path, factory, link=FakeLink(connected=False), outbox=outbox)
+    runner = bench.runner
+    bench.pulse(range(8))
+    bench.run_until(bench.start + 6.5 * BEAT)
+    backlog = outbox.backlog
+    final = runner.shutdown()
+    assert [topic for topic, _, _ in final] == ["backbeat/bench/agents/bench:pi-01/availability"]
+    assert outbox.backlog == backlog + 1
+    kept = decode_status_claim(outbox.pending()[-1].payload)
+    assert kept.metadata is not None and kept.metadata["final"] is True

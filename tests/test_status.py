@@ -19,6 +19,7 @@ from edge.status import (
     BeatReview,
     StatusBuilder,
     StatusConfig,
+    claim_state,
     config_hash,
     parse_status,
 )
@@ -403,3 +404,21 @@ def test_a_degraded_outbox_is_said_in_the_claim_and_counts_as_a_change() -> None
     claim = b.build(review(3, outbox_degraded=why))
     assert claim is not None
     assert dict(dict(claim.metadata or {})["outbox"])["degraded"] == why  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------- claim state
+
+
+@pytest.mark.parametrize("sync_state", ["lost", "acquiring"])
+def test_a_beat_not_followed_is_blocked_whatever_happened(sync_state: str) -> None:
+    assert claim_state(sync_state, planned=3, failed=1, shed=2) == "blocked"
+    assert claim_state(sync_state, planned=0, failed=0, shed=0) == "blocked"
+
+
+@pytest.mark.parametrize("sync_state", ["locked", "free_running"])
+def test_a_followed_beat_is_failed_idle_or_reviewing(sync_state: str) -> None:
+    assert claim_state(sync_state, planned=3, failed=1, shed=0) == "failed"
+    assert claim_state(sync_state, planned=0, failed=1, shed=0) == "failed"  # a late end
+    assert claim_state(sync_state, planned=0, failed=0, shed=0) == "idle"
+    assert claim_state(sync_state, planned=0, failed=0, shed=2) == "reviewing"  # all shed
+    assert claim_state(sync_state, planned=2, failed=0, shed=0) == "reviewing"
