@@ -87,7 +87,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
 import cbor2
 
@@ -106,13 +106,11 @@ STATUSCLAIM_TYPE = "backbeat.statusclaim.v1"
 BARREPORT_TYPE = "backbeat.barreport.v1"
 
 Phase: TypeAlias = Literal["plan", "execute", "review"]
-PHASES: tuple[Phase, ...] = ("plan", "execute", "review")
+PHASES: tuple[Phase, ...] = get_args(Phase)
 ClaimState: TypeAlias = Literal[
     "idle", "planning", "executing", "reviewing", "completed", "failed", "blocked", "helping"
 ]
-CLAIM_STATES: frozenset[str] = frozenset(
-    ("idle", "planning", "executing", "reviewing", "completed", "failed", "blocked", "helping")
-)
+CLAIM_STATES: frozenset[str] = frozenset(get_args(ClaimState))
 Format: TypeAlias = Literal["cbor", "json"]
 
 #: A JSON value as carried in ``metadata`` / ``resources`` after freezing: objects become
@@ -483,11 +481,11 @@ class StatusClaim:
                     _integer(f"resources.{name}", resources[name], 0, MAX_BEAT_INDEX)
             _set(self, "resources", resources)
         if self.dependencies is not None:
-            deps = _array("dependencies", self.dependencies)
+            deps = enumerate(_array("dependencies", self.dependencies))
             _set(
                 self,
                 "dependencies",
-                tuple(_string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in enumerate(deps)),
+                tuple(_string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in deps),
             )
         if self.metadata is not None:
             _set(self, "metadata", _object("metadata", self.metadata))
@@ -529,13 +527,7 @@ class BarReport:
 
     def __post_init__(self) -> None:
         _set(self, "window_id", _string("window_id", self.window_id, _WINDOW_ID))
-        for name in (
-            "from_beat",
-            "to_beat",
-            "agents_reporting",
-            "on_time_reviews",
-            "help_promises_fulfilled",
-        ):
+        for name in _REPORT_COUNTS:
             _set(self, name, _integer(name, getattr(self, name), 0, MAX_BEAT_INDEX))
         _set(self, "secret_rotations_ok", _boolean("secret_rotations_ok", self.secret_rotations_ok))
         _set(self, "tempo_drift_ms", _number("tempo_drift_ms", self.tempo_drift_ms))
@@ -544,6 +536,11 @@ class BarReport:
             if len(entries) > 100:
                 raise _fail("issues", f"must hold at most 100 items, got {len(entries)}")
             _set(self, "issues", tuple(_issue(i, item) for i, item in enumerate(entries)))
+
+
+#: BarReport's counts, all integers from 0 to MAX_BEAT_INDEX.
+_REPORT_COUNTS: tuple[str, ...] = ("from_beat", "to_beat", "agents_reporting", "on_time_reviews")
+_REPORT_COUNTS += ("help_promises_fulfilled",)
 
 
 def _issue(i: int, item: object) -> BarIssue:
