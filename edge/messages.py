@@ -41,8 +41,8 @@ Messages and fields
   ``count`` (integer 0 to 2^63-1), kept as a tuple of :class:`BarIssue`
 
 Absent optional fields are ``None``: Go producers omit ``beats_left: 0`` and
-``progress: 0`` (omitempty), so absence means "not given", never an error; a present null
-is refused.
+``progress: 0`` (omitempty), so absence means "not given", never an error. A null optional
+field reads as absent; a null required field, or a null ``resources`` figure, is refused.
 
 Rules for every message
 -----------------------
@@ -633,7 +633,9 @@ def _load(payload: bytes) -> object:
             semantic_decoders=_NO_TAGS,
             tag_hook=_no_tag,
             allow_duplicate_keys=False,
-            max_depth=MAX_DEPTH + 3,  # the message, metadata and a scalar's level
+            # The message's map and one level past MAX_DEPTH: the freeze walk, not cbor2,
+            # words the error for a nest just too deep.
+            max_depth=MAX_DEPTH + 3,
         ).decode()
         # cbor2 leaves the stream just after the item it read.
         if stream.tell() != size:

@@ -1021,7 +1021,7 @@ def test_decoding_after_a_refused_payload_reads_the_next_one_whole() -> None:
         assert encode(decode_status_claim(good)) == good
 
 
-def test_a_built_and_a_decoded_message_are_equal_hash_alike_and_print_alike() -> None:
+def test_a_built_and_a_decoded_message_are_equal_and_hash_alike() -> None:
     built = StatusClaim("a", 1, "idle", "0000:0000:0000", metadata={"x": 1.5})
     decoded = decode_status_claim(encode(built))
     assert built == decoded and hash(built) == hash(decoded)
