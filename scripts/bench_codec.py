@@ -1,23 +1,24 @@
 #!/usr/bin/env python3
-"""Benchmark the wire codec on a realistic StatusClaim: size and speed, CBOR vs JSON.
+"""Benchmark the wire codec on a busy StatusClaim: size and speed, CBOR vs JSON.
 
 The claim has the shape ``edge.status`` emits each beat (resources cpu/memory/temperature;
 metadata with seq, sync state and error bound, lateness p50/max, action counts and misses,
 shed counts, rejected frames, guard verdict, outbox, recommended tempo, agent version,
 config hash). Each call is timed on its own (``perf_counter_ns``) after a warm-up; the
 measurements of a table take turns in slices (:data:`ROUNDS`); the table gives the median
-and the 99th percentile over all calls, in microseconds.
+and the 99th percentile over all calls, in microseconds. "e+d" is
+``decode_status_claim(encode(claim))``: the encode, the decode and every check the
+decoder makes (the contract's rules and the freeze of ``metadata``/``resources``).
 
-Targets (DESIGN): CBOR encode+decode of a claim under 20 us on the project's 2-core box;
-CBOR no larger than 85% of compact JSON. Run: ``.venv/bin/python scripts/bench_codec.py``
-(``--runs N`` to change the sample count).
+Targets (issue 12): CBOR encode+decode+validation of the claim under 50 us p50 on the
+project's 2-core box; CBOR no larger than 85% of compact JSON. Run:
+``.venv/bin/python scripts/bench_codec.py`` (``--runs N`` to change the sample count).
 
 A second table says where the time goes: building the claim from plain dicts (what
-``edge.status`` does each beat: the checks, the read-only copy and its CBOR wire tree),
-encode and decode of the claim without ``metadata``/``resources`` and with ``resources``
-only (the differences are the cost of each part), and cbor2 alone on the same data as a
-floor (its fast mode writes maps in insertion order and every float in 8 bytes, so it is
-not canonical; its canonical mode is what our bytes must equal).
+``edge.status`` does each beat: the checks and the read-only copy), encode and decode of
+the claim without ``metadata``/``resources`` and with ``resources`` only (the differences
+are the cost of each part), and cbor2 alone on the same data (the floor: the codec's CBOR
+is ``cbor2.dumps(to_wire(claim), canonical=True)``).
 """
 
 from __future__ import annotations
@@ -121,13 +122,13 @@ def main() -> int:
         )
     ratio = sizes["cbor"] / sizes["json"]
     print(f"CBOR/JSON size ratio: {ratio:.3f}")
-    ok_speed = both["cbor"] < 20.0
+    ok_speed = both["cbor"] < 50.0
     ok_size = ratio <= 0.85
     print(
-        f"target CBOR encode+decode < 20 us: {'met' if ok_speed else 'MISSED'} "
-        f"({both['cbor']:.2f} us median)"
+        f"target CBOR encode+decode+validation < 50 us p50: "
+        f"{'met' if ok_speed else 'not met'} ({both['cbor']:.2f} us)"
     )
-    print(f"target CBOR <= 85% of JSON:       {'met' if ok_size else 'MISSED'} ({ratio:.1%})")
+    print(f"target CBOR <= 85% of JSON: {'met' if ok_size else 'not met'} ({ratio:.1%})")
     print()
     steps(args.runs)
     return 0
@@ -150,7 +151,7 @@ def steps(runs: int) -> None:
         ("decode, no resources/metadata", lambda: decode_status_claim(raw[bare])),
         ("decode, resources only", lambda: decode_status_claim(raw[with_resources])),
         ("decode, full claim", lambda: decode_status_claim(raw[CLAIM])),
-        ("cbor2.dumps(to_wire(claim)), fast mode", lambda: cbor2.dumps(wire)),
+        ("to_wire(claim)", lambda: to_wire(CLAIM)),
         ("cbor2.dumps(to_wire(claim), canonical)", lambda: cbor2.dumps(wire, canonical=True)),
         ("cbor2.loads(claim bytes)", lambda: cbor2.loads(raw[CLAIM])),
     ]
