@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,25 +80,10 @@ def profile_of(text: str) -> Profile:
 
 
 @pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    """A fresh MockFactory as gpiozero's default, the previous one restored afterwards."""
-    saved = Device.pin_factory
-    Device.pin_factory = mock = MockFactory()
-    try:
-        yield mock
-    finally:
-        mock.reset()
-        Device.pin_factory = saved
-
-
-@pytest.fixture
-def hw(factory: MockFactory) -> Iterator[Hardware]:
-    hardware = Hardware(profile_of(BENCH), pin_factory=factory, clock=lambda: 0.0)
+def hw(mock_hardware: Callable[..., Hardware], factory: MockFactory) -> Hardware:
+    hardware = mock_hardware(profile_of(BENCH), clock=lambda: 0.0)
     fresh_history(factory)
-    try:
-        yield hardware
-    finally:
-        hardware.close()
+    return hardware
 
 
 def pin_of(factory: MockFactory, number: int) -> MockPin:
@@ -595,14 +580,12 @@ class GatedPopen:
 
 
 @pytest.fixture
-def gated(factory: MockFactory) -> Iterator[tuple[Hardware, GatedPopen]]:
+def gated(mock_hardware: Callable[..., Hardware]) -> Iterator[tuple[Hardware, GatedPopen]]:
     popen = GatedPopen()
-    hardware = Hardware(profile_of(BENCH), pin_factory=factory, clock=lambda: 0.0, popen=popen)
     try:
-        yield hardware, popen
+        yield mock_hardware(profile_of(BENCH), clock=lambda: 0.0, popen=popen), popen
     finally:
-        popen.gate.set()
-        hardware.close()
+        popen.gate.set()  # before mock_hardware closes it: a held start would stall close
 
 
 def test_command_runs_and_reports(hw: Hardware) -> None:

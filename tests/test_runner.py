@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gpiozero import LED, Device
+from gpiozero import LED
 from gpiozero.pins.mock import MockFactory
 
 from edge.clock import FakeClock
@@ -69,18 +68,6 @@ essential = true
 BPM = 120.0
 BEAT = 60.0 / BPM
 DELAY = 0.0007  # fixed one-way delay of every frame
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    saved = Device.pin_factory
-    mock = MockFactory()
-    Device.pin_factory = mock
-    try:
-        yield mock
-    finally:
-        mock.reset()
-        Device.pin_factory = saved
 
 
 def _config(tmp_path: Path, text: str = PROFILE) -> Config:
