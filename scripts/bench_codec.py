@@ -28,12 +28,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cbor2
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.messages import StatusClaim, decode_status_claim, encode, to_wire
 

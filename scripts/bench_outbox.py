@@ -22,13 +22,10 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.clock import SystemClock
 from edge.hlc import HybridLogicalClock, node_id

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from test_sync_sim import Network, Pulse, heavy_tail, percentile, simulate, uniform
 
 from edge.errors import ConfigProblems
 from edge.messages import PHASES, BeatFrame
@@ -24,6 +23,7 @@ from edge.sync import (
     lower_envelope_slope,
     parse_sync,
 )
+from edge.testing.sync_sim import Network, Pulse, heavy_tail, percentile, simulate, uniform
 
 FIRST = 1000
 
