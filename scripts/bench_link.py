@@ -35,6 +35,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge import __version__
 from edge.broker import Mosquitto, start_mosquitto
 from edge.clock import SystemClock
 from edge.config import BrokerConfig
@@ -139,7 +140,7 @@ def bench_size() -> None:
                 AGENT,
                 StatusConfig(format=fmt),
                 HybridLogicalClock(SystemClock(), node_id(AGENT)),
-                "0.1.0",
+                __version__,
                 config_hash(b"example config"),
                 start_seq=123_456,
             )

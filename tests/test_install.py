@@ -11,10 +11,11 @@ import os
 import shutil
 import stat
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+
+from edge import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "scripts" / "install"
@@ -55,12 +56,6 @@ def accounts(root: Path, name: str) -> list[list[str]]:
     return [line.split(":") for line in (root / "etc" / name).read_text().splitlines()]
 
 
-def project_version() -> str:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    version: str = data["project"]["version"]
-    return version
-
-
 @pytest.fixture
 def profile(tmp_path: Path) -> Path:
     path = tmp_path / "relay-board.toml"
@@ -77,7 +72,7 @@ def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
 
     opt = root / "opt" / "backbeat-edge"
     assert (opt / "venv" / "bin" / "backbeat-edge").is_file()
-    assert (opt / "VERSION").read_text().strip() == project_version()
+    assert (opt / "VERSION").read_text().strip() == __version__
     # The venv sees Debian's python3-lgpio on a Pi.
     assert "include-system-site-packages = true" in (opt / "venv" / "pyvenv.cfg").read_text()
 
@@ -120,7 +115,7 @@ def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
     assert (opt / "venv" / "pyvenv.cfg").stat().st_ino == venv_cfg.st_ino
     assert [u[0] for u in accounts(root, "passwd")].count("backbeat") == 1
     assert [g[0] for g in accounts(root, "group")].count("gpio") == 1
-    assert (opt / "VERSION").read_text().strip() == project_version()
+    assert (opt / "VERSION").read_text().strip() == __version__
 
 
 @needs_root

@@ -10,6 +10,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from edge import __version__
 from edge.clock import FakeClock
 from edge.errors import ConfigProblems
 from edge.hlc import HybridLogicalClock, compare
@@ -59,7 +60,7 @@ def builder(
         "relay:pi-07",
         config or StatusConfig(),
         hlc,
-        "0.1.0",
+        __version__,
         config_hash(b"[agent]\nid='relay:pi-07'\n"),
         start_seq=start_seq,
     )
@@ -237,7 +238,7 @@ def test_claim_carries_resources_and_metadata(fake_clock: FakeClock) -> None:
     assert meta is not None
     assert meta["meta_v"] == METADATA_VERSION
     assert meta["seq"] == 1
-    assert meta["agent_version"] == "0.1.0"
+    assert meta["agent_version"] == __version__
     assert meta["config_hash"] == config_hash(b"[agent]\nid='relay:pi-07'\n")
     assert meta["sync"] == {"state": "free_running", "error_bound_ms": 3.142}
     assert meta["late_ms"] == {"p50": 0.123, "max": 1.5}
