@@ -303,6 +303,7 @@ def test_relay_never_chatters_even_at_1000_bpm(hw: Hardware, factory: MockFactor
     changes = len(pin.states) - 1
     # at most one change per 0.5 s over 12 s (+1 for the last deferred return to safe)
     assert changes <= 12 / 0.5 + 1
+    assert changes >= 12  # and it did switch: a relay that never moves cannot chatter either
     assert hw.dropped["rate_limit"] >= 80  # switches away dropped; returns deferred
     assert pin.state is True  # ended safe (pin high = off for this active-low relay)
 
@@ -364,6 +365,7 @@ def test_deadman_is_renewed_by_actions(hw: Hardware, factory: MockFactory) -> No
 
 def test_deadman_is_disarmed_by_returning_to_safe(hw: Hardware) -> None:
     hw.apply(Action("relay", "on"), 0.0)
+    assert hw.next_deadline() == pytest.approx(3.0)  # armed
     hw.apply(Action("relay", "off"), 1.0)
     assert hw.next_deadline() is None
 
@@ -372,14 +374,18 @@ def test_deadman_is_disarmed_by_returning_to_safe(hw: Hardware) -> None:
 
 
 def test_safe_state_puts_every_output_back(hw: Hardware, factory: MockFactory) -> None:
-    hw.apply(Action("led", "on"), 0.0)
-    hw.apply(Action("relay", "on"), 0.0)
-    hw.apply(Action("fan", "off"), 0.0)
-    hw.apply(Action("glow", "fade", value=1.0, duration_s=1.0), 0.0)
-    hw.apply(Action("arm", "move", value=1.0), 0.0)
-    hw.apply(Action("dial", "move", value=0.0), 0.0)
-    hw.apply(Action("tone", "on"), 0.0)
-    hw.apply(Action("relay", "off"), 0.1)  # deferred by the rate limit...
+    moves = [
+        Action("led", "on"),
+        Action("relay", "on"),
+        Action("fan", "off"),
+        Action("glow", "fade", value=1.0, duration_s=1.0),
+        Action("arm", "move", value=1.0),
+        Action("dial", "move", value=0.0),
+        Action("tone", "on"),
+    ]
+    assert all(hw.apply(action, 0.0).ok for action in moves)  # every output left safe...
+    assert pin_of(factory, 27).state is False and pin_of(factory, 22).state is False
+    assert hw.apply(Action("relay", "off"), 0.1).deferred_to  # ...the relay's return deferred
     hw.safe_state("pulse lost", now=0.2)  # ...but safe state does not wait
     s = hw.states()
     assert s["led"] is False and s["relay"] is False and s["fan"] is True

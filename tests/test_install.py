@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge import __version__
+from edge.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "scripts" / "install"
@@ -167,10 +168,9 @@ def test_install_refuses_bad_arguments_with_a_reason(
 
 def test_the_installed_example_config_loads_with_the_shipped_profile(tmp_path: Path) -> None:
     # What scripts/install lays down on a fresh device must be a config the agent accepts.
-    config = pytest.importorskip("edge.config")
     (tmp_path / "agent.toml").write_text(EXAMPLE.read_text())
     shutil.copy(ROOT / "hw" / "relay-board.toml", tmp_path / "profile.toml")
-    loaded = config.load_config(tmp_path / "agent.toml")
+    loaded = load_config(tmp_path / "agent.toml")
     assert loaded.agent.id == "stage-left:pi-relay-01"
     assert loaded.broker.tls and loaded.broker.username == "pi-relay-01"
     # The file name is the systemd credential name that the unit's LoadCredential= uses.

@@ -260,6 +260,7 @@ def test_a_renumbered_pulse_does_not_double_any_action(
     bench.run_until(bench.start + 120 * BEAT)
     toggles = [r for r in bench.rows() if r["rule"] == 0 and r["fired_mono"]]
     times = [round(float(r["fired_mono"]), 4) for r in toggles]  # type: ignore[arg-type]
+    assert len(times) >= 120 - 8, "the toggle did not fire on every beat once locked"
     assert len(times) == len(set(times)), "an action fired twice at one moment"
     steps = [b - a for a, b in itertools.pairwise(times)]
     assert all(abs(step - BEAT) < 0.001 for step in steps), steps  # no beat lost either

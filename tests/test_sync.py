@@ -318,6 +318,7 @@ def test_wall_clock_hours_off_changes_nothing() -> None:
     plain = simulate(Pulse(beats=300), net)
     off = simulate(Pulse(beats=300), net, wall_error=lambda t: 3 * 3600.0)
     assert not off.follower.wall_clock_trusted
+    assert len(plain.phases()) >= 300 * 3  # two empty runs would compare equal too
     assert [e.at for e in off.phases()] == [e.at for e in plain.phases()]
 
 
@@ -373,7 +374,7 @@ def test_bars_learnt_from_downbeats_and_windows() -> None:
     assert [w.beat_index for w in windows] == list(range(FIRST, FIRST + 60, 4))
     assert len({w.window_id for w in windows}) == 15
     starts = [e for e in run.events if isinstance(e, BeatStarted) and e.beat_index > FIRST + 8]
-    assert all(s.downbeat == ((s.beat_index - FIRST) % 4 == 0) for s in starts)
+    assert starts and all(s.downbeat == ((s.beat_index - FIRST) % 4 == 0) for s in starts)
 
 
 def test_bar_unknown_until_two_downbeats() -> None:
