@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import cbor2
+import pytest
 
 from edge import messages
 from edge.errors import FrameError
@@ -260,6 +261,7 @@ def _feed(data: bytes, index: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_decoders_raise_only_frame_error_on_fuzzed_input() -> None:
     accepted = refused = 0
     for i, data in enumerate(payloads(SEED, PAYLOADS)):
@@ -297,6 +299,7 @@ def test_reused_cbor_decoders_read_exactly_what_a_fresh_one_reads() -> None:
     assert compared > 1000
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_while_decoding_garbage() -> None:
     stream = payloads(SEED + 1, 22_000)
     gc.collect()

@@ -64,6 +64,7 @@ def profile(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @needs_root
 def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
     tmp_path: Path, profile: Path
@@ -119,6 +120,7 @@ def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
     assert (opt / "VERSION").read_text().strip() == __version__
 
 
+@pytest.mark.slow
 @needs_root
 def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Path) -> None:
     root = seed_root(tmp_path / "root")

@@ -1138,6 +1138,7 @@ reports = st.builds(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(frame=frames)
 def test_beat_frames_round_trip(frame: BeatFrame) -> None:
@@ -1149,6 +1150,7 @@ def test_beat_frames_round_trip(frame: BeatFrame) -> None:
         assert encode(decode_beat_frame(raw), fmt) == raw  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(claim=claims)
 def test_status_claims_round_trip(claim: StatusClaim) -> None:
@@ -1161,6 +1163,7 @@ def test_status_claims_round_trip(claim: StatusClaim) -> None:
         assert encode(back, fmt) == raw  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(report=reports)
 def test_bar_reports_round_trip(report: BarReport) -> None:
