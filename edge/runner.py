@@ -67,7 +67,7 @@ from edge.sync import (
     TempoChanged,
 )
 
-log = logging.getLogger("backbeat.runner")
+log = logging.getLogger(__name__)
 
 #: Wake this long before an action and spin the rest (see the theory above).
 SPIN_S = 0.0006

@@ -155,7 +155,7 @@ def bench_size() -> None:
 # ---------------------------------------------------------------------------- (b) one agent
 
 
-_CONNECTED = re.compile(r"^(\S+ \S+) INFO backbeat.runner: broker connected", re.M)
+_CONNECTED = re.compile(r"^(\S+ \S+) INFO \S+: broker connected", re.M)
 
 
 def _connected_walls(log: str) -> list[float]:
@@ -337,7 +337,7 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     # Every link says once per outage that it cannot reach the broker: expected here.
-    logging.getLogger("backbeat.link").setLevel(logging.ERROR)
+    logging.getLogger(MqttLink.__module__).setLevel(logging.ERROR)
     bench_size()
     t0 = time.monotonic()
     bench_agent_reconnect(args.restarts, down_s=1.5)

@@ -101,7 +101,7 @@ def assert_complete_and_ordered(sub: Subscriber, beat_gaps: int = 0) -> list[Sta
 
 def _connected_times(log: str) -> list[float]:
     times = []
-    for m in re.finditer(r"^(\S+ \S+) INFO backbeat.runner: broker connected", log, re.M):
+    for m in re.finditer(r"^(\S+ \S+) INFO \S+: broker connected", log, re.M):
         times.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
     return times
 
