@@ -39,7 +39,7 @@ DECODERS: tuple[Callable[[bytes], object], ...] = (
     decode_bar_report,
 )
 
-SEEDS_MESSAGES = [
+SEEDS_MESSAGES: list[BeatFrame | StatusClaim | BarReport] = [
     BeatFrame(
         "lab-1",
         42,
@@ -71,7 +71,7 @@ SEEDS_MESSAGES = [
         progress=0.25,
         notes="ok \u00e9\U0001f3b5",
         resources={"cpu_percent": 37.5, "memory_mb": 412, "temperature_c": 61.2},
-        dependencies=("svc:a",),  # type: ignore[arg-type]
+        dependencies=("svc:a",),
         metadata={
             "seq": 9,
             "shed": {"low": 1, "normal": 0},
@@ -90,11 +90,11 @@ SEEDS_MESSAGES = [
         0,
         True,
         -1.5,
-        issues=({"severity": "warning", "category": "late", "count": 1},),
-    ),  # type: ignore[arg-type]
+        issues=({"severity": "warning", "category": "late", "count": 1},),  # type: ignore[arg-type]
+    ),
     BarReport("0" * 32, 0, 0, 0, 0, 0, False, 0.0),
 ]
-VALID: list[bytes] = [encode(m, fmt) for m in SEEDS_MESSAGES for fmt in ("cbor", "json")]  # type: ignore[arg-type]
+VALID: list[bytes] = [encode(m, fmt) for m in SEEDS_MESSAGES for fmt in ("cbor", "json")]
 WIRES: list[dict[str, Any]] = [json.loads(encode(m, "json")) for m in SEEDS_MESSAGES]
 
 ODD_VALUES: list[Any] = [

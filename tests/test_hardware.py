@@ -399,7 +399,7 @@ def test_safe_state_puts_every_output_back(hw: Hardware, factory: MockFactory) -
 # --------------------------------------------------------------------------- failures
 
 
-class FlakyPin(MockPin):
+class FlakyPin(MockPin):  # type: ignore[misc]  # gpiozero ships no types
     """A mock pin that raises like a lost GPIO line once ``broken`` is set."""
 
     broken = False
@@ -740,6 +740,7 @@ def test_out_of_order_finishes_carry_their_own_run_and_duration(
     finally:
         hw.close()
     assert (quick.run, late.run) == (second.run, first.run)
+    assert quick.duration_s is not None and late.duration_s is not None
     assert quick.duration_s == pytest.approx(quick.at - 0.01)
     assert late.duration_s == pytest.approx(late.at - 0.0)
     assert late.duration_s > quick.duration_s

@@ -176,5 +176,6 @@ def test_the_installed_example_config_loads_with_the_shipped_profile(tmp_path: P
     assert loaded.agent.id == "stage-left:pi-relay-01"
     assert loaded.broker.tls and loaded.broker.username == "pi-relay-01"
     # The file name is the systemd credential name that the unit's LoadCredential= uses.
+    assert loaded.broker.password_file is not None
     assert loaded.broker.password_file.name == "broker-password"
     assert "LoadCredential=broker-password:" + str(loaded.broker.password_file) in UNIT.read_text()

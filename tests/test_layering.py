@@ -83,7 +83,7 @@ def forbidden_imports(source: str, allowed: frozenset[str] = frozenset()) -> lis
         for name in names:
             top = name.split(".")[0]
             if top in FORBIDDEN and top not in allowed:
-                found.append(f"{node.lineno}: {name}")
+                found.append(f"{node.lineno}: {name}")  # type: ignore[attr-defined]
     return found
 
 

@@ -398,9 +398,9 @@ def test_parse_status_reports_every_problem_at_once() -> None:
 def test_a_degraded_outbox_is_said_in_the_claim_and_counts_as_a_change() -> None:
     b = builder(FakeClock(), StatusConfig(mode="on_change", heartbeat_beats=100))
     first = b.build(review(1))
-    assert first is not None and "degraded" not in dict(first.metadata or {})["outbox"]  # type: ignore[call-overload]
+    assert first is not None and "degraded" not in dict(first.metadata or {})["outbox"]
     assert b.build(review(2)) is None  # nothing changed
     why = "outbox in memory: [Errno 28] No space left on device"
     claim = b.build(review(3, outbox_degraded=why))
     assert claim is not None
-    assert dict(dict(claim.metadata or {})["outbox"])["degraded"] == why  # type: ignore[call-overload]
+    assert dict(dict(claim.metadata or {})["outbox"])["degraded"] == why

@@ -200,7 +200,7 @@ def test_states_move_through_free_running_and_lost() -> None:
     f.tick(107.0)
     assert f.state is SyncState.LOCKED
     f.tick(108.06)  # 3 beats + 50 ms of silence
-    assert f.state is SyncState.FREE_RUNNING
+    assert f.state is SyncState.FREE_RUNNING  # type: ignore[comparison-overlap]  # tick() moved it
     events = f.tick(115.5)
     assert [e for e in events if isinstance(e, SyncLost)] == [SyncLost(115.0, 10.0)]
     assert f.state is SyncState.LOST
@@ -519,7 +519,7 @@ def test_index_jump_with_new_timing_restarts_and_emits_the_new_beat() -> None:
     assert [e for e in events if isinstance(e, BeatJumped)] == [BeatJumped(FIRST + 20, 7, 121.4)]
     assert f.reanchors == 1 and f.relabels == 0
     ticked = f.tick(121.4)
-    assert [(e.beat_index, e.at) for e in ticked if isinstance(e, BeatStarted)] == [
+    assert [(e.beat_index, e.at) for e in ticked if isinstance(e, BeatStarted)] == [  # type: ignore[comparison-overlap]  # approx
         (7, pytest.approx(120.4)),
         (8, pytest.approx(121.4)),
     ]
