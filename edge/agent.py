@@ -32,7 +32,7 @@ from edge.profile import Profile
 from edge.runner import Runner
 from edge.service import Notifier, WatchdogGate
 
-log = logging.getLogger("backbeat.agent")
+log = logging.getLogger(__name__)
 
 
 def client_id_for(config: Config) -> str:

@@ -15,6 +15,8 @@ from types import FrameType
 from edge import __version__
 from edge.errors import ConfigError, ConfigProblems, EdgeError
 
+log = logging.getLogger(__name__)
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -91,7 +93,7 @@ def cmd_pulse(args: argparse.Namespace) -> int:
             try:
                 bpm = float(words[0])
             except (IndexError, ValueError):
-                logging.warning(
+                log.warning(
                     "ignored tempo request %r: expected e.g. '72' or '72 force'", item.payload[:40]
                 )
                 continue
@@ -128,7 +130,7 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         link.stop(timeout=1.0)
         if trace is not None:
             trace.close()
-    logging.info("pulse sent %d frames", sent)
+    log.info("pulse sent %d frames", sent)
     return 0
 
 

@@ -384,16 +384,3 @@ def load_config(path: str | Path) -> Config:
     )
     problems.raise_if_any()
     return config
-
-
-def load_profile(path: str | Path) -> tuple[Profile, Score]:
-    """Load a bare hardware profile file (``[gpio]``, ``[devices]``, ``[[score]]``)."""
-    path = Path(path)
-    problems = ConfigProblems(str(path))
-    raw = _read_toml(path, problems, "profile")
-    if raw is None:
-        raise ConfigError(problems.items, str(path))
-    profile = parse_profile(raw, problems)
-    score = parse_score(raw.get("score", []), profile, problems)
-    problems.raise_if_any()
-    return profile, score

@@ -366,7 +366,6 @@ class Hardware:
         self.deadman_offs = 0
         self.safe_states = 0
         self.commands_killed = 0
-        self.input_events_dropped = 0
         self._events: deque[InputEvent] = deque()
         self._devices: dict[str, _Device] = {}
         for spec in profile.devices.values():
@@ -493,7 +492,6 @@ class Hardware:
 
     def _edge(self, name: str, active: bool) -> None:
         if len(self._events) >= MAX_INPUT_EVENTS:
-            self.input_events_dropped += 1
             return
         self._events.append(InputEvent(name, active, self._clock()))
 

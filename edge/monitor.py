@@ -30,7 +30,6 @@ class AgentRow:
     online: str = "?"
     claim: StatusClaim | None = None
     claims: int = 0
-    last_seen: float = 0.0
 
 
 @dataclass
@@ -59,7 +58,6 @@ class FleetView:
             return None
         what, agent = kind
         row = self.rows.setdefault(agent, AgentRow(agent))
-        row.last_seen = now
         if what == "availability":
             row.online = payload.decode("utf-8", "replace")[:16] or "?"
             return None

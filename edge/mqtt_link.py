@@ -44,7 +44,7 @@ from paho.mqtt.properties import Properties
 from edge.config import BrokerConfig
 from edge.errors import LinkError
 
-log = logging.getLogger("backbeat.link")
+log = logging.getLogger(__name__)
 
 #: Linux only; elsewhere the broker side must set TCP_NODELAY (see _quickack).
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
@@ -165,13 +165,9 @@ class MqttLink:
         self._connected = threading.Event()
         self.mqtt5 = broker.protocol == "5"
         # Counters, written on the network thread, read anywhere (ints: atomic enough).
-        self.dropped_inbound = 0
         self.connects = 0
-        self.connect_failures = 0
         self.last_error: str | None = None
         self.last_connected_at: float | None = None
-        self.bytes_in = 0
-        self.bytes_out = 0
         # The MQTT 5 properties last published per topic, so stop()'s final messages carry
         # the same content type and expiry as the ones before them.
         self._props_by_topic: dict[str, Properties] = {}
@@ -222,7 +218,6 @@ class MqttLink:
         try:
             self.inbox.put_nowait(item)
         except queue.Full:
-            self.dropped_inbound += 1
             return
         if self._on_wake is not None:
             self._on_wake()
@@ -263,7 +258,6 @@ class MqttLink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         arrived = time.monotonic()
-        self.bytes_in += len(message.payload)
         self._hand_over(
             Inbound("message", arrived, time.time(), message.topic, bytes(message.payload))
         )
@@ -321,9 +315,7 @@ class MqttLink:
         attempt = 0
         reported: str | None = None
         while not self._stop.is_set():
-            if not self._connect_once():
-                self.connect_failures += 1
-            else:
+            if self._connect_once():
                 # Pump until the connection drops (or the broker refuses the CONNECT).
                 while not self._stop.is_set():
                     try:
@@ -340,8 +332,6 @@ class MqttLink:
                         reported = None
                 if self._stop.is_set():
                     break
-                if not self.connects or not self._connected.is_set():
-                    self.connect_failures += 1
                 self._connected.clear()
             if self.last_error and self.last_error != reported:
                 log.warning("%s; retrying with backoff", self.last_error)
@@ -386,7 +376,6 @@ class MqttLink:
                 props.MessageExpiryInterval = expiry_s
             self._props_by_topic[topic] = props
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        self.bytes_out += len(payload)
         return int(info.mid)
 
     def stop(self, final: Sequence[tuple[str, bytes, bool]] = (), timeout: float = 2.0) -> None:

@@ -27,10 +27,10 @@ Family: TypeAlias = Literal["digital", "pwm", "servo", "tone", "input", "command
 
 @dataclass(frozen=True, slots=True)
 class KindInfo:
-    """What one device kind is: its family, the gpiozero class behind it, its actions."""
+    """What one device kind is: its family and its actions (hw/README.md names the gpiozero
+    class behind each kind; edge.hardware builds it)."""
 
     family: Family
-    gpiozero_class: str
     actions: frozenset[str]
 
     @property
@@ -44,20 +44,18 @@ _PWM_ACTIONS = frozenset({"on", "off", "toggle", "pulse", "set", "fade", "read"}
 #: Every device kind a profile may name. Aliases share a family with their gpiozero class.
 KINDS: Mapping[str, KindInfo] = MappingProxyType(
     {
-        "output": KindInfo("digital", "DigitalOutputDevice", _DIGITAL_ACTIONS),
-        "relay": KindInfo("digital", "DigitalOutputDevice", _DIGITAL_ACTIONS),
-        "led": KindInfo("digital", "LED", _DIGITAL_ACTIONS),
-        "buzzer": KindInfo("digital", "Buzzer", _DIGITAL_ACTIONS | {"beep"}),
-        "pwm": KindInfo("pwm", "PWMOutputDevice", _PWM_ACTIONS),
-        "pwmled": KindInfo("pwm", "PWMLED", _PWM_ACTIONS),
-        "servo": KindInfo("servo", "Servo", frozenset({"move", "set", "off", "read"})),
-        "angular_servo": KindInfo(
-            "servo", "AngularServo", frozenset({"move", "set", "off", "read"})
-        ),
-        "tone": KindInfo("tone", "TonalBuzzer", frozenset({"on", "off", "beep", "read"})),
-        "button": KindInfo("input", "Button", frozenset({"read"})),
-        "input": KindInfo("input", "DigitalInputDevice", frozenset({"read"})),
-        "command": KindInfo("command", "", frozenset({"command"})),
+        "output": KindInfo("digital", _DIGITAL_ACTIONS),
+        "relay": KindInfo("digital", _DIGITAL_ACTIONS),
+        "led": KindInfo("digital", _DIGITAL_ACTIONS),
+        "buzzer": KindInfo("digital", _DIGITAL_ACTIONS | {"beep"}),
+        "pwm": KindInfo("pwm", _PWM_ACTIONS),
+        "pwmled": KindInfo("pwm", _PWM_ACTIONS),
+        "servo": KindInfo("servo", frozenset({"move", "set", "off", "read"})),
+        "angular_servo": KindInfo("servo", frozenset({"move", "set", "off", "read"})),
+        "tone": KindInfo("tone", frozenset({"on", "off", "beep", "read"})),
+        "button": KindInfo("input", frozenset({"read"})),
+        "input": KindInfo("input", frozenset({"read"})),
+        "command": KindInfo("command", frozenset({"command"})),
     }
 )
 

@@ -31,7 +31,7 @@ from edge.clock import Clock
 from edge.hlc import HybridLogicalClock, node_id
 from edge.messages import PHASES, BeatFrame, Format, encode
 
-log = logging.getLogger("backbeat.pulse")
+log = logging.getLogger(__name__)
 
 
 def snap_tempo(bpm: float) -> float:

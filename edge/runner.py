@@ -68,7 +68,7 @@ from edge.sync import (
 )
 from edge.trace import TraceRow, write_rows
 
-log = logging.getLogger("backbeat.runner")
+log = logging.getLogger(__name__)
 
 #: Wake this long before a deadline and spin the rest (see the theory above).
 SPIN_S = 0.0006

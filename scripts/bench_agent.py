@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge.broker import start_mosquitto
 from edge.harness import read_trace, start_agent, start_pulse, write_agent_config
 

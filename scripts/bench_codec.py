@@ -29,13 +29,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cbor2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from edge import __version__
 from edge.messages import StatusClaim, decode_status_claim, encode, to_wire
 
 CLAIM = StatusClaim(
@@ -47,7 +45,7 @@ CLAIM = StatusClaim(
     metadata={
         "meta_v": 1,
         "seq": 98_123,
-        "agent_version": "0.1.0",
+        "agent_version": __version__,
         "config_hash": "3f2a9c1e7b5d4a60",
         "sync": {"state": "locked", "error_bound_ms": 0.42},
         "late_ms": {"p50": 0.11, "max": 1.93},

@@ -57,8 +57,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from edge.broker import start_mosquitto
 from edge.errors import FrameError
 from edge.harness import read_trace, start_agent, start_pulse, write_agent_config

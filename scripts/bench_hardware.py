@@ -30,9 +30,6 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpiozero import LED, Device
 from gpiozero.pins.mock import MockFactory

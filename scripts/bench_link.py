@@ -31,12 +31,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge import __version__
 from edge.broker import Mosquitto, start_mosquitto
 from edge.clock import SystemClock
 from edge.config import BrokerConfig
@@ -141,7 +140,7 @@ def bench_size() -> None:
                 AGENT,
                 StatusConfig(format=fmt),
                 HybridLogicalClock(SystemClock(), node_id(AGENT)),
-                "0.1.0",
+                __version__,
                 config_hash(b"example config"),
                 start_seq=123_456,
             )
@@ -156,7 +155,7 @@ def bench_size() -> None:
 # ---------------------------------------------------------------------------- (b) one agent
 
 
-_CONNECTED = re.compile(r"^(\S+ \S+) INFO backbeat.runner: broker connected", re.M)
+_CONNECTED = re.compile(r"^(\S+ \S+) INFO \S+: broker connected", re.M)
 
 
 def _connected_walls(log: str) -> list[float]:
@@ -338,7 +337,7 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     # Every link says once per outage that it cannot reach the broker: expected here.
-    logging.getLogger("backbeat.link").setLevel(logging.ERROR)
+    logging.getLogger(MqttLink.__module__).setLevel(logging.ERROR)
     bench_size()
     t0 = time.monotonic()
     bench_agent_reconnect(args.restarts, down_s=1.5)

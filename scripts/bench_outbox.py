@@ -22,14 +22,12 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from edge import __version__
 from edge.clock import SystemClock
 from edge.hlc import HybridLogicalClock, node_id
 from edge.messages import decode_status_claim
@@ -97,7 +95,7 @@ def builder(fmt: str) -> StatusBuilder:
         AGENT,
         StatusConfig(format=fmt),  # type: ignore[arg-type]
         HybridLogicalClock(clock, node_id(AGENT)),
-        "0.1.0",
+        __version__,
         config_hash(b"example config"),
         start_seq=123_456,
     )

@@ -16,15 +16,11 @@ Run: .venv/bin/python scripts/bench_sync.py
 from __future__ import annotations
 
 import math
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from test_sync_sim import (  # noqa: E402
+from edge.messages import PHASES
+from edge.sync import PhaseStarted, SyncConfig
+from edge.testing.sync_sim import (
     Network,
     Pulse,
     heavy_tail,
@@ -32,9 +28,6 @@ from test_sync_sim import (  # noqa: E402
     simulate,
     uniform,
 )
-
-from edge.messages import PHASES  # noqa: E402
-from edge.sync import PhaseStarted, SyncConfig  # noqa: E402
 
 FIRST = 1000
 STEADY = 100  # beats after which the error counts as steady state

@@ -68,8 +68,8 @@ def _beats(pulse_rows: list[dict[str, object]]) -> dict[int, list[tuple[float, f
     for row in pulse_rows:
         if row["phase"] == "plan":
             out.setdefault(int(row["beat_index"]), []).append(  # type: ignore[call-overload]
-                (float(row["intended_mono"]), float(row["tempo_bpm"]))
-            )  # type: ignore[arg-type]
+                (float(row["intended_mono"]), float(row["tempo_bpm"]))  # type: ignore[arg-type]
+            )
     return out
 
 

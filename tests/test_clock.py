@@ -107,7 +107,7 @@ def test_fake_wait_with_nothing_queued_moves_by_the_timeout() -> None:
     clock = FakeClock(monotonic=1.0, wall=2.0)
     inbox: queue.Queue[str] = queue.Queue()
     assert clock.wait(inbox, 0.05) is None
-    assert read(clock) == (pytest.approx(1.05), pytest.approx(2.05))
+    assert read(clock) == pytest.approx((1.05, 2.05))
     assert clock.wait(None, 0.25) is None
     assert clock.monotonic() == pytest.approx(1.3)
     assert clock.wait(inbox, -0.1) is None and clock.wait(None, 0.0) is None  # a poll

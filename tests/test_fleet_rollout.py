@@ -259,13 +259,15 @@ def build_wheels(tmp: Path) -> Path:
         src = tmp / f"src-{version}"
         shutil.copytree(ROOT / "edge", src / "edge", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "README.md", src / "README.md")
-        text = (ROOT / "pyproject.toml").read_text()
-        assert '\nversion = "' in text
+        shutil.copy(ROOT / "pyproject.toml", src / "pyproject.toml")
+        init = src / "edge" / "__init__.py"  # where pyproject reads the version from
+        text = init.read_text()
+        assert '\n__version__ = "' in text
         lines = [
-            f'version = "{version}"' if line.startswith("version = ") else line
+            f'__version__ = "{version}"' if line.startswith("__version__ = ") else line
             for line in text.splitlines()
         ]
-        (src / "pyproject.toml").write_text("\n".join(lines) + "\n")
+        init.write_text("\n".join(lines) + "\n")
         procs.append(
             subprocess.Popen(
                 [

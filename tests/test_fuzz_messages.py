@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import cbor2
+import pytest
 
 from edge.errors import FrameError
 from edge.messages import (
@@ -37,7 +38,7 @@ DECODERS: tuple[Callable[[bytes], object], ...] = (
     decode_bar_report,
 )
 
-SEEDS_MESSAGES = [
+SEEDS_MESSAGES: list[BeatFrame | StatusClaim | BarReport] = [
     BeatFrame(
         "lab-1",
         42,
@@ -69,7 +70,7 @@ SEEDS_MESSAGES = [
         progress=0.25,
         notes="ok \u00e9\U0001f3b5",
         resources={"cpu_percent": 37.5, "memory_mb": 412, "temperature_c": 61.2},
-        dependencies=("svc:a",),  # type: ignore[arg-type]
+        dependencies=("svc:a",),
         metadata={
             "seq": 9,
             "shed": {"low": 1, "normal": 0},
@@ -88,11 +89,11 @@ SEEDS_MESSAGES = [
         0,
         True,
         -1.5,
-        issues=({"severity": "warning", "category": "late", "count": 1},),
-    ),  # type: ignore[arg-type]
+        issues=({"severity": "warning", "category": "late", "count": 1},),  # type: ignore[arg-type]
+    ),
     BarReport("0" * 32, 0, 0, 0, 0, 0, False, 0.0),
 ]
-VALID: list[bytes] = [encode(m, fmt) for m in SEEDS_MESSAGES for fmt in ("cbor", "json")]  # type: ignore[arg-type]
+VALID: list[bytes] = [encode(m, fmt) for m in SEEDS_MESSAGES for fmt in ("cbor", "json")]
 WIRES: list[dict[str, Any]] = [json.loads(encode(m, "json")) for m in SEEDS_MESSAGES]
 
 ODD_VALUES: list[Any] = [
@@ -259,6 +260,7 @@ def _feed(data: bytes, index: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_decoders_raise_only_frame_error_on_fuzzed_input() -> None:
     accepted = refused = 0
     for i, data in enumerate(payloads(SEED, PAYLOADS)):
@@ -281,6 +283,7 @@ def test_each_valid_seed_decodes_with_every_matching_decoder() -> None:
         assert decoder(raw) == message
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_while_decoding_garbage() -> None:
     stream = payloads(SEED + 1, 22_000)
     gc.collect()

@@ -120,14 +120,14 @@ def test_guard_keeps_essential_work_on_time_under_load(
     assert sum(shed.values()) >= 20, shed
     # The claims carry the guard's verdict and the shed counts with their reasons.
     meta = [dict(c.metadata or {}) for c in recorder.claims]
-    reasons = Counter()
+    reasons: Counter[str] = Counter()
     for m in meta:
-        reasons.update(dict(m.get("shed", {})))  # type: ignore[arg-type]
+        reasons.update(dict(m.get("shed", {})))
     assert sum(reasons.values()) >= 20, reasons
-    levels = {dict(m["guard"])["level"] for m in meta}  # type: ignore[call-overload]
+    levels = {dict(m["guard"])["level"] for m in meta}
     assert levels & {"essential_only", "shed"}, levels
     # The miss rate settles: over the last 10 s, under 5 %.
     tail = meta[-20:]
-    misses = sum(int(dict(m["actions"])["deadline_misses"]) for m in tail)  # type: ignore[call-overload]
-    fired = sum(int(dict(m["actions"])["fired"]) for m in tail)  # type: ignore[call-overload]
+    misses = sum(int(dict(m["actions"])["deadline_misses"]) for m in tail)
+    fired = sum(int(dict(m["actions"])["fired"]) for m in tail)
     assert fired > 0 and misses / (fired + misses) < 0.05, (misses, fired)

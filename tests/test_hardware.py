@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,25 +80,10 @@ def profile_of(text: str) -> Profile:
 
 
 @pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    """A fresh MockFactory as gpiozero's default, the previous one restored afterwards."""
-    saved = Device.pin_factory
-    Device.pin_factory = mock = MockFactory()
-    try:
-        yield mock
-    finally:
-        mock.reset()
-        Device.pin_factory = saved
-
-
-@pytest.fixture
-def hw(factory: MockFactory) -> Iterator[Hardware]:
-    hardware = Hardware(profile_of(BENCH), pin_factory=factory, clock=lambda: 0.0)
+def hw(mock_hardware: Callable[..., Hardware], factory: MockFactory) -> Hardware:
+    hardware = mock_hardware(profile_of(BENCH), clock=lambda: 0.0)
     fresh_history(factory)
-    try:
-        yield hardware
-    finally:
-        hardware.close()
+    return hardware
 
 
 def pin_of(factory: MockFactory, number: int) -> MockPin:
@@ -318,6 +303,7 @@ def test_relay_never_chatters_even_at_1000_bpm(hw: Hardware, factory: MockFactor
     changes = len(pin.states) - 1
     # at most one change per 0.5 s over 12 s (+1 for the last deferred return to safe)
     assert changes <= 12 / 0.5 + 1
+    assert changes >= 12  # and it did switch: a relay that never moves cannot chatter either
     assert hw.dropped["rate_limit"] >= 80  # switches away dropped; returns deferred
     assert pin.state is True  # ended safe (pin high = off for this active-low relay)
 
@@ -379,6 +365,7 @@ def test_deadman_is_renewed_by_actions(hw: Hardware, factory: MockFactory) -> No
 
 def test_deadman_is_disarmed_by_returning_to_safe(hw: Hardware) -> None:
     hw.apply(Action("relay", "on"), 0.0)
+    assert hw.next_deadline() == pytest.approx(3.0)  # armed
     hw.apply(Action("relay", "off"), 1.0)
     assert hw.next_deadline() is None
 
@@ -387,14 +374,18 @@ def test_deadman_is_disarmed_by_returning_to_safe(hw: Hardware) -> None:
 
 
 def test_safe_state_puts_every_output_back(hw: Hardware, factory: MockFactory) -> None:
-    hw.apply(Action("led", "on"), 0.0)
-    hw.apply(Action("relay", "on"), 0.0)
-    hw.apply(Action("fan", "off"), 0.0)
-    hw.apply(Action("glow", "fade", value=1.0, duration_s=1.0), 0.0)
-    hw.apply(Action("arm", "move", value=1.0), 0.0)
-    hw.apply(Action("dial", "move", value=0.0), 0.0)
-    hw.apply(Action("tone", "on"), 0.0)
-    hw.apply(Action("relay", "off"), 0.1)  # deferred by the rate limit...
+    moves = [
+        Action("led", "on"),
+        Action("relay", "on"),
+        Action("fan", "off"),
+        Action("glow", "fade", value=1.0, duration_s=1.0),
+        Action("arm", "move", value=1.0),
+        Action("dial", "move", value=0.0),
+        Action("tone", "on"),
+    ]
+    assert all(hw.apply(action, 0.0).ok for action in moves)  # every output left safe...
+    assert pin_of(factory, 27).state is False and pin_of(factory, 22).state is False
+    assert hw.apply(Action("relay", "off"), 0.1).deferred_to  # ...the relay's return deferred
     hw.safe_state("pulse lost", now=0.2)  # ...but safe state does not wait
     s = hw.states()
     assert s["led"] is False and s["relay"] is False and s["fan"] is True
@@ -408,7 +399,7 @@ def test_safe_state_puts_every_output_back(hw: Hardware, factory: MockFactory) -
 # --------------------------------------------------------------------------- failures
 
 
-class FlakyPin(MockPin):
+class FlakyPin(MockPin):  # type: ignore[misc]  # gpiozero ships no types
     """A mock pin that raises like a lost GPIO line once ``broken`` is set."""
 
     broken = False
@@ -620,14 +611,12 @@ class GatedPopen:
 
 
 @pytest.fixture
-def gated(factory: MockFactory) -> Iterator[tuple[Hardware, GatedPopen]]:
+def gated(mock_hardware: Callable[..., Hardware]) -> Iterator[tuple[Hardware, GatedPopen]]:
     popen = GatedPopen()
-    hardware = Hardware(profile_of(BENCH), pin_factory=factory, clock=lambda: 0.0, popen=popen)
     try:
-        yield hardware, popen
+        yield mock_hardware(profile_of(BENCH), clock=lambda: 0.0, popen=popen), popen
     finally:
-        popen.gate.set()
-        hardware.close()
+        popen.gate.set()  # before mock_hardware closes it: a held start would stall close
 
 
 def test_command_runs_and_reports(hw: Hardware) -> None:
@@ -776,6 +765,7 @@ def test_out_of_order_finishes_carry_their_own_run_and_duration(
     finally:
         hw.close()
     assert (quick.run, late.run) == (second.run, first.run)
+    assert quick.duration_s is not None and late.duration_s is not None
     assert quick.duration_s == pytest.approx(quick.at - 0.01)
     assert late.duration_s == pytest.approx(late.at - 0.0)
     assert late.duration_s > quick.duration_s

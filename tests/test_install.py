@@ -11,10 +11,12 @@ import os
 import shutil
 import stat
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+
+from edge import __version__
+from edge.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "scripts" / "install"
@@ -55,12 +57,6 @@ def accounts(root: Path, name: str) -> list[list[str]]:
     return [line.split(":") for line in (root / "etc" / name).read_text().splitlines()]
 
 
-def project_version() -> str:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    version: str = data["project"]["version"]
-    return version
-
-
 @pytest.fixture
 def profile(tmp_path: Path) -> Path:
     path = tmp_path / "relay-board.toml"
@@ -68,6 +64,7 @@ def profile(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @needs_root
 def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
     tmp_path: Path, profile: Path
@@ -77,7 +74,7 @@ def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
 
     opt = root / "opt" / "backbeat-edge"
     assert (opt / "venv" / "bin" / "backbeat-edge").is_file()
-    assert (opt / "VERSION").read_text().strip() == project_version()
+    assert (opt / "VERSION").read_text().strip() == __version__
     # The venv sees Debian's python3-lgpio on a Pi.
     assert "include-system-site-packages = true" in (opt / "venv" / "pyvenv.cfg").read_text()
 
@@ -120,9 +117,10 @@ def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
     assert (opt / "venv" / "pyvenv.cfg").stat().st_ino == venv_cfg.st_ino
     assert [u[0] for u in accounts(root, "passwd")].count("backbeat") == 1
     assert [g[0] for g in accounts(root, "group")].count("gpio") == 1
-    assert (opt / "VERSION").read_text().strip() == project_version()
+    assert (opt / "VERSION").read_text().strip() == __version__
 
 
+@pytest.mark.slow
 @needs_root
 def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Path) -> None:
     root = seed_root(tmp_path / "root")
@@ -172,12 +170,12 @@ def test_install_refuses_bad_arguments_with_a_reason(
 
 def test_the_installed_example_config_loads_with_the_shipped_profile(tmp_path: Path) -> None:
     # What scripts/install lays down on a fresh device must be a config the agent accepts.
-    config = pytest.importorskip("edge.config")
     (tmp_path / "agent.toml").write_text(EXAMPLE.read_text())
     shutil.copy(ROOT / "hw" / "relay-board.toml", tmp_path / "profile.toml")
-    loaded = config.load_config(tmp_path / "agent.toml")
+    loaded = load_config(tmp_path / "agent.toml")
     assert loaded.agent.id == "stage-left:pi-relay-01"
     assert loaded.broker.tls and loaded.broker.username == "pi-relay-01"
     # The file name is the systemd credential name that the unit's LoadCredential= uses.
+    assert loaded.broker.password_file is not None
     assert loaded.broker.password_file.name == "broker-password"
     assert "LoadCredential=broker-password:" + str(loaded.broker.password_file) in UNIT.read_text()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import __version__
 from edge.broker import Mosquitto
 from edge.clock import FakeClock
 from edge.harness import start_agent, start_pulse, write_agent_config
@@ -24,7 +25,7 @@ def _claim_bytes(
     agent: str, beat: int, sync: str = "locked", isolated: tuple[str, ...] = ()
 ) -> bytes:
     builder = StatusBuilder(
-        agent, StatusConfig(), HybridLogicalClock(FakeClock(), 7), "0.1.0", "abc123"
+        agent, StatusConfig(), HybridLogicalClock(FakeClock(), 7), __version__, "abc123"
     )
     review = BeatReview(
         beat_index=beat,

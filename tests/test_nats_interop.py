@@ -112,7 +112,7 @@ def test_agent_follows_a_nats_pulse_through_the_mqtt_gateway(tmp_path: Path) -> 
     assert all(c.agent_id == "bench:pi-01" for c in claims)
     beats = sorted({c.beat_index for c in claims})
     assert beats[-1] >= 15, beats
-    states = {dict(c.metadata or {}).get("sync", {}).get("state") for c in claims}  # type: ignore[union-attr]
+    states = {dict(c.metadata or {}).get("sync", {}).get("state") for c in claims}
     assert "locked" in states, states
     fired = [r for r in read_trace(tmp_path / "agent.jsonl") if r["fired_mono"]]
     assert len(fired) >= 10

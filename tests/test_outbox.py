@@ -245,6 +245,7 @@ def test_smaller_bounds_at_restart_drop_the_oldest(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- torn tails
 
 
+@pytest.mark.slow
 def test_torn_last_record_at_every_offset(tmp_path: Path) -> None:
     source = tmp_path / "src"
     config = OutboxConfig(directory=source)
@@ -358,6 +359,7 @@ def _child_round(
     return events
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsync_every", [0, 1])
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, fsync_every: int) -> None:
     directory = tmp_path / "o"

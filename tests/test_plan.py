@@ -112,10 +112,8 @@ def test_retime_follows_a_moved_model_and_drops_what_the_score_no_longer_places(
     # the model slewed 3 ms later; beat 1's relay rule no longer plays (the bar was learnt)
     moved = {1: [sa(1, 1.003, rule=0)], 2: [sa(2, 2.003, rule=0)]}
     plan.retime(score(moved))
-    assert [(p.beat_index, p.rule, p.at, p.deadline) for p in plan.pending] == [
-        (1, 0, 1.003, pytest.approx(1.103)),
-        (2, 0, 2.003, pytest.approx(2.103)),
-    ]
+    assert [(p.beat_index, p.rule, p.at) for p in plan.pending] == [(1, 0, 1.003), (2, 0, 2.003)]
+    assert [p.deadline for p in plan.pending] == pytest.approx([1.103, 2.103])
 
 
 def test_retime_keeps_firing_order_when_the_model_reorders_beats() -> None:

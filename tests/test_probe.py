@@ -55,8 +55,9 @@ def imports_psutil(source: Path) -> bool:
 
 
 def test_probe_is_the_only_importer_of_psutil() -> None:
-    importers = [p.name for p in sorted((ROOT / "edge").glob("*.py")) if imports_psutil(p)]
-    assert importers == ["probe.py"]
+    edge = ROOT / "edge"  # subpackages too
+    importers = [p.relative_to(edge).as_posix() for p in sorted(edge.rglob("*.py"))]
+    assert [name for name in importers if imports_psutil(edge / name)] == ["probe.py"]
 
 
 # --------------------------------------------------------------------------- temperature

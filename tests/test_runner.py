@@ -10,24 +10,23 @@ from __future__ import annotations
 import itertools
 import json
 import queue
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gpiozero import LED, Device
+from gpiozero import LED
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from edge.clock import FakeClock
-from edge.config import Config, load_config
+from edge.config import Config, OutboxConfig, load_config
 from edge.errors import HardwareError
 from edge.guard import Guard, Level, Sample, Verdict
 from edge.hardware import Hardware
 from edge.messages import BeatFrame, decode_status_claim, encode
 from edge.mqtt_link import Inbound
-from edge.outbox import Outbox, OutboxConfig
+from edge.outbox import Outbox
 from edge.profile import Profile
 from edge.runner import MAX_WAIT_S, SPIN_S, Runner
 from edge.sync import SyncState
@@ -71,18 +70,6 @@ essential = true
 BPM = 120.0
 BEAT = 60.0 / BPM
 DELAY = 0.0007  # fixed one-way delay of every frame
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    saved = Device.pin_factory
-    mock = MockFactory()
-    Device.pin_factory = mock
-    try:
-        yield mock
-    finally:
-        mock.reset()
-        Device.pin_factory = saved
 
 
 def _config(tmp_path: Path, text: str = PROFILE) -> Config:
@@ -208,7 +195,7 @@ class Bench:
             profile,
             pin_factory=self.factory,
             clock=self.clock.monotonic,
-            popen=FakePopen(self.clock),
+            popen=FakePopen(self.clock),  # type: ignore[arg-type]  # a Popen in duck type only
         )
 
     @property
@@ -305,6 +292,7 @@ def test_a_renumbered_pulse_does_not_double_any_action(
     bench.run_until(bench.start + 120 * BEAT)
     toggles = [r for r in bench.rows() if r["rule"] == 0 and r["fired_mono"]]
     times = [round(float(r["fired_mono"]), 4) for r in toggles]  # type: ignore[arg-type]
+    assert len(times) >= 120 - 8, "the toggle did not fire on every beat once locked"
     assert len(times) == len(set(times)), "an action fired twice at one moment"
     steps = [b - a for a, b in itertools.pairwise(times)]
     assert all(abs(step - BEAT) < 0.001 for step in steps), steps  # no beat lost either
@@ -331,8 +319,8 @@ def test_a_reload_applies_at_the_next_beat_boundary(tmp_path: Path, factory: Moc
 
 def _fired(bench: Bench, device: str) -> list[int]:
     return [
-        int(r["beat_index"])
-        for r in bench.rows()  # type: ignore[call-overload]
+        int(r["beat_index"])  # type: ignore[call-overload]
+        for r in bench.rows()
         if r["device"] == device and r["fired_mono"] and r["ok"]
     ]
 
@@ -351,8 +339,8 @@ def test_a_reload_with_a_new_profile_rebuilds_the_devices_at_the_boundary(
     assert bench.hardware is not old_led and bench.runner.counters.reloads == 1
     assert bench.hardware.profile.devices["led"].pin == 22
     toggles = [
-        int(r["beat_index"])
-        for r in bench.rows()  # type: ignore[call-overload]
+        int(r["beat_index"])  # type: ignore[call-overload]
+        for r in bench.rows()
         if r["rule"] == 0 and r["fired_mono"] and r["ok"]
     ]
     assert toggles[-1] == 39 and set(range(21, 40)) <= set(toggles)  # no beat lost
@@ -379,13 +367,13 @@ def test_a_reload_brings_an_isolated_device_back(tmp_path: Path, factory: MockFa
     bench.runner.request_reload(_config(tmp_path))
     bench.run_until(bench.start + 40 * BEAT)
     assert bench.hardware.isolated == frozenset()
-    assert bench.runner.last_review is not None and bench.runner.last_review.isolated == ()
+    assert bench.runner.last_review is not None and not bench.runner.last_review.isolated
     assert "ISOLATED" not in render(bench.runner, bench.clock.monotonic())
     relay = _fired(bench, "relay")
     assert relay and min(relay) >= 13 and {16, 20, 24, 28, 32, 36} <= set(relay)
 
 
-class UnreadablePin(MockPin):
+class UnreadablePin(MockPin):  # type: ignore[misc]  # gpiozero ships no types
     """A mock pin whose reads fail like a lost GPIO line once ``broken`` is set."""
 
     broken = False
@@ -452,8 +440,8 @@ def test_a_profile_that_cannot_be_built_keeps_the_old_config(
     assert bench.runner.counters.reload_errors == 1 and bench.runner.counters.reloads == 0
     assert bench.runner.config.profile.devices["led"].pin == 17
     toggles = [
-        int(r["beat_index"])
-        for r in bench.rows()  # type: ignore[call-overload]
+        int(r["beat_index"])  # type: ignore[call-overload]
+        for r in bench.rows()
         if r["rule"] == 0 and r["fired_mono"] and r["ok"]
     ]
     assert set(range(11, 30)) <= set(toggles)

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -287,7 +288,7 @@ def test_gate_ignores_time_going_backwards_for_liveness() -> None:
 @pytest.mark.parametrize(
     "kwargs", [{"interval_s": 0.0}, {"interval_s": -1.0}, {"interval_s": 1.0, "stale_after_s": 0.0}]
 )
-def test_gate_rejects_nonsense_intervals(kwargs: dict[str, float]) -> None:
+def test_gate_rejects_nonsense_intervals(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         WatchdogGate(**kwargs)
 

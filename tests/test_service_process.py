@@ -226,8 +226,8 @@ def test_a_reload_after_fixing_the_wiring_brings_the_device_back(
     assert all(r["ok"] and r["fired_mono"] for r in fan[first_ok:]), fan
     assert len(fan) - first_ok >= 8
     led = sorted(
-        int(r["beat_index"])
-        for r in rows  # type: ignore[call-overload]
+        int(r["beat_index"])  # type: ignore[call-overload]
+        for r in rows
         if r["device"] == "led" and r["ok"]
     )
     assert led == list(range(led[0], led[-1] + 1)), led  # no beat lost to the rebuild

@@ -10,6 +10,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from edge import __version__
 from edge.clock import FakeClock
 from edge.errors import ConfigProblems
 from edge.hlc import HybridLogicalClock, compare
@@ -60,7 +61,7 @@ def builder(
         "relay:pi-07",
         config or StatusConfig(),
         hlc,
-        "0.1.0",
+        __version__,
         config_hash(b"[agent]\nid='relay:pi-07'\n"),
         start_seq=start_seq,
     )
@@ -238,7 +239,7 @@ def test_claim_carries_resources_and_metadata(fake_clock: FakeClock) -> None:
     assert meta is not None
     assert meta["meta_v"] == METADATA_VERSION
     assert meta["seq"] == 1
-    assert meta["agent_version"] == "0.1.0"
+    assert meta["agent_version"] == __version__
     assert meta["config_hash"] == config_hash(b"[agent]\nid='relay:pi-07'\n")
     assert meta["sync"] == {"state": "free_running", "error_bound_ms": 3.142}
     assert meta["late_ms"] == {"p50": 0.123, "max": 1.5}
@@ -398,12 +399,12 @@ def test_parse_status_reports_every_problem_at_once() -> None:
 def test_a_degraded_outbox_is_said_in_the_claim_and_counts_as_a_change() -> None:
     b = builder(FakeClock(), StatusConfig(mode="on_change", heartbeat_beats=100))
     first = b.build(review(1))
-    assert first is not None and "degraded" not in dict(first.metadata or {})["outbox"]  # type: ignore[call-overload]
+    assert first is not None and "degraded" not in dict(first.metadata or {})["outbox"]
     assert b.build(review(2)) is None  # nothing changed
     why = "outbox in memory: [Errno 28] No space left on device"
     claim = b.build(review(3, outbox_degraded=why))
     assert claim is not None
-    assert dict(dict(claim.metadata or {})["outbox"])["degraded"] == why  # type: ignore[call-overload]
+    assert dict(dict(claim.metadata or {})["outbox"])["degraded"] == why
 
 
 # --------------------------------------------------------------------------- claim state

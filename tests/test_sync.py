@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from test_sync_sim import Network, Pulse, heavy_tail, percentile, simulate, uniform
 
 from edge.errors import ConfigProblems
 from edge.messages import PHASES, BeatFrame
@@ -24,6 +23,7 @@ from edge.sync import (
     lower_envelope_slope,
     parse_sync,
 )
+from edge.testing.sync_sim import Network, Pulse, heavy_tail, percentile, simulate, uniform
 
 FIRST = 1000
 
@@ -200,7 +200,7 @@ def test_states_move_through_free_running_and_lost() -> None:
     f.tick(107.0)
     assert f.state is SyncState.LOCKED
     f.tick(108.06)  # 3 beats + 50 ms of silence
-    assert f.state is SyncState.FREE_RUNNING
+    assert f.state is SyncState.FREE_RUNNING  # type: ignore[comparison-overlap]  # tick() moved it
     events = f.tick(115.5)
     assert [e for e in events if isinstance(e, SyncLost)] == [SyncLost(115.0, 10.0)]
     assert f.state is SyncState.LOST
@@ -318,6 +318,7 @@ def test_wall_clock_hours_off_changes_nothing() -> None:
     plain = simulate(Pulse(beats=300), net)
     off = simulate(Pulse(beats=300), net, wall_error=lambda t: 3 * 3600.0)
     assert not off.follower.wall_clock_trusted
+    assert len(plain.phases()) >= 300 * 3  # two empty runs would compare equal too
     assert [e.at for e in off.phases()] == [e.at for e in plain.phases()]
 
 
@@ -373,7 +374,7 @@ def test_bars_learnt_from_downbeats_and_windows() -> None:
     assert [w.beat_index for w in windows] == list(range(FIRST, FIRST + 60, 4))
     assert len({w.window_id for w in windows}) == 15
     starts = [e for e in run.events if isinstance(e, BeatStarted) and e.beat_index > FIRST + 8]
-    assert all(s.downbeat == ((s.beat_index - FIRST) % 4 == 0) for s in starts)
+    assert starts and all(s.downbeat == ((s.beat_index - FIRST) % 4 == 0) for s in starts)
 
 
 def test_bar_unknown_until_two_downbeats() -> None:
@@ -520,7 +521,7 @@ def test_index_jump_with_new_timing_restarts_and_emits_the_new_beat() -> None:
     assert [e for e in events if isinstance(e, BeatJumped)] == [BeatJumped(FIRST + 20, 7, 121.4)]
     assert f.reanchors == 1 and f.relabels == 0
     ticked = f.tick(121.4)
-    assert [(e.beat_index, e.at) for e in ticked if isinstance(e, BeatStarted)] == [
+    assert [(e.beat_index, e.at) for e in ticked if isinstance(e, BeatStarted)] == [  # type: ignore[comparison-overlap]  # approx
         (7, pytest.approx(120.4)),
         (8, pytest.approx(121.4)),
     ]

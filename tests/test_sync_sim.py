@@ -1,202 +1,78 @@
-"""A simulated Pulse and network for the beat follower's tests and benchmark (fake time).
-
-No tests here: ``tests/test_sync.py`` and ``scripts/bench_sync.py`` import it.
-
-Truth: the Pulse starts phase ``(beat, phase)`` at Pulse time ``tau``; local monotonic time
-is ``t = start + tau / (1 + ppm * 1e-6)`` (a positive ppm: the Pulse clock runs fast). The
-frame for that phase is sent then and arrives after ``delay()``; the local wall clock reads
-the Pulse's wall time plus ``wall_error(t)``.
-"""
+"""The sync simulator itself (edge.testing.sync_sim): its truth, its network and its
+percentile, so the follower's tests and benchmark measure against something checked."""
 
 from __future__ import annotations
 
-import heapq
 import math
-import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from edge.messages import PHASES, BeatFrame
-from edge.sync import BeatFollower, PhaseStarted, SyncConfig, SyncEvent
+import pytest
 
-DEFAULT_CONFIG = SyncConfig()
-WALL0 = 1_767_225_600.0  # the Pulse's wall clock when its timeline starts
+from edge.messages import PHASES
+from edge.testing.sync_sim import Network, Pulse, percentile, simulate, uniform
 
 
-def window_id(bar: int) -> str:
-    return f"{bar + 1:032x}"
+def test_the_pulse_truth_spaces_phases_by_the_tempo_and_the_ppm() -> None:
+    pulse = Pulse(beats=4, tempo=lambda i: 60.0, ppm=100.0, start=10.0)
+    frames = pulse.frames()
+    assert [f.beat_index for _, f, _ in frames] == [1000, 1001, 1002, 1003]
+    assert {f.phase for _, f, _ in frames} == {"plan"}  # one frame a beat by default
+    scale = 1.0 / (1.0 + 100.0 * 1e-6)  # a fast Pulse clock: local time runs short
+    assert pulse.truth[(1000, 0)] == pytest.approx(10.0)
+    assert pulse.truth[(1000, 1)] == pytest.approx(10.0 + (1 / 3) * scale)
+    assert pulse.truth[(1003, 2)] == pytest.approx(10.0 + (3 + 2 / 3) * scale)
+    assert pulse.order[:3] == [(1000, 0), (1000, 1), (1000, 2)]
+    assert [f.downbeat for _, f, _ in frames] == [True, False, False, False]
 
 
-@dataclass
-class Pulse:
-    """Beats from ``first_beat``; ``tempo(i)`` gives the tempo of the i-th beat sent."""
-
-    tempo: Callable[[int], float] = lambda i: 60.0
-    beats: int = 300
-    first_beat: int = 1000
-    bar: int = 4
-    per_phase: bool = False
-    ppm: float = 0.0
-    start: float = 100.0
-    cluster: str = "c1"
-    jump_at: int | None = None  # beat count where the index jumps ...
-    jump_to: int = 0  # ... to this index
-    truth: dict[tuple[int, int], float] = field(default_factory=dict)
-    order: list[tuple[int, int]] = field(default_factory=list)
-
-    def frames(self) -> list[tuple[float, BeatFrame, float]]:
-        """(send local time, frame, send Pulse time) for every phase announced."""
-        out: list[tuple[float, BeatFrame, float]] = []
-        tau = 0.0
-        scale = 1.0 / (1.0 + self.ppm * 1e-6)
-        index = self.first_beat
-        for i in range(self.beats):
-            if self.jump_at is not None and i == self.jump_at:
-                index = self.jump_to
-            bpm = self.tempo(i)
-            phase_len = 20.0 / bpm
-            for p in range(3):
-                t = self.start + (tau + p * phase_len) * scale
-                self.truth[(index, p)] = t
-                self.order.append((index, p))
-                if p == 0 or self.per_phase:
-                    deadline = WALL0 + tau + (p + 1) * phase_len
-                    frame = BeatFrame(
-                        cluster_id=self.cluster,
-                        beat_index=index,
-                        downbeat=i % self.bar == 0,
-                        phase=PHASES[p],
-                        hlc="0001:0000:beef",
-                        deadline_at=datetime.fromtimestamp(deadline, UTC),
-                        tempo_bpm=bpm,
-                        window_id=window_id(i // self.bar),
-                    )
-                    out.append((t, frame, tau + p * phase_len))
-            tau += 3 * phase_len
-            index += 1
-        return out
+def test_per_phase_pulses_send_every_phase_and_jumps_renumber() -> None:
+    pulse = Pulse(beats=4, per_phase=True, jump_at=2, jump_to=7)
+    frames = pulse.frames()
+    assert [(f.beat_index, f.phase) for _, f, _ in frames] == [
+        (b, p) for b in (1000, 1001, 7, 8) for p in PHASES
+    ]
 
 
-@dataclass
-class Network:
-    base: float = 0.0005
-    jitter: Callable[[random.Random], float] = lambda rng: 0.0
-    loss: float = 0.0
-    duplicate: float = 0.0
-    silence: tuple[float, float] | None = None  # local send times dropped
-    seed: int = 1
+def test_a_still_network_delivers_every_frame_after_the_base_delay() -> None:
+    pulse = Pulse(beats=20)
+    run = simulate(pulse, Network(base=0.002))
+    sent = {f.beat_index: t for t, f, _ in Pulse(beats=20).frames()}
+    assert len(run.arrivals) == 20
+    assert all(at == pytest.approx(sent[f.beat_index] + 0.002) for at, f in run.arrivals)
 
 
-def heavy_tail(cap: float = 0.050) -> Callable[[random.Random], float]:
-    """Mostly sub-millisecond, a Pareto tail, and 20% anywhere up to ``cap``."""
-
-    def draw(rng: random.Random) -> float:
-        if rng.random() < 0.2:
-            return rng.uniform(0.0, cap)
-        return min(cap, 0.0003 * (rng.random() ** (-1.0 / 1.5) - 1.0))
-
-    return draw
-
-
-def uniform(cap: float = 0.050) -> Callable[[random.Random], float]:
-    return lambda rng: rng.uniform(0.0, cap)
+def test_loss_duplicates_and_silence_shape_the_arrivals() -> None:
+    lossy = simulate(Pulse(beats=400), Network(loss=0.25, seed=3))
+    assert 0.6 * 400 < len(lossy.arrivals) < 0.9 * 400
+    doubled = simulate(Pulse(beats=400), Network(duplicate=0.25, seed=3))
+    assert 1.1 * 400 < len(doubled.arrivals) < 1.4 * 400
+    quiet = simulate(Pulse(beats=60, start=100.0), Network(silence=(110.0, 130.0)))
+    sent = [at - 0.0005 for at, _ in quiet.arrivals]  # the default base delay, no jitter
+    assert len(sent) == 40 and not any(110.0 <= t < 130.0 for t in sent)
 
 
-@dataclass
-class Run:
-    follower: BeatFollower
-    pulse: Pulse
-    events: list[SyncEvent]
-    arrivals: list[tuple[float, BeatFrame]]
-    receive_events: list[SyncEvent]
-    bounds: dict[tuple[int, int], float] = field(default_factory=dict)
-    receive_s: list[float] = field(default_factory=list)  # CPU time of each receive()
+def test_the_same_seed_gives_the_same_run() -> None:
+    def arrivals(seed: int) -> list[float]:
+        net = Network(jitter=uniform(), loss=0.1, seed=seed)
+        return [at for at, _ in simulate(Pulse(beats=50), net).arrivals]
 
-    def phases(self) -> list[PhaseStarted]:
-        return [e for e in self.events if isinstance(e, PhaseStarted)]
-
-    def errors(self, after: int = 0) -> list[float]:
-        """Emitted phase start minus the true phase start, for phases of beat >= after."""
-        out = []
-        for e in self.phases():
-            key = (e.beat_index, PHASES.index(e.phase))
-            if key in self.pulse.truth and e.beat_index >= after:
-                out.append(e.at - self.pulse.truth[key])
-        return out
+    assert arrivals(4) == arrivals(4)
+    assert arrivals(4) != arrivals(5)
 
 
-def simulate(
-    pulse: Pulse,
-    net: Network,
-    config: SyncConfig = DEFAULT_CONFIG,
-    wall_error: Callable[[float], float] | None = None,
-    until: float | None = None,
-    reorder: float = 0.0,
-) -> Run:
-    """Send the Pulse's frames through the network into a follower, driving tick() at its
-    deadlines; ``wall_error(t)`` None means no wall clock is given."""
-    rng = random.Random(net.seed)
-    scale = 1.0 / (1.0 + pulse.ppm * 1e-6)
-    heap: list[tuple[float, int, BeatFrame, float | None]] = []
-    n = 0
-    for sent, frame, _ in pulse.frames():
-        if net.silence and net.silence[0] <= sent < net.silence[1]:
-            continue
-        if rng.random() < net.loss:
-            continue
-        copies = 2 if rng.random() < net.duplicate else 1
-        for _ in range(copies):
-            delay = net.base + net.jitter(rng)
-            if rng.random() < reorder:
-                delay += rng.uniform(0.0, 60.0 / frame.tempo_bpm * 1.5)
-            arrive = sent + delay
-            wall = None
-            if wall_error is not None:
-                wall = WALL0 + (arrive - pulse.start) / scale + wall_error(arrive)
-            heapq.heappush(heap, (arrive, n, frame, wall))
-            n += 1
-    follower = BeatFollower(pulse.cluster, config)
-    events: list[SyncEvent] = []
-    receive_events: list[SyncEvent] = []
-    arrivals: list[tuple[float, BeatFrame]] = []
-    end = until if until is not None else (max(pulse.truth.values()) + 1.0)
-    now = 0.0
-    bounds: dict[tuple[int, int], float] = {}
-    receive_s: list[float] = []
-
-    def ticked(got: list[SyncEvent]) -> None:
-        for e in got:
-            if isinstance(e, PhaseStarted):
-                bounds[(e.beat_index, PHASES.index(e.phase))] = follower.error_bound_at(e.at)
-        events.extend(got)
-
-    while True:
-        deadline = follower.next_deadline()
-        t_arrive = heap[0][0] if heap else math.inf
-        if deadline is not None and deadline <= t_arrive and deadline <= end:
-            now = max(now, deadline)
-            ticked(follower.tick(now))
-            continue
-        if not heap or t_arrive > end:
-            break
-        arrive, _, frame, wall = heapq.heappop(heap)
-        now = max(now, arrive)
-        started = time.perf_counter()
-        got = follower.receive(frame, arrive, wall)
-        receive_s.append(time.perf_counter() - started)
-        receive_events.extend(got)
-        events.extend(got)
-        arrivals.append((arrive, frame))
-        ticked(follower.tick(now))
-    ticked(follower.tick(max(now, end)))
-    return Run(follower, pulse, events, arrivals, receive_events, bounds, receive_s)
+def test_errors_compare_emitted_starts_with_the_truth_from_a_beat_on() -> None:
+    run = simulate(Pulse(beats=30), Network(base=0.001))
+    phases = run.phases()
+    assert phases, "the follower emitted no phase starts"
+    late = run.errors(after=1010)
+    assert late and len(late) < len(run.errors())
+    assert all(abs(e) < 0.01 for e in late)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    idx = min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))
-    return ordered[idx]
+def test_percentile_is_the_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile(values, 0) == 1.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert math.isnan(percentile([], 50))
