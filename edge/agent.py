@@ -193,6 +193,8 @@ class Agent:
         self.notifier.stopping()
         # The runner drives the outputs safe and gives the final claim and ``offline``.
         final = self.runner.shutdown()
-        self.link.stop(final=final, timeout=2.0)
+        for topic, payload, retain in self.link.stop(final=final, timeout=2.0):
+            if not retain:  # the final claim: kept for the next start to send first
+                self.outbox.append(topic, payload, self.clock.wall())
         self.outbox.close()
         self.hardware.close()

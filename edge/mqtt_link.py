@@ -378,21 +378,53 @@ class MqttLink:
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         return int(info.mid)
 
-    def stop(self, final: Sequence[tuple[str, bytes, bool]] = (), timeout: float = 2.0) -> None:
+    def stop(
+        self, final: Sequence[tuple[str, bytes, bool]] = (), timeout: float = 2.0
+    ) -> list[tuple[str, bytes, bool]]:
         """Publish ``final`` (topic, payload, retain) messages, wait for them, and close.
 
         A final message goes out with the MQTT 5 properties of the last :meth:`publish` to
-        its topic (the shutdown claim is marked like every claim before it).
+        its topic (the shutdown claim is marked like every claim before it). Returns the
+        messages the broker did not acknowledge within ``timeout`` (the link was down, the
+        connection dropped while sending, or the broker stalled), so the caller can keep
+        them; never raises for a failed publish.
         """
+        undelivered: list[tuple[str, bytes, bool]] = list(final)
         if self.connected:
-            infos = [
-                self._client.publish(t, p, qos=1, retain=r, properties=self._props_by_topic.get(t))
-                for t, p, r in final
+            sent = [
+                (
+                    message,
+                    self._client.publish(
+                        message[0],
+                        message[1],
+                        qos=1,
+                        retain=message[2],
+                        properties=self._props_by_topic.get(message[0]),
+                    ),
+                )
+                for message in final
             ]
             deadline = time.monotonic() + timeout
-            for info in infos:
-                while not info.is_published() and time.monotonic() < deadline:
-                    time.sleep(0.01)
+            undelivered = []
+            for message, info in sent:
+                if not self._wait_published(info, deadline):
+                    undelivered.append(message)
+        for topic, _, _ in undelivered:
+            log.warning("final message to %s not acknowledged by the broker", topic)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        return undelivered
+
+    @staticmethod
+    def _wait_published(info: mqtt.MQTTMessageInfo, deadline: float) -> bool:
+        """Whether the broker acknowledged ``info`` by ``deadline``. paho raises from
+        ``is_published`` when the publish failed (the connection dropped meanwhile)."""
+        try:
+            while not info.is_published():
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+        except (RuntimeError, ValueError):
+            return False
+        return True
