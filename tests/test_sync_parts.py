@@ -386,7 +386,56 @@ def test_lost_downbeats_keep_the_bar_and_a_new_distance_changes_it() -> None:
         bars.learn(frame(k, downbeat=True), None, float)
     assert bars.bar_length == 4
     bars.learn(frame(15, downbeat=True), None, float)
-    assert bars.bar_length == 3
+    assert bars.bar_length == 4  # one interval of 3 is not yet a new bar ...
+    bars.learn(frame(18, downbeat=True), None, float)
+    assert bars.bar_length == 3  # ... two in a row are
+    assert bars.is_downbeat(21) is True and bars.is_downbeat(20) is False
+
+
+def learn_bars(bars: BarTracker, flags: dict[int, bool]) -> None:
+    prev: int | None = None
+    for k in sorted(flags):
+        bars.learn(frame(k, downbeat=flags[k]), prev, float)
+        prev = k
+
+
+def test_one_stray_downbeat_changes_nothing() -> None:
+    bars = BarTracker()
+    flags = {k: k % 4 == 0 for k in range(40)}
+    flags[22] = True  # a spoofed downbeat half way through a bar
+    learn_bars(bars, flags)
+    assert bars.bar_length == 4
+    assert [k for k in range(40, 60) if bars.is_downbeat(k)] == [40, 44, 48, 52, 56]
+    assert bars.is_downbeat(22) is False  # the grid answers, not the stray flag
+
+
+def test_one_stray_missing_downbeat_changes_nothing() -> None:
+    bars = BarTracker()
+    flags = {k: k % 4 == 0 for k in range(40)}
+    flags[20] = False  # a downbeat flag dropped on a real downbeat
+    learn_bars(bars, flags)
+    assert bars.bar_length == 4 and bars.is_downbeat(44) is True
+
+
+@pytest.mark.parametrize("new", [2, 3, 6, 8])
+def test_a_real_change_of_bar_is_followed_after_two_of_its_bars(new: int) -> None:
+    bars = BarTracker()
+    change = 20
+    flags = {k: k % 4 == 0 for k in range(change)}
+    flags.update({k: (k - change) % new == 0 for k in range(change, change + 4 * new)})
+    prev: int | None = None
+    adopted = None
+    for k in sorted(flags):
+        bars.learn(frame(k, downbeat=flags[k]), prev, float)
+        prev = k
+        if adopted is None and bars.bar_length == new:
+            adopted = k
+        if adopted is None and k >= 4:
+            assert bars.bar_length == 4
+    assert bars.bar_length == new
+    assert adopted is not None and adopted <= change + 3 * new
+    assert bars.is_downbeat(change + 10 * new) is True
+    assert bars.bar_position(change + 10 * new + 1) == 1
 
 
 def test_new_windows_come_out_once_when_their_beat_is_reached() -> None:
