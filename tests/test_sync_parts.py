@@ -52,7 +52,9 @@ def test_the_package_exports_the_names_edge_sync_had() -> None:
     ]
     missing = [n for n in names if not hasattr(edge.sync, n)]
     assert not missing
-    assert sorted(edge.sync.__all__) == sorted({*names, "TransitionError", "Trigger"})
+    added = ("BeatSourceConflict", "BeatSourceConflictCleared", "FrameVerdict", "SourceConflict")
+    assert all(hasattr(edge.sync, n) for n in added)
+    assert sorted(edge.sync.__all__) == sorted({*names, "TransitionError", "Trigger", *added})
 
 
 # --------------------------------------------------------------------------- states

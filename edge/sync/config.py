@@ -36,6 +36,15 @@ class SyncConfig:
     slew_rate: largest speed at which a correction is applied (0.02 = 20 ms per second).
     step_after_phases: a correction larger than this many phases is stepped, not slewed.
     jump_after_beats: an index more than this many beats from the expected one is a jump.
+    jump_after_silent_beats: frames off the timeline (a new numbering or new timing) are
+        followed only once the timeline itself has been silent this many beats (plus the
+        jitter tolerance): a pair slipped between the real frames renumbers nothing.
+    max_tempo_step: a tempo change larger than this fraction of the current tempo (the
+        upstream limit, 10 %) takes effect only once the next frame confirms it.
+    conflict_after_frames: evidence of a second source (see :mod:`edge.sync.conflict`)
+        among the last twice this many frames that raises a source conflict.
+    conflict_quiet_s: a source conflict clears after this long without evidence (at
+        least 4 beats).
     trust_wall_clock: None = decide from the data; True/False force it.
     wall_trust_frames: consistent frames needed before the wall clock is trusted.
     wall_max_bias_s: largest fixed path delay believed from the wall clock.
@@ -59,6 +68,10 @@ class SyncConfig:
     slew_rate: float = 0.02
     step_after_phases: float = 0.5
     jump_after_beats: int = 2
+    jump_after_silent_beats: float = 2.0
+    max_tempo_step: float = 0.10
+    conflict_after_frames: int = 3
+    conflict_quiet_s: float = 10.0
     trust_wall_clock: bool | None = None
     wall_trust_frames: int = 8
     wall_max_bias_s: float = 0.010
@@ -84,6 +97,10 @@ _LIMITS: dict[str, tuple[str, float, float, bool]] = {
     "slew_rate": ("f", 0.0, 0.5, False),
     "step_after_phases": ("f", 0.0, 1e6, True),
     "jump_after_beats": ("i", 1, 1_000_000, True),
+    "jump_after_silent_beats": ("f", 0.0, 1e6, True),
+    "max_tempo_step": ("f", 0.0, 100.0, True),
+    "conflict_after_frames": ("i", 1, 1000, True),
+    "conflict_quiet_s": ("f", 0.0, 1e7, True),
     "wall_trust_frames": ("i", 1, 10_000, True),
     "wall_max_bias_s": ("f", 0.0, 10.0, True),
     "wall_consistency_s": ("f", 0.0, 10.0, False),
