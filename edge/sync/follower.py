@@ -42,12 +42,37 @@ error bounds) is held back: one early frame must not pull the line. If
 ``relock_after_frames`` frames in a row are early, or later than ``jitter_tolerance_s``
 and consistent with each other, the timeline really moved and the window restarts from
 them. A frame far outside the timeline (index jump, Pulse restart or fail-over, or a very
-late replay) is held as pending; if the next frame continues it at the right spacing the
-follower re-anchors on the pair (emitting BeatJumped if the beat index jumped), else the
-pending frame is rejected (``stale`` when it was late). When both frames of the pair sit
-on our own boundaries (the Pulse renumbered but kept its timing) the timeline is relabelled
-instead, keeping the whole fit; either way BeatJumped is emitted and tick() then emits the
-jumped-to beat under its new number (late, with its true start) and every beat after it.
+late replay) is held; frames continuing it at the right spacing join it, any other frame
+refutes it (``stale`` when it was late, else ``unconfirmed_jump``). The held run is
+followed only once the timeline itself has been silent ``jump_after_silent_beats`` beats
+(plus the jitter tolerance): a real Pulse restart or renumbering stops the old frames,
+while a pair slipped between real frames by someone else is refuted by the next real one.
+Followed, the follower re-anchors on the run (emitting BeatJumped if the beat index
+jumped); when every frame sits on our own boundaries and the earliest on our timing
+within the early tolerance (the Pulse renumbered but kept its timing) the timeline is
+relabelled instead, keeping the whole fit. A Pulse restarted some ms off our boundaries
+is re-anchored: relabelled, the old points would keep it early by that much. Either way
+BeatJumped is emitted and tick() then emits the jumped-to beat under its new number
+(late, with its true start) and every beat after it.
+
+*Plausibility.* A tempo change within ``max_tempo_step`` (10 %, the upstream limit) of
+the current tempo takes effect from its frame; a larger one is held the same way until
+the next frame continues it at the new tempo, else rejected (``tempo_unconfirmed``): one
+frame saying 1000 BPM moves nothing. The bar length changes only after two downbeat
+intervals agree (:mod:`~edge.sync.bars`).
+
+*Conflicting sources.* A second frame for a beat and phase already accepted is a network
+copy when it arrives within the jitter of the first (``duplicate``). Otherwise it is
+evidence of a second source (:mod:`~edge.sync.conflict`: BeatSourceConflict,
+:attr:`BeatFollower.source_conflict`). What the follower does, signed or not: it keeps
+following the source its timeline already agrees with. A copy sent early is held back
+by the envelope like any early frame; when the real frame then arrives and fits, its
+arrival enters the fit and the copy is rejected (``source_conflict``); copies earlier
+than the band are held as a jump and refuted by the real frames. So early copies never
+drag the timeline, and the state stays what the real source makes it; the conflict is
+reported for the operator (unsigned, the follower cannot tell which source is genuine,
+only which one agrees with the beat it was locked on; signed frames settle it before
+the follower sees them).
 
 *Error bound.* See :meth:`BeatFollower.error_bound_at`: the spacing of the lowest residuals
 tells how densely arrivals crowd the floor, hence how far above it the envelope may sit;
@@ -70,15 +95,17 @@ tempo. The first frames after LOST lock again and emit SyncRegained with the err
 revealed.
 
 *Bars* are learnt from ``downbeat`` flags and ``window_id`` changes: the bar length is the
-distance between downbeats (a multiple of the known length is taken as lost frames).
-Until two downbeats are seen, :meth:`BeatFollower.is_downbeat` answers None.
+distance between downbeats (a multiple of the known length is taken as lost frames), and
+changes only when two intervals agree on a new one. Until two downbeats are seen,
+:meth:`BeatFollower.is_downbeat` answers None.
 
 *Parts.* Each concern is its own module, and each part renumbers and restarts itself:
 :mod:`~edge.sync.timeline` (where the phases start: the tempo map of
 :mod:`~edge.sync.tempo`, the fit of :mod:`~edge.sync.envelope`, the fixed delay learnt by
 :mod:`~edge.sync.wall` and the correction of :mod:`~edge.sync.correction`),
-:mod:`~edge.sync.bars` (bars and windows), :mod:`~edge.sync.accepted` (duplicate memory)
-and :mod:`~edge.sync.states` (the transition table). This module classifies frames, moves
+:mod:`~edge.sync.bars` (bars and windows), :mod:`~edge.sync.accepted` (duplicate memory),
+:mod:`~edge.sync.conflict` (second sources) and :mod:`~edge.sync.states` (the transition
+table). This module classifies frames, moves
 the states and emits the events.
 """
 
@@ -363,7 +390,7 @@ class BeatFollower:
         if key in self._accepted and self._same_moment(key, a):
             self._duplicate(frame, key, a, wall_at, events)
             return
-        if any(self._same_key(h, key, a) for h in self._held):
+        if any(self._copy_of_held(h, frame, a) for h in self._held):
             events.extend(self._reject("duplicate", frame, a))
             return
         timeline = self._timeline
@@ -416,10 +443,10 @@ class BeatFollower:
             return True
         return abs(a - self._timeline.model_start(key)) <= self._horizon()
 
-    def _same_key(self, held: _Pending, key: Key, a: float) -> bool:
-        """Is a frame for ``key`` at ``a`` a network copy of the held frame?"""
-        held_key = (held[0].beat_index, PHASES.index(held[0].phase))
-        return held_key == key and abs(a - held[1]) <= self._cfg.jitter_tolerance_s
+    def _copy_of_held(self, held: _Pending, frame: BeatFrame, a: float) -> bool:
+        """Is ``frame`` at ``a`` a network copy of the held frame (the same frame, within
+        the jitter of it)?"""
+        return held[0] == frame and abs(a - held[1]) <= self._cfg.jitter_tolerance_s
 
     def _spread(self, key: Key, a: float) -> float | None:
         """Evidence of a second source: how much later than the first arrival of ``key``
