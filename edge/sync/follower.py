@@ -554,7 +554,10 @@ class BeatFollower:
                 timeline.commit(a, u_now, acquiring=False)
                 self._verdict = FrameVerdict.ACCEPTED
                 return
-        reason = "duplicate" if self._evidence is None else "source_conflict"
+        # Far from the first it is evidence; named a conflict once one is in force (an
+        # honest network reorders a copy now and then).
+        in_conflict = self._evidence is not None and self._conflict.current is not None
+        reason = "source_conflict" if in_conflict else "duplicate"
         events.extend(self._reject(reason, frame, a))
 
     def _acquire(
