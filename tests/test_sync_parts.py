@@ -405,17 +405,34 @@ def test_one_stray_downbeat_changes_nothing() -> None:
     bars = BarTracker()
     flags = {k: k % 4 == 0 for k in range(40)}
     flags[22] = True  # a spoofed downbeat half way through a bar
-    learn_bars(bars, flags)
+    learn_bars(bars, {k: v for k, v in flags.items() if k < 22})
+    assert bars.learn(frame(22, downbeat=True), 21, float) is True  # not taken: reported
+    learn_bars(bars, {k: v for k, v in flags.items() if k > 22})
     assert bars.bar_length == 4
     assert [k for k in range(40, 60) if bars.is_downbeat(k)] == [40, 44, 48, 52, 56]
     assert bars.is_downbeat(22) is False  # the grid answers, not the stray flag
+
+
+def test_a_bar_learnt_over_a_lost_downbeat_is_put_right_at_once() -> None:
+    bars = BarTracker()
+    learn_bars(bars, {k: k % 4 == 0 for k in range(20) if k != 4})  # downbeat 4 lost
+    assert bars.bar_length == 4  # 0 -> 8 gave 8, tentative; 12 put it right at once
+    bars = BarTracker()
+    flags = {k: k % 4 == 0 for k in range(20) if k not in (4, 5, 6, 7)}
+    prev = None
+    for k in sorted(flags):
+        assert bars.learn(frame(k, downbeat=flags[k]), prev, float) is False  # none stray
+        prev = k
+    assert bars.bar_length == 4
 
 
 def test_one_stray_missing_downbeat_changes_nothing() -> None:
     bars = BarTracker()
     flags = {k: k % 4 == 0 for k in range(40)}
     flags[20] = False  # a downbeat flag dropped on a real downbeat
-    learn_bars(bars, flags)
+    learn_bars(bars, {k: v for k, v in flags.items() if k < 20})
+    assert bars.learn(frame(20), 19, float) is True
+    learn_bars(bars, {k: v for k, v in flags.items() if k > 20})
     assert bars.bar_length == 4 and bars.is_downbeat(44) is True
 
 

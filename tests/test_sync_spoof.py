@@ -111,6 +111,8 @@ def test_one_stray_downbeat_changes_nothing() -> None:
     assert_unmoved(clean, attacked)
     assert attacked.follower.bar_length == 4
     assert attacked.follower.is_downbeat(FIRST + 200) is True
+    assert rejected(attacked).get("bar_unconfirmed") == 1  # its flag, not its timing
+    assert "bar_unconfirmed" not in rejected(clean)
 
 
 # --------------------------------------------------------------------------- index jumps
@@ -217,9 +219,10 @@ def test_early_copies_of_per_phase_frames_do_not_drag_the_timeline() -> None:
     assert [e for e in attacked.receive_events if isinstance(e, BeatSourceConflict)]
 
 
-def test_a_constant_second_publisher_is_seen_and_not_followed() -> None:
+@pytest.mark.parametrize("offset", [-0.080, 0.080])
+def test_a_constant_second_publisher_is_seen_and_not_followed(offset: float) -> None:
     def attacker(sent: Sent) -> list[tuple[float, BeatFrame]]:
-        return [(t - 0.080 + BASE, f) for t, f, _ in sent if f.beat_index >= AT]
+        return [(t + offset + BASE, f) for t, f, _ in sent if f.beat_index >= AT]
 
     clean, attacked = runs(attacker)
     assert_unmoved(clean, attacked)

@@ -1,6 +1,8 @@
 """The bar tracker: bars and windows learnt from ``downbeat`` flags and ``window_id``.
 
-The bar length is first the distance between the first two downbeats. After that it
+The bar length is first the distance between the first two downbeats; until a third
+downbeat agrees with it, it is tentative (a lost downbeat may have doubled it) and a new
+distance replaces it at once, as a frame against it forgets it. Once confirmed it
 changes only when two downbeat intervals in a row agree on a new length and the latest
 of them disagrees with the bar in force (it ends off the bar's grid, or a frame inside it
 said "no downbeat" where the grid expects one): one stray ``downbeat`` flag, true or
@@ -33,6 +35,7 @@ class BarTracker:
         self._last_seen: int | None = None
         self._contradicted = False
         self._interval: tuple[int, bool] | None = None
+        self._confirmed = False  # a downbeat after the first two agreed with the bar
         self._known_downbeat: dict[int, bool] = {}
         self._window_id: tuple[int, str] | None = None  # (first beat, window id)
         self._new_windows: list[NewWindow] = []
@@ -49,6 +52,7 @@ class BarTracker:
         self._last_seen = None
         self._contradicted = False
         self._interval = None
+        self._confirmed = False
         self._known_downbeat.clear()
         self._window_id = None
         self._new_windows.clear()
@@ -83,10 +87,13 @@ class BarTracker:
 
     def learn(
         self, frame: BeatFrame, prev_beat: int | None, beat_start: Callable[[int], float]
-    ) -> None:
+    ) -> bool:
         """Learn bars from downbeat flags and window changes (``prev_beat``: the latest
         beat accepted before this frame, None on a fresh timeline; ``beat_start``: the
-        local start of a beat, for a new window's NewWindow)."""
+        local start of a beat, for a new window's NewWindow).
+
+        True when the frame's downbeat flag disagreed with the bar in force and was not
+        taken (not yet: a real change of bar is taken once two intervals agree)."""
         k = frame.beat_index
         current = self._window_id
         changed = current is not None and frame.window_id != current[1] and k >= current[0]
@@ -97,10 +104,15 @@ class BarTracker:
             if len(self._known_downbeat) > _KNOWN_BEATS:
                 del self._known_downbeat[next(iter(self._known_downbeat))]
         seen = self._last_seen
+        unconfirmed = False
         if downbeat and (seen is None or k > seen):
-            self._downbeat(k)
+            unconfirmed = self._downbeat(k)
         elif not downbeat and seen is not None and k > seen and self.is_downbeat(k):
-            self._contradicted = True
+            if self._confirmed:
+                unconfirmed = not self._contradicted  # once per interval
+                self._contradicted = True
+            else:
+                self._bar_len = None  # a tentative bar is wrong: learn it again
         if current is None or changed:
             start = k
             position = self.bar_position(k)
@@ -110,9 +122,11 @@ class BarTracker:
                     start = k
             self._window_id = (start, frame.window_id)
             self._new_windows.append(NewWindow(start, frame.window_id, beat_start(start)))
+        return unconfirmed
 
-    def _downbeat(self, k: int) -> None:
-        """A downbeat frame for beat ``k``, later than every downbeat seen before."""
+    def _downbeat(self, k: int) -> bool:
+        """A downbeat frame for beat ``k``, later than every downbeat seen before; True if
+        it is off the bar's grid and did not change the bar."""
         last, seen, bar = self._last_downbeat, self._last_seen, self._bar_len
         self._last_seen = k
         contradicted, self._contradicted = self._contradicted, False
@@ -120,16 +134,23 @@ class BarTracker:
             if last is not None:
                 self._bar_len = k - last  # the first two downbeats give the bar
             self._last_downbeat = k
-            return
+            return False
         length = k - seen
         # A multiple of the bar with nothing against it means downbeats were lost.
         disagrees = (k - last) % bar != 0 or contradicted
         previous, self._interval = self._interval, (length, disagrees)
         if not disagrees:
             self._last_downbeat = k
+            self._confirmed = True
+        elif not self._confirmed:
+            self._bar_len = length  # the tentative bar was wrong: take the new distance
+            self._last_downbeat = k
+            return False
         elif previous is not None and previous[0] == length:
             self._bar_len = length
             self._last_downbeat = k
+            return False
+        return (k - last) % bar != 0
 
     def window_for(self, beat: int) -> str | None:
         """The window ``beat`` belongs to, if known."""

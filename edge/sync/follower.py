@@ -672,7 +672,9 @@ class BeatFollower:
         key = (frame.beat_index, PHASES.index(frame.phase))
         prev_beat = self._accepted.add(key, held_back)
         self._last_arrival = max(self._last_arrival, a)
-        self._bars.learn(frame, prev_beat, self._timeline.beat_start)
+        if self._bars.learn(frame, prev_beat, self._timeline.beat_start):
+            # The frame's timing is taken; its downbeat flag is not (not yet).
+            events.extend(self._reject("bar_unconfirmed", frame, a))
         if wall_at is not None:
             self._timeline.wall.learn(frame, a, wall_at, self._timeline.env_at)
         locking = self._accepted.count >= self._cfg.lock_after_frames
