@@ -377,6 +377,15 @@ def test_a_real_frame_refutes_a_held_jump() -> None:
     assert f.phase_start(FIRST + 30, "plan") == pytest.approx(130.0, abs=1e-6)
 
 
+def test_a_frame_refused_by_the_caller_is_counted_with_the_others() -> None:
+    f = locked()
+    before = f.phase_start(FIRST + 30, "plan")
+    events = f.refused("hlc_ahead", frame(FIRST + 20, bpm=1000.0), 119.99)
+    assert events == [FrameRejected("hlc_ahead", FIRST + 20, 119.99)]
+    assert f.rejected == {"hlc_ahead": 1} and f.last_verdict is FrameVerdict.REJECTED
+    assert f.phase_start(FIRST + 30, "plan") == before and f.tempo_bpm == 60.0
+
+
 def test_the_verdict_of_rejected_frames() -> None:
     f = locked()
     f.receive(frame(FIRST + 19), 119.0)

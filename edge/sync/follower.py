@@ -378,6 +378,13 @@ class BeatFollower:
             events.append(raised)
         return events
 
+    def refused(self, reason: str, frame: BeatFrame, arrived_at: float) -> list[SyncEvent]:
+        """Count a frame the caller refused before the follower saw it (``hlc_ahead``,
+        ``unsigned``, ``bad_signature``...), so :attr:`rejected` holds every reason in one
+        place. The frame changes nothing else; returns its FrameRejected."""
+        self._verdict = FrameVerdict.REJECTED
+        return self._reject(reason, frame, float(arrived_at))
+
     # ----------------------------------------------------------------- internals: frames
 
     def _take(
