@@ -11,9 +11,10 @@ from edge.messages import BeatFrame
 from edge.sync.accepted import Accepted
 from edge.sync.bars import BarTracker
 from edge.sync.config import SyncConfig
+from edge.sync.conflict import ConflictWatch
 from edge.sync.correction import Correction
 from edge.sync.envelope import Admission, Envelope, Point
-from edge.sync.events import NewWindow
+from edge.sync.events import BeatSourceConflict, BeatSourceConflictCleared, NewWindow
 from edge.sync.states import (
     TRANSITIONS,
     SyncState,
@@ -496,3 +497,42 @@ def test_accepted_keys_remember_duplicates_and_the_latest() -> None:
     seen.reset()
     assert seen.count == 0 and (15, 0) not in seen
     assert seen.add((1, 0)) is None and seen.latest == (1, 0)
+
+
+# --------------------------------------------------------------------------- conflicts
+
+
+def test_a_conflict_is_raised_by_enough_evidence_among_the_last_frames() -> None:
+    watch = ConflictWatch(SyncConfig(conflict_after_frames=3, conflict_quiet_s=10.0))
+    # Evidence now and then (an honest network reordering a copy) raises nothing.
+    for i in range(30):
+        assert watch.frame(float(i), 0.2 if i % 10 == 0 else None) is None
+    assert watch.current is None
+    got = [watch.frame(30.0 + i, 0.14 + 0.01 * i if i % 2 else None) for i in range(6)]
+    assert got[:5] == [None] * 5 and got[5] == BeatSourceConflict(35.0, pytest.approx(190.0))
+    current = watch.current
+    assert current is not None and current.since == 35.0 and current.evidence == 3
+    assert watch.frame(36.0, -0.5) is None  # raised once; the spread grows
+    assert watch.current is not None and watch.current.spread_ms == 500.0
+
+
+def test_a_conflict_clears_after_a_quiet_period_of_at_least_four_beats() -> None:
+    watch = ConflictWatch(SyncConfig(conflict_after_frames=1, conflict_quiet_s=10.0))
+    watch.frame(5.0, 0.1)
+    assert watch.clears_at(beat_seconds=1.0) == 15.0
+    assert watch.clears_at(beat_seconds=6.0) == 29.0  # slow beat: four beats
+    assert watch.tick(14.9, 1.0) is None and watch.current is not None
+    assert watch.tick(15.0, 1.0) == BeatSourceConflictCleared(15.0)
+    assert watch.current is None and watch.clears_at(1.0) is None
+    assert watch.evidence == 1
+
+
+def test_first_arrivals_are_remembered_renumbered_and_forgotten() -> None:
+    watch = ConflictWatch(SyncConfig())
+    watch.arrived((5, 0), 1.0)
+    watch.arrived((5, 0), 2.0)  # only the first counts
+    assert watch.first_arrival((5, 0)) == 1.0 and watch.first_arrival((6, 0)) is None
+    watch.renumber(10)
+    assert watch.first_arrival((15, 0)) == 1.0 and watch.first_arrival((5, 0)) is None
+    watch.reset()
+    assert watch.first_arrival((15, 0)) is None
