@@ -19,10 +19,15 @@ Rules (Kulkarni et al., "Logical Physical Clocks", 2014, narrowed to 16-bit fiel
   wire timestamps by the same rule.
 * **Logical overflow.** If 65536 events fall in one second, the wall part borrows the next
   second (the logical part restarts at 0), which keeps every timestamp unique and ordered.
+* **The bound.** A received timestamp more than ``max_ahead_s`` ahead of the local wall
+  clock (an agent's default: :data:`DEFAULT_MAX_AHEAD_S`, 60 s) is refused with
+  :class:`HlcAheadError` (reason ``hlc_ahead``) and leaves the clock as it was: one forged
+  or misdirected frame must not push every later timestamp hours ahead for good.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from edge.clock import Clock
 from edge.errors import FrameError
 
+DEFAULT_MAX_AHEAD_S = 60.0  # far above NTP error, far below the 9.1 h wrap
 _WIRE = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4}):([0-9a-fA-F]{4})")
 _MASK = 0xFFFF
 _HALF = 0x8000
@@ -46,6 +52,24 @@ class Timestamp:
     def wire(self) -> str:
         """The wire form: low 16 bits of the wall second, logical, node; 4 hex digits each."""
         return f"{self.wall & _MASK:04x}:{self.logical:04x}:{self.node:04x}"
+
+
+class HlcAheadError(FrameError):
+    """A received HLC is further ahead of our wall clock than the bound allows.
+
+    ``reason`` is the name the caller counts it under; ``ahead_s`` how far ahead it was.
+    """
+
+    reason = "hlc_ahead"
+
+    def __init__(self, received: str, ahead_s: int, bound_s: float) -> None:
+        super().__init__(
+            f"hlc {received!r} is {ahead_s} s ahead of the local wall clock "
+            f"(at most {bound_s:g} s is merged)",
+            field="hlc",
+        )
+        self.ahead_s = ahead_s
+        self.bound_s = bound_s
 
 
 def parse(text: str) -> tuple[int, int, int]:
@@ -88,9 +112,15 @@ def node_id(name: str) -> int:
 class HybridLogicalClock:
     """An HLC for one node, reading physical time from an injected :class:`Clock`."""
 
-    def __init__(self, clock: Clock, node: int) -> None:
+    def __init__(self, clock: Clock, node: int, max_ahead_s: float | None = None) -> None:
+        """``max_ahead_s``: how far ahead of the local wall clock a merged timestamp may be;
+        None (the default, for callers that set no bound) merges any. An agent passes its
+        configured bound, whose default is :data:`DEFAULT_MAX_AHEAD_S`."""
         if isinstance(node, bool) or not isinstance(node, int) or not 0 <= node <= _MASK:
             raise ValueError(f"node must be between 0 and 65535, got {node}")
+        if max_ahead_s is not None and not (max_ahead_s >= 0 and math.isfinite(max_ahead_s)):
+            raise ValueError(f"max_ahead_s must be a finite number >= 0, got {max_ahead_s!r}")
+        self._max_ahead = max_ahead_s
         self._clock = clock
         self._node = node
         self._wall = 0
@@ -116,15 +146,35 @@ class HybridLogicalClock:
             return self._advance(physical, 0)
         return self._advance(self._wall, self._logical + 1)
 
+    @property
+    def max_ahead_s(self) -> float | None:
+        return self._max_ahead
+
+    def check(self, received: str) -> None:
+        """Raise what :meth:`merge` would raise for ``received``, without merging it.
+
+        FrameError if it is malformed, HlcAheadError if it is beyond the bound: a caller
+        can refuse a frame before anything else sees it, and merge it once it passed.
+        """
+        self._unwrapped(received)
+
+    def _unwrapped(self, received: str) -> tuple[int, int, int]:
+        """(received wall unwrapped, its logical part, physical now); checks the bound."""
+        r_wall16, r_logical, _ = parse(received)
+        physical = self._physical()
+        r_wall = unwrap(r_wall16, max(self._wall, physical))
+        if self._max_ahead is not None and r_wall - physical > self._max_ahead:
+            raise HlcAheadError(received, r_wall - physical, self._max_ahead)
+        return r_wall, r_logical, physical
+
     def merge(self, received: str) -> Timestamp:
         """Fold in a received wire timestamp and return the timestamp of the receive event.
 
-        Raises FrameError if ``received`` is not a valid wire HLC.
+        Raises FrameError if ``received`` is not a valid wire HLC, and HlcAheadError (a
+        FrameError) if it is more than ``max_ahead_s`` ahead of the local wall clock; the
+        clock is then unchanged.
         """
-        r_wall16, r_logical, _ = parse(received)
-        physical = self._physical()
-        reference = max(self._wall, physical)
-        r_wall = unwrap(r_wall16, reference)
+        r_wall, r_logical, physical = self._unwrapped(received)
         wall = max(self._wall, r_wall, physical)
         if wall == self._wall == r_wall:
             logical = max(self._logical, r_logical) + 1

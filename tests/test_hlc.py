@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 import pytest
 
 from edge.clock import FakeClock
 from edge.errors import FrameError
-from edge.hlc import HybridLogicalClock, Timestamp, compare, node_id, parse, unwrap
+from edge.hlc import (
+    DEFAULT_MAX_AHEAD_S,
+    HlcAheadError,
+    HybridLogicalClock,
+    Timestamp,
+    compare,
+    node_id,
+    parse,
+    unwrap,
+)
 
 WIRE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{4}:[0-9a-f]{4}")
 WRAP = 0x10000
@@ -180,3 +190,73 @@ def test_node_id_is_a_stable_16_bit_value() -> None:
 def test_node_must_fit_in_16_bits(node: int) -> None:
     with pytest.raises(ValueError, match="node must be between 0 and 65535"):
         HybridLogicalClock(FakeClock(), node)
+
+
+# --------------------------------------------------------------------------- the bound
+
+
+def bounded_at(wall: float, bound: float = DEFAULT_MAX_AHEAD_S) -> HybridLogicalClock:
+    return HybridLogicalClock(FakeClock(monotonic=0.0, wall=wall), 0xBEEF, max_ahead_s=bound)
+
+
+def test_the_agent_default_bound_is_a_minute() -> None:
+    assert DEFAULT_MAX_AHEAD_S == 60.0
+    assert bounded_at(1.0).max_ahead_s == 60.0
+    assert HybridLogicalClock(FakeClock(), 1).max_ahead_s is None  # no bound unless asked
+
+
+def test_merge_refuses_a_timestamp_beyond_the_bound_and_keeps_the_clock() -> None:
+    hlc = bounded_at(100_000.0)
+    before = hlc.now()
+    far = Timestamp(100_000 + 9 * 3600, 3, 1).wire()  # another cluster's clock, 9 hours on
+    with pytest.raises(HlcAheadError, match=r"32400 s ahead .*at most 60 s") as caught:
+        hlc.merge(far)
+    assert caught.value.reason == "hlc_ahead" and caught.value.field == "hlc"
+    assert caught.value.ahead_s == 9 * 3600
+    assert isinstance(caught.value, FrameError)  # counted like any bad frame
+    assert hlc.now() == Timestamp(before.wall, before.logical + 1, 0xBEEF)
+
+
+def test_merge_takes_a_timestamp_up_to_the_bound() -> None:
+    hlc = bounded_at(100_000.0)
+    got = hlc.merge(Timestamp(100_060, 7, 1).wire())  # exactly 60 s ahead: allowed
+    assert (got.wall, got.logical) == (100_060, 8)
+    with pytest.raises(HlcAheadError, match="61 s ahead"):
+        hlc.merge(Timestamp(100_061, 0, 1).wire())
+
+
+def test_the_bound_is_from_the_wall_clock_not_from_our_last_merge() -> None:
+    # A chain of merges each 60 s past the last would walk the clock away; it cannot.
+    hlc = bounded_at(100_000.0)
+    hlc.merge(Timestamp(100_050, 0, 1).wire())
+    with pytest.raises(HlcAheadError):
+        hlc.merge(Timestamp(100_100, 0, 1).wire())  # 50 s past our clock, 100 s past the wall
+    assert hlc.now().wall == 100_050
+
+
+def test_check_refuses_without_merging() -> None:
+    hlc = bounded_at(100_000.0)
+    hlc.check(Timestamp(100_010, 0, 1).wire())  # fine, and nothing merged:
+    assert hlc.now() == Timestamp(100_000, 0, 0xBEEF)
+    with pytest.raises(HlcAheadError):
+        hlc.check(Timestamp(100_000 + 3600, 0, 1).wire())
+    with pytest.raises(FrameError, match="hlc must be"):
+        hlc.check("nope")
+
+
+def test_the_bound_holds_across_the_wall_wrap() -> None:
+    hlc = bounded_at(3 * WRAP - 10.0)
+    assert hlc.merge("0005:0000:0001").wall == 3 * WRAP + 5  # 15 s ahead, wrapped: fine
+    with pytest.raises(HlcAheadError):
+        hlc.merge("0100:0000:0001")  # 266 s ahead across the wrap
+
+
+def test_a_past_timestamp_is_never_refused() -> None:
+    hlc = bounded_at(100_000.0, bound=0.0)
+    assert hlc.merge(Timestamp(90_000, 0, 1).wire()).wall == 100_000
+
+
+@pytest.mark.parametrize("bound", [-1.0, math.inf, math.nan])
+def test_the_bound_must_be_finite_and_not_negative(bound: float) -> None:
+    with pytest.raises(ValueError, match="max_ahead_s"):
+        bounded_at(1.0, bound)

@@ -11,9 +11,10 @@ from edge.messages import BeatFrame
 from edge.sync.accepted import Accepted
 from edge.sync.bars import BarTracker
 from edge.sync.config import SyncConfig
+from edge.sync.conflict import ConflictWatch
 from edge.sync.correction import Correction
 from edge.sync.envelope import Admission, Envelope, Point
-from edge.sync.events import NewWindow
+from edge.sync.events import BeatSourceConflict, BeatSourceConflictCleared, NewWindow
 from edge.sync.states import (
     TRANSITIONS,
     SyncState,
@@ -52,7 +53,9 @@ def test_the_package_exports_the_names_edge_sync_had() -> None:
     ]
     missing = [n for n in names if not hasattr(edge.sync, n)]
     assert not missing
-    assert sorted(edge.sync.__all__) == sorted({*names, "TransitionError", "Trigger"})
+    added = ("BeatSourceConflict", "BeatSourceConflictCleared", "FrameVerdict", "SourceConflict")
+    assert all(hasattr(edge.sync, n) for n in added)
+    assert sorted(edge.sync.__all__) == sorted({*names, "TransitionError", "Trigger", *added})
 
 
 # --------------------------------------------------------------------------- states
@@ -386,7 +389,73 @@ def test_lost_downbeats_keep_the_bar_and_a_new_distance_changes_it() -> None:
         bars.learn(frame(k, downbeat=True), None, float)
     assert bars.bar_length == 4
     bars.learn(frame(15, downbeat=True), None, float)
-    assert bars.bar_length == 3
+    assert bars.bar_length == 4  # one interval of 3 is not yet a new bar ...
+    bars.learn(frame(18, downbeat=True), None, float)
+    assert bars.bar_length == 3  # ... two in a row are
+    assert bars.is_downbeat(21) is True and bars.is_downbeat(20) is False
+
+
+def learn_bars(bars: BarTracker, flags: dict[int, bool]) -> None:
+    prev: int | None = None
+    for k in sorted(flags):
+        bars.learn(frame(k, downbeat=flags[k]), prev, float)
+        prev = k
+
+
+def test_one_stray_downbeat_changes_nothing() -> None:
+    bars = BarTracker()
+    flags = {k: k % 4 == 0 for k in range(40)}
+    flags[22] = True  # a spoofed downbeat half way through a bar
+    learn_bars(bars, {k: v for k, v in flags.items() if k < 22})
+    assert bars.learn(frame(22, downbeat=True), 21, float) is True  # not taken: reported
+    learn_bars(bars, {k: v for k, v in flags.items() if k > 22})
+    assert bars.bar_length == 4
+    assert [k for k in range(40, 60) if bars.is_downbeat(k)] == [40, 44, 48, 52, 56]
+    assert bars.is_downbeat(22) is False  # the grid answers, not the stray flag
+
+
+def test_a_bar_learnt_over_a_lost_downbeat_is_put_right_at_once() -> None:
+    bars = BarTracker()
+    learn_bars(bars, {k: k % 4 == 0 for k in range(20) if k != 4})  # downbeat 4 lost
+    assert bars.bar_length == 4  # 0 -> 8 gave 8, tentative; 12 put it right at once
+    bars = BarTracker()
+    flags = {k: k % 4 == 0 for k in range(20) if k not in (4, 5, 6, 7)}
+    prev = None
+    for k in sorted(flags):
+        assert bars.learn(frame(k, downbeat=flags[k]), prev, float) is False  # none stray
+        prev = k
+    assert bars.bar_length == 4
+
+
+def test_one_stray_missing_downbeat_changes_nothing() -> None:
+    bars = BarTracker()
+    flags = {k: k % 4 == 0 for k in range(40)}
+    flags[20] = False  # a downbeat flag dropped on a real downbeat
+    learn_bars(bars, {k: v for k, v in flags.items() if k < 20})
+    assert bars.learn(frame(20), 19, float) is True
+    learn_bars(bars, {k: v for k, v in flags.items() if k > 20})
+    assert bars.bar_length == 4 and bars.is_downbeat(44) is True
+
+
+@pytest.mark.parametrize("new", [2, 3, 6, 8])
+def test_a_real_change_of_bar_is_followed_after_two_of_its_bars(new: int) -> None:
+    bars = BarTracker()
+    change = 20
+    flags = {k: k % 4 == 0 for k in range(change)}
+    flags.update({k: (k - change) % new == 0 for k in range(change, change + 4 * new)})
+    prev: int | None = None
+    adopted = None
+    for k in sorted(flags):
+        bars.learn(frame(k, downbeat=flags[k]), prev, float)
+        prev = k
+        if adopted is None and bars.bar_length == new:
+            adopted = k
+        if adopted is None and k >= 4:
+            assert bars.bar_length == 4
+    assert bars.bar_length == new
+    assert adopted is not None and adopted <= change + 3 * new
+    assert bars.is_downbeat(change + 10 * new) is True
+    assert bars.bar_position(change + 10 * new + 1) == 1
 
 
 def test_new_windows_come_out_once_when_their_beat_is_reached() -> None:
@@ -428,3 +497,42 @@ def test_accepted_keys_remember_duplicates_and_the_latest() -> None:
     seen.reset()
     assert seen.count == 0 and (15, 0) not in seen
     assert seen.add((1, 0)) is None and seen.latest == (1, 0)
+
+
+# --------------------------------------------------------------------------- conflicts
+
+
+def test_a_conflict_is_raised_by_enough_evidence_among_the_last_frames() -> None:
+    watch = ConflictWatch(SyncConfig(conflict_after_frames=3, conflict_quiet_s=10.0))
+    # Evidence now and then (an honest network reordering a copy) raises nothing.
+    for i in range(30):
+        assert watch.frame(float(i), 0.2 if i % 10 == 0 else None) is None
+    assert watch.current is None
+    got = [watch.frame(30.0 + i, 0.14 + 0.01 * i if i % 2 else None) for i in range(6)]
+    assert got[:5] == [None] * 5 and got[5] == BeatSourceConflict(35.0, pytest.approx(190.0))  # type: ignore[arg-type]
+    current = watch.current
+    assert current is not None and current.since == 35.0 and current.evidence == 3
+    assert watch.frame(36.0, -0.5) is None  # raised once; the spread grows
+    assert watch.current is not None and watch.current.spread_ms == 500.0
+
+
+def test_a_conflict_clears_after_a_quiet_period_of_at_least_four_beats() -> None:
+    watch = ConflictWatch(SyncConfig(conflict_after_frames=1, conflict_quiet_s=10.0))
+    watch.frame(5.0, 0.1)
+    assert watch.clears_at(beat_seconds=1.0) == 15.0
+    assert watch.clears_at(beat_seconds=6.0) == 29.0  # slow beat: four beats
+    assert watch.tick(14.9, 1.0) is None and watch.current is not None
+    assert watch.tick(15.0, 1.0) == BeatSourceConflictCleared(15.0)
+    assert watch.current is None and watch.clears_at(1.0) is None
+    assert watch.evidence == 1
+
+
+def test_first_arrivals_are_remembered_renumbered_and_forgotten() -> None:
+    watch = ConflictWatch(SyncConfig())
+    watch.arrived((5, 0), 1.0)
+    watch.arrived((5, 0), 2.0)  # only the first counts
+    assert watch.first_arrival((5, 0)) == 1.0 and watch.first_arrival((6, 0)) is None
+    watch.renumber(10)
+    assert watch.first_arrival((15, 0)) == 1.0 and watch.first_arrival((5, 0)) is None
+    watch.reset()
+    assert watch.first_arrival((15, 0)) is None

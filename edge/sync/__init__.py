@@ -4,11 +4,15 @@
 """
 
 from edge.sync.config import SyncConfig, parse_sync
+from edge.sync.conflict import SourceConflict
 from edge.sync.envelope import lower_envelope_slope
 from edge.sync.events import (
     BeatJumped,
+    BeatSourceConflict,
+    BeatSourceConflictCleared,
     BeatStarted,
     FrameRejected,
+    FrameVerdict,
     NewWindow,
     PhaseStarted,
     Position,
@@ -24,12 +28,16 @@ from edge.sync.tempo import Key
 __all__ = [
     "BeatFollower",
     "BeatJumped",
+    "BeatSourceConflict",
+    "BeatSourceConflictCleared",
     "BeatStarted",
     "FrameRejected",
+    "FrameVerdict",
     "Key",
     "NewWindow",
     "PhaseStarted",
     "Position",
+    "SourceConflict",
     "SyncConfig",
     "SyncEvent",
     "SyncLost",

@@ -1,8 +1,16 @@
 """The bar tracker: bars and windows learnt from ``downbeat`` flags and ``window_id``.
 
-The bar length is the distance between downbeats (a multiple of the known length is taken
-as lost frames); a window changes only at a bar line. Until two downbeats are seen the bar
-is unknown and the answers are None.
+The bar length is first the distance between the first two downbeats; until a third
+downbeat agrees with it, it is tentative (a lost downbeat may have doubled it) and a new
+distance replaces it at once, as a frame against it forgets it. Once confirmed it
+changes only when two downbeat intervals in a row agree on a new length and the latest
+of them disagrees with the bar in force (it ends off the bar's grid, or a frame inside it
+said "no downbeat" where the grid expects one): one stray ``downbeat`` flag, true or
+false, changes nothing, while a real change of bar is followed after two of its bars. A
+distance that is a multiple of the known length with nothing against it is taken as lost
+frames. While the bar is known the grid answers, not a single frame's flag. A window
+changes only at a bar line. Until two downbeats are seen the bar is unknown and the
+answers are None.
 """
 
 from __future__ import annotations
@@ -20,7 +28,14 @@ class BarTracker:
 
     def __init__(self) -> None:
         self._bar_len: int | None = None
-        self._last_downbeat: int | None = None
+        self._last_downbeat: int | None = None  # the latest downbeat on the bar's grid
+        # Evidence for a change of bar: the latest downbeat frame received (on the grid
+        # or not), whether a frame since then contradicted the grid, and the interval
+        # that ended at it (its length, whether it disagreed with the grid).
+        self._last_seen: int | None = None
+        self._contradicted = False
+        self._interval: tuple[int, bool] | None = None
+        self._confirmed = False  # a downbeat after the first two agreed with the bar
         self._known_downbeat: dict[int, bool] = {}
         self._window_id: tuple[int, str] | None = None  # (first beat, window id)
         self._new_windows: list[NewWindow] = []
@@ -34,6 +49,10 @@ class BarTracker:
         """Forget everything (a new timeline)."""
         self._bar_len = None
         self._last_downbeat = None
+        self._last_seen = None
+        self._contradicted = False
+        self._interval = None
+        self._confirmed = False
         self._known_downbeat.clear()
         self._window_id = None
         self._new_windows.clear()
@@ -42,6 +61,8 @@ class BarTracker:
         """Add ``shift`` to every beat index kept."""
         if self._last_downbeat is not None:
             self._last_downbeat += shift
+        if self._last_seen is not None:
+            self._last_seen += shift
         self._known_downbeat = {k + shift: v for k, v in self._known_downbeat.items()}
         if self._window_id is not None:
             self._window_id = (self._window_id[0] + shift, self._window_id[1])
@@ -50,11 +71,12 @@ class BarTracker:
         ]
 
     def is_downbeat(self, beat_index: int) -> bool | None:
-        """Whether the beat is the first of a bar; None while the bar is not known."""
-        if beat_index in self._known_downbeat:
-            return self._known_downbeat[beat_index]
+        """Whether the beat is the first of a bar; None while the bar is not known.
+
+        Once the bar is known its grid answers (a frame's own flag could be a stray);
+        before, a beat's own frame does."""
         if self._bar_len is None or self._last_downbeat is None:
-            return None
+            return self._known_downbeat.get(beat_index)
         return (beat_index - self._last_downbeat) % self._bar_len == 0
 
     def bar_position(self, beat_index: int) -> int | None:
@@ -65,10 +87,13 @@ class BarTracker:
 
     def learn(
         self, frame: BeatFrame, prev_beat: int | None, beat_start: Callable[[int], float]
-    ) -> None:
+    ) -> bool:
         """Learn bars from downbeat flags and window changes (``prev_beat``: the latest
         beat accepted before this frame, None on a fresh timeline; ``beat_start``: the
-        local start of a beat, for a new window's NewWindow)."""
+        local start of a beat, for a new window's NewWindow).
+
+        True when the frame's downbeat flag disagreed with the bar in force and was not
+        taken (not yet: a real change of bar is taken once two intervals agree)."""
         k = frame.beat_index
         current = self._window_id
         changed = current is not None and frame.window_id != current[1] and k >= current[0]
@@ -78,22 +103,16 @@ class BarTracker:
             self._known_downbeat[k] = downbeat
             if len(self._known_downbeat) > _KNOWN_BEATS:
                 del self._known_downbeat[next(iter(self._known_downbeat))]
-        last = self._last_downbeat
-        if downbeat and (last is None or k > last):
-            if last is not None:
-                diff = k - last
-                # A multiple of the known length means downbeats were lost, not a new bar.
-                if self._bar_len is None or diff % self._bar_len != 0:
-                    self._bar_len = diff
-            self._last_downbeat = k
-        elif (
-            not downbeat
-            and self._bar_len is not None
-            and last is not None
-            and k > last
-            and (k - last) % self._bar_len == 0
-        ):
-            self._bar_len = None  # the bar changed length: learn it again
+        seen = self._last_seen
+        unconfirmed = False
+        if downbeat and (seen is None or k > seen):
+            unconfirmed = self._downbeat(k)
+        elif not downbeat and seen is not None and k > seen and self.is_downbeat(k):
+            if self._confirmed:
+                unconfirmed = not self._contradicted  # once per interval
+                self._contradicted = True
+            else:
+                self._bar_len = None  # a tentative bar is wrong: learn it again
         if current is None or changed:
             start = k
             position = self.bar_position(k)
@@ -103,6 +122,35 @@ class BarTracker:
                     start = k
             self._window_id = (start, frame.window_id)
             self._new_windows.append(NewWindow(start, frame.window_id, beat_start(start)))
+        return unconfirmed
+
+    def _downbeat(self, k: int) -> bool:
+        """A downbeat frame for beat ``k``, later than every downbeat seen before; True if
+        it is off the bar's grid and did not change the bar."""
+        last, seen, bar = self._last_downbeat, self._last_seen, self._bar_len
+        self._last_seen = k
+        contradicted, self._contradicted = self._contradicted, False
+        if last is None or seen is None or bar is None:
+            if last is not None:
+                self._bar_len = k - last  # the first two downbeats give the bar
+            self._last_downbeat = k
+            return False
+        length = k - seen
+        # A multiple of the bar with nothing against it means downbeats were lost.
+        disagrees = (k - last) % bar != 0 or contradicted
+        previous, self._interval = self._interval, (length, disagrees)
+        if not disagrees:
+            self._last_downbeat = k
+            self._confirmed = True
+        elif not self._confirmed:
+            self._bar_len = length  # the tentative bar was wrong: take the new distance
+            self._last_downbeat = k
+            return False
+        elif previous is not None and previous[0] == length:
+            self._bar_len = length
+            self._last_downbeat = k
+            return False
+        return (k - last) % bar != 0
 
     def window_for(self, beat: int) -> str | None:
         """The window ``beat`` belongs to, if known."""

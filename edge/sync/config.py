@@ -36,6 +36,15 @@ class SyncConfig:
     slew_rate: largest speed at which a correction is applied (0.02 = 20 ms per second).
     step_after_phases: a correction larger than this many phases is stepped, not slewed.
     jump_after_beats: an index more than this many beats from the expected one is a jump.
+    jump_after_silent_beats: frames off the timeline (a new numbering or new timing) are
+        followed only once the timeline itself has been silent this many beats (plus the
+        jitter tolerance): a pair slipped between the real frames renumbers nothing.
+    max_tempo_step: a tempo change larger than this fraction of the current tempo (the
+        upstream limit, 10 %) takes effect only once the next frame confirms it.
+    conflict_after_frames: evidence of a second source (see :mod:`edge.sync.conflict`)
+        among the last twice this many frames that raises a source conflict.
+    conflict_quiet_s: a source conflict clears after this long without evidence (at
+        least 4 beats).
     trust_wall_clock: None = decide from the data; True/False force it.
     wall_trust_frames: consistent frames needed before the wall clock is trusted.
     wall_max_bias_s: largest fixed path delay believed from the wall clock.
@@ -59,6 +68,10 @@ class SyncConfig:
     slew_rate: float = 0.02
     step_after_phases: float = 0.5
     jump_after_beats: int = 2
+    jump_after_silent_beats: float = 2.0
+    max_tempo_step: float = 0.10
+    conflict_after_frames: int = 3
+    conflict_quiet_s: float = 10.0
     trust_wall_clock: bool | None = None
     wall_trust_frames: int = 8
     wall_max_bias_s: float = 0.010
@@ -90,6 +103,10 @@ _SECTION = Section(
         number("slew_rate", 0.0, 0.5, low_inclusive=False),
         number("step_after_phases", 0.0, 1e6),
         integer("jump_after_beats", 1, 1_000_000),
+        number("jump_after_silent_beats", 0.0, 1e6),
+        number("max_tempo_step", 0.0, 100.0),
+        integer("conflict_after_frames", 1, 1000),
+        number("conflict_quiet_s", 0.0, 1e7),
         choice("trust_wall_clock", True, False, "auto", convert=_auto_is_none),
         integer("wall_trust_frames", 1, 10_000),
         number("wall_max_bias_s", 0.0, 10.0),

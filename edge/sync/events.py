@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from edge.messages import Phase
+
+
+class FrameVerdict(enum.Enum):
+    """What :meth:`~edge.sync.follower.BeatFollower.receive` did with the frame it was given."""
+
+    ACCEPTED = "accepted"  # it passed every check and is part of the timeline
+    HELD = "held"  # kept until the next frames confirm it (a large tempo change, a jump)
+    REJECTED = "rejected"  # refused: a FrameRejected says why
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,22 @@ class FrameRejected:
 
 
 @dataclass(frozen=True, slots=True)
+class BeatSourceConflict:
+    """Frames for the same beat and phase keep arriving at different times: two sources
+    (see :mod:`edge.sync.conflict`); ``spread_ms``: how far apart they arrive."""
+
+    at: float
+    spread_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class BeatSourceConflictCleared:
+    """No more evidence of a second source for the quiet period."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SyncLost:
     at: float
     silent_s: float
@@ -82,6 +107,8 @@ SyncEvent: TypeAlias = (
     | TempoChanged
     | BeatJumped
     | FrameRejected
+    | BeatSourceConflict
+    | BeatSourceConflictCleared
     | SyncLost
     | SyncRegained
 )

@@ -8,7 +8,7 @@ The follower decides what to do with a frame; this answers the geometry it asks 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from edge.messages import PHASES, BeatFrame
 from edge.sync.config import SyncConfig
@@ -194,15 +194,19 @@ class Timeline:
         expected = steps * 20.0 / first.tempo_bpm * self.envelope.slope
         return abs((a - first_at) - expected) <= 2.0 * self._cfg.jitter_tolerance_s
 
-    def relabel_shift(self, pair: tuple[tuple[BeatFrame, float], ...], a: float) -> int | None:
-        """The index shift if every (frame, arrival) of ``pair`` lands on a boundary.
+    def relabel_shift(self, frames: Sequence[tuple[BeatFrame, float]], a: float) -> int | None:
+        """The index shift if every (frame, arrival) of ``frames`` lands on a boundary.
 
         A Pulse that renumbers its beats but keeps its timing (fail-over to a standby
         with another count, an operator reset) sends frames that sit on our boundaries
         with other labels: each must arrive at the start of a local phase of its own
         phase name and tempo (early by at most three error bounds at ``a``, late by at
-        most the jitter tolerance plus one), and all must imply the same shift. None when
-        the timing changed too (or the tolerance would not tell neighbouring phases apart).
+        most the jitter tolerance plus one), all must imply the same shift, and the
+        earliest of them, as the envelope would take it, must sit on our timing within
+        the early tolerance: a Pulse restarted a few ms off our boundaries has new timing,
+        and keeping the old fit would fire early by that much for as long as the old
+        points stay in the window. None when the timing changed too (or the tolerance
+        would not tell neighbouring phases apart).
         """
         cfg = self._cfg
         bound = self.error_bound_at(a)
@@ -210,7 +214,8 @@ class Timeline:
         if early + late >= self.phase_seconds():
             return None
         shifts: set[int] = set()
-        for f, at in pair:
+        lowest = late
+        for f, at in frames:
             if f.tempo_bpm != self.tempo.latest_bpm:
                 return None
             p = PHASES.index(f.phase)
@@ -223,4 +228,7 @@ class Timeline:
             if not hits:
                 return None
             shifts.add(f.beat_index - hits[0][0])
+            lowest = min(lowest, at - self.env_at(*hits[0]))
+        if lowest > early:
+            return None
         return shifts.pop() if len(shifts) == 1 else None

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeAlias
 
 from edge.messages import PHASES, BeatFrame
 from edge.sync import BeatFollower, PhaseStarted, SyncConfig, SyncEvent
@@ -44,6 +45,7 @@ class Pulse:
     cluster: str = "c1"
     jump_at: int | None = None  # beat count where the index jumps ...
     jump_to: int = 0  # ... to this index
+    jump_gap_s: float = 0.0  # ... after this much more Pulse time (a stop and restart)
     truth: dict[tuple[int, int], float] = field(default_factory=dict)
     order: list[tuple[int, int]] = field(default_factory=list)
 
@@ -56,6 +58,7 @@ class Pulse:
         for i in range(self.beats):
             if self.jump_at is not None and i == self.jump_at:
                 index = self.jump_to
+                tau += self.jump_gap_s
             bpm = self.tempo(i)
             phase_len = 20.0 / bpm
             for p in range(3):
@@ -128,6 +131,10 @@ class Run:
         return out
 
 
+Sent: TypeAlias = list[tuple[float, BeatFrame, float]]  # (send local time, frame, tau)
+Attacker: TypeAlias = Callable[[Sent], list[tuple[float, BeatFrame]]]
+
+
 def simulate(
     pulse: Pulse,
     net: Network,
@@ -135,14 +142,19 @@ def simulate(
     wall_error: Callable[[float], float] | None = None,
     until: float | None = None,
     reorder: float = 0.0,
+    attacker: Attacker | None = None,
 ) -> Run:
     """Send the Pulse's frames through the network into a follower, driving tick() at its
-    deadlines; ``wall_error(t)`` None means no wall clock is given."""
+    deadlines; ``wall_error(t)`` None means no wall clock is given. ``attacker`` sees
+    every frame the Pulse sends and returns frames of its own with their local arrival
+    times; they are added to the network's, which it leaves as they were (same seed,
+    same delays), so a run with an attacker compares with the same run without."""
     rng = random.Random(net.seed)
     scale = 1.0 / (1.0 + pulse.ppm * 1e-6)
     heap: list[tuple[float, int, BeatFrame, float | None]] = []
     n = 0
-    for sent, frame, _ in pulse.frames():
+    sent_frames = pulse.frames()
+    for sent, frame, _ in sent_frames:
         if net.silence and net.silence[0] <= sent < net.silence[1]:
             continue
         if rng.random() < net.loss:
@@ -158,6 +170,12 @@ def simulate(
                 wall = WALL0 + (arrive - pulse.start) / scale + wall_error(arrive)
             heapq.heappush(heap, (arrive, n, frame, wall))
             n += 1
+    for arrive, frame in attacker(sent_frames) if attacker is not None else ():
+        wall = None
+        if wall_error is not None:
+            wall = WALL0 + (arrive - pulse.start) / scale + wall_error(arrive)
+        heapq.heappush(heap, (arrive, n, frame, wall))
+        n += 1
     follower = BeatFollower(pulse.cluster, config)
     events: list[SyncEvent] = []
     receive_events: list[SyncEvent] = []
