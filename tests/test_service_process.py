@@ -186,6 +186,7 @@ pin = "GPIO99"
 device = "fan"
 do = "toggle"
 every = 1
+essential = true  # the test is about the reload: a loaded machine must not shed the fan
 """
 )
 
