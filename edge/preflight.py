@@ -20,8 +20,10 @@ Files are read by :func:`edge.files.read_regular` (never blocking, 1 MiB at most
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import ssl
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,6 +215,34 @@ def check_pins(profile: Profile, board: Any, problems: ConfigProblems) -> bool:
     return ok
 
 
+class _ThisThreadQuiet(logging.Filter):
+    """Drops the records logged on one thread: the mock build's own "outputs to safe
+    state" must not read like the real devices', which keep logging from other threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+
+@contextlib.contextmanager
+def _quiet_hardware_logs() -> Iterator[None]:
+    quiet = _ThisThreadQuiet()
+    names = [
+        n for n in logging.Logger.manager.loggerDict if n.split(".")[:2] == ["edge", "hardware"]
+    ]
+    loggers = [logging.getLogger(name) for name in {"edge.hardware", *names}]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
 def check_build(profile: Profile, board: Any, problems: ConfigProblems) -> None:
     """Build every device of ``profile`` on a mock factory of ``board`` and close them;
     a device that cannot be built is a problem at its name."""
@@ -221,12 +251,13 @@ def check_build(profile: Profile, board: Any, problems: ConfigProblems) -> None:
         warnings.simplefilter("ignore")
         factory = MockFactory(revision=revision) if revision else MockFactory()
     try:
-        hardware = Hardware(profile, pin_factory=factory)
-        try:
-            for name, error in hardware.errors.items():
-                problems.add(f"devices.{name}", f"cannot be built: {error}")
-        finally:
-            hardware.close()
+        with _quiet_hardware_logs():
+            hardware = Hardware(profile, pin_factory=factory)
+            try:
+                for name, error in hardware.errors.items():
+                    problems.add(f"devices.{name}", f"cannot be built: {error}")
+            finally:
+                hardware.close()
     finally:
         with contextlib.suppress(Exception):
             factory.close()
