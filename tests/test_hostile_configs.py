@@ -289,3 +289,30 @@ def test_a_running_agent_refuses_every_hostile_reload_and_keeps_its_beat(
     pings = [t for t in notify.times("WATCHDOG=1") if first_hup - 1.0 < t < last_hup + 3.0]
     assert pings and max(b - a for a, b in itertools.pairwise(pings)) < 0.9, pings
     assert len(notify.times("READY=1")) >= 1 + len(RELOAD_CASES)
+
+
+@pytest.mark.parametrize(
+    "failure", [RecursionError("maximum recursion depth"), MemoryError(), KeyError("bug")]
+)
+def test_whatever_a_reload_raises_is_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    from gpiozero.pins.mock import MockFactory
+
+    import edge.agent
+
+    _good(tmp_path, "mqtt://127.0.0.1:1")
+    agent = edge.agent.Agent(tmp_path / "agent.toml", pin_factory=MockFactory())
+    try:
+
+        def load(*args: object, **kwargs: object) -> None:
+            raise failure
+
+        monkeypatch.setattr(edge.agent, "load_config", load)
+        agent._reload_config()
+        assert agent.runner.counters.reload_errors == 1
+        assert agent.runner._pending_reload is None
+        assert agent.config.source == str(tmp_path / "agent.toml")
+    finally:
+        agent.outbox.close()
+        agent.hardware.close()
