@@ -178,13 +178,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         config = load_config(args.config, read=read_regular)
         # What run needs beyond the file: credentials, TLS files, the pin factory, the
         # pins on this board, every device built (on a mock of the board).
-        preflight(config)
+        checked = preflight(config)
     except (ConfigError, HardwareError) as exc:
         return _refused("check", exc)
     print(
         f"{config.source}: OK (agent {config.agent.id}, cluster {config.agent.cluster}, "
         f"broker {config.broker.url}, config hash {config.digest})"
     )
+    print(f"checked: {checked}")
     devices = config.profile.devices
     factory = config.profile.pin_factory or "(gpiozero default / GPIOZERO_PIN_FACTORY)"
     print(f"pin factory: {factory}; {len(devices)} device(s):")

@@ -264,8 +264,9 @@ def check_build(profile: Profile, board: Any, problems: ConfigProblems) -> None:
 # --------------------------------------------------------------------------- all of it
 
 
-def preflight(config: Config, pin_factory: object | None = None) -> None:
-    """Check what ``run`` needs of ``config`` (see the module doc).
+def preflight(config: Config, pin_factory: object | None = None) -> str:
+    """Check what ``run`` needs of ``config`` (see the module doc); returns what was
+    checked, for ``check`` to print.
 
     Raises :class:`~edge.errors.ConfigError` listing every problem, or
     :class:`NoPinFactory` when no pin factory loads (the broker files are checked first,
@@ -273,13 +274,22 @@ def preflight(config: Config, pin_factory: object | None = None) -> None:
     """
     problems = ConfigProblems(config.source)
     check_broker_files(config.broker, problems)
+    named = [config.broker.password_file, config.broker.ca_file, config.broker.cert_file]
+    checked = "broker files readable" if any(named) else "no broker files named"
     try:
         with pin_factory_for(config.profile, pin_factory) as factory:
             board = board_of(factory)
-            if board is not None and check_pins(config.profile, board, problems):
+            if board is None:
+                checked += f"; pins not checked ({type(factory).__name__} has no board data)"
+            elif check_pins(config.profile, board, problems):
                 check_build(config.profile, board, problems)
+                checked += (
+                    f"; every pin a GPIO of a {_board_name(board)}, used once; "
+                    "every device built on mock pins"
+                )
     except NoPinFactory:
         if problems:
             raise ConfigError(problems.items, problems.source) from None
         raise
     problems.raise_if_any()
+    return checked

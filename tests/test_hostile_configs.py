@@ -316,3 +316,20 @@ def test_whatever_a_reload_raises_is_a_refusal(
     finally:
         agent.outbox.close()
         agent.hardware.close()
+
+
+def test_check_says_what_it_checked_beyond_the_file(tmp_path: Path) -> None:
+    _good(tmp_path, "mqtt://127.0.0.1:1")
+    (tmp_path / "pw").write_text("secret\n")
+    _config(
+        tmp_path,
+        "mqtt://127.0.0.1:1",
+        broker=f'username = "u"\npassword_file = "{tmp_path / "pw"}"\n',
+    )
+    result = _cli("check", "--config", str(tmp_path / "agent.toml"), timeout=10.0)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "checked: broker files readable; every pin a GPIO of a Raspberry Pi 3B (revision "
+        "a02082), used once; every device built on mock pins"
+    ) in result.stdout
+    assert result.stderr == ""  # the mock build's own logs stay quiet
