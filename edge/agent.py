@@ -23,10 +23,12 @@ from typing import IO
 
 from edge.clock import SystemClock
 from edge.config import Config, load_config
-from edge.errors import ConfigError
+from edge.errors import ConfigError, EdgeError
+from edge.files import read_regular
 from edge.hardware import Hardware
 from edge.mqtt_link import MqttLink, Topics
 from edge.outbox import Outbox
+from edge.preflight import preflight
 from edge.probe import Probe
 from edge.profile import Profile
 from edge.runner import Runner
@@ -65,6 +67,16 @@ def lower_timer_slack() -> None:
         pass
 
 
+def _oneline(exc: BaseException) -> str:
+    """An error for one log record: a ConfigError's problems joined, else its type and
+    text (an unexpected error is a bug, and says which)."""
+    if isinstance(exc, ConfigError):
+        return f"{exc.source}: " + "; ".join(exc.problems)
+    if isinstance(exc, EdgeError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Agent:
     """One agent process: owns the runner and every adapter around it."""
 
@@ -76,7 +88,10 @@ class Agent:
         pin_factory: object | None = None,
     ) -> None:
         self.config_path = Path(config_path)
-        config = outbox_config_for(load_config(self.config_path))
+        # Refused here, before a pin is touched: ConfigError (the config, its files, its
+        # pins, a device that cannot be built) or NoPinFactory.
+        config = outbox_config_for(load_config(self.config_path, read=read_regular))
+        preflight(config, pin_factory)
         self.clock = SystemClock()
         self.notifier = Notifier.from_env()
         if self.notifier.problem:
@@ -144,17 +159,29 @@ class Agent:
         self._stop.set()
 
     def _reload_config(self) -> None:
+        """Read and check the config again; hand it to the runner, or refuse it.
+
+        A reload can only be refused: whatever goes wrong here (a bad or hostile file, a
+        profile whose pins or devices would not build, a bug) is logged and counted in
+        ``reload_errors``, and the agent runs on with its config, beat and watchdog.
+        """
         self.notifier.reloading()
         try:
-            new = outbox_config_for(load_config(self.config_path))
-        except ConfigError as exc:
+            new = outbox_config_for(load_config(self.config_path, read=read_regular))
+            preflight(new, self.hardware.factory)
+        except Exception as exc:  # a reload must never end the agent
             self.runner.counters.reload_errors += 1
-            log.error("reload refused, keeping the running config:\n%s", exc)
+            log.error(
+                "reload refused, keeping the running config: %s",
+                _oneline(exc),
+                exc_info=not isinstance(exc, EdgeError),  # a bug: say where
+            )
         else:
             # Applied at the next beat boundary: the new score and settings; the devices
             # built anew if the profile changed, else any isolated ones retried.
             self.runner.request_reload(new)
-        self.notifier.ready()
+        finally:
+            self.notifier.ready()
 
     def run(self, duration_s: float | None = None) -> int:
         lower_timer_slack()

@@ -29,19 +29,52 @@ def _setup_logging(verbose: bool) -> None:
 # ---------------------------------------------------------------------------- run
 
 
+#: Exit codes of ``run`` and ``check`` (also in their ``--help``; the unit's
+#: RestartPreventExitStatus= names the ones a restart cannot cure).
+EXIT_OK = 0
+EXIT_USAGE = 2  # argparse: a wrong command line
+EXIT_CONFIG = 3  # the config, a file it names, a pin or a device it describes
+EXIT_HARDWARE = 4  # no GPIO pin factory on this machine
+
+EXIT_CODES = (
+    "exit status: 0 ok; 2 usage (a wrong command line); 3 config error (the config, its "
+    "profile, password or TLS files, a pin or device that cannot be used); 4 hardware "
+    "(no GPIO pin factory here). Expected failures are reported without a traceback."
+)
+
+
+def _refused(command: str, exc: BaseException) -> int:
+    """Report an expected failure without a traceback; its exit code."""
+    from edge.errors import HardwareError, LinkError
+
+    if isinstance(exc, ConfigError):
+        print(f"backbeat-edge {command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if isinstance(exc, HardwareError):
+        print(f"backbeat-edge {command}: hardware: {exc}", file=sys.stderr)
+        return EXIT_HARDWARE
+    if isinstance(exc, LinkError | OSError):  # credentials or TLS files, read at connect
+        print(f"backbeat-edge {command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    raise exc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.agent import Agent
+    from edge.errors import HardwareError, LinkError
     from edge.pulse import open_trace
 
     trace = open_trace(args.trace)
     try:
-        agent = Agent(args.config, trace=trace)
-    except ConfigError as exc:
-        print(f"backbeat-edge: {exc}", file=sys.stderr)
-        return 2
-    agent.install_signals()
-    try:
-        return agent.run(duration_s=args.duration)
+        try:
+            agent = Agent(args.config, trace=trace)
+        except (ConfigError, HardwareError, OSError) as exc:
+            return _refused("run", exc)
+        agent.install_signals()
+        try:
+            return agent.run(duration_s=args.duration)
+        except (LinkError, HardwareError) as exc:
+            return _refused("run", exc)
     finally:
         if trace is not None:
             trace.close()
@@ -139,16 +172,22 @@ def cmd_pulse(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from edge.config import load_config
+    from edge.errors import HardwareError
+    from edge.files import read_regular
+    from edge.preflight import preflight
 
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+        config = load_config(args.config, read=read_regular)
+        # What run needs beyond the file: credentials, TLS files, the pin factory, the
+        # pins on this board, every device built (on a mock of the board).
+        checked = preflight(config)
+    except (ConfigError, HardwareError) as exc:
+        return _refused("check", exc)
     print(
         f"{config.source}: OK (agent {config.agent.id}, cluster {config.agent.cluster}, "
         f"broker {config.broker.url}, config hash {config.digest})"
     )
+    print(f"checked: {checked}")
     devices = config.profile.devices
     factory = config.profile.pin_factory or "(gpiozero default / GPIOZERO_PIN_FACTORY)"
     print(f"pin factory: {factory}; {len(devices)} device(s):")
@@ -219,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the agent",
         description="Run the agent: follow the "
-        "beat from the broker, fire the score's actions, report status.",
+        "beat from the broker, fire the score's actions, report status. The config is "
+        "checked as by check before any pin is touched; SIGHUP re-reads it, and a bad "
+        "one is refused (logged) while the agent runs on.",
+        epilog=EXIT_CODES,
     )
     p.add_argument("--config", required=True, help="agent config TOML (may name a profile)")
     p.add_argument("--trace", help="append one JSON line per action fired or shed to FILE")
@@ -249,8 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check",
         help="validate a config and print the plan",
-        description="Validate a config and its profile, list every problem, and "
-        "print which actions fit at which tempo.",
+        description="Validate a config and its profile as run would use them (the "
+        "broker's password and TLS files, the pin factory, every pin on this board, every "
+        "device built on mock pins), list every problem, and print which actions fit at "
+        "which tempo. Run it as the user the service runs as, or with sudo.",
+        epilog=EXIT_CODES,
     )
     p.add_argument("--config", required=True)
     p.add_argument("--tempo", nargs="*", help="tempos to plan for (BPM)")

@@ -25,14 +25,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from edge.errors import ConfigError, ConfigProblems
+from edge.errors import ConfigError, ConfigProblems, EdgeError
 from edge.guard import GuardConfig, parse_guard
 from edge.profile import Profile, parse_profile
 from edge.score import Score, parse_score
@@ -44,6 +45,11 @@ _AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
 _CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _TOPIC_PREFIX = re.compile(r"[^#+\s]+")
 _PROFILE_SECTIONS = ("gpio", "devices", "score")
+#: No config, profile, password or certificate file is larger than this.
+MAX_FILE_BYTES = 1024 * 1024
+#: Tables and arrays nest no deeper than this (a real config nests 3 deep); deeper is
+#: refused before tomllib (which recurses) or anything else walks it.
+MAX_TOML_DEPTH = 32
 _KNOWN_SECTIONS = frozenset(
     ("agent", "broker", "sync", "guard", "status", "outbox", *_PROFILE_SECTIONS)
 )
@@ -173,11 +179,12 @@ _BROKER = Section(
     (
         text("client_id"),
         text("username"),
-        integer("keepalive_s", 5),
-        number("reconnect_min_s", 0.01),
-        number("reconnect_max_s", 0.01),
-        integer("will_delay_s", 0),
-        integer("inbox_size", 1),
+        # MQTT carries the keepalive in 16 bits and the will delay in 32.
+        integer("keepalive_s", 5, 65_535),
+        number("reconnect_min_s", 0.01, 3600.0),
+        number("reconnect_max_s", 0.01, 3600.0),
+        integer("will_delay_s", 0, 2**32 - 1),
+        integer("inbox_size", 1, 1_000_000),
     ),
     also_known=("url", "password_file", "ca_file", "cert_file", "key_file", "protocol"),
 )
@@ -313,33 +320,175 @@ def parse_outbox(
     return config
 
 
-def _read_toml(path: Path, problems: ConfigProblems, where: str) -> dict[str, object] | None:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        problems.add(where, f"cannot read {str(path)!r}: {exc.strerror or exc}")
-        return None
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        problems.add(where, f"{str(path)!r} is not UTF-8 text: {exc.reason} at byte {exc.start}")
-    except tomllib.TOMLDecodeError as exc:
-        problems.add(where, f"{str(path)!r} is not valid TOML: {exc}")
+class FileRefused(EdgeError, OSError):
+    """A file the operator named cannot be used: missing, unreadable, not a regular file,
+    or too large. The message names the path and what it is."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{str(path)!r} {problem}")
+        self.path = path
+        self.problem = problem
+
+
+#: Reads one operator file: the bytes, or :class:`FileRefused`. The adapters pass
+#: :func:`edge.files.read_regular` (non-blocking open, then fstat).
+Reader = Callable[[Path], bytes]
+
+
+def file_refusal(mode: int, size: int, limit: int = MAX_FILE_BYTES) -> str | None:
+    """Why a file with this ``st_mode`` and size may not be read (None: it may)."""
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO (named pipe), not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a regular file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    if size > limit:
+        return f"is {size} bytes, more than the {limit} a config file may have"
     return None
 
 
-def load_config(path: str | Path) -> Config:
-    """Load and check a config file (and the profile it names).
+def read_checked(path: Path) -> bytes:
+    """The default :data:`Reader`, for tests and tools: refuses what is not a regular file
+    (by ``stat`` before opening, so it never opens a FIFO) and reads at most the cap.
+    The agent and ``check`` use :func:`edge.files.read_regular`, which cannot race."""
+    try:
+        info = path.stat()
+    except FileNotFoundError as exc:
+        raise FileRefused(path, "does not exist") from exc
+    except OSError as exc:
+        raise FileRefused(path, f"cannot be read: {exc.strerror or exc}") from exc
+    problem = file_refusal(info.st_mode, info.st_size)
+    if problem is not None:
+        raise FileRefused(path, problem)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise FileRefused(path, f"cannot be read: {exc.strerror or exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise FileRefused(path, file_refusal(stat.S_IFREG, len(data)) or "is too large")
+    return data
 
-    Raises ConfigError listing every problem found; nothing is half-applied.
+
+_STRING_END = {  # the rest of a string, from just after its opening delimiter
+    '"': re.compile(r'[^"\\\n]*(?:\\.[^"\\\n]*)*"?'),
+    "'": re.compile(r"[^'\n]*'?"),
+    '"""': re.compile(r'[^"\\]*(?:(?:\\.|"(?!""))[^"\\]*)*(?:"""(?:""?(?!"))?)?', re.DOTALL),
+    "'''": re.compile(r"[^']*(?:'(?!'')[^']*)*(?:'''(?:''?(?!'))?)?"),
+}
+# What the nesting scan stops at: brackets, the start of a string or of a comment.
+_NESTING_MARK = re.compile(r"[\[\]{}\"'#]")
+
+
+def nesting_problem(text: str, limit: int = MAX_TOML_DEPTH) -> str | None:
+    """Why ``text`` nests too deep for tomllib to be given it (None: it does not).
+
+    Counts open ``[`` and ``{`` outside strings and comments: a scan that never recurses,
+    so a file of 5,000 ``[`` is refused before tomllib recurses into it.
+    """
+    depth = 0
+    i = 0
+    n = len(text)
+    while True:
+        mark = _NESTING_MARK.search(text, i)
+        if mark is None:
+            return None
+        c = mark.group()
+        i = mark.end()
+        if c in "[{":
+            depth += 1
+            if depth > limit:
+                line = text.count("\n", 0, i) + 1
+                return f"nests tables or arrays more than {limit} deep (line {line})"
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        else:
+            delimiter = c * 3 if text.startswith(c * 3, i - 1) else c
+            i += len(delimiter) - 1
+            # An unterminated string ends the scan there; tomllib will say what is wrong.
+            rest = _STRING_END[delimiter].match(text, i)
+            i = n if rest is None else rest.end()
+
+
+def _depth_problem(data: object, limit: int = MAX_TOML_DEPTH) -> str | None:
+    """Why parsed TOML nests too deep (dotted keys nest without brackets), walked without
+    recursion; None when it does not."""
+    stack: list[tuple[object, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return f"nests tables or arrays more than {limit} deep (through dotted keys)"
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return None
+
+
+def parse_toml(
+    data: bytes, name: str, problems: ConfigProblems, where: str
+) -> dict[str, object] | None:
+    """Parse the bytes of the TOML file ``name``; every problem (not UTF-8, nested too
+    deep, not TOML) goes to ``problems`` at ``where`` and gives None."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.add(where, f"{name!r} is not UTF-8 text: {exc.reason} at byte {exc.start}")
+        return None
+    problem = nesting_problem(text)
+    if problem is None:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            problems.add(where, f"{name!r} is not valid TOML: {exc}")
+            return None
+        except RecursionError:  # the scan missed a way to nest: still a config problem
+            problem = f"nests tables or arrays more than {MAX_TOML_DEPTH} deep"
+        else:
+            problem = _depth_problem(raw)
+            if problem is None:
+                return raw
+    problems.add(where, f"{name!r} {problem}")
+    return None
+
+
+def _read_toml(
+    path: Path, problems: ConfigProblems, where: str, read: Reader
+) -> tuple[dict[str, object], bytes] | None:
+    try:
+        data = read(path)
+    except FileRefused as exc:
+        problems.add(where, str(exc))
+        return None
+    except OSError as exc:  # a reader that does not word its own refusals
+        problems.add(where, f"cannot read {str(path)!r}: {exc.strerror or exc}")
+        return None
+    raw = parse_toml(data, str(path), problems, where)
+    return None if raw is None else (raw, data)
+
+
+def load_config(path: str | Path, read: Reader = read_checked) -> Config:
+    """Load and check a config file (and the profile it names), each read by ``read``.
+
+    Raises ConfigError listing every problem found (a file that cannot be read, is not a
+    regular file, is too large or nests too deep among them); nothing is half-applied.
     """
     path = Path(path)
     problems = ConfigProblems(str(path))
-    raw = _read_toml(path, problems, "config")
-    if raw is None:
+    loaded = _read_toml(path, problems, "config", read)
+    if loaded is None:
         raise ConfigError(problems.items, str(path))
+    raw, data = loaded
     digest = hashlib.sha256()
-    digest.update(path.read_bytes())
+    digest.update(data)
     for key in raw:
         if key not in _KNOWN_SECTIONS:
             problems.add(
@@ -356,9 +505,10 @@ def load_config(path: str | Path) -> Config:
         profile_path = Path(str(profile_ref))
         if not profile_path.is_absolute():
             profile_path = base / profile_path
-        profile_raw = _read_toml(profile_path, problems, "agent.profile")
-        if profile_raw is not None:
-            digest.update(profile_path.read_bytes())
+        profile_loaded = _read_toml(profile_path, problems, "agent.profile", read)
+        if profile_loaded is not None:
+            profile_raw, profile_data = profile_loaded
+            digest.update(profile_data)
             for key in profile_raw:
                 if key not in _PROFILE_SECTIONS:
                     problems.add(

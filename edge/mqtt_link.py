@@ -41,8 +41,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import BrokerConfig
+from edge.config import BrokerConfig, FileRefused
 from edge.errors import LinkError
+from edge.files import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +125,18 @@ def read_password(path: Path | None) -> str | None:
         candidates.insert(0, Path(creds) / path.name)
     for candidate in candidates:
         try:
-            text = candidate.read_text(encoding="utf-8")
-            # One trailing newline (echo pw > file) is not part of the password.
-            if text.endswith("\r\n"):
-                return text[:-2]
-            return text[:-1] if text.endswith("\n") else text
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise LinkError(f"broker.password_file {str(candidate)!r}: {exc.strerror}") from exc
+            # Regular files only, never blocking: a FIFO here must not hang the link.
+            text = read_regular(candidate).decode("utf-8")
+        except FileRefused as exc:
+            if exc.problem == "does not exist":
+                continue
+            raise LinkError(f"broker.password_file {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise LinkError(f"broker.password_file {str(candidate)!r} is not UTF-8") from exc
+        # One trailing newline (echo pw > file) is not part of the password.
+        if text.endswith("\r\n"):
+            return text[:-2]
+        return text[:-1] if text.endswith("\n") else text
     raise LinkError(f"broker.password_file {str(path)!r} does not exist")
 
 
@@ -189,9 +193,10 @@ class MqttLink:
             client.username_pw_set(self.broker.username, read_password(self.broker.password_file))
         if self.broker.tls:
             try:
-                context = ssl.create_default_context(
-                    cafile=str(self.broker.ca_file) if self.broker.ca_file else None
-                )
+                # Read like every operator file; given, it is the only CA trusted.
+                ca_file = self.broker.ca_file
+                cadata = None if ca_file is None else read_regular(ca_file).decode("latin-1")
+                context = ssl.create_default_context(cadata=cadata)
                 if self.broker.cert_file and self.broker.key_file:
                     context.load_cert_chain(str(self.broker.cert_file), str(self.broker.key_file))
             except (OSError, ssl.SSLError) as exc:

@@ -13,7 +13,6 @@ devices.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from types import MappingProxyType
 from typing import Literal, TypeAlias
 
 from edge.errors import ConfigProblems
+from edge.settings import Field, integer, number
 
 Family: TypeAlias = Literal["digital", "pwm", "servo", "tone", "input", "command"]
 
@@ -77,9 +77,9 @@ _COMMON_KEYS = frozenset(
 # (type, low, high); type "number" is a finite float, "int", "bool", "text".
 _OptionRule: TypeAlias = tuple[str, float | None, float | None]
 _OPTIONS: Mapping[Family, Mapping[str, _OptionRule]] = {
-    "digital": {"pulse_s": ("number", 0.0, None)},
+    "digital": {"pulse_s": ("number", 0.0, 86_400.0)},
     "pwm": {
-        "pulse_s": ("number", 0.0, None),
+        "pulse_s": ("number", 0.0, 86_400.0),
         "frequency_hz": ("number", 1.0, 100_000.0),
         "fade_step_s": ("number", 0.001, 10.0),
     },
@@ -92,7 +92,7 @@ _OPTIONS: Mapping[Family, Mapping[str, _OptionRule]] = {
         "fade_step_s": ("number", 0.001, 10.0),
     },
     "tone": {
-        "pulse_s": ("number", 0.0, None),
+        "pulse_s": ("number", 0.0, 86_400.0),
         "tone_hz": ("number", 1.0, 20_000.0),
         "mid_tone": ("text", None, None),
         "octaves": ("int", 1.0, 9.0),
@@ -198,23 +198,38 @@ def read_number(
     high: float | None = None,
 ) -> float | None:
     """Read an optional finite number ``table[key]`` in ``[low, high]``; report and return
-    ``None`` when it is absent or wrong."""
+    ``None`` when it is absent or wrong. Worded by :mod:`edge.settings`, like every key."""
     if key not in table:
         return None
-    value = table[key]
-    if not _is_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
-        problems.add(f"{where}.{key}", f"must be a number, got {_show(value)}")
+    return _read_field(number(key, low, high), table, where, problems)
+
+
+def read_integer(
+    table: Mapping[str, object],
+    key: str,
+    where: str,
+    problems: ConfigProblems,
+    low: int | None = None,
+    high: int | None = None,
+) -> int | None:
+    """Read an optional integer ``table[key]`` in ``[low, high]`` (not ``2.0``, not
+    ``true``); report and return ``None`` when it is absent or wrong."""
+    if key not in table:
         return None
-    number = float(value)  # type: ignore[arg-type]
-    if (low is not None and number < low) or (high is not None and number > high):
-        span = (
-            f"between {low:g} and {high:g}"
-            if low is not None and high is not None
-            else (f"at least {low:g}" if low is not None else f"at most {high:g}")
-        )
-        problems.add(f"{where}.{key}", f"must be {span}, got {_show(value)}")
+    found = _read_field(integer(key, low, high), table, where, problems)
+    return None if found is None else int(found)
+
+
+def _read_field(
+    spec: Field, table: Mapping[str, object], where: str, problems: ConfigProblems
+) -> float | None:
+    value = table[spec.name]
+    ok, stored = spec.accept(value)
+    if not ok:
+        problems.add(f"{where}.{spec.name}", f"must be {spec.expects}, got {_show(value)}")
         return None
-    return number
+    assert isinstance(stored, int | float)  # a number field stores a number
+    return stored
 
 
 def read_bool(
@@ -273,12 +288,16 @@ def _options(
             if number is not None:
                 found[key] = number
         elif kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                problems.add(f"{where}.{key}", f"must be an integer, got {_show(value)}")
-            elif (low is not None and value < low) or (high is not None and value > high):
-                problems.add(f"{where}.{key}", f"must be between {low:g} and {high:g}, got {value}")
-            else:
-                found[key] = value
+            whole = read_integer(
+                table,
+                key,
+                where,
+                problems,
+                None if low is None else int(low),
+                None if high is None else int(high),
+            )
+            if whole is not None:
+                found[key] = whole
         elif kind == "bool":
             if isinstance(value, bool):
                 found[key] = value

@@ -43,7 +43,7 @@ from typing import IO, Protocol
 from edge import __version__
 from edge.clock import Clock
 from edge.config import Config, apply_reload
-from edge.errors import EdgeError, FrameError, HardwareError
+from edge.errors import EdgeError, FrameError
 from edge.guard import Guard, Sample
 from edge.hardware import ActionResult, Hardware
 from edge.hlc import HybridLogicalClock, node_id
@@ -516,14 +516,41 @@ class Runner:
         self._pending_reload = new
 
     def _apply_reload(self) -> None:
+        """Switch to the pending config, or refuse it: a reload is never fatal. Whatever
+        fails on the way is logged and counted in ``reload_errors``, and the running
+        config, beat and devices stay as they were."""
         new = self._pending_reload
         if new is None:
             return
         self._pending_reload = None
+        try:
+            self._switch_to(new)
+        except Exception as exc:  # the beat loop outlives any reload
+            self.counters.reload_errors += 1
+            log.error(
+                "reload refused, keeping the running config: %s: %s",
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, EdgeError),  # a bug: say where
+            )
+
+    def _switch_to(self, new: Config) -> None:
         old = self.config
         new, kept = apply_reload(new, old)
         if kept:
             log.warning("reload: %s changes take effect at the next restart", ", ".join(kept))
+        # Everything that may fail is made before anything is replaced.
+        guard = Guard(new.guard) if new.guard != old.guard else self.guard
+        status = self.status
+        if new.status != old.status or new.digest != old.digest:
+            status = StatusBuilder(
+                new.agent.id,
+                new.status,
+                self.hlc,
+                __version__,
+                new.digest,
+                start_seq=self.status.seq,
+            )
         if new.profile != old.profile:
             if not self._rebuild_hardware(new.profile, old.profile):
                 self.counters.reload_errors += 1
@@ -532,17 +559,8 @@ class Runner:
             self.hardware.revive()
         self.config = new
         self.score = new.score
-        if new.guard != old.guard:
-            self.guard = Guard(new.guard)
-        if new.status != old.status or new.digest != old.digest:
-            self.status = StatusBuilder(
-                new.agent.id,
-                new.status,
-                self.hlc,
-                __version__,
-                new.digest,
-                start_seq=self.status.seq,
-            )
+        self.guard = guard
+        self.status = status
         # Whatever was planned under the old score is dropped; this beat is planned anew.
         self.plan.replan()
         self.counters.reloads += 1
@@ -557,10 +575,11 @@ class Runner:
         self.hardware.close()
         try:
             self.hardware = self.make_hardware(profile)
-        except HardwareError as exc:
+        except Exception as exc:  # any failure: back to the old devices
             log.error(
-                "reload refused: the new device profile cannot be built (%s); "
+                "reload refused: the new device profile cannot be built (%s: %s); "
                 "the old devices are built again",
+                type(exc).__name__,
                 exc,
             )
             self.hardware = self.make_hardware(old_profile)

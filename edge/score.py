@@ -42,6 +42,7 @@ from edge.profile import (
     DeviceSpec,
     Profile,
     read_bool,
+    read_integer,
     read_number,
 )
 
@@ -250,17 +251,16 @@ class Score:
 
 # --------------------------------------------------------------------------- parsing
 
+#: The largest beat count, beat index or priority a score may give (2**53: exact in a
+#: float, so every comparison with a beat position holds).
+MAX_SCORE_INT = 2**53
+
 
 def _int(
     table: Mapping[str, object], key: str, where: str, problems: ConfigProblems, low: int
 ) -> int | None:
-    if key not in table:
-        return None
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        problems.add(f"{where}.{key}", f"must be an integer >= {low}, got {value!r}")
-        return None
-    return value
+    # Beat counts and priorities: far beyond any real score, still exact in a float.
+    return read_integer(table, key, where, problems, low, MAX_SCORE_INT)
 
 
 def _check_value(

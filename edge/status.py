@@ -101,12 +101,13 @@ class StatusConfig:
 _SECTION = Section(
     StatusConfig,
     (
-        integer("every", 1),
+        integer("every", 1, 1_000_000),
         choice("mode", *_MODES),
-        integer("heartbeat_beats", 1),
+        integer("heartbeat_beats", 1, 1_000_000),
         choice("format", *_FORMATS),
-        # 0 = claims never expire, stored as None (the link then sets no expiry).
-        integer("expiry_s", 0, convert=lambda seconds: seconds or None),
+        # 0 = claims never expire, stored as None (the link then sets no expiry). MQTT
+        # carries the expiry in 32 bits.
+        integer("expiry_s", 0, 2**32 - 1, convert=lambda seconds: seconds or None),
     ),
 )
 

@@ -225,7 +225,7 @@ def test_broken_config_exits_nonzero_listing_every_problem(tmp_path: Path) -> No
         encoding="utf-8",
     )
     proc = start_agent(config, None, tmp_path / "agent.log")
-    assert proc.process.wait(timeout=30) == 2
+    assert proc.process.wait(timeout=30) == 3  # EXIT_CONFIG
     log = proc.log()
     assert "agent.id" in log and "agent.cluster" in log and "broker.url" in log
     assert "devices.led" in log

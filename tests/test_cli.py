@@ -55,14 +55,14 @@ def test_check_lists_every_problem_and_fails(
         'password = "oops"\n[sync]\nbogus = 1\n',
         encoding="utf-8",
     )
-    assert main(["check", "--config", str(config)]) == 2
+    assert main(["check", "--config", str(config)]) == 3  # EXIT_CONFIG
     err = capsys.readouterr().err
     for where in ("agent.id", "agent.cluster", "broker.password", "sync.bogus"):
         assert where in err, err
 
 
 def test_check_names_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert main(["check", "--config", str(tmp_path / "nope.toml")]) == 3  # EXIT_CONFIG
     assert "nope.toml" in capsys.readouterr().err
 
 

@@ -51,7 +51,7 @@ def test_nan_and_infinity_are_refused_in_every_section(tmp_path: Path) -> None:
     assert problems == [
         "agent.safe_after_lost_s: must be a finite number at least 0, got nan",
         "agent.sample_interval_s: must be a finite number at least 0.05, got inf",
-        "broker.reconnect_max_s: must be a finite number at least 0.01, got -inf",
+        "broker.reconnect_max_s: must be a number between 0.01 and 3600, got -inf",
         "guard.cpu_enter: must be a number between 0 and 100, got nan",
         "outbox.fsync_interval_s: must be a finite number at least 0, got inf",
         "outbox.retry_interval_s: must be a finite number at least 0.001, got nan",
@@ -65,10 +65,10 @@ def test_integers_are_integers_and_a_boolean_is_not_one(tmp_path: Path) -> None:
         "[status]\nevery = 1.0\n[outbox]\nmax_count = false\n",
     )
     assert problems == [
-        "broker.keepalive_s: must be an integer at least 5, got 15.5",
-        "broker.will_delay_s: must be an integer at least 0, got True",
-        "broker.inbox_size: must be an integer at least 1, got 1000.0",
-        "status.every: must be an integer at least 1, got 1.0",
+        "broker.keepalive_s: must be an integer between 5 and 65535, got 15.5",
+        "broker.will_delay_s: must be an integer between 0 and 4294967295, got True",
+        "broker.inbox_size: must be an integer between 1 and 1000000, got 1000.0",
+        "status.every: must be an integer between 1 and 1000000, got 1.0",
         "outbox.max_count: must be an integer at least 1, got False",
     ]
 

@@ -447,6 +447,47 @@ def test_a_profile_that_cannot_be_built_keeps_the_old_config(
     assert set(range(11, 30)) <= set(toggles)
 
 
+@pytest.mark.parametrize("failure", [ValueError("a bug"), RecursionError("deep")])
+def test_any_failure_while_applying_a_reload_refuses_it_and_the_beat_goes_on(
+    tmp_path: Path, factory: MockFactory, failure: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not only HardwareError: whatever a new profile raises while it is built, and
+    # whatever breaks while the new settings are made, is a refused reload, never the end
+    # of the loop; the old config, devices and beat stay.
+    import edge.runner
+
+    bench = Bench(tmp_path, factory)
+
+    def broken(profile: Profile) -> Hardware:
+        if profile.devices["led"].pin == 22:
+            raise failure
+        return bench.make_hardware(profile)
+
+    bench.runner.make_hardware = broken
+    bench.pulse(range(40))
+    bench.run_until(bench.start + 10.4 * BEAT)
+    bench.runner.request_reload(_config(tmp_path, PROFILE.replace("pin = 17", "pin = 22")))
+    bench.run_until(bench.start + 20.4 * BEAT)
+    assert bench.runner.counters.reload_errors == 1 and bench.runner.counters.reloads == 0
+    assert bench.runner.config.profile.devices["led"].pin == 17
+
+    def no_guard(config: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(edge.runner, "Guard", no_guard)
+    old = bench.runner.config
+    bench.runner.request_reload(_config(tmp_path, PROFILE + "[guard]\ncpu_enter = 95.0\n"))
+    bench.run_until(bench.start + 40 * BEAT)
+    assert bench.runner.counters.reload_errors == 2 and bench.runner.counters.reloads == 0
+    assert bench.runner.config is old  # nothing half-applied
+    toggles = [
+        int(r["beat_index"])  # type: ignore[call-overload]
+        for r in bench.rows()
+        if r["rule"] == 0 and r["fired_mono"] and r["ok"]
+    ]
+    assert set(range(11, 40)) <= set(toggles)
+
+
 def test_restart_only_sections_are_kept_on_reload(
     tmp_path: Path, factory: MockFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

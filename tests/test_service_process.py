@@ -10,6 +10,7 @@ switching the score exactly at a beat boundary, and a broken reload keeping the 
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import socket
 import time
@@ -176,12 +177,38 @@ def test_reload_switches_score_at_a_beat_boundary(tmp_path: Path, mosquitto: Mos
     assert "score[1]" in log or "nope" in log
 
 
+# A pin that exists on the board but fails on the real pins (busy with another process, say)
+# passes check and preflight, which build on a mock of the board, and is isolated when the
+# agent builds it. This stands in for it: the agent's own pin factory (made without a
+# revision, as gpiozero makes its default) refuses GPIO23; the preflight mock does not.
+BUSY_PIN_SITE = """
+from gpiozero.exc import GPIOPinInUse
+from gpiozero.pins.mock import MockFactory
+
+_init, _pin = MockFactory.__init__, MockFactory.pin
+
+
+def __init__(self, revision=None, pin_class=None):
+    _init(self, revision=revision, pin_class=pin_class)
+    self.test_busy = revision is None
+
+
+def pin(self, name):
+    made = _pin(self, name)
+    if getattr(self, "test_busy", False) and made.info.name == "GPIO23":
+        raise GPIOPinInUse("GPIO23 is busy (test: held by another process)")
+    return made
+
+
+MockFactory.__init__, MockFactory.pin = __init__, pin
+"""
+
 MISWIRED = (
     PROFILE_A
     + """
 [devices.fan]
 kind = "output"
-pin = "GPIO99"
+pin = 23
 [[score]]
 device = "fan"
 do = "toggle"
@@ -194,19 +221,24 @@ essential = true  # the test is about the reload: a loaded machine must not shed
 def test_a_reload_after_fixing_the_wiring_brings_the_device_back(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    # The fan is wired to a pin that does not exist: isolated at start, named in every
-    # claim. The operator fixes the profile and reloads: the devices are rebuilt at a beat
-    # boundary and the fan plays, while the LED never misses a beat.
+    # The fan is wired to a pin that fails on the real pins: isolated at start, named in
+    # every claim. The operator moves it to a free pin and reloads: the devices are rebuilt
+    # at a beat boundary and the fan plays, while the LED never misses a beat. (A pin the
+    # board does not have, GPIO99, is refused by run itself: see test_hostile_configs.)
     config = write_agent_config(tmp_path, mosquitto.url, MISWIRED)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BUSY_PIN_SITE)
+    pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     recorder = ClaimRecorder(mosquitto.port)
     trace = tmp_path / "agent.jsonl"
-    agent = start_agent(config, trace, tmp_path / "agent.log")
+    agent = start_agent(config, trace, tmp_path / "agent.log", env={"PYTHONPATH": pythonpath})
     pulse = start_pulse(mosquitto.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
         end = time.monotonic() + 20
         while time.monotonic() < end and sum(r["device"] == "fan" for r in read_trace(trace)) < 6:
             time.sleep(0.1)
-        (tmp_path / "profile.toml").write_text(MISWIRED.replace('pin = "GPIO99"', "pin = 22"))
+        (tmp_path / "profile.toml").write_text(MISWIRED.replace("pin = 23", "pin = 22"))
         agent.signal(signal.SIGHUP)
         end = time.monotonic() + 20
         while (

@@ -128,3 +128,20 @@ def test_it_is_hardened_but_can_reach_gpio_i2c_and_the_network() -> None:
     assert "Service.PrivateDevices" not in unit
     assert unit["Service.RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert "@system-service" in unit["Service.SystemCallFilter"]
+
+
+def test_a_config_error_does_not_restart_loop() -> None:
+    """run's documented exit codes: 2 usage and 3 config error are never restarted; the
+    hardware code (4) and a crash still are (Restart=on-failure)."""
+    from edge.cli import EXIT_CONFIG, EXIT_HARDWARE, EXIT_USAGE, build_parser
+
+    unit = settings(UNIT.read_text())
+    prevented = {
+        int(code) for value in unit["Service.RestartPreventExitStatus"] for code in value.split()
+    }
+    assert prevented == {EXIT_USAGE, EXIT_CONFIG}
+    assert EXIT_HARDWARE not in prevented
+    assert unit["Service.Restart"] == ["on-failure"]
+    # The codes the unit names are the ones run documents.
+    run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()  # type: ignore[union-attr,index]
+    assert f"{EXIT_CONFIG} config error" in " ".join(run_help.split())
