@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -151,6 +152,20 @@ def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Pa
     assert "gpio" in [g[0] for g in accounts(root, "group")]  # shared with other users
 
 
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout built once as a wheel, so each install below is a quick one."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    [built] = out.glob("backbeat_edge-*.whl")
+    return built
+
+
 class FakeSystemctl:
     """A systemctl that notes every call; ``--root`` ones (enable, disable) it hands on
     to the real one, when there is one, which lays the links in the prefix."""
@@ -179,12 +194,14 @@ class FakeSystemctl:
 
 
 def test_install_enables_but_does_not_start_until_the_config_is_not_the_example(
-    tmp_path: Path, profile: Path
+    tmp_path: Path, profile: Path, wheel: Path
 ) -> None:
     root = tmp_path / "root"
     systemctl = FakeSystemctl(tmp_path)
     unit = "backbeat-edge.service"
-    log = run_install(root, "--no-users", profile=profile, env_extra=systemctl.env)
+    log = run_install(
+        root, "--no-users", "--wheel", str(wheel), profile=profile, env_extra=systemctl.env
+    )
     etc = root / "etc" / "backbeat-edge"
     assert (etc / "agent.toml").read_text() == EXAMPLE.read_text()
     calls = systemctl.calls()
@@ -212,16 +229,32 @@ def test_install_enables_but_does_not_start_until_the_config_is_not_the_example(
     assert (root / target.lstrip("/")).is_file()
 
     # --start starts it with the example all the same (the operator said so).
-    log = run_install(root, "--no-users", "--start", profile=profile, env_extra=systemctl.env)
+    log = run_install(
+        root,
+        "--no-users",
+        "--wheel",
+        str(wheel),
+        "--start",
+        profile=profile,
+        env_extra=systemctl.env,
+    )
     assert ["restart", unit] in systemctl.calls()
     assert "starting backbeat-edge.service" in log
 
     # Once the config is the operator's, an install (an upgrade) restarts the agent.
     (etc / "agent.toml").write_text(EXAMPLE.read_text().replace("pi-relay-01", "pi-relay-02"))
-    run_install(root, "--no-users", profile=profile, env_extra=systemctl.env)
+    run_install(root, "--no-users", "--wheel", str(wheel), profile=profile, env_extra=systemctl.env)
     assert ["restart", unit] in systemctl.calls()
     # ...unless told not to.
-    log = run_install(root, "--no-users", "--no-start", profile=profile, env_extra=systemctl.env)
+    log = run_install(
+        root,
+        "--no-users",
+        "--wheel",
+        str(wheel),
+        "--no-start",
+        profile=profile,
+        env_extra=systemctl.env,
+    )
     assert not any(c[0] in ("start", "restart", "try-restart") for c in systemctl.calls())
     assert "enabled but not started (--no-start)" in log
 
@@ -231,7 +264,7 @@ def test_install_enables_but_does_not_start_until_the_config_is_not_the_example(
 
 
 def test_an_example_left_by_an_older_install_still_counts_as_the_example(
-    tmp_path: Path, profile: Path
+    tmp_path: Path, profile: Path, wheel: Path
 ) -> None:
     root = tmp_path / "root"
     etc = root / "etc" / "backbeat-edge"
@@ -240,7 +273,9 @@ def test_an_example_left_by_an_older_install_still_counts_as_the_example(
     (etc / "agent.toml").write_text(older)
     (etc / "agent.example.toml").write_text(older)
     systemctl = FakeSystemctl(tmp_path)
-    log = run_install(root, "--no-users", profile=profile, env_extra=systemctl.env)
+    log = run_install(
+        root, "--no-users", "--wheel", str(wheel), profile=profile, env_extra=systemctl.env
+    )
     assert not any(c[0] in ("start", "restart") for c in systemctl.calls())
     assert "still the example" in log
     assert (etc / "agent.toml").read_text() == older  # kept, as every existing config
