@@ -193,6 +193,7 @@ class FakeSystemctl:
         return [args[1:] if args and args[0].startswith("--root=") else args for args in lines]
 
 
+@pytest.mark.slow
 def test_install_enables_but_does_not_start_until_the_config_is_not_the_example(
     tmp_path: Path, profile: Path, wheel: Path
 ) -> None:
@@ -263,6 +264,7 @@ def test_install_enables_but_does_not_start_until_the_config_is_not_the_example(
     assert ["disable", unit] in systemctl.calls()
 
 
+@pytest.mark.slow
 def test_an_example_left_by_an_older_install_still_counts_as_the_example(
     tmp_path: Path, profile: Path, wheel: Path
 ) -> None:

@@ -79,6 +79,7 @@ def test_demo_shows_the_pulse_error_and_fails() -> None:
 # --------------------------------------------------------------------------- pulse
 
 
+@pytest.mark.slow
 def test_pulse_fails_when_it_never_reached_the_broker() -> None:
     url = _closed_port()
     args = ("pulse", "--broker", url, "--cluster", "bench", "--bpm", "240")
@@ -92,6 +93,7 @@ def test_pulse_fails_when_it_never_reached_the_broker() -> None:
 # --------------------------------------------------------------------------- monitor
 
 
+@pytest.mark.slow
 def test_monitor_fails_when_it_never_reached_the_broker() -> None:
     url = _closed_port()
     result = _cli("monitor", "--broker", url, "--cluster", "bench", "--duration", "2", timeout=30)
