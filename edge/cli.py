@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import queue
 import signal
 import sys
@@ -135,11 +137,14 @@ def cmd_pulse(args: argparse.Namespace) -> int:
 
     link.start()
     if not link.wait_connected(args.connect_timeout):
+        # A beat sent to no broker is lost (QoS 0): say so and fail, rather than "send".
+        link.stop(timeout=1.0)
         print(
-            f"backbeat-edge pulse: no broker at {args.broker} yet ({link.last_error}); "
-            "beats are queued and sent once it is there",
+            f"backbeat-edge pulse: cannot reach the broker at {args.broker} in "
+            f"{args.connect_timeout:g} s ({link.last_error or 'no answer'}); no beat sent",
             file=sys.stderr,
         )
+        return 1
     threading.Thread(target=pump_controls, name="pulse-control", daemon=True).start()
     trace = open_trace(args.trace)
     options = PulseOptions(
@@ -153,7 +158,12 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         prefix=args.prefix,
     )
 
+    unsent = [0]
+
     def publish(topic: str, payload: bytes) -> object:
+        if not link.connected:  # QoS 0 while disconnected: it would be dropped unseen
+            unsent[0] += 1
+            return None
         return link.publish(topic, payload, qos=0)
 
     try:
@@ -163,7 +173,14 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         link.stop(timeout=1.0)
         if trace is not None:
             trace.close()
-    log.info("pulse sent %d frames", sent)
+    if unsent[0]:
+        log.warning(
+            "pulse sent %d frames; %d more were not sent while the broker was away",
+            sent - unsent[0],
+            unsent[0],
+        )
+    else:
+        log.info("pulse sent %d frames", sent)
     return 0
 
 
@@ -238,17 +255,43 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from edge.monitor import run_monitor
 
     return run_monitor(
-        args.broker, args.cluster, as_json=args.json, prefix=args.prefix, duration_s=args.duration
+        args.broker,
+        args.cluster,
+        as_json=args.json,
+        prefix=args.prefix,
+        duration_s=args.duration,
+        connect_timeout_s=args.connect_timeout,
     )
 
 
 # ---------------------------------------------------------------------------- parser
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` gives every option's default, but not the empty ones (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _tempo(text: str) -> float:
+    """A ``--tempo`` value: a finite BPM in the contract's 0.1..1000."""
+    try:
+        bpm = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a tempo in BPM, got {text!r}") from None
+    if not (math.isfinite(bpm) and 0.1 <= bpm <= 1000):
+        raise argparse.ArgumentTypeError(f"must be between 0.1 and 1000 BPM, got {text!r}")
+    return bpm
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backbeat-edge",
         description="Follow a BACKBEAT cluster beat and fire hardware actions on it.",
+        formatter_class=_HelpWithDefaults,
     )
     parser.add_argument("--version", action="version", version=f"backbeat-edge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -272,20 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
         "pulse",
         help="send a BACKBEAT beat for benches and demos",
         description="Send one BeatFrame per beat (SIGUSR1/SIGUSR2 or the topic "
-        "{prefix}/{cluster}/pulse/tempo change the tempo, +/-10%% per change "
+        "{prefix}/{cluster}/pulse/tempo change the tempo, +/-10% per change "
         "unless the payload says e.g. '600 force').",
     )
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    p.add_argument("--cluster", required=True)
-    p.add_argument("--bpm", type=float, required=True)
-    p.add_argument("--bar", type=int, default=4, help="beats per bar (default 4)")
-    p.add_argument("--format", choices=("json", "cbor"), default="json")
-    p.add_argument("--duration", type=float, help="stop after S seconds")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument("--cluster", required=True, help="cluster id (topic {prefix}/{cluster}/beat)")
+    p.add_argument("--bpm", type=float, required=True, help="tempo, 0.1-1000 BPM")
+    p.add_argument("--bar", type=int, default=4, help="beats per bar")
+    p.add_argument("--format", choices=("json", "cbor"), default="json", help="frame encoding")
+    p.add_argument("--duration", type=float, help="stop after S seconds (default: run on)")
     p.add_argument("--per-phase", action="store_true", help="send a frame per phase")
     p.add_argument("--start-beat", type=int, default=0, help="first beat index")
     p.add_argument("--prefix", default="backbeat", help="topic prefix")
     p.add_argument("--trace", help="append one JSON line per frame sent to FILE")
-    p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        help="give up (exit 1) if the broker is not reached in S seconds",
+    )
     p.set_defaults(func=cmd_pulse)
 
     p = sub.add_parser(
@@ -297,8 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
         "which tempo. Run it as the user the service runs as, or with sudo.",
         epilog=EXIT_CODES,
     )
-    p.add_argument("--config", required=True)
-    p.add_argument("--tempo", nargs="*", help="tempos to plan for (BPM)")
+    p.add_argument("--config", required=True, help="agent config TOML (may name a profile)")
+    p.add_argument(
+        "--tempo",
+        nargs="*",
+        type=_tempo,
+        help="tempos to plan for, in BPM (default: 1 10 60 240 1000)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
@@ -307,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a private Mosquitto, a pulse and the agent on mock "
         "pins, and show a live view until Ctrl-C or --duration.",
     )
-    p.add_argument("--bpm", type=float, default=60.0)
-    p.add_argument("--duration", type=float)
+    p.add_argument("--bpm", type=float, default=60.0, help="the pulse's tempo")
+    p.add_argument("--duration", type=float, help="stop after S seconds (default: Ctrl-C)")
     p.add_argument("--profile", help="hardware profile (default: the bench profile in hw/)")
     p.add_argument("--trace", help="write the agent's action trace to FILE")
     p.add_argument("--plain", action="store_true", help="one status line per beat, no screen")
@@ -319,19 +372,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="live table of a fleet's status",
         description="Watch a cluster's status and availability topics.",
     )
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    p.add_argument("--cluster", required=True)
-    p.add_argument("--prefix", default="backbeat")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument("--cluster", required=True, help="cluster id")
+    p.add_argument("--prefix", default="backbeat", help="topic prefix")
     p.add_argument("--json", action="store_true", help="one JSON line per claim")
-    p.add_argument("--duration", type=float)
+    p.add_argument("--duration", type=float, help="stop after S seconds (default: Ctrl-C)")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="give up (exit 1) if the broker is not reached in S seconds",
+    )
     p.set_defaults(func=cmd_monitor)
+    for command in sub.choices.values():
+        command.formatter_class = _HelpWithDefaults
     return parser
 
 
+#: Exit status when the reader of our output went away (``| head``), as a program killed
+#: by SIGPIPE would report it in a shell.
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    code: int = args.func(args)
+    try:
+        args = build_parser().parse_args(argv)  # --help writes too
+        _setup_logging(args.verbose)
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Not our error, and no traceback: later writes (the interpreter's last flush
+        # included) go to /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     return code
 
 

@@ -62,10 +62,12 @@ class AgentConfig:
     id: str
     cluster: str
     topic_prefix: str = "backbeat"
-    #: Once the follower says the beat is lost (``sync.lost_after_s`` of silence) the agent
-    #: keeps firing on its free-running model this long, then drives every output to its
-    #: safe state and stops until the beat returns.
-    safe_after_lost_s: float = 60.0
+    #: Once the follower says the beat is lost (``sync.lost_after_s`` of silence, 10 s by
+    #: default) the agent keeps firing on its free-running model this much longer, then
+    #: drives every output to its safe state and fires nothing until the beat returns. The
+    #: default 0 is the safe state at "lost"; a device whose profile says
+    #: ``keep_running_when_lost = true`` is left running on the model.
+    safe_after_lost_s: float = 0.0
     #: Process-wide sampling period of the probe (seconds; CPU, memory, temperature).
     sample_interval_s: float = 1.0
 

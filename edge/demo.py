@@ -2,7 +2,9 @@
 
 Starts a private Mosquitto on a free loopback port, a bench pulse in its own process, and
 the agent in this process on gpiozero's mock pins with the bench profile from ``hw/``, and
-shows the live view until Ctrl-C or ``duration_s``; then stops everything cleanly.
+shows the live view until Ctrl-C or ``duration_s``; then stops everything cleanly. It says
+where its broker is and how to watch it with ``monitor``. A pulse that exits on its own
+stops the demo: its error is shown and the demo exits 1.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from edge.broker import start_mosquitto
@@ -36,6 +40,27 @@ def demo_config(broker_url: str, profile: Path, workdir: Path) -> Path:
     return path
 
 
+def monitor_command(broker_url: str, cluster: str = "demo") -> str:
+    """The command line that watches this demo from another terminal."""
+    installed = Path(sys.executable).parent / "backbeat-edge"
+    program = str(installed) if installed.exists() else f"{sys.executable} -m edge.cli"
+    return f"{program} monitor --broker {broker_url} --cluster {cluster}"
+
+
+def _watch(
+    pulse: subprocess.Popen[bytes], stop: threading.Event, on_exit: Callable[[], None]
+) -> None:
+    """Wait for the pulse; if it exits before ``stop`` is set, call ``on_exit``."""
+    while not stop.is_set():
+        try:
+            pulse.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            continue
+        if not stop.is_set():
+            on_exit()
+        return
+
+
 def run_demo(
     bpm: float = 60.0,
     duration_s: float | None = None,
@@ -54,30 +79,49 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="backbeat-demo-") as tmp, start_mosquitto() as broker:
         workdir = Path(tmp)
         config = demo_config(broker.url, profile_path, workdir)
-        pulse = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edge.cli",
-                "pulse",
-                "--broker",
-                broker.url,
-                "--cluster",
-                "demo",
-                "--bpm",
-                str(bpm),
-                "--bar",
-                "4",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        banner = (
+            f"broker {broker.url} (this demo's own), cluster demo; watch it from another "
+            f"terminal with:\n  {monitor_command(broker.url)}"
         )
+        print(banner, flush=True)
+        pulse_log = workdir / "pulse.log"
+        with pulse_log.open("wb") as pulse_err:  # read back if the pulse fails
+            pulse = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edge.cli",
+                    "pulse",
+                    "--broker",
+                    broker.url,
+                    "--cluster",
+                    "demo",
+                    "--bpm",
+                    str(bpm),
+                    "--bar",
+                    "4",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=pulse_err,
+            )
         trace = open_trace(trace_path)
+        done = threading.Event()
+        pulse_failed = threading.Event()
         try:
-            agent = Agent(config, trace=trace, on_view=TerminalView(plain=plain))
+            agent = Agent(config, trace=trace, on_view=TerminalView(plain=plain, banner=banner))
             agent.install_signals()
+
+            def pulse_exited() -> None:
+                pulse_failed.set()
+                agent.stop()
+
+            watcher = threading.Thread(
+                target=_watch, args=(pulse, done, pulse_exited), name="demo-pulse", daemon=True
+            )
+            watcher.start()
             code = agent.run(duration_s=duration_s)
         finally:
+            done.set()
             pulse.terminate()
             try:
                 pulse.wait(timeout=5)
@@ -90,4 +134,12 @@ def run_demo(
             f"\ndemo stopped: {agent.runner.counters.fired} actions fired, "
             f"{agent.runner.counters.missed} missed, {agent.runner.counters.claims} claims"
         )
+        if pulse_failed.is_set():
+            error = pulse_log.read_text(encoding="utf-8", errors="replace").strip()
+            print(
+                f"backbeat-edge demo: the pulse exited with code {pulse.returncode}:\n"
+                f"{error or '(it said nothing)'}",
+                file=sys.stderr,
+            )
+            return 1
         return code

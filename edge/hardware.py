@@ -61,7 +61,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
 from typing import Any
@@ -899,15 +899,22 @@ class Hardware:
             except Exception as exc:
                 self._fail(d, exc, "warm")
 
-    def safe_state(self, reason: str, now: float | None = None) -> None:
-        """Every output to its safe state now (rate limit ignored), every command killed.
-        Counted in ``safe_states`` and logged with ``reason``. ``now`` defaults to the
-        clock given at construction."""
+    def safe_state(self, reason: str, now: float | None = None, keep: Collection[str] = ()) -> None:
+        """Every output to its safe state now (rate limit ignored), every command killed,
+        except on the devices named in ``keep`` (left as they are). Counted in
+        ``safe_states`` and logged with ``reason``. ``now`` defaults to the clock given at
+        construction."""
         if now is None:
             now = self._clock()
         self.safe_states += 1
-        log.warning("all outputs to safe state: %s", reason)
+        kept = sorted(set(keep) & set(self._devices))
+        if kept:
+            log.warning("outputs to safe state: %s (kept running: %s)", reason, ", ".join(kept))
+        else:
+            log.warning("all outputs to safe state: %s", reason)
         for d in self._devices.values():
+            if d.spec.name in keep:
+                continue
             for run in d.running or ():
                 if not run.killed:
                     if run.proc is not None:

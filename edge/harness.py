@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,6 +131,23 @@ def start_pulse(
     if trace is not None:
         args += ["--trace", str(trace)]
     return _spawn(args, log_path)
+
+
+_SAFE_LINE = re.compile(
+    r"outputs in their safe state \(beat lost\) at monotonic ([0-9.]+): (\{.*\})\s*$"
+)
+
+
+def safe_states(log: str) -> list[tuple[float, dict[str, object]]]:
+    """Every lost-beat safe state an agent's log reports, as (local monotonic time, the
+    outputs' values read back from the pins then), in order. The monotonic clock is the
+    host's, so it compares with the pulse's and the agent's trace times."""
+    found = []
+    for line in log.splitlines():
+        match = _SAFE_LINE.search(line)
+        if match is not None:
+            found.append((float(match.group(1)), json.loads(match.group(2))))
+    return found
 
 
 def read_trace(path: Path) -> list[dict[str, object]]:

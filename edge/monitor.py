@@ -4,7 +4,9 @@ Each agent's row shows whether it is online (its retained availability), the las
 claimed, its state, sync state and error bound, action lateness, CPU, temperature, guard
 verdict and outbox backlog, and the devices it has isolated, if any. ``--json`` prints one
 JSON line per claim instead, for scripts.
-Malformed claims are counted and shown, never fatal.
+Malformed claims are counted and shown, never fatal. The link's state heads the table
+(connecting, connected, disconnected: then the rows are the last seen, and say so); with
+``--json`` it goes to stderr. A monitor that never reached the broker exits 1.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class FleetView:
     rows: dict[str, AgentRow] = field(default_factory=dict)
     bad: int = 0
     last_error: str = ""
+    #: What the link is doing, shown above the rows ("connecting to ...", ...).
+    link_state: str = ""
 
     def agent_of(self, topic: str) -> tuple[str, str] | None:
         base = f"{self.topics.prefix}/{self.topics.cluster}/"
@@ -77,7 +81,8 @@ class FleetView:
             f"{'err ms':>7} {'late p50/max ms':>16} {'cpu%':>5} {'temp':>5} "
             f"{'guard':<15} {'backlog':>7}"
         )
-        lines = [head, "-" * len(head)]
+        lines = [self.link_state, ""] if self.link_state else []
+        lines += [head, "-" * len(head)]
         for agent in sorted(self.rows):
             row = self.rows[agent]
             c = row.claim
@@ -118,7 +123,10 @@ def run_monitor(
     prefix: str = "backbeat",
     duration_s: float | None = None,
     out: IO[str] = sys.stdout,
+    connect_timeout_s: float | None = 10.0,
 ) -> int:
+    """Watch ``cluster`` until ``duration_s`` passes or Ctrl-C. Returns 0, or 1 when the
+    broker was never reached (given up on after ``connect_timeout_s``; None: never)."""
     problems = ConfigProblems("monitor")
     broker = parse_broker({"url": broker_url}, problems, Path.cwd(), where="--broker")
     if problems:
@@ -131,9 +139,21 @@ def run_monitor(
         f"backbeat-monitor-{cluster}-{int(time.time())}",
         subscriptions=(topics.all_status, topics.all_availability),
     )
-    link.start()
-    end = None if duration_s is None else time.monotonic() + duration_s
+    started = time.monotonic()
+    end = None if duration_s is None else started + duration_s
+    give_up = None if connect_timeout_s is None else started + connect_timeout_s
+    reached = False
     next_draw = 0.0
+
+    def say(state: str) -> None:
+        nonlocal next_draw
+        view.link_state = state
+        next_draw = 0.0  # shown at once
+        if as_json:
+            print(f"backbeat-edge monitor: {state}", file=sys.stderr, flush=True)
+
+    link.start()
+    say(f"connecting to {broker_url} ...")
     try:
         while end is None or time.monotonic() < end:
             try:
@@ -148,6 +168,24 @@ def run_monitor(
                 if as_json and claim is not None:
                     out.write(json.dumps(to_wire(claim), separators=(",", ":")) + "\n")
                     out.flush()
+            elif item is not None and item.kind == "connected":
+                reached = True
+                say(f"connected to {broker_url}")
+            elif item is not None and item.kind == "disconnected":
+                clock = time.strftime("%H:%M:%S")
+                say(
+                    f"DISCONNECTED from {broker_url} at {clock} ({item.reason}); "
+                    "reconnecting; the rows below are as last seen"
+                )
+            elif not reached and link.last_error and link.last_error not in view.link_state:
+                say(f"connecting to {broker_url} ... ({link.last_error})")
+            if not reached and give_up is not None and now >= give_up:
+                print(
+                    f"backbeat-edge monitor: cannot reach the broker at {broker_url} in "
+                    f"{connect_timeout_s:g} s ({link.last_error or 'no answer'})",
+                    file=sys.stderr,
+                )
+                return 1
             if not as_json and now >= next_draw:
                 next_draw = now + 0.5
                 out.write("\x1b[H\x1b[2J" + view.table())
@@ -156,4 +194,11 @@ def run_monitor(
         pass
     finally:
         link.stop(timeout=0.5)
+    if not reached:
+        print(
+            f"backbeat-edge monitor: never reached the broker at {broker_url} "
+            f"({link.last_error or 'no answer'})",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -52,6 +52,10 @@ _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 InboundKind = Literal["message", "ack", "connected", "disconnected"]
 
+#: A broker that takes the TCP connection but sends no CONNACK within this long is given
+#: up on (logged, then retried with backoff) instead of being waited for in silence.
+CONNACK_TIMEOUT_S = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
@@ -156,6 +160,7 @@ class MqttLink:
         availability_topic: str | None = None,
         on_wake: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        connack_timeout_s: float = CONNACK_TIMEOUT_S,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -164,6 +169,7 @@ class MqttLink:
         self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=broker.inbox_size)
         self._on_wake = on_wake
         self._rng = rng or random.Random()
+        self.connack_timeout_s = connack_timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
@@ -322,6 +328,7 @@ class MqttLink:
         while not self._stop.is_set():
             if self._connect_once():
                 # Pump until the connection drops (or the broker refuses the CONNECT).
+                connecting_since: float | None = time.monotonic()  # None once CONNACKed
                 while not self._stop.is_set():
                     try:
                         rc = self._client.loop(timeout=0.5)
@@ -335,6 +342,16 @@ class MqttLink:
                     if self._connected.is_set():
                         attempt = 0
                         reported = None
+                        connecting_since = None
+                    elif (
+                        connecting_since is not None
+                        and time.monotonic() - connecting_since > self.connack_timeout_s
+                    ):
+                        self.last_error = (
+                            f"broker {self.broker.host}:{self.broker.port} took the connection"
+                            f" but sent no CONNACK in {self.connack_timeout_s:g} s"
+                        )
+                        break
                 if self._stop.is_set():
                     break
                 self._connected.clear()

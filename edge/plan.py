@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -238,9 +238,10 @@ class BeatPlan:
             return self.pending.pop(0)
         return None
 
-    def cancel(self) -> None:
-        """Drop every pending action; the beats stay planned (a safe state)."""
-        self.pending.clear()
+    def cancel(self, keep: Collection[str] = ()) -> None:
+        """Drop every pending action but those of the devices in ``keep``; the beats stay
+        planned (a safe state)."""
+        self.pending = [sa for sa in self.pending if sa.action.device in keep]
 
     def replan(self) -> None:
         """Drop every pending action and let every beat be planned anew (a reload)."""

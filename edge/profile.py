@@ -71,7 +71,16 @@ DEFAULT_COMMAND_TIMEOUT_S = 1.0
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PIN_NAME = re.compile(r"[A-Za-z0-9_:]{1,32}")
 _COMMON_KEYS = frozenset(
-    {"kind", "pin", "active_high", "safe_state", "max_switch_hz", "max_on_s", "description"}
+    {
+        "kind",
+        "pin",
+        "active_high",
+        "safe_state",
+        "max_switch_hz",
+        "max_on_s",
+        "keep_running_when_lost",
+        "description",
+    }
 )
 # Option keys each family accepts beyond the common ones, with their checks:
 # (type, low, high); type "number" is a finite float, "int", "bool", "text".
@@ -111,7 +120,10 @@ class DeviceSpec:
     active-low relay with ``safe_state = 0`` rests with its pin high. ``max_switch_hz``
     limits how often the output may change (``None`` = no limit); ``max_on_s`` is the
     dead-man time after which an output away from its safe state is put back unless an
-    action renews it. ``options`` holds the kind-specific keys (see ``hw/README.md``).
+    action renews it. ``keep_running_when_lost``: when the beat is lost the device is not
+    put in its safe state but keeps firing on the free-running model (the default is the
+    safe state: ``agent.safe_after_lost_s``). ``options`` holds the kind-specific keys (see
+    ``hw/README.md``).
     """
 
     name: str
@@ -121,6 +133,7 @@ class DeviceSpec:
     safe_state: float = 0.0
     max_switch_hz: float | None = None
     max_on_s: float | None = None
+    keep_running_when_lost: bool = False
     options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     description: str = ""
 
@@ -175,6 +188,11 @@ class Profile:
 
     pin_factory: str | None = None
     devices: Mapping[str, DeviceSpec] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def keep_running_when_lost(self) -> frozenset[str]:
+        """The devices that keep firing on the free-running model when the beat is lost."""
+        return frozenset(name for name, d in self.devices.items() if d.keep_running_when_lost)
 
 
 # --------------------------------------------------------------------------- field readers
@@ -330,6 +348,7 @@ def _device(name: str, table: Mapping[str, object], problems: ConfigProblems) ->
         pin = _pin(table["pin"], f"{where}.pin", problems)
 
     active_high = read_bool(table, "active_high", where, problems, True)
+    keep_running = read_bool(table, "keep_running_when_lost", where, problems, False)
     options = _options(table, info.family, where, problems)
     spec = DeviceSpec(name=name, kind=kind, pin=pin, options=MappingProxyType(options))
     low, high = spec.value_range
@@ -372,6 +391,7 @@ def _device(name: str, table: Mapping[str, object], problems: ConfigProblems) ->
         safe_state=safe,
         max_switch_hz=max_hz,
         max_on_s=max_on,
+        keep_running_when_lost=keep_running,
         options=MappingProxyType(options),
         description=description,
     )

@@ -32,6 +32,7 @@ safe.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import statistics
@@ -202,10 +203,16 @@ class Runner:
             candidates.append(hw_next)
         if self.probe is not None:
             candidates.append(self._next_sample)
+        if self._unsynced_since is not None and not self._safe_applied:
+            candidates.append(self._unsynced_since + self.config.agent.safe_after_lost_s)
         return min(candidates)
 
     def _due(self, beat: int) -> list[ScheduledAction]:
-        return self.score.due(beat, self.follower)
+        due = self.score.due(beat, self.follower)
+        if self._outputs_safe():  # only the devices that keep running when lost
+            keep = self.config.profile.keep_running_when_lost
+            due = [sa for sa in due if sa.action.device in keep]
+        return due
 
     def _plan(self, beat: int, now: float) -> None:
         shed = self.plan.plan(
@@ -317,15 +324,26 @@ class Runner:
                 log.info("beat regained (error %.2f ms)", event.error_s * 1000)
 
     def _may_fire(self) -> bool:
-        """Fire on a locked or free-running timeline, and on a lost one until the device's
-        limit; never while still acquiring (the timeline is not known well enough yet)."""
+        """Fire on a locked or free-running timeline, and on a lost one until the lost-beat
+        safe state (then only on the devices that keep running when lost); never while
+        still acquiring (the timeline is not known well enough yet)."""
         state = self.follower.state
         if state in (SyncState.LOCKED, SyncState.FREE_RUNNING):
             return True
-        return state is SyncState.LOST and not self._safe_applied
+        if state is not SyncState.LOST:
+            return False
+        return not self._safe_applied or bool(self.config.profile.keep_running_when_lost)
+
+    def _outputs_safe(self) -> bool:
+        """The beat is lost and the outputs were put in their safe state: until it
+        returns, only the devices that keep running when lost may fire. (Asked of the
+        follower's state itself, so the first beat after a regained one is planned whole.)"""
+        return self._safe_applied and self.follower.state is SyncState.LOST
 
     def _watch_sync(self, now: float) -> None:
-        """Outputs go to their safe state once the beat has been lost for too long."""
+        """Outputs go to their safe state once the beat has been lost for
+        ``agent.safe_after_lost_s`` (0 by default: at once), but those of the devices
+        whose profile says ``keep_running_when_lost``."""
         if self.follower.state is not SyncState.LOST:
             self._unsynced_since = None
             self._safe_applied = False
@@ -336,10 +354,19 @@ class Runner:
             not self._safe_applied
             and now - self._unsynced_since >= self.config.agent.safe_after_lost_s
         ):
-            self.hardware.safe_state("beat lost")  # its killed commands report no end
+            keep = self.config.profile.keep_running_when_lost
+            # Its killed commands report no end.
+            self.hardware.safe_state("beat lost", keep=keep)
             self.counters.safe_states += 1
             self._safe_applied = True
-            self.plan.cancel()
+            self.plan.cancel(keep=keep)
+            # One line with the local monotonic time and the pins read back: what the
+            # end-to-end tests (edge.harness.safe_states) and an operator check.
+            log.warning(
+                "outputs in their safe state (beat lost) at monotonic %.6f: %s",
+                now,
+                json.dumps(self.hardware.check_states()),
+            )
 
     def _fire_due(self, now: float) -> None:
         while (head := self.plan.head()) is not None:

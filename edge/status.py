@@ -44,7 +44,10 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.shed``      ``{reason: count}``, as the runner counts them
 ``metadata.frames_rejected`` ``{reason: count}``
 ``metadata.guard``     ``{"level": str, "reason": str}``
-``metadata.tempo_bpm`` the guard's recommended tempo (omitted when none)
+``metadata.recommended_tempo_bpm`` the fastest tempo this agent's measured work allows
+                       (the tempo guide's rule, :mod:`edge.metrics`), not the cluster's
+                       tempo (that is the beat frames' ``tempo_bpm``); omitted when none.
+                       ``meta_v`` 1 called it ``tempo_bpm``.
 ``metadata.outbox``    ``{"backlog": int, "dropped": int}``, plus ``"degraded": str`` while
                        the outbox keeps claims in memory (disk full or read-only)
 ``metadata.alerts``    list of alert strings (omitted when empty)
@@ -71,7 +74,7 @@ from edge.messages import CLAIM_STATES, ClaimState, Format, StatusClaim, encode
 from edge.settings import Section, choice, integer
 
 #: Version of the ``metadata`` layout above; bump it when a key changes meaning.
-METADATA_VERSION = 1
+METADATA_VERSION = 2
 
 StatusMode = Literal["every", "on_change"]
 _MODES: tuple[str, ...] = get_args(StatusMode)
@@ -358,7 +361,7 @@ class StatusBuilder:
         }
         tempo = _finite(review.recommended_tempo, 1)
         if tempo is not None:
-            meta["tempo_bpm"] = tempo
+            meta["recommended_tempo_bpm"] = tempo
         if review.alerts:
             meta["alerts"] = list(review.alerts)
         if review.isolated:

@@ -21,11 +21,12 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def render(runner: Runner, now: float) -> str:
-    """One screenful describing the runner's state at ``now``."""
+def render(runner: Runner, now: float, banner: str = "") -> str:
+    """One screenful describing the runner's state at ``now`` (``banner`` under the title:
+    where the demo's broker is)."""
     f = runner.follower
     pos = f.position(now)
-    lines = ["backbeat-edge demo (Ctrl-C to stop)", ""]
+    lines = ["backbeat-edge demo (Ctrl-C to stop)", *banner.splitlines(), ""]
     if pos is None:
         lines.append("waiting for the first beat frame ...")
     else:
@@ -61,11 +62,13 @@ def render(runner: Runner, now: float) -> str:
 
 
 class TerminalView:
-    """Redraws the screen (or prints a line per call with ``plain``)."""
+    """Redraws the screen (or prints a line per call with ``plain``, which leaves the
+    ``banner`` to its caller: printed once, it stays on the terminal)."""
 
-    def __init__(self, out: IO[str] = sys.stdout, plain: bool = False) -> None:
+    def __init__(self, out: IO[str] = sys.stdout, plain: bool = False, banner: str = "") -> None:
         self.out = out
         self.plain = plain
+        self.banner = banner
         self._last_beat: int | None = None
 
     def __call__(self, runner: Runner, now: float) -> None:
@@ -75,5 +78,5 @@ class TerminalView:
                 self.out.write(runner.status_line() + "\n")
                 self.out.flush()
             return
-        self.out.write(_CLEAR + render(runner, now))
+        self.out.write(_CLEAR + render(runner, now, self.banner))
         self.out.flush()

@@ -43,7 +43,7 @@ CLAIM = StatusClaim(
     hlc="7ffd:0001:beef",
     resources={"cpu_percent": 37.5, "memory_mb": 412, "temperature_c": 61.2},
     metadata={
-        "meta_v": 1,
+        "meta_v": 2,
         "seq": 98_123,
         "agent_version": __version__,
         "config_hash": "3f2a9c1e7b5d4a60",
@@ -54,7 +54,7 @@ CLAIM = StatusClaim(
         "frames_rejected": {"bad_frame": 0},
         "guard": {"level": "admit", "reason": "ok"},
         "outbox": {"backlog": 0, "dropped": 0},
-        "tempo_bpm": 60.0,
+        "recommended_tempo_bpm": 60.0,
     },
 )
 

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from edge.broker import Mosquitto
-from edge.harness import Proc, read_trace, start_agent, start_pulse, write_agent_config
+from edge.harness import (
+    Proc,
+    read_trace,
+    safe_states,
+    start_agent,
+    start_pulse,
+    write_agent_config,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -215,6 +222,33 @@ def test_agent_survives_pulse_stop_and_restart(tmp_path: Path, mosquitto: Mosqui
     rows = [r for r in read_trace(agent_trace) if int(r["beat_index"]) >= 1000]  # type: ignore[call-overload]
     assert _check_phases(rows, _beats(read_trace(tmp_path / "pulse2.jsonl"))) >= 4
     assert "jumped" in agent.log()
+
+
+def test_outputs_are_safe_within_11_s_of_the_last_frame(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # The real defaults (lost after 10 s of silence, safe at once); the relay rests on.
+    profile = PROFILE.replace("safe_state = 0", "safe_state = 1")
+    config = write_agent_config(tmp_path, mosquitto.url, profile)
+    agent_trace, pulse_trace = tmp_path / "agent.jsonl", tmp_path / "pulse.jsonl"
+    agent = start_agent(config, agent_trace, tmp_path / "agent.log")
+    pulse = start_pulse(mosquitto.url, "bench", 150, pulse_trace, tmp_path / "pulse.log")
+    try:
+        assert _wait_for(lambda: len(read_trace(agent_trace)) >= 12, 25), agent.log()
+        pulse.stop()
+        last_frame = max(float(r["sent_mono"]) for r in read_trace(pulse_trace))  # type: ignore[arg-type]
+        assert _wait_for(lambda: safe_states(agent.log()), 16), agent.log()
+        time.sleep(2.0)  # and then nothing moves
+    finally:
+        pulse.stop()
+        assert agent.stop() == 0, agent.log()
+    [(safe_at, states)] = safe_states(agent.log())
+    # Lost after 10 s of silence, not before (it free-ran meanwhile), and safe at once.
+    assert 9.9 < safe_at - last_frame < 11.0, safe_at - last_frame
+    assert states == {"led": False, "relay": True}, states
+    fired = [float(r["fired_mono"]) for r in read_trace(agent_trace) if r["fired_mono"]]  # type: ignore[arg-type]
+    assert any(t > last_frame + 5.0 for t in fired), "it did not free-run"
+    assert max(fired) < safe_at, "an action fired after the safe state"
 
 
 def test_broken_config_exits_nonzero_listing_every_problem(tmp_path: Path) -> None:

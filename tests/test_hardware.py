@@ -661,6 +661,19 @@ def test_command_that_cannot_start(hw: Hardware) -> None:
     assert hw.apply(Action("sh", "command", argv=(sys.executable, "-c", "pass")), 0.1).ok
 
 
+def test_safe_state_leaves_the_kept_devices_as_they_are(hw: Hardware) -> None:
+    hw.apply(Action("led", "on"), 0.0)
+    hw.apply(Action("glow", "fade", value=1.0, duration_s=1.0), 0.0)
+    hw.apply(Action("relay", "on"), 0.0)
+    hw.tick(0.5)  # the fade half way
+    hw.safe_state("beat lost", now=0.5, keep={"led", "glow", "no-such-device"})
+    s = hw.states()
+    assert s["led"] is True and s["relay"] is False
+    assert 0.0 < float(s["glow"]) < 1.0  # type: ignore[arg-type]
+    assert hw.next_deadline() is not None  # the kept fade goes on
+    assert hw.safe_states == 1
+
+
 def test_safe_state_kills_running_commands(hw: Hardware) -> None:
     hw.apply(Action("sh", "command", argv=SLEEP_30), 0)
     hw.safe_state("stop", now=0.1)

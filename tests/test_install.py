@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,13 @@ def seed_root(root: Path) -> Path:
     return root
 
 
-def run_install(root: Path, *args: str, profile: Path | None = None) -> str:
+def run_install(
+    root: Path, *args: str, profile: Path | None = None, env_extra: dict[str, str] | None = None
+) -> str:
     cmd = [str(INSTALL), "--prefix", str(root), *args]
     if profile is not None:
         cmd += ["--profile", str(profile)]
-    env = {**os.environ, "BACKBEAT_PIP_ARGS": "--no-deps"}
+    env = {**os.environ, "BACKBEAT_PIP_ARGS": "--no-deps", **(env_extra or {})}
     env.pop("BACKBEAT_ROOT", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, f"install failed:\n{proc.stdout}\n{proc.stderr}"
@@ -145,6 +148,137 @@ def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Pa
     assert not (root / "etc/backbeat-edge").exists()
     assert "backbeat" not in [u[0] for u in accounts(root, "passwd")]
     assert "gpio" in [g[0] for g in accounts(root, "group")]  # shared with other users
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout built once as a wheel, so each install below is a quick one."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    [built] = out.glob("backbeat_edge-*.whl")
+    return built
+
+
+class FakeSystemctl:
+    """A systemctl that notes every call; ``--root`` ones (enable, disable) it hands on
+    to the real one, when there is one, which lays the links in the prefix."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.log = tmp_path / "systemctl.log"
+        self.path = tmp_path / "systemctl"
+        real = shutil.which("systemctl")
+        body = f'#!/bin/sh\necho "$*" >> "{self.log}"\n'
+        if real:
+            body += f'case "$1" in --root=*) exec "{real}" "$@" ;; esac\n'
+        self.path.write_text(body)
+        self.path.chmod(0o755)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"BACKBEAT_SYSTEMCTL": str(self.path)}
+
+    def calls(self) -> list[list[str]]:
+        """The calls so far, each without a leading --root=..., then forgotten."""
+        if not self.log.exists():
+            return []
+        lines = [line.split() for line in self.log.read_text().splitlines()]
+        self.log.unlink()
+        return [args[1:] if args and args[0].startswith("--root=") else args for args in lines]
+
+
+@pytest.mark.slow
+def test_install_enables_but_does_not_start_until_the_config_is_not_the_example(
+    tmp_path: Path, profile: Path, wheel: Path
+) -> None:
+    root = tmp_path / "root"
+    systemctl = FakeSystemctl(tmp_path)
+    unit = "backbeat-edge.service"
+    log = run_install(
+        root, "--no-users", "--wheel", str(wheel), profile=profile, env_extra=systemctl.env
+    )
+    etc = root / "etc" / "backbeat-edge"
+    assert (etc / "agent.toml").read_text() == EXAMPLE.read_text()
+    calls = systemctl.calls()
+    assert ["enable", unit] in calls
+    assert not any(c[0] in ("start", "restart") for c in calls), calls
+    assert ["try-restart", unit] in calls  # only an agent already running is replaced
+    if shutil.which("systemctl"):
+        assert (root / "etc/systemd/system/multi-user.target.wants" / unit).is_symlink()
+    # The operator is told why, and what to do, in the README's order.
+    assert "enabled but not started" in log and "still the example" in log
+    steps = [
+        "sudoedit /etc/backbeat-edge/agent.toml",
+        "sudo backbeat-edge check --config /etc/backbeat-edge/agent.toml",
+        "sudo systemctl start backbeat-edge",
+    ]
+    assert all(step in log for step in steps), log
+    assert [log.index(step) for step in steps] == sorted(log.index(step) for step in steps)
+
+    # backbeat-edge is on PATH: a link in /usr/local/bin to the venv's command, as the
+    # device sees it.
+    link = root / "usr" / "local" / "bin" / "backbeat-edge"
+    assert link.is_symlink()
+    target = os.readlink(link)
+    assert target == "/opt/backbeat-edge/venv/bin/backbeat-edge"
+    assert (root / target.lstrip("/")).is_file()
+
+    # --start starts it with the example all the same (the operator said so).
+    log = run_install(
+        root,
+        "--no-users",
+        "--wheel",
+        str(wheel),
+        "--start",
+        profile=profile,
+        env_extra=systemctl.env,
+    )
+    assert ["restart", unit] in systemctl.calls()
+    assert "starting backbeat-edge.service" in log
+
+    # Once the config is the operator's, an install (an upgrade) restarts the agent.
+    (etc / "agent.toml").write_text(EXAMPLE.read_text().replace("pi-relay-01", "pi-relay-02"))
+    run_install(root, "--no-users", "--wheel", str(wheel), profile=profile, env_extra=systemctl.env)
+    assert ["restart", unit] in systemctl.calls()
+    # ...unless told not to.
+    log = run_install(
+        root,
+        "--no-users",
+        "--wheel",
+        str(wheel),
+        "--no-start",
+        profile=profile,
+        env_extra=systemctl.env,
+    )
+    assert not any(c[0] in ("start", "restart", "try-restart") for c in systemctl.calls())
+    assert "enabled but not started (--no-start)" in log
+
+    run_install(root, "--uninstall", env_extra=systemctl.env)
+    assert not link.is_symlink() and not link.exists()
+    assert ["disable", unit] in systemctl.calls()
+
+
+@pytest.mark.slow
+def test_an_example_left_by_an_older_install_still_counts_as_the_example(
+    tmp_path: Path, profile: Path, wheel: Path
+) -> None:
+    root = tmp_path / "root"
+    etc = root / "etc" / "backbeat-edge"
+    etc.mkdir(parents=True)
+    older = "# the example of an older version\n[agent]\n"
+    (etc / "agent.toml").write_text(older)
+    (etc / "agent.example.toml").write_text(older)
+    systemctl = FakeSystemctl(tmp_path)
+    log = run_install(
+        root, "--no-users", "--wheel", str(wheel), profile=profile, env_extra=systemctl.env
+    )
+    assert not any(c[0] in ("start", "restart") for c in systemctl.calls())
+    assert "still the example" in log
+    assert (etc / "agent.toml").read_text() == older  # kept, as every existing config
 
 
 @pytest.mark.parametrize(

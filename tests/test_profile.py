@@ -184,3 +184,25 @@ def test_readme_documents_every_key() -> None:
     missing = [k for k in sorted(keys) if f"`{k}`" not in readme]
     assert missing == []
     assert [k for k in KINDS if f"`{k}`" not in readme] == []
+
+
+def test_keep_running_when_lost_is_a_flag_per_device() -> None:
+    profile, problems = parse(
+        """
+        [devices.pump]
+        kind = "relay"
+        pin = 17
+        keep_running_when_lost = true
+        [devices.led]
+        kind = "led"
+        pin = 18
+        [devices.fan]
+        kind = "relay"
+        pin = 19
+        keep_running_when_lost = "yes"
+        """
+    )
+    assert profile.devices["pump"].keep_running_when_lost
+    assert not profile.devices["led"].keep_running_when_lost
+    assert profile.keep_running_when_lost == {"pump"}
+    assert problems == ["devices.fan.keep_running_when_lost: must be true or false, got 'yes'"]

@@ -283,6 +283,86 @@ def test_free_runs_through_silence_then_goes_safe(tmp_path: Path, factory: MockF
     assert max(fired) <= 19 + int((4.0 + 2.0) / BEAT) + 1, max(fired)
 
 
+# The real defaults: LOST after sync.lost_after_s = 10 s of silence (more than 8 beats at
+# 120 BPM), and the safe state at once (agent.safe_after_lost_s = 0). The relay rests on.
+DEFAULTS = (
+    PROFILE.replace("safe_after_lost_s = 2.0\n", "")
+    .replace("[sync]\nlost_after_s = 3.0\n", "")
+    .replace("max_switch_hz = 100\n", "max_switch_hz = 100\nsafe_state = 1\n")
+)
+
+
+def _safe_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[float, dict[str, object]]]:
+    out = []
+    for record in caplog.records:
+        text = record.getMessage()
+        if text.startswith("outputs in their safe state (beat lost) at monotonic "):
+            at, states = text.split("monotonic ", 1)[1].split(": ", 1)
+            out.append((float(at), json.loads(states)))
+    return out
+
+
+def test_by_default_outputs_go_safe_the_moment_the_beat_is_lost(
+    tmp_path: Path, factory: MockFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    bench = Bench(tmp_path, factory, DEFAULTS)
+    assert bench.config.agent.safe_after_lost_s == 0.0
+    bench.pulse(range(20))
+    last_arrival = bench.frames[-1][0]
+    bench.run_until(bench.start + 70 * BEAT)  # 25 s of silence
+    assert bench.runner.follower.state is SyncState.LOST
+    assert bench.runner.counters.safe_states == 1
+    # Safe at LOST, 10 s after the last frame, with the pins read back at their safe state.
+    [(at, states)] = _safe_lines(caplog)
+    assert at == pytest.approx(last_arrival + 10.0, abs=0.001)
+    assert states == {"led": False, "relay": True}
+    assert bench.hardware.states() == {"led": False, "relay": True}
+    fired = [r for r in bench.rows() if r["fired_mono"] is not None]
+    # Free-running on the model right up to LOST (beat 38's toggle is its last before it)...
+    toggles = {int(r["beat_index"]) for r in fired if r["rule"] == 0}  # type: ignore[call-overload]
+    assert set(range(20, 39)) <= toggles and max(toggles) == 38
+    # ...and no actuation after it.
+    assert max(float(r["fired_mono"]) for r in fired) < at  # type: ignore[arg-type]
+
+
+def test_a_device_that_keeps_running_when_lost_fires_on_the_model(
+    tmp_path: Path, factory: MockFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = DEFAULTS.replace("pin = 17\n", "pin = 17\nkeep_running_when_lost = true\n", 1)
+    bench = Bench(tmp_path, factory, text)
+    assert bench.config.profile.keep_running_when_lost == {"led"}
+    bench.pulse(range(20))
+    bench.pulse(range(80, 100))  # the beat returns after 30 s of silence
+    bench.run_until(bench.start + 100 * BEAT)
+    [(at, states)] = _safe_lines(caplog)
+    assert states["relay"] is True  # the relay went to its safe state; the led did not
+    fired = [r for r in bench.rows() if r["fired_mono"] is not None]
+    lost = [r for r in fired if at <= float(r["fired_mono"]) < bench.start + 80 * BEAT]  # type: ignore[arg-type]
+    # While lost, the led kept its every-beat toggle on the free-running model, alone.
+    assert {str(r["device"]) for r in lost} == {"led"}
+    toggles = sorted(int(r["beat_index"]) for r in fired if r["rule"] == 0)  # type: ignore[call-overload]
+    assert toggles == list(range(toggles[0], toggles[-1] + 1)), "a led beat was lost"
+    # Once the beat is back the relay's downbeat rules fire again.
+    back = {int(r["beat_index"]) for r in fired if r["device"] == "relay"}  # type: ignore[call-overload]
+    assert {b for b in back if b >= 80} >= {84, 88, 92, 96}
+    assert bench.runner.follower.state is SyncState.LOCKED
+
+
+def test_the_lost_beat_grace_is_counted_from_lost(
+    tmp_path: Path, factory: MockFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    bench = Bench(
+        tmp_path,
+        factory,
+        DEFAULTS.replace('cluster = "bench"\n', 'cluster = "bench"\nsafe_after_lost_s = 1.5\n'),
+    )
+    bench.pulse(range(20))
+    last_arrival = bench.frames[-1][0]
+    bench.run_until(bench.start + 60 * BEAT)
+    [(at, _)] = _safe_lines(caplog)
+    assert at == pytest.approx(last_arrival + 10.0 + 1.5, abs=0.001)
+
+
 def test_a_renumbered_pulse_does_not_double_any_action(
     tmp_path: Path, factory: MockFactory
 ) -> None:

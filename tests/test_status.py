@@ -247,7 +247,8 @@ def test_claim_carries_resources_and_metadata(fake_clock: FakeClock) -> None:
     assert meta["shed"] == {"cpu": 3}
     assert meta["frames_rejected"] == {"bad_tempo": 4}
     assert meta["guard"] == {"level": "shed", "reason": "cpu 93% > 85%"}
-    assert meta["tempo_bpm"] == 54.0
+    assert meta["recommended_tempo_bpm"] == 54.0
+    assert "tempo_bpm" not in meta  # the cluster's tempo is the frames' field, not ours
     assert meta["outbox"] == {"backlog": 12, "dropped": 5}
     assert meta["alerts"] == ("miss rate high",)
 
@@ -270,7 +271,7 @@ def test_missing_and_non_finite_readings_are_left_out(fake_clock: FakeClock) -> 
     assert claim.notes is None
     assert claim.metadata["late_ms"] == {}
     assert claim.metadata["sync"] == {"state": "locked"}
-    assert "tempo_bpm" not in claim.metadata
+    assert "recommended_tempo_bpm" not in claim.metadata
     assert "alerts" not in claim.metadata
     assert "isolated" not in claim.metadata
 

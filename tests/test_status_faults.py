@@ -32,6 +32,9 @@ pin_factory = "mock"
 [devices.led]
 kind = "led"
 pin = 17
+# Through a 30 s broker outage (no beat) it keeps toggling on the free-running model; by
+# default it would go to its safe state once the beat is lost (10 s).
+keep_running_when_lost = true
 [[score]]
 device = "led"
 do = "toggle"
