@@ -1,361 +1,37 @@
-"""The load guard: machine samples and the runner's own history in, a verdict and a plan out.
-
-Theory of operation
--------------------
-A Raspberry Pi runs hot, shares its CPU with other services and has little memory. The
-agent's one promise is that *essential* actions fire on time; everything else is optional.
-The guard protects that promise in three layers, from mild to drastic:
-
-1. **Admission (every beat).** In the plan phase the runner offers the beat's candidates
-   (:class:`Candidate`, i.e. ``edge.score.ScheduledAction``). The guard learns how long each
-   action really takes (an asymmetric EWMA per action name, seeded with the configured
-   ``cost_s``: overruns are learned fast, speed-ups slowly, because under-estimating costs a
-   deadline while over-estimating only costs idle time). Essential work is always admitted
-   and its cost reserved first; then, by highest priority and earliest deadline, only the
-   optional work that still fits in ``phase_seconds * target_utilisation`` (the guide's
-   80% rule). An action shed for its estimate drifts back toward its configured cost, so
-   one slow outlier cannot starve it for good. The per-beat queue is bounded
-   (``queue_bound``); the overflow is rejected and counted.
-
-2. **Progressive backoff (every beat).** When a beat ends with deadline misses while the
-   miss rate over the recent window is above ``backoff_miss_rate``, the budget for
-   non-essential work is multiplied by ``backoff_factor`` (0.8, as the guide says), down to
-   ``min_work_factor``. Each run of ``recovery_beats`` clean beats adds ``recovery_step``
-   back, up to 1.0: multiplicative decrease, additive increase, so it backs off quickly and
-   recovers gradually. While backing off, non-essential actions are also *decimated*: each
-   runs only every ``decimate_every``-th beat, staggered by a stable hash of its name so the
-   remaining work is spread over the beats instead of piling onto the same one. Essential
-   work is never touched by the budget, backoff or decimation: only the SHED level stops it.
-
-3. **Levels (graceful degradation).** Conditions latch with hysteresis: each raises when its
-   value goes *above* ``*_enter`` and clears only when it falls to ``*_exit`` or below. The
-   most severe raised condition sets the level:
-
-   ============================  ==========  ====================================
-   condition (reason code)       level       signal
-   ============================  ==========  ====================================
-   ``temperature_critical``      SHED        SoC temperature, deg C
-   ``memory_critical``           SHED        system memory in use, percent
-   ``throttled``                 ESSENTIAL   firmware flags & ``throttle_mask``
-   ``temperature_high``          ESSENTIAL   SoC temperature, deg C
-   ``memory_high``               ESSENTIAL   system memory in use, percent
-   ``swap_high``                 ESSENTIAL   swap in use, percent
-   ``cpu_high``                  ESSENTIAL   system CPU, percent (EWMA-smoothed)
-   ``miss_rate_high``            ESSENTIAL   missed / fired actions over the window
-   ============================  ==========  ====================================
-
-   FULL admits as above; ESSENTIAL_ONLY sheds all non-essential work; SHED admits nothing
-   (driving outputs to their safe state is the runner's call, not the guard's). A worse
-   level is taken at once. A better one is taken one rung at a time (SHED -> ESSENTIAL ->
-   FULL), each rung only after ``recover_hold_s`` without pressure at the current rung, so
-   the verdict does not flap. While the level is held above what the conditions ask for,
-   the reason is ``"recovering"``.
-
-Readings that are ``None`` (a missing sensor, or one a light sample skipped) leave their
-condition as it is; a condition whose signal has been missing for ``stale_after_s`` clears,
-so a sensor that vanished while hot cannot hold the agent down for ever. ``miss_rate_high``
-needs ``miss_min_actions`` fired actions in the window to raise, but may clear on fewer
-(beats where everything was shed count as clean), so it cannot deadlock itself.
-
-With ``enabled = false`` the guard still learns and counts but always answers FULL and
-admits every candidate: the same runner code then runs unguarded, for comparisons.
-
-The guard is pure: no clock, no psutil; time enters as ``now`` and samples as values.
-
-Use from the runner, once per beat::
-
-    guard.observe(probe.sample(now, full=...))          # whenever a sample is taken
-    plan = guard.admit(beat, score.due(beat, timeline), execute_phase_s, now)  # plan
-    ...fire plan.admitted at their times...
-    guard.record(action.name, took_s, late_s, missed)     # each fired action
-    guard.count_dropped(action.name, reason, missed=...)  # each one that did not run
-    guard.end_beat(beat)                                  # review
-
-Only what ran teaches a duration: an action dropped (a busy device, a rate limit, an
-isolated pin, a command that could not start, a deadline already passed) took no time
-worth learning, and recording it as ~0 s would pull the estimate down exactly when the
-device is struggling. ``count_dropped`` counts it by reason instead and, when the drop is
-itself a sign of load (``missed=True``), as a missed action in the miss rate.
-"""
+"""The load policy, :class:`Guard`: samples and history in, a verdict and each beat's
+admission out (see the package doc for how it decides)."""
 
 from __future__ import annotations
 
-import enum
 import math
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Generic, Protocol, TypeVar
 
-from edge.errors import ConfigProblems
-from edge.settings import Section, check_order, flag, integer, number
-
-# --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One reading of the machine, as ``edge.probe.Probe`` takes it.
-
-    Every reading is optional: ``None`` means missing (no such sensor, unreadable, or not
-    read by a light sample), never zero. Units: percentages 0..100 (``process_cpu_percent``
-    is of one CPU, as ``top`` shows it, so it may exceed 100 on several cores), MiB,
-    degrees Celsius. ``throttled`` is the raw firmware bit field (Raspberry Pi
-    ``get_throttled``). ``at`` is local monotonic seconds; ``cost_s`` what taking the
-    sample cost.
-    """
-
-    at: float
-    cpu_percent: float | None
-    process_cpu_percent: float | None
-    process_rss_mb: float | None
-    memory_percent: float | None
-    swap_percent: float | None
-    load1: float | None
-    temperature_c: float | None
-    throttled: int | None
-    disk_free_mb: float | None
-    cost_s: float
-
-
-class Level(enum.Enum):
-    """How much work the guard lets through, from all of it to none."""
-
-    FULL = "full"
-    ESSENTIAL = "essential_only"
-    SHED = "shed"
-
-
-_SEVERITY: Mapping[Level, int] = MappingProxyType(
-    {Level.FULL: 0, Level.ESSENTIAL: 1, Level.SHED: 2}
+from edge.guard.config import GuardConfig
+from edge.guard.hysteresis import Hysteresis
+from edge.guard.values import (
+    _SEVERITY,
+    _STEP_DOWN,
+    REASON_DISABLED,
+    REASON_OK,
+    REASON_RECOVERING,
+    SHED_DECIMATED,
+    SHED_ESSENTIAL_ONLY,
+    SHED_INVALID,
+    SHED_LEVEL,
+    SHED_OVER_BUDGET,
+    SHED_QUEUE_FULL,
+    SHED_TOO_LATE,
+    Admission,
+    C,
+    Candidate,
+    Level,
+    Sample,
+    Verdict,
 )
-# Recovery is one rung at a time: the transition table for getting better.
-_STEP_DOWN: Mapping[Level, Level] = MappingProxyType(
-    {Level.SHED: Level.ESSENTIAL, Level.ESSENTIAL: Level.FULL, Level.FULL: Level.FULL}
-)
-
-#: Reason codes of a verdict, besides the condition names in the module docstring.
-REASON_OK = "ok"
-REASON_RECOVERING = "recovering"
-REASON_DISABLED = "disabled"
-
-#: Reason codes of a shed candidate.
-SHED_LEVEL = "level_shed"
-SHED_ESSENTIAL_ONLY = "essential_only"
-SHED_DECIMATED = "decimated"
-SHED_OVER_BUDGET = "over_budget"
-SHED_TOO_LATE = "too_late"
-SHED_QUEUE_FULL = "queue_full"
-SHED_INVALID = "invalid_cost"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The guard's answer for a beat: a level and the reason code that set it."""
-
-    level: Level
-    reason: str
-
-
-class ActionLike(Protocol):
-    """What the guard reads of an action (``edge.score.Action`` matches)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def essential(self) -> bool: ...
-    @property
-    def cost_s(self) -> float: ...
-
-
-class Candidate(Protocol):
-    """An action due in a beat (``edge.score.ScheduledAction`` matches)."""
-
-    @property
-    def beat_index(self) -> int: ...
-    @property
-    def at(self) -> float: ...
-    @property
-    def deadline(self) -> float: ...
-    @property
-    def action(self) -> ActionLike: ...
-
-
-C = TypeVar("C", bound=Candidate)
-
-
-@dataclass(frozen=True, slots=True)
-class Admission(Generic[C]):
-    """The plan for one beat: what runs (in firing order) and what was shed, with why.
-
-    Generic in the candidate type, so ``admit`` given ``ScheduledAction``s hands back
-    ``ScheduledAction``s (the same objects) with no cast.
-    """
-
-    admitted: tuple[C, ...]
-    shed: tuple[tuple[C, str], ...]
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, slots=True)
-class GuardConfig:
-    """Guard thresholds; the defaults suit a Raspberry Pi 4/5 that shares its CPU.
-
-    ``*_enter`` / ``*_exit`` pairs form hysteresis bands (raise above enter, clear at or
-    below exit; exit < enter). Temperatures follow the Pi firmware, which starts soft
-    throttling at 80 deg C and hard throttling at 85. ``throttle_mask`` selects the
-    "happening now" bits of ``get_throttled`` (under-voltage, frequency capped, throttled,
-    soft temperature limit); the sticky "has happened" bits 16-19 are ignored by default.
-    """
-
-    enabled: bool = True
-    cpu_enter: float = 85.0
-    cpu_exit: float = 70.0
-    #: weight of the newest CPU reading in its EWMA (1.0 = no smoothing).
-    cpu_smoothing: float = 0.5
-    memory_enter: float = 85.0
-    memory_exit: float = 75.0
-    memory_critical_enter: float = 95.0
-    memory_critical_exit: float = 90.0
-    swap_enter: float = 80.0
-    swap_exit: float = 60.0
-    temperature_enter: float = 80.0
-    temperature_exit: float = 75.0
-    temperature_critical_enter: float = 85.0
-    temperature_critical_exit: float = 80.0
-    throttle_mask: int = 0x000F
-    miss_rate_enter: float = 0.05
-    miss_rate_exit: float = 0.02
-    miss_min_actions: int = 10
-    #: beats in the sliding window the miss rate is taken over.
-    window_beats: int = 20
-    backoff_miss_rate: float = 0.02
-    backoff_factor: float = 0.8
-    min_work_factor: float = 0.1
-    recovery_step: float = 0.1
-    recovery_beats: int = 3
-    decimate_every: int = 2
-    target_utilisation: float = 0.8
-    queue_bound: int = 64
-    recover_hold_s: float = 5.0
-    stale_after_s: float = 60.0
-    estimate_alpha_up: float = 0.5
-    estimate_alpha_down: float = 0.1
-
-
-#: The range every key of GuardConfig must lie in; percentages are 0..100, rates 0..1.
-_SECTION = Section(
-    GuardConfig,
-    (
-        flag("enabled"),
-        number("cpu_enter", 0.0, 100.0),
-        number("cpu_exit", 0.0, 100.0),
-        number("cpu_smoothing", 0.0, 1.0, low_inclusive=False),
-        number("memory_enter", 0.0, 100.0),
-        number("memory_exit", 0.0, 100.0),
-        number("memory_critical_enter", 0.0, 100.0),
-        number("memory_critical_exit", 0.0, 100.0),
-        number("swap_enter", 0.0, 100.0),
-        number("swap_exit", 0.0, 100.0),
-        number("temperature_enter", -40.0, 150.0),
-        number("temperature_exit", -40.0, 150.0),
-        number("temperature_critical_enter", -40.0, 150.0),
-        number("temperature_critical_exit", -40.0, 150.0),
-        integer("throttle_mask", 0, 0xFFFFFFFF),
-        number("miss_rate_enter", 0.0, 1.0),
-        number("miss_rate_exit", 0.0, 1.0),
-        integer("miss_min_actions", 1, 1_000_000),
-        integer("window_beats", 1, 100_000),
-        number("backoff_miss_rate", 0.0, 1.0),
-        number("backoff_factor", 0.0, 1.0, low_inclusive=False),
-        number("min_work_factor", 0.0, 1.0, low_inclusive=False),
-        number("recovery_step", 0.0, 1.0, low_inclusive=False),
-        integer("recovery_beats", 1, 100_000),
-        integer("decimate_every", 1, 100_000),
-        number("target_utilisation", 0.0, 1.0, low_inclusive=False),
-        integer("queue_bound", 1, 1_000_000),
-        number("recover_hold_s", 0.0, 86_400.0),
-        number("stale_after_s", 0.0, 86_400.0, low_inclusive=False),
-        number("estimate_alpha_up", 0.0, 1.0, low_inclusive=False),
-        number("estimate_alpha_down", 0.0, 1.0, low_inclusive=False),
-    ),
-)
-_BANDS: tuple[tuple[str, str], ...] = (
-    ("cpu_enter", "cpu_exit"),
-    ("memory_enter", "memory_exit"),
-    ("memory_critical_enter", "memory_critical_exit"),
-    ("swap_enter", "swap_exit"),
-    ("temperature_enter", "temperature_exit"),
-    ("temperature_critical_enter", "temperature_critical_exit"),
-    ("miss_rate_enter", "miss_rate_exit"),
-)
-
-
-def parse_guard(
-    raw: Mapping[str, object], problems: ConfigProblems, where: str = "guard"
-) -> GuardConfig:
-    """Build a :class:`GuardConfig` from the ``[guard]`` TOML table.
-
-    Every problem (unknown key, wrong type, out of range, an exit threshold not below its
-    enter threshold, a critical band below its high band) is added to ``problems`` with its
-    place (``guard.cpu_enter``), worded as :mod:`edge.settings` words them; a bad key keeps
-    its default, and a band whose exit is not below its enter falls back to the default
-    band. Never raises.
-    """
-    config = _SECTION.read(raw, problems, where)
-    defaults = GuardConfig()
-    for enter, leave in _BANDS:
-        if not check_order(config, leave, enter, problems, where, strict=True, blame="lower"):
-            config = replace(
-                config, **{enter: getattr(defaults, enter), leave: getattr(defaults, leave)}
-            )
-    for band, critical in (
-        ("memory_enter", "memory_critical_enter"),
-        ("temperature_enter", "temperature_critical_enter"),
-    ):
-        check_order(config, band, critical, problems, where, strict=False, blame="upper")
-    return config
-
-
-# --------------------------------------------------------------------------- hysteresis
-
-
-class Hysteresis:
-    """A latch on one signal: raises above ``enter``, clears at or below ``leave``.
-
-    ``update(None, at)`` keeps the state; once no value has been seen for ``stale_after_s``
-    the latch clears. ``update`` returns whether the state changed.
-    """
-
-    __slots__ = ("active", "enter", "leave", "seen_at", "stale_after_s")
-
-    def __init__(self, enter: float, leave: float, stale_after_s: float = math.inf) -> None:
-        self.enter = enter
-        self.leave = leave
-        self.stale_after_s = stale_after_s
-        self.active = False
-        self.seen_at: float | None = None
-
-    def update(self, value: float | None, at: float, may_raise: bool = True) -> bool:
-        before = self.active
-        if value is None or math.isnan(value):
-            if self.active and self.seen_at is not None and at - self.seen_at >= self.stale_after_s:
-                self.active = False
-            return self.active != before
-        self.seen_at = at
-        if self.active:
-            if value <= self.leave:
-                self.active = False
-        elif value > self.enter and may_raise:
-            self.active = True
-        return self.active != before
-
 
 # --------------------------------------------------------------------------- the guard
 
@@ -376,7 +52,7 @@ class Guard:
     counted in ``invalid_records``.
     """
 
-    def __init__(self, config: GuardConfig = GuardConfig()) -> None:
+    def __init__(self, config: GuardConfig = GuardConfig()) -> None:  # noqa: B008 (frozen)
         c = config
         self.config = config
         stale = c.stale_after_s
