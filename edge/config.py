@@ -27,7 +27,7 @@ import hashlib
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -39,13 +39,14 @@ from edge.score import Score, parse_score
 from edge.settings import Section, check_order, integer, number, pathname, text
 from edge.status import StatusConfig, parse_status
 from edge.sync import SyncConfig, parse_sync
+from edge.trust import SecurityConfig, parse_security
 
 _AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
 _CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _TOPIC_PREFIX = re.compile(r"[^#+\s]+")
 _PROFILE_SECTIONS = ("gpio", "devices", "score")
 _KNOWN_SECTIONS = frozenset(
-    ("agent", "broker", "sync", "guard", "status", "outbox", *_PROFILE_SECTIONS)
+    ("agent", "broker", "sync", "guard", "status", "outbox", "security", *_PROFILE_SECTIONS)
 )
 
 
@@ -123,12 +124,15 @@ class Config:
     #: Where it came from and a hash of its bytes (reported in every status claim).
     source: str
     digest: str
+    #: [security]: the beat keys and the claim signing key (edge.trust).
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
-#: What a reload does not apply: the link, the outbox, the follower and the topics were
-#: built from these and live as long as the process. The rest (the score, the devices,
-#: [guard], [status], the other [agent] settings) applies at the next beat boundary.
-RESTART_ONLY_SECTIONS = ("broker", "outbox", "sync")
+#: What a reload does not apply: the link, the outbox, the follower, the topics, the beat
+#: keys and the claim signer were built from these and live as long as the process. The
+#: rest (the score, the devices, [guard], [status], the other [agent] settings) applies at
+#: the next beat boundary.
+RESTART_ONLY_SECTIONS = ("broker", "outbox", "sync", "security")
 RESTART_ONLY_AGENT = ("id", "cluster", "topic_prefix")
 
 
@@ -381,6 +385,7 @@ def load_config(path: str | Path) -> Config:
         outbox=parse_outbox(_table(raw, "outbox", problems), problems),
         source=str(path),
         digest=digest.hexdigest()[:16],
+        security=parse_security(_table(raw, "security", problems), problems, base),
     )
     problems.raise_if_any()
     return config
