@@ -11,9 +11,10 @@ a hardware profile (``[gpio]``, ``[devices.*]``, ``[[score]]``)::
     url = "mqtt://127.0.0.1:1883"
 
 Each section is checked by the module that owns it (``edge.profile``, ``edge.score``,
-``edge.sync``, ``edge.guard``, ``edge.status``); this module reads the files, checks
-``[agent]``, ``[broker]`` and ``[outbox]`` (whose :class:`OutboxConfig` lives here, so the
-core imports no adapter), and gathers every problem into one
+``edge.sync``, ``edge.guard``, ``edge.status``, ``edge.trust`` for ``[security]``); this
+module reads the files, checks ``[agent]``, ``[broker]`` and ``[outbox]`` (whose
+:class:`OutboxConfig` lives here, so the core imports no adapter), and gathers every
+problem into one
 :class:`~edge.errors.ConfigError`. Keys with a type and a range are read by
 :mod:`edge.settings`, which words every problem alike. It also holds the reload rules
 (:func:`apply_reload`): which settings a reload applies at the next beat boundary and which

@@ -620,3 +620,13 @@ def test_security_waits_for_a_restart(tmp_path: Path) -> None:
     new = replace(old, security=replace(old.security, require_signed_beats=False))
     merged, kept = apply_reload(new, old)
     assert kept == ["[security]"] and merged.security == old.security
+
+
+def test_keygen_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["keygen", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "NAME.pem" in out and "0600" in out

@@ -258,3 +258,19 @@ def test_only_the_signed_pulse_moves_the_hardware(tmp_path: Path, mosquitto: Mos
     assert len(forged) == 1 and forged[0]["state"] == "completed"
     assert not [line for line in lines if line["signature"] == "unsigned"]
     assert "rejected beat frame" in agent.log()
+
+
+def test_the_demo_runs_signed() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "demo", "--duration", "6", "--plain", "--bpm", "120"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "beat frames are checked against key(s)" in result.stderr
+    assert "unsigned frames are rejected" in result.stderr
+    assert "rejected beat frame" not in result.stderr  # the pulse's frames verify
+    assert "sync locked" in result.stdout
