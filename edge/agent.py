@@ -33,6 +33,8 @@ from edge.probe import Probe
 from edge.profile import Profile
 from edge.runner import Runner
 from edge.service import Notifier, WatchdogGate
+from edge.signing import Keyring, SigningKey
+from edge.trust import BeatTrust, SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,25 @@ def outbox_config_for(config: Config) -> Config:
     if directory == config.outbox.directory:
         return config
     return replace(config, outbox=replace(config.outbox, directory=directory))
+
+
+def security_for(security: SecurityConfig) -> tuple[BeatTrust | None, SigningKey | None]:
+    """The trust stage (None when no beat keys are configured) and the claim signer (None
+    without ``signing_key``); raises ConfigError if the signing key cannot be used."""
+    trust = None
+    if security.beat_keys:
+        keyring = Keyring(key.raw for key in security.beat_keys)
+        trust = BeatTrust(keyring, require=security.require_signed_beats)
+        log.info(
+            "beat frames are checked against key(s) %s; unsigned frames are %s",
+            ", ".join(keyring.kids),
+            "rejected" if security.require_signed_beats else "accepted",
+        )
+    signer = None
+    if security.signing_key is not None:
+        signer = SigningKey.load(security.signing_key, where="security.signing_key")
+        log.info("claims are signed with key %s", signer.kid)
+    return trust, signer
 
 
 def lower_timer_slack() -> None:
@@ -92,6 +113,7 @@ class Agent:
         # pins, a device that cannot be built) or NoPinFactory.
         config = outbox_config_for(load_config(self.config_path, read=read_regular))
         preflight(config, pin_factory)
+        trust, signer = security_for(config.security)  # before any device is touched
         self.clock = SystemClock()
         self.notifier = Notifier.from_env()
         if self.notifier.problem:
@@ -126,6 +148,8 @@ class Agent:
             on_view=on_view,
             start_seq=self.outbox.last_seq,
             make_hardware=make_hardware,
+            trust=trust,
+            claim_signer=signer,
         )
         self._stop = threading.Event()
         self._reload = threading.Event()

@@ -1,4 +1,4 @@
-"""The ``backbeat-edge`` command: run | demo | pulse | check | monitor."""
+"""The ``backbeat-edge`` command: run | demo | pulse | check | monitor | keygen."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from edge import __version__
 from edge.errors import ConfigError, ConfigProblems, EdgeError
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from edge.signing import SigningKey
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -100,6 +104,9 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     if problems:
         print(f"backbeat-edge pulse: {ConfigError(problems.items, 'pulse')}", file=sys.stderr)
         return 2
+    signer = _pulse_signer(args.signing_key)
+    if isinstance(signer, int):
+        return signer
     topics = Topics(args.prefix, args.cluster)
     controls: queue.Queue[tuple[float, bool]] = queue.Queue()
     link = MqttLink(broker, f"backbeat-pulse-{args.cluster}", subscriptions=(topics.pulse_control,))
@@ -167,7 +174,7 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         return link.publish(topic, payload, qos=0)
 
     try:
-        sent = run_pulse(options, publish, SystemClock(), stop, controls, trace)
+        sent = run_pulse(options, publish, SystemClock(), stop, controls, trace, signer)
     finally:
         stop.set()
         link.stop(timeout=1.0)
@@ -181,6 +188,36 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         )
     else:
         log.info("pulse sent %d frames", sent)
+    return 0
+
+
+def _pulse_signer(path: str | None) -> SigningKey | int | None:
+    """The key ``pulse --signing-key`` signs with (None: unsigned), or exit code 2."""
+    if path is None:
+        return None
+    from edge.signing import SigningKey
+
+    try:
+        key = SigningKey.load(Path(path), where="--signing-key")
+    except ConfigError as exc:
+        print(f"backbeat-edge pulse: {exc}", file=sys.stderr)
+        return 2
+    logging.info("signing beat frames with key %s", key.kid)
+    return key
+
+
+# ---------------------------------------------------------------------------- keygen
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from edge.signing import keygen
+
+    try:
+        private, public, kid = keygen(args.name)
+    except OSError as exc:
+        print(f"backbeat-edge keygen: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {private} (private, mode 0600) and {public} (public); sig_kid {kid}")
     return 0
 
 
@@ -261,6 +298,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         duration_s=args.duration,
         connect_timeout_s=args.connect_timeout,
+        keys_dir=args.keys,
     )
 
 
@@ -334,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="give up (exit 1) if the broker is not reached in S seconds",
     )
+    p.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        help="sign every frame with this Ed25519 private key (PEM, from keygen)",
+    )
     p.set_defaults(func=cmd_pulse)
 
     p = sub.add_parser(
@@ -383,7 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="give up (exit 1) if the broker is not reached in S seconds",
     )
+    p.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="verify claims against the *.pub.pem in DIR: rows say signed, unsigned or forged",
+    )
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signed beats or claims",
+        description="Write NAME.pem (the private key, mode 0600) and NAME.pub.pem (the "
+        "public key to install on devices as [security] beat_keys, or in monitor --keys). "
+        "Existing files are never overwritten.",
+    )
+    p.add_argument("name", metavar="NAME", help="path and name of the pair, without .pem")
+    p.set_defaults(func=cmd_keygen)
     for command in sub.choices.values():
         command.formatter_class = _HelpWithDefaults
     return parser

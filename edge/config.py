@@ -11,9 +11,10 @@ a hardware profile (``[gpio]``, ``[devices.*]``, ``[[score]]``)::
     url = "mqtt://127.0.0.1:1883"
 
 Each section is checked by the module that owns it (``edge.profile``, ``edge.score``,
-``edge.sync``, ``edge.guard``, ``edge.status``); this module reads the files, checks
-``[agent]``, ``[broker]`` and ``[outbox]`` (whose :class:`OutboxConfig` lives here, so the
-core imports no adapter), and gathers every problem into one
+``edge.sync``, ``edge.guard``, ``edge.status``, ``edge.trust`` for ``[security]``); this
+module reads the files, checks ``[agent]``, ``[broker]`` and ``[outbox]`` (whose
+:class:`OutboxConfig` lives here, so the core imports no adapter), and gathers every
+problem into one
 :class:`~edge.errors.ConfigError`. Keys with a type and a range are read by
 :mod:`edge.settings`, which words every problem alike. It also holds the reload rules
 (:func:`apply_reload`): which settings a reload applies at the next beat boundary and which
@@ -28,7 +29,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -40,6 +41,7 @@ from edge.score import Score, parse_score
 from edge.settings import Section, check_order, integer, number, pathname, text
 from edge.status import StatusConfig, parse_status
 from edge.sync import SyncConfig, parse_sync
+from edge.trust import SecurityConfig, parse_security
 
 _AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
 _CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -51,7 +53,7 @@ MAX_FILE_BYTES = 1024 * 1024
 #: refused before tomllib (which recurses) or anything else walks it.
 MAX_TOML_DEPTH = 32
 _KNOWN_SECTIONS = frozenset(
-    ("agent", "broker", "sync", "guard", "status", "outbox", *_PROFILE_SECTIONS)
+    ("agent", "broker", "sync", "guard", "status", "outbox", "security", *_PROFILE_SECTIONS)
 )
 
 
@@ -131,12 +133,15 @@ class Config:
     #: Where it came from and a hash of its bytes (reported in every status claim).
     source: str
     digest: str
+    #: [security]: the beat keys and the claim signing key (edge.trust).
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
-#: What a reload does not apply: the link, the outbox, the follower and the topics were
-#: built from these and live as long as the process. The rest (the score, the devices,
-#: [guard], [status], the other [agent] settings) applies at the next beat boundary.
-RESTART_ONLY_SECTIONS = ("broker", "outbox", "sync")
+#: What a reload does not apply: the link, the outbox, the follower, the topics, the beat
+#: keys and the claim signer were built from these and live as long as the process. The
+#: rest (the score, the devices, [guard], [status], the other [agent] settings) applies at
+#: the next beat boundary.
+RESTART_ONLY_SECTIONS = ("broker", "outbox", "sync", "security")
 RESTART_ONLY_AGENT = ("id", "cluster", "topic_prefix")
 
 
@@ -533,6 +538,7 @@ def load_config(path: str | Path, read: Reader = read_checked) -> Config:
         outbox=parse_outbox(_table(raw, "outbox", problems), problems),
         source=str(path),
         digest=digest.hexdigest()[:16],
+        security=parse_security(_table(raw, "security", problems), problems, base),
     )
     problems.raise_if_any()
     return config

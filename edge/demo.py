@@ -4,7 +4,9 @@ Starts a private Mosquitto on a free loopback port, a bench pulse in its own pro
 the agent in this process on gpiozero's mock pins with the bench profile from ``hw/``, and
 shows the live view until Ctrl-C or ``duration_s``; then stops everything cleanly. It says
 where its broker is and how to watch it with ``monitor``. A pulse that exits on its own
-stops the demo: its error is shown and the demo exits 1.
+stops the demo: its error is shown and the demo exits 1. It runs
+signed: a throwaway key pair in its temporary directory, the pulse signing with the
+private key, the agent holding the public one (``[security] beat_keys``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from edge.errors import EdgeError
 HW_DIR = Path(__file__).resolve().parent.parent / "hw"
 
 
-def demo_config(broker_url: str, profile: Path, workdir: Path) -> Path:
-    """Write the demo's agent config (a bench agent following cluster ``demo``)."""
+def demo_config(
+    broker_url: str, profile: Path, workdir: Path, beat_key: Path | None = None
+) -> Path:
+    """Write the demo's agent config (a bench agent following cluster ``demo``; with
+    ``beat_key``, only frames signed by that key's private half)."""
+    security = "" if beat_key is None else f"[security]\nbeat_keys = [{str(beat_key)!r}]\n"
     path = workdir / "agent.toml"
     path.write_text(
         "[agent]\n"
@@ -34,7 +40,7 @@ def demo_config(broker_url: str, profile: Path, workdir: Path) -> Path:
         "[broker]\n"
         f'url = "{broker_url}"\n'
         "[outbox]\n"
-        f"directory = {str(workdir / 'outbox')!r}\n",
+        f"directory = {str(workdir / 'outbox')!r}\n" + security,
         encoding="utf-8",
     )
     return path
@@ -70,6 +76,7 @@ def run_demo(
 ) -> int:
     from edge.agent import Agent
     from edge.pulse import open_trace
+    from edge.signing import keygen
     from edge.view import TerminalView
 
     profile_path = Path(profile) if profile else HW_DIR / "bench.toml"
@@ -78,7 +85,8 @@ def run_demo(
     os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
     with tempfile.TemporaryDirectory(prefix="backbeat-demo-") as tmp, start_mosquitto() as broker:
         workdir = Path(tmp)
-        config = demo_config(broker.url, profile_path, workdir)
+        private_key, public_key, _ = keygen(workdir / "demo-pulse")
+        config = demo_config(broker.url, profile_path, workdir, beat_key=public_key)
         banner = (
             f"broker {broker.url} (this demo's own), cluster demo; watch it from another "
             f"terminal with:\n  {monitor_command(broker.url)}"
@@ -100,6 +108,8 @@ def run_demo(
                     str(bpm),
                     "--bar",
                     "4",
+                    "--signing-key",
+                    str(private_key),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=pulse_err,

@@ -110,6 +110,7 @@ def start_pulse(
     fmt: str = "json",
     start_beat: int = 0,
     per_phase: bool = False,
+    signing_key: Path | None = None,
 ) -> Proc:
     args = [
         "pulse",
@@ -128,6 +129,8 @@ def start_pulse(
     ]
     if per_phase:
         args.append("--per-phase")
+    if signing_key is not None:
+        args += ["--signing-key", str(signing_key)]
     if trace is not None:
         args += ["--trace", str(trace)]
     return _spawn(args, log_path)

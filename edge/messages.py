@@ -680,22 +680,42 @@ def _build(cls: Any, data: Mapping[Any, Any]) -> Any:
     return cls(**{name: data[name] for name in names if name in data})
 
 
-def _decode(cls: Any, payload: bytes) -> Any:
+def _decode_with_map(cls: Any, payload: bytes) -> tuple[Any, dict[str, Any]]:
     data = _load(payload)
     if type(data) is not dict:
         raise FrameError(f"payload must be an object, got {type(data).__name__}")
     try:
-        return _build(cls, data)
+        return _build(cls, data), data
     except FrameError:
         raise
     except Exception as exc:  # a safety net: a checker bug must still not crash a reader
         raise FrameError(f"payload is malformed: {type(exc).__name__}: {exc}") from None
 
 
+def _decode(cls: Any, payload: bytes) -> Any:
+    return _decode_with_map(cls, payload)[0]
+
+
 def decode_beat_frame(payload: bytes) -> BeatFrame:
     """Decode and validate a BeatFrame from JSON or CBOR bytes; raises FrameError."""
     frame: BeatFrame = _decode(BeatFrame, payload)
     return frame
+
+
+def decode_beat_frame_with_map(payload: bytes) -> tuple[BeatFrame, dict[str, Any]]:
+    """As :func:`decode_beat_frame`, and the decoded map the frame was built from: plain
+    dicts, lists and scalars with the types they were decoded with (a JSON integer stays
+    an integer), which is what a signature covers (:mod:`edge.trust`). The map is the
+    caller's own; the frame shares nothing with it."""
+    frame, data = _decode_with_map(BeatFrame, payload)
+    return frame, data
+
+
+def decode_status_claim_with_map(payload: bytes) -> tuple[StatusClaim, dict[str, Any]]:
+    """As :func:`decode_status_claim`, and its decoded map (see
+    :func:`decode_beat_frame_with_map`)."""
+    claim, data = _decode_with_map(StatusClaim, payload)
+    return claim, data
 
 
 def decode_status_claim(payload: bytes) -> StatusClaim:

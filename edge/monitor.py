@@ -6,7 +6,10 @@ verdict and outbox backlog, and the devices it has isolated, if any. ``--json`` 
 JSON line per claim instead, for scripts.
 Malformed claims are counted and shown, never fatal. The link's state heads the table
 (connecting, connected, disconnected: then the rows are the last seen, and say so); with
-``--json`` it goes to stderr. A monitor that never reached the broker exits 1.
+``--json`` it goes to stderr. A monitor that never reached the broker exits 1. With
+``--keys DIR`` every claim is checked against the public keys in DIR (``*.pub.pem``): the
+row says ``signed``, ``unsigned`` or ``forged``; a forged claim is counted on its row and never shown as the
+agent's state; in ``--json`` each line also carries ``"signature"``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import IO
 
 from edge.config import parse_broker
 from edge.errors import ConfigError, ConfigProblems, FrameError
-from edge.messages import StatusClaim, decode_status_claim, to_wire
+from edge.messages import StatusClaim, decode_status_claim_with_map, to_wire
 from edge.mqtt_link import MqttLink, Topics
+from edge.trust import Verdict, Verifier, verdict
 
 
 @dataclass
@@ -32,6 +36,9 @@ class AgentRow:
     online: str = "?"
     claim: StatusClaim | None = None
     claims: int = 0
+    #: The last claim's signature verdict (monitor --keys), and how many were forged.
+    signature: Verdict | None = None
+    forged: int = 0
 
 
 @dataclass
@@ -44,6 +51,10 @@ class FleetView:
     last_error: str = ""
     #: What the link is doing, shown above the rows ("connecting to ...", ...).
     link_state: str = ""
+    #: Checks claim signatures when set (monitor --keys).
+    keyring: Verifier | None = None
+    #: The verdict on the claim the last feed() returned (None without a keyring).
+    last_verdict: Verdict | None = None
 
     def agent_of(self, topic: str) -> tuple[str, str] | None:
         base = f"{self.topics.prefix}/{self.topics.cluster}/"
@@ -66,11 +77,16 @@ class FleetView:
             row.online = payload.decode("utf-8", "replace")[:16] or "?"
             return None
         try:
-            claim = decode_status_claim(payload)
+            claim, data = decode_status_claim_with_map(payload)
         except FrameError as exc:
             self.bad += 1
             self.last_error = f"{agent}: {exc}"
             return None
+        if self.keyring is not None:
+            self.last_verdict = row.signature = verdict(data, self.keyring)
+            if row.signature == "forged":
+                row.forged += 1  # counted, never shown as the agent's state
+                return claim
         row.claim = claim
         row.claims += 1
         return claim
@@ -81,6 +97,8 @@ class FleetView:
             f"{'err ms':>7} {'late p50/max ms':>16} {'cpu%':>5} {'temp':>5} "
             f"{'guard':<15} {'backlog':>7}"
         )
+        if self.keyring is not None:
+            head += f" {'signature':<9}"
         lines = [self.link_state, ""] if self.link_state else []
         lines += [head, "-" * len(head)]
         for agent in sorted(self.rows):
@@ -107,6 +125,10 @@ class FleetView:
                 f"{num(res.get('temperature_c'), '.1f'):>5} "
                 f"{guard.get('level', '-')!s:<15} {num(outbox.get('backlog'), 'd'):>7}"
             )
+            if self.keyring is not None:
+                line += f" {row.signature or '-':<9}"
+                if row.forged:
+                    line += f"  forged claims: {row.forged}"
             isolated = md.get("isolated")
             if isinstance(isolated, tuple) and isolated:  # devices out of service
                 line += "  isolated: " + ", ".join(str(name) for name in isolated)
@@ -124,16 +146,26 @@ def run_monitor(
     duration_s: float | None = None,
     out: IO[str] = sys.stdout,
     connect_timeout_s: float | None = 10.0,
+    keys_dir: str | None = None,
 ) -> int:
     """Watch ``cluster`` until ``duration_s`` passes or Ctrl-C. Returns 0, or 1 when the
     broker was never reached (given up on after ``connect_timeout_s``; None: never)."""
+    keyring = None
+    if keys_dir is not None:
+        from edge.signing import Keyring
+
+        try:
+            keyring = Keyring.from_directory(Path(keys_dir))
+        except ConfigError as exc:
+            print(f"backbeat-edge monitor: {exc}", file=sys.stderr)
+            return 2
     problems = ConfigProblems("monitor")
     broker = parse_broker({"url": broker_url}, problems, Path.cwd(), where="--broker")
     if problems:
         print(f"backbeat-edge monitor: {ConfigError(problems.items, 'monitor')}", file=sys.stderr)
         return 2
     topics = Topics(prefix, cluster)
-    view = FleetView(topics)
+    view = FleetView(topics, keyring=keyring)
     link = MqttLink(
         broker,
         f"backbeat-monitor-{cluster}-{int(time.time())}",
@@ -166,7 +198,10 @@ def run_monitor(
             if item is not None and item.kind == "message":
                 claim = view.feed(item.topic, item.payload, now)
                 if as_json and claim is not None:
-                    out.write(json.dumps(to_wire(claim), separators=(",", ":")) + "\n")
+                    line: dict[str, object] = to_wire(claim)
+                    if view.last_verdict is not None:
+                        line["signature"] = view.last_verdict
+                    out.write(json.dumps(line, separators=(",", ":")) + "\n")
                     out.flush()
             elif item is not None and item.kind == "connected":
                 reached = True

@@ -7,8 +7,10 @@ next message or the next deadline (through the clock) and calls it. A wake-up do
 order:
 
 1. hand an inbound item to its owner: a beat frame to the follower (stamped with its local
-   arrival time by the link), an acknowledgement to the outbox, a (dis)connect to the
-   status pump; a malformed frame is counted and reported, never fatal;
+   arrival time by the link) once it decoded and, when beat keys are configured, passed
+   the trust stage (``edge.trust``: a frame without a good signature reaches neither the
+   follower nor the HLC), an acknowledgement to the outbox, a (dis)connect to the status
+   pump; a malformed or untrusted frame is counted and reported, never fatal;
 2. let the follower emit the boundary events due by ``now`` (beat started, phase started,
    sync lost...). At each beat start the score picks the actions of *this and the next*
    beat (one beat of look-ahead, so plan-phase actions are known before their beat) and the
@@ -48,7 +50,13 @@ from edge.errors import EdgeError, FrameError
 from edge.guard import Guard, Sample
 from edge.hardware import ActionResult, Hardware
 from edge.hlc import HybridLogicalClock, node_id
-from edge.messages import StatusClaim, decode_bar_report, decode_beat_frame, encode
+from edge.messages import (
+    BeatFrame,
+    StatusClaim,
+    decode_bar_report,
+    decode_beat_frame_with_map,
+    encode,
+)
 from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
@@ -68,6 +76,7 @@ from edge.sync import (
     TempoChanged,
 )
 from edge.trace import TraceRow, write_rows
+from edge.trust import BeatTrust, Signer, sign_message
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +149,8 @@ class Runner:
         on_view: Callable[[Runner, float], None] | None = None,
         start_seq: int = 0,
         make_hardware: Callable[[Profile], Hardware] = Hardware,
+        trust: BeatTrust | None = None,
+        claim_signer: Signer | None = None,
     ) -> None:
         self.config = config
         self.hardware = hardware
@@ -152,6 +163,10 @@ class Runner:
         self.notifier = notifier
         self.trace = trace
         self.on_view = on_view
+        #: Between decoding and the follower when beat keys are configured (edge.trust).
+        self.trust = trust
+        #: Signs every claim when [security] signing_key is set.
+        self.claim_signer = claim_signer
         self.topics = Topics(config.agent.topic_prefix, config.agent.cluster)
         self.follower = BeatFollower(config.agent.cluster, config.sync)
         self.score: Score = config.score
@@ -262,9 +277,11 @@ class Runner:
             if item.topic == self.topics.beat:
                 self.counters.frames += 1
                 try:
-                    frame = decode_beat_frame(item.payload)
+                    frame, data = decode_beat_frame_with_map(item.payload)
                 except FrameError as exc:
                     self._bad_frame(f"beat frame on {item.topic}: {exc}")
+                    return
+                if self.trust is not None and not self._trusted(frame, data, now):
                     return
                 self.hlc.merge(frame.hlc)
                 self._handle(self.follower.receive(frame, item.arrived_at, item.wall_at), now)
@@ -282,6 +299,24 @@ class Runner:
             log.info("broker connected")
         elif item.kind == "disconnected":
             log.warning("broker connection lost (%s); free-running on the local model", item.reason)
+
+    def _trusted(self, frame: BeatFrame, data: dict[str, object], now: float) -> bool:
+        """The trust stage: False (counted, logged at a bounded rate) for a frame that
+        must reach neither the follower nor the HLC."""
+        assert self.trust is not None
+        reason = self.trust.check(data)
+        if reason is None:
+            return True
+        if self.trust.should_log(reason, now):
+            log.warning(
+                "rejected beat frame %d %s (%s): %d %s so far",
+                frame.beat_index,
+                frame.phase,
+                reason,
+                self.trust.rejected[reason],
+                reason,
+            )
+        return False
 
     def _bad_frame(self, message: str) -> None:
         self.counters.frames_bad += 1
@@ -479,7 +514,10 @@ class Runner:
             missed=ledger.missed,
             shed=dict(ledger.shed),
             dropped_by_limit=sum(ledger.dropped.values()),
-            frames_rejected=dict(self.follower.rejected),
+            frames_rejected={
+                **self.follower.rejected,
+                **(self.trust.rejected if self.trust is not None else {}),
+            },
             guard_level=verdict.level.value,
             guard_reason=verdict.reason,
             recommended_tempo=self.metrics.recommended_tempo(),
@@ -499,8 +537,13 @@ class Runner:
         if self.notifier is not None:
             self.notifier.status(self.status_line())
 
+    def _encode_claim(self, claim: StatusClaim) -> bytes:
+        if self.claim_signer is not None:
+            claim = sign_message(claim, self.claim_signer)
+        return encode(claim, self.config.status.format)
+
     def _submit_claim(self, claim: StatusClaim) -> None:
-        payload = encode(claim, self.config.status.format)
+        payload = self._encode_claim(claim)
         self.counters.claims += 1
         topic = self.topics.status(self.config.agent.id)
         if self.outbox is not None:
@@ -634,7 +677,7 @@ class Runner:
         if self.last_review is None:
             return None
         claim = self.status.final(replace(self.last_review, state="idle"))
-        return self.topics.status(self.config.agent.id), encode(claim, self.config.status.format)
+        return self.topics.status(self.config.agent.id), self._encode_claim(claim)
 
     def shutdown(self) -> list[tuple[str, bytes, bool]]:
         """Stop: every output to its safe state, the trace flushed. Returns what to send
