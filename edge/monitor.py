@@ -8,8 +8,8 @@ Malformed claims are counted and shown, never fatal. The link's state heads the 
 (connecting, connected, disconnected: then the rows are the last seen, and say so); with
 ``--json`` it goes to stderr. A monitor that never reached the broker exits 1. With
 ``--keys DIR`` every claim is checked against the public keys in DIR (``*.pub.pem``): the
-row says ``signed``, ``unsigned`` or ``forged``; a forged claim is counted on its row and never shown as the
-agent's state; in ``--json`` each line also carries ``"signature"``.
+row says ``signed``, ``unsigned`` or ``forged``; a forged claim is counted on its row and
+never shown as the agent's state; in ``--json`` each line also carries ``"signature"``.
 """
 
 from __future__ import annotations

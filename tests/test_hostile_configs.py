@@ -173,6 +173,19 @@ def test_check_refuses_a_hostile_config_in_one_report(tmp_path: Path, case: str)
     assert all(line.startswith("  - ") for line in lines[1:]), lines  # one line each
 
 
+def test_check_refuses_a_claim_signing_key_that_is_not_one(tmp_path: Path) -> None:
+    _good(tmp_path, "mqtt://127.0.0.1:1")
+    (tmp_path / "agent.pem").write_text(
+        "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"
+    )
+    with (tmp_path / "agent.toml").open("a") as f:
+        f.write('[security]\nsigning_key = "agent.pem"\n')
+    result = _cli("check", "--config", str(tmp_path / "agent.toml"), timeout=5.0)
+    assert result.returncode == EXIT_CONFIG, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if "security.signing_key" in line]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["keepalive-1e12", "profile-fifo", "password-missing", "gpio99"])
 def test_run_refuses_a_hostile_config_without_a_traceback(tmp_path: Path, case: str) -> None:

@@ -219,7 +219,7 @@ def test_only_the_signed_pulse_moves_the_hardware(tmp_path: Path, mosquitto: Mos
 
     # Every actuation sits where the pulse's own beats put it.
     starts = {
-        int(r["beat_index"]): float(r["intended_mono"])  # type: ignore[arg-type]
+        int(r["beat_index"]): float(r["intended_mono"])  # type: ignore[arg-type,call-overload]
         for r in read_trace(pulse_trace)
         if r["phase"] == "plan"
     }
