@@ -96,12 +96,9 @@ syncer shares nothing with the loop but its own queue, under its own lock.
 from __future__ import annotations
 
 import contextlib
-import errno
+import logging
 import os
-import struct
-import threading
 import weakref
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,18 +106,32 @@ from typing import BinaryIO, cast
 
 from edge.config import OutboxConfig
 from edge.errors import OutboxError
+from edge.outbox_format import (
+    ACK,
+    BASE,
+    CORRUPT_SUFFIX,
+    DATA,
+    DROP,
+    RECORD_OVERHEAD,
+    Record,
+    Scan,
+    data_frame,
+    mark_frame,
+    scan,
+    segment_name,
+    segment_number,
+)
+from edge.outbox_seq import HighWater, new_incarnation
+from edge.outbox_syncer import Syncer, fsync_directory
+
+__all__ = ["PUBLISH_WINDOW", "RECORD_OVERHEAD", "Opener", "Outbox", "OutboxConfig", "Record"]
+
+log = logging.getLogger("backbeat.outbox")
 
 Opener = Callable[[Path, str], BinaryIO]
 """Opens a file (path, mode) as ``open`` does; a seam so tests can inject disk failures."""
 
-_HEADER = struct.Struct(">II")  # length, crc32
-_DATA = struct.Struct(">BQdH")  # kind, seq, enqueued_at, topic_len
-_MARK = struct.Struct(">BQ")  # kind, seq  (BASE, ACK, DROP)
-_BASE, _DATA_KIND, _ACK, _DROP = 1, 2, 3, 4
-_MAX_BODY = 64 * 1024 * 1024  # a length beyond this is garbage, not a record
-_SEGMENT_PREFIX, _SEGMENT_SUFFIX, _TMP_SUFFIX = "seg-", ".log", ".tmp"
-#: Bytes a record costs against ``max_bytes`` besides its topic and payload.
-RECORD_OVERHEAD = _HEADER.size + _DATA.size
+_TMP_SUFFIX = ".tmp"
 #: At most this many records published and not yet acknowledged at once (``to_publish``);
 #: the rest wait here, so a reconnect does not hand the link the whole backlog at once.
 PUBLISH_WINDOW = 16
@@ -130,196 +141,12 @@ def _default_opener(path: Path, mode: str) -> BinaryIO:
     return cast(BinaryIO, open(path, mode))  # the outbox owns the handle and closes it
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One stored message: its outbox seq, MQTT topic, payload and enqueue wall time."""
-
-    seq: int
-    topic: str
-    payload: bytes
-    enqueued_at: float
-
-    @property
-    def cost(self) -> int:
-        """Bytes this record counts against ``max_bytes``."""
-        return RECORD_OVERHEAD + len(self.topic.encode("utf-8")) + len(self.payload)
-
-
-def _frame(body: bytes) -> bytes:
-    return _HEADER.pack(len(body), zlib.crc32(body)) + body
-
-
-def _data_frame(record: Record) -> bytes:
-    topic = record.topic.encode("utf-8")
-    head = _DATA.pack(_DATA_KIND, record.seq, record.enqueued_at, len(topic))
-    return _frame(head + topic + record.payload)
-
-
-def _mark_frame(kind: int, seq: int) -> bytes:
-    return _frame(_MARK.pack(kind, seq))
-
-
-def _scan(blob: bytes) -> tuple[list[tuple[int, int, object]], int | None]:
-    """Parse a segment: the good frames as (kind, seq, record|None) and the torn offset.
-
-    Returns ``(frames, torn_at)``; ``torn_at`` is the offset where a cut-short or corrupt
-    frame starts (None if the segment is clean).
-    """
-    frames: list[tuple[int, int, object]] = []
-    offset, size = 0, len(blob)
-    while offset < size:
-        if size - offset < _HEADER.size:
-            return frames, offset
-        length, crc = _HEADER.unpack_from(blob, offset)
-        start = offset + _HEADER.size
-        if length < 1 or length > _MAX_BODY or start + length > size:
-            return frames, offset
-        body = blob[start : start + length]
-        if zlib.crc32(body) != crc:
-            return frames, offset
-        kind = body[0]
-        if kind == _DATA_KIND and length >= _DATA.size:
-            _, seq, enqueued_at, topic_len = _DATA.unpack_from(body)
-            topic_end = _DATA.size + topic_len
-            if topic_end > length:
-                return frames, offset
-            try:
-                topic = body[_DATA.size : topic_end].decode("utf-8")
-            except UnicodeDecodeError:
-                return frames, offset
-            frames.append((kind, seq, Record(seq, topic, body[topic_end:], enqueued_at)))
-        elif kind in (_BASE, _ACK, _DROP) and length == _MARK.size:
-            frames.append((kind, _MARK.unpack(body)[1], None))
-        else:
-            return frames, offset
-        offset = start + length
-    return frames, None
-
-
 @dataclass(slots=True)
 class _Segment:
     number: int
     path: Path
     size: int = 0
     live: int = 0  # DATA records in it that are still pending
-
-
-@dataclass(slots=True)
-class _SyncJob:
-    fd: int  # a dup the syncer owns and closes
-    path: Path  # for the error message
-    directory: Path | None  # also fsync this directory (a new segment's name)
-    ticket: int
-
-
-@dataclass(frozen=True, slots=True)
-class _SyncFailure:
-    """A background fsync that failed: the segment it was for and the error."""
-
-    path: Path
-    error: Exception
-
-
-class _Syncer:
-    """One background thread that runs the outbox's fsyncs, in the order requested.
-
-    ``request`` is called on the loop thread and never blocks on the disk; the thread is
-    started on the first request. Jobs are keyed by segment number (see the module
-    docstring for how they coalesce). Every job gets a ticket and tickets finish in
-    order, so ``synced(t)`` can say whether job ``t`` is done.
-    """
-
-    def __init__(self, fsync: Callable[[int], None], name: str) -> None:
-        self._fsync = fsync
-        self._name = name
-        self._cond = threading.Condition()
-        self._queue: dict[int, _SyncJob] = {}  # insertion order is run order
-        self._running: int | None = None  # segment number being synced
-        self._tickets = 0
-        self._finished = 0
-        self._failed: set[int] = set()  # tickets whose job failed (rare)
-        self._failure: _SyncFailure | None = None
-        self._failures = 0
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def request(self, key: int, fileno: int, path: Path, directory: Path | None) -> int:
-        """Queue an fsync of ``fileno`` (a dup of it) unless one for ``key`` is waiting.
-
-        Returns the ticket that covers this request. Raises OSError if the descriptor
-        cannot be duplicated (too many open files), RuntimeError after ``stop``.
-        """
-        with self._cond:
-            if self._stopping:
-                raise RuntimeError("the outbox syncer was stopped")
-            waiting = self._queue.get(key)
-            if waiting is not None:  # not started: it will see what was just written
-                if directory is not None:
-                    waiting.directory = directory
-                return waiting.ticket
-            fd = os.dup(fileno)
-            self._tickets += 1
-            self._queue[key] = _SyncJob(fd, path, directory, self._tickets)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-            return self._tickets
-
-    def synced(self, ticket: int) -> bool:
-        """True once the job with ``ticket`` has run and succeeded."""
-        with self._cond:
-            return self._finished >= ticket and ticket not in self._failed
-
-    def take_failure(self) -> tuple[_SyncFailure | None, int]:
-        """The first failure not taken yet (or None) and how many failed in all."""
-        with self._cond:
-            failure, self._failure = self._failure, None
-            return failure, self._failures
-
-    def wait_idle(self, timeout: float | None) -> bool:
-        """Wait until nothing is queued or running; False if ``timeout`` ran out first."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._queue and self._running is None, timeout)
-
-    def stop(self, join: bool = True) -> None:
-        """Let the thread finish the queued jobs and exit; ``join`` waits for it."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            thread = self._thread
-        if join and thread is not None and thread is not threading.current_thread():
-            thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                key = next(iter(self._queue))
-                job = self._queue.pop(key)
-                self._running = key
-            failure: _SyncFailure | None = None
-            try:
-                self._fsync(job.fd)
-                if job.directory is not None:
-                    _fsync_directory(job.directory)
-            except Exception as exc:  # any error: the loop thread must hear of it
-                failure = _SyncFailure(job.path, exc)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.close(job.fd)
-            with self._cond:
-                self._running = None
-                self._finished = job.ticket
-                if failure is not None:
-                    self._failures += 1
-                    self._failed.add(job.ticket)
-                    if self._failure is None:
-                        self._failure = failure
-                self._cond.notify_all()
 
 
 class Outbox:
@@ -333,11 +160,18 @@ class Outbox:
     called on the caller's thread only while opening, compacting and closing; the fsyncs
     that ``append`` makes due run on the syncer thread, with a descriptor of their own.
 
-    Attributes: ``dropped`` (records dropped to keep the bounds, this process), ``torn``
-    (torn or corrupt segment tails found at open), ``degraded`` (``None`` when the disk is
-    in use, else the reason), ``fsync_failures`` (background fsyncs that failed, this
-    process), ``last_seq`` (the last seq assigned, persisted across restarts),
-    ``backlog`` (pending records).
+    ``config.memory``: claims are kept in memory only (nothing but the sequence's
+    high-water file is written; segments an earlier run left are read and left alone).
+    ``seq_fsync`` syncs the high-water file (:mod:`edge.outbox_seq`; default ``os.fsync``).
+
+    Attributes: ``dropped`` (records dropped to keep the bounds, this process), ``torn`` /
+    ``corrupt`` (unreadable stretches of the segments found at open: at the end of a
+    segment / with good records after them), ``lost`` (claims those stretches cost, as far
+    as the seqs around them show), ``degraded`` (``None`` when the disk is in use, else the
+    reason), ``fsync_failures`` (background fsyncs that failed, this process),
+    ``last_seq`` (the last seq handed out, never handed out again: see
+    :mod:`edge.outbox_seq`), ``incarnation`` (random per process), ``backlog`` (pending
+    records).
     """
 
     def __init__(
@@ -345,6 +179,7 @@ class Outbox:
         config: OutboxConfig,
         opener: Opener = _default_opener,
         fsync: Callable[[int], None] = os.fsync,
+        seq_fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         self._config = config
         self._opener = opener
@@ -364,17 +199,58 @@ class Outbox:
         # If the directory could not be read, writing into it could clobber records we
         # never saw; only an empty directory may be taken over later.
         self._unread = False
-        self._syncer: _Syncer | None = None  # created at the first background fsync
+        self._syncer: Syncer | None = None  # created at the first background fsync
         # Ticket of the active segment's BASE + directory fsync while it is not done: the
         # dead segments in front may not be deleted before it (they still say last_seq).
         self._unsynced_base: int | None = None
+        self._memory_only = config.memory
+        self._damaged: set[int] = set()  # segments to set aside (never truncated or deleted)
         self.dropped = 0
         self.torn = 0
+        self.corrupt = 0
+        self.lost = 0
         self.fsync_failures = 0
         self.degraded: str | None = None
         self.last_seq = 0
+        self.incarnation = new_incarnation()
+        # Weakly: an outbox dropped without close() must be freed at once, closing its files.
+        me = weakref.WeakMethod(self._background_sync)
+
+        def background(fd: int, path: Path, fsync: Callable[[int], None]) -> Callable[[], bool]:
+            method = me()
+            if method is None:
+                raise RuntimeError("the outbox is gone")
+            return method(fd, path, fsync)
+
+        self._hw = HighWater(config.directory, seq_fsync, background=background)
         if config.directory is not None:
             self._open_directory(config.directory)
+        else:
+            self._hw.start(0, volatile=True)
+
+    @property
+    def seq_problem(self) -> str | None:
+        """Why the high-water file cannot be kept (seqs may repeat after a restart), if so."""
+        return self._hw.problem
+
+    def where(self) -> str:
+        """Where claims are kept, in one line (logged at start)."""
+        directory = self._config.directory
+        if self.degraded is not None:
+            return f"claims kept in memory only: {self.degraded}"
+        if directory is None:
+            return "claims kept in memory only (no directory); seq starts at 1"
+        if self._memory_only:
+            return f"claims kept in memory only (memory = true); seq high-water in {directory}"
+        return f"claims kept on disk in {directory}"
+
+    def note_seq(self, seq: int) -> None:
+        """Seqs up to ``seq`` were used outside the outbox (the final claim, sent directly):
+        they are never handed out again."""
+        if seq > self.last_seq:
+            self._hw.volatile()
+            self._hw.take(seq)
+            self.last_seq = seq
 
     # ----------------------------------------------------------------- public
 
@@ -421,6 +297,7 @@ class Outbox:
             or self._bytes + record.cost > self._config.max_bytes
         ):
             self._drop_oldest()
+        self._hw.take(record.seq)
         self.last_seq = record.seq
         self._pending[record.seq] = record
         self._bytes += record.cost
@@ -492,7 +369,7 @@ class Outbox:
             return
         self._inflight.discard(seq)
         self._bytes -= record.cost
-        self._retire(seq, _ACK)
+        self._retire(seq, ACK)
 
     def retry_disk(self, now: float) -> bool:
         """Try the disk again now if degraded; True if the disk is in use afterwards.
@@ -532,6 +409,7 @@ class Outbox:
             self._retry_at = 0.0
             self._maybe_retry(self._last_fsync or 0.0)
         self._closed = True
+        kept = self._active is not None
         if self._active is not None:
             try:
                 self._active.flush()
@@ -539,6 +417,21 @@ class Outbox:
             except OSError:
                 pass  # nothing left to degrade to: what was flushed is what is kept
             self._close_active()
+        self._hw.close(self.last_seq)
+        if self._pending and not kept:
+            log.warning(
+                "outbox: %d claims not delivered were kept in memory only and are lost at exit "
+                "(seq %d-%d)",
+                len(self._pending),
+                next(iter(self._pending)),
+                next(reversed(self._pending)),
+            )
+        elif self._pending:
+            log.info(
+                "outbox: %d claims not delivered yet are kept in %s for the next start",
+                len(self._pending),
+                self._config.directory,
+            )
 
     # ----------------------------------------------------------------- recovery
 
@@ -549,29 +442,35 @@ class Outbox:
         except OSError as exc:
             self._unread = True
             self._degrade(f"cannot read {directory}: {exc}", 0.0)
+            self._resume(trusted=False)
             return
-        for name in names:
-            if name.endswith(_TMP_SUFFIX):  # a compaction that never finished
-                self._unlink(directory / name)
-        numbers = []
-        for name in names:
-            number = _segment_number(name)
-            if number is not None:
-                numbers.append(number)
+        if not self._memory_only:
+            for name in names:
+                if name.endswith(_TMP_SUFFIX):  # a compaction that never finished
+                    self._unlink(directory / name)
+        numbers = sorted(n for n in map(segment_number, names) if n is not None)
         try:
-            records = self._replay(directory, sorted(numbers))
+            records = self._replay(directory, numbers)
         except OSError as exc:
             self._unread = True
             self._pending.clear()
             self._where.clear()
             self._segments.clear()
+            self._damaged.clear()
             self._degrade(f"cannot read {directory}: {exc}", 0.0)
+            self._resume(trusted=False)
             return
         for record in records:
             self._pending[record.seq] = record
             self._bytes += record.cost
+        self._resume(trusted=not self._damaged)
         self._active_number = max(numbers, default=0)
-        self._start_segment(0.0)
+        if self._memory_only:
+            self._segments.clear()  # left alone: never deleted, never written
+        elif self._damaged:
+            self._compact(0.0)  # the good records into a new segment; the bad ones aside
+        else:
+            self._start_segment(0.0)
         # Bounds may have shrunk since the records were written (after the new segment is
         # up, so the DROP frames are stored).
         while self._pending and (
@@ -580,47 +479,82 @@ class Outbox:
             self._drop_oldest()
         self._delete_dead_segments()
 
+    def _resume(self, trusted: bool) -> None:
+        """Set ``last_seq`` from the high-water file and the segments, and reserve ahead."""
+        self.last_seq = self._hw.resume(self._hw.load(), self.last_seq, trusted)
+        self._hw.start(self.last_seq, volatile=self._memory_only or self.degraded is not None)
+
     def _replay(self, directory: Path, numbers: list[int]) -> list[Record]:
         found: dict[int, Record] = {}
         done: set[int] = set()
+        suspect: set[int] = set()  # seqs a damaged stretch may have held
         for number in numbers:
-            path = directory / _segment_name(number)
+            path = directory / segment_name(number)
             with self._opener(path, "rb") as handle:
                 blob = handle.read()
-            frames, torn_at = _scan(blob)
-            if torn_at is not None:
-                self.torn += 1
-                self._cut(path, torn_at)
-            segment = _Segment(number, path, size=torn_at if torn_at is not None else len(blob))
+            if not blob:
+                if not self._memory_only:
+                    self._unlink(path)  # created but never written: a kill at the very start
+                continue
+            read = scan(blob)
+            segment = _Segment(number, path, size=len(blob))
             self._segments[number] = segment
-            for kind, seq, item in frames:
+            data: set[int] = set()
+            for frame in read.frames:
+                seq = frame.seq
                 self.last_seq = max(self.last_seq, seq)
-                if kind == _DATA_KIND and isinstance(item, Record):
+                if frame.kind == DATA and frame.record is not None:
+                    data.add(seq)
                     if seq not in found and seq not in done:  # duplicates come from compaction
-                        found[seq] = item
+                        found[seq] = frame.record
                         self._where[seq] = number
                         segment.live += 1
-                elif kind in (_ACK, _DROP):
+                elif frame.kind in (ACK, DROP):
                     done.add(seq)
                     if found.pop(seq, None) is not None:
                         self._segments[self._where.pop(seq)].live -= 1
-            if not blob:
-                self._unlink(path)  # created but never written: a kill at the very start
-                del self._segments[number]
+            if read.damage:
+                self._damaged.add(number)
+                self.torn += sum(1 for d in read.damage if d.torn)
+                self.corrupt += sum(1 for d in read.damage if not d.torn)
+                # Records after a segment's BASE are appended with consecutive seqs: a
+                # seq missing between BASE and the last one read was in the damage.
+                if read.frames and read.frames[0].kind == BASE:
+                    base = read.frames[0].seq
+                    newer = [s for s in data if s > base]
+                    suspect.update(set(range(base + 1, max(newer, default=base) + 1)) - data)
+                self._say_damage(path, read, number)
+        lost = sorted(s for s in suspect if s not in found and s not in done)
+        self.lost += len(lost)
+        if lost:
+            log.warning("outbox: claims lost to the damage: seq %s", _ranges(lost))
         return [found[seq] for seq in sorted(found)]
 
-    def _cut(self, path: Path, offset: int) -> None:
-        # Best effort: the segment is never appended to again, so the tail only wastes
-        # space and is found (and counted) again at the next open if the cut fails.
-        with contextlib.suppress(OSError):
-            os.truncate(path, offset)
+    def _say_damage(self, path: Path, read: Scan, number: int) -> None:
+        where = ", ".join(
+            f"{d.size} bytes at {d.offset}{' (torn tail)' if d.torn else ''}" for d in read.damage
+        )
+        kept = (
+            "left in place (memory = true)"
+            if self._memory_only
+            else f"set aside as {path.with_suffix(CORRUPT_SUFFIX).name}"
+        )
+        log.warning(
+            "outbox: %s (format %d): %d unreadable stretch(es): %s; %d good frames read; %s",
+            path.name,
+            read.version,
+            len(read.damage),
+            where,
+            len(read.frames),
+            kept,
+        )
 
     # ----------------------------------------------------------------- writing
 
     def _write_record(self, record: Record, now: float) -> None:
         assert self._active is not None
         segment = self._segments[self._active_number]
-        frame = _data_frame(record)
+        frame = data_frame(record)
         try:
             self._active.write(frame)
             self._active.flush()
@@ -640,7 +574,7 @@ class Outbox:
         if self._active is None:
             return
         segment = self._segments[self._active_number]
-        frame = _mark_frame(kind, seq)
+        frame = mark_frame(kind, seq)
         try:
             self._active.write(frame)
             self._active.flush()
@@ -667,13 +601,8 @@ class Outbox:
         """
         assert self._active is not None
         segment = self._segments[self._active_number]
-        if self._syncer is None:
-            where = self._config.directory
-            self._syncer = _Syncer(self._fsync_fd, f"outbox-fsync {where}")
-            # An outbox dropped without close() must not leave its thread waiting forever.
-            weakref.finalize(self, self._syncer.stop, False)
         try:
-            ticket = self._syncer.request(
+            ticket = self._syncer_for().request(
                 segment.number, self._active.fileno(), segment.path, directory
             )
         except OSError as exc:
@@ -705,19 +634,19 @@ class Outbox:
         directory = self._config.directory
         assert directory is not None
         number = self._active_number + 1
-        path = directory / _segment_name(number)
+        path = directory / segment_name(number)
         try:
             handle = self._opener(path, "ab")
         except OSError as exc:
             self._degrade(f"cannot create {path}: {exc}", now)
             return
-        frame = _mark_frame(_BASE, self.last_seq)
+        frame = mark_frame(BASE, self.last_seq)
         try:
             handle.write(frame)
             handle.flush()
             if not background:
                 self._fsync_fd(handle.fileno())
-                _fsync_directory(directory)
+                fsync_directory(directory)
         except OSError as exc:
             _close_quietly(handle)
             self._unlink(path)
@@ -753,19 +682,19 @@ class Outbox:
         directory = self._config.directory
         assert directory is not None
         number = self._active_number + 1
-        path = directory / _segment_name(number)
+        path = directory / segment_name(number)
         tmp = path.with_suffix(_TMP_SUFFIX)
         handle: BinaryIO | None = None
         try:
             handle = self._opener(tmp, "wb")
-            parts = [_mark_frame(_BASE, self.last_seq)]
-            parts.extend(_data_frame(r) for r in self._pending.values())
+            parts = [mark_frame(BASE, self.last_seq)]
+            parts.extend(data_frame(r) for r in self._pending.values())
             blob = b"".join(parts)
             handle.write(blob)
             handle.flush()
             self._fsync_fd(handle.fileno())
             os.replace(tmp, path)
-            _fsync_directory(directory)
+            fsync_directory(directory)
         except OSError as exc:
             if handle is not None:
                 _close_quietly(handle)
@@ -782,7 +711,8 @@ class Outbox:
         self._since_fsync = 0
         self._last_fsync = now
         for segment in old:
-            self._unlink(segment.path)
+            self._remove(segment)
+        self._damaged.clear()
 
     def _retire(self, seq: int, kind: int) -> None:
         """Record that ``seq`` left the queue (acked or dropped) and free dead segments."""
@@ -805,7 +735,7 @@ class Outbox:
             segment = self._segments[number]
             if number == self._active_number or segment.live > 0:
                 break
-            self._unlink(segment.path)
+            self._remove(segment)
             del self._segments[number]
 
     def _drop_oldest(self) -> None:
@@ -814,12 +744,13 @@ class Outbox:
         self._inflight.discard(seq)
         self._bytes -= record.cost
         self.dropped += 1
-        self._retire(seq, _DROP)
+        self._retire(seq, DROP)
 
     # ----------------------------------------------------------------- degrading
 
     def _degrade(self, reason: str, now: float) -> None:
         self._close_active()
+        self._hw.volatile()  # seqs from here on may exist only in memory
         # In memory, dead segments may go as acks come (as before the syncer): their space
         # may be what the disk needs back; the recovery compaction writes a durable BASE.
         self._unsynced_base = None
@@ -841,7 +772,7 @@ class Outbox:
         if self._unread:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
-                if any(_segment_number(p.name) is not None for p in directory.iterdir()):
+                if any(segment_number(p.name) is not None for p in directory.iterdir()):
                     self._degrade(
                         f"{directory} holds segments that could not be read at "
                         f"start; staying in memory until restart",
@@ -856,6 +787,40 @@ class Outbox:
         if self._active is not None:
             self.degraded = None
 
+    def _remove(self, segment: _Segment) -> None:
+        """Delete a segment that is done with, or set it aside if it was found damaged."""
+        if segment.number not in self._damaged:
+            self._unlink(segment.path)
+            return
+        aside = segment.path.with_suffix(CORRUPT_SUFFIX)
+        counter = 1
+        while aside.exists():  # never overwrite bad data kept earlier
+            aside = segment.path.with_suffix(f"{CORRUPT_SUFFIX}.{counter}")
+            counter += 1
+        try:
+            os.replace(segment.path, aside)
+        except OSError as exc:
+            log.warning(
+                "outbox: cannot set %s aside (%s); it is read again next time", segment.path, exc
+            )
+
+    def _background_sync(
+        self, fd: int, path: Path, fsync: Callable[[int], None]
+    ) -> Callable[[], bool]:
+        """The high-water file's fsync, handed to the syncer; returns "is it done?"."""
+        ticket = self._syncer_for().request(-1, fd, path, None, fsync)
+        syncer = self._syncer
+        assert syncer is not None
+        return lambda: syncer.synced(ticket)
+
+    def _syncer_for(self) -> Syncer:
+        if self._syncer is None:
+            where = self._config.directory
+            self._syncer = Syncer(self._fsync_fd, f"outbox-fsync {where}")
+            # An outbox dropped without close() must not leave its thread waiting forever.
+            weakref.finalize(self, self._syncer.stop, False)
+        return self._syncer
+
     def _close_active(self) -> None:
         if self._active is not None:
             _close_quietly(self._active)
@@ -867,30 +832,21 @@ class Outbox:
             path.unlink(missing_ok=True)
 
 
-def _segment_name(number: int) -> str:
-    return f"{_SEGMENT_PREFIX}{number:08d}{_SEGMENT_SUFFIX}"
-
-
-def _segment_number(name: str) -> int | None:
-    if not (name.startswith(_SEGMENT_PREFIX) and name.endswith(_SEGMENT_SUFFIX)):
-        return None
-    digits = name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)]
-    return int(digits) if digits.isdigit() else None
-
-
 def _close_quietly(handle: BinaryIO) -> None:
     # A failed close after a failed write: the outbox has already degraded.
     with contextlib.suppress(OSError):
         handle.close()
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a created, renamed or deleted file name durable (POSIX needs the dir fsynced)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # some filesystems cannot
-            raise
-    finally:
-        os.close(fd)
+def _ranges(seqs: list[int]) -> str:
+    """``[3, 4, 5, 9]`` as ``"3-5, 9"``."""
+    parts: list[str] = []
+    start = prev = seqs[0]
+    for seq in [*seqs[1:], None]:
+        if seq is not None and seq == prev + 1:
+            prev = seq
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if seq is not None:
+            start = prev = seq
+    return ", ".join(parts)
