@@ -51,6 +51,7 @@ from edge.messages import StatusClaim, decode_bar_report, decode_beat_frame, enc
 from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
+from edge.outbox_seq import new_incarnation
 from edge.plan import COMMAND_ENDS, BeatPlan, Fate, Outcome, RunTag, outcome, overdue
 from edge.profile import Profile
 from edge.score import ScheduledAction, Score
@@ -164,6 +165,7 @@ class Runner:
             __version__,
             config.digest,
             start_seq=start_seq,
+            incarnation=outbox.incarnation if outbox is not None else new_incarnation(),
         )
         self.counters = Counters()
         self.plan = BeatPlan()
@@ -462,6 +464,9 @@ class Runner:
             backlog=0 if self.outbox is None else self.outbox.backlog,
             outbox_dropped=0 if self.outbox is None else self.outbox.dropped,
             outbox_degraded=None if self.outbox is None else self.outbox.degraded,
+            outbox_torn=0 if self.outbox is None else self.outbox.torn,
+            outbox_corrupt=0 if self.outbox is None else self.outbox.corrupt,
+            outbox_lost=0 if self.outbox is None else self.outbox.lost,
             alerts=tuple(a.name for a in self.metrics.active_alerts()),
             isolated=tuple(sorted(self.hardware.isolated)),
         )
