@@ -463,7 +463,7 @@ class Outbox:
         for record in records:
             self._pending[record.seq] = record
             self._bytes += record.cost
-        self._resume(trusted=not self._damaged)
+        self._resume(trusted=bool(self._segments) and not self._damaged)
         self._active_number = max(numbers, default=0)
         if self._memory_only:
             self._segments.clear()  # left alone: never deleted, never written

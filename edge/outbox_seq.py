@@ -6,11 +6,11 @@ deleted segment, nor after a run that kept its claims in memory. The segments al
 promise that (they may be damaged, or not written at all), so the highest seq that may
 have been handed out is kept in a small file of its own, ``seq.hw`` beside the segments.
 
-**The file** holds two 44-byte *slots*, at offsets 0 and 4096 (different sectors and
+**The file** holds two 52-byte *slots*, at offsets 0 and 4096 (different sectors and
 flash pages, so one torn write cannot take both)::
 
     magic "BBHW" | version u8 | flags u8 | pad u16 | generation u64 | high u64 |
-    boot id 16 bytes | crc32 u32
+    floor u64 | boot id 16 bytes | crc32 u32
 
 A write goes, in place, to the slot not holding the newest generation, so a write cut
 short leaves the other slot valid; the reader takes the valid slot with the highest
@@ -18,7 +18,7 @@ generation. Writing in place needs no new space and no directory entry: the file
 created (written as a ``.tmp``, fsynced, renamed), is kept up to date on a full disk and in
 a directory that became read-only. ``flags``: *clean* (``high`` is exactly the last seq, set
 by :meth:`HighWater.close`), *volatile* (this run handed out seqs that are not in the
-segments: it keeps claims in memory).
+segments: it keeps claims in memory). ``floor`` is where the writing run started.
 
 **Reserved in blocks.** A write and an fsync per claim would cost more than the claim, so
 ``high`` is *reserved ahead*: at open it is set to the resumed seq + ``block`` and fsynced
@@ -30,7 +30,8 @@ One write and one fsync per ``block`` claims.
 **Where a restart resumes** (:meth:`HighWater.resume`), given the highest seq the
 segments show: after a clean close, at ``high`` (exact); after a kill on the same boot
 (the boot id says the page cache survived, so every record written is in the segments)
-when the segments read back undamaged and the run kept nothing in memory, at what the
+when the segments read back undamaged, are there and reach ``floor``, and the run kept
+nothing in memory, at what the
 segments show, so a kill costs no gap; otherwise (a power cut, damage, a run in memory)
 at the reservation ``high``: a gap of at most two blocks, never a reuse. If the file
 cannot be written (a read-only filesystem), seqs are still handed out, ``problem`` says
@@ -57,7 +58,7 @@ log = logging.getLogger("backbeat.outbox")
 FILE_NAME = "seq.hw"
 #: Seqs reserved per write of the high-water file.
 SEQ_BLOCK = 64
-_SLOT = struct.Struct(">4sBBHQQ16s")  # magic, version, flags, pad, generation, high, boot
+_SLOT = struct.Struct(">4sBBHQQQ16s")  # magic, version, flags, pad, generation, high, floor, boot
 _CRC = struct.Struct(">I")
 _SLOT_SIZE = _SLOT.size + _CRC.size
 _OFFSETS = (0, 4096)
@@ -91,9 +92,12 @@ class Mark:
     high: int
     flags: int
     boot: bytes
+    floor: int = 0
 
     def pack(self) -> bytes:
-        body = _SLOT.pack(_MAGIC, _VERSION, self.flags, 0, self.generation, self.high, self.boot)
+        body = _SLOT.pack(
+            _MAGIC, _VERSION, self.flags, 0, self.generation, self.high, self.floor, self.boot
+        )
         return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -103,10 +107,10 @@ def _unpack(blob: bytes) -> Mark | None:
     body = blob[: _SLOT.size]
     if zlib.crc32(body) != _CRC.unpack_from(blob, _SLOT.size)[0]:
         return None
-    magic, version, flags, _, generation, high, boot = _SLOT.unpack(body)
+    magic, version, flags, _, generation, high, floor, boot = _SLOT.unpack(body)
     if magic != _MAGIC or version != _VERSION:
         return None
-    return Mark(generation, high, flags, boot)
+    return Mark(generation, high, flags, boot, floor)
 
 
 class HighWater:
@@ -138,6 +142,7 @@ class HighWater:
         self._durable = 0  # seqs up to this are covered by an fsynced slot
         self._ahead: tuple[int, Callable[[], bool]] | None = None  # written, fsync queued
         self._flags = 0
+        self._floor = 0
         self._boot = boot_id()
         self._failed_in_background: OSError | None = None
         # Writes go to the slot that does not hold the newest *durable* mark, so a write
@@ -171,20 +176,21 @@ class HighWater:
 
     def resume(self, mark: Mark | None, on_disk: int, trusted: bool) -> int:
         """The last seq to count as handed out, given the newest slot and the highest seq
-        the segments show (``trusted``: read without damage). See the module docstring."""
+        the segments show (``trusted``: some were found, all read without damage). See
+        the module docstring."""
         if mark is None:
             return on_disk
         if mark.flags & CLEAN:
             return max(mark.high, on_disk)
         same_boot = mark.boot == self._boot and mark.boot != _NO_BOOT
-        if trusted and same_boot and not mark.flags & VOLATILE:
+        if trusted and same_boot and not mark.flags & VOLATILE and on_disk >= mark.floor:
             return on_disk
         return max(mark.high, on_disk)
 
     def start(self, last: int, volatile: bool) -> None:
         """Reserve the first block after ``last`` and make it durable before any use."""
         self._flags = VOLATILE if volatile else 0
-        self._durable = last
+        self._durable = self._floor = last
         if self.path is None:
             return
         if self._write(last + self.block) and self._sync():
@@ -238,7 +244,7 @@ class HighWater:
     def _write(self, high: int) -> bool:
         assert self.path is not None
         generation = 1 if self._last is None else self._last.generation + 1
-        mark = Mark(generation, high, self._flags, self._boot)
+        mark = Mark(generation, high, self._flags, self._boot, self._floor)
         slot = 1 - self._durable_slot
         try:
             if self._file is None:
