@@ -229,6 +229,11 @@ class Outbox:
             self._hw.start(0, volatile=True)
 
     @property
+    def seq_writes(self) -> int:
+        """Writes of the high-water file so far, this process (one per block of seqs)."""
+        return self._hw.writes
+
+    @property
     def seq_problem(self) -> str | None:
         """Why the high-water file cannot be kept (seqs may repeat after a restart), if so."""
         return self._hw.problem
