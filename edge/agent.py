@@ -15,11 +15,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import IO
+from urllib.parse import quote
 
 from edge.clock import SystemClock
 from edge.config import Config, load_config
@@ -46,13 +47,34 @@ def client_id_for(config: Config) -> str:
     return "backbeat-edge-" + config.agent.id.replace(":", "-")
 
 
-def outbox_config_for(config: Config) -> Config:
-    """Place the outbox: relative to the config file, or in systemd's StateDirectory when
-    the config leaves it open (else it stays in memory)."""
+def default_outbox_directory(agent_id: str, environ: Mapping[str, str]) -> Path | None:
+    """Where claims are kept when ``[outbox] directory`` is not given: systemd's
+    ``$STATE_DIRECTORY/outbox``, else ``$XDG_STATE_HOME`` (or ``~/.local/state``)
+    ``/backbeat-edge/<agent id>/outbox``, the id made safe for a file name (``:`` is
+    ``%3A``). None if there is no home to put it in (the outbox then keeps claims in memory,
+    and says so)."""
+    state = environ.get("STATE_DIRECTORY", "")
+    if state:
+        return Path(state.split(":")[0]) / "outbox"
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative path is to be ignored
+        base = Path(xdg)
+    else:
+        try:
+            base = Path.home() / ".local" / "state"
+        except (KeyError, RuntimeError):  # no HOME and no passwd entry
+            return None
+    return base / "backbeat-edge" / quote(agent_id, safe="-_") / "outbox"
+
+
+def outbox_config_for(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
+    """Place the outbox: relative to the config file if given, else the default place
+    (:func:`default_outbox_directory`); ``memory = true`` keeps claims in memory, but the
+    seq high-water file still goes there."""
     directory = config.outbox.directory
-    if directory is None and os.environ.get("STATE_DIRECTORY"):
-        directory = Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "outbox"
-    elif directory is not None and not directory.is_absolute():
+    if directory is None:
+        directory = default_outbox_directory(config.agent.id, environ)
+    elif not directory.is_absolute():
         directory = Path(config.source).parent / directory
     if directory == config.outbox.directory:
         return config
@@ -126,8 +148,9 @@ class Agent:
 
         hardware = make_hardware(config.profile)
         self.outbox = Outbox(config.outbox)
-        if self.outbox.degraded:
-            log.warning("outbox: %s", self.outbox.degraded)
+        # One line saying where claims are kept (a warning when not where they were meant).
+        level = logging.WARNING if self.outbox.degraded else logging.INFO
+        log.log(level, "outbox: %s; incarnation %s", self.outbox.where(), self.outbox.incarnation)
         topics = Topics(config.agent.topic_prefix, config.agent.cluster)
         self.link = MqttLink(
             config.broker,
@@ -244,6 +267,8 @@ class Agent:
         self.notifier.stopping()
         # The runner drives the outputs safe and gives the final claim and ``offline``.
         final = self.runner.shutdown()
+        # The final claim may go straight to the link: its seq is used all the same.
+        self.outbox.note_seq(self.runner.status.seq)
         for topic, payload, retain in self.link.stop(final=final, timeout=2.0):
             if not retain:  # the final claim: kept for the next start to send first
                 self.outbox.append(topic, payload, self.clock.wall())

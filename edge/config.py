@@ -38,7 +38,7 @@ from edge.errors import ConfigError, ConfigProblems, EdgeError
 from edge.guard import GuardConfig, parse_guard
 from edge.profile import Profile, parse_profile
 from edge.score import Score, parse_score
-from edge.settings import Section, check_order, integer, number, pathname, text
+from edge.settings import Section, check_order, flag, integer, number, pathname, text
 from edge.status import StatusConfig, parse_status
 from edge.sync import SyncConfig, parse_sync
 from edge.trust import SecurityConfig, parse_security
@@ -104,7 +104,10 @@ class BrokerConfig:
 class OutboxConfig:
     """``[outbox]``: where and how much of the claim backlog :mod:`edge.outbox` stores.
 
-    ``directory``: the segment directory (created if missing); ``None`` = memory only.
+    ``directory``: the segment directory (created if missing); ``None`` = not given, the
+    agent picks the default place (``edge.agent.outbox_config_for``).
+    ``memory``: keep claims in memory only (the seq high-water file still goes to the
+    directory, so seq numbers never repeat).
     ``max_bytes`` / ``max_count``: bounds of the pending queue (oldest dropped past them).
     ``fsync_every`` / ``fsync_interval_s``: the fsync policy (see :mod:`edge.outbox`).
     ``segment_bytes``: size after which a new segment is started.
@@ -112,6 +115,7 @@ class OutboxConfig:
     """
 
     directory: Path | None
+    memory: bool = False
     max_bytes: int = 4 * 1024 * 1024
     max_count: int = 10_000
     fsync_every: int = 10
@@ -199,6 +203,7 @@ _OUTBOX = Section(
     OutboxConfig,
     (
         pathname("directory", default=None),
+        flag("memory"),
         integer("max_bytes", 1024),
         integer("max_count", 1),
         integer("fsync_every", 0),
@@ -308,7 +313,8 @@ def parse_outbox(
 ) -> OutboxConfig:
     """Read the ``[outbox]`` TOML section; every problem goes to ``problems``.
 
-    Keys: ``directory`` (string path; absent = memory only), ``max_bytes`` (integer >= 1024,
+    Keys: ``directory`` (string path; absent = the default place), ``memory`` (true: claims
+    in memory only; default false), ``max_bytes`` (integer >= 1024,
     default 4 MiB), ``max_count`` (integer >= 1, default 10000), ``fsync_every`` (integer
     >= 0, default 10), ``fsync_interval_s`` (number >= 0, default 1.0), ``segment_bytes``
     (integer >= 256, default 256 KiB), ``retry_interval_s`` (number >= 0.001, default 30).

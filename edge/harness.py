@@ -32,17 +32,21 @@ def write_agent_config(
     agent_id: str = "bench:pi-01",
     extra: str = "",
     broker_extra: str = "",
+    default_outbox: bool = False,
 ) -> Path:
     """Write ``profile.toml`` and an ``agent.toml`` naming it; returns the config path.
 
     ``broker_extra`` lines go into ``[broker]``; ``extra`` is appended (more sections).
+    The outbox goes to ``workdir/outbox``, or with ``default_outbox`` to the agent's
+    default place (no ``directory`` key: point ``XDG_STATE_HOME`` somewhere).
     """
+    outbox = "" if default_outbox else f'directory = "{workdir / "outbox"}"\n'
     (workdir / "profile.toml").write_text(profile_toml, encoding="utf-8")
     path = workdir / "agent.toml"
     path.write_text(
         f'[agent]\nid = "{agent_id}"\ncluster = "{cluster}"\nprofile = "profile.toml"\n'
         f'[broker]\nurl = "{broker_url}"\n{broker_extra}'
-        f'[outbox]\ndirectory = "{workdir / "outbox"}"\n' + extra,
+        f"[outbox]\n{outbox}" + extra,
         encoding="utf-8",
     )
     return path

@@ -60,6 +60,7 @@ from edge.messages import (
 from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
+from edge.outbox_seq import new_incarnation
 from edge.plan import COMMAND_ENDS, BeatPlan, Fate, Outcome, RunTag, outcome, overdue
 from edge.profile import Profile
 from edge.score import ScheduledAction, Score
@@ -180,6 +181,7 @@ class Runner:
             __version__,
             config.digest,
             start_seq=start_seq,
+            incarnation=outbox.incarnation if outbox is not None else new_incarnation(),
         )
         self.counters = Counters()
         self.plan = BeatPlan()
@@ -527,6 +529,9 @@ class Runner:
             backlog=0 if self.outbox is None else self.outbox.backlog,
             outbox_dropped=0 if self.outbox is None else self.outbox.dropped,
             outbox_degraded=None if self.outbox is None else self.outbox.degraded,
+            outbox_torn=0 if self.outbox is None else self.outbox.torn,
+            outbox_corrupt=0 if self.outbox is None else self.outbox.corrupt,
+            outbox_lost=0 if self.outbox is None else self.outbox.lost,
             alerts=tuple(a.name for a in self.metrics.active_alerts()),
             isolated=tuple(sorted(self.hardware.isolated)),
         )

@@ -37,6 +37,8 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``notes``              the alerts joined by ``"; "`` (at most 256 characters), if any
 ``metadata.meta_v``    version of this metadata layout (:data:`METADATA_VERSION`)
 ``metadata.seq``       sequence number of the claim
+``metadata.incarnation`` 16 hex digits, random per process start (when the agent gives
+                       one): a restart shows even where the seq could not be kept
 ``metadata.agent_version``, ``metadata.config_hash``
 ``metadata.sync``      ``{"state": str, "error_bound_ms": number}``
 ``metadata.late_ms``   ``{"p50": number, "max": number}`` (a missing value is omitted)
@@ -49,7 +51,9 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
                        tempo (that is the beat frames' ``tempo_bpm``); omitted when none.
                        ``meta_v`` 1 called it ``tempo_bpm``.
 ``metadata.outbox``    ``{"backlog": int, "dropped": int}``, plus ``"degraded": str`` while
-                       the outbox keeps claims in memory (disk full or read-only)
+                       the outbox keeps claims in memory (disk full or read-only), and
+                       ``"torn"`` / ``"corrupt"`` (unreadable stretches found in the
+                       segments at start) and ``"lost"`` (claims they cost), when not 0
 ``metadata.alerts``    list of alert strings (omitted when empty)
 ``metadata.isolated``  names of the devices out of service after a failure (omitted when
                        none); a reload builds them anew
@@ -192,6 +196,10 @@ class BeatReview:
     outbox_degraded: str | None = None
     #: Devices taken out of service after a failure (sorted), until a reload revives them.
     isolated: tuple[str, ...] = ()
+    #: Damage the outbox found in its segments at start (see ``metadata.outbox``).
+    outbox_torn: int = 0
+    outbox_corrupt: int = 0
+    outbox_lost: int = 0
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -231,6 +239,13 @@ def _outbox_meta(review: BeatReview) -> dict[str, object]:
     meta: dict[str, object] = {"backlog": review.backlog, "dropped": review.outbox_dropped}
     if review.outbox_degraded:
         meta["degraded"] = review.outbox_degraded[:200]
+    for key, count in (
+        ("torn", review.outbox_torn),
+        ("corrupt", review.outbox_corrupt),
+        ("lost", review.outbox_lost),
+    ):
+        if count:
+            meta[key] = count
     return meta
 
 
@@ -238,8 +253,10 @@ class StatusBuilder:
     """Turns beat reviews into status claims for one agent.
 
     ``start_seq`` is the last seq emitted before (0 on a first start); the first claim
-    carries ``start_seq + 1``. ``seq`` is the last seq emitted. ``hlc`` stamps each claim at
-    the moment it is built. Not thread-safe; the runner owns it.
+    carries ``start_seq + 1``. ``incarnation`` (random per process start, made by the
+    caller: the core draws no random numbers) goes into every claim when given. ``seq``
+    is the last seq emitted. ``hlc`` stamps each claim at the moment it is built. Not
+    thread-safe; the runner owns it.
     """
 
     def __init__(
@@ -250,6 +267,7 @@ class StatusBuilder:
         agent_version: str,
         config_hash: str,
         start_seq: int = 0,
+        incarnation: str | None = None,
     ) -> None:
         if start_seq < 0:
             raise ValueError(f"start_seq must be >= 0, got {start_seq}")
@@ -259,6 +277,7 @@ class StatusBuilder:
         self._agent_version = agent_version
         self._config_hash = config_hash
         self.seq = start_seq
+        self._incarnation = incarnation
         self._last_beat: int | None = None
         self._last_condition: tuple[object, ...] | None = None
 
@@ -345,6 +364,7 @@ class StatusBuilder:
         meta: dict[str, object] = {
             "meta_v": METADATA_VERSION,
             "seq": seq,
+            **({"incarnation": self._incarnation} if self._incarnation else {}),
             "agent_version": self._agent_version,
             "config_hash": self._config_hash,
             "sync": sync,

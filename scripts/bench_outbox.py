@@ -14,6 +14,12 @@ reference row "inline fsync" is write+flush+fsync on the caller's thread: what `
 paid when a due fsync ran inline. "slow card" replaces fsync with a 20 ms sleep, as a
 cheap SD card might take, to show that the caller does not wait for it whatever the local
 disk is. ``close`` drains the syncer, joins it and fsyncs once more on the caller.
+
+Since issue 15: ``seq.hw writes`` is how often the durable seq wrote its high-water file
+during those appends (a write per block of seqs; its fsync runs on the syncer), and
+``take`` times the seq's own step per append on its own. The replay rows reopen the same
+backlog clean and with 10 flipped bytes spread over it (each costs one record; the reader
+resyncs on the next good frame, then the good records are rewritten to a new segment).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from edge.clock import SystemClock
 from edge.hlc import HybridLogicalClock, node_id
 from edge.messages import decode_status_claim
 from edge.outbox import Outbox, OutboxConfig
+from edge.outbox_seq import SEQ_BLOCK, HighWater
 from edge.status import BeatReview, StatusBuilder, StatusConfig, config_hash
 
 AGENT = "relay:pi-07"
@@ -235,11 +242,21 @@ def bench_outbox(base: Path) -> list[tuple[str, ...]]:
         closing = time.perf_counter() - start
         rows.append(latency_row(label, "append (caller)", per))
         rows.append(latency_row(label, "ack (caller)", ack))
+        rows.append((label, "seq.hw writes", str(box.seq_writes), "", "", "", ""))
         if every or interval:
             # Without the one at open and the final one in close (both on the caller).
             rows.append(latency_row(label, "fsync (syncer)", seam.times[at_open:-1], rate=False))
         rows.append((label, "close (caller)", "1", "", us(closing), "", ""))
         shutil.rmtree(directory)
+    hw = HighWater(base / "hw", block=SEQ_BLOCK, background=None)
+    (base / "hw").mkdir()
+    hw.start(0, volatile=False)
+    takes = timed(lambda i: hw.take(i + 1), 10 * COUNT)
+    hw.close(10 * COUNT)
+    rows.append(latency_row(f"durable seq, block {SEQ_BLOCK}", "take (inline fsync)", takes))
+    rows.append(
+        (f"durable seq, block {SEQ_BLOCK}", "seq.hw writes", str(hw.writes), "", "", "", "")
+    )
     # Replay: reopen a directory holding a full backlog (10,000 claims, as after an outage).
     directory = base / "replay"
     # Bounds raised so the whole backlog fits (10,000 CBOR claims are ~5 MB).
@@ -270,6 +287,30 @@ def bench_outbox(base: Path) -> list[tuple[str, ...]]:
             f"{max(opens) * 1e3:.1f} ms",
         )
     )
+    again.close()
+    damaged = base / "damaged"
+    shutil.copytree(directory, damaged)
+    segs = sorted(damaged.glob("seg-*.log"))
+    for n, seg in enumerate(segs[:: max(1, len(segs) // 10)][:10]):
+        blob = bytearray(seg.read_bytes())
+        blob[len(blob) // 2 + n] ^= 0x5A
+        seg.write_bytes(bytes(blob))
+    start = time.perf_counter()
+    hurt = Outbox(OutboxConfig(damaged, max_bytes=16 << 20, max_count=20_000))
+    took = time.perf_counter() - start
+    rows.append(
+        (
+            "reopen, 10 flipped bytes (resync)",
+            "replay+rewrite",
+            str(hurt.backlog),
+            f"{hurt.backlog / took:,.0f}",
+            f"{took * 1e3:.1f} ms",
+            f"{hurt.corrupt + hurt.torn} bad",
+            f"{hurt.lost} lost",
+        )
+    )
+    hurt.close()
+    again = Outbox(replay)
     start = time.perf_counter()
     sent = 0
     while True:

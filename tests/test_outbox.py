@@ -265,10 +265,14 @@ def test_torn_last_record_at_every_offset(tmp_path: Path) -> None:
         again = Outbox(OutboxConfig(directory=trial))
         assert again.pending() == [r for r in made if r.seq not in (2, 6)], cut
         assert again.torn == (1 if cut > last_frame else 0), cut
-        assert fill(again, 1)[0].seq == 6  # seq 6 never existed as far as anyone knows
+        # Seq 6 was handed out (the high-water file remembers): it is never handed out again.
+        assert fill(again, 1)[0].seq == 7
         again.close()
-        # The torn tail was cut off: it is not found (nor counted) a second time.
+        # The torn segment was set aside whole, not cut: it is not found (nor counted) a
+        # second time, and its bytes are all kept.
         assert Outbox(OutboxConfig(directory=trial)).torn == 0
+        if cut > last_frame:
+            assert (trial / segment.name).with_suffix(".corrupt").read_bytes() == blob[:cut]
         shutil.rmtree(trial)
 
 

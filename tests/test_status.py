@@ -424,3 +424,25 @@ def test_a_followed_beat_is_failed_idle_or_reviewing(sync_state: str) -> None:
     assert claim_state(sync_state, planned=0, failed=0, shed=0) == "idle"
     assert claim_state(sync_state, planned=0, failed=0, shed=2) == "reviewing"  # all shed
     assert claim_state(sync_state, planned=2, failed=0, shed=0) == "reviewing"
+
+
+def test_incarnation_and_outbox_damage_reach_the_claim(fake_clock: FakeClock) -> None:
+    b = StatusBuilder(
+        "relay:pi-07",
+        StatusConfig(),
+        HybridLogicalClock(fake_clock, node=0xBEEF),
+        "0.1.0",
+        "abc",
+        incarnation="0123456789abcdef",
+    )
+    claim = b.build(review(0, outbox_torn=1, outbox_corrupt=2, outbox_lost=3))
+    assert claim is not None and claim.metadata is not None
+    assert claim.metadata["incarnation"] == "0123456789abcdef"
+    outbox = claim.metadata["outbox"]
+    assert outbox == {"backlog": 0, "dropped": 0, "torn": 1, "corrupt": 2, "lost": 3}
+    decoded = decode_status_claim(encode(claim, "cbor"))
+    assert decoded.metadata == claim.metadata
+    plain = builder(fake_clock).build(review(0))
+    assert plain is not None and plain.metadata is not None
+    assert "incarnation" not in plain.metadata
+    assert set(plain.metadata["outbox"]) == {"backlog", "dropped"}  # no damage, no keys
