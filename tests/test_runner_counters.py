@@ -254,3 +254,21 @@ def test_trace_rows_say_the_bound_and_sync_state_at_fire_time(
     bounds = [float(r["error_bound_ms"]) for r in rows]  # type: ignore[arg-type]
     assert bounds[-1] <= bounds[0]
     assert bounds[-1] == pytest.approx(bench.runner.follower.error_bound_s * 1000.0, abs=0.5)
+
+
+def test_the_outbox_window_frees_a_lost_slot_and_hands_the_record_out_again() -> None:
+    outbox = Outbox(OutboxConfig(directory=None))
+    for i in range(PUBLISH_WINDOW + 2):
+        outbox.append("s/t", b"claim %d" % i, 0.0)
+    batch = outbox.to_publish()
+    assert [r.seq for r in batch] == list(range(1, PUBLISH_WINDOW + 1))
+    for mid, record in enumerate(batch, start=100):
+        outbox.published(record.seq, mid)
+    assert outbox.to_publish() == []  # the window is full
+    assert outbox.lost(100) and not outbox.lost(100) and not outbox.lost(999)
+    again = outbox.to_publish()
+    assert [r.seq for r in again] == [1]  # the oldest first: the record given up on
+    outbox.published(1, 200)
+    assert not outbox.acked(100)  # the old id is forgotten
+    assert outbox.acked(200) and outbox.backlog == PUBLISH_WINDOW + 1
+    assert [r.seq for r in outbox.to_publish()] == [PUBLISH_WINDOW + 1]
