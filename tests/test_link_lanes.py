@@ -111,3 +111,17 @@ def test_acks_reach_the_loop_while_a_flood_fills_the_inbox(broker: Mosquitto) ->
         flooder.loop_stop()
         flooder.disconnect()
         link.stop(timeout=1.0)
+
+
+class _Ok:
+    is_failure = False
+
+
+def test_connected_only_after_the_loop_that_handled_the_connack() -> None:
+    # paho calls on_connect before it re-sends what the dropped connection left in
+    # flight; a claim published in between would overtake them (seq 49 after 64).
+    link = MqttLink(BrokerConfig(inbox_size=5), "test-order", availability_topic="a/b")
+    link._on_connect(link._client, None, {}, _Ok(), None)
+    assert not link.connected and link.inbox.qsize() == 0
+    link._announce_connected()  # what _run does once that loop() call has returned
+    assert link.connected and link.inbox.get_nowait().kind == "connected"
