@@ -207,6 +207,7 @@ class Runner:
         # The link's message id of each claim in flight -> when it was handed over (or the
         # link last connected): for the ack time-out.
         self._sent_at: dict[int, float] = {}
+        self._link_was_down = False
         self.stop_requested = False
         self.recent_late_ms: deque[float] = deque(maxlen=256)
 
@@ -562,8 +563,16 @@ class Runner:
 
     def _pump_outbox(self) -> None:
         """Hand claims to the link in order, as many as the outbox's window lets through."""
-        if self.outbox is None or self.link is None or not self.link.connected:
+        if self.outbox is None or self.link is None:
             return
+        if not self.link.connected:
+            self._link_was_down = True
+            return
+        if self._link_was_down:
+            # Seen up again (perhaps before its ``connected`` event): paho re-sends what was
+            # in flight, so each gets a full time-out from now, never a stale one.
+            self._link_was_down = False
+            self._sent_at = dict.fromkeys(self._sent_at, self.clock.monotonic())
         if self._sent_at:
             now = self.clock.monotonic()
             for mid in [m for m, at in self._sent_at.items() if now - at >= ACK_TIMEOUT_S]:
