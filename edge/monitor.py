@@ -2,7 +2,9 @@
 
 Each agent's row shows whether it is online (its retained availability), the last beat it
 claimed, its state, sync state and error bound, action lateness, CPU, temperature, guard
-verdict and outbox backlog, and the devices it has isolated, if any. ``--json`` prints one
+verdict and outbox backlog, the bad input it refused (``malformed``: frames that did not
+decode; ``in drop``: frames its link dropped on a full inbox), and the devices it has
+isolated, if any. ``--json`` prints one
 JSON line per claim instead, for scripts.
 Malformed claims are counted and shown, never fatal. The link's state heads the table
 (connecting, connected, disconnected: then the rows are the last seen, and say so); with
@@ -95,7 +97,7 @@ class FleetView:
         head = (
             f"{'agent':<24} {'online':<7} {'beat':>8} {'state':<10} {'sync':<12} "
             f"{'err ms':>7} {'late p50/max ms':>16} {'cpu%':>5} {'temp':>5} "
-            f"{'guard':<15} {'backlog':>7}"
+            f"{'guard':<15} {'malformed':>9} {'in drop':>7} {'backlog':>7}"
         )
         if self.keyring is not None:
             head += f" {'signature':<9}"
@@ -123,7 +125,10 @@ class FleetView:
                 f"{num(sync.get('error_bound_ms')):>7} {late:>16} "
                 f"{num(res.get('cpu_percent'), '.0f'):>5} "
                 f"{num(res.get('temperature_c'), '.1f'):>5} "
-                f"{guard.get('level', '-')!s:<15} {num(outbox.get('backlog'), 'd'):>7}"
+                f"{guard.get('level', '-')!s:<15} "
+                f"{num(sub('frames_rejected').get('malformed', 0 if c else None), 'd'):>9} "
+                f"{num(md.get('inbox_dropped'), 'd'):>7} "
+                f"{num(outbox.get('backlog'), 'd'):>7}"
             )
             if self.keyring is not None:
                 line += f" {row.signature or '-':<9}"

@@ -6,10 +6,20 @@ The link owns one network thread. That thread connects, runs paho's ``loop()`` a
 the connection drops, reconnects with exponential backoff and *full jitter* (a random wait
 between 0 and ``min(cap, base * 2**attempt)``): paho's own backoff has no jitter, so a fleet
 would reconnect in lock-step after a broker restart. paho's callbacks run on that thread
-and only hand over: ``on_message`` stamps the local monotonic (and wall) time of arrival and
-puts the message on a bounded queue, counting what it must drop; ``on_publish`` hands over
-the acknowledgement of a QoS 1 publish; connect and disconnect are handed over as events.
+and only hand over, on one :class:`LinkInbox` with two lanes: ``on_message`` stamps the
+local monotonic (and wall) time of arrival and offers the message to the bounded frame lane,
+counting what it must drop (``dropped_inbound``); ``on_publish`` hands over the
+acknowledgement of a QoS 1 publish and connect and disconnect are handed over as events, on
+the control lane, which is never full and is read first: a flood of frames must not cost an
+acknowledgement (a lost one would hold a publish slot) or a connection event. The control
+lane stays small by itself (at most one ack per publish in flight, one event per connect).
 Nothing is parsed or decided on paho's thread, so the runner's core needs no locks.
+
+**Order after a reconnect.** paho calls ``on_connect`` *before* it re-sends the QoS 1
+messages left in flight by the dropped connection; a publish made from another thread in
+between goes out ahead of them (a claim resent after newer ones: seq 49 after 64). So the
+link says it is connected (``connected``, the ``connected`` event) only once the ``loop()``
+call that handled the CONNACK has returned, when paho's re-sends are queued on the socket.
 
 On every connect the link (re)subscribes and publishes a retained ``online`` on the
 availability topic; the retained ``offline`` is the last will, delayed under MQTT 5 so a
@@ -31,6 +41,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +79,52 @@ class Inbound:
     payload: bytes = b""
     mid: int = 0
     reason: str = ""
+
+
+class LinkInbox(queue.Queue[Inbound]):
+    """The hand-over queue, with a bounded lane for frames and a control lane (acks,
+    connection events) that is never full and is read first.
+
+    ``offer`` puts a frame if the frame lane has room (False if not: the caller counts the
+    drop); ``put_control`` always puts. ``get``/``get_nowait``/``qsize`` see both lanes,
+    so the loop still waits on one queue. ``frame_limit`` is the frame lane's bound.
+    """
+
+    def __init__(self, frame_limit: int) -> None:
+        if frame_limit < 1:
+            raise ValueError(f"frame_limit must be at least 1, got {frame_limit}")
+        super().__init__(maxsize=0)  # put() never blocks; offer() applies the bound
+        self.frame_limit = frame_limit
+        self._control: deque[Inbound] = deque()
+
+    def offer(self, item: Inbound) -> bool:
+        """Queue a frame unless ``frame_limit`` frames are waiting; True if queued."""
+        with self.not_full:
+            if len(self.queue) >= self.frame_limit:
+                return False
+            self.queue.append(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+        return True
+
+    def put_control(self, item: Inbound) -> None:
+        """Queue an acknowledgement or connection event, ahead of any waiting frame."""
+        with self.not_full:
+            self._control.append(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    @property
+    def frames_waiting(self) -> int:
+        with self.mutex:
+            return len(self.queue)
+
+    # queue.Queue's storage hooks, called under its mutex.
+    def _qsize(self) -> int:
+        return len(self.queue) + len(self._control)
+
+    def _get(self) -> Inbound:
+        return self._control.popleft() if self._control else self.queue.popleft()
 
 
 class Topics:
@@ -166,15 +223,20 @@ class MqttLink:
         self.client_id = client_id
         self.subscriptions = tuple(subscriptions)
         self.availability_topic = availability_topic
-        self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=broker.inbox_size)
+        self.inbox = LinkInbox(broker.inbox_size)
         self._on_wake = on_wake
         self._rng = rng or random.Random()
         self.connack_timeout_s = connack_timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
+        # Set by on_connect, turned into ``connected`` after that loop() returns (see the
+        # theory: paho re-sends what was in flight only after on_connect).
+        self._session_up = False
         self.mqtt5 = broker.protocol == "5"
         # Counters, written on the network thread, read anywhere (ints: atomic enough).
+        #: Frames dropped because the frame lane was full (acks and events never are).
+        self.dropped_inbound = 0
         self.connects = 0
         self.last_error: str | None = None
         self.last_connected_at: float | None = None
@@ -226,10 +288,12 @@ class MqttLink:
     # ------------------------------------------------------------------ callbacks (network thread)
 
     def _hand_over(self, item: Inbound) -> None:
-        try:
-            self.inbox.put_nowait(item)
-        except queue.Full:
-            return
+        if item.kind == "message":
+            if not self.inbox.offer(item):
+                self.dropped_inbound += 1
+                return
+        else:
+            self.inbox.put_control(item)
         if self._on_wake is not None:
             self._on_wake()
 
@@ -252,6 +316,11 @@ class MqttLink:
             client.subscribe(topic, qos=0)
         if self.availability_topic is not None:
             client.publish(self.availability_topic, b"online", qos=1, retain=True)
+        self._session_up = True  # ``connected`` once paho has re-sent what was in flight
+
+    def _announce_connected(self) -> None:
+        """After the loop() that handled the CONNACK: paho's re-sends are queued now."""
+        self._session_up = False
         self._connected.set()
         now = time.monotonic()
         self.last_connected_at = now
@@ -261,6 +330,7 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         was = self._connected.is_set()
+        self._session_up = False
         self._connected.clear()
         if was:
             self._hand_over(
@@ -333,6 +403,8 @@ class MqttLink:
                     try:
                         rc = self._client.loop(timeout=0.5)
                         self._quickack()
+                        if self._session_up and rc == mqtt.MQTT_ERR_SUCCESS:
+                            self._announce_connected()
                     except Exception as exc:  # keep the link alive whatever paho raises
                         log.exception("unexpected error in the MQTT loop")
                         self.last_error = f"MQTT loop error: {type(exc).__name__}: {exc}"

@@ -84,7 +84,9 @@ background fsync. ``wait_synced`` waits until the syncer is idle (tests, shutdow
 
 **The publish window.** ``to_publish`` hands out the oldest unsent records, at most
 ``PUBLISH_WINDOW`` published (``published(seq, mid)``) and not yet acknowledged
-(``acked(mid)``, with the link's message id) at once.
+(``acked(mid)``, with the link's message id) at once. ``resend(mid)`` gives up on an
+acknowledgement that did not come (the caller's time-out): the slot is free again and the
+record is handed out again, so a lost ack never holds a slot for ever.
 
 Not thread-safe: the runner owns it (paho's callbacks only hand the PUBACKs over). The
 syncer shares nothing with the loop but its own queue, under its own lock.
@@ -112,7 +114,7 @@ from edge.outbox_seq import HighWater, new_incarnation
 
 __all__ = ["PUBLISH_WINDOW", "RECORD_OVERHEAD", "Opener", "Outbox", "OutboxConfig", "Record"]
 
-log = logging.getLogger("backbeat.outbox")
+log = logging.getLogger(__name__)
 
 #: At most this many records published and not yet acknowledged at once (``to_publish``);
 #: the rest wait here, so a reconnect does not hand the link the whole backlog at once.
@@ -326,6 +328,18 @@ class Outbox(SegmentFiles):
         if seq is None:
             return False
         self.ack(seq)
+        return True
+
+    def resend(self, mid: int) -> bool:
+        """The link's message ``mid`` will not be acknowledged (its ack timed out): its
+        window slot is freed and its record, if still pending, is unsent again, so the
+        next :meth:`to_publish` hands it out again (oldest first, as always). False if
+        ``mid`` is not one of ours."""
+        seq = self._mids.pop(mid, None)
+        if seq is None:
+            return False
+        if seq not in self._mids.values():  # not also in flight under another id
+            self._inflight.discard(seq)
         return True
 
     def requeue_inflight(self) -> None:

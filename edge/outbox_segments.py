@@ -34,7 +34,7 @@ from edge.outbox_format import (
 from edge.outbox_seq import HighWater
 from edge.outbox_syncer import Syncer, fsync_directory
 
-log = logging.getLogger("backbeat.outbox")
+log = logging.getLogger(__name__)
 
 Opener = Callable[[Path, str], BinaryIO]
 """Opens a file (path, mode) as ``open`` does; a seam so tests can inject disk failures."""

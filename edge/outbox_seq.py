@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("backbeat.outbox")
+log = logging.getLogger(__name__)
 
 FILE_NAME = "seq.hw"
 #: Seqs reserved per write of the high-water file.

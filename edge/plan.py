@@ -238,6 +238,16 @@ class BeatPlan:
             return self.pending.pop(0)
         return None
 
+    def take_overdue(self, through_beat: int, now: float) -> list[ScheduledAction]:
+        """Take out the pending actions of beats up to ``through_beat`` whose deadline has
+        passed by ``now`` (in firing order): misses, to settle before that beat's review."""
+        late: list[ScheduledAction] = []
+        keep: list[ScheduledAction] = []
+        for sa in self.pending:
+            (late if sa.beat_index <= through_beat and overdue(sa, now) else keep).append(sa)
+        self.pending = keep
+        return late
+
     def cancel(self, keep: Collection[str] = ()) -> None:
         """Drop every pending action but those of the devices in ``keep``; the beats stay
         planned (a safe state)."""

@@ -10,7 +10,9 @@ order:
    arrival time by the link) once it decoded and, when beat keys are configured, passed
    the trust stage (``edge.trust``: a frame without a good signature reaches neither the
    follower nor the HLC), an acknowledgement to the outbox, a (dis)connect to the status
-   pump; a malformed or untrusted frame is counted and reported, never fatal;
+   pump; a malformed frame is counted (``metadata.frames_rejected["malformed"]``) and
+   logged at a bounded rate (``edge.loglimit``), an untrusted one is counted under its
+   reason; neither is fatal;
 2. let the follower emit the boundary events due by ``now`` (beat started, phase started,
    sync lost...). At each beat start the score picks the actions of *this and the next*
    beat (one beat of look-ahead, so plan-phase actions are known before their beat) and the
@@ -20,9 +22,18 @@ order:
    phase) has already passed (then it is a miss, not a late switch: ``edge.plan.outcome``
    says what each result means);
 4. run the hardware's own follow-ups (pulse offs, fades, dead-man, command time-outs);
-5. at a beat's review phase: read results back, feed the guard and the metrics, build the
-   StatusClaim and put it through the outbox to the broker;
+5. at a beat's review phase: first count as misses the beat's actions whose deadline
+   passed while they waited (after a stall the review comes in the same wake-up as they
+   do: counted later they would land in no claim), then read results back, feed the
+   guard and the metrics, build the StatusClaim and put it through the outbox to the
+   broker;
 6. sample the machine with the probe when a sample is due and nothing is imminent.
+
+Claims go to the link through the outbox's publish window. A claim whose acknowledgement
+has not come ``ACK_TIMEOUT_S`` after it was handed over (counting only connected time: over
+a reconnect paho re-sends it itself) is given up on (``Outbox.lost``) and sent again, so a
+lost acknowledgement never holds a window slot for ever. The link's control lane makes
+that rare: acknowledgements are not shed with frames.
 
 Action times are not stored once: after every frame the follower's model may move (slew,
 tempo change), so pending actions are re-timed from it. The wait is precise: a blocking
@@ -50,6 +61,7 @@ from edge.errors import EdgeError, FrameError
 from edge.guard import Guard, Sample
 from edge.hardware import ActionResult, Hardware
 from edge.hlc import HybridLogicalClock, node_id
+from edge.loglimit import LogLimiter
 from edge.messages import (
     BeatFrame,
     StatusClaim,
@@ -89,12 +101,22 @@ WARM_S = 0.004
 MAX_WAIT_S = 0.1
 #: Every this many probe samples one is a full sample (process, temperature, disk).
 FULL_SAMPLE_EVERY = 5
+#: A claim not acknowledged this long (connected) after it was handed over is sent again.
+ACK_TIMEOUT_S = 30.0
+#: Bad input of one kind is logged once per this many seconds, then counted (loglimit).
+BAD_INPUT_QUIET_S = 10.0
 
 
 class Link(Protocol):
     """What the runner needs of the MQTT link (the real one is ``edge.mqtt_link``)."""
 
-    inbox: queue.Queue[Inbound]
+    @property
+    def inbox(self) -> queue.Queue[Inbound]: ...
+
+    @property
+    def dropped_inbound(self) -> int:
+        """Frames the link had to drop because the inbox was full (never acks or events)."""
+        ...
 
     @property
     def connected(self) -> bool: ...
@@ -200,7 +222,11 @@ class Runner:
         self._outbox_degraded: str | None = None if outbox is None else outbox.degraded
         self._trace_rows: list[TraceRow] = []
         self._pending_reload: Config | None = None
-        self._last_frame_error: str | None = None
+        self._bad_input = LogLimiter(log, quiet_s=BAD_INPUT_QUIET_S)
+        # The link's message id of each claim in flight -> when it was handed over (or the
+        # link last connected): for the ack time-out.
+        self._sent_at: dict[int, float] = {}
+        self._link_was_down = False
         self.stop_requested = False
         self.recent_late_ms: deque[float] = deque(maxlen=256)
 
@@ -241,13 +267,17 @@ class Runner:
         for candidate, reason in shed:
             self.counters.shed[reason] += 1
             if self.trace is not None:
-                self._trace_rows.append(TraceRow.shed_by(candidate, reason))
+                bound, state = self._sync_now()
+                self._trace_rows.append(
+                    TraceRow.shed_by(candidate, reason, bound_ms=bound, sync_state=state)
+                )
 
     # ------------------------------------------------------------------ one wake-up
 
     def step(self, item: Inbound | None, now: float) -> None:
         if item is not None:
             self._receive(item, now)
+        self._bad_input.tick(now)
         self._handle(self.follower.tick(now), now)
         self._fire_due(now)
         for result in self.hardware.tick(self.clock.monotonic()):
@@ -281,7 +311,7 @@ class Runner:
                 try:
                     frame, data = decode_beat_frame_with_map(item.payload)
                 except FrameError as exc:
-                    self._bad_frame(f"beat frame on {item.topic}: {exc}")
+                    self._bad_frame("beat frame", item.topic, exc, now)
                     return
                 if self.trust is not None and not self._trusted(frame, data, now):
                     return
@@ -293,12 +323,15 @@ class Runner:
                     decode_bar_report(item.payload)
                     self.counters.bar_reports += 1
                 except FrameError as exc:
-                    self._bad_frame(f"bar report on {item.topic}: {exc}")
+                    self._bad_frame("bar report", item.topic, exc, now)
         elif item.kind == "ack":
+            self._sent_at.pop(item.mid, None)
             if self.outbox is not None and self.outbox.acked(item.mid):
                 self.counters.claims_acked += 1
         elif item.kind == "connected":
             log.info("broker connected")
+            # paho re-sends what was in flight: each gets a full time-out from now.
+            self._sent_at = dict.fromkeys(self._sent_at, now)
         elif item.kind == "disconnected":
             log.warning("broker connection lost (%s); free-running on the local model", item.reason)
 
@@ -320,12 +353,14 @@ class Runner:
             )
         return False
 
-    def _bad_frame(self, message: str) -> None:
+    def _bad_frame(self, what: str, topic: str, exc: FrameError, now: float) -> None:
         self.counters.frames_bad += 1
-        # Say it once per kind of problem, then count: a flood must not flood the log.
-        if message != self._last_frame_error:
-            log.warning("dropped malformed %s (%d so far)", message, self.counters.frames_bad)
-            self._last_frame_error = message
+        # Once per kind and quiet period, then a count: a flood must not flood the log.
+        self._bad_input.note(
+            f"malformed {what}s on {topic}",
+            f"dropped malformed {what} on {topic}: {exc} ({self.counters.frames_bad} so far)",
+            now,
+        )
 
     def _handle(self, events: list[SyncEvent], now: float) -> None:
         for event in events:
@@ -418,12 +453,21 @@ class Runner:
             self._fire(sa)
             now = self.clock.monotonic()
 
+    def _sync_now(self) -> tuple[float, str]:
+        """The follower's error bound (ms) and sync state, for a trace row."""
+        return self.follower.error_bound_s * 1000.0, self.follower.state.value
+
+    def _miss(self, sa: ScheduledAction, at: float) -> None:
+        """``sa`` came due at ``at``, after its deadline: a miss, not applied."""
+        self._settle(sa, outcome(sa.action.do, overdue=True), 0.0, at - sa.at, at)
+        if self.trace is not None:
+            bound, state = self._sync_now()
+            self._trace_rows.append(TraceRow.missed_at(sa, at, bound_ms=bound, sync_state=state))
+
     def _fire(self, sa: ScheduledAction) -> None:
         before = self.clock.monotonic()
         if overdue(sa, before):
-            self._settle(sa, outcome(sa.action.do, overdue=True), 0.0, before - sa.at, before)
-            if self.trace is not None:
-                self._trace_rows.append(TraceRow.missed_at(sa, before))
+            self._miss(sa, before)
             return
         command = sa.action.do == "command"
         # A command's end comes later, tagged, so it is counted in the beat it belongs to.
@@ -438,8 +482,17 @@ class Runner:
         )
         self._settle(sa, fate, after - before, before - sa.at, after)
         if self.trace is not None:
+            bound, state = self._sync_now()
             self._trace_rows.append(
-                TraceRow.applied(sa, before, after - before, result.ok, result.dropped)
+                TraceRow.applied(
+                    sa,
+                    before,
+                    after - before,
+                    result.ok,
+                    result.dropped,
+                    bound_ms=bound,
+                    sync_state=state,
+                )
             )
 
     def _settle(
@@ -479,6 +532,10 @@ class Runner:
     # ------------------------------------------------------------------ review and status
 
     def _review(self, beat: int, now: float) -> None:
+        # After a stall the review comes before the loop got to fire what waited: what is
+        # past its deadline is this beat's miss, counted before the beat is closed.
+        for sa in self.plan.take_overdue(beat, now):
+            self._miss(sa, now)
         ledger = self.plan.review(beat)
         self.guard.end_beat(beat)
         phase_s = self.follower.beat_seconds() / 3.0
@@ -516,10 +573,8 @@ class Runner:
             missed=ledger.missed,
             shed=dict(ledger.shed),
             dropped_by_limit=sum(ledger.dropped.values()),
-            frames_rejected={
-                **self.follower.rejected,
-                **(self.trust.rejected if self.trust is not None else {}),
-            },
+            frames_rejected=self._frames_rejected(),
+            inbox_dropped=0 if self.link is None else self.link.dropped_inbound,
             guard_level=verdict.level.value,
             guard_reason=verdict.reason,
             recommended_tempo=self.metrics.recommended_tempo(),
@@ -541,6 +596,17 @@ class Runner:
             self._submit_claim(claim)
         if self.notifier is not None:
             self.notifier.status(self.status_line())
+
+    def _frames_rejected(self) -> dict[str, int]:
+        """The refusals by reason: the follower's, the trust stage's, and the frames that
+        did not decode (``malformed``)."""
+        rejected = dict(self.follower.rejected)
+        if self.trust is not None:
+            for reason, count in self.trust.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+        if self.counters.frames_bad:
+            rejected["malformed"] = rejected.get("malformed", 0) + self.counters.frames_bad
+        return rejected
 
     def _encode_claim(self, claim: StatusClaim) -> bytes:
         if self.claim_signer is not None:
@@ -574,10 +640,30 @@ class Runner:
 
     def _pump_outbox(self) -> None:
         """Hand claims to the link in order, as many as the outbox's window lets through."""
-        if self.outbox is None or self.link is None or not self.link.connected:
+        if self.outbox is None or self.link is None:
             return
+        if not self.link.connected:
+            self._link_was_down = True
+            return
+        if self._link_was_down:
+            # Seen up again (perhaps before its ``connected`` event): paho re-sends what was
+            # in flight, so each gets a full time-out from now, never a stale one.
+            self._link_was_down = False
+            self._sent_at = dict.fromkeys(self._sent_at, self.clock.monotonic())
+        if self._sent_at:
+            now = self.clock.monotonic()
+            for mid in [m for m, at in self._sent_at.items() if now - at >= ACK_TIMEOUT_S]:
+                del self._sent_at[mid]
+                if self.outbox.resend(mid):
+                    log.warning(
+                        "claim (message %d) not acknowledged in %.0f s; sending it again",
+                        mid,
+                        ACK_TIMEOUT_S,
+                    )
         for record in self.outbox.to_publish():
-            self.outbox.published(record.seq, self._publish(record.topic, record.payload))
+            mid = self._publish(record.topic, record.payload)
+            self.outbox.published(record.seq, mid)
+            self._sent_at[mid] = self.clock.monotonic()
 
     def _flush_trace(self) -> None:
         if self.trace is not None:
@@ -675,6 +761,7 @@ class Runner:
 
     def flush(self) -> None:
         self._flush_trace()
+        self._bad_input.flush(self.clock.monotonic())
 
     def final_claim(self) -> tuple[str, bytes] | None:
         """The shutdown claim, as (topic, payload): the last review, now ``idle`` and

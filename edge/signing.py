@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge.errors import ConfigError
 from edge.trust import key_id, public_key_from_pem
 
-log = logging.getLogger("backbeat.signing")
+log = logging.getLogger(__name__)
 
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 

@@ -44,7 +44,9 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.late_ms``   ``{"p50": number, "max": number}`` (a missing value is omitted)
 ``metadata.actions``   ``{"fired": int, "deadline_misses": int, "dropped_by_limit": int}``
 ``metadata.shed``      ``{reason: count}``, as the runner counts them
-``metadata.frames_rejected`` ``{reason: count}``
+``metadata.frames_rejected`` ``{reason: count}``: the follower's refusals, and
+                       ``malformed`` for frames that did not decode
+``metadata.inbox_dropped`` frames the link dropped because the inbox was full
 ``metadata.guard``     ``{"level": str, "reason": str}``
 ``metadata.recommended_tempo_bpm`` the fastest tempo this agent's measured work allows
                        (the tempo guide's rule, :mod:`edge.metrics`), not the cluster's
@@ -200,6 +202,8 @@ class BeatReview:
     outbox_torn: int = 0
     outbox_corrupt: int = 0
     outbox_lost: int = 0
+    #: Frames the link dropped because its inbox was full (cumulative).
+    inbox_dropped: int = 0
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -232,6 +236,7 @@ def _condition(review: BeatReview) -> tuple[object, ...]:
         review.outbox_dropped,
         review.outbox_degraded,
         review.isolated,
+        review.inbox_dropped,
     )
 
 
@@ -376,6 +381,7 @@ class StatusBuilder:
             },
             "shed": dict(review.shed),
             "frames_rejected": dict(review.frames_rejected),
+            "inbox_dropped": review.inbox_dropped,
             "guard": {"level": review.guard_level, "reason": review.guard_reason},
             "outbox": _outbox_meta(review),
         }

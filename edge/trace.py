@@ -2,13 +2,16 @@
 
 ``backbeat-edge run --trace FILE`` (and the end-to-end tests) read it: a row says which
 action of which beat was due when, and whether it fired (when, how late, how long), was
-shed by the guard, dropped by its device or missed its deadline. Rows keep the raw times;
-rounding happens only when a row is written.
+shed by the guard, dropped by its device or missed its deadline, and how sure the agent
+was of the beat at that moment: the follower's error bound (``error_bound_ms``) and sync
+state (``sync_state``) when it fired (or was shed, or found overdue). Rows keep the raw
+times; rounding happens only when a row is written.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO
@@ -22,7 +25,8 @@ class TraceRow:
 
     ``fired_mono`` is None when it did not fire (shed, missed); ``late_ms`` is None when it
     was shed; ``shed`` names the guard's reason, ``dropped`` the device's (or
-    ``"deadline_passed"`` with ``missed``).
+    ``"deadline_passed"`` with ``missed``). ``error_bound_ms`` and ``sync_state`` are the
+    follower's at that moment (None when the caller did not say).
     """
 
     beat_index: int
@@ -39,25 +43,68 @@ class TraceRow:
     shed: str | None = None
     dropped: str | None = None
     missed: bool = False
+    error_bound_ms: float | None = None
+    sync_state: str | None = None
 
     @classmethod
     def applied(
-        cls, sa: ScheduledAction, at: float, duration_s: float, ok: bool, dropped: str | None
+        cls,
+        sa: ScheduledAction,
+        at: float,
+        duration_s: float,
+        ok: bool,
+        dropped: str | None,
+        *,
+        bound_ms: float | None = None,
+        sync_state: str | None = None,
     ) -> TraceRow:
         """``sa`` was handed to the hardware at ``at`` and took ``duration_s``."""
-        return cls._of(sa, at, (at - sa.at) * 1000.0, duration_s * 1000.0, ok, dropped=dropped)
-
-    @classmethod
-    def missed_at(cls, sa: ScheduledAction, at: float) -> TraceRow:
-        """``sa`` was due at ``at``, after its deadline, so it was not applied."""
         return cls._of(
-            sa, None, (at - sa.at) * 1000.0, 0.0, False, dropped="deadline_passed", missed=True
+            sa,
+            at,
+            (at - sa.at) * 1000.0,
+            duration_s * 1000.0,
+            ok,
+            dropped=dropped,
+            bound_ms=bound_ms,
+            sync_state=sync_state,
         )
 
     @classmethod
-    def shed_by(cls, sa: ScheduledAction, reason: str) -> TraceRow:
+    def missed_at(
+        cls,
+        sa: ScheduledAction,
+        at: float,
+        *,
+        bound_ms: float | None = None,
+        sync_state: str | None = None,
+    ) -> TraceRow:
+        """``sa`` was due at ``at``, after its deadline, so it was not applied."""
+        return cls._of(
+            sa,
+            None,
+            (at - sa.at) * 1000.0,
+            0.0,
+            False,
+            dropped="deadline_passed",
+            missed=True,
+            bound_ms=bound_ms,
+            sync_state=sync_state,
+        )
+
+    @classmethod
+    def shed_by(
+        cls,
+        sa: ScheduledAction,
+        reason: str,
+        *,
+        bound_ms: float | None = None,
+        sync_state: str | None = None,
+    ) -> TraceRow:
         """The guard shed ``sa`` for ``reason``."""
-        return cls._of(sa, None, None, 0.0, False, shed=reason)
+        return cls._of(
+            sa, None, None, 0.0, False, shed=reason, bound_ms=bound_ms, sync_state=sync_state
+        )
 
     @classmethod
     def _of(
@@ -71,6 +118,8 @@ class TraceRow:
         shed: str | None = None,
         dropped: str | None = None,
         missed: bool = False,
+        bound_ms: float | None = None,
+        sync_state: str | None = None,
     ) -> TraceRow:
         return cls(
             beat_index=sa.beat_index,
@@ -87,6 +136,8 @@ class TraceRow:
             shed=shed,
             dropped=dropped,
             missed=missed,
+            error_bound_ms=bound_ms,
+            sync_state=sync_state,
         )
 
     def line(self) -> str:
@@ -107,6 +158,12 @@ class TraceRow:
                 "shed": self.shed,
                 "dropped": self.dropped,
                 "missed": self.missed,
+                "error_bound_ms": (
+                    None
+                    if self.error_bound_ms is None or not math.isfinite(self.error_bound_ms)
+                    else round(self.error_bound_ms, 4)
+                ),
+                "sync_state": self.sync_state,
             }
         )
 

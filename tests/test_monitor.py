@@ -22,7 +22,12 @@ from edge.status import BeatReview, StatusBuilder, StatusConfig
 
 
 def _claim_bytes(
-    agent: str, beat: int, sync: str = "locked", isolated: tuple[str, ...] = ()
+    agent: str,
+    beat: int,
+    sync: str = "locked",
+    isolated: tuple[str, ...] = (),
+    frames_rejected: dict[str, int] | None = None,
+    inbox_dropped: int = 0,
 ) -> bytes:
     builder = StatusBuilder(
         agent, StatusConfig(), HybridLogicalClock(FakeClock(), 7), __version__, "abc123"
@@ -38,7 +43,7 @@ def _claim_bytes(
         missed=0,
         shed={},
         dropped_by_limit=0,
-        frames_rejected={},
+        frames_rejected=frames_rejected or {},
         guard_level="full",
         guard_reason="ok",
         recommended_tempo=120.0,
@@ -48,6 +53,7 @@ def _claim_bytes(
         backlog=4,
         outbox_dropped=0,
         isolated=isolated,
+        inbox_dropped=inbox_dropped,
     )
     claim = builder.build(review)
     assert claim is not None
@@ -75,6 +81,21 @@ def test_rows_follow_claims_and_availability() -> None:
     )
     row1 = next(line for line in view.table().splitlines() if line.startswith("bench:pi-01"))
     assert row1.endswith("4  isolated: fan, relay"), row1
+
+
+def test_rejected_input_is_shown_under_its_columns() -> None:
+    view = FleetView(Topics("backbeat", "bench"))
+    payload = _claim_bytes(
+        "bench:pi-01", 41, frames_rejected={"malformed": 4932, "stale": 2}, inbox_dropped=18597
+    )
+    view.feed("backbeat/bench/status/bench:pi-01", payload, 1.0)
+    header, _, row = view.table().splitlines()[:3]
+    cols = header.index("malformed"), header.index("in drop"), header.index("backlog")
+    assert cols[0] < cols[1] < cols[2]
+    assert row.split()[-3:] == ["4932", "18597", "4"], row
+    view.feed("backbeat/bench/status/bench:pi-02", _claim_bytes("bench:pi-02", 41), 1.1)
+    quiet = next(line for line in view.table().splitlines() if line.startswith("bench:pi-02"))
+    assert quiet.split()[-3:] == ["0", "0", "4"], quiet
 
 
 def test_a_malformed_claim_is_counted_and_shown() -> None:

@@ -73,7 +73,7 @@ def test_a_flipped_byte_in_record_21_of_41_costs_record_21_only(
         blob[middle] ^= 0x5A
         return blob
 
-    with caplog.at_level(logging.WARNING, "backbeat.outbox"):
+    with caplog.at_level(logging.WARNING, "edge"):
         again, made, segment = damage_and_reopen(tmp_path, flip)
     assert again.pending() == [r for r in made if r.seq != 21]  # every intact one, in order
     assert (again.corrupt, again.torn, again.lost) == (1, 0, 1)
@@ -259,7 +259,7 @@ def test_a_read_only_filesystem_says_the_seq_cannot_be_kept(
     box.close()
     if subprocess.run(["mount", "-o", "remount,ro", str(ro_tmpfs)]).returncode != 0:
         pytest.skip("cannot remount read-only")
-    with caplog.at_level(logging.WARNING, "backbeat.outbox"):
+    with caplog.at_level(logging.WARNING, "edge"):
         frozen = Outbox(OutboxConfig(directory))
         assert fill(frozen, 1)[0].seq == 8  # never back
         assert frozen.seq_problem is not None
@@ -303,7 +303,7 @@ def test_format_1_segments_are_still_read(tmp_path: Path) -> None:
 def test_memory_only_backlog_at_exit_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     box = Outbox(OutboxConfig(directory=None))
     fill(box, 3)
-    with caplog.at_level(logging.WARNING, "backbeat.outbox"):
+    with caplog.at_level(logging.WARNING, "edge"):
         box.close()
     assert "3 claims not delivered" in caplog.text and "lost at exit" in caplog.text
 

@@ -149,6 +149,7 @@ class FakeLink:
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.connected = connected
         self.published: list[tuple[str, bytes]] = []
+        self.dropped_inbound = 0
 
     def publish(
         self,

@@ -159,7 +159,7 @@ def test_the_link_logs_a_broker_that_never_sends_connack(
         ROOT,
     )
     link = MqttLink(broker, "silent-test", connack_timeout_s=0.5)
-    caplog.set_level(logging.WARNING, logger="backbeat.link")
+    caplog.set_level(logging.WARNING, logger="edge.mqtt_link")
     link.start()
     try:
         assert _wait(lambda: "sent no CONNACK" in caplog.text, 10), caplog.text

@@ -12,7 +12,9 @@ SA = ScheduledAction(12, 100.0, 100.1, Action("led", "toggle", essential=True), 
 
 
 def test_an_applied_action_row() -> None:
-    row = TraceRow.applied(SA, 100.00012345678, 0.0000123456, True, None)
+    row = TraceRow.applied(
+        SA, 100.00012345678, 0.0000123456, True, None, bound_ms=0.123456, sync_state="locked"
+    )
     assert json.loads(row.line()) == {
         "beat_index": 12,
         "device": "led",
@@ -28,6 +30,8 @@ def test_an_applied_action_row() -> None:
         "shed": None,
         "dropped": None,
         "missed": False,
+        "error_bound_ms": 0.1235,
+        "sync_state": "locked",
     }
     assert row.fired_mono == 100.00012345678  # the row keeps the raw time
 
@@ -68,3 +72,23 @@ def test_rows_are_written_as_json_lines_and_nothing_for_none() -> None:
     lines = out.getvalue().split("\n")
     assert lines[-1] == "" and len(lines) == 3
     assert [json.loads(line)["missed"] for line in lines[:2]] == [False, True]
+
+
+def test_every_kind_of_row_says_how_sure_the_follower_was() -> None:
+    rows = [
+        TraceRow.applied(SA, 100.0, 0.0, True, None, bound_ms=0.5, sync_state="locked"),
+        TraceRow.missed_at(SA, 101.0, bound_ms=2.25, sync_state="free_running"),
+        TraceRow.shed_by(SA, "over_budget", bound_ms=1.0, sync_state="lost"),
+    ]
+    got = [json.loads(row.line()) for row in rows]
+    assert [(r["error_bound_ms"], r["sync_state"]) for r in got] == [
+        (0.5, "locked"),
+        (2.25, "free_running"),
+        (1.0, "lost"),
+    ]
+
+
+def test_an_unknown_or_infinite_bound_is_written_as_null() -> None:
+    assert json.loads(TraceRow.applied(SA, 100.0, 0.0, True, None).line())["sync_state"] is None
+    row = TraceRow.missed_at(SA, 101.0, bound_ms=float("inf"), sync_state="acquiring")
+    assert json.loads(row.line())["error_bound_ms"] is None
