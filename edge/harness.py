@@ -110,6 +110,8 @@ def start_pulse(
     fmt: str = "json",
     start_beat: int = 0,
     per_phase: bool = False,
+    username: str | None = None,
+    password_file: Path | None = None,
 ) -> Proc:
     args = [
         "pulse",
@@ -128,6 +130,10 @@ def start_pulse(
     ]
     if per_phase:
         args.append("--per-phase")
+    if username is not None:
+        args += ["--username", username]
+    if password_file is not None:
+        args += ["--password-file", str(password_file)]
     if trace is not None:
         args += ["--trace", str(trace)]
     return _spawn(args, log_path)
