@@ -318,7 +318,12 @@ def test_only_the_pulse_drives_the_agent_and_each_agent_speaks_for_itself(
             client.close()
         pulse.stop()
         code = agent.stop()
-    monitor.close()
+    try:  # its own availability is open to it: the goodbye "offline" arrives
+        assert _wait_for(
+            lambda: (availability, b"offline", False) in monitor.got()[seen_from:], 5
+        ), monitor.got()[seen_from:]
+    finally:
+        monitor.close()
     assert code == 0, agent.log()
 
     rows = read_trace(agent_trace)
