@@ -92,11 +92,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_pulse(args: argparse.Namespace) -> int:
     from edge.clock import SystemClock
     from edge.config import parse_broker
+    from edge.errors import LinkError
     from edge.mqtt_link import MqttLink, Topics
     from edge.pulse import PulseOptions, open_trace, run_pulse
 
     problems = ConfigProblems("pulse")
-    broker = parse_broker({"url": args.broker}, problems, Path.cwd(), where="--broker")
+    table: dict[str, object] = {"url": args.broker}
+    if args.username is not None:
+        table["username"] = args.username
+    if args.password_file is not None:
+        table["password_file"] = args.password_file
+    broker = parse_broker(table, problems, Path.cwd(), where="--broker")
+    if args.password_file is not None and args.username is None:
+        problems.add("--password-file", "needs --username (the broker user it is the password of)")
     if not 0.1 <= args.bpm <= 1000:
         problems.add("--bpm", f"must be between 0.1 and 1000, got {args.bpm}")
     if args.bar < 1:
@@ -109,7 +117,15 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         return signer
     topics = Topics(args.prefix, args.cluster)
     controls: queue.Queue[tuple[float, bool]] = queue.Queue()
-    link = MqttLink(broker, f"backbeat-pulse-{args.cluster}", subscriptions=(topics.pulse_control,))
+    try:
+        link = MqttLink(
+            broker, f"backbeat-pulse-{args.cluster}", subscriptions=(topics.pulse_control,)
+        )
+    except LinkError as exc:  # the password file: missing, unreadable, not UTF-8
+        # The link names the agent's setting; here the option is what the operator typed.
+        reason = str(exc).replace("broker.password_file", "--password-file", 1)
+        print(f"backbeat-edge pulse: {reason}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     tempo = [float(args.bpm)]
 
@@ -357,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
         "unless the payload says e.g. '600 force').",
     )
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument("--username", help="broker user (e.g. pulse-CLUSTER, see systemd/mosquitto)")
+    p.add_argument(
+        "--password-file", help="file holding that user's password (never the password itself)"
+    )
     p.add_argument("--cluster", required=True, help="cluster id (topic {prefix}/{cluster}/beat)")
     p.add_argument("--bpm", type=float, required=True, help="tempo, 0.1-1000 BPM")
     p.add_argument("--bar", type=int, default=4, help="beats per bar")

@@ -115,6 +115,8 @@ def start_pulse(
     start_beat: int = 0,
     per_phase: bool = False,
     signing_key: Path | None = None,
+    username: str | None = None,
+    password_file: Path | None = None,
 ) -> Proc:
     args = [
         "pulse",
@@ -135,6 +137,10 @@ def start_pulse(
         args.append("--per-phase")
     if signing_key is not None:
         args += ["--signing-key", str(signing_key)]
+    if username is not None:
+        args += ["--username", username]
+    if password_file is not None:
+        args += ["--password-file", str(password_file)]
     if trace is not None:
         args += ["--trace", str(trace)]
     return _spawn(args, log_path)
