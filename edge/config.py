@@ -72,6 +72,9 @@ class AgentConfig:
     safe_after_lost_s: float = 0.0
     #: Process-wide sampling period of the probe (seconds; CPU, memory, temperature).
     sample_interval_s: float = 1.0
+    #: A frame whose HLC is further than this ahead of the local wall clock is refused
+    #: (``hlc_ahead``) and never moves the claims' HLC.
+    hlc_max_ahead_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +185,11 @@ def _table(raw: Mapping[str, object], key: str, problems: ConfigProblems) -> Map
 
 _AGENT = Section(
     AgentConfig,
-    (number("safe_after_lost_s", 0.0), number("sample_interval_s", 0.05)),
+    (
+        number("safe_after_lost_s", 0.0),
+        number("sample_interval_s", 0.05),
+        number("hlc_max_ahead_s", 0.0, 1e9, low_inclusive=False),
+    ),
     also_known=("id", "cluster", "profile", "topic_prefix"),
 )
 _BROKER = Section(

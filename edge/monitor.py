@@ -137,6 +137,12 @@ class FleetView:
             isolated = md.get("isolated")
             if isinstance(isolated, tuple) and isolated:  # devices out of service
                 line += "  isolated: " + ", ".join(str(name) for name in isolated)
+            alerts = md.get("alerts")
+            if isinstance(alerts, tuple) and alerts:
+                line += "  alerts: " + ", ".join(str(name) for name in alerts)
+                spread = md.get("source_conflict_ms")
+                if isinstance(spread, int | float):
+                    line += f" (sources {spread:.1f} ms apart)"
             lines.append(line)
         if self.bad:
             lines.append(f"\n{self.bad} malformed claim(s); last: {self.last_error}")

@@ -45,6 +45,7 @@ safe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -60,7 +61,7 @@ from edge.config import Config, apply_reload
 from edge.errors import EdgeError, FrameError
 from edge.guard import Guard, Sample
 from edge.hardware import ActionResult, Hardware
-from edge.hlc import HybridLogicalClock, node_id
+from edge.hlc import HlcAheadError, HybridLogicalClock, node_id
 from edge.loglimit import LogLimiter
 from edge.messages import (
     BeatFrame,
@@ -80,7 +81,10 @@ from edge.status import BeatReview, StatusBuilder, claim_state
 from edge.sync import (
     BeatFollower,
     BeatJumped,
+    BeatSourceConflict,
+    BeatSourceConflictCleared,
     BeatStarted,
+    FrameVerdict,
     PhaseStarted,
     SyncEvent,
     SyncLost,
@@ -92,6 +96,9 @@ from edge.trace import TraceRow, write_rows
 from edge.trust import BeatTrust, Signer, sign_message
 
 log = logging.getLogger(__name__)
+
+#: The alert a second source of the beat raises (claims' ``metadata.alerts``, log, monitor).
+SOURCE_CONFLICT_ALERT = "beat_source_conflict"
 
 #: Wake this long before a deadline and spin the rest (see the theory above).
 SPIN_S = 0.0006
@@ -195,7 +202,9 @@ class Runner:
         self.score: Score = config.score
         self.guard = Guard(config.guard)
         self.metrics = Metrics()
-        self.hlc = HybridLogicalClock(clock, node_id(config.agent.id))
+        self.hlc = HybridLogicalClock(
+            clock, node_id(config.agent.id), max_ahead_s=config.agent.hlc_max_ahead_s
+        )
         self.status = StatusBuilder(
             config.agent.id,
             config.status,
@@ -315,8 +324,7 @@ class Runner:
                     return
                 if self.trust is not None and not self._trusted(frame, data, now):
                     return
-                self.hlc.merge(frame.hlc)
-                self._handle(self.follower.receive(frame, item.arrived_at, item.wall_at), now)
+                self._follow(frame, item.arrived_at, item.wall_at, now)
                 self.plan.retime(self._due)
             elif item.topic == self.topics.bar:
                 try:
@@ -334,6 +342,27 @@ class Runner:
             self._sent_at = dict.fromkeys(self._sent_at, now)
         elif item.kind == "disconnected":
             log.warning("broker connection lost (%s); free-running on the local model", item.reason)
+
+    def _follow(
+        self, frame: BeatFrame, arrived_at: float, wall_at: float | None, now: float
+    ) -> None:
+        """Plausibility, then the follower; the HLC merges only frames the follower took.
+
+        A stamp too far ahead of our wall clock is refused before the follower sees the
+        frame (``hlc_ahead``); a frame for another cluster, a spoof or a duplicate never
+        moves the claims' HLC.
+        """
+        try:
+            self.hlc.check(frame.hlc)
+        except HlcAheadError as exc:
+            self._bad_input.note("hlc_ahead", f"beat frame {frame.beat_index}: {exc}", now)
+            self._handle(self.follower.refused(exc.reason, frame, arrived_at), now)
+            return
+        events = self.follower.receive(frame, arrived_at, wall_at)
+        if self.follower.last_verdict is FrameVerdict.ACCEPTED:
+            with contextlib.suppress(HlcAheadError):  # the wall clock stepped in between
+                self.hlc.merge(frame.hlc)
+        self._handle(events, now)
 
     def _trusted(self, frame: BeatFrame, data: dict[str, object], now: float) -> bool:
         """The trust stage: False (counted, logged at a bounded rate) for a frame that
@@ -394,6 +423,17 @@ class Runner:
                 log.warning("beat lost after %.1f s of silence", event.silent_s)
             elif isinstance(event, SyncRegained):
                 log.info("beat regained (error %.2f ms)", event.error_s * 1000)
+            elif isinstance(event, BeatSourceConflict):
+                log.warning(
+                    "alert %s started: frames for the same beats arrive %.1f ms apart "
+                    "(a second publisher, or copies sent early); following the source the "
+                    "timeline agrees with%s",
+                    SOURCE_CONFLICT_ALERT,
+                    event.spread_ms,
+                    "" if self.trust is not None else " (sign the beat: [security] beat_keys)",
+                )
+            elif isinstance(event, BeatSourceConflictCleared):
+                log.info("alert %s cleared", SOURCE_CONFLICT_ALERT)
 
     def _may_fire(self) -> bool:
         """Fire on a locked or free-running timeline, and on a lost one until the lost-beat
@@ -560,6 +600,7 @@ class Runner:
         sample, full = self.last_sample, self.last_full_sample
         sync_state = self.follower.state
         late = sorted(ledger.late_ms)
+        conflict = self.follower.source_conflict
         review = BeatReview(
             beat_index=beat,
             state=claim_state(
@@ -587,7 +628,8 @@ class Runner:
             outbox_torn=0 if self.outbox is None else self.outbox.torn,
             outbox_corrupt=0 if self.outbox is None else self.outbox.corrupt,
             outbox_lost=0 if self.outbox is None else self.outbox.lost,
-            alerts=tuple(a.name for a in self.metrics.active_alerts()),
+            alerts=self._alerts(),
+            source_conflict_ms=None if conflict is None else conflict.spread_ms,
             isolated=tuple(sorted(self.hardware.isolated)),
         )
         self.last_review = review
@@ -596,6 +638,14 @@ class Runner:
             self._submit_claim(claim)
         if self.notifier is not None:
             self.notifier.status(self.status_line())
+
+    def _alerts(self) -> tuple[str, ...]:
+        """The metrics' alerts in force, and ``beat_source_conflict`` while the follower
+        sees two sources of the beat."""
+        names = tuple(a.name for a in self.metrics.active_alerts())
+        if self.follower.source_conflict is not None:
+            names += (SOURCE_CONFLICT_ALERT,)
+        return names
 
     def _frames_rejected(self) -> dict[str, int]:
         """The refusals by reason: the follower's, the trust stage's, and the frames that

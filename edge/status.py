@@ -56,7 +56,9 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
                        the outbox keeps claims in memory (disk full or read-only), and
                        ``"torn"`` / ``"corrupt"`` (unreadable stretches found in the
                        segments at start) and ``"lost"`` (claims they cost), when not 0
-``metadata.alerts``    list of alert strings (omitted when empty)
+``metadata.alerts``    list of alert strings (omitted when empty); ``beat_source_conflict``
+                       while frames for the same beats arrive from two sources
+``metadata.source_conflict_ms`` how far apart those sources arrive (only during that alert)
 ``metadata.isolated``  names of the devices out of service after a failure (omitted when
                        none); a reload builds them anew
 ``metadata.final``     ``true`` on the shutdown claim only
@@ -204,6 +206,8 @@ class BeatReview:
     outbox_lost: int = 0
     #: Frames the link dropped because its inbox was full (cumulative).
     inbox_dropped: int = 0
+    #: While a second source of the beat is seen: how far apart they arrive (ms).
+    source_conflict_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -390,6 +394,9 @@ class StatusBuilder:
             meta["recommended_tempo_bpm"] = tempo
         if review.alerts:
             meta["alerts"] = list(review.alerts)
+        spread = _finite(review.source_conflict_ms, 1)
+        if spread is not None:
+            meta["source_conflict_ms"] = spread
         if review.isolated:
             meta["isolated"] = list(review.isolated)
         if final:

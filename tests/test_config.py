@@ -83,7 +83,7 @@ def test_every_problem_is_listed_at_once_with_its_full_key(tmp_path: Path) -> No
     )
     assert problems[0] == "agent.sample_interval_s: must be a finite number at least 0.05, got 0.01"
     assert problems[1].startswith(
-        "agent.safe_after: is not a known key (known: cluster, id, profile, "
+        "agent.safe_after: is not a known key (known: cluster, hlc_max_ahead_s, id, profile, "
     )
     assert problems[2:] == [
         "broker.client_id: must be a non-empty string, got ''",

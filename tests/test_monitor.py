@@ -28,6 +28,8 @@ def _claim_bytes(
     isolated: tuple[str, ...] = (),
     frames_rejected: dict[str, int] | None = None,
     inbox_dropped: int = 0,
+    alerts: tuple[str, ...] = (),
+    source_conflict_ms: float | None = None,
 ) -> bytes:
     builder = StatusBuilder(
         agent, StatusConfig(), HybridLogicalClock(FakeClock(), 7), __version__, "abc123"
@@ -54,6 +56,8 @@ def _claim_bytes(
         outbox_dropped=0,
         isolated=isolated,
         inbox_dropped=inbox_dropped,
+        alerts=alerts,
+        source_conflict_ms=source_conflict_ms,
     )
     claim = builder.build(review)
     assert claim is not None
@@ -81,6 +85,16 @@ def test_rows_follow_claims_and_availability() -> None:
     )
     row1 = next(line for line in view.table().splitlines() if line.startswith("bench:pi-01"))
     assert row1.endswith("4  isolated: fan, relay"), row1
+
+
+def test_a_source_conflict_alert_is_shown_with_its_spread() -> None:
+    view = FleetView(Topics("backbeat", "bench"))
+    payload = _claim_bytes(
+        "bench:pi-01", 41, alerts=("beat_source_conflict",), source_conflict_ms=140.04
+    )
+    view.feed("backbeat/bench/status/bench:pi-01", payload, 1.0)
+    row = next(line for line in view.table().splitlines() if line.startswith("bench:pi-01"))
+    assert row.endswith("alerts: beat_source_conflict (sources 140.0 ms apart)"), row
 
 
 def test_rejected_input_is_shown_under_its_columns() -> None:

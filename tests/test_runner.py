@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+from dataclasses import replace
 from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
@@ -86,7 +87,7 @@ def _frame(k: int, start_wall: float, index: int | None = None) -> bytes:
             beat_index=beat,
             downbeat=beat % 4 == 0,
             phase="plan",
-            hlc="0001:0000:0001",
+            hlc=f"{int(start_wall) & 0xFFFF:04x}:0000:0001",  # the pulse's HLC: its wall clock
             deadline_at=datetime.fromtimestamp(start_wall + BEAT / 3, UTC),
             tempo_bpm=BPM,
             window_id=f"{beat // 4:032x}",
@@ -780,3 +781,68 @@ def test_shutdown_while_disconnected_keeps_the_final_claim_in_the_outbox(
     assert outbox.backlog == backlog + 1
     kept = decode_status_claim(outbox.pending()[-1].payload)
     assert kept.metadata is not None and kept.metadata["final"] is True
+
+
+def _hlc_wall(hlc: str) -> int:
+    return int(hlc.split(":")[0], 16)
+
+
+def test_a_frame_far_ahead_or_for_another_cluster_never_moves_the_claims_hlc(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(30))
+    wall0 = bench.clock.wall() - bench.clock.monotonic()
+    nine_hours = f"{(int(bench.clock.wall()) + 9 * 3600) & 0xFFFF:04x}:0000:0009"
+    at = bench.frames[10][0] + 0.01
+    far = BeatFrame(
+        cluster_id="bench",
+        beat_index=10,
+        downbeat=False,
+        phase="plan",
+        hlc=nine_hours,
+        deadline_at=datetime.fromtimestamp(wall0 + at, UTC),
+        tempo_bpm=BPM,
+        window_id=f"{10 // 4:032x}",
+    )
+    other = replace(
+        far, cluster_id="elsewhere", hlc=f"{(int(wall0 + at) + 30) & 0xFFFF:04x}:0000:0009"
+    )
+    bench.frames += [(at, encode(far, "json")), (at + 0.001, encode(other, "json"))]
+    bench.frames.sort(key=lambda f: f[0])
+    bench.run_until(bench.start + 30 * BEAT)
+    review = bench.runner.last_review
+    assert review is not None
+    assert review.frames_rejected.get("hlc_ahead") == 1, review.frames_rejected
+    assert review.frames_rejected.get("wrong_cluster") == 1, review.frames_rejected
+    # The claims' HLC follows the local clock and the real pulse, nothing 30 s or 9 h ahead.
+    now_wall = _hlc_wall(bench.runner.hlc.now_wire())
+    assert (now_wall - int(bench.clock.wall())) & 0xFFFF <= 1
+    assert bench.runner.counters.missed == 0
+
+
+def test_early_copies_raise_the_source_conflict_alert_in_claims(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    bench = Bench(tmp_path, factory)
+    bench.pulse(range(60))
+    # From beat 20 an attacker sends a copy of each real frame, earlier and earlier.
+    real = list(bench.frames)
+    for n, (at, payload) in enumerate(real[20:], start=1):
+        bench.frames.append((at - 0.035 * n, payload))
+    bench.frames.sort(key=lambda f: f[0])
+    bench.run_until(bench.start + 60 * BEAT)
+    review = bench.runner.last_review
+    assert review is not None
+    assert "beat_source_conflict" in review.alerts, review.alerts
+    assert review.source_conflict_ms is not None and review.source_conflict_ms > 30
+    final = bench.runner.final_claim()  # built from the last review, as every claim is
+    assert final is not None
+    metadata = decode_status_claim(final[1]).metadata
+    assert metadata is not None and "beat_source_conflict" in metadata["alerts"]
+    assert metadata["source_conflict_ms"] == round(review.source_conflict_ms, 1)
+    # The copies never dragged the timeline: every toggle from beat 8 on at its true time.
+    toggles = [r for r in bench.rows() if r["rule"] == 0 and r["fired_mono"]]
+    for r in toggles[8:]:
+        truth = bench.start + int(r["beat_index"]) * BEAT + (1 + 0.25) * BEAT / 3  # type: ignore[call-overload]
+        assert abs(float(r["fired_mono"]) - truth) < 0.002, r  # type: ignore[arg-type]

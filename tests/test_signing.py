@@ -515,9 +515,11 @@ class SignedBench:
         self.wall0 = self.clock.wall() - self.clock.monotonic()
 
     def frame(
-        self, k: int, tempo: float = BPM, sign: bool = True, hlc: str = "0001:0000:0001"
+        self, k: int, tempo: float = BPM, sign: bool = True, hlc: str | None = None
     ) -> bytes:
         at = self.start + k * BEAT
+        if hlc is None:  # the pulse's HLC: its wall clock at sending
+            hlc = f"{int(self.wall0 + at) & 0xFFFF:04x}:0000:0001"
         frame = BeatFrame(
             cluster_id="bench",
             beat_index=k,
