@@ -1,0 +1,265 @@
+"""Frame classification: whether a frame of our cluster is accepted, held, re-anchored on,
+relabelled onto or rejected, and the frames held until later ones confirm them.
+
+The rules are the follower's theory of operation (*Outliers*, *Plausibility*,
+*Conflicting sources* in :mod:`edge.sync.follower`); this module decides, the follower
+acts: every acceptance, restart and renumbering is a call back into it (:class:`Host`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeAlias
+
+from edge.messages import PHASES, BeatFrame
+from edge.sync.accepted import Accepted
+from edge.sync.config import SyncConfig
+from edge.sync.conflict import ConflictWatch
+from edge.sync.events import FrameVerdict, SyncEvent
+from edge.sync.states import SyncState
+from edge.sync.tempo import Key
+from edge.sync.timeline import Timeline
+
+Pending: TypeAlias = tuple[BeatFrame, float, float | None, float]  # frame, arrival, wall, r
+
+_MAX_HELD = 64  # frames held off the timeline at most (the oldest is rejected beyond)
+
+
+class Host(Protocol):
+    """The follower as the classifier sees it: what it knows and what it does."""
+
+    _have_model: bool
+    _state: SyncState
+    _now: float
+    _last_arrival: float
+    _verdict: FrameVerdict
+
+    def error_bound_at(self, t: float) -> float: ...
+
+    def beat_seconds(self) -> float: ...
+
+    def _reject(self, reason: str, frame: BeatFrame, at: float) -> list[SyncEvent]: ...
+
+    def _acquire(
+        self, frame: BeatFrame, a: float, wall_at: float | None, events: list[SyncEvent]
+    ) -> None: ...
+
+    def _accept(
+        self,
+        frame: BeatFrame,
+        a: float,
+        wall_at: float | None,
+        change_at: int | None,
+        residual: float,
+        events: list[SyncEvent],
+    ) -> None: ...
+
+    def _accept_copy(
+        self,
+        frame: BeatFrame,
+        key: Key,
+        a: float,
+        wall_at: float | None,
+        residual: float,
+        early_tol: float,
+    ) -> None: ...
+
+    def _reanchor(self, held: list[Pending], events: list[SyncEvent]) -> None: ...
+
+    def _relabel(self, shift: int, held: list[Pending], events: list[SyncEvent]) -> None: ...
+
+
+class Classifier:
+    """Classifies each frame of our cluster and keeps the frames held off the timeline."""
+
+    def __init__(
+        self,
+        config: SyncConfig,
+        timeline: Timeline,
+        accepted: Accepted,
+        conflict: ConflictWatch,
+        host: Host,
+    ) -> None:
+        self._cfg = config
+        self._timeline = timeline
+        self._accepted = accepted
+        self._conflict = conflict
+        self._host = host
+        # Frames held until later ones confirm them: a run off the timeline (a jump, a
+        # restart) or, with _held_tempo, one frame announcing a large tempo change.
+        self._held: list[Pending] = []
+        self._held_tempo = False
+        self.evidence: float | None = None  # what the frame being received showed
+
+    # ----------------------------------------------------------------- tolerances
+
+    def band(self) -> float:
+        """How far (either way) from the envelope a frame may arrive and still belong."""
+        cfg = self._cfg
+        return 3.0 * max(cfg.jitter_tolerance_s, self._host.error_bound_at(self._host._now))
+
+    def early_tolerance(self, a: float) -> float:
+        """How much earlier than the envelope a frame may arrive and still enter the fit."""
+        return max(self._cfg.early_tolerance_s, 3.0 * self._host.error_bound_at(a))
+
+    def _horizon(self) -> float:
+        """How far from where a beat was a frame for it may arrive and still be that beat
+        (farther, a restarted Pulse is reusing old numbers)."""
+        return max(4.0 * 60.0 / self._timeline.tempo.latest_bpm, self.band())
+
+    def _same_moment(self, key: Key, a: float) -> bool:
+        """A seen index is a duplicate only if it arrives near where that beat was; far
+        from it, a restarted Pulse is reusing old numbers (held as a possible jump)."""
+        if not self._host._have_model:
+            return True
+        return abs(a - self._timeline.model_start(key)) <= self._horizon()
+
+    def _copy_of_held(self, held: Pending, frame: BeatFrame, a: float) -> bool:
+        """Is ``frame`` at ``a`` a network copy of the held frame (the same frame, within
+        the jitter of it)?"""
+        return held[0] == frame and abs(a - held[1]) <= self._cfg.jitter_tolerance_s
+
+    def spread(self, key: Key, a: float) -> float | None:
+        """Evidence of a second source: how much later than the first arrival of ``key``
+        this one is, if farther apart than the network's jitter (and not so far that the
+        number is being reused); None otherwise. Remembers the first arrival."""
+        first = self._conflict.first_arrival(key)
+        self._conflict.arrived(key, a)
+        if first is None or not self._host._have_model:
+            return None
+        spread = a - first
+        if self._cfg.jitter_tolerance_s < abs(spread) <= self._horizon():
+            return spread
+        return None
+
+    def _plausible_tempo(self, bpm: float) -> bool:
+        """Is a change to ``bpm`` small enough (``max_tempo_step``) to take from one frame?"""
+        old = self._timeline.tempo.latest_bpm
+        return abs(bpm - old) <= self._cfg.max_tempo_step * old * (1.0 + 1e-9)
+
+    def _silent_for_jump(self, a: float) -> bool:
+        """Has the timeline itself been silent long enough to follow frames off it? While
+        its frames keep coming, a run off it is someone else's (or stale)."""
+        cfg = self._cfg
+        silence = cfg.jump_after_silent_beats * self._host.beat_seconds() + cfg.jitter_tolerance_s
+        return a - self._host._last_arrival >= silence
+
+    # ----------------------------------------------------------------- classification
+
+    def take(
+        self, frame: BeatFrame, key: Key, a: float, wall_at: float | None, events: list[SyncEvent]
+    ) -> None:
+        """Classify one frame of our cluster: accept, hold, or reject it."""
+        host = self._host
+        if not host._have_model:
+            host._acquire(frame, a, wall_at, events)
+            return
+        if key in self._accepted and self._same_moment(key, a):
+            self._duplicate(frame, key, a, wall_at, events)
+            return
+        if any(self._copy_of_held(h, frame, a) for h in self._held):
+            events.extend(host._reject("duplicate", frame, a))
+            return
+        timeline = self._timeline
+        fit = timeline.fit(frame, a, self.band(), self._accepted.latest[0])
+        if self._held:
+            last = self._held[-1]
+            continues = timeline.continues(last[0], last[1], frame, a)
+            if self._held_tempo and continues and frame.tempo_bpm == last[0].tempo_bpm:
+                self._confirm_tempo(events)
+                fit = timeline.fit(frame, a, self.band(), self._accepted.latest[0])
+            elif not self._held_tempo and fit is None and continues:
+                self._held.append((frame, a, wall_at, timeline.residual(frame, a)))
+                host._verdict = FrameVerdict.HELD
+                if self._silent_for_jump(a):
+                    self._follow_held(events)
+                elif len(self._held) > _MAX_HELD:
+                    old = self._held.pop(0)
+                    events.extend(host._reject("unconfirmed_jump", old[0], old[1]))
+                return
+            else:
+                self._refute(events)
+        if key <= self._accepted.latest:
+            if fit is not None:
+                events.extend(host._reject("out_of_order", frame, a))
+            else:
+                self._hold(frame, a, wall_at, tempo=False)
+            return
+        if fit is None:
+            self._hold(frame, a, wall_at, tempo=False)
+            return
+        change_at, residual = fit
+        if change_at is not None and not self._plausible_tempo(frame.tempo_bpm):
+            self._hold(frame, a, wall_at, tempo=True)
+            return
+        host._accept(frame, a, wall_at, change_at, residual, events)
+
+    def _duplicate(
+        self, frame: BeatFrame, key: Key, a: float, wall_at: float | None, events: list[SyncEvent]
+    ) -> None:
+        """A second frame for a key already accepted, near where that beat was.
+
+        A network copy arrives within the jitter of the first and changes nothing. But
+        when the first arrived too early to enter the fit (held back) and this one fits,
+        the first was a copy sent early by someone else: this one is the timeline's own
+        source, its arrival enters the fit, the early one is rejected (``source_conflict``)
+        and the pair is evidence of a conflict. Far from the first, it is evidence too.
+        """
+        host = self._host
+        first = self._conflict.first_arrival(key)
+        if self._accepted.held_back(key) and host._state is not SyncState.ACQUIRING:
+            r = self._timeline.residual(frame, a)
+            early_tol = self.early_tolerance(a)
+            if -early_tol <= r <= self.band():
+                self._accepted.settle(key)
+                if first is not None:
+                    if self.evidence is None:
+                        self.evidence = a - first
+                    events.extend(host._reject("source_conflict", frame, first))
+                host._accept_copy(frame, key, a, wall_at, r, early_tol)
+                return
+        # Far from the first it is evidence; named a conflict once one is in force (an
+        # honest network reorders a copy now and then).
+        in_conflict = self.evidence is not None and self._conflict.current is not None
+        reason = "source_conflict" if in_conflict else "duplicate"
+        events.extend(host._reject(reason, frame, a))
+
+    # ----------------------------------------------------------------- held frames
+
+    def _hold(self, frame: BeatFrame, a: float, wall_at: float | None, tempo: bool) -> None:
+        """Keep a frame that does not fit (or changes the tempo by more than the limit)
+        until the next frames confirm or refute it."""
+        self._held = [(frame, a, wall_at, self._timeline.residual(frame, a))]
+        self._held_tempo = tempo
+        self._host._verdict = FrameVerdict.HELD
+
+    def _refute(self, events: list[SyncEvent]) -> None:
+        """A frame that does not continue the held ones: they were strays, reject them."""
+        held, self._held = self._held, []
+        for f, at, _, r in held:
+            if self._held_tempo:
+                reason = "tempo_unconfirmed"
+            else:
+                reason = "stale" if r > 0 else "unconfirmed_jump"
+            events.extend(self._host._reject(reason, f, at))
+
+    def _confirm_tempo(self, events: list[SyncEvent]) -> None:
+        """The next frame continues a held large tempo change at its new tempo: take it."""
+        held, self._held = self._held, []
+        for f, at, wall, _ in held:
+            fit = self._timeline.fit(f, at, self.band(), self._accepted.latest[0])
+            if fit is None or (f.beat_index, PHASES.index(f.phase)) <= self._accepted.latest:
+                events.extend(self._host._reject("tempo_unconfirmed", f, at))
+                continue
+            self._host._accept(f, at, wall, fit[0], fit[1], events)
+
+    def _follow_held(self, events: list[SyncEvent]) -> None:
+        """The held run is consistent and the timeline went silent: follow the run, by
+        renumbering if it kept our timing, else by re-anchoring on it."""
+        held, self._held = self._held, []
+        last_at = held[-1][1]
+        shift = self._timeline.relabel_shift([(f, at) for f, at, _, _ in held], last_at)
+        if shift is not None:
+            self._host._relabel(shift, held, events)
+        else:
+            self._host._reanchor(held, events)
+        self._host._verdict = FrameVerdict.ACCEPTED
