@@ -14,6 +14,7 @@ from edge.messages import PHASES, BeatFrame
 from edge.sync.accepted import Accepted
 from edge.sync.config import SyncConfig
 from edge.sync.conflict import ConflictWatch
+from edge.sync.envelope import Admission, Point
 from edge.sync.events import FrameVerdict, SyncEvent
 from edge.sync.states import SyncState
 from edge.sync.tempo import Key
@@ -32,6 +33,8 @@ class Host(Protocol):
     _now: float
     _last_arrival: float
     _verdict: FrameVerdict
+    outliers: int
+    reanchors: int
 
     def error_bound_at(self, t: float) -> float: ...
 
@@ -222,6 +225,34 @@ class Classifier:
         in_conflict = self.evidence is not None and self._conflict.current is not None
         reason = "source_conflict" if in_conflict else "duplicate"
         events.extend(host._reject(reason, frame, a))
+
+    # ----------------------------------------------------------------- the fit
+
+    def enter_fit(
+        self, key: Key, a: float, residual: float, acquiring: bool, early_tol: float | None = None
+    ) -> bool:
+        """An accepted frame's point enters the envelope (while acquiring, always; else
+        unless it is an outlier) and the line is refitted; True if it was held back as
+        early. ``early_tol`` defaults to :meth:`early_tolerance` now."""
+        timeline = self._timeline
+        point: Point = (key[0], key[1], a, timeline.tempo.u(*key))
+        held_back = False
+        if acquiring:
+            timeline.envelope.add(point)
+        else:
+            tol = self.early_tolerance(a) if early_tol is None else early_tol
+            held_back = self._admit(point, residual, tol)
+        timeline.envelope.refit()
+        return held_back
+
+    def _admit(self, point: Point, residual: float, early_tol: float) -> bool:
+        """Offer a point to the envelope (locked); True if it was held back as early."""
+        admission = self._timeline.envelope.admit(point, residual, early_tol)
+        if admission is not Admission.FIT:
+            self._host.outliers += 1
+        if admission is Admission.RESTARTED:
+            self._host.reanchors += 1
+        return admission is Admission.OUTLIER and residual < -early_tol
 
     # ----------------------------------------------------------------- held frames
 

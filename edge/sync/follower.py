@@ -121,7 +121,6 @@ from edge.sync.bars import BarTracker
 from edge.sync.classify import Classifier, Pending
 from edge.sync.config import SyncConfig
 from edge.sync.conflict import ConflictWatch, SourceConflict
-from edge.sync.envelope import Admission, Point
 from edge.sync.events import (
     BeatJumped,
     BeatStarted,
@@ -397,9 +396,7 @@ class BeatFollower:
         (the classifier rejected the early one)."""
         timeline = self._timeline
         u_now = timeline.published_u(a)
-        point: Point = (key[0], key[1], a, timeline.tempo.u(*key))
-        self._admit(point, residual, early_tol)
-        timeline.envelope.refit()
+        self._classifier.enter_fit(key, a, residual, acquiring=False, early_tol=early_tol)
         self.frames_accepted += 1
         self._last_arrival = max(self._last_arrival, a)
         if wall_at is not None:
@@ -465,15 +462,6 @@ class BeatFollower:
             residual = self._timeline.residual(f, at)
             self._accept(f, at, wall, None, residual, events)
 
-    def _admit(self, point: Point, residual: float, early_tol: float) -> bool:
-        """Offer a point to the envelope (locked); True if it was held back as early."""
-        admission = self._timeline.envelope.admit(point, residual, early_tol)
-        if admission is not Admission.FIT:
-            self.outliers += 1
-        if admission is Admission.RESTARTED:
-            self.reanchors += 1
-        return admission is Admission.OUTLIER and residual < -early_tol
-
     def _accept(
         self,
         frame: BeatFrame,
@@ -485,19 +473,14 @@ class BeatFollower:
     ) -> None:
         timeline = self._timeline
         u_now = timeline.published_u(a)
-        k, p = frame.beat_index, PHASES.index(frame.phase)
+        key = (frame.beat_index, PHASES.index(frame.phase))
         if change_at is not None:
             old = timeline.tempo.latest_bpm
             timeline.add_segment(change_at, frame.tempo_bpm)
             at = timeline.model_start((change_at, 0))
             events.append(TempoChanged(change_at, old, frame.tempo_bpm, at))
-        point: Point = (k, p, a, timeline.tempo.u(k, p))
-        held_back = False
-        if self._state is SyncState.ACQUIRING:
-            timeline.envelope.add(point)
-        else:
-            held_back = self._admit(point, residual, self._classifier.early_tolerance(a))
-        timeline.envelope.refit()
+        acquiring = self._state is SyncState.ACQUIRING
+        held_back = self._classifier.enter_fit(key, a, residual, acquiring)
         self._after_accept(frame, a, wall_at, events, held_back)
         timeline.commit(a, u_now, acquiring=self._state is SyncState.ACQUIRING)
         self._verdict = FrameVerdict.ACCEPTED
