@@ -104,9 +104,10 @@ changes only when two intervals agree on a new one. Until two downbeats are seen
 :mod:`~edge.sync.tempo`, the fit of :mod:`~edge.sync.envelope`, the fixed delay learnt by
 :mod:`~edge.sync.wall` and the correction of :mod:`~edge.sync.correction`),
 :mod:`~edge.sync.bars` (bars and windows), :mod:`~edge.sync.accepted` (duplicate memory),
-:mod:`~edge.sync.conflict` (second sources) and :mod:`~edge.sync.states` (the transition
-table). This module classifies frames, moves
-the states and emits the events.
+:mod:`~edge.sync.conflict` (second sources), :mod:`~edge.sync.classify` (which frames are
+accepted, held, followed or rejected, and the held frames) and :mod:`~edge.sync.states`
+(the transition table). This module receives and ticks, acts on the classifier's
+decisions, moves the states and emits the events.
 """
 
 from __future__ import annotations
