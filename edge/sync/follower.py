@@ -37,42 +37,13 @@ passes; a wall clock that steps while in use (its offset from the monotonic cloc
 is not used again, and the delay learned before the step is kept, so a step changes
 nothing. ``trust_wall_clock = true/false`` overrides the decision.
 
-*Outliers.* A frame earlier than the line by more than ``early_tolerance_s`` (or three
-error bounds) is held back: one early frame must not pull the line. If
-``relock_after_frames`` frames in a row are early, or later than ``jitter_tolerance_s``
-and consistent with each other, the timeline really moved and the window restarts from
-them. A frame far outside the timeline (index jump, Pulse restart or fail-over, or a very
-late replay) is held; frames continuing it at the right spacing join it, any other frame
-refutes it (``stale`` when it was late, else ``unconfirmed_jump``). The held run is
-followed only once the timeline itself has been silent ``jump_after_silent_beats`` beats
-(plus the jitter tolerance): a real Pulse restart or renumbering stops the old frames,
-while a pair slipped between real frames by someone else is refuted by the next real one.
-Followed, the follower re-anchors on the run (emitting BeatJumped if the beat index
-jumped); when every frame sits on our own boundaries and the earliest on our timing
-within the early tolerance (the Pulse renumbered but kept its timing) the timeline is
-relabelled instead, keeping the whole fit. A Pulse restarted some ms off our boundaries
-is re-anchored: relabelled, the old points would keep it early by that much. Either way
-BeatJumped is emitted and tick() then emits the jumped-to beat under its new number
-(late, with its true start) and every beat after it.
-
-*Plausibility.* A tempo change within ``max_tempo_step`` (10 %, the upstream limit) of
-the current tempo takes effect from its frame; a larger one is held the same way until
-the next frame continues it at the new tempo, else rejected (``tempo_unconfirmed``): one
-frame saying 1000 BPM moves nothing. The bar length changes only after two downbeat
-intervals agree (:mod:`~edge.sync.bars`).
-
-*Conflicting sources.* A second frame for a beat and phase already accepted is a network
-copy when it arrives within the jitter of the first (``duplicate``). Otherwise it is
-evidence of a second source (:mod:`~edge.sync.conflict`: BeatSourceConflict,
-:attr:`BeatFollower.source_conflict`). What the follower does, signed or not: it keeps
-following the source its timeline already agrees with. A copy sent early is held back
-by the envelope like any early frame; when the real frame then arrives and fits, its
-arrival enters the fit and the copy is rejected (``source_conflict``); copies earlier
-than the band are held as a jump and refuted by the real frames. So early copies never
-drag the timeline, and the state stays what the real source makes it; the conflict is
-reported for the operator (unsigned, the follower cannot tell which source is genuine,
-only which one agrees with the beat it was locked on; signed frames settle it before
-the follower sees them).
+*Classification* (:mod:`~edge.sync.classify`, which spells the rules out). A frame much
+earlier than the line is held back from the fit, and a run of early or late frames
+restarts the window; a frame far off the timeline (index jump, Pulse restart, late
+replay) or changing the tempo by more than ``max_tempo_step`` is held until later frames
+confirm it (a run off the timeline only once the timeline has gone silent); a second
+frame for an accepted beat and phase is a network copy or evidence of a second source,
+and early copies never drag the timeline.
 
 *Error bound.* See :meth:`BeatFollower.error_bound_at`: the spacing of the lowest residuals
 tells how densely arrivals crowd the floor, hence how far above it the envelope may sit;
