@@ -37,42 +37,13 @@ passes; a wall clock that steps while in use (its offset from the monotonic cloc
 is not used again, and the delay learned before the step is kept, so a step changes
 nothing. ``trust_wall_clock = true/false`` overrides the decision.
 
-*Outliers.* A frame earlier than the line by more than ``early_tolerance_s`` (or three
-error bounds) is held back: one early frame must not pull the line. If
-``relock_after_frames`` frames in a row are early, or later than ``jitter_tolerance_s``
-and consistent with each other, the timeline really moved and the window restarts from
-them. A frame far outside the timeline (index jump, Pulse restart or fail-over, or a very
-late replay) is held; frames continuing it at the right spacing join it, any other frame
-refutes it (``stale`` when it was late, else ``unconfirmed_jump``). The held run is
-followed only once the timeline itself has been silent ``jump_after_silent_beats`` beats
-(plus the jitter tolerance): a real Pulse restart or renumbering stops the old frames,
-while a pair slipped between real frames by someone else is refuted by the next real one.
-Followed, the follower re-anchors on the run (emitting BeatJumped if the beat index
-jumped); when every frame sits on our own boundaries and the earliest on our timing
-within the early tolerance (the Pulse renumbered but kept its timing) the timeline is
-relabelled instead, keeping the whole fit. A Pulse restarted some ms off our boundaries
-is re-anchored: relabelled, the old points would keep it early by that much. Either way
-BeatJumped is emitted and tick() then emits the jumped-to beat under its new number
-(late, with its true start) and every beat after it.
-
-*Plausibility.* A tempo change within ``max_tempo_step`` (10 %, the upstream limit) of
-the current tempo takes effect from its frame; a larger one is held the same way until
-the next frame continues it at the new tempo, else rejected (``tempo_unconfirmed``): one
-frame saying 1000 BPM moves nothing. The bar length changes only after two downbeat
-intervals agree (:mod:`~edge.sync.bars`).
-
-*Conflicting sources.* A second frame for a beat and phase already accepted is a network
-copy when it arrives within the jitter of the first (``duplicate``). Otherwise it is
-evidence of a second source (:mod:`~edge.sync.conflict`: BeatSourceConflict,
-:attr:`BeatFollower.source_conflict`). What the follower does, signed or not: it keeps
-following the source its timeline already agrees with. A copy sent early is held back
-by the envelope like any early frame; when the real frame then arrives and fits, its
-arrival enters the fit and the copy is rejected (``source_conflict``); copies earlier
-than the band are held as a jump and refuted by the real frames. So early copies never
-drag the timeline, and the state stays what the real source makes it; the conflict is
-reported for the operator (unsigned, the follower cannot tell which source is genuine,
-only which one agrees with the beat it was locked on; signed frames settle it before
-the follower sees them).
+*Classification* (:mod:`~edge.sync.classify`, which spells the rules out). A frame much
+earlier than the line is held back from the fit, and a run of early or late frames
+restarts the window; a frame far off the timeline (index jump, Pulse restart, late
+replay) or changing the tempo by more than ``max_tempo_step`` is held until later frames
+confirm it (a run off the timeline only once the timeline has gone silent); a second
+frame for an accepted beat and phase is a network copy or evidence of a second source,
+and early copies never drag the timeline.
 
 *Error bound.* See :meth:`BeatFollower.error_bound_at`: the spacing of the lowest residuals
 tells how densely arrivals crowd the floor, hence how far above it the envelope may sit;
@@ -104,9 +75,10 @@ changes only when two intervals agree on a new one. Until two downbeats are seen
 :mod:`~edge.sync.tempo`, the fit of :mod:`~edge.sync.envelope`, the fixed delay learnt by
 :mod:`~edge.sync.wall` and the correction of :mod:`~edge.sync.correction`),
 :mod:`~edge.sync.bars` (bars and windows), :mod:`~edge.sync.accepted` (duplicate memory),
-:mod:`~edge.sync.conflict` (second sources) and :mod:`~edge.sync.states` (the transition
-table). This module classifies frames, moves
-the states and emits the events.
+:mod:`~edge.sync.conflict` (second sources), :mod:`~edge.sync.classify` (which frames are
+accepted, held, followed or rejected, and the held frames) and :mod:`~edge.sync.states`
+(the transition table). This module receives and ticks, acts on the classifier's
+decisions, moves the states and emits the events.
 """
 
 from __future__ import annotations
@@ -114,14 +86,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TypeAlias
 
 from edge.messages import PHASES, BeatFrame, Phase
 from edge.sync.accepted import Accepted
 from edge.sync.bars import BarTracker
+from edge.sync.classify import Classifier, Pending
 from edge.sync.config import SyncConfig
 from edge.sync.conflict import ConflictWatch, SourceConflict
-from edge.sync.envelope import Admission, Point
 from edge.sync.events import (
     BeatJumped,
     BeatStarted,
@@ -138,10 +109,7 @@ from edge.sync.states import SyncState, Trigger, next_state, silence_limits
 from edge.sync.tempo import Key, next_key, prev_key
 from edge.sync.timeline import Timeline
 
-_Pending: TypeAlias = tuple[BeatFrame, float, float | None, float]  # frame, arrival, wall, r
-
 _MAX_EMIT = 10_000  # boundaries one tick() emits at most; the rest come on the next call
-_MAX_HELD = 64  # frames held off the timeline at most (the oldest is rejected beyond)
 _DEFAULTS = SyncConfig()
 
 
@@ -161,12 +129,8 @@ class BeatFollower:
         self._timeline = Timeline(config)
         self._bars = BarTracker()
         self._accepted = Accepted()
-        # Frames held until later ones confirm them: a run off the timeline (a jump, a
-        # restart) or, with _held_tempo, one frame announcing a large tempo change.
-        self._held: list[_Pending] = []
-        self._held_tempo = False
         self._conflict = ConflictWatch(config)
-        self._evidence: float | None = None  # what the frame being received showed
+        self._classifier = Classifier(config, self._timeline, self._accepted, self._conflict, self)
         self._verdict = FrameVerdict.REJECTED
         self._cursor: Key = (0, 0)  # the last boundary tick() emitted
         self._last_arrival = 0.0
@@ -370,10 +334,10 @@ class BeatFollower:
         if frame.cluster_id != self._cluster:
             return self._reject("wrong_cluster", frame, a)
         key: Key = (frame.beat_index, PHASES.index(frame.phase))
-        self._evidence = self._spread(key, a)
+        self._classifier.evidence = self._classifier.spread(key, a)
         events: list[SyncEvent] = []
-        self._take(frame, key, a, wall_at, events)
-        raised = self._conflict.frame(a, self._evidence)
+        self._classifier.take(frame, key, a, wall_at, events)
+        raised = self._conflict.frame(a, self._classifier.evidence)
         if raised is not None:
             events.append(raised)
         return events
@@ -385,187 +349,32 @@ class BeatFollower:
         self._verdict = FrameVerdict.REJECTED
         return self._reject(reason, frame, float(arrived_at))
 
-    # ----------------------------------------------------------------- internals: frames
-
-    def _take(
-        self, frame: BeatFrame, key: Key, a: float, wall_at: float | None, events: list[SyncEvent]
-    ) -> None:
-        """Classify one frame of our cluster: accept, hold, or reject it."""
-        if not self._have_model:
-            self._acquire(frame, a, wall_at, events)
-            return
-        if key in self._accepted and self._same_moment(key, a):
-            self._duplicate(frame, key, a, wall_at, events)
-            return
-        if any(self._copy_of_held(h, frame, a) for h in self._held):
-            events.extend(self._reject("duplicate", frame, a))
-            return
-        timeline = self._timeline
-        fit = timeline.fit(frame, a, self._band(), self._accepted.latest[0])
-        if self._held:
-            last = self._held[-1]
-            continues = timeline.continues(last[0], last[1], frame, a)
-            if self._held_tempo and continues and frame.tempo_bpm == last[0].tempo_bpm:
-                self._confirm_tempo(events)
-                fit = timeline.fit(frame, a, self._band(), self._accepted.latest[0])
-            elif not self._held_tempo and fit is None and continues:
-                self._held.append((frame, a, wall_at, timeline.residual(frame, a)))
-                self._verdict = FrameVerdict.HELD
-                if self._silent_for_jump(a):
-                    self._follow_held(events)
-                elif len(self._held) > _MAX_HELD:
-                    old = self._held.pop(0)
-                    events.extend(self._reject("unconfirmed_jump", old[0], old[1]))
-                return
-            else:
-                self._refute(events)
-        if key <= self._accepted.latest:
-            if fit is not None:
-                events.extend(self._reject("out_of_order", frame, a))
-            else:
-                self._hold(frame, a, wall_at, tempo=False)
-            return
-        if fit is None:
-            self._hold(frame, a, wall_at, tempo=False)
-            return
-        change_at, residual = fit
-        if change_at is not None and not self._plausible_tempo(frame.tempo_bpm):
-            self._hold(frame, a, wall_at, tempo=True)
-            return
-        self._accept(frame, a, wall_at, change_at, residual, events)
+    # ----------------------------------------------------------------- internals: acting
 
     def _reject(self, reason: str, frame: BeatFrame, at: float) -> list[SyncEvent]:
         self._rejected[reason] = self._rejected.get(reason, 0) + 1
         return [FrameRejected(reason, frame.beat_index, at)]
 
-    def _horizon(self) -> float:
-        """How far from where a beat was a frame for it may arrive and still be that beat
-        (farther, a restarted Pulse is reusing old numbers)."""
-        return max(4.0 * 60.0 / self._timeline.tempo.latest_bpm, self._band())
-
-    def _same_moment(self, key: Key, a: float) -> bool:
-        """A seen index is a duplicate only if it arrives near where that beat was; far
-        from it, a restarted Pulse is reusing old numbers (held as a possible jump)."""
-        if not self._have_model:
-            return True
-        return abs(a - self._timeline.model_start(key)) <= self._horizon()
-
-    def _copy_of_held(self, held: _Pending, frame: BeatFrame, a: float) -> bool:
-        """Is ``frame`` at ``a`` a network copy of the held frame (the same frame, within
-        the jitter of it)?"""
-        return held[0] == frame and abs(a - held[1]) <= self._cfg.jitter_tolerance_s
-
-    def _spread(self, key: Key, a: float) -> float | None:
-        """Evidence of a second source: how much later than the first arrival of ``key``
-        this one is, if farther apart than the network's jitter (and not so far that the
-        number is being reused); None otherwise. Remembers the first arrival."""
-        first = self._conflict.first_arrival(key)
-        self._conflict.arrived(key, a)
-        if first is None or not self._have_model:
-            return None
-        spread = a - first
-        if self._cfg.jitter_tolerance_s < abs(spread) <= self._horizon():
-            return spread
-        return None
-
-    def _band(self) -> float:
-        """How far (either way) from the envelope a frame may arrive and still belong."""
-        cfg = self._cfg
-        return 3.0 * max(cfg.jitter_tolerance_s, self.error_bound_at(self._now))
-
-    def _early_tolerance(self, a: float) -> float:
-        """How much earlier than the envelope a frame may arrive and still enter the fit."""
-        return max(self._cfg.early_tolerance_s, 3.0 * self.error_bound_at(a))
-
-    def _plausible_tempo(self, bpm: float) -> bool:
-        """Is a change to ``bpm`` small enough (``max_tempo_step``) to take from one frame?"""
-        old = self._timeline.tempo.latest_bpm
-        return abs(bpm - old) <= self._cfg.max_tempo_step * old * (1.0 + 1e-9)
-
-    def _silent_for_jump(self, a: float) -> bool:
-        """Has the timeline itself been silent long enough to follow frames off it? While
-        its frames keep coming, a run off it is someone else's (or stale)."""
-        cfg = self._cfg
-        silence = cfg.jump_after_silent_beats * self.beat_seconds() + cfg.jitter_tolerance_s
-        return a - self._last_arrival >= silence
-
-    def _hold(self, frame: BeatFrame, a: float, wall_at: float | None, tempo: bool) -> None:
-        """Keep a frame that does not fit (or changes the tempo by more than the limit)
-        until the next frames confirm or refute it."""
-        self._held = [(frame, a, wall_at, self._timeline.residual(frame, a))]
-        self._held_tempo = tempo
-        self._verdict = FrameVerdict.HELD
-
-    def _refute(self, events: list[SyncEvent]) -> None:
-        """A frame that does not continue the held ones: they were strays, reject them."""
-        held, self._held = self._held, []
-        for f, at, _, r in held:
-            if self._held_tempo:
-                reason = "tempo_unconfirmed"
-            else:
-                reason = "stale" if r > 0 else "unconfirmed_jump"
-            events.extend(self._reject(reason, f, at))
-
-    def _confirm_tempo(self, events: list[SyncEvent]) -> None:
-        """The next frame continues a held large tempo change at its new tempo: take it."""
-        held, self._held = self._held, []
-        for f, at, wall, _ in held:
-            fit = self._timeline.fit(f, at, self._band(), self._accepted.latest[0])
-            if fit is None or (f.beat_index, PHASES.index(f.phase)) <= self._accepted.latest:
-                events.extend(self._reject("tempo_unconfirmed", f, at))
-                continue
-            self._accept(f, at, wall, fit[0], fit[1], events)
-
-    def _follow_held(self, events: list[SyncEvent]) -> None:
-        """The held run is consistent and the timeline went silent: follow the run, by
-        renumbering if it kept our timing, else by re-anchoring on it."""
-        held, self._held = self._held, []
-        last_at = held[-1][1]
-        shift = self._timeline.relabel_shift([(f, at) for f, at, _, _ in held], last_at)
-        if shift is not None:
-            self._relabel(shift, held, events)
-        else:
-            self._reanchor(held, events)
-        self._verdict = FrameVerdict.ACCEPTED
-
-    def _duplicate(
-        self, frame: BeatFrame, key: Key, a: float, wall_at: float | None, events: list[SyncEvent]
+    def _accept_copy(
+        self,
+        frame: BeatFrame,
+        key: Key,
+        a: float,
+        wall_at: float | None,
+        residual: float,
+        early_tol: float,
     ) -> None:
-        """A second frame for a key already accepted, near where that beat was.
-
-        A network copy arrives within the jitter of the first and changes nothing. But
-        when the first arrived too early to enter the fit (held back) and this one fits,
-        the first was a copy sent early by someone else: this one is the timeline's own
-        source, its arrival enters the fit, the early one is rejected (``source_conflict``)
-        and the pair is evidence of a conflict. Far from the first, it is evidence too.
-        """
-        first = self._conflict.first_arrival(key)
+        """A later copy of a frame held back as early fits: its arrival enters the fit
+        (the classifier rejected the early one)."""
         timeline = self._timeline
-        if self._accepted.held_back(key) and self._state is not SyncState.ACQUIRING:
-            r = timeline.residual(frame, a)
-            early_tol = self._early_tolerance(a)
-            if -early_tol <= r <= self._band():
-                self._accepted.settle(key)
-                if first is not None:
-                    if self._evidence is None:
-                        self._evidence = a - first
-                    events.extend(self._reject("source_conflict", frame, first))
-                u_now = timeline.published_u(a)
-                point: Point = (key[0], key[1], a, timeline.tempo.u(*key))
-                self._admit(point, r, early_tol)
-                timeline.envelope.refit()
-                self.frames_accepted += 1
-                self._last_arrival = max(self._last_arrival, a)
-                if wall_at is not None:
-                    timeline.wall.learn(frame, a, wall_at, timeline.env_at)
-                timeline.commit(a, u_now, acquiring=False)
-                self._verdict = FrameVerdict.ACCEPTED
-                return
-        # Far from the first it is evidence; named a conflict once one is in force (an
-        # honest network reorders a copy now and then).
-        in_conflict = self._evidence is not None and self._conflict.current is not None
-        reason = "source_conflict" if in_conflict else "duplicate"
-        events.extend(self._reject(reason, frame, a))
+        u_now = timeline.published_u(a)
+        self._classifier.enter_fit(key, a, residual, acquiring=False, early_tol=early_tol)
+        self.frames_accepted += 1
+        self._last_arrival = max(self._last_arrival, a)
+        if wall_at is not None:
+            timeline.wall.learn(frame, a, wall_at, timeline.env_at)
+        timeline.commit(a, u_now, acquiring=False)
+        self._verdict = FrameVerdict.ACCEPTED
 
     def _acquire(
         self, frame: BeatFrame, a: float, wall_at: float | None, events: list[SyncEvent]
@@ -586,7 +395,7 @@ class BeatFollower:
         last = frames[-1][0]
         self._cursor = prev_key((last.beat_index, PHASES.index(last.phase)))
 
-    def _reanchor(self, held: list[_Pending], events: list[SyncEvent]) -> None:
+    def _reanchor(self, held: list[Pending], events: list[SyncEvent]) -> None:
         """Consistent frames outside the timeline: restart the timeline on them."""
         first, (frame, a, _, _) = held[0], held[-1]
         timeline = self._timeline
@@ -609,7 +418,7 @@ class BeatFollower:
         for f, at, wall in frames:
             self._after_accept(f, at, wall, events)
 
-    def _relabel(self, shift: int, held: list[_Pending], events: list[SyncEvent]) -> None:
+    def _relabel(self, shift: int, held: list[Pending], events: list[SyncEvent]) -> None:
         """Renumber the timeline by ``shift`` beats, keeping the fit (and its precision)."""
         first = (held[0][0].beat_index, PHASES.index(held[0][0].phase))
         self.relabels += 1
@@ -625,15 +434,6 @@ class BeatFollower:
             residual = self._timeline.residual(f, at)
             self._accept(f, at, wall, None, residual, events)
 
-    def _admit(self, point: Point, residual: float, early_tol: float) -> bool:
-        """Offer a point to the envelope (locked); True if it was held back as early."""
-        admission = self._timeline.envelope.admit(point, residual, early_tol)
-        if admission is not Admission.FIT:
-            self.outliers += 1
-        if admission is Admission.RESTARTED:
-            self.reanchors += 1
-        return admission is Admission.OUTLIER and residual < -early_tol
-
     def _accept(
         self,
         frame: BeatFrame,
@@ -645,19 +445,14 @@ class BeatFollower:
     ) -> None:
         timeline = self._timeline
         u_now = timeline.published_u(a)
-        k, p = frame.beat_index, PHASES.index(frame.phase)
+        key = (frame.beat_index, PHASES.index(frame.phase))
         if change_at is not None:
             old = timeline.tempo.latest_bpm
             timeline.add_segment(change_at, frame.tempo_bpm)
             at = timeline.model_start((change_at, 0))
             events.append(TempoChanged(change_at, old, frame.tempo_bpm, at))
-        point: Point = (k, p, a, timeline.tempo.u(k, p))
-        held_back = False
-        if self._state is SyncState.ACQUIRING:
-            timeline.envelope.add(point)
-        else:
-            held_back = self._admit(point, residual, self._early_tolerance(a))
-        timeline.envelope.refit()
+        acquiring = self._state is SyncState.ACQUIRING
+        held_back = self._classifier.enter_fit(key, a, residual, acquiring)
         self._after_accept(frame, a, wall_at, events, held_back)
         timeline.commit(a, u_now, acquiring=self._state is SyncState.ACQUIRING)
         self._verdict = FrameVerdict.ACCEPTED
