@@ -110,7 +110,7 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     if args.bar < 1:
         problems.add("--bar", f"must be at least 1, got {args.bar}")
     if problems:
-        print(f"backbeat-edge pulse: {ConfigError(problems.items, 'pulse')}", file=sys.stderr)
+        print(f"backbeat-edge {ConfigError(problems.items, 'pulse')}", file=sys.stderr)
         return 2
     signer = _pulse_signer(args.signing_key)
     if isinstance(signer, int):
@@ -230,9 +230,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
     try:
         private, public, kid = keygen(args.name)
-    except OSError as exc:
+    except ValueError as exc:
         print(f"backbeat-edge keygen: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except OSError as exc:  # exists, not writable: a file-system problem, not the command line
+        print(f"backbeat-edge keygen: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"wrote {private} (private, mode 0600) and {public} (public); sig_kid {kid}")
     return 0
 

@@ -234,7 +234,8 @@ def run_monitor(
                 return 1
             if not as_json and now >= next_draw:
                 next_draw = now + 0.5
-                out.write("\x1b[H\x1b[2J" + view.table())
+                # Clear the screen on a terminal; a file or pipe gets the tables one after another.
+                out.write(("\x1b[H\x1b[2J" if out.isatty() else "\n") + view.table())
                 out.flush()
     except KeyboardInterrupt:
         pass

@@ -122,10 +122,15 @@ class SigningKey:
 def keygen(name: str | Path) -> tuple[Path, Path, str]:
     """Write a new key pair: ``NAME.pem`` (private, mode 0600) and ``NAME.pub.pem``.
 
-    Returns both paths and the kid. Never overwrites: an existing file raises
-    FileExistsError and nothing is written."""
+    Returns both paths and the kid. A missing directory is made (mode 0700: it holds a
+    private key). Never overwrites: an existing file raises FileExistsError and nothing is
+    written. A NAME that is empty, ends in ``/`` or ``.pem`` raises ValueError (it would
+    write hidden or doubled names)."""
     base = str(name)
+    if not Path(base).name or base.endswith(("/", ".pem")):
+        raise ValueError(f"NAME must be a path without .pem (e.g. keys/pulse), got {base!r}")
     private_path, public_path = Path(base + ".pem"), Path(base + ".pub.pem")
+    private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     for path in (private_path, public_path):
         if path.exists():
             raise FileExistsError(f"{path} exists; not overwriting a key")

@@ -378,8 +378,14 @@ def test_keygen_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["keygen", str(tmp_path / "k")]) == 0
     out = capsys.readouterr().out
     assert "sig_kid" in out and (tmp_path / "k.pub.pem").is_file()
-    assert main(["keygen", str(tmp_path / "k")]) == 2
+    assert main(["keygen", str(tmp_path / "k")]) == 3  # a file-system problem
     assert "exists" in capsys.readouterr().err
+    # A directory that does not exist yet is made, private (the README's first step).
+    assert main(["keygen", str(tmp_path / "new" / "pulse")]) == 0
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+    for bad in ("", str(tmp_path / "k.pem"), str(tmp_path) + "/"):
+        assert main(["keygen", bad]) == 2, bad
+        assert "NAME must be a path without .pem" in capsys.readouterr().err
 
 
 def test_a_signing_key_that_is_not_one_is_refused(tmp_path: Path) -> None:
@@ -514,9 +520,7 @@ class SignedBench:
         self.start = self.clock.monotonic() + 0.1
         self.wall0 = self.clock.wall() - self.clock.monotonic()
 
-    def frame(
-        self, k: int, tempo: float = BPM, sign: bool = True, hlc: str | None = None
-    ) -> bytes:
+    def frame(self, k: int, tempo: float = BPM, sign: bool = True, hlc: str | None = None) -> bytes:
         at = self.start + k * BEAT
         if hlc is None:  # the pulse's HLC: its wall clock at sending
             hlc = f"{int(self.wall0 + at) & 0xFFFF:04x}:0000:0001"
