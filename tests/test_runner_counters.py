@@ -9,11 +9,10 @@ after the time-out, and trace rows say how sure the follower was.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 from test_runner import BEAT, Bench, FakeLink
 
@@ -23,18 +22,6 @@ from edge.outbox import PUBLISH_WINDOW, Outbox, OutboxConfig
 from edge.runner import ACK_TIMEOUT_S, BAD_INPUT_QUIET_S
 
 BEAT_TOPIC, BAR_TOPIC = "backbeat/bench/beat", "backbeat/bench/bar"
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    saved = Device.pin_factory
-    mock = MockFactory()
-    Device.pin_factory = mock
-    try:
-        yield mock
-    finally:
-        mock.reset()
-        Device.pin_factory = saved
 
 
 def _meta(claim: StatusClaim) -> Mapping[str, object]:
