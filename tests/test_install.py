@@ -207,6 +207,8 @@ def test_install_enables_but_does_not_start_until_the_config_is_not_the_example(
     assert ["enable", unit] in calls
     assert not any(c[0] in ("start", "restart") for c in calls), calls
     assert ["try-restart", unit] in calls  # only an agent already running is replaced
+    # The copy the unit's ExecCondition compares with: a reboot does not start it either.
+    assert (etc / "agent.example.toml").read_text() == EXAMPLE.read_text()
     if shutil.which("systemctl"):
         assert (root / "etc/systemd/system/multi-user.target.wants" / unit).is_symlink()
     # The operator is told why, and what to do, in the README's order.
@@ -239,6 +241,7 @@ def test_install_enables_but_does_not_start_until_the_config_is_not_the_example(
     )
     assert ["restart", unit] in systemctl.calls()
     assert "starting backbeat-edge.service" in log
+    assert not (etc / "agent.example.toml").exists()  # nor skipped at the next boot
 
     # Once the config is the operator's, an install (an upgrade) restarts the agent.
     (etc / "agent.toml").write_text(EXAMPLE.read_text().replace("pi-relay-01", "pi-relay-02"))

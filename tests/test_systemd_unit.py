@@ -145,3 +145,28 @@ def test_a_config_error_does_not_restart_loop() -> None:
     # The codes the unit names are the ones run documents.
     run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()  # type: ignore[union-attr,index]
     assert f"{EXIT_CONFIG} config error" in " ".join(run_help.split())
+
+
+@pytest.mark.parametrize(
+    ("agent", "example", "starts"),
+    [
+        ("the example", "the example", False),  # not configured yet: skipped, even at boot
+        ("edited", "the example", True),
+        ("the example", None, True),  # no copy (install --start, or a manual install)
+    ],
+)
+def test_the_unit_does_not_start_while_the_config_is_the_example(
+    tmp_path: Path, agent: str, example: str | None, starts: bool
+) -> None:
+    (condition,) = settings(UNIT.read_text())["Service.ExecCondition"]
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "agent.toml").write_text(agent)
+    if example is not None:
+        (etc / "agent.example.toml").write_text(example)
+    command = condition.replace("/etc/backbeat-edge", str(etc))
+    assert command.startswith("/bin/sh -c '") and command.endswith("'")
+    result = subprocess.run(["/bin/sh", "-c", command[len("/bin/sh -c '") : -1]], check=False)
+    # ExecCondition: 0 starts the unit; 1-254 skips it (not a failure, no restart).
+    assert (result.returncode == 0) is starts
+    assert result.returncode != 255
