@@ -6,13 +6,8 @@ Theory of operation
 next message or the next deadline (through the clock) and calls it. A wake-up does, in
 order:
 
-1. hand an inbound item to its owner: a beat frame to the follower (stamped with its local
-   arrival time by the link) once it decoded and, when beat keys are configured, passed
-   the trust stage (``edge.trust``: a frame without a good signature reaches neither the
-   follower nor the HLC), an acknowledgement to the outbox, a (dis)connect to the status
-   pump; a malformed frame is counted (``metadata.frames_rejected["malformed"]``) and
-   logged at a bounded rate (``edge.loglimit``), an untrusted one is counted under its
-   reason; neither is fatal;
+1. hand an inbound item to the intake (``edge.intake``: decoding, the trust stage,
+   plausibility, the follower and the HLC; acks and (dis)connects to the publisher);
 2. let the follower emit the boundary events due by ``now`` (beat started, phase started,
    sync lost...). At each beat start the score picks the actions of *this and the next*
    beat (one beat of look-ahead, so plan-phase actions are known before their beat) and the
@@ -25,15 +20,9 @@ order:
 5. at a beat's review phase: first count as misses the beat's actions whose deadline
    passed while they waited (after a stall the review comes in the same wake-up as they
    do: counted later they would land in no claim), then read results back, feed the
-   guard and the metrics, build the StatusClaim and put it through the outbox to the
-   broker;
+   guard and the metrics, build the StatusClaim and hand it to the claim publisher
+   (``edge.publisher``: the outbox, its publish window, ack time-outs and resends);
 6. sample the machine with the probe when a sample is due and nothing is imminent.
-
-Claims go to the link through the outbox's publish window. A claim whose acknowledgement
-has not come ``ACK_TIMEOUT_S`` after it was handed over (counting only connected time: over
-a reconnect paho re-sends it itself) is given up on (``Outbox.lost``) and sent again, so a
-lost acknowledgement never holds a window slot for ever. The link's control lane makes
-that rare: acknowledgements are not shed with frames.
 
 Action times are not stored once: after every frame the follower's model may move (slew,
 tempo change), so pending actions are re-timed from it. The wait is precise: a blocking
@@ -45,37 +34,33 @@ safe.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import queue
 import statistics
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import IO, Protocol
 
 from edge import __version__
 from edge.clock import Clock
 from edge.config import Config, apply_reload
-from edge.errors import EdgeError, FrameError
+from edge.counters import Counters
+from edge.errors import EdgeError
 from edge.guard import Guard, Sample
 from edge.hardware import ActionResult, Hardware
-from edge.hlc import HlcAheadError, HybridLogicalClock, node_id
+from edge.hlc import HybridLogicalClock, node_id
+from edge.intake import Intake
 from edge.loglimit import LogLimiter
-from edge.messages import (
-    BeatFrame,
-    StatusClaim,
-    decode_bar_report,
-    decode_beat_frame_with_map,
-    encode,
-)
+from edge.messages import StatusClaim
 from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
 from edge.outbox_seq import new_incarnation
 from edge.plan import COMMAND_ENDS, BeatPlan, Fate, Outcome, RunTag, outcome, overdue
 from edge.profile import Profile
+from edge.publisher import ACK_TIMEOUT_S as ACK_TIMEOUT_S  # re-exported: tests, tools
+from edge.publisher import ClaimPublisher, Link
 from edge.score import ScheduledAction, Score
 from edge.status import BeatReview, StatusBuilder, claim_state
 from edge.sync import (
@@ -84,7 +69,6 @@ from edge.sync import (
     BeatSourceConflict,
     BeatSourceConflictCleared,
     BeatStarted,
-    FrameVerdict,
     PhaseStarted,
     SyncEvent,
     SyncLost,
@@ -93,7 +77,7 @@ from edge.sync import (
     TempoChanged,
 )
 from edge.trace import TraceRow, write_rows
-from edge.trust import BeatTrust, Signer, sign_message
+from edge.trust import BeatTrust, Signer
 
 log = logging.getLogger(__name__)
 
@@ -108,35 +92,8 @@ WARM_S = 0.004
 MAX_WAIT_S = 0.1
 #: Every this many probe samples one is a full sample (process, temperature, disk).
 FULL_SAMPLE_EVERY = 5
-#: A claim not acknowledged this long (connected) after it was handed over is sent again.
-ACK_TIMEOUT_S = 30.0
 #: Bad input of one kind is logged once per this many seconds, then counted (loglimit).
 BAD_INPUT_QUIET_S = 10.0
-
-
-class Link(Protocol):
-    """What the runner needs of the MQTT link (the real one is ``edge.mqtt_link``)."""
-
-    @property
-    def inbox(self) -> queue.Queue[Inbound]: ...
-
-    @property
-    def dropped_inbound(self) -> int:
-        """Frames the link had to drop because the inbox was full (never acks or events)."""
-        ...
-
-    @property
-    def connected(self) -> bool: ...
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 1,
-        retain: bool = False,
-        content_type: str | None = None,
-        expiry_s: int | None = None,
-    ) -> int: ...
 
 
 class Probe(Protocol):
@@ -145,22 +102,6 @@ class Probe(Protocol):
 
 class Notifier(Protocol):
     def status(self, text: str) -> object: ...
-
-
-@dataclass
-class Counters:
-    frames: int = 0
-    frames_bad: int = 0
-    bar_reports: int = 0
-    fired: int = 0
-    missed: int = 0
-    shed: Counter[str] = field(default_factory=Counter)
-    dropped: Counter[str] = field(default_factory=Counter)
-    safe_states: int = 0
-    claims: int = 0
-    claims_acked: int = 0
-    reloads: int = 0
-    reload_errors: int = 0
 
 
 class Runner:
@@ -193,10 +134,6 @@ class Runner:
         self.notifier = notifier
         self.trace = trace
         self.on_view = on_view
-        #: Between decoding and the follower when beat keys are configured (edge.trust).
-        self.trust = trust
-        #: Signs every claim when [security] signing_key is set.
-        self.claim_signer = claim_signer
         self.topics = Topics(config.agent.topic_prefix, config.agent.cluster)
         self.follower = BeatFollower(config.agent.cluster, config.sync)
         self.score: Score = config.score
@@ -215,6 +152,20 @@ class Runner:
             incarnation=outbox.incarnation if outbox is not None else new_incarnation(),
         )
         self.counters = Counters()
+        self.publisher = ClaimPublisher(
+            config, clock, self.topics, link, outbox, claim_signer, self.counters
+        )
+        self._bad_input = LogLimiter(log, quiet_s=BAD_INPUT_QUIET_S)
+        self.intake = Intake(
+            self.topics,
+            self.follower,
+            self.hlc,
+            trust,
+            self.publisher,
+            self.metrics,
+            self.counters,
+            self._bad_input,
+        )
         self.plan = BeatPlan()
         self.last_beat: int | None = None
         self.last_phase: str | None = None
@@ -228,16 +179,28 @@ class Runner:
         self._unsynced_since: float | None = None
         self._safe_applied = False
         self._warmed: set[tuple[int, int]] = set()
-        self._outbox_degraded: str | None = None if outbox is None else outbox.degraded
         self._trace_rows: list[TraceRow] = []
         self._pending_reload: Config | None = None
-        self._bad_input = LogLimiter(log, quiet_s=BAD_INPUT_QUIET_S)
-        # The link's message id of each claim in flight -> when it was handed over (or the
-        # link last connected): for the ack time-out.
-        self._sent_at: dict[int, float] = {}
-        self._link_was_down = False
         self.stop_requested = False
         self.recent_late_ms: deque[float] = deque(maxlen=256)
+
+    @property
+    def trust(self) -> BeatTrust | None:
+        """Between decoding and the follower when beat keys are configured (edge.trust)."""
+        return self.intake.trust
+
+    @trust.setter
+    def trust(self, trust: BeatTrust | None) -> None:
+        self.intake.trust = trust
+
+    @property
+    def claim_signer(self) -> Signer | None:
+        """Signs every claim when [security] signing_key is set."""
+        return self.publisher.signer
+
+    @claim_signer.setter
+    def claim_signer(self, signer: Signer | None) -> None:
+        self.publisher.signer = signer
 
     # ------------------------------------------------------------------ scheduling
 
@@ -303,7 +266,7 @@ class Runner:
             self.guard.observe(self.last_sample)
             self.metrics.observe(self.last_sample)
             self._next_sample = now + self.config.agent.sample_interval_s
-        self._pump_outbox()
+        self.publisher.pump()
         if self.on_view is not None and now >= self._next_view and not self._imminent(now):
             self._next_view = now + 0.2
             self.on_view(self, now)
@@ -313,83 +276,10 @@ class Runner:
         return action_next is not None and action_next - now < 0.01
 
     def _receive(self, item: Inbound, now: float) -> None:
-        if item.kind == "message":
-            self.metrics.record_bytes(len(item.payload), now)
-            if item.topic == self.topics.beat:
-                self.counters.frames += 1
-                try:
-                    frame, data = decode_beat_frame_with_map(item.payload)
-                except FrameError as exc:
-                    self._bad_frame("beat frame", item.topic, exc, now)
-                    return
-                if self.trust is not None and not self._trusted(frame, data, now):
-                    return
-                self._follow(frame, item.arrived_at, item.wall_at, now)
-                self.plan.retime(self._due)
-            elif item.topic == self.topics.bar:
-                try:
-                    decode_bar_report(item.payload)
-                    self.counters.bar_reports += 1
-                except FrameError as exc:
-                    self._bad_frame("bar report", item.topic, exc, now)
-        elif item.kind == "ack":
-            self._sent_at.pop(item.mid, None)
-            if self.outbox is not None and self.outbox.acked(item.mid):
-                self.counters.claims_acked += 1
-        elif item.kind == "connected":
-            log.info("broker connected")
-            # paho re-sends what was in flight: each gets a full time-out from now.
-            self._sent_at = dict.fromkeys(self._sent_at, now)
-        elif item.kind == "disconnected":
-            log.warning("broker connection lost (%s); free-running on the local model", item.reason)
-
-    def _follow(
-        self, frame: BeatFrame, arrived_at: float, wall_at: float | None, now: float
-    ) -> None:
-        """Plausibility, then the follower; the HLC merges only frames the follower took.
-
-        A stamp too far ahead of our wall clock is refused before the follower sees the
-        frame (``hlc_ahead``); a frame for another cluster, a spoof or a duplicate never
-        moves the claims' HLC.
-        """
-        try:
-            self.hlc.check(frame.hlc)
-        except HlcAheadError as exc:
-            self._bad_input.note("hlc_ahead", f"beat frame {frame.beat_index}: {exc}", now)
-            self._handle(self.follower.refused(exc.reason, frame, arrived_at), now)
-            return
-        events = self.follower.receive(frame, arrived_at, wall_at)
-        if self.follower.last_verdict is FrameVerdict.ACCEPTED:
-            with contextlib.suppress(HlcAheadError):  # the wall clock stepped in between
-                self.hlc.merge(frame.hlc)
-        self._handle(events, now)
-
-    def _trusted(self, frame: BeatFrame, data: dict[str, object], now: float) -> bool:
-        """The trust stage: False (counted, logged at a bounded rate) for a frame that
-        must reach neither the follower nor the HLC."""
-        assert self.trust is not None
-        reason = self.trust.check(data)
-        if reason is None:
-            return True
-        if self.trust.should_log(reason, now):
-            log.warning(
-                "rejected beat frame %d %s (%s): %d %s so far",
-                frame.beat_index,
-                frame.phase,
-                reason,
-                self.trust.rejected[reason],
-                reason,
-            )
-        return False
-
-    def _bad_frame(self, what: str, topic: str, exc: FrameError, now: float) -> None:
-        self.counters.frames_bad += 1
-        # Once per kind and quiet period, then a count: a flood must not flood the log.
-        self._bad_input.note(
-            f"malformed {what}s on {topic}",
-            f"dropped malformed {what} on {topic}: {exc} ({self.counters.frames_bad} so far)",
-            now,
-        )
+        events = self.intake.receive(item, now)
+        if events is not None:  # a beat frame reached the follower: its model may move
+            self._handle(events, now)
+            self.plan.retime(self._due)
 
     def _handle(self, events: list[SyncEvent], now: float) -> None:
         for event in events:
@@ -614,7 +504,7 @@ class Runner:
             missed=ledger.missed,
             shed=dict(ledger.shed),
             dropped_by_limit=sum(ledger.dropped.values()),
-            frames_rejected=self._frames_rejected(),
+            frames_rejected=self.intake.frames_rejected(),
             inbox_dropped=0 if self.link is None else self.link.dropped_inbound,
             guard_level=verdict.level.value,
             guard_reason=verdict.reason,
@@ -647,73 +537,11 @@ class Runner:
             names += (SOURCE_CONFLICT_ALERT,)
         return names
 
-    def _frames_rejected(self) -> dict[str, int]:
-        """The refusals by reason: the follower's, the trust stage's, and the frames that
-        did not decode (``malformed``)."""
-        rejected = dict(self.follower.rejected)
-        if self.trust is not None:
-            for reason, count in self.trust.rejected.items():
-                rejected[reason] = rejected.get(reason, 0) + count
-        if self.counters.frames_bad:
-            rejected["malformed"] = rejected.get("malformed", 0) + self.counters.frames_bad
-        return rejected
-
     def _encode_claim(self, claim: StatusClaim) -> bytes:
-        if self.claim_signer is not None:
-            claim = sign_message(claim, self.claim_signer)
-        return encode(claim, self.config.status.format)
+        return self.publisher.encode(claim)
 
     def _submit_claim(self, claim: StatusClaim) -> None:
-        payload = self._encode_claim(claim)
-        self.counters.claims += 1
-        topic = self.topics.status(self.config.agent.id)
-        if self.outbox is not None:
-            self.outbox.append(topic, payload, self.clock.wall())
-            if self.outbox.degraded != self._outbox_degraded:  # say it once, and the recovery
-                if self.outbox.degraded:
-                    log.warning("outbox: %s", self.outbox.degraded)
-                else:
-                    log.info("outbox: back on disk")
-                self._outbox_degraded = self.outbox.degraded
-            self._pump_outbox()
-        elif self.link is not None and self.link.connected:
-            self._publish(topic, payload)
-
-    def _publish(self, topic: str, payload: bytes) -> int:
-        assert self.link is not None
-        content_type = (
-            "application/cbor" if self.config.status.format == "cbor" else ("application/json")
-        )
-        return self.link.publish(
-            topic, payload, qos=1, content_type=content_type, expiry_s=self.config.status.expiry_s
-        )
-
-    def _pump_outbox(self) -> None:
-        """Hand claims to the link in order, as many as the outbox's window lets through."""
-        if self.outbox is None or self.link is None:
-            return
-        if not self.link.connected:
-            self._link_was_down = True
-            return
-        if self._link_was_down:
-            # Seen up again (perhaps before its ``connected`` event): paho re-sends what was
-            # in flight, so each gets a full time-out from now, never a stale one.
-            self._link_was_down = False
-            self._sent_at = dict.fromkeys(self._sent_at, self.clock.monotonic())
-        if self._sent_at:
-            now = self.clock.monotonic()
-            for mid in [m for m, at in self._sent_at.items() if now - at >= ACK_TIMEOUT_S]:
-                del self._sent_at[mid]
-                if self.outbox.resend(mid):
-                    log.warning(
-                        "claim (message %d) not acknowledged in %.0f s; sending it again",
-                        mid,
-                        ACK_TIMEOUT_S,
-                    )
-        for record in self.outbox.to_publish():
-            mid = self._publish(record.topic, record.payload)
-            self.outbox.published(record.seq, mid)
-            self._sent_at[mid] = self.clock.monotonic()
+        self.publisher.submit(claim)
 
     def _flush_trace(self) -> None:
         if self.trace is not None:
@@ -769,6 +597,7 @@ class Runner:
         elif self.hardware.isolated:
             self.hardware.revive()
         self.config = new
+        self.publisher.config = new
         self.score = new.score
         self.guard = guard
         self.status = status
@@ -819,7 +648,7 @@ class Runner:
         if self.last_review is None:
             return None
         claim = self.status.final(replace(self.last_review, state="idle"))
-        return self.topics.status(self.config.agent.id), self._encode_claim(claim)
+        return self.publisher.topic, self._encode_claim(claim)
 
     def shutdown(self) -> list[tuple[str, bytes, bool]]:
         """Stop: every output to its safe state, the trace flushed. Returns what to send
@@ -832,16 +661,8 @@ class Runner:
             log.error("safe state on shutdown: %s", exc)
         log.info("outputs after safe state: %s", self.hardware.check_states())
         self.flush()
-        final: list[tuple[str, bytes, bool]] = []
         claim = self.final_claim()
-        if claim is not None:
-            topic, payload = claim
-            if self.link is not None and self.link.connected:
-                final.append((topic, payload, False))
-            elif self.outbox is not None:
-                self.outbox.append(topic, payload, self.clock.wall())
-        final.append((self.topics.availability(self.config.agent.id), b"offline", True))
-        return final
+        return self.publisher.farewell(None if claim is None else claim[1])
 
     # ------------------------------------------------------------------ the loop
 
