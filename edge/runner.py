@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -61,8 +60,9 @@ from edge.plan import COMMAND_ENDS, BeatPlan, Fate, Outcome, RunTag, outcome, ov
 from edge.profile import Profile
 from edge.publisher import ACK_TIMEOUT_S as ACK_TIMEOUT_S  # re-exported: tests, tools
 from edge.publisher import ClaimPublisher, Link
+from edge.review import SOURCE_CONFLICT_ALERT, assemble, record_beat
 from edge.score import ScheduledAction, Score
-from edge.status import BeatReview, StatusBuilder, claim_state
+from edge.status import BeatReview, StatusBuilder
 from edge.sync import (
     BeatFollower,
     BeatJumped,
@@ -80,9 +80,6 @@ from edge.trace import TraceRow, write_rows
 from edge.trust import BeatTrust, Signer
 
 log = logging.getLogger(__name__)
-
-#: The alert a second source of the beat raises (claims' ``metadata.alerts``, log, monitor).
-SOURCE_CONFLICT_ALERT = "beat_source_conflict"
 
 #: Wake this long before a deadline and spin the rest (see the theory above).
 SPIN_S = 0.0006
@@ -468,59 +465,19 @@ class Runner:
             self._miss(sa, now)
         ledger = self.plan.review(beat)
         self.guard.end_beat(beat)
-        phase_s = self.follower.beat_seconds() / 3.0
-        self.metrics.record_beat(
-            beat,
-            phase_s,
-            ledger.busy_s,
-            ledger.missed == 0,
-            ledger.fired,
-            self.follower.tempo_drift_ms(now),
-            now,
-        )
-        started, cleared = self.metrics.check_alerts(now)
-        for alert in started:
-            log.warning(
-                "alert %s started: %s (%s)", alert.name, alert.message, alert.recommendation
-            )
-        for alert in cleared:
-            log.info("alert %s cleared", alert.name)
+        record_beat(self.metrics, self.follower, beat, ledger, now)
         self._flush_trace()
-        verdict = self.guard.advance(now)
-        sample, full = self.last_sample, self.last_full_sample
-        sync_state = self.follower.state
-        late = sorted(ledger.late_ms)
-        conflict = self.follower.source_conflict
-        review = BeatReview(
-            beat_index=beat,
-            state=claim_state(
-                sync_state.value, ledger.planned, ledger.failed, sum(ledger.shed.values())
-            ),
-            sync_state=sync_state.value,
-            error_bound_ms=self.follower.error_bound_s * 1000.0,
-            late_ms_p50=statistics.median(late) if late else None,
-            late_ms_max=late[-1] if late else None,
-            fired=ledger.fired,
-            missed=ledger.missed,
-            shed=dict(ledger.shed),
-            dropped_by_limit=sum(ledger.dropped.values()),
-            frames_rejected=self.intake.frames_rejected(),
-            inbox_dropped=0 if self.link is None else self.link.dropped_inbound,
-            guard_level=verdict.level.value,
-            guard_reason=verdict.reason,
-            recommended_tempo=self.metrics.recommended_tempo(),
-            cpu_percent=None if sample is None else sample.cpu_percent,
-            memory_mb=None if full is None else full.process_rss_mb,
-            temperature_c=None if full is None else full.temperature_c,
-            backlog=0 if self.outbox is None else self.outbox.backlog,
-            outbox_dropped=0 if self.outbox is None else self.outbox.dropped,
-            outbox_degraded=None if self.outbox is None else self.outbox.degraded,
-            outbox_torn=0 if self.outbox is None else self.outbox.torn,
-            outbox_corrupt=0 if self.outbox is None else self.outbox.corrupt,
-            outbox_lost=0 if self.outbox is None else self.outbox.lost,
-            alerts=self._alerts(),
-            source_conflict_ms=None if conflict is None else conflict.spread_ms,
-            isolated=tuple(sorted(self.hardware.isolated)),
+        review = assemble(
+            beat,
+            ledger,
+            self.guard.advance(now),
+            self.follower,
+            self.metrics,
+            (self.last_sample, self.last_full_sample),
+            self.intake.frames_rejected(),
+            0 if self.link is None else self.link.dropped_inbound,
+            self.outbox,
+            tuple(sorted(self.hardware.isolated)),
         )
         self.last_review = review
         claim = self.status.build(review)
@@ -528,14 +485,6 @@ class Runner:
             self._submit_claim(claim)
         if self.notifier is not None:
             self.notifier.status(self.status_line())
-
-    def _alerts(self) -> tuple[str, ...]:
-        """The metrics' alerts in force, and ``beat_source_conflict`` while the follower
-        sees two sources of the beat."""
-        names = tuple(a.name for a in self.metrics.active_alerts())
-        if self.follower.source_conflict is not None:
-            names += (SOURCE_CONFLICT_ALERT,)
-        return names
 
     def _encode_claim(self, claim: StatusClaim) -> bytes:
         return self.publisher.encode(claim)
