@@ -34,7 +34,6 @@ safe.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from edge.hardware import ActionResult, Hardware
 from edge.hlc import HybridLogicalClock, node_id
 from edge.intake import Intake
 from edge.loglimit import LogLimiter
+from edge.lostbeat import LostBeat
 from edge.messages import StatusClaim
 from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
@@ -73,7 +73,6 @@ from edge.sync import (
     SyncEvent,
     SyncLost,
     SyncRegained,
-    SyncState,
     TempoChanged,
 )
 from edge.trace import TraceRow, write_rows
@@ -173,8 +172,7 @@ class Runner:
         self._next_sample = clock.monotonic() + config.agent.sample_interval_s
         self._samples = 0
         self._next_view = 0.0
-        self._unsynced_since: float | None = None
-        self._safe_applied = False
+        self.lost = LostBeat()
         self._warmed: set[tuple[int, int]] = set()
         self._trace_rows: list[TraceRow] = []
         self._pending_reload: Config | None = None
@@ -215,13 +213,14 @@ class Runner:
             candidates.append(hw_next)
         if self.probe is not None:
             candidates.append(self._next_sample)
-        if self._unsynced_since is not None and not self._safe_applied:
-            candidates.append(self._unsynced_since + self.config.agent.safe_after_lost_s)
+        safe_at = self.lost.deadline(self.config)
+        if safe_at is not None:
+            candidates.append(safe_at)
         return min(candidates)
 
     def _due(self, beat: int) -> list[ScheduledAction]:
         due = self.score.due(beat, self.follower)
-        if self._outputs_safe():  # only the devices that keep running when lost
+        if self.lost.outputs_safe(self.follower.state):  # only the devices kept when lost
             keep = self.config.profile.keep_running_when_lost
             due = [sa for sa in due if sa.action.device in keep]
         return due
@@ -283,7 +282,7 @@ class Runner:
             if isinstance(event, BeatStarted):
                 self.last_beat = event.beat_index
                 self._apply_reload()
-                if self._may_fire():
+                if self.lost.may_fire(self.follower.state, self.config):
                     self._plan(event.beat_index, now)
                     self._plan(event.beat_index + 1, now)
             elif isinstance(event, PhaseStarted):
@@ -322,50 +321,10 @@ class Runner:
             elif isinstance(event, BeatSourceConflictCleared):
                 log.info("alert %s cleared", SOURCE_CONFLICT_ALERT)
 
-    def _may_fire(self) -> bool:
-        """Fire on a locked or free-running timeline, and on a lost one until the lost-beat
-        safe state (then only on the devices that keep running when lost); never while
-        still acquiring (the timeline is not known well enough yet)."""
-        state = self.follower.state
-        if state in (SyncState.LOCKED, SyncState.FREE_RUNNING):
-            return True
-        if state is not SyncState.LOST:
-            return False
-        return not self._safe_applied or bool(self.config.profile.keep_running_when_lost)
-
-    def _outputs_safe(self) -> bool:
-        """The beat is lost and the outputs were put in their safe state: until it
-        returns, only the devices that keep running when lost may fire. (Asked of the
-        follower's state itself, so the first beat after a regained one is planned whole.)"""
-        return self._safe_applied and self.follower.state is SyncState.LOST
-
     def _watch_sync(self, now: float) -> None:
-        """Outputs go to their safe state once the beat has been lost for
-        ``agent.safe_after_lost_s`` (0 by default: at once), but those of the devices
-        whose profile says ``keep_running_when_lost``."""
-        if self.follower.state is not SyncState.LOST:
-            self._unsynced_since = None
-            self._safe_applied = False
-            return
-        if self._unsynced_since is None:
-            self._unsynced_since = now
-        if (
-            not self._safe_applied
-            and now - self._unsynced_since >= self.config.agent.safe_after_lost_s
-        ):
-            keep = self.config.profile.keep_running_when_lost
-            # Its killed commands report no end.
-            self.hardware.safe_state("beat lost", keep=keep)
+        state = self.follower.state
+        if self.lost.watch(state, now, self.config, self.hardware, self.plan):
             self.counters.safe_states += 1
-            self._safe_applied = True
-            self.plan.cancel(keep=keep)
-            # One line with the local monotonic time and the pins read back: what the
-            # end-to-end tests (edge.harness.safe_states) and an operator check.
-            log.warning(
-                "outputs in their safe state (beat lost) at monotonic %.6f: %s",
-                now,
-                json.dumps(self.hardware.check_states()),
-            )
 
     def _fire_due(self, now: float) -> None:
         while (head := self.plan.head()) is not None:
