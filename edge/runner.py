@@ -46,7 +46,7 @@ from edge.config import Config, apply_reload
 from edge.counters import Counters
 from edge.errors import EdgeError
 from edge.guard import Guard, Sample
-from edge.hardware import ActionResult, Hardware
+from edge.hardware import Hardware
 from edge.hlc import HybridLogicalClock, node_id
 from edge.intake import Intake
 from edge.loglimit import LogLimiter
@@ -56,12 +56,13 @@ from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
 from edge.outbox_seq import new_incarnation
-from edge.plan import COMMAND_ENDS, BeatPlan, Fate, Outcome, RunTag, outcome, overdue
+from edge.plan import BeatPlan, outcome, overdue
 from edge.profile import Profile
 from edge.publisher import ACK_TIMEOUT_S as ACK_TIMEOUT_S  # re-exported: tests, tools
 from edge.publisher import ClaimPublisher, Link
 from edge.review import SOURCE_CONFLICT_ALERT, assemble, record_beat
 from edge.score import ScheduledAction, Score
+from edge.settle import Settler
 from edge.status import BeatReview, StatusBuilder
 from edge.sync import (
     BeatFollower,
@@ -163,6 +164,7 @@ class Runner:
             self._bad_input,
         )
         self.plan = BeatPlan()
+        self.settler = Settler(self.plan, self.counters, self.metrics)
         self.last_beat: int | None = None
         self.last_phase: str | None = None
         self.last_review: BeatReview | None = None
@@ -177,7 +179,6 @@ class Runner:
         self._trace_rows: list[TraceRow] = []
         self._pending_reload: Config | None = None
         self.stop_requested = False
-        self.recent_late_ms: deque[float] = deque(maxlen=256)
 
     @property
     def trust(self) -> BeatTrust | None:
@@ -196,6 +197,11 @@ class Runner:
     @claim_signer.setter
     def claim_signer(self, signer: Signer | None) -> None:
         self.publisher.signer = signer
+
+    @property
+    def recent_late_ms(self) -> deque[float]:
+        """How late the last fired actions started (ms), for the demo view."""
+        return self.settler.recent_late_ms
 
     # ------------------------------------------------------------------ scheduling
 
@@ -249,7 +255,7 @@ class Runner:
         self._handle(self.follower.tick(now), now)
         self._fire_due(now)
         for result in self.hardware.tick(self.clock.monotonic()):
-            self._note_followup(result)
+            self.settler.followup(self.guard, result)
         self._watch_sync(now)
         if self.probe is not None and now >= self._next_sample and not self._imminent(now):
             # A light sample (system CPU, memory, load, throttling: ~50 us) every interval;
@@ -345,7 +351,8 @@ class Runner:
 
     def _miss(self, sa: ScheduledAction, at: float) -> None:
         """``sa`` came due at ``at``, after its deadline: a miss, not applied."""
-        self._settle(sa, outcome(sa.action.do, overdue=True), 0.0, at - sa.at, at)
+        missed = outcome(sa.action.do, overdue=True)
+        self.settler.settle(self.guard, sa, missed, 0.0, at - sa.at, at)
         if self.trace is not None:
             bound, state = self._sync_now()
             self._trace_rows.append(TraceRow.missed_at(sa, at, bound_ms=bound, sync_state=state))
@@ -366,7 +373,7 @@ class Runner:
             dropped=result.dropped,
             running=command and result.run is not None,
         )
-        self._settle(sa, fate, after - before, before - sa.at, after)
+        self.settler.settle(self.guard, sa, fate, after - before, before - sa.at, after)
         if self.trace is not None:
             bound, state = self._sync_now()
             self._trace_rows.append(
@@ -380,40 +387,6 @@ class Runner:
                     sync_state=state,
                 )
             )
-
-    def _settle(
-        self, sa: ScheduledAction, fate: Outcome, duration: float, late_s: float, at: float
-    ) -> None:
-        """Count what became of ``sa`` and teach the guard and the metrics, as ``fate``
-        says (``duration``: how long applying it took; ``late_s``: how late it started)."""
-        self.plan.settle(sa.beat_index, fate, late_s, duration)
-        if fate.fate is Fate.FIRED or fate.fate is Fate.RUNNING:
-            self.counters.fired += 1
-            self.recent_late_ms.append(late_s * 1000.0)
-        self._learn(sa.action.name, fate, duration, late_s, at)
-
-    def _learn(self, name: str, fate: Outcome, duration: float, late_s: float, at: float) -> None:
-        if fate.fate is Fate.MISSED:
-            self.counters.missed += 1
-        elif fate.fate is Fate.DROPPED and fate.reason is not None:
-            self.counters.dropped[fate.reason] += 1
-        if fate.learn:
-            self.guard.record(name, duration, late_s, fate.miss)
-        elif fate.reason is not None:
-            self.guard.count_dropped(name, fate.reason, missed=fate.miss)
-        if fate.measured:
-            self.metrics.record_action(name, duration, late_s, fate.fate is Fate.MISSED, at)
-
-    def _note_followup(self, result: ActionResult) -> None:
-        if result.dropped is not None:
-            self.counters.dropped[result.dropped] += 1
-        if result.do in COMMAND_ENDS and isinstance(result.tag, RunTag):
-            fate = outcome(result.do, ok=result.ok)
-            self.plan.settle_run(result.tag, fate)
-            duration = result.duration_s if result.duration_s is not None else float("nan")
-            self._learn(result.tag.name, fate, duration, 0.0, result.at)
-        if not result.ok and result.error:
-            log.warning("%s.%s: %s", result.device, result.do, result.error)
 
     # ------------------------------------------------------------------ review and status
 
