@@ -6,13 +6,8 @@ Theory of operation
 next message or the next deadline (through the clock) and calls it. A wake-up does, in
 order:
 
-1. hand an inbound item to its owner: a beat frame to the follower (stamped with its local
-   arrival time by the link) once it decoded and, when beat keys are configured, passed
-   the trust stage (``edge.trust``: a frame without a good signature reaches neither the
-   follower nor the HLC), an acknowledgement to the outbox, a (dis)connect to the status
-   pump; a malformed frame is counted (``metadata.frames_rejected["malformed"]``) and
-   logged at a bounded rate (``edge.loglimit``), an untrusted one is counted under its
-   reason; neither is fatal;
+1. hand an inbound item to the intake (``edge.intake``: decoding, the trust stage,
+   plausibility, the follower and the HLC; acks and (dis)connects to the publisher);
 2. let the follower emit the boundary events due by ``now`` (beat started, phase started,
    sync lost...). At each beat start the score picks the actions of *this and the next*
    beat (one beat of look-ahead, so plan-phase actions are known before their beat) and the
@@ -25,15 +20,9 @@ order:
 5. at a beat's review phase: first count as misses the beat's actions whose deadline
    passed while they waited (after a stall the review comes in the same wake-up as they
    do: counted later they would land in no claim), then read results back, feed the
-   guard and the metrics, build the StatusClaim and put it through the outbox to the
-   broker;
+   guard and the metrics, build the StatusClaim and hand it to the claim publisher
+   (``edge.publisher``: the outbox, its publish window, ack time-outs and resends);
 6. sample the machine with the probe when a sample is due and nothing is imminent.
-
-Claims go to the link through the outbox's publish window. A claim whose acknowledgement
-has not come ``ACK_TIMEOUT_S`` after it was handed over (counting only connected time: over
-a reconnect paho re-sends it itself) is given up on (``Outbox.lost``) and sent again, so a
-lost acknowledgement never holds a window slot for ever. The link's control lane makes
-that rare: acknowledgements are not shed with frames.
 
 Action times are not stored once: after every frame the follower's model may move (slew,
 tempo change), so pending actions are re-timed from it. The wait is precise: a blocking
@@ -45,60 +34,52 @@ safe.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import queue
-import statistics
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import IO, Protocol
 
 from edge import __version__
 from edge.clock import Clock
 from edge.config import Config, apply_reload
-from edge.errors import EdgeError, FrameError
+from edge.counters import Counters
+from edge.errors import EdgeError
 from edge.guard import Guard, Sample
-from edge.hardware import ActionResult, Hardware
-from edge.hlc import HlcAheadError, HybridLogicalClock, node_id
+from edge.hardware import Hardware
+from edge.hlc import HybridLogicalClock, node_id
+from edge.intake import Intake
 from edge.loglimit import LogLimiter
-from edge.messages import (
-    BeatFrame,
-    StatusClaim,
-    decode_bar_report,
-    decode_beat_frame_with_map,
-    encode,
-)
+from edge.lostbeat import LostBeat
+from edge.messages import StatusClaim
 from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
 from edge.outbox_seq import new_incarnation
-from edge.plan import COMMAND_ENDS, BeatPlan, Fate, Outcome, RunTag, outcome, overdue
+from edge.plan import BeatPlan, outcome, overdue
 from edge.profile import Profile
+from edge.publisher import ACK_TIMEOUT_S as ACK_TIMEOUT_S  # re-exported: tests, tools
+from edge.publisher import ClaimPublisher, Link
+from edge.review import SOURCE_CONFLICT_ALERT, assemble, record_beat
 from edge.score import ScheduledAction, Score
-from edge.status import BeatReview, StatusBuilder, claim_state
+from edge.settle import Settler
+from edge.status import BeatReview, StatusBuilder
 from edge.sync import (
     BeatFollower,
     BeatJumped,
     BeatSourceConflict,
     BeatSourceConflictCleared,
     BeatStarted,
-    FrameVerdict,
     PhaseStarted,
     SyncEvent,
     SyncLost,
     SyncRegained,
-    SyncState,
     TempoChanged,
 )
 from edge.trace import TraceRow, write_rows
-from edge.trust import BeatTrust, Signer, sign_message
+from edge.trust import BeatTrust, Signer
 
 log = logging.getLogger(__name__)
-
-#: The alert a second source of the beat raises (claims' ``metadata.alerts``, log, monitor).
-SOURCE_CONFLICT_ALERT = "beat_source_conflict"
 
 #: Wake this long before a deadline and spin the rest (see the theory above).
 SPIN_S = 0.0006
@@ -108,35 +89,8 @@ WARM_S = 0.004
 MAX_WAIT_S = 0.1
 #: Every this many probe samples one is a full sample (process, temperature, disk).
 FULL_SAMPLE_EVERY = 5
-#: A claim not acknowledged this long (connected) after it was handed over is sent again.
-ACK_TIMEOUT_S = 30.0
 #: Bad input of one kind is logged once per this many seconds, then counted (loglimit).
 BAD_INPUT_QUIET_S = 10.0
-
-
-class Link(Protocol):
-    """What the runner needs of the MQTT link (the real one is ``edge.mqtt_link``)."""
-
-    @property
-    def inbox(self) -> queue.Queue[Inbound]: ...
-
-    @property
-    def dropped_inbound(self) -> int:
-        """Frames the link had to drop because the inbox was full (never acks or events)."""
-        ...
-
-    @property
-    def connected(self) -> bool: ...
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 1,
-        retain: bool = False,
-        content_type: str | None = None,
-        expiry_s: int | None = None,
-    ) -> int: ...
 
 
 class Probe(Protocol):
@@ -145,22 +99,6 @@ class Probe(Protocol):
 
 class Notifier(Protocol):
     def status(self, text: str) -> object: ...
-
-
-@dataclass
-class Counters:
-    frames: int = 0
-    frames_bad: int = 0
-    bar_reports: int = 0
-    fired: int = 0
-    missed: int = 0
-    shed: Counter[str] = field(default_factory=Counter)
-    dropped: Counter[str] = field(default_factory=Counter)
-    safe_states: int = 0
-    claims: int = 0
-    claims_acked: int = 0
-    reloads: int = 0
-    reload_errors: int = 0
 
 
 class Runner:
@@ -193,10 +131,6 @@ class Runner:
         self.notifier = notifier
         self.trace = trace
         self.on_view = on_view
-        #: Between decoding and the follower when beat keys are configured (edge.trust).
-        self.trust = trust
-        #: Signs every claim when [security] signing_key is set.
-        self.claim_signer = claim_signer
         self.topics = Topics(config.agent.topic_prefix, config.agent.cluster)
         self.follower = BeatFollower(config.agent.cluster, config.sync)
         self.score: Score = config.score
@@ -215,7 +149,22 @@ class Runner:
             incarnation=outbox.incarnation if outbox is not None else new_incarnation(),
         )
         self.counters = Counters()
+        self.publisher = ClaimPublisher(
+            config, clock, self.topics, link, outbox, claim_signer, self.counters
+        )
+        self._bad_input = LogLimiter(log, quiet_s=BAD_INPUT_QUIET_S)
+        self.intake = Intake(
+            self.topics,
+            self.follower,
+            self.hlc,
+            trust,
+            self.publisher,
+            self.metrics,
+            self.counters,
+            self._bad_input,
+        )
         self.plan = BeatPlan()
+        self.settler = Settler(self.plan, self.counters, self.metrics)
         self.last_beat: int | None = None
         self.last_phase: str | None = None
         self.last_review: BeatReview | None = None
@@ -225,19 +174,34 @@ class Runner:
         self._next_sample = clock.monotonic() + config.agent.sample_interval_s
         self._samples = 0
         self._next_view = 0.0
-        self._unsynced_since: float | None = None
-        self._safe_applied = False
+        self.lost = LostBeat()
         self._warmed: set[tuple[int, int]] = set()
-        self._outbox_degraded: str | None = None if outbox is None else outbox.degraded
         self._trace_rows: list[TraceRow] = []
         self._pending_reload: Config | None = None
-        self._bad_input = LogLimiter(log, quiet_s=BAD_INPUT_QUIET_S)
-        # The link's message id of each claim in flight -> when it was handed over (or the
-        # link last connected): for the ack time-out.
-        self._sent_at: dict[int, float] = {}
-        self._link_was_down = False
         self.stop_requested = False
-        self.recent_late_ms: deque[float] = deque(maxlen=256)
+
+    @property
+    def trust(self) -> BeatTrust | None:
+        """Between decoding and the follower when beat keys are configured (edge.trust)."""
+        return self.intake.trust
+
+    @trust.setter
+    def trust(self, trust: BeatTrust | None) -> None:
+        self.intake.trust = trust
+
+    @property
+    def claim_signer(self) -> Signer | None:
+        """Signs every claim when [security] signing_key is set."""
+        return self.publisher.signer
+
+    @claim_signer.setter
+    def claim_signer(self, signer: Signer | None) -> None:
+        self.publisher.signer = signer
+
+    @property
+    def recent_late_ms(self) -> deque[float]:
+        """How late the last fired actions started (ms), for the demo view."""
+        return self.settler.recent_late_ms
 
     # ------------------------------------------------------------------ scheduling
 
@@ -255,13 +219,14 @@ class Runner:
             candidates.append(hw_next)
         if self.probe is not None:
             candidates.append(self._next_sample)
-        if self._unsynced_since is not None and not self._safe_applied:
-            candidates.append(self._unsynced_since + self.config.agent.safe_after_lost_s)
+        safe_at = self.lost.deadline(self.config)
+        if safe_at is not None:
+            candidates.append(safe_at)
         return min(candidates)
 
     def _due(self, beat: int) -> list[ScheduledAction]:
         due = self.score.due(beat, self.follower)
-        if self._outputs_safe():  # only the devices that keep running when lost
+        if self.lost.outputs_safe(self.follower.state):  # only the devices kept when lost
             keep = self.config.profile.keep_running_when_lost
             due = [sa for sa in due if sa.action.device in keep]
         return due
@@ -290,7 +255,7 @@ class Runner:
         self._handle(self.follower.tick(now), now)
         self._fire_due(now)
         for result in self.hardware.tick(self.clock.monotonic()):
-            self._note_followup(result)
+            self.settler.followup(self.guard, result)
         self._watch_sync(now)
         if self.probe is not None and now >= self._next_sample and not self._imminent(now):
             # A light sample (system CPU, memory, load, throttling: ~50 us) every interval;
@@ -303,7 +268,7 @@ class Runner:
             self.guard.observe(self.last_sample)
             self.metrics.observe(self.last_sample)
             self._next_sample = now + self.config.agent.sample_interval_s
-        self._pump_outbox()
+        self.publisher.pump()
         if self.on_view is not None and now >= self._next_view and not self._imminent(now):
             self._next_view = now + 0.2
             self.on_view(self, now)
@@ -313,90 +278,17 @@ class Runner:
         return action_next is not None and action_next - now < 0.01
 
     def _receive(self, item: Inbound, now: float) -> None:
-        if item.kind == "message":
-            self.metrics.record_bytes(len(item.payload), now)
-            if item.topic == self.topics.beat:
-                self.counters.frames += 1
-                try:
-                    frame, data = decode_beat_frame_with_map(item.payload)
-                except FrameError as exc:
-                    self._bad_frame("beat frame", item.topic, exc, now)
-                    return
-                if self.trust is not None and not self._trusted(frame, data, now):
-                    return
-                self._follow(frame, item.arrived_at, item.wall_at, now)
-                self.plan.retime(self._due)
-            elif item.topic == self.topics.bar:
-                try:
-                    decode_bar_report(item.payload)
-                    self.counters.bar_reports += 1
-                except FrameError as exc:
-                    self._bad_frame("bar report", item.topic, exc, now)
-        elif item.kind == "ack":
-            self._sent_at.pop(item.mid, None)
-            if self.outbox is not None and self.outbox.acked(item.mid):
-                self.counters.claims_acked += 1
-        elif item.kind == "connected":
-            log.info("broker connected")
-            # paho re-sends what was in flight: each gets a full time-out from now.
-            self._sent_at = dict.fromkeys(self._sent_at, now)
-        elif item.kind == "disconnected":
-            log.warning("broker connection lost (%s); free-running on the local model", item.reason)
-
-    def _follow(
-        self, frame: BeatFrame, arrived_at: float, wall_at: float | None, now: float
-    ) -> None:
-        """Plausibility, then the follower; the HLC merges only frames the follower took.
-
-        A stamp too far ahead of our wall clock is refused before the follower sees the
-        frame (``hlc_ahead``); a frame for another cluster, a spoof or a duplicate never
-        moves the claims' HLC.
-        """
-        try:
-            self.hlc.check(frame.hlc)
-        except HlcAheadError as exc:
-            self._bad_input.note("hlc_ahead", f"beat frame {frame.beat_index}: {exc}", now)
-            self._handle(self.follower.refused(exc.reason, frame, arrived_at), now)
-            return
-        events = self.follower.receive(frame, arrived_at, wall_at)
-        if self.follower.last_verdict is FrameVerdict.ACCEPTED:
-            with contextlib.suppress(HlcAheadError):  # the wall clock stepped in between
-                self.hlc.merge(frame.hlc)
-        self._handle(events, now)
-
-    def _trusted(self, frame: BeatFrame, data: dict[str, object], now: float) -> bool:
-        """The trust stage: False (counted, logged at a bounded rate) for a frame that
-        must reach neither the follower nor the HLC."""
-        assert self.trust is not None
-        reason = self.trust.check(data)
-        if reason is None:
-            return True
-        if self.trust.should_log(reason, now):
-            log.warning(
-                "rejected beat frame %d %s (%s): %d %s so far",
-                frame.beat_index,
-                frame.phase,
-                reason,
-                self.trust.rejected[reason],
-                reason,
-            )
-        return False
-
-    def _bad_frame(self, what: str, topic: str, exc: FrameError, now: float) -> None:
-        self.counters.frames_bad += 1
-        # Once per kind and quiet period, then a count: a flood must not flood the log.
-        self._bad_input.note(
-            f"malformed {what}s on {topic}",
-            f"dropped malformed {what} on {topic}: {exc} ({self.counters.frames_bad} so far)",
-            now,
-        )
+        events = self.intake.receive(item, now)
+        if events is not None:  # a beat frame reached the follower: its model may move
+            self._handle(events, now)
+            self.plan.retime(self._due)
 
     def _handle(self, events: list[SyncEvent], now: float) -> None:
         for event in events:
             if isinstance(event, BeatStarted):
                 self.last_beat = event.beat_index
                 self._apply_reload()
-                if self._may_fire():
+                if self.lost.may_fire(self.follower.state, self.config):
                     self._plan(event.beat_index, now)
                     self._plan(event.beat_index + 1, now)
             elif isinstance(event, PhaseStarted):
@@ -435,50 +327,10 @@ class Runner:
             elif isinstance(event, BeatSourceConflictCleared):
                 log.info("alert %s cleared", SOURCE_CONFLICT_ALERT)
 
-    def _may_fire(self) -> bool:
-        """Fire on a locked or free-running timeline, and on a lost one until the lost-beat
-        safe state (then only on the devices that keep running when lost); never while
-        still acquiring (the timeline is not known well enough yet)."""
-        state = self.follower.state
-        if state in (SyncState.LOCKED, SyncState.FREE_RUNNING):
-            return True
-        if state is not SyncState.LOST:
-            return False
-        return not self._safe_applied or bool(self.config.profile.keep_running_when_lost)
-
-    def _outputs_safe(self) -> bool:
-        """The beat is lost and the outputs were put in their safe state: until it
-        returns, only the devices that keep running when lost may fire. (Asked of the
-        follower's state itself, so the first beat after a regained one is planned whole.)"""
-        return self._safe_applied and self.follower.state is SyncState.LOST
-
     def _watch_sync(self, now: float) -> None:
-        """Outputs go to their safe state once the beat has been lost for
-        ``agent.safe_after_lost_s`` (0 by default: at once), but those of the devices
-        whose profile says ``keep_running_when_lost``."""
-        if self.follower.state is not SyncState.LOST:
-            self._unsynced_since = None
-            self._safe_applied = False
-            return
-        if self._unsynced_since is None:
-            self._unsynced_since = now
-        if (
-            not self._safe_applied
-            and now - self._unsynced_since >= self.config.agent.safe_after_lost_s
-        ):
-            keep = self.config.profile.keep_running_when_lost
-            # Its killed commands report no end.
-            self.hardware.safe_state("beat lost", keep=keep)
+        state = self.follower.state
+        if self.lost.watch(state, now, self.config, self.hardware, self.plan):
             self.counters.safe_states += 1
-            self._safe_applied = True
-            self.plan.cancel(keep=keep)
-            # One line with the local monotonic time and the pins read back: what the
-            # end-to-end tests (edge.harness.safe_states) and an operator check.
-            log.warning(
-                "outputs in their safe state (beat lost) at monotonic %.6f: %s",
-                now,
-                json.dumps(self.hardware.check_states()),
-            )
 
     def _fire_due(self, now: float) -> None:
         while (head := self.plan.head()) is not None:
@@ -499,7 +351,8 @@ class Runner:
 
     def _miss(self, sa: ScheduledAction, at: float) -> None:
         """``sa`` came due at ``at``, after its deadline: a miss, not applied."""
-        self._settle(sa, outcome(sa.action.do, overdue=True), 0.0, at - sa.at, at)
+        missed = outcome(sa.action.do, overdue=True)
+        self.settler.settle(self.guard, sa, missed, 0.0, at - sa.at, at)
         if self.trace is not None:
             bound, state = self._sync_now()
             self._trace_rows.append(TraceRow.missed_at(sa, at, bound_ms=bound, sync_state=state))
@@ -520,7 +373,7 @@ class Runner:
             dropped=result.dropped,
             running=command and result.run is not None,
         )
-        self._settle(sa, fate, after - before, before - sa.at, after)
+        self.settler.settle(self.guard, sa, fate, after - before, before - sa.at, after)
         if self.trace is not None:
             bound, state = self._sync_now()
             self._trace_rows.append(
@@ -535,40 +388,6 @@ class Runner:
                 )
             )
 
-    def _settle(
-        self, sa: ScheduledAction, fate: Outcome, duration: float, late_s: float, at: float
-    ) -> None:
-        """Count what became of ``sa`` and teach the guard and the metrics, as ``fate``
-        says (``duration``: how long applying it took; ``late_s``: how late it started)."""
-        self.plan.settle(sa.beat_index, fate, late_s, duration)
-        if fate.fate is Fate.FIRED or fate.fate is Fate.RUNNING:
-            self.counters.fired += 1
-            self.recent_late_ms.append(late_s * 1000.0)
-        self._learn(sa.action.name, fate, duration, late_s, at)
-
-    def _learn(self, name: str, fate: Outcome, duration: float, late_s: float, at: float) -> None:
-        if fate.fate is Fate.MISSED:
-            self.counters.missed += 1
-        elif fate.fate is Fate.DROPPED and fate.reason is not None:
-            self.counters.dropped[fate.reason] += 1
-        if fate.learn:
-            self.guard.record(name, duration, late_s, fate.miss)
-        elif fate.reason is not None:
-            self.guard.count_dropped(name, fate.reason, missed=fate.miss)
-        if fate.measured:
-            self.metrics.record_action(name, duration, late_s, fate.fate is Fate.MISSED, at)
-
-    def _note_followup(self, result: ActionResult) -> None:
-        if result.dropped is not None:
-            self.counters.dropped[result.dropped] += 1
-        if result.do in COMMAND_ENDS and isinstance(result.tag, RunTag):
-            fate = outcome(result.do, ok=result.ok)
-            self.plan.settle_run(result.tag, fate)
-            duration = result.duration_s if result.duration_s is not None else float("nan")
-            self._learn(result.tag.name, fate, duration, 0.0, result.at)
-        if not result.ok and result.error:
-            log.warning("%s.%s: %s", result.device, result.do, result.error)
-
     # ------------------------------------------------------------------ review and status
 
     def _review(self, beat: int, now: float) -> None:
@@ -578,59 +397,19 @@ class Runner:
             self._miss(sa, now)
         ledger = self.plan.review(beat)
         self.guard.end_beat(beat)
-        phase_s = self.follower.beat_seconds() / 3.0
-        self.metrics.record_beat(
-            beat,
-            phase_s,
-            ledger.busy_s,
-            ledger.missed == 0,
-            ledger.fired,
-            self.follower.tempo_drift_ms(now),
-            now,
-        )
-        started, cleared = self.metrics.check_alerts(now)
-        for alert in started:
-            log.warning(
-                "alert %s started: %s (%s)", alert.name, alert.message, alert.recommendation
-            )
-        for alert in cleared:
-            log.info("alert %s cleared", alert.name)
+        record_beat(self.metrics, self.follower, beat, ledger, now)
         self._flush_trace()
-        verdict = self.guard.advance(now)
-        sample, full = self.last_sample, self.last_full_sample
-        sync_state = self.follower.state
-        late = sorted(ledger.late_ms)
-        conflict = self.follower.source_conflict
-        review = BeatReview(
-            beat_index=beat,
-            state=claim_state(
-                sync_state.value, ledger.planned, ledger.failed, sum(ledger.shed.values())
-            ),
-            sync_state=sync_state.value,
-            error_bound_ms=self.follower.error_bound_s * 1000.0,
-            late_ms_p50=statistics.median(late) if late else None,
-            late_ms_max=late[-1] if late else None,
-            fired=ledger.fired,
-            missed=ledger.missed,
-            shed=dict(ledger.shed),
-            dropped_by_limit=sum(ledger.dropped.values()),
-            frames_rejected=self._frames_rejected(),
-            inbox_dropped=0 if self.link is None else self.link.dropped_inbound,
-            guard_level=verdict.level.value,
-            guard_reason=verdict.reason,
-            recommended_tempo=self.metrics.recommended_tempo(),
-            cpu_percent=None if sample is None else sample.cpu_percent,
-            memory_mb=None if full is None else full.process_rss_mb,
-            temperature_c=None if full is None else full.temperature_c,
-            backlog=0 if self.outbox is None else self.outbox.backlog,
-            outbox_dropped=0 if self.outbox is None else self.outbox.dropped,
-            outbox_degraded=None if self.outbox is None else self.outbox.degraded,
-            outbox_torn=0 if self.outbox is None else self.outbox.torn,
-            outbox_corrupt=0 if self.outbox is None else self.outbox.corrupt,
-            outbox_lost=0 if self.outbox is None else self.outbox.lost,
-            alerts=self._alerts(),
-            source_conflict_ms=None if conflict is None else conflict.spread_ms,
-            isolated=tuple(sorted(self.hardware.isolated)),
+        review = assemble(
+            beat,
+            ledger,
+            self.guard.advance(now),
+            self.follower,
+            self.metrics,
+            (self.last_sample, self.last_full_sample),
+            self.intake.frames_rejected(),
+            0 if self.link is None else self.link.dropped_inbound,
+            self.outbox,
+            tuple(sorted(self.hardware.isolated)),
         )
         self.last_review = review
         claim = self.status.build(review)
@@ -639,81 +418,11 @@ class Runner:
         if self.notifier is not None:
             self.notifier.status(self.status_line())
 
-    def _alerts(self) -> tuple[str, ...]:
-        """The metrics' alerts in force, and ``beat_source_conflict`` while the follower
-        sees two sources of the beat."""
-        names = tuple(a.name for a in self.metrics.active_alerts())
-        if self.follower.source_conflict is not None:
-            names += (SOURCE_CONFLICT_ALERT,)
-        return names
-
-    def _frames_rejected(self) -> dict[str, int]:
-        """The refusals by reason: the follower's, the trust stage's, and the frames that
-        did not decode (``malformed``)."""
-        rejected = dict(self.follower.rejected)
-        if self.trust is not None:
-            for reason, count in self.trust.rejected.items():
-                rejected[reason] = rejected.get(reason, 0) + count
-        if self.counters.frames_bad:
-            rejected["malformed"] = rejected.get("malformed", 0) + self.counters.frames_bad
-        return rejected
-
     def _encode_claim(self, claim: StatusClaim) -> bytes:
-        if self.claim_signer is not None:
-            claim = sign_message(claim, self.claim_signer)
-        return encode(claim, self.config.status.format)
+        return self.publisher.encode(claim)
 
     def _submit_claim(self, claim: StatusClaim) -> None:
-        payload = self._encode_claim(claim)
-        self.counters.claims += 1
-        topic = self.topics.status(self.config.agent.id)
-        if self.outbox is not None:
-            self.outbox.append(topic, payload, self.clock.wall())
-            if self.outbox.degraded != self._outbox_degraded:  # say it once, and the recovery
-                if self.outbox.degraded:
-                    log.warning("outbox: %s", self.outbox.degraded)
-                else:
-                    log.info("outbox: back on disk")
-                self._outbox_degraded = self.outbox.degraded
-            self._pump_outbox()
-        elif self.link is not None and self.link.connected:
-            self._publish(topic, payload)
-
-    def _publish(self, topic: str, payload: bytes) -> int:
-        assert self.link is not None
-        content_type = (
-            "application/cbor" if self.config.status.format == "cbor" else ("application/json")
-        )
-        return self.link.publish(
-            topic, payload, qos=1, content_type=content_type, expiry_s=self.config.status.expiry_s
-        )
-
-    def _pump_outbox(self) -> None:
-        """Hand claims to the link in order, as many as the outbox's window lets through."""
-        if self.outbox is None or self.link is None:
-            return
-        if not self.link.connected:
-            self._link_was_down = True
-            return
-        if self._link_was_down:
-            # Seen up again (perhaps before its ``connected`` event): paho re-sends what was
-            # in flight, so each gets a full time-out from now, never a stale one.
-            self._link_was_down = False
-            self._sent_at = dict.fromkeys(self._sent_at, self.clock.monotonic())
-        if self._sent_at:
-            now = self.clock.monotonic()
-            for mid in [m for m, at in self._sent_at.items() if now - at >= ACK_TIMEOUT_S]:
-                del self._sent_at[mid]
-                if self.outbox.resend(mid):
-                    log.warning(
-                        "claim (message %d) not acknowledged in %.0f s; sending it again",
-                        mid,
-                        ACK_TIMEOUT_S,
-                    )
-        for record in self.outbox.to_publish():
-            mid = self._publish(record.topic, record.payload)
-            self.outbox.published(record.seq, mid)
-            self._sent_at[mid] = self.clock.monotonic()
+        self.publisher.submit(claim)
 
     def _flush_trace(self) -> None:
         if self.trace is not None:
@@ -769,6 +478,7 @@ class Runner:
         elif self.hardware.isolated:
             self.hardware.revive()
         self.config = new
+        self.publisher.config = new
         self.score = new.score
         self.guard = guard
         self.status = status
@@ -819,7 +529,7 @@ class Runner:
         if self.last_review is None:
             return None
         claim = self.status.final(replace(self.last_review, state="idle"))
-        return self.topics.status(self.config.agent.id), self._encode_claim(claim)
+        return self.publisher.topic, self._encode_claim(claim)
 
     def shutdown(self) -> list[tuple[str, bytes, bool]]:
         """Stop: every output to its safe state, the trace flushed. Returns what to send
@@ -832,16 +542,8 @@ class Runner:
             log.error("safe state on shutdown: %s", exc)
         log.info("outputs after safe state: %s", self.hardware.check_states())
         self.flush()
-        final: list[tuple[str, bytes, bool]] = []
         claim = self.final_claim()
-        if claim is not None:
-            topic, payload = claim
-            if self.link is not None and self.link.connected:
-                final.append((topic, payload, False))
-            elif self.outbox is not None:
-                self.outbox.append(topic, payload, self.clock.wall())
-        final.append((self.topics.availability(self.config.agent.id), b"offline", True))
-        return final
+        return self.publisher.farewell(None if claim is None else claim[1])
 
     # ------------------------------------------------------------------ the loop
 

@@ -1,0 +1,143 @@
+"""The intake: every inbound item of the link, checked and handed to its owner.
+
+A beat frame (stamped with its local arrival time by the link) is decoded; when beat keys
+are configured it must pass the trust stage (``edge.trust``: a frame without a good
+signature reaches neither the follower nor the HLC); then plausibility (a stamp more than
+``agent.hlc_max_ahead_s`` ahead of our wall clock is refused, ``hlc_ahead``), the follower,
+and the HLC, which merges only frames the follower accepted. An acknowledgement and a
+(dis)connect go to the claim publisher. A malformed frame is counted
+(``metadata.frames_rejected["malformed"]``) and logged at a bounded rate
+(``edge.loglimit``), an untrusted one is counted under its reason; neither is fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from edge.counters import Counters
+from edge.errors import FrameError
+from edge.hlc import HlcAheadError, HybridLogicalClock
+from edge.loglimit import LogLimiter
+from edge.messages import BeatFrame, decode_bar_report, decode_beat_frame_with_map
+from edge.metrics import Metrics
+from edge.mqtt_link import Inbound, Topics
+from edge.publisher import ClaimPublisher
+from edge.sync import BeatFollower, FrameVerdict, SyncEvent
+from edge.trust import BeatTrust
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    """Decodes, checks and routes inbound items; counts and logs what it refuses."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        follower: BeatFollower,
+        hlc: HybridLogicalClock,
+        trust: BeatTrust | None,
+        publisher: ClaimPublisher,
+        metrics: Metrics,
+        counters: Counters,
+        bad_input: LogLimiter,
+    ) -> None:
+        self.topics = topics
+        self.follower = follower
+        self.hlc = hlc
+        #: Between decoding and the follower when beat keys are configured (edge.trust).
+        self.trust = trust
+        self.publisher = publisher
+        self.metrics = metrics
+        self.counters = counters
+        #: Bad input of one kind is logged once per quiet period, then counted.
+        self.bad_input = bad_input
+
+    def receive(self, item: Inbound, now: float) -> list[SyncEvent] | None:
+        """Take ``item``; the follower's events if it was a beat frame the follower saw
+        (then the plan is to be re-timed), else None."""
+        if item.kind == "message":
+            self.metrics.record_bytes(len(item.payload), now)
+            if item.topic == self.topics.beat:
+                self.counters.frames += 1
+                try:
+                    frame, data = decode_beat_frame_with_map(item.payload)
+                except FrameError as exc:
+                    self._bad_frame("beat frame", item.topic, exc, now)
+                    return None
+                if self.trust is not None and not self._trusted(frame, data, now):
+                    return None
+                return self._follow(frame, item.arrived_at, item.wall_at, now)
+            if item.topic == self.topics.bar:
+                try:
+                    decode_bar_report(item.payload)
+                    self.counters.bar_reports += 1
+                except FrameError as exc:
+                    self._bad_frame("bar report", item.topic, exc, now)
+        elif item.kind == "ack":
+            self.publisher.acked(item.mid)
+        elif item.kind == "connected":
+            log.info("broker connected")
+            self.publisher.connected(now)
+        elif item.kind == "disconnected":
+            log.warning("broker connection lost (%s); free-running on the local model", item.reason)
+        return None
+
+    def _follow(
+        self, frame: BeatFrame, arrived_at: float, wall_at: float | None, now: float
+    ) -> list[SyncEvent]:
+        """Plausibility, then the follower; the HLC merges only frames the follower took.
+
+        A stamp too far ahead of our wall clock is refused before the follower sees the
+        frame (``hlc_ahead``); a frame for another cluster, a spoof or a duplicate never
+        moves the claims' HLC.
+        """
+        try:
+            self.hlc.check(frame.hlc)
+        except HlcAheadError as exc:
+            self.bad_input.note("hlc_ahead", f"beat frame {frame.beat_index}: {exc}", now)
+            return self.follower.refused(exc.reason, frame, arrived_at)
+        events = self.follower.receive(frame, arrived_at, wall_at)
+        if self.follower.last_verdict is FrameVerdict.ACCEPTED:
+            with contextlib.suppress(HlcAheadError):  # the wall clock stepped in between
+                self.hlc.merge(frame.hlc)
+        return events
+
+    def _trusted(self, frame: BeatFrame, data: dict[str, object], now: float) -> bool:
+        """The trust stage: False (counted, logged at a bounded rate) for a frame that
+        must reach neither the follower nor the HLC."""
+        assert self.trust is not None
+        reason = self.trust.check(data)
+        if reason is None:
+            return True
+        if self.trust.should_log(reason, now):
+            log.warning(
+                "rejected beat frame %d %s (%s): %d %s so far",
+                frame.beat_index,
+                frame.phase,
+                reason,
+                self.trust.rejected[reason],
+                reason,
+            )
+        return False
+
+    def _bad_frame(self, what: str, topic: str, exc: FrameError, now: float) -> None:
+        self.counters.frames_bad += 1
+        # Once per kind and quiet period, then a count: a flood must not flood the log.
+        self.bad_input.note(
+            f"malformed {what}s on {topic}",
+            f"dropped malformed {what} on {topic}: {exc} ({self.counters.frames_bad} so far)",
+            now,
+        )
+
+    def frames_rejected(self) -> dict[str, int]:
+        """The refusals by reason: the follower's, the trust stage's, and the frames that
+        did not decode (``malformed``)."""
+        rejected = dict(self.follower.rejected)
+        if self.trust is not None:
+            for reason, count in self.trust.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+        if self.counters.frames_bad:
+            rejected["malformed"] = rejected.get("malformed", 0) + self.counters.frames_bad
+        return rejected
