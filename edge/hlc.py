@@ -150,13 +150,14 @@ class HybridLogicalClock:
     def max_ahead_s(self) -> float | None:
         return self._max_ahead
 
-    def check(self, received: str) -> None:
+    def check(self, received: str) -> int:
         """Raise what :meth:`merge` would raise for ``received``, without merging it.
 
         FrameError if it is malformed, HlcAheadError if it is beyond the bound: a caller
         can refuse a frame before anything else sees it, and merge it once it passed.
+        Returns the stamp's wall second, unwrapped (to compare stamps across the wrap).
         """
-        self._unwrapped(received)
+        return self._unwrapped(received)[0]
 
     def _unwrapped(self, received: str) -> tuple[int, int, int]:
         """(received wall unwrapped, its logical part, physical now); checks the bound."""

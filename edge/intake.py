@@ -28,6 +28,12 @@ from edge.trust import BeatTrust
 
 log = logging.getLogger(__name__)
 
+#: With signed beats, a frame whose stamp (HLC, whole seconds) lags what the newest frame
+#: followed plus the local time since would give by more than this (plus REPLAY_RATE of the
+#: time since, for clock rates) is a replay (``replayed``): honest reordering is far shorter.
+REPLAY_TOLERANCE_S = 2.0
+REPLAY_RATE = 0.01
+
 
 class Intake:
     """Decodes, checks and routes inbound items; counts and logs what it refuses."""
@@ -53,6 +59,9 @@ class Intake:
         self.counters = counters
         #: Bad input of one kind is logged once per quiet period, then counted.
         self.bad_input = bad_input
+        #: The HLC wall second (unwrapped) of the newest frame the follower accepted, and
+        #: when it arrived (local monotonic).
+        self._newest: tuple[int, float] | None = None
 
     def receive(self, item: Inbound, now: float) -> list[SyncEvent] | None:
         """Take ``item``; the follower's events if it was a beat frame the follower saw
@@ -94,14 +103,32 @@ class Intake:
         moves the claims' HLC.
         """
         try:
-            self.hlc.check(frame.hlc)
+            stamped = self.hlc.check(frame.hlc)
         except HlcAheadError as exc:
             self.bad_input.note("hlc_ahead", f"beat frame {frame.beat_index}: {exc}", now)
             return self.follower.refused(exc.reason, frame, arrived_at)
+        if self.trust is not None and self._newest is not None:
+            # Well signed is not fresh: the stamp must have moved on about as far as our
+            # monotonic clock has since the newest frame followed. A frame sent again later
+            # (say a recorded pair while the pulse is silent, which the follower would take
+            # as a restart) is older than that; a signature proves who, the stamp says when.
+            wall, at = self._newest
+            elapsed = max(0.0, arrived_at - at)
+            behind = wall + elapsed - stamped
+            if behind > REPLAY_TOLERANCE_S + REPLAY_RATE * elapsed:
+                self.bad_input.note(
+                    "replayed",
+                    f"beat frame {frame.beat_index}: stamped {behind:.0f} s before a fresh "
+                    "frame would be (sent again)",
+                    now,
+                )
+                return self.follower.refused("replayed", frame, arrived_at)
         events = self.follower.receive(frame, arrived_at, wall_at)
         if self.follower.last_verdict is FrameVerdict.ACCEPTED:
             with contextlib.suppress(HlcAheadError):  # the wall clock stepped in between
                 self.hlc.merge(frame.hlc)
+            if self._newest is None or stamped >= self._newest[0]:
+                self._newest = (stamped, arrived_at)
         return events
 
     def _trusted(self, frame: BeatFrame, data: dict[str, object], now: float) -> bool:

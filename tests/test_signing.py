@@ -573,10 +573,37 @@ def test_replayed_signed_frames_are_rejected_by_the_follower_with_their_reason(
     assert runner.trust is not None and runner.trust.rejected == {}  # well signed...
     review = runner.last_review
     assert review is not None
-    # ...and still rejected, each under its reason, in the claim
+    # ...and still rejected, each under its reason, in the claim: the latest frame again is
+    # a duplicate; beat 5's, stamped 7 s before a fresh frame would be, a replay
     assert review.frames_rejected.get("duplicate") == 1, review.frames_rejected
-    assert review.frames_rejected.get("stale") == 1, review.frames_rejected
+    assert review.frames_rejected.get("replayed") == 1, review.frames_rejected
     assert runner.follower.state is SyncState.LOCKED and runner.last_beat == 29
+
+
+def test_a_signed_pair_replayed_while_the_pulse_is_silent_is_refused(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    bench = SignedBench(tmp_path, factory)
+    for k in range(30):
+        bench.feed(bench.frame(k), bench.start + k * BEAT)
+    # The pulse goes quiet until the beat is lost; then an attacker replays two consecutive
+    # signed frames it recorded 10 beats in, at their own spacing: a perfect "restart".
+    replay_at = bench.start + 60 * BEAT
+    bench.run_until(replay_at)
+    assert bench.runner.follower.state is SyncState.LOST
+    bench.feed(bench.frame(10), replay_at)
+    bench.feed(bench.frame(11), replay_at + BEAT)
+    bench.run_until(replay_at + 4 * BEAT)
+    runner = bench.runner
+    review = runner.last_review
+    assert review is not None
+    assert review.frames_rejected.get("replayed") == 2, review.frames_rejected
+    assert runner.follower.reanchors == 0 and runner.follower.state is SyncState.LOST
+    # ...and the real pulse, when it returns, is followed again.
+    for k in range(70, 90):
+        bench.feed(bench.frame(k), bench.start + k * BEAT)
+    bench.run_until(bench.start + 90 * BEAT)
+    assert runner.follower.state is SyncState.LOCKED and runner.last_beat == 89  # type: ignore[comparison-overlap]
 
 
 def test_claims_are_signed_with_the_signing_key(tmp_path: Path, factory: MockFactory) -> None:
