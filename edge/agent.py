@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import quote
 
 from edge.clock import SystemClock
@@ -34,8 +34,10 @@ from edge.probe import Probe
 from edge.profile import Profile
 from edge.runner import Runner
 from edge.service import Notifier, WatchdogGate
-from edge.signing import Keyring, SigningKey
 from edge.trust import BeatTrust, SecurityConfig
+
+if TYPE_CHECKING:
+    from edge.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,9 @@ def outbox_config_for(config: Config, environ: Mapping[str, str] = os.environ) -
 def security_for(security: SecurityConfig) -> tuple[BeatTrust | None, SigningKey | None]:
     """The trust stage (None when no beat keys are configured) and the claim signer (None
     without ``signing_key``); raises ConfigError if the signing key cannot be used."""
+    # Imported here: `cryptography` costs ~8 MB of RSS, paid only where keys are configured.
+    from edge.signing import Keyring, SigningKey
+
     trust = None
     if security.beat_keys:
         keyring = Keyring(key.raw for key in security.beat_keys)

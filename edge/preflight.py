@@ -37,7 +37,6 @@ from edge.errors import ConfigError, ConfigProblems, HardwareError
 from edge.files import read_regular
 from edge.hardware import Hardware, load_pin_factory
 from edge.profile import Profile
-from edge.signing import SigningKey
 
 BENCH_HINT = (
     'on a bench without GPIO set pin_factory = "mock" in [gpio] (or GPIOZERO_PIN_FACTORY=mock)'
@@ -278,6 +277,8 @@ def preflight(config: Config, pin_factory: object | None = None) -> str:
     named = [config.broker.password_file, config.broker.ca_file, config.broker.cert_file]
     checked = "broker files readable" if any(named) else "no broker files named"
     if config.security.signing_key is not None:
+        from edge.signing import SigningKey  # `cryptography` only where a key is configured
+
         try:
             SigningKey.load(config.security.signing_key, where="security.signing_key")
             checked += "; claim signing key usable"

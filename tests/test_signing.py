@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -649,3 +651,13 @@ def test_keygen_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "NAME.pem" in out and "0600" in out
+
+
+def test_an_agent_without_keys_never_loads_cryptography() -> None:
+    # ~8 MB of RSS on a Pi that does not verify anything: imported only where keys are set.
+    code = (
+        "import sys, edge.agent, edge.cli, edge.runner, edge.preflight, edge.monitor\n"
+        "assert 'cryptography' not in sys.modules, sorted(m for m in sys.modules if 'crypt' in m)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
