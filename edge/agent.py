@@ -86,11 +86,11 @@ def outbox_config_for(config: Config, environ: Mapping[str, str] = os.environ) -
 def security_for(security: SecurityConfig) -> tuple[BeatTrust | None, SigningKey | None]:
     """The trust stage (None when no beat keys are configured) and the claim signer (None
     without ``signing_key``); raises ConfigError if the signing key cannot be used."""
-    # Imported here: `cryptography` costs ~8 MB of RSS, paid only where keys are configured.
-    from edge.signing import Keyring, SigningKey
-
+    # Imported only where keys are configured: `cryptography` costs ~7 MB of RSS.
     trust = None
     if security.beat_keys:
+        from edge.signing import Keyring
+
         keyring = Keyring(key.raw for key in security.beat_keys)
         trust = BeatTrust(keyring, require=security.require_signed_beats)
         log.info(
@@ -100,6 +100,8 @@ def security_for(security: SecurityConfig) -> tuple[BeatTrust | None, SigningKey
         )
     signer = None
     if security.signing_key is not None:
+        from edge.signing import SigningKey
+
         signer = SigningKey.load(security.signing_key, where="security.signing_key")
         log.info("claims are signed with key %s", signer.kid)
     return trust, signer

@@ -657,6 +657,8 @@ def test_an_agent_without_keys_never_loads_cryptography() -> None:
     # ~8 MB of RSS on a Pi that does not verify anything: imported only where keys are set.
     code = (
         "import sys, edge.agent, edge.cli, edge.runner, edge.preflight, edge.monitor\n"
+        "from edge.trust import SecurityConfig\n"
+        "edge.agent.security_for(SecurityConfig())\n"
         "assert 'cryptography' not in sys.modules, sorted(m for m in sys.modules if 'crypt' in m)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
