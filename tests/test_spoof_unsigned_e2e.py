@@ -196,7 +196,11 @@ def test_unsigned_spoofs_move_nothing_and_early_copies_raise_the_conflict(
         wait_noting(6.0)
         attack_from = time.monotonic()
         attacker.armed.set()
-        wait_noting((LONE_BEATS + 1) * BEAT)
+        wait_noting(LONE_BEATS * BEAT)
+        # the first early copy goes out about LONE_BEATS + 1 beats in; a loaded box is later
+        give_up = time.monotonic() + 10.0
+        while attacker.early_from is None and time.monotonic() < give_up:
+            wait_noting(0.05)
         assert attacker.early_from is not None, attacker.sent
         early_from = attacker.early_from
         wait_noting(28 * BEAT)
