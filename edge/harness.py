@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,3 +215,14 @@ class ClaimRecorder:
     def stop(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, poll_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; whether it became
+    true. The one wait the process tests share (they watch traces, logs and claims)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return bool(predicate())

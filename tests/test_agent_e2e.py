@@ -22,6 +22,7 @@ from edge.harness import (
     safe_states,
     start_agent,
     start_pulse,
+    wait_until,
     write_agent_config,
 )
 
@@ -118,19 +119,10 @@ def _run(tmp: Path, mosquitto: Mosquitto, bpm: float) -> tuple[Proc, Proc, Path,
     return agent, pulse, agent_trace, pulse_trace
 
 
-def _wait_for(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_actions_fire_in_their_beats_and_phases(tmp_path: Path, mosquitto: Mosquitto) -> None:
     agent, pulse, agent_trace, pulse_trace = _run(tmp_path, mosquitto, 150)
     try:
-        assert _wait_for(lambda: len(read_trace(agent_trace)) >= 20, 25), agent.log()
+        assert wait_until(lambda: len(read_trace(agent_trace)) >= 20, 25), agent.log()
     finally:
         pulse.stop()
         code = agent.stop()
@@ -157,17 +149,17 @@ def test_tempo_change_is_followed(tmp_path: Path, mosquitto: Mosquitto) -> None:
 
     agent, pulse, agent_trace, pulse_trace = _run(tmp_path, mosquitto, 120)
     try:
-        assert _wait_for(lambda: len(read_trace(agent_trace)) >= 8, 25), agent.log()
+        assert wait_until(lambda: len(read_trace(agent_trace)) >= 8, 25), agent.log()
         publish.single(
             "backbeat/bench/pulse/tempo", "132", hostname="127.0.0.1", port=mosquitto.port
         )
-        assert _wait_for(
+        assert wait_until(
             lambda: any(r["tempo_bpm"] == 132.0 for r in read_trace(pulse_trace)), 10
         ), pulse.log()
         publish.single(
             "backbeat/bench/pulse/tempo", "118.8", hostname="127.0.0.1", port=mosquitto.port
         )
-        assert _wait_for(
+        assert wait_until(
             lambda: any(r["tempo_bpm"] == 118.8 for r in read_trace(pulse_trace)), 10
         ), pulse.log()
         time.sleep(3.0)
@@ -188,7 +180,7 @@ def test_tempo_change_is_followed(tmp_path: Path, mosquitto: Mosquitto) -> None:
 def test_agent_survives_pulse_stop_and_restart(tmp_path: Path, mosquitto: Mosquitto) -> None:
     agent, pulse, agent_trace, _ = _run(tmp_path, mosquitto, 120)
     try:
-        assert _wait_for(lambda: len(read_trace(agent_trace)) >= 8, 25), agent.log()
+        assert wait_until(lambda: len(read_trace(agent_trace)) >= 8, 25), agent.log()
         pulse.stop()
         silent_from = len(read_trace(agent_trace))
         time.sleep(2.5)  # the agent free-runs on its model meanwhile
@@ -202,7 +194,7 @@ def test_agent_survives_pulse_stop_and_restart(tmp_path: Path, mosquitto: Mosqui
             tmp_path / "pulse2.log",
             start_beat=1000,
         )
-        assert _wait_for(
+        assert wait_until(
             lambda: any(
                 int(r["beat_index"]) >= 1000  # type: ignore[call-overload]
                 and r["fired_mono"]
@@ -234,10 +226,10 @@ def test_outputs_are_safe_within_11_s_of_the_last_frame(
     agent = start_agent(config, agent_trace, tmp_path / "agent.log")
     pulse = start_pulse(mosquitto.url, "bench", 150, pulse_trace, tmp_path / "pulse.log")
     try:
-        assert _wait_for(lambda: len(read_trace(agent_trace)) >= 12, 25), agent.log()
+        assert wait_until(lambda: len(read_trace(agent_trace)) >= 12, 25), agent.log()
         pulse.stop()
         last_frame = max(float(r["sent_mono"]) for r in read_trace(pulse_trace))  # type: ignore[arg-type]
-        assert _wait_for(lambda: safe_states(agent.log()), 16), agent.log()
+        assert wait_until(lambda: safe_states(agent.log()), 16), agent.log()
         time.sleep(2.0)  # and then nothing moves
     finally:
         pulse.stop()
@@ -277,7 +269,7 @@ def test_agent_waits_for_a_missing_broker(tmp_path: Path) -> None:
         with start_mosquitto(port=port) as broker:
             pulse = start_pulse(broker.url, "bench", 150, None, tmp_path / "pulse.log")
             try:
-                assert _wait_for(lambda: len(read_trace(tmp_path / "agent.jsonl")) >= 4, 25), (
+                assert wait_until(lambda: len(read_trace(tmp_path / "agent.jsonl")) >= 4, 25), (
                     agent.log()
                 )
             finally:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.broker import Mosquitto, free_port, start_mosquitto
-from edge.harness import Proc, read_trace, start_agent, start_pulse, write_agent_config
+from edge.harness import Proc, read_trace, start_agent, start_pulse, wait_until, write_agent_config
 from edge.messages import BeatFrame, StatusClaim, decode_status_claim, encode
 
 SHIPPED = Path(__file__).resolve().parents[1] / "systemd" / "mosquitto"
@@ -156,7 +156,7 @@ class Client:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if qos == 0:
             return 0
-        assert _wait_for(lambda: info.mid in self.pubacks, 5.0), f"no PUBACK on {topic}"
+        assert wait_until(lambda: info.mid in self.pubacks, 5.0), f"no PUBACK on {topic}"
         with self._lock:
             return int(self.pubacks[info.mid].value)
 
@@ -167,15 +167,6 @@ class Client:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def _claims(monitor: Client, agent_id: str) -> list[StatusClaim]:
@@ -256,10 +247,10 @@ def test_only_the_pulse_drives_the_agent_and_each_agent_speaks_for_itself(
     attackers: list[Client] = []
     try:
         # The agent follows the pulse, and its claims and availability reach the monitor.
-        assert _wait_for(
+        assert wait_until(
             lambda: len([r for r in read_trace(agent_trace) if r["fired_mono"]]) >= 4, 25
         ), agent.log() + pulse.log() + broker.log()
-        assert _wait_for(lambda: _claims(monitor, AGENT_ID), 10), monitor.got()
+        assert wait_until(lambda: _claims(monitor, AGENT_ID), 10), monitor.got()
         availability = f"backbeat/{CLUSTER}/agents/{AGENT_ID}/availability"
         assert (availability, b"online", False) in monitor.got() or (
             availability,
@@ -289,7 +280,7 @@ def test_only_the_pulse_drives_the_agent_and_each_agent_speaks_for_itself(
             "cbor",
         )
         assert other.publish(f"backbeat/{CLUSTER}/status/{CLUSTER}:pi-02", own) == 0
-        assert _wait_for(lambda: _claims(monitor, f"{CLUSTER}:pi-02"), 5), monitor.got()
+        assert wait_until(lambda: _claims(monitor, f"{CLUSTER}:pi-02"), 5), monitor.got()
 
         # An agent whose id is its username (no cluster prefix) has its own topics too.
         bare = Client(broker.port, "pi-03", _password(secrets, "pi-03"))
@@ -319,7 +310,7 @@ def test_only_the_pulse_drives_the_agent_and_each_agent_speaks_for_itself(
         pulse.stop()
         code = agent.stop()
     try:  # its own availability is open to it: the goodbye "offline" arrives
-        assert _wait_for(
+        assert wait_until(
             lambda: (availability, b"offline", False) in monitor.got()[seen_from:], 5
         ), monitor.got()[seen_from:]
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -18,7 +18,14 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import Mosquitto, start_mosquitto
-from edge.harness import ClaimRecorder, read_trace, start_agent, start_pulse, write_agent_config
+from edge.harness import (
+    ClaimRecorder,
+    read_trace,
+    start_agent,
+    start_pulse,
+    wait_until,
+    write_agent_config,
+)
 from edge.messages import StatusClaim
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -53,15 +60,6 @@ def broker() -> Iterator[Mosquitto]:
         b.close()
 
 
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _meta(claim: StatusClaim) -> Mapping[str, object]:
     return dict(claim.metadata or {})
 
@@ -87,7 +85,7 @@ def test_a_flood_of_malformed_frames_is_counted_in_the_claims_and_logged_briefly
     pulse = start_pulse(broker.url, "bench", 120, None, tmp_path / "pulse.log")
     flooder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-flooder")
     try:
-        assert _wait(lambda: len(claims.claims) >= 4, 30), agent.log()
+        assert wait_until(lambda: len(claims.claims) >= 4, 30), agent.log()
         assert all(_malformed(c) == 0 and _dropped(c) == 0 for c in claims.claims)
         flooder.connect("127.0.0.1", broker.port)
         flooder.loop_start()
@@ -104,7 +102,7 @@ def test_a_flood_of_malformed_frames_is_counted_in_the_claims_and_logged_briefly
             last = claims.claims[-1]
             return _malformed(last) + _dropped(last) >= FLOOD
 
-        assert _wait(counted, 15), [(_malformed(c), _dropped(c)) for c in claims.claims[-3:]]
+        assert wait_until(counted, 15), [(_malformed(c), _dropped(c)) for c in claims.claims[-3:]]
         # past the quiet period, so the counts of the suppressed lines are in the log
         time.sleep(11.0)
     finally:
@@ -139,7 +137,7 @@ def test_a_stall_reports_its_misses_in_the_claims_of_their_beats(
     agent = start_agent(config, trace, tmp_path / "agent.log")
     pulse = start_pulse(broker.url, "bench", 120, None, tmp_path / "pulse.log")
     try:
-        assert _wait(lambda: len(claims.claims) >= 6, 30), agent.log()
+        assert wait_until(lambda: len(claims.claims) >= 6, 30), agent.log()
         agent.signal(signal.SIGSTOP)
         time.sleep(5.0)
         agent.signal(signal.SIGCONT)

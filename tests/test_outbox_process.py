@@ -16,12 +16,11 @@ from test_status_faults import (
     PROFILE,
     Subscriber,
     _connected_times,
-    _wait,
     assert_complete_and_ordered,
 )
 
 from edge.broker import Mosquitto, start_mosquitto
-from edge.harness import Proc, start_agent, start_pulse, write_agent_config
+from edge.harness import Proc, start_agent, start_pulse, wait_until, write_agent_config
 from edge.messages import StatusClaim
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -59,7 +58,7 @@ def test_default_outbox_keeps_claims_through_a_cut_and_a_sigkill(
     pulse = start_pulse(broker.url, "bench", 120, None, tmp_path / "pulse.log")
     second: Proc | None = None
     try:
-        assert _wait(lambda: len(sub.claims) >= 4, 30), first.log()
+        assert wait_until(lambda: len(sub.claims) >= 4, 30), first.log()
         broker.stop()  # by its pid; back on the same port in 15 s
         cut_at = time.monotonic()
         time.sleep(6.0)  # ~12 claims pile up on disk
@@ -67,7 +66,7 @@ def test_default_outbox_keeps_claims_through_a_cut_and_a_sigkill(
         second = agent(tmp_path, config, "agent2")
         time.sleep(max(0.0, 15.0 - (time.monotonic() - cut_at)))
         broker.restart()
-        assert _wait(lambda: len(_connected_times(second.log())) >= 1, 15), second.log()
+        assert wait_until(lambda: len(_connected_times(second.log())) >= 1, 15), second.log()
         time.sleep(4.0)  # the backlog, then live claims
     finally:
         pulse.stop()
@@ -104,7 +103,7 @@ def test_seq_never_goes_back_across_a_run_in_memory(
         for number in range(3):
             before = len(sub.claims)
             run = agent(tmp_path, config, f"agent{number}")
-            assert _wait(lambda: len(sub.claims) >= before + 6, 30), run.log()  # noqa: B023
+            assert wait_until(lambda: len(sub.claims) >= before + 6, 30), run.log()  # noqa: B023
             if number == 1:
                 run.kill()  # a run in memory, killed: nothing of it was kept but seq.hw
             else:

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import Mosquitto
-from edge.harness import read_trace, start_agent, start_pulse, write_agent_config
+from edge.harness import read_trace, start_agent, start_pulse, wait_until, write_agent_config
 from edge.messages import decode_beat_frame_with_map, decode_status_claim_with_map
 from edge.signing import keygen
 
@@ -148,15 +147,6 @@ class Attacker:
         self._client.disconnect()
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_only_the_signed_pulse_moves_the_hardware(tmp_path: Path, mosquitto: Mosquitto) -> None:
     pulse_key, _, _ = keygen(tmp_path / "pulse")
     keys = tmp_path / "keys"
@@ -199,13 +189,13 @@ def test_only_the_signed_pulse_moves_the_hardware(tmp_path: Path, mosquitto: Mos
     try:
         # locked, and settled: the follower learns the clock rate and the path delay from
         # a few seconds of frames (scripts/bench_agent.py warms up as long)
-        assert _wait_for(lambda: len(read_trace(agent_trace)) >= 12, 25), agent.log()
+        assert wait_until(lambda: len(read_trace(agent_trace)) >= 12, 25), agent.log()
         time.sleep(6.0)
         attack_from = time.monotonic()
         attacker.armed.set()
         time.sleep(18 * BEAT)
         attacker.forge_claim.set()
-        assert _wait_for(lambda: attacker.forged == 1, 5)
+        assert wait_until(lambda: attacker.forged == 1, 5)
         time.sleep(4 * BEAT)
     finally:
         attacker.stop()

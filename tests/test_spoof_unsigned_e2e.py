@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import hlc
 from edge.broker import Mosquitto
-from edge.harness import ClaimRecorder, read_trace, start_agent, start_pulse, write_agent_config
+from edge.harness import (
+    ClaimRecorder,
+    read_trace,
+    start_agent,
+    start_pulse,
+    wait_until,
+    write_agent_config,
+)
 from edge.messages import StatusClaim, decode_beat_frame_with_map
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -152,15 +159,6 @@ class Attacker:
         self._client.disconnect()
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _alerts(claim: StatusClaim) -> list[Any] | tuple[Any, ...]:
     alerts = (claim.metadata or {}).get("alerts") or ()
     assert isinstance(alerts, list | tuple), alerts
@@ -192,7 +190,7 @@ def test_unsigned_spoofs_move_nothing_and_early_copies_raise_the_conflict(
     try:
         # locked, and settled: the follower learns the clock rate and the path delay from
         # a few seconds of frames (as test_signing_e2e.py and scripts/bench_agent.py do)
-        assert _wait_for(lambda: len(read_trace(agent_trace)) >= 12, 25), agent.log()
+        assert wait_until(lambda: len(read_trace(agent_trace)) >= 12, 25), agent.log()
         wait_noting(6.0)
         attack_from = time.monotonic()
         attacker.armed.set()

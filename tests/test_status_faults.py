@@ -21,7 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import Mosquitto, free_port, start_mosquitto
-from edge.harness import read_trace, start_agent, start_pulse, write_agent_config
+from edge.harness import read_trace, start_agent, start_pulse, wait_until, write_agent_config
 from edge.messages import StatusClaim, decode_status_claim
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -109,15 +109,6 @@ def _connected_times(log: str) -> list[float]:
     return times
 
 
-def _wait(predicate: object, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture
 def durable_broker() -> object:
     broker = start_mosquitto(persistence=True)
@@ -134,7 +125,7 @@ def test_broker_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto)
     agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
     pulse = start_pulse(broker.url, "bench", 120, None, tmp_path / "pulse.log")
     try:
-        assert _wait(lambda: len(sub.claims) >= 6, 30), agent.log()
+        assert wait_until(lambda: len(sub.claims) >= 6, 30), agent.log()
         broker.stop()
         down_at = time.monotonic()
         time.sleep(30.0)
@@ -145,7 +136,7 @@ def test_broker_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto)
         ]
         broker.restart()
         back_at = time.time()
-        assert _wait(lambda: len(_connected_times(agent.log())) >= 2, 15), agent.log()
+        assert wait_until(lambda: len(_connected_times(agent.log())) >= 2, 15), agent.log()
         reconnect_s = _connected_times(agent.log())[-1] - back_at
         time.sleep(4.0)  # live claims after the backlog
     finally:
@@ -167,14 +158,14 @@ def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_broker: Mo
     agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
     pulse = start_pulse(broker.url, "bench", 120, None, tmp_path / "pulse.log")
     try:
-        assert _wait(lambda: len(sub.claims) >= 4, 30), agent.log()
+        assert wait_until(lambda: len(sub.claims) >= 4, 30), agent.log()
         broker.stop()
         time.sleep(5.0)  # claims pile up in the outbox
         agent.kill()  # SIGKILL: no goodbye, whatever was in flight
         agent = start_agent(config, tmp_path / "agent2.jsonl", tmp_path / "agent2.log")
         time.sleep(3.0)
         broker.restart()
-        assert _wait(lambda: len(_connected_times(agent.log())) >= 1, 15), agent.log()
+        assert wait_until(lambda: len(_connected_times(agent.log())) >= 1, 15), agent.log()
         time.sleep(4.0)
     finally:
         pulse.stop()
@@ -196,11 +187,11 @@ def test_outbox_limit_drops_oldest_and_says_so(tmp_path: Path, durable_broker: M
     agent = start_agent(config, None, tmp_path / "agent.log")
     pulse = start_pulse(broker.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
-        assert _wait(lambda: len(sub.claims) >= 4, 30), agent.log()
+        assert wait_until(lambda: len(sub.claims) >= 4, 30), agent.log()
         broker.stop()
         time.sleep(5.0)  # ~20 beats, room for 5
         broker.restart()
-        assert _wait(
+        assert wait_until(
             lambda: any(
                 int(dict(dict(c.metadata or {}).get("outbox", {})).get("dropped", 0)) > 0
                 for c in sub.claims
@@ -236,7 +227,7 @@ def test_wrong_password_is_a_clear_error_and_retried(tmp_path: Path) -> None:
         )
         agent = start_agent(config, None, tmp_path / "agent.log")
         try:
-            assert _wait(lambda: "refused" in agent.log(), 15), agent.log()
+            assert wait_until(lambda: "refused" in agent.log(), 15), agent.log()
             time.sleep(3.0)
             assert agent.process.poll() is None  # still retrying
         finally:
@@ -287,7 +278,7 @@ def test_wrong_ca_is_a_clear_error_and_retried(tmp_path: Path) -> None:
         )
         agent = start_agent(config, None, tmp_path / "agent.log")
         try:
-            assert _wait(lambda: "certificate did not verify" in agent.log(), 15), agent.log()
+            assert wait_until(lambda: "certificate did not verify" in agent.log(), 15), agent.log()
             time.sleep(2.0)
             assert agent.process.poll() is None
         finally:

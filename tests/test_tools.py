@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from edge.broker import Mosquitto, free_port, start_mosquitto
 from edge.cli import EXIT_PIPE_CLOSED, build_parser, main
 from edge.config import parse_broker
 from edge.errors import ConfigProblems
+from edge.harness import wait_until
 from edge.mqtt_link import MqttLink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,15 +32,6 @@ def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         cwd=ROOT,
     )
-
-
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _closed_port() -> str:
@@ -127,9 +118,9 @@ def test_monitor_says_disconnected_when_the_broker_dies(tmp_path: Path) -> None:
             text=True,
         )  # fmt: skip
     try:
-        assert _wait(lambda: f"connected to {broker.url}" in out.read_text(), 15)
+        assert wait_until(lambda: f"connected to {broker.url}" in out.read_text(), 15)
         broker.close()
-        assert _wait(lambda: "DISCONNECTED" in out.read_text(), 10), out.read_text()[-500:]
+        assert wait_until(lambda: "DISCONNECTED" in out.read_text(), 10), out.read_text()[-500:]
         time.sleep(1.0)  # it keeps saying so while the broker is away
         last_screen = out.read_text().split("\x1b[H\x1b[2J")[-1]
         assert f"DISCONNECTED from {broker.url}" in last_screen
@@ -162,7 +153,7 @@ def test_the_link_logs_a_broker_that_never_sends_connack(
     caplog.set_level(logging.WARNING, logger="edge.mqtt_link")
     link.start()
     try:
-        assert _wait(lambda: "sent no CONNACK" in caplog.text, 10), caplog.text
+        assert wait_until(lambda: "sent no CONNACK" in caplog.text, 10), caplog.text
     finally:
         link.stop(timeout=2.0)
         silent.close()
