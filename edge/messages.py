@@ -80,26 +80,68 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
-from types import MappingProxyType
 from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
 import cbor2
 
 from edge.errors import FrameError
+from edge.wire_values import (
+    MAX_DEPTH,
+    JSONValue,
+    array,
+    boolean,
+    choice,
+    fail,
+    format_rfc3339,
+    frozen_object,
+    integer,
+    number,
+    parse_rfc3339,
+    show,
+    string,
+    thaw,
+)
+
+# The public names; MAX_DEPTH, JSONValue and the RFC 3339 pair are re-exported from
+# edge.wire_values.
+__all__ = [
+    "BARREPORT_TYPE",
+    "BEATFRAME_TYPE",
+    "CLAIM_STATES",
+    "MAX_BEAT_INDEX",
+    "MAX_DEPTH",
+    "MAX_PAYLOAD_BYTES",
+    "PHASES",
+    "STATUSCLAIM_TYPE",
+    "BarIssue",
+    "BarReport",
+    "BeatFrame",
+    "ClaimState",
+    "Format",
+    "JSONValue",
+    "Message",
+    "Phase",
+    "StatusClaim",
+    "decode_bar_report",
+    "decode_beat_frame",
+    "decode_beat_frame_with_map",
+    "decode_status_claim",
+    "decode_status_claim_with_map",
+    "encode",
+    "format_rfc3339",
+    "parse_rfc3339",
+    "to_wire",
+]
 
 #: Largest payload a decoder accepts, in bytes. A BeatFrame is ~250 bytes and a full
 #: StatusClaim with the agent's metadata ~500; 64 KiB leaves room for rich metadata while
 #: bounding the work a hostile sender can cause (larger payloads are refused unread).
 MAX_PAYLOAD_BYTES = 64 * 1024
-#: Deepest nesting of objects and arrays accepted inside ``metadata`` and ``resources``
-#: (the object itself is level 0).
-MAX_DEPTH = 16
 
 BEATFRAME_TYPE = "backbeat.beatframe.v1"
 STATUSCLAIM_TYPE = "backbeat.statusclaim.v1"
@@ -113,23 +155,13 @@ ClaimState: TypeAlias = Literal[
 CLAIM_STATES: frozenset[str] = frozenset(get_args(ClaimState))
 Format: TypeAlias = Literal["cbor", "json"]
 
-#: A JSON value as carried in ``metadata`` / ``resources`` after freezing: objects become
-#: read-only mappings and arrays tuples, so a message is immutable all the way down.
-JSONValue: TypeAlias = Any
 
 MAX_BEAT_INDEX = 2**63 - 1
-#: Integers inside metadata must fit CBOR's native integers (no bignum tags on the wire).
-_MIN_INT, _MAX_INT = -(2**64), 2**64 - 1
 
 _CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
 _HLC = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}:[0-9a-fA-F]{4}")
 _WINDOW_ID = re.compile(r"[0-9a-fA-F]{32}")
-# [0-9], not \d: \d also matches non-ASCII digits, which RFC 3339 does not allow.
-_DATETIME = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
-    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
 _TENTH = Decimal("0.1")
 _STATES_TEXT = ", ".join(sorted(CLAIM_STATES))
 
@@ -137,246 +169,26 @@ _STATES_TEXT = ", ".join(sorted(CLAIM_STATES))
 # --------------------------------------------------------------------------- field checks
 
 
-def _show(value: object) -> str:
-    """A short, always-printable rendering of an offending value for an error message."""
-    if type(value) is int and not -(10**60) < value < 10**60:
-        # repr() of a huge int is slow and may raise (int max str digits).
-        return f"an integer of {value.bit_length()} bits"
-    try:
-        text = repr(value)
-    except Exception:  # a hostile object's repr must not mask the real error
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _fail(name: str, message: str) -> FrameError:
-    return FrameError(f"{name} {message}", field=name)
-
-
-def _valid_text(value: str) -> bool:
-    """True if ``value`` is encodable as UTF-8 (no lone surrogates)."""
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _string(name: str, value: object, pattern: re.Pattern[str] | None = None) -> str:
-    if type(value) is not str:
-        if not isinstance(value, str):
-            raise _fail(name, f"must be a string, got {_show(value)}")
-        value = str(value)  # a str subclass: keep plain str in the frozen value
-    if pattern is not None:
-        if pattern.fullmatch(value) is None:
-            raise _fail(name, f"must match ^{pattern.pattern}$, got {_show(value)}")
-    elif not _valid_text(value):
-        raise _fail(name, f"must be valid Unicode text, got {_show(value)}")
-    return value
-
-
-def _integer(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(name, f"must be an integer, got {_show(value)}")
-    value = int(value)  # an IntEnum...: keep plain int
-    if not low <= value <= high:
-        raise _fail(name, f"must be between {low} and {high}, got {_show(value)}")
-    return value
-
-
-def _number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(name, f"must be a number, got {_show(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise _fail(name, f"must be a finite number, got {_show(value)}") from None
-    if not math.isfinite(number):
-        raise _fail(name, f"must be a finite number, got {_show(value)}")
-    if low is not None and number < low:
-        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise _fail(name, f"must be {bound}, got {_show(value)}")
-    if high is not None and number > high:
-        bound = f"between {low:g} and {high:g}" if low is not None else f"at most {high:g}"
-        raise _fail(name, f"must be {bound}, got {_show(value)}")
-    return number
-
-
-def _boolean(name: str, value: object) -> bool:
-    if type(value) is not bool:
-        raise _fail(name, f"must be true or false, got {_show(value)}")
-    return value
-
-
-def _choice(name: str, value: object, allowed: Sequence[str] | frozenset[str], text: str) -> str:
-    if type(value) is not str or value not in allowed:
-        raise _fail(name, f"must be one of {text}, got {_show(value)}")
-    return value
-
-
-def _array(name: str, value: object) -> Sequence[object]:
-    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Sequence):
-        raise _fail(name, f"must be an array, got {_show(value)}")
-    return value
-
-
 def _tempo(value: object) -> float:
-    bpm = _number("tempo_bpm", value)
+    bpm = number("tempo_bpm", value)
     if not 0.1 <= bpm <= 1000:
-        raise _fail("tempo_bpm", f"must be between 0.1 and 1000, got {_show(value)}")
+        raise fail("tempo_bpm", f"must be between 0.1 and 1000, got {show(value)}")
     # repr() is the shortest decimal that round-trips, i.e. what the sender wrote; binary
     # float arithmetic would call 0.3 or 2.3 off-step.
     if Decimal(repr(bpm)) % _TENTH != 0:
-        raise _fail("tempo_bpm", f"must be a multiple of 0.1, got {_show(value)}")
+        raise fail("tempo_bpm", f"must be a multiple of 0.1, got {show(value)}")
     return bpm
-
-
-def parse_rfc3339(name: str, value: object) -> datetime:
-    """Parse an RFC 3339 date-time (``Z`` or a numeric offset, optional fraction).
-
-    Returns an aware datetime in UTC. Fractions finer than a microsecond are truncated; a
-    leap second (``:60``) is read as the last microsecond of the minute, as Python's
-    datetime has no 61st second. Raises FrameError naming ``name`` if ``value`` is not a
-    string, not RFC 3339, not a real date, or not representable in UTC (year 1 to 9999).
-    """
-    text = _string(name, value)
-    m = _DATETIME.fullmatch(text)
-    if m is None:
-        raise _fail(name, f"must be an RFC 3339 date-time, got {_show(value)}")
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    frac = m.group(7) or ""
-    micro = int((frac + "000000")[:6])
-    if second == 60:
-        second, micro = 59, 999_999
-    zone = m.group(8)
-    try:
-        if zone in ("Z", "z"):
-            tz: timezone = UTC
-        else:
-            sign = 1 if zone[0] == "+" else -1
-            hh, mm = int(zone[1:3]), int(zone[4:6])
-            if hh > 23 or mm > 59:
-                raise ValueError("offset out of range")
-            tz = timezone(sign * timedelta(hours=hh, minutes=mm))
-        return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz).astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
-        raise _fail(name, f"is not a valid date-time ({exc}), got {_show(value)}") from None
-
-
-def format_rfc3339(moment: datetime) -> str:
-    """Format an aware datetime as RFC 3339 in UTC with a ``Z`` (microseconds if any)."""
-    u = moment.astimezone(UTC)
-    base = f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
-    if u.microsecond:
-        base += f".{u.microsecond:06d}"
-    return base + "Z"
 
 
 def _deadline(value: object) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
-            raise _fail("deadline_at", f"must carry a time zone, got {_show(value)}")
+            raise fail("deadline_at", f"must carry a time zone, got {show(value)}")
         try:
             return value.astimezone(UTC)
         except (ValueError, OverflowError):
-            raise _fail("deadline_at", f"is out of range in UTC, got {_show(value)}") from None
+            raise fail("deadline_at", f"is out of range in UTC, got {show(value)}") from None
     return parse_rfc3339("deadline_at", value)
-
-
-# --------------------------------------------------------------------------- JSON objects
-
-
-class _Bad(Exception):
-    """Raised while freezing JSON data; collects the path while unwinding."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.path: list[str] = []
-
-
-def _freeze(value: object, depth: int) -> JSONValue:
-    """Check one JSON value and return it immutable: the freeze walk.
-
-    Objects become read-only copies (``MappingProxyType``), arrays tuples, subclasses of
-    the scalar types (an IntEnum...) the plain type. Always a copy: a caller keeps its own
-    dicts, and copying a decoder's costs little. Raises _Bad, with the path.
-    """
-    t = type(value)
-    if t is str:
-        if not _valid_text(value):  # type: ignore[arg-type]
-            raise _Bad(f"must be valid Unicode text, got {_show(value)}")
-        return value
-    if t is int:
-        if not _MIN_INT <= value <= _MAX_INT:  # type: ignore[operator]
-            raise _Bad(f"must fit in 64 bits, got {_show(value)}")
-        return value
-    if t is float:
-        if not math.isfinite(value):  # type: ignore[arg-type]
-            raise _Bad(f"must be a finite number, got {value!r}")
-        return value
-    if t is bool or value is None:
-        return value
-    if t is dict or t is MappingProxyType or isinstance(value, Mapping):
-        if depth >= MAX_DEPTH:
-            raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
-        out: dict[str, JSONValue] = {}
-        for key, item in value.items():  # type: ignore[attr-defined]
-            try:
-                if type(key) is not str:
-                    raise _Bad(f"keys must be strings, got {_show(key)}")
-                if not _valid_text(key):
-                    raise _Bad(f"keys must be valid Unicode text, got {_show(key)}")
-                out[key] = _freeze(item, depth + 1)
-            except _Bad as bad:
-                bad.path.append(f".{key if type(key) is str else _show(key)}")
-                raise
-        return MappingProxyType(out)
-    if (
-        t is list
-        or t is tuple
-        or (isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray))
-    ):
-        if depth >= MAX_DEPTH:
-            raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
-        items = []
-        for i, item in enumerate(value):  # type: ignore[arg-type]
-            try:
-                items.append(_freeze(item, depth + 1))
-            except _Bad as bad:
-                bad.path.append(f"[{i}]")
-                raise
-        return tuple(items)
-    for plain in (str, bool, int, float):
-        if isinstance(value, plain):
-            return _freeze(plain(value), depth)
-    raise _Bad(f"must hold only JSON values, got {t.__name__} {_show(value)}")
-
-
-def _object(name: str, value: object) -> Mapping[str, JSONValue]:
-    """Check ``value`` is a JSON object of JSON data; return it frozen. Raises FrameError
-    naming the full path of a breach."""
-    if not isinstance(value, Mapping):
-        raise _fail(name, f"must be an object, got {_show(value)}")
-    try:
-        frozen: Mapping[str, JSONValue] = _freeze(value, 0)
-    except _Bad as bad:
-        raise _fail(name + "".join(reversed(bad.path)), bad.message) from None
-    return frozen
-
-
-def _thaw(value: JSONValue) -> object:
-    """A frozen JSON value as plain dicts and lists (what the encoders take)."""
-    if type(value) is MappingProxyType:
-        return {k: _thaw(v) if type(v) in _FROZEN else v for k, v in value.items()}
-    if type(value) is tuple:
-        return [_thaw(v) if type(v) in _FROZEN else v for v in value]
-    return value
-
-
-_FROZEN = frozenset((MappingProxyType, tuple))
 
 
 # --------------------------------------------------------------------------- the messages
@@ -409,16 +221,16 @@ class BeatFrame:
     metadata: Mapping[str, JSONValue] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        _set(self, "cluster_id", _string("cluster_id", self.cluster_id, _CLUSTER_ID))
-        _set(self, "beat_index", _integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX))
-        _set(self, "downbeat", _boolean("downbeat", self.downbeat))
-        _set(self, "phase", _choice("phase", self.phase, PHASES, "plan, execute, review"))
-        _set(self, "hlc", _string("hlc", self.hlc, _HLC))
+        _set(self, "cluster_id", string("cluster_id", self.cluster_id, _CLUSTER_ID))
+        _set(self, "beat_index", integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX))
+        _set(self, "downbeat", boolean("downbeat", self.downbeat))
+        _set(self, "phase", choice("phase", self.phase, PHASES, "plan, execute, review"))
+        _set(self, "hlc", string("hlc", self.hlc, _HLC))
         _set(self, "deadline_at", _deadline(self.deadline_at))
         _set(self, "tempo_bpm", _tempo(self.tempo_bpm))
-        _set(self, "window_id", _string("window_id", self.window_id, _WINDOW_ID))
+        _set(self, "window_id", string("window_id", self.window_id, _WINDOW_ID))
         if self.metadata is not None:
-            _set(self, "metadata", _object("metadata", self.metadata))
+            _set(self, "metadata", frozen_object("metadata", self.metadata))
 
     @property
     def beat_seconds(self) -> float:
@@ -455,40 +267,40 @@ class StatusClaim:
     metadata: Mapping[str, JSONValue] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        _set(self, "agent_id", _string("agent_id", self.agent_id, _AGENT_ID))
-        _set(self, "beat_index", _integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX))
-        _set(self, "state", _choice("state", self.state, CLAIM_STATES, _STATES_TEXT))
-        _set(self, "hlc", _string("hlc", self.hlc, _HLC))
+        _set(self, "agent_id", string("agent_id", self.agent_id, _AGENT_ID))
+        _set(self, "beat_index", integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX))
+        _set(self, "state", choice("state", self.state, CLAIM_STATES, _STATES_TEXT))
+        _set(self, "hlc", string("hlc", self.hlc, _HLC))
         if self.task_id is not None:
-            _set(self, "task_id", _string("task_id", self.task_id, _AGENT_ID))
+            _set(self, "task_id", string("task_id", self.task_id, _AGENT_ID))
         if self.beats_left is not None:
-            _set(self, "beats_left", _integer("beats_left", self.beats_left, 0, 1000))
+            _set(self, "beats_left", integer("beats_left", self.beats_left, 0, 1000))
         if self.progress is not None:
-            _set(self, "progress", _number("progress", self.progress, 0.0, 1.0))
+            _set(self, "progress", number("progress", self.progress, 0.0, 1.0))
         if self.notes is not None:
-            notes = _string("notes", self.notes)
+            notes = string("notes", self.notes)
             if len(notes) > 256:
-                raise _fail("notes", f"must be at most 256 characters, got {len(notes)}")
+                raise fail("notes", f"must be at most 256 characters, got {len(notes)}")
             _set(self, "notes", notes)
         if self.resources is not None:
-            resources = _object("resources", self.resources)
+            resources = frozen_object("resources", self.resources)
             # The four figures the contract defines; a present null is not "absent".
             for name in ("cpu_percent", "network_kb"):
                 if name in resources:
-                    _number(f"resources.{name}", resources[name], 0.0)
+                    number(f"resources.{name}", resources[name], 0.0)
             for name in ("memory_mb", "disk_io_ops"):
                 if name in resources:
-                    _integer(f"resources.{name}", resources[name], 0, MAX_BEAT_INDEX)
+                    integer(f"resources.{name}", resources[name], 0, MAX_BEAT_INDEX)
             _set(self, "resources", resources)
         if self.dependencies is not None:
-            deps = enumerate(_array("dependencies", self.dependencies))
+            deps = enumerate(array("dependencies", self.dependencies))
             _set(
                 self,
                 "dependencies",
-                tuple(_string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in deps),
+                tuple(string(f"dependencies[{i}]", d, _AGENT_ID) for i, d in deps),
             )
         if self.metadata is not None:
-            _set(self, "metadata", _object("metadata", self.metadata))
+            _set(self, "metadata", frozen_object("metadata", self.metadata))
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,9 +312,9 @@ class BarIssue:
     count: int
 
     def __post_init__(self) -> None:
-        _set(self, "severity", _string("issues.severity", self.severity))
-        _set(self, "category", _string("issues.category", self.category))
-        _set(self, "count", _integer("issues.count", self.count, 0, MAX_BEAT_INDEX))
+        _set(self, "severity", string("issues.severity", self.severity))
+        _set(self, "category", string("issues.category", self.category))
+        _set(self, "count", integer("issues.count", self.count, 0, MAX_BEAT_INDEX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,15 +338,15 @@ class BarReport:
     issues: tuple[BarIssue, ...] | None = None
 
     def __post_init__(self) -> None:
-        _set(self, "window_id", _string("window_id", self.window_id, _WINDOW_ID))
+        _set(self, "window_id", string("window_id", self.window_id, _WINDOW_ID))
         for name in _REPORT_COUNTS:
-            _set(self, name, _integer(name, getattr(self, name), 0, MAX_BEAT_INDEX))
-        _set(self, "secret_rotations_ok", _boolean("secret_rotations_ok", self.secret_rotations_ok))
-        _set(self, "tempo_drift_ms", _number("tempo_drift_ms", self.tempo_drift_ms))
+            _set(self, name, integer(name, getattr(self, name), 0, MAX_BEAT_INDEX))
+        _set(self, "secret_rotations_ok", boolean("secret_rotations_ok", self.secret_rotations_ok))
+        _set(self, "tempo_drift_ms", number("tempo_drift_ms", self.tempo_drift_ms))
         if self.issues is not None:
-            entries = _array("issues", self.issues)
+            entries = array("issues", self.issues)
             if len(entries) > 100:
-                raise _fail("issues", f"must hold at most 100 items, got {len(entries)}")
+                raise fail("issues", f"must hold at most 100 items, got {len(entries)}")
             _set(self, "issues", tuple(_issue(i, item) for i, item in enumerate(entries)))
 
 
@@ -548,14 +360,14 @@ def _issue(i: int, item: object) -> BarIssue:
     if isinstance(item, BarIssue):
         return item
     if not isinstance(item, Mapping):
-        raise _fail(f"issues[{i}]", f"must be an object, got {_show(item)}")
+        raise fail(f"issues[{i}]", f"must be an object, got {show(item)}")
     try:
         issue: BarIssue = _build(BarIssue, item)
     except FrameError as exc:
         # Re-point "issues.count" (or a bare key) at this item.
         where = exc.field.removeprefix("issues.")
         message = str(exc).removeprefix(exc.field)
-        raise _fail(f"issues[{i}].{where}", message.lstrip()) from None
+        raise fail(f"issues[{i}].{where}", message.lstrip()) from None
     return issue
 
 
@@ -579,7 +391,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise FrameError(f"payload has the key {_show(key)} twice", field=key)
+                raise FrameError(f"payload has the key {show(key)} twice", field=key)
             seen.add(key)
     return out
 
@@ -662,7 +474,7 @@ def _build(cls: Any, data: Mapping[Any, Any]) -> Any:
     is_issue = cls is BarIssue
     for key in data:
         if key not in names and (is_issue or key != "type"):
-            where = key if type(key) is str else _show(key)
+            where = key if type(key) is str else show(key)
             what = "an issue" if is_issue else cls.TYPE
             raise FrameError(
                 f"{where} is not a field of {what} (unknown fields are not allowed)", field=where
@@ -672,7 +484,7 @@ def _build(cls: Any, data: Mapping[Any, Any]) -> Any:
             raise FrameError("type is required", field="type")
         got = data["type"]
         if type(got) is not str or got != cls.TYPE:
-            raise FrameError(f"type must be {cls.TYPE!r}, got {_show(got)}", field="type")
+            raise FrameError(f"type must be {cls.TYPE!r}, got {show(got)}", field="type")
     missing = _REQUIRED[cls].difference(data)
     if missing:
         name = ("issues." if is_issue else "") + min(missing)
@@ -747,7 +559,7 @@ def to_wire(message: Message) -> dict[str, object]:
                 {"severity": i.severity, "category": i.category, "count": i.count} for i in value
             ]
         else:
-            out[name] = _thaw(value)
+            out[name] = thaw(value)
     return out
 
 
