@@ -269,7 +269,7 @@ class Dispatcher:
             until = IDLE_S if look_again is None else min(max(look_again - now, 0.0), IDLE_S)
             clock.wait(self._wake, until)
             return
-        if tick.at - now > APPROACH_S:
+        if tick.at - now > APPROACH_S + SPIN_S:  # (the margin: a fake clock's float steps)
             clock.wait(self._wake, min(tick.at - now - APPROACH_S, IDLE_S))
             return
         if clock.wait(self._wake, tick.at - now - SPIN_S) is not None:
