@@ -267,7 +267,7 @@ def test_emit_status_claim_fills_what_the_agent_fills_and_the_beat_claims_carry_
     )
     assert claim.beat_index == runner.last_beat
     assert claim.metadata is not None and claim.metadata["seq"] == before + 1
-    assert claim.metadata["client"]["boundaries"] == 0  # type: ignore[index]
+    assert claim.metadata["client"]["boundaries"] == 0
     # The next per-beat claim carries the declared state on.
     assert runner.last_review is not None and runner.last_beat is not None
     built = runner.status.build(replace(runner.last_review, beat_index=runner.last_beat + 1))
@@ -294,13 +294,18 @@ def test_a_claim_outside_the_contract_is_refused_counted_and_uses_no_seq(fed: Fe
     assert runner.status.seq == before and client._claims_refused == 3
     assert client._declared is None  # the declared state stays as it was
     claim = client.emit_status_claim("planning")
-    assert claim.metadata is not None and claim.metadata["client"]["claims_refused"] == 3  # type: ignore[index]
+    assert claim.metadata is not None and claim.metadata["client"]["claims_refused"] == 3
 
 
 def test_a_budget_reports_an_overrun_and_a_cooperative_cancel(fed: Fed) -> None:
     client = fed.client
     client.clock = fed.clock  # budgets on the fake clock
-    done = client.with_beat_budget(2, lambda b: (fed.clock.advance(0.5 * BEAT), "ok")[1])
+
+    def work(budget: Budget) -> str:
+        fed.clock.advance(0.5 * BEAT)
+        return "ok"
+
+    done = client.with_beat_budget(2, work)
     assert done.finished and not done.overran and done.value == "ok"
     assert done.budget_s == pytest.approx(2 * BEAT, rel=1e-3)
     late = client.with_beat_budget(1, lambda b: fed.clock.advance(1.5 * BEAT))
