@@ -346,7 +346,7 @@ class BeatClient:
         self.link.start()
         self._thread = threading.Thread(target=self._loop, name="beat-loop", daemon=True)
         self._thread.start()
-        self.dispatcher.start()
+        self.dispatcher.start(prepare=lower_timer_slack)  # its sleeps wake closer to time
         return self
 
     def wait_connected(self, timeout: float) -> bool:

@@ -232,8 +232,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ the thread
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="beat-callbacks", daemon=True)
+    def start(self, prepare: Callable[[], None] = lambda: None) -> None:
+        """Start the thread; it calls ``prepare`` first (the client lowers its timer slack)."""
+        self._thread = threading.Thread(
+            target=self._run, args=(prepare,), name="beat-callbacks", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float, reason: BaseException) -> bool:
@@ -254,8 +257,9 @@ class Dispatcher:
         self._problems.flush(self.clock.monotonic())
         return ended
 
-    def _run(self) -> None:
+    def _run(self, prepare: Callable[[], None]) -> None:
         try:
+            prepare()
             while not self._stop.is_set():
                 self._once()
         except Exception:  # a bug here must be seen, and must not end the client silently
