@@ -22,7 +22,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING
 from urllib.parse import quote
 
-from edge.clock import SystemClock
+from edge.clock import Clock, SystemClock
 from edge.config import Config, load_config
 from edge.errors import ConfigError, EdgeError
 from edge.files import read_regular
@@ -107,6 +107,40 @@ def security_for(security: SecurityConfig) -> tuple[BeatTrust | None, SigningKey
     return trust, signer
 
 
+def open_outbox(config: Config) -> Outbox:
+    """The claim outbox of ``config`` (placed by :func:`outbox_config_for`), and one log line
+    saying where claims are kept (a warning when not where they were meant)."""
+    outbox = Outbox(config.outbox)
+    level = logging.WARNING if outbox.degraded else logging.INFO
+    log.log(level, "outbox: %s; incarnation %s", outbox.where(), outbox.incarnation)
+    return outbox
+
+
+def link_for(config: Config) -> MqttLink:
+    """The MQTT link of ``config``: subscribed to the beat and bar topics, with this agent's
+    availability as the last will."""
+    topics = Topics(config.agent.topic_prefix, config.agent.cluster)
+    return MqttLink(
+        config.broker,
+        client_id_for(config),
+        subscriptions=(topics.beat, topics.bar),
+        availability_topic=topics.availability(config.agent.id),
+    )
+
+
+def farewell(runner: Runner, link: MqttLink, outbox: Outbox, clock: Clock) -> None:
+    """The way out after the loop: outputs safe, the final claim and ``offline`` sent (a
+    final claim the broker did not acknowledge kept in the outbox for the next start), the
+    outbox closed."""
+    final = runner.shutdown()
+    # The final claim may go straight to the link: its seq is used all the same.
+    outbox.note_seq(runner.status.seq)
+    for topic, payload, retain in link.stop(final=final, timeout=2.0):
+        if not retain:  # the final claim: kept for the next start to send first
+            outbox.append(topic, payload, clock.wall())
+    outbox.close()
+
+
 def lower_timer_slack() -> None:
     """Ask Linux for 1 ns timer slack on this thread: sleeps then wake ~25-50 us late
     instead of the default 50 us slack plus rounding. A no-op where prctl is missing."""
@@ -154,17 +188,8 @@ class Agent:
             return Hardware(profile, pin_factory=pin_factory)
 
         hardware = make_hardware(config.profile)
-        self.outbox = Outbox(config.outbox)
-        # One line saying where claims are kept (a warning when not where they were meant).
-        level = logging.WARNING if self.outbox.degraded else logging.INFO
-        log.log(level, "outbox: %s; incarnation %s", self.outbox.where(), self.outbox.incarnation)
-        topics = Topics(config.agent.topic_prefix, config.agent.cluster)
-        self.link = MqttLink(
-            config.broker,
-            client_id_for(config),
-            subscriptions=(topics.beat, topics.bar),
-            availability_topic=topics.availability(config.agent.id),
-        )
+        self.outbox = open_outbox(config)
+        self.link = link_for(config)
         self.probe = Probe(disk_path=config.outbox.directory)
         self.runner = Runner(
             config,
@@ -273,11 +298,5 @@ class Agent:
     def shutdown(self) -> None:
         self.notifier.stopping()
         # The runner drives the outputs safe and gives the final claim and ``offline``.
-        final = self.runner.shutdown()
-        # The final claim may go straight to the link: its seq is used all the same.
-        self.outbox.note_seq(self.runner.status.seq)
-        for topic, payload, retain in self.link.stop(final=final, timeout=2.0):
-            if not retain:  # the final claim: kept for the next start to send first
-                self.outbox.append(topic, payload, self.clock.wall())
-        self.outbox.close()
+        farewell(self.runner, self.link, self.outbox, self.clock)
         self.hardware.close()

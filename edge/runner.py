@@ -179,6 +179,9 @@ class Runner:
         self._trace_rows: list[TraceRow] = []
         self._pending_reload: Config | None = None
         self.stop_requested = False
+        #: Given every claim (per beat and final) before it is encoded; returns the claim
+        #: to send. ``edge.client`` adds the program's declared state and its counts.
+        self.claim_hook: Callable[[StatusClaim], StatusClaim] | None = None
 
     @property
     def trust(self) -> BeatTrust | None:
@@ -414,6 +417,8 @@ class Runner:
         self.last_review = review
         claim = self.status.build(review)
         if claim is not None:
+            if self.claim_hook is not None:
+                claim = self.claim_hook(claim)
             self._submit_claim(claim)
         if self.notifier is not None:
             self.notifier.status(self.status_line())
@@ -529,6 +534,8 @@ class Runner:
         if self.last_review is None:
             return None
         claim = self.status.final(replace(self.last_review, state="idle"))
+        if self.claim_hook is not None:
+            claim = self.claim_hook(claim)
         return self.publisher.topic, self._encode_claim(claim)
 
     def shutdown(self) -> list[tuple[str, bytes, bool]]:
@@ -550,6 +557,12 @@ class Runner:
     def run_once(self) -> None:
         """Wait (on the clock) for the next message or deadline, then step. Used by the
         agent's loop and tests (a fake clock makes it move at once)."""
+        item = self.wait_next()
+        self.step(item, self.clock.monotonic())
+
+    def wait_next(self) -> Inbound | None:
+        """The waiting half of :meth:`run_once`: the next inbound item, or None at the next
+        deadline. Apart so that ``edge.client`` can step under its lock but wait without it."""
         inbox = self.link.inbox if self.link is not None else None
         now = self.clock.monotonic()
         deadline = self.next_deadline(now)
@@ -560,4 +573,4 @@ class Runner:
                 self._fire_due(self.clock.monotonic())  # warm the path
             # Spin the last fraction of a millisecond to the deadline itself.
             self.clock.spin_until(deadline)
-        self.step(item, self.clock.monotonic())
+        return item

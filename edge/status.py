@@ -316,6 +316,11 @@ class StatusBuilder:
         """The shutdown claim: always emitted, with ``metadata.final = true``."""
         return self._emit(review, final=True)
 
+    def emit(self, review: BeatReview) -> StatusClaim:
+        """A claim for ``review`` now, whether or not the beat is due (a program's own
+        claim, ``edge.client``); it takes the next seq like any other."""
+        return self._emit(review, final=False)
+
     def encode(self, claim: StatusClaim) -> bytes:
         """The claim's bytes in the configured format (canonical CBOR or compact JSON)."""
         return encode(claim, self._config.format)
