@@ -30,16 +30,14 @@ spins, so the two never fight over the GIL at a boundary). ``start``/``stop`` or
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from edge.agent import (
     farewell,
@@ -49,6 +47,8 @@ from edge.agent import (
     outbox_config_for,
     security_for,
 )
+from edge.client_budget import Budget, BudgetCounts, BudgetExpired, BudgetResult
+from edge.client_config import client_config
 from edge.client_dispatch import (
     LATE_FRACTION,
     Callback,
@@ -59,8 +59,8 @@ from edge.client_dispatch import (
     Waiter,
 )
 from edge.clock import Clock, SystemClock
-from edge.config import Config, load_config
-from edge.errors import ConfigError, EdgeError
+from edge.config import Config
+from edge.errors import EdgeError
 from edge.hardware import Hardware
 from edge.loglimit import LogLimiter
 from edge.messages import PHASES, ClaimState, Phase, StatusClaim
@@ -89,12 +89,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 F = TypeVar("F", bound=Callback)
 
-#: Where the options' problems are said to be.
-SOURCE = "BeatClient options"
-#: The agent's sections a client takes as options (no devices, no score).
-SECTIONS = ("agent", "broker", "sync", "guard", "status", "outbox", "security")
-#: Settings given as BeatClient's own arguments (or refused: a client has no profile).
-_FIXED = {("agent", "id"), ("agent", "cluster"), ("agent", "profile"), ("broker", "url")}
 #: Follower states in which the beat is followed (callbacks run; the agent would fire).
 _FOLLOWED = frozenset({SyncState.LOCKED, SyncState.FREE_RUNNING})
 #: How many boundaries ahead the forecast looks for one that is wanted.
@@ -111,10 +105,6 @@ class BeatClientClosed(BeatClientError):
     """The client has stopped: a ``sync()`` still waiting, or a call after ``stop()``."""
 
 
-class BudgetExpired(EdgeError, TimeoutError):
-    """Raised by :meth:`Budget.check` once the budget's deadline has passed."""
-
-
 class _SleepingClock(SystemClock):
     """The system clock for the client's beat loop: it sleeps where the runner would spin
     (the loop's own deadlines need no sub-millisecond precision here; the callback thread's
@@ -129,135 +119,12 @@ class _SleepingClock(SystemClock):
 
 
 @dataclass(frozen=True, slots=True)
-class Budget:
-    """The deadline a function runs under: ``beats`` beats, ``budget_s`` local seconds at
-    the tempo when it started, ending at local monotonic ``deadline``."""
-
-    beats: float
-    budget_s: float
-    started: float
-    deadline: float
-    clock: Clock
-
-    @property
-    def remaining_s(self) -> float:
-        return self.deadline - self.clock.monotonic()
-
-    @property
-    def expired(self) -> bool:
-        return self.clock.monotonic() >= self.deadline
-
-    def check(self) -> None:
-        """Raise :class:`BudgetExpired` if the deadline has passed (a cooperative cancel)."""
-        if self.expired:
-            late = (self.clock.monotonic() - self.deadline) * 1000.0
-            raise BudgetExpired(
-                f"the budget of {self.beats:g} beats ({self.budget_s * 1000:.1f} ms) ran out "
-                f"{late:.1f} ms ago"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetResult(Generic[T]):
-    """How a budgeted run went. ``finished``: ``fn`` returned (``value`` is what it
-    returned); ``cancelled``: it was stopped at (or after) its deadline, by the coroutine
-    form's cancel or by :class:`BudgetExpired`; ``overran``: it ran past its deadline, by
-    ``overrun_s``."""
-
-    value: T | None
-    finished: bool
-    cancelled: bool
-    overran: bool
-    elapsed_s: float
-    budget_s: float
-    beats: float
-
-    @property
-    def overrun_s(self) -> float:
-        return max(0.0, self.elapsed_s - self.budget_s)
-
-
-@dataclass(frozen=True, slots=True)
 class _Declared:
     state: ClaimState
     progress: float | None
     notes: str | None
     task_id: str | None
     beats_left: int | None
-
-
-@dataclass
-class _BudgetCounts:
-    run: int = 0
-    finished: int = 0
-    overran: int = 0
-    cancelled: int = 0
-
-
-def _toml_value(value: object, where: str, problems: list[str]) -> str | None:
-    """``value`` as a TOML value, or None (with a problem) for what TOML cannot say."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"  # refused by the section's reader, in its own words
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str | Path):
-        # A JSON string without ASCII escaping is a TOML basic string.
-        return json.dumps(str(value), ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        items = [_toml_value(item, f"{where}[{i}]", problems) for i, item in enumerate(value)]
-        if any(item is None for item in items):
-            return None
-        return "[" + ", ".join(item for item in items if item is not None) + "]"
-    problems.append(
-        f"{where}: must be a string, number, boolean or list of them, got {type(value).__name__}"
-    )
-    return None
-
-
-def client_config(
-    broker_url: str, cluster: str, agent_id: str, options: Mapping[str, object]
-) -> Config:
-    """The agent's config for a client: ``[agent]`` id and cluster, ``[broker]`` url, mock
-    pins and no devices, and ``options`` (tables named as the agent's sections), read by
-    the agent's own reader, so every setting is checked and worded as in ``agent.toml``.
-    Raises ConfigError listing every problem."""
-    problems: list[str] = []
-    tables: dict[str, dict[str, object]] = {
-        "agent": {"id": agent_id, "cluster": cluster},
-        "broker": {"url": broker_url},
-    }
-    for name, table in options.items():
-        if name not in SECTIONS:
-            problems.append(
-                f"{name}: is not an option of BeatClient (options: {', '.join(SECTIONS)}; "
-                "a client drives no devices and plays no score)"
-            )
-            continue
-        if not isinstance(table, Mapping):
-            problems.append(f"{name}: must be a table of settings (a dict), got {table!r}")
-            continue
-        for key, value in table.items():
-            if (name, key) in _FIXED:
-                problems.append(f"{name}.{key}: is not an option of BeatClient")
-                continue
-            tables.setdefault(name, {})[str(key)] = value
-    lines = ["[gpio]", 'pin_factory = "mock"']
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        for key, value in table.items():
-            text = _toml_value(value, f"{name}.{key}", problems)
-            if text is not None:
-                lines.append(f"{json.dumps(key)} = {text}")
-    if problems:
-        raise ConfigError(problems, SOURCE)
-    data = ("\n".join(lines) + "\n").encode("utf-8")
-    return load_config(Path(SOURCE), read=lambda path: data)
 
 
 class BeatClient:
@@ -279,7 +146,7 @@ class BeatClient:
         self._lock = threading.Lock()
         self.dispatcher = Dispatcher(self.clock, self._forecast, self._passed)
         self._declared: _Declared | None = None
-        self._budgets = _BudgetCounts()
+        self._budgets = BudgetCounts()
         self._claims_refused = 0
         self._problems = LogLimiter(log)
         self._stopping = threading.Event()
