@@ -254,6 +254,7 @@ class Runner:
         self._bad_input.tick(now)
         self._handle(self.follower.tick(now), now)
         self._fire_due(now)
+        self._prepare_calls()
         for result in self.hardware.tick(self.clock.monotonic()):
             self.settler.followup(self.guard, result)
         self._watch_sync(now)
@@ -310,6 +311,7 @@ class Runner:
                 )
                 # Carried over, so what was planned under the old numbers is not again.
                 self.plan.renumber(event.to_beat - event.from_beat)
+                self.hardware.renumber_calls(event.to_beat - event.from_beat)
                 self._warmed.clear()
             elif isinstance(event, SyncLost):
                 log.warning("beat lost after %.1f s of silence", event.silent_s)
@@ -345,6 +347,17 @@ class Runner:
             self._fire(sa)
             now = self.clock.monotonic()
 
+    def _prepare_calls(self) -> None:
+        """Hand the python devices' workers every call the plan holds, ahead of its time
+        (edge.hardware.pycalls): sent once, re-sent when re-timed, cancelled when dropped."""
+        if self.hardware.has_calls:
+            calls = [
+                self.score.call_job(sa, self.follower)
+                for sa in self.plan.pending
+                if sa.action.do == "call"
+            ]
+            self.hardware.prepare_calls(calls, self.clock.monotonic())
+
     def _sync_now(self) -> tuple[float, str]:
         """The follower's error bound (ms) and sync state, for a trace row."""
         return self.follower.error_bound_s * 1000.0, self.follower.state.value
@@ -362,10 +375,12 @@ class Runner:
         if overdue(sa, before):
             self._miss(sa, before)
             return
-        command = sa.action.do == "command"
-        # A command's end comes later, tagged, so it is counted in the beat it belongs to.
+        call = self.score.call_job(sa, self.follower) if sa.action.do == "call" else None
+        command = sa.action.do == "command" or call is not None
+        # A command's (or a call's) end comes later, tagged, so it is counted in the beat it
+        # belongs to.
         tag = self.plan.tag(sa) if command else None
-        result = self.hardware.apply(sa.action, before, tag=tag)
+        result = self.hardware.apply(sa.action, before, tag=tag, call=call)
         after = self.clock.monotonic()
         fate = outcome(
             result.do,
@@ -410,6 +425,7 @@ class Runner:
             0 if self.link is None else self.link.dropped_inbound,
             self.outbox,
             tuple(sorted(self.hardware.isolated)),
+            calls=(self.hardware.call_counts(), self.hardware.call_values()),
         )
         self.last_review = review
         claim = self.status.build(review)

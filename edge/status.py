@@ -61,6 +61,11 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.source_conflict_ms`` how far apart those sources arrive (only during that alert)
 ``metadata.isolated``  names of the devices out of service after a failure (omitted when
                        none); a reload builds them anew
+``metadata.calls``     python devices' calls since start: ``{"done", "exceptions",
+                       "bad_values", "overruns", "kills", "not_started", "exits",
+                       "restarts": int}`` (omitted without python devices)
+``metadata.values``    ``{device: {name: number | string | bool}}``: what each python
+                       device's function returned last (omitted until one returns values)
 ``metadata.final``     ``true`` on the shutdown claim only
 =====================  ===============================================================
 
@@ -208,6 +213,11 @@ class BeatReview:
     inbox_dropped: int = 0
     #: While a second source of the beat is seen: how far apart they arrive (ms).
     source_conflict_ms: float | None = None
+    #: Python calls since start, by what became of them (edge.hardware.pycalls'
+    #: ``COUNT_KEYS``); empty without python devices.
+    calls: Mapping[str, int] = field(default_factory=dict)
+    #: The values each python device's function returned last, by device.
+    values: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -241,6 +251,8 @@ def _condition(review: BeatReview) -> tuple[object, ...]:
         review.outbox_degraded,
         review.isolated,
         review.inbox_dropped,
+        # Trouble, not work: a call that raised, overran, was killed or lost its worker.
+        tuple(sorted((k, v) for k, v in review.calls.items() if k not in ("done", "restarts"))),
     )
 
 
@@ -399,6 +411,10 @@ class StatusBuilder:
             meta["source_conflict_ms"] = spread
         if review.isolated:
             meta["isolated"] = list(review.isolated)
+        if review.calls:
+            meta["calls"] = dict(review.calls)
+        if review.values:
+            meta["values"] = {name: dict(values) for name, values in review.values.items()}
         if final:
             meta["final"] = True
         return meta
