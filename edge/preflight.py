@@ -309,12 +309,14 @@ def check_calls(profile: Profile, problems: ConfigProblems, timeout: float = CAL
         where = f"devices.{spec.name}.call"
         call = spec.text("call", "")
         try:
-            out, _ = child.communicate(timeout=max(0.0, end - time.monotonic()))
+            # Its one line of output fits the pipe: waiting without reading cannot stall.
+            child.wait(timeout=max(0.0, end - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
             child.communicate()
             problems.add(where, f"importing {call!r} did not finish within {timeout:g} s")
             continue
+        out, _ = child.communicate()
         text = out.decode("utf-8", "replace").strip().splitlines()
         if child.returncode == 0:
             _CALLS_OK.add(_call_key(spec))

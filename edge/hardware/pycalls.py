@@ -413,7 +413,8 @@ class PyCalls(Devices):
                 continue
             dead = self._drain(worker, now, results)
             proc = worker.proc
-            if not dead and proc is not None and proc.poll() is not None:
+            if proc is not None and proc.poll() is not None:
+                # (after the pipe closed it is usually gone already: say how it ended)
                 dead = f"exited with code {proc.returncode}"
             if dead:
                 self._lost(worker, now, results, dead, killed=False)
@@ -517,7 +518,7 @@ class PyCalls(Devices):
                 elif what == "safe_done" and message[1]:
                     self._once(name, "safe_call", f"safe_call failed: {message[1]}")
         except (EOFError, OSError):
-            return "its pipe closed"
+            return "closed its pipe"
         return None
 
     def _done(
@@ -624,7 +625,9 @@ class PyCalls(Devices):
         self._close_pipes(worker)
         if not killed:
             self._once(name, "exited", f"its worker {why}")
-        quick = now - worker.started_at < QUICK_DEATH_S
+        # A kill is ours, so it restarts at once; a death soon after a start (an import
+        # that fails) waits, longer each time.
+        quick = not killed and now - worker.started_at < QUICK_DEATH_S
         worker.restart_at = now + (worker.backoff if quick else 0.0)
         if quick:
             worker.backoff = min(worker.backoff * 2.0, RESTART_MAX_S)
