@@ -490,3 +490,38 @@ def test_check_names_the_device_of_a_bad_call(mods: Path) -> None:
     assert not any(p.startswith("devices.good") for p in found.items), text
     with pytest.raises(ConfigError):
         found.raise_if_any()
+
+
+@pytest.mark.slow
+def test_a_hung_worker_never_blocks_the_loop_on_its_pipe(mods: Path) -> None:
+    """A hung worker reads nothing: re-timed calls must not fill its pipe (a full pipe
+    would block the loop's write until the kill)."""
+    import threading
+
+    hw = _hardware(mods, {"h": {"call": "probe:hang", "deadline_beats": 100}})
+    big = {f"k{i}": "x" * 1000 for i in range(30)}  # ~30 KB a job
+    stuck = threading.Event()
+
+    def retime_forever() -> None:
+        for i in range(200):  # ~6 MB of jobs if each were sent
+            at = time.monotonic() + 5.0 + i * 1e-3
+            action = Action("h", "call", params=big)
+            job = CallJob((2, 0), action, at, at + 0.2, "execute", None, 120.0)
+            hw.prepare_calls([job], time.monotonic())
+        stuck.set()
+
+    try:
+        first = _job("h", 1, 0.2)
+        hw.prepare_calls([first], time.monotonic())
+        _fire(hw, first)
+        time.sleep(0.3)  # it hangs now (its deadline is 50 s away)
+        thread = threading.Thread(target=retime_forever, daemon=True)
+        thread.start()
+        done = stuck.wait(20.0)
+        if not done:  # unblock the write (EPIPE) so the test fails instead of hanging
+            proc = hw._workers["h"].proc
+            assert proc is not None
+            proc.kill()
+        assert done, "prepare_calls blocked on a full pipe"
+    finally:
+        hw.close()

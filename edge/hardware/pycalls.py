@@ -28,6 +28,7 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 import queue
 import subprocess
 import sys
@@ -57,6 +58,12 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 #: How long close() gives a worker to run its safe_call and end before it is killed.
 WORKER_STOP_S = 2.0
+#: Bytes written to a worker since it last said anything, above which a job waits (see
+#: _post), and above which even a cancel or a safe_call does (a pipe holds 64 KiB).
+SEND_BUDGET = 32 * 1024
+PIPE_BUDGET = 60 * 1024
+#: A call re-timed by less than this is not sent again (the hand-off target is 0.5 ms).
+RETIME_S = 5e-5
 #: The counts a python device reports (summed in the claim's ``metadata.calls``).
 COUNT_KEYS = (
     "done",
@@ -103,6 +110,7 @@ class _Worker:
     restart_at: float | None = None
     spawning: bool = False
     backoff: float = RESTART_MIN_S
+    unread_bytes: int = 0  # written since the worker last said anything (see _post)
     entry_late_s: float | None = None  # the last call's entry, against its time
 
     @property
@@ -293,7 +301,11 @@ class PyCalls(Devices):
                 self._send(worker, job)
                 continue
             job = self._jobs[known]
-            if abs(job.at - call.at) > 1e-5 or job.deadline != deadline or job.context != context:
+            if (
+                abs(job.at - call.at) > RETIME_S
+                or job.deadline != deadline
+                or job.context != context
+            ):
                 job.at, job.deadline, job.context = call.at, deadline, context
                 job.generation = 0
             if job.generation != worker.generation:
@@ -311,13 +323,29 @@ class PyCalls(Devices):
             moved[(beat + offset, rule)] = job_id
         self._slots = moved
 
-    def _send(self, worker: _Worker, job: _Job) -> bool:
-        if not worker.alive or worker.send is None:
+    def _post(self, worker: _Worker, message: tuple[Any, ...], budget: int) -> bool:
+        """Write ``message`` to the worker unless that could fill its pipe: a pipe write
+        blocks when the pipe is full, and a hung worker reads nothing until its kill. So
+        what was written since the worker last said anything is kept under ``budget``
+        bytes (the message waits, and is sent after its next word)."""
+        if worker.send is None:
+            return False
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if worker.unread_bytes and worker.unread_bytes + len(data) > budget:
             return False
         try:
-            worker.send.send(("job", job.job_id, job.at, job.deadline, job.context))
+            worker.send.send_bytes(data)
         except OSError:
             return False  # it died: tick() sees it and restarts it
+        worker.unread_bytes += len(data)
+        return True
+
+    def _send(self, worker: _Worker, job: _Job) -> bool:
+        if not worker.alive:
+            return False
+        message = ("job", job.job_id, job.at, job.deadline, job.context)
+        if not self._post(worker, message, SEND_BUDGET):
+            return False
         job.generation = worker.generation
         return True
 
@@ -332,9 +360,10 @@ class PyCalls(Devices):
         ):
             self._jobs.pop(job.job_id, None)
             return
-        with contextlib.suppress(OSError):
-            worker.send.send(("cancel", job.job_id))
-        job.cancelled = True  # kept until the worker says whether it ran
+        if self._post(worker, ("cancel", job.job_id), PIPE_BUDGET):
+            job.cancelled = True  # kept until the worker says whether it ran
+        else:
+            self._once(job.action.device, "pipe", "its worker reads nothing; a cancel waits")
 
     # ------------------------------------------------------------------ firing
 
@@ -399,6 +428,19 @@ class PyCalls(Devices):
                 do, ok, duration, error = early.ended
                 results.append(self._end(early, do, ok, now, duration, error))
         self._collect_spawns(now, results)
+        for job in list(self._jobs.values()):
+            # Fired but never handed to a live worker (it was down, or its pipe full):
+            # at its deadline it is reported, not left waiting.
+            owner = self._workers[job.action.device]
+            if (
+                job.fired
+                and job.ended is None
+                and (job.generation != owner.generation or not owner.alive)
+                and now >= job.deadline
+            ):
+                self._jobs.pop(job.job_id, None)
+                self._call_counts["not_started"] += 1
+                results.append(self._end(job, "call_not_started", False, now, None))
         for worker in self._workers.values():
             if not worker.alive:
                 if (
@@ -483,6 +525,7 @@ class PyCalls(Devices):
         now: float,
     ) -> None:
         worker.proc, worker.send, worker.recv = made
+        worker.unread_bytes = 0
         worker.started_at = now
         worker.restart_at = None
 
@@ -495,6 +538,7 @@ class PyCalls(Devices):
         try:
             while recv.poll(0):
                 message = recv.recv()
+                worker.unread_bytes = 0  # it is reading: it drains its pipe before it runs
                 what = message[0]
                 if what == "done":
                     self._done(worker, message, now, results)
@@ -663,16 +707,14 @@ class PyCalls(Devices):
             for slot in [s for s, j in self._slots.items() if j not in self._jobs]:
                 del self._slots[slot]
             if worker.alive and worker.send is not None:
-                with contextlib.suppress(OSError):
-                    worker.send.send(("safe", reason, dict(worker.spec.params)))
+                self._post(worker, ("safe", reason, dict(worker.spec.params)), PIPE_BUDGET)
 
     def _close_calls(self) -> None:
         """End every worker: told to stop after its safe_call, killed if it has not within
         :data:`WORKER_STOP_S`."""
         for worker in self._workers.values():
             if worker.send is not None:
-                with contextlib.suppress(OSError):
-                    worker.send.send(("stop",))
+                self._post(worker, ("stop",), PIPE_BUDGET)
         for worker in self._workers.values():
             proc = worker.proc
             if proc is not None:
