@@ -19,7 +19,8 @@ from edge.errors import ConfigError, ConfigProblems
 from edge.hardware import ActionResult, Hardware
 from edge.hlc import HybridLogicalClock
 from edge.messages import decode_status_claim, encode
-from edge.monitor import values_text
+from edge.monitor import FleetView, values_text
+from edge.mqtt_link import Topics
 from edge.plan import CALL_ENDS, Fate, outcome
 from edge.preflight import check_calls
 from edge.profile import parse_profile
@@ -239,6 +240,12 @@ def test_the_monitor_shows_the_values() -> None:
     md = {"values": {"sensor": {"t": 21.5, "n": 2}, "b": {"ok": True}}}
     assert values_text(md) == "  values: b ok=True; sensor n=2 t=21.5"
     assert values_text({}) == ""
+    view = FleetView(Topics("backbeat", "bench"))
+    claim = _builder().build(_review(values={"sensor": {"temperature_c": 21.5}}))
+    assert claim is not None
+    view.feed("backbeat/bench/status/bench:pi-01", encode(claim, "cbor"), 1.0)
+    row = next(line for line in view.table().splitlines() if line.startswith("bench:pi-01"))
+    assert row.endswith("values: sensor temperature_c=21.5"), row
 
 
 # --------------------------------------------------------------------------- workers (slow)

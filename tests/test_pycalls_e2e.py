@@ -297,3 +297,30 @@ def test_check_names_the_device_of_a_bad_call(tmp_path: Path) -> None:
     assert "devices.nomod.call" in done.stderr and "No module named" in done.stderr, done.stderr
     assert "devices.notcallable.call" in done.stderr and "not callable" in done.stderr
     assert "devices.fine" not in done.stderr
+
+
+def test_the_demo_shows_the_simulated_sensor() -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "demo",
+            "--profile",
+            str(root / "hw" / "python-sensor.toml"),
+            "--duration",
+            "8",
+            "--bpm",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    screens = done.stdout.split("backbeat-edge demo (Ctrl-C to stop)")
+    shown = [s for s in screens if "temperature_c=" in s]
+    assert shown, done.stdout[-2000:]
+    assert "python calls: done" in shown[-1] and "sensor" in shown[-1]
+    assert "sensor: sensor at rest (shutdown)" in done.stderr + done.stdout
