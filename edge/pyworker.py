@@ -193,13 +193,14 @@ class _Worker:
                     return 0
             if job is None:
                 continue
+            context = self._context(job)  # made before the instant, not after it
             while time.monotonic() < job.at:
                 pass
             del self.jobs[job.job_id]
             if time.monotonic() > job.deadline:  # an earlier call ran past this one's phase
                 self.outbox.send(("skipped", job.job_id))
                 continue
-            self._run(job)
+            self._run(job, context)
 
     def _handle(self, message: tuple[Any, ...]) -> bool:
         what = message[0]
@@ -222,12 +223,9 @@ class _Worker:
             return False
         return True
 
-    def _run(self, job: _Job) -> None:
-        self.started[job.job_id] = None
-        if len(self.started) > _STARTED_KEPT:
-            del self.started[next(iter(self.started))]
+    def _context(self, job: _Job) -> CallContext:
         ctx = job.context
-        context = CallContext(
+        return CallContext(
             beat_index=ctx["beat_index"],
             phase=ctx["phase"],
             downbeat=ctx["downbeat"],
@@ -237,6 +235,9 @@ class _Worker:
             device=self.device,
             params=MappingProxyType(ctx["params"]),
         )
+
+    def _run(self, job: _Job, context: CallContext) -> None:
+        self.started[job.job_id] = None
         error: str | None = None
         kind: str | None = None
         values: dict[str, object] | None = None
@@ -252,6 +253,8 @@ class _Worker:
             if problem is not None:
                 error, kind = problem, "bad_values"
         self.outbox.send(("done", job.job_id, entry, exit_at, values, error, kind))
+        if len(self.started) > _STARTED_KEPT:
+            del self.started[next(iter(self.started))]
 
     def _safe(self, reason: str, reply: bool) -> None:
         error = None
@@ -283,8 +286,10 @@ def main(argv: list[str]) -> int:
     params: dict[str, Any] = {}
     inbox = Connection(read_fd, writable=False)
     outbox = Connection(write_fd, readable=False)
-    # Die with the agent even inside a hung function (PR_SET_PDEATHSIG), and sleep with
-    # 1 ns timer slack so a wake-up before a job is on time (PR_SET_TIMERSLACK).
+    # Die with the agent even inside a hung function (PR_SET_PDEATHSIG: it fires when the
+    # thread that started us ends, the agent's loop or its spawner thread, both of which
+    # outlive their workers), and sleep with 1 ns timer slack so a wake-up before a job is
+    # on time (PR_SET_TIMERSLACK).
     _prctl(1, signal.SIGKILL)
     _prctl(29, 1)
     if os.getppid() == 1:  # the agent died before the prctl took
