@@ -15,7 +15,9 @@ order:
    (``edge.plan``);
 3. fire every admitted action whose time has come, unless its deadline (the end of its
    phase) has already passed (then it is a miss, not a late switch: ``edge.plan.outcome``
-   says what each result means);
+   says what each result means); a python device's ``call`` is handed to its worker
+   ahead of its time (``Hardware.prepare_calls``, every wake-up), so the worker waits for
+   the instant itself and firing it only marks it fired;
 4. run the hardware's own follow-ups (pulse offs, fades, dead-man, command time-outs);
 5. at a beat's review phase: first count as misses the beat's actions whose deadline
    passed while they waited (after a stall the review comes in the same wake-up as they
