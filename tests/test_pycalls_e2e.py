@@ -10,7 +10,10 @@ One agent runs four python devices at 120 BPM (167 ms phases) for a dozen beats:
   beats after still run;
 * ``boom`` raises: counted in ``metadata.calls.exceptions``, its beats' claims ``failed``,
   the one-line summary logged once;
-* ``quitter`` exits its worker on its first call: restarted, and its later calls run.
+* ``quitter`` exits its worker on its first call: restarted, and its later calls run;
+
+then the pulse stops: the beat is lost, and ``probe``'s ``safe_call`` runs (and again at
+shutdown).
 
 A bad ``call`` is a ``check`` error naming the device (the real CLI).
 """
@@ -172,11 +175,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     (tmp / "mods" / "probe.py").write_text(MODULE, encoding="utf-8")
     try:
         claims = ClaimRecorder(broker.port)
-        config = write_agent_config(tmp, broker.url, _profile(tmp))
+        # The beat is lost 2 s after the last frame, so the safe_call is seen quickly.
+        config = write_agent_config(
+            tmp,
+            broker.url,
+            _profile(tmp),
+            extra="[sync]\nlost_after_s = 2.0\nlost_after_beats = 4\n",
+        )
         agent = start_agent(config, tmp / "agent.jsonl", tmp / "agent.log")
         pulse = start_pulse(broker.url, "bench", BPM, tmp / "pulse.jsonl", tmp / "pulse.log")
         try:
             assert wait_until(lambda: len(_rows(tmp / "probe.jsonl")) >= 12, 40), agent.log()
+            pulse.stop()
+            safe = tmp / "probe.jsonl.safe"
+            wait_until(lambda: safe.exists() and "beat lost" in safe.read_text(), 15)
         finally:
             pulse.stop()
             code = agent.stop()
@@ -260,9 +272,9 @@ def test_a_worker_that_exits_is_restarted(run: Run) -> None:
     assert len(_rows(run.tmp / "quitter.jsonl")) >= 3, run.log
 
 
-def test_safe_call_runs_at_shutdown(run: Run) -> None:
+def test_safe_call_runs_when_the_beat_is_lost_and_at_shutdown(run: Run) -> None:
     reasons = (run.tmp / "probe.jsonl.safe").read_text().splitlines()
-    assert "shutdown" in reasons, reasons
+    assert reasons[0] == "beat lost" and "shutdown" in reasons, reasons
 
 
 def test_check_names_the_device_of_a_bad_call(tmp_path: Path) -> None:
