@@ -65,7 +65,8 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
                        "bad_values", "overruns", "kills", "not_started", "exits",
                        "restarts": int}`` (omitted without python devices)
 ``metadata.values``    ``{device: {name: number | string | bool}}``: what each python
-                       device's function returned last (omitted until one returns values)
+                       device's function returned last (omitted until one returns values;
+                       the first :data:`MAX_VALUE_DEVICES` devices by name)
 ``metadata.final``     ``true`` on the shutdown claim only
 =====================  ===============================================================
 
@@ -93,6 +94,9 @@ StatusMode = Literal["every", "on_change"]
 _MODES: tuple[str, ...] = get_args(StatusMode)
 _FORMATS: tuple[str, ...] = ("cbor", "json")
 _NOTES_MAX = 256
+#: ``metadata.values`` carries the devices first by name, at most this many (each holds at
+#: most 16 small values: ~1.5 KB at worst, so a claim stays far below 64 KiB).
+MAX_VALUE_DEVICES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +418,9 @@ class StatusBuilder:
         if review.calls:
             meta["calls"] = dict(review.calls)
         if review.values:
-            meta["values"] = {name: dict(values) for name, values in review.values.items()}
+            # Bounded, so claims stay far below the payload limit (16 values a device).
+            shown = sorted(review.values)[:MAX_VALUE_DEVICES]
+            meta["values"] = {name: dict(review.values[name]) for name in shown}
         if final:
             meta["final"] = True
         return meta

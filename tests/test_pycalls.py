@@ -226,6 +226,13 @@ def test_claims_carry_the_call_counts_and_values_and_validate() -> None:
     assert plain is not None and "calls" not in plain.metadata and "values" not in plain.metadata
 
 
+def test_a_claim_carries_the_values_of_at_most_16_devices() -> None:
+    values = {f"d{i:02}": {"v": i} for i in range(20)}
+    claim = _builder().build(_review(values=values))
+    assert claim is not None and claim.metadata is not None
+    assert sorted(claim.metadata["values"]) == [f"d{i:02}" for i in range(16)]
+
+
 def test_an_exception_is_a_change_and_a_value_is_not() -> None:
     builder = _builder("on_change")
     first = _review(beat_index=1, calls={"done": 1, "exceptions": 0}, values={"s": {"t": 1}})
