@@ -539,3 +539,37 @@ def test_a_hung_worker_never_blocks_the_loop_on_its_pipe(mods: Path) -> None:
         assert done, "prepare_calls blocked on a full pipe"
     finally:
         hw.close()
+
+
+def test_only_a_real_move_sends_a_call_again() -> None:
+    from edge.hardware.pycalls import _Job, _moved
+
+    context = {"beat_index": 1, "phase": "execute", "downbeat": True, "tempo_bpm": 120.0}
+    job = _Job(1, (1, 0), Action("p", "call"), 10.0, 10.1, {**context, "params": {}})
+    same = {**context, "params": {}}
+    assert not _moved(job, 10.00001, 10.10001, {**same, "tempo_bpm": 120.001})
+    assert _moved(job, 10.001, 10.101, same)
+    assert _moved(job, 10.0, 10.1, {**same, "tempo_bpm": 121.0})
+    assert _moved(job, 10.0, 10.1, {**same, "downbeat": False})
+    assert _moved(job, 10.0, 10.1, {**same, "params": {"a": 1}})
+
+
+@pytest.mark.slow
+def test_a_retimed_call_runs_at_its_new_time(mods: Path) -> None:
+    import json
+
+    out = mods / "out.jsonl"
+    hw = _hardware(mods, {"p": {"call": "probe:record", "params": {"out": str(out)}}})
+    try:
+        job = _job("p", 4, 0.3, out=str(out))
+        hw.prepare_calls([job], time.monotonic())
+        later = CallJob(job.slot, job.action, job.at + 0.2, job.deadline + 0.2, "execute",
+                        True, 120.0)  # fmt: skip
+        hw.prepare_calls([later], time.monotonic())  # the follower's model moved
+        _fire(hw, later)
+        (end,) = _until(hw, 1)
+        assert end.do == "call_done"
+        (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+        assert row["at"] == later.at and row["entry"] >= later.at
+    finally:
+        hw.close()

@@ -118,6 +118,18 @@ class _Worker:
         return self.proc is not None and self.send is not None
 
 
+def _moved(job: _Job, at: float, deadline: float, context: dict[str, Any]) -> bool:
+    """Whether a re-timed call must be sent again: its times moved by more than
+    :data:`RETIME_S`, its tempo by more than 0.01 BPM, or anything else it is told changed
+    (a frame moves the follower's model by microseconds: not worth a message each)."""
+    if abs(job.at - at) > RETIME_S or abs(job.deadline - deadline) > RETIME_S:
+        return True
+    old = job.context
+    if abs(old["tempo_bpm"] - context["tempo_bpm"]) > 0.01:
+        return True
+    return any(old[key] != context[key] for key in context if key != "tempo_bpm")
+
+
 def worker_argv(spec: DeviceSpec, read_fd: int, write_fd: int) -> list[str]:
     return [
         sys.executable,
@@ -301,11 +313,7 @@ class PyCalls(Devices):
                 self._send(worker, job)
                 continue
             job = self._jobs[known]
-            if (
-                abs(job.at - call.at) > RETIME_S
-                or job.deadline != deadline
-                or job.context != context
-            ):
+            if _moved(job, call.at, deadline, context):
                 job.at, job.deadline, job.context = call.at, deadline, context
                 job.generation = 0
             if job.generation != worker.generation:
