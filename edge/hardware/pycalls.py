@@ -388,6 +388,7 @@ class PyCalls(Devices):
             if job is not None:
                 self._jobs.pop(job.job_id, None)
             self._drop("worker_down")
+            self._call_counts["not_started"] += 1
             return ActionResult(
                 name, "call", False, "worker_down", self.errors.get(name), None, now, tag=tag
             )
