@@ -279,6 +279,12 @@ MODULE = textwrap.dedent(
         with open(sctx.params["out"] + ".safe", "a") as f:
             f.write(sctx.reason + "\\n")
     not_callable = 3
+    def spawn_and_hang(ctx):
+        import subprocess
+        child = subprocess.Popen(["sleep", "1000"])
+        with open(ctx.params["out"], "w") as f:
+            f.write(str(child.pid))
+        time.sleep(1000)
     """
 )
 
@@ -571,5 +577,33 @@ def test_a_retimed_call_runs_at_its_new_time(mods: Path) -> None:
         assert end.do == "call_done"
         (row,) = [json.loads(line) for line in out.read_text().splitlines()]
         assert row["at"] == later.at and row["entry"] >= later.at
+    finally:
+        hw.close()
+
+
+def _gone(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaped yet (a container's init may not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "State:\tZ" in status
+
+
+@pytest.mark.slow
+def test_a_kill_takes_what_the_function_started_with_it(mods: Path) -> None:
+    out = mods / "child.pid"
+    hw = _hardware(mods, {"h": {"call": "probe:spawn_and_hang", "params": {"out": str(out)}}})
+    try:
+        job = _job("h", 1, 0.3, span=0.5, out=str(out))
+        hw.prepare_calls([job], time.monotonic())
+        _fire(hw, job)
+        (end,) = _until(hw, 1)
+        assert end.do == "call_killed"
+        pid = int(out.read_text())
+        deadline = time.monotonic() + 5.0
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), f"the function's child {pid} outlived the kill"
     finally:
         hw.close()

@@ -30,6 +30,7 @@ import math
 import os
 import pickle
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -167,6 +168,16 @@ def spawn_worker(
     os.close(to_child_r)
     os.close(from_child_w)
     return proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a worker and whatever its function started: the worker leads its own process
+    group (``start_new_session``), so a program it ran and left hanging goes too."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        with contextlib.suppress(OSError):
+            proc.kill()
 
 
 def _has_fileno(stream: Any) -> bool:
@@ -479,9 +490,8 @@ class PyCalls(Devices):
                 and now >= j.deadline
             ]
             if overdue:
-                with contextlib.suppress(OSError):
-                    if proc is not None:
-                        proc.kill()
+                if proc is not None:
+                    _kill(proc)
                 self._lost(worker, now, results, "killed at its deadline", killed=True)
                 continue
             for job in self._jobs.values():
@@ -694,8 +704,7 @@ class PyCalls(Devices):
                     conn.close()
         proc = worker.proc
         if proc is not None:
-            with contextlib.suppress(OSError):
-                proc.kill()
+            _kill(proc)
             # Reaped now if it is gone already, else by the next start's Popen (the
             # subprocess module reaps finished children it knows of).
             with contextlib.suppress(subprocess.TimeoutExpired):
