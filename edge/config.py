@@ -538,7 +538,9 @@ def load_config(path: str | Path, read: Reader = read_checked) -> Config:
             merged.update({k: v for k, v in profile_raw.items() if k in _PROFILE_SECTIONS})
     merged.update({k: v for k, v in raw.items() if k in _PROFILE_SECTIONS})
 
-    profile = parse_profile(merged, problems)
+    # A python device's relative path counts from the file that holds the profile.
+    profile_base = profile_path.parent if profile_ref is not None else base
+    profile = parse_profile(merged, problems, base=str(profile_base))
     score = parse_score(merged.get("score", []), profile, problems)
     config = Config(
         agent=agent,

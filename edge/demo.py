@@ -79,7 +79,8 @@ def run_demo(
     from edge.signing import keygen
     from edge.view import TerminalView
 
-    profile_path = Path(profile) if profile else HW_DIR / "bench.toml"
+    # Absolute: the agent's config is written elsewhere, and counts relative paths from it.
+    profile_path = Path(profile).resolve() if profile else HW_DIR / "bench.toml"
     if not profile_path.is_file():
         raise EdgeError(f"profile {str(profile_path)!r} not found (run the demo from a checkout)")
     os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")

@@ -32,6 +32,21 @@ from edge.mqtt_link import MqttLink, Topics
 from edge.trust import Verdict, Verifier, verdict
 
 
+def values_text(md: Mapping[str, object]) -> str:
+    """What an agent's python devices returned last (``metadata.values``), for its row:
+    ``"  values: sensor temperature_c=21.3"``, or empty."""
+    values = md.get("values")
+    if not isinstance(values, Mapping) or not values:
+        return ""
+    parts = []
+    for device in sorted(values):
+        fields = values[device]
+        if isinstance(fields, Mapping):
+            shown = " ".join(f"{k}={fields[k]}" for k in sorted(fields))
+            parts.append(f"{device} {shown}".rstrip())
+    return "  values: " + "; ".join(parts) if parts else ""
+
+
 @dataclass
 class AgentRow:
     agent_id: str
@@ -134,6 +149,7 @@ class FleetView:
                 line += f" {row.signature or '-':<9}"
                 if row.forged:
                     line += f"  forged claims: {row.forged}"
+            line += values_text(md)
             isolated = md.get("isolated")
             if isinstance(isolated, tuple) and isolated:  # devices out of service
                 line += "  isolated: " + ", ".join(str(name) for name in isolated)

@@ -19,7 +19,8 @@ after its deadline (the end of its phase) is a *miss* and must not run; a droppe
 (rate limit, isolated, busy, bad action) did not run, and teaches the guard no duration; a
 busy command device counts as a miss (its runs take longer than the score allows: load),
 the other drops only as drops; a command handed to its launcher is *running*, and its
-cost is learned from its end (done, killed: a miss, or not started: a failure). The
+cost is learned from its end (done, killed: a miss, or not started: a failure), and so is
+a python call handed to its worker (its ends: :data:`CALL_ENDS`). The
 runner hands each outcome to :meth:`settle` (or :meth:`settle_run` for a command's end,
 whose beat may have been reviewed already: then it counts in the next review) and feeds
 the guard and the metrics as the outcome says.
@@ -87,6 +88,12 @@ class Outcome:
 
 #: The follow-ups by which the hardware reports a command run's end.
 COMMAND_ENDS = frozenset({"command_done", "command_killed", "command_not_started"})
+#: The follow-ups by which the hardware reports a python call's end (edge.hardware.pycalls).
+CALL_ENDS = frozenset(
+    {"call_done", "call_failed", "call_overran", "call_killed", "call_not_started"}
+)
+#: Every end that comes later, tagged, for the beat its action was fired in.
+RUN_ENDS = COMMAND_ENDS | CALL_ENDS
 
 
 def overdue(sa: ScheduledAction, now: float) -> bool:
@@ -104,9 +111,10 @@ def outcome(
 ) -> Outcome:
     """What one result means: the miss and drop rules (see the theory of operation).
 
-    ``do`` is the result's ``do`` (an action's, or a command end's ``command_done``,
-    ``command_killed``, ``command_not_started``); ``ok`` and ``dropped`` are as the
-    hardware reported them; ``overdue`` says the action was due after its deadline (it is
+    ``do`` is the result's ``do`` (an action's, a command end's ``command_done``,
+    ``command_killed``, ``command_not_started``, or a python call's end, :data:`CALL_ENDS`,
+    which mean what a command's do; ``call_failed`` is a failure); ``ok`` and ``dropped``
+    are as the hardware reported them; ``overdue`` says the action was due after its deadline (it is
     not applied, the rest is then ignored); ``running`` that a command was handed over.
     """
     if overdue:
@@ -118,8 +126,19 @@ def outcome(
     if do == "command_killed":
         # An overrun is a deadline miss, and teaches the guard what it really costs.
         return Outcome(Fate.MISSED, "killed", miss=True, learn=True)
-    if do == "command_done":
+    if do == "command_done" or do == "call_done":
         return Outcome(Fate.ENDED, learn=True)
+    if do == "call_not_started":
+        # Its worker died or was down: a fault, not load.
+        return Outcome(Fate.FAILED, "not_started", measured=False)
+    if do == "call_killed" or do == "call_overran":
+        # Still running at its deadline (killed), or returned after it: a deadline miss.
+        return Outcome(
+            Fate.MISSED, "killed" if do == "call_killed" else "overran", miss=True, learn=True
+        )
+    if do == "call_failed":
+        # The function raised or returned what a claim cannot carry: the beat failed.
+        return Outcome(Fate.FAILED, "exception", learn=True)
     if dropped is not None:
         # Nothing ran, so no duration is learned (a ~0 s sample would pull the estimate
         # down just when the device struggles). A busy command device means earlier runs

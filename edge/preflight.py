@@ -12,7 +12,12 @@
   ``"GPIO17"``, ``"BCM17"``, ``"BOARD11"``, ``"J8:11"``, ``"WPI0"``), normalised with
   gpiozero's own board data so two spellings of one pin are refused as a duplicate;
 * every device buildable: the profile is built on a mock factory of the same board and
-  closed again, so nothing real is touched.
+  closed again, so nothing real is touched;
+* every python device's ``call`` (and ``safe_call``) loadable: its module is imported in a
+  child process (``python -m edge.pyworker --check``), all devices at once, killed after
+  :data:`CALL_CHECK_S`, so an import's side effects or hangs cannot touch the agent. One
+  that passed is not imported again by a reload in the same process (the loop waits for
+  it), unless its ``call``, ``path`` or ``safe_call`` changed.
 
 Files are read by :func:`edge.files.read_regular` (never blocking, 1 MiB at most).
 """
@@ -23,7 +28,10 @@ import contextlib
 import logging
 import os
 import ssl
+import subprocess
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +44,7 @@ from edge.config import BrokerConfig, Config, FileRefused
 from edge.errors import ConfigError, ConfigProblems, HardwareError
 from edge.files import read_regular
 from edge.hardware import Hardware, load_pin_factory
-from edge.profile import Profile
+from edge.profile import DeviceSpec, Profile
 
 BENCH_HINT = (
     'on a bench without GPIO set pin_factory = "mock" in [gpio] (or GPIOZERO_PIN_FACTORY=mock)'
@@ -250,7 +258,7 @@ def check_build(profile: Profile, board: Any, problems: ConfigProblems) -> None:
         factory = MockFactory(revision=revision) if revision else MockFactory()
     try:
         with _quiet_hardware_logs():
-            hardware = Hardware(profile, pin_factory=factory)
+            hardware = Hardware(profile, pin_factory=factory, python_workers=False)
             try:
                 for name, error in hardware.errors.items():
                     problems.add(f"devices.{name}", f"cannot be built: {error}")
@@ -259,6 +267,63 @@ def check_build(profile: Profile, board: Any, problems: ConfigProblems) -> None:
     finally:
         with contextlib.suppress(Exception):
             factory.close()
+
+
+# --------------------------------------------------------------------------- python calls
+
+#: How long the import check of every python device's module may take, all at once.
+CALL_CHECK_S = 10.0
+#: The (call, path, safe_call) triples that imported cleanly in this process.
+_CALLS_OK: set[tuple[str, str, str]] = set()
+
+
+def _call_key(spec: DeviceSpec) -> tuple[str, str, str]:
+    return (spec.text("call", ""), spec.text("path", ""), spec.text("safe_call", ""))
+
+
+def check_calls(profile: Profile, problems: ConfigProblems, timeout: float = CALL_CHECK_S) -> int:
+    """Import every python device's module in a child (see the module doc); a problem at
+    ``devices.NAME.call`` for each that cannot be. Returns how many were imported."""
+    specs = [
+        s
+        for s in profile.devices.values()
+        if s.family == "python" and s.text("call", "") and _call_key(s) not in _CALLS_OK
+    ]
+    children: list[tuple[DeviceSpec, subprocess.Popen[bytes]]] = []
+    for spec in specs:
+        call, path, safe = _call_key(spec)
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "edge.pyworker", "--check", call, path, safe],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            problems.add(f"devices.{spec.name}.call", f"cannot check {call!r}: {exc}")
+            continue
+        children.append((spec, child))
+    end = time.monotonic() + timeout
+    for spec, child in children:
+        where = f"devices.{spec.name}.call"
+        call = spec.text("call", "")
+        try:
+            # Its one line of output fits the pipe: waiting without reading cannot stall.
+            child.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            problems.add(where, f"importing {call!r} did not finish within {timeout:g} s")
+            continue
+        out, _ = child.communicate()
+        text = out.decode("utf-8", "replace").strip().splitlines()
+        if child.returncode == 0:
+            _CALLS_OK.add(_call_key(spec))
+        else:
+            reason = text[-1] if text else f"the check exited {child.returncode}"
+            problems.add(where, f"{call!r} cannot be loaded: {reason}")
+    return len(children)
 
 
 # --------------------------------------------------------------------------- all of it
@@ -284,6 +349,9 @@ def preflight(config: Config, pin_factory: object | None = None) -> str:
             checked += "; claim signing key usable"
         except ConfigError as exc:
             problems.items.extend(exc.problems)
+    if any(s.family == "python" for s in config.profile.devices.values()):
+        check_calls(config.profile, problems)
+        checked += "; every python call importable"
     try:
         with pin_factory_for(config.profile, pin_factory) as factory:
             board = board_of(factory)

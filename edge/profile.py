@@ -13,16 +13,18 @@ devices.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Literal, TypeAlias
 
 from edge.errors import ConfigProblems
 from edge.settings import Field, integer, number
 
-Family: TypeAlias = Literal["digital", "pwm", "servo", "tone", "input", "command"]
+Family: TypeAlias = Literal["digital", "pwm", "servo", "tone", "input", "command", "python"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ KINDS: Mapping[str, KindInfo] = MappingProxyType(
         "button": KindInfo("input", frozenset({"read"})),
         "input": KindInfo("input", frozenset({"read"})),
         "command": KindInfo("command", frozenset({"command"})),
+        "python": KindInfo("python", frozenset({"call"})),
     }
 )
 
@@ -67,6 +70,15 @@ RELAY_MAX_SWITCH_HZ = 5.0
 DEFAULT_PULSE_S = 0.1
 DEFAULT_FADE_STEP_S = 0.02
 DEFAULT_COMMAND_TIMEOUT_S = 1.0
+#: A python device's ``call``: ``package.module:function`` (dotted names, one colon).
+CALL_TARGET = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+)
+_PY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Keys, nesting and size of a python device's ``params`` (they travel to its worker with
+#: every call, so they stay small).
+MAX_PARAMS = 32
+MAX_PARAM_TEXT = 1024
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PIN_NAME = re.compile(r"[A-Za-z0-9_:]{1,32}")
@@ -108,6 +120,13 @@ _OPTIONS: Mapping[Family, Mapping[str, _OptionRule]] = {
     },
     "input": {"pull_up": ("bool", None, None), "bounce_s": ("number", 0.0, 10.0)},
     "command": {"timeout_s": ("number", 0.001, 3600.0), "max_running": ("int", 1.0, 64.0)},
+    "python": {
+        "call": ("call", None, None),
+        "path": ("text", None, None),
+        "params": ("params", None, None),
+        "safe_call": ("pyname", None, None),
+        "deadline_beats": ("number", 0.01, 1000.0),
+    },
 }
 
 
@@ -161,6 +180,12 @@ class DeviceSpec:
     def text(self, key: str, default: str) -> str:
         value = self.options.get(key)
         return value if isinstance(value, str) else default
+
+    @property
+    def params(self) -> Mapping[str, object]:
+        """A python device's ``params`` (empty for other kinds)."""
+        value = self.options.get("params")
+        return value if isinstance(value, Mapping) else {}
 
     @property
     def pulse_s(self) -> float:
@@ -321,6 +346,26 @@ def _options(
                 found[key] = value
             else:
                 problems.add(f"{where}.{key}", f"must be true or false, got {_show(value)}")
+        elif kind == "call":
+            if isinstance(value, str) and CALL_TARGET.fullmatch(value):
+                found[key] = value
+            else:
+                problems.add(
+                    f"{where}.{key}",
+                    f"must be 'package.module:function', got {_show(value)}",
+                )
+        elif kind == "pyname":
+            if isinstance(value, str) and _PY_NAME.fullmatch(value):
+                found[key] = value
+            else:
+                problems.add(
+                    f"{where}.{key}",
+                    f"must name a function of the call's module, got {_show(value)}",
+                )
+        elif kind == "params":
+            params = read_params(value, f"{where}.{key}", problems)
+            if params is not None:
+                found[key] = params
         elif isinstance(value, str) and value:
             found[key] = value
         else:
@@ -328,7 +373,44 @@ def _options(
     return found
 
 
-def _device(name: str, table: Mapping[str, object], problems: ConfigProblems) -> DeviceSpec | None:
+def _param_ok(value: object, depth: int) -> bool:
+    if isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return len(value) <= MAX_PARAM_TEXT
+    if isinstance(value, list) and depth < 2:
+        return len(value) <= MAX_PARAMS and all(_param_ok(v, depth + 1) for v in value)
+    if isinstance(value, Mapping) and depth < 2:
+        return len(value) <= MAX_PARAMS and all(
+            isinstance(k, str) and _param_ok(v, depth + 1) for k, v in value.items()
+        )
+    return False
+
+
+def read_params(value: object, where: str, problems: ConfigProblems) -> dict[str, object] | None:
+    """A python device's or rule's ``params``: a table of at most :data:`MAX_PARAMS`
+    numbers, strings, booleans, or lists and tables of them (two levels deep); they are
+    passed to the function unchanged. Reports and returns ``None`` otherwise."""
+    if not isinstance(value, Mapping):
+        problems.add(where, f"must be a table, got {_show(value)}")
+        return None
+    if len(value) > MAX_PARAMS or not all(
+        isinstance(k, str) and _param_ok(v, 1) for k, v in value.items()
+    ):
+        problems.add(
+            where,
+            f"must hold at most {MAX_PARAMS} numbers, strings ({MAX_PARAM_TEXT} characters at "
+            "most), booleans, or short lists and tables of them",
+        )
+        return None
+    return dict(value)
+
+
+def _device(
+    name: str, table: Mapping[str, object], problems: ConfigProblems, base: str | None = None
+) -> DeviceSpec | None:
     where = f"devices.{name}"
     if not _NAME.fullmatch(name):
         problems.add(where, "a device name must be 1-64 letters, digits, '_' or '-'")
@@ -339,9 +421,9 @@ def _device(name: str, table: Mapping[str, object], problems: ConfigProblems) ->
         return None
     info = KINDS[kind]
     pin: int | str | None = None
-    if info.family == "command":
+    if info.family in ("command", "python"):
         if "pin" in table:
-            problems.add(f"{where}.pin", "a command device has no pin")
+            problems.add(f"{where}.pin", f"a {kind} device has no pin")
     elif "pin" not in table:
         problems.add(f"{where}.pin", f"is required for a {kind}")
     else:
@@ -363,10 +445,17 @@ def _device(name: str, table: Mapping[str, object], problems: ConfigProblems) ->
     if max_hz is None and kind == "relay" and "max_switch_hz" not in table:
         max_hz = RELAY_MAX_SWITCH_HZ
     max_on = read_number(table, "max_on_s", where, problems, 0.001, 86_400.0)
-    if info.family in ("input", "command"):
+    if info.family in ("input", "command", "python"):
         for key in ("safe_state", "max_switch_hz", "max_on_s", "active_high"):
             if key in table and not (key == "max_switch_hz" and info.family == "command"):
                 problems.add(f"{where}.{key}", f"does not apply to a {kind}")
+    if info.family == "python":
+        if "call" not in table:
+            problems.add(f"{where}.call", "is required for a python device")
+        raw_path = options.get("path")
+        if isinstance(raw_path, str) and base is not None:
+            # Relative to the file that holds the profile, whatever the working directory.
+            options["path"] = str(PurePosixPath(base) / raw_path)
     if info.family == "servo":
         lo_w = spec.number("min_pulse_width_s", 0.001)
         hi_w = spec.number("max_pulse_width_s", 0.002)
@@ -397,13 +486,16 @@ def _device(name: str, table: Mapping[str, object], problems: ConfigProblems) ->
     )
 
 
-def parse_profile(raw: Mapping[str, object], problems: ConfigProblems) -> Profile:
+def parse_profile(
+    raw: Mapping[str, object], problems: ConfigProblems, base: str | None = None
+) -> Profile:
     """Check the ``[gpio]`` and ``[devices.*]`` tables of a raw TOML mapping.
 
     Every problem is added to ``problems`` with where it is; the result holds every device
     that could be read (a device with a wrong ``kind`` is left out), so later checks (the
     score) can still run. Other top-level tables are ignored: they belong to other parsers.
-    Never raises on bad input.
+    Never raises on bad input. ``base`` is the directory of the file that holds the
+    profile: a python device's relative ``path`` is made absolute from it.
     """
     pin_factory: str | None = None
     gpio = raw.get("gpio", {})
@@ -429,7 +521,7 @@ def parse_profile(raw: Mapping[str, object], problems: ConfigProblems) -> Profil
         if not isinstance(body, Mapping):
             problems.add(f"devices.{name}", f"must be a table, got {_show(body)}")
             continue
-        spec = _device(str(name), body, problems)
+        spec = _device(str(name), body, problems, base)
         if spec is None:
             continue
         if spec.pin is not None:

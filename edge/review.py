@@ -2,16 +2,17 @@
 
 What the claim of a beat says is gathered here: the ledger's counts and lateness, the
 follower's state and error bound, the guard's verdict, the metrics' recommendation and
-alerts, the last probe samples, the outbox's backlog and losses, the refused frames and
-the isolated devices. Reading only: nothing here changes a part's state, but
-:func:`record_beat`, which teaches the metrics the beat and logs the alerts it starts or
-clears.
+alerts, the last probe samples, the outbox's backlog and losses, the refused frames, the
+isolated devices, and the python calls' counts and returned values. Reading only:
+nothing here changes a part's state, but :func:`record_beat`, which teaches the metrics
+the beat and logs the alerts it starts or clears.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Mapping
 
 from edge.guard import Sample, Verdict
 from edge.metrics import Metrics
@@ -67,8 +68,10 @@ def assemble(
     inbox_dropped: int,
     outbox: Outbox | None,
     isolated: tuple[str, ...],
+    calls: tuple[Mapping[str, int], Mapping[str, Mapping[str, object]]] = ({}, {}),
 ) -> BeatReview:
-    """The review of ``beat``; ``samples`` are the last sample and the last full one."""
+    """The review of ``beat``; ``samples`` are the last sample and the last full one;
+    ``calls`` the python devices' counts and last returned values."""
     sample, full = samples
     sync_state = follower.state
     late = sorted(ledger.late_ms)
@@ -103,4 +106,6 @@ def assemble(
         alerts=alerts(metrics, follower),
         source_conflict_ms=None if conflict is None else conflict.spread_ms,
         isolated=isolated,
+        calls=dict(calls[0]),
+        values={name: dict(values) for name, values in calls[1].items()},
     )

@@ -15,7 +15,9 @@ order:
    (``edge.plan``);
 3. fire every admitted action whose time has come, unless its deadline (the end of its
    phase) has already passed (then it is a miss, not a late switch: ``edge.plan.outcome``
-   says what each result means);
+   says what each result means); a python device's ``call`` is handed to its worker
+   ahead of its time (``Hardware.prepare_calls``, every wake-up), so the worker waits for
+   the instant itself and firing it only marks it fired;
 4. run the hardware's own follow-ups (pulse offs, fades, dead-man, command time-outs);
 5. at a beat's review phase: first count as misses the beat's actions whose deadline
    passed while they waited (after a stall the review comes in the same wake-up as they
@@ -257,6 +259,7 @@ class Runner:
         self._bad_input.tick(now)
         self._handle(self.follower.tick(now), now)
         self._fire_due(now)
+        self._prepare_calls()
         for result in self.hardware.tick(self.clock.monotonic()):
             self.settler.followup(self.guard, result)
         self._watch_sync(now)
@@ -313,6 +316,7 @@ class Runner:
                 )
                 # Carried over, so what was planned under the old numbers is not again.
                 self.plan.renumber(event.to_beat - event.from_beat)
+                self.hardware.renumber_calls(event.to_beat - event.from_beat)
                 self._warmed.clear()
             elif isinstance(event, SyncLost):
                 log.warning("beat lost after %.1f s of silence", event.silent_s)
@@ -348,6 +352,17 @@ class Runner:
             self._fire(sa)
             now = self.clock.monotonic()
 
+    def _prepare_calls(self) -> None:
+        """Hand the python devices' workers every call the plan holds, ahead of its time
+        (edge.hardware.pycalls): sent once, re-sent when re-timed, cancelled when dropped."""
+        if self.hardware.has_calls:
+            calls = [
+                self.score.call_job(sa, self.follower)
+                for sa in self.plan.pending
+                if sa.action.do == "call"
+            ]
+            self.hardware.prepare_calls(calls, self.clock.monotonic())
+
     def _sync_now(self) -> tuple[float, str]:
         """The follower's error bound (ms) and sync state, for a trace row."""
         return self.follower.error_bound_s * 1000.0, self.follower.state.value
@@ -365,10 +380,12 @@ class Runner:
         if overdue(sa, before):
             self._miss(sa, before)
             return
-        command = sa.action.do == "command"
-        # A command's end comes later, tagged, so it is counted in the beat it belongs to.
+        call = self.score.call_job(sa, self.follower) if sa.action.do == "call" else None
+        command = sa.action.do == "command" or call is not None
+        # A command's (or a call's) end comes later, tagged, so it is counted in the beat it
+        # belongs to.
         tag = self.plan.tag(sa) if command else None
-        result = self.hardware.apply(sa.action, before, tag=tag)
+        result = self.hardware.apply(sa.action, before, tag=tag, call=call)
         after = self.clock.monotonic()
         fate = outcome(
             result.do,
@@ -413,6 +430,7 @@ class Runner:
             0 if self.link is None else self.link.dropped_inbound,
             self.outbox,
             tuple(sorted(self.hardware.isolated)),
+            calls=(self.hardware.call_counts(), self.hardware.call_values()),
         )
         self.last_review = review
         claim = self.status.build(review)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge.errors import ConfigProblems
@@ -44,6 +44,7 @@ from edge.profile import (
     read_bool,
     read_integer,
     read_number,
+    read_params,
 )
 
 #: Default cost of one pin action: the hardware layer adds well under 0.1 ms, but a cold
@@ -70,6 +71,7 @@ _RULE_KEYS = frozenset(
         "offset",
         "phase",
         "name",
+        "params",
     }
 )
 
@@ -82,7 +84,8 @@ class Action:
     tone in Hz); ``duration_s`` the length of a pulse, beep or fade, or a command's deadline
     (it is killed after it). ``cost_s`` is the planning estimate of the time the action
     takes to apply; ``priority`` (higher first) and ``essential`` (kept when the load guard
-    sheds) are for the guard.
+    sheds) are for the guard. ``params`` are a ``call``'s: the device's params with the
+    rule's merged over them (``None`` for every other action).
     """
 
     device: str
@@ -93,6 +96,7 @@ class Action:
     cost_s: float = DEFAULT_PIN_COST_S
     priority: int = 0
     essential: bool = False
+    params: Mapping[str, object] | None = field(default=None, hash=False)
 
     @property
     def name(self) -> str:
@@ -152,6 +156,26 @@ class ScheduledAction:
     deadline: float
     action: Action
     rule: int  # index of the rule in Score.rules
+
+
+@dataclass(frozen=True, slots=True)
+class CallJob:
+    """A ``call`` the plan holds, with what its function is told: handed to the python
+    device's worker ahead of ``at`` (``slot`` = beat and rule, which name it while it is
+    re-timed). ``deadline`` is the end of its phase; the device's ``deadline_beats``, if
+    set, replaces it."""
+
+    slot: tuple[int, int]
+    action: Action
+    at: float
+    deadline: float
+    phase: Phase
+    downbeat: bool | None
+    tempo_bpm: float
+
+    @property
+    def beat_index(self) -> int:
+        return self.slot[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +268,18 @@ class Score:
                 )
         return problems
 
+    def call_job(self, sa: ScheduledAction, timeline: Timeline) -> CallJob:
+        """What the python device of the ``call`` ``sa`` needs to run it on time."""
+        return CallJob(
+            slot=(sa.beat_index, sa.rule),
+            action=sa.action,
+            at=sa.at,
+            deadline=sa.deadline,
+            phase=self.rules[sa.rule].phase,
+            downbeat=timeline.is_downbeat(sa.beat_index),
+            tempo_bpm=60.0 / timeline.beat_seconds(),
+        )
+
     def devices(self) -> frozenset[str]:
         """Every device the score touches (for ``Hardware.warm``)."""
         return frozenset(rule.action.device for rule in self.rules)
@@ -325,6 +361,12 @@ def _action(
             argv = tuple(raw_argv)
     elif raw_argv is not None:
         problems.add(f"{where}.argv", "only a command takes argv")
+    params: dict[str, object] | None = None
+    if "params" in table:
+        if do != "call":
+            problems.add(f"{where}.params", "only a call (a python device) takes params")
+        else:
+            params = read_params(table["params"], f"{where}.params", problems)
 
     if spec is None or not isinstance(device, str):
         return None
@@ -341,6 +383,10 @@ def _action(
             duration = spec.number("timeout_s", DEFAULT_COMMAND_TIMEOUT_S)
         if cost is None:
             cost = duration
+    merged: dict[str, object] | None = None
+    if do == "call":
+        # The rule's params over the device's: a rule changes only what it names.
+        merged = {**spec.params, **(params or {})}
     return Action(
         device=device,
         do=do,
@@ -350,6 +396,7 @@ def _action(
         cost_s=DEFAULT_PIN_COST_S if cost is None else cost,
         priority=priority or 0,
         essential=essential,
+        params=merged,
     )
 
 

@@ -15,7 +15,7 @@ from edge.counters import Counters
 from edge.guard import Guard
 from edge.hardware import ActionResult
 from edge.metrics import Metrics
-from edge.plan import COMMAND_ENDS, BeatPlan, Fate, Outcome, RunTag, outcome
+from edge.plan import CALL_ENDS, RUN_ENDS, BeatPlan, Fate, Outcome, RunTag, outcome
 from edge.score import ScheduledAction
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,17 @@ class Settler:
         self._learn(guard, sa.action.name, fate, duration, late_s, at)
 
     def followup(self, guard: Guard, result: ActionResult) -> None:
-        """A result of the hardware's own follow-ups (a command's end, a drop, an error)."""
+        """A result of the hardware's own follow-ups (a command's or a call's end, a drop,
+        an error)."""
         if result.dropped is not None:
             self.counters.dropped[result.dropped] += 1
-        if result.do in COMMAND_ENDS and isinstance(result.tag, RunTag):
+        if result.do in RUN_ENDS and isinstance(result.tag, RunTag):
             fate = outcome(result.do, ok=result.ok)
             self.plan.settle_run(result.tag, fate)
             duration = result.duration_s if result.duration_s is not None else float("nan")
             self._learn(guard, result.tag.name, fate, duration, 0.0, result.at)
-        if not result.ok and result.error:
+        if not result.ok and result.error and result.do not in CALL_ENDS:
+            # (a python call's trouble is logged once per kind by the hardware)
             log.warning("%s.%s: %s", result.device, result.do, result.error)
 
     def _learn(

@@ -61,6 +61,12 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.source_conflict_ms`` how far apart those sources arrive (only during that alert)
 ``metadata.isolated``  names of the devices out of service after a failure (omitted when
                        none); a reload builds them anew
+``metadata.calls``     python devices' calls since start: ``{"done", "exceptions",
+                       "bad_values", "overruns", "kills", "not_started", "exits",
+                       "restarts": int}`` (omitted without python devices)
+``metadata.values``    ``{device: {name: number | string | bool}}``: what each python
+                       device's function returned last (omitted until one returns values;
+                       the first :data:`MAX_VALUE_DEVICES` devices by name)
 ``metadata.final``     ``true`` on the shutdown claim only
 =====================  ===============================================================
 
@@ -88,6 +94,9 @@ StatusMode = Literal["every", "on_change"]
 _MODES: tuple[str, ...] = get_args(StatusMode)
 _FORMATS: tuple[str, ...] = ("cbor", "json")
 _NOTES_MAX = 256
+#: ``metadata.values`` carries the devices first by name, at most this many (each holds at
+#: most 16 small values: ~1.5 KB at worst, so a claim stays far below 64 KiB).
+MAX_VALUE_DEVICES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +217,11 @@ class BeatReview:
     inbox_dropped: int = 0
     #: While a second source of the beat is seen: how far apart they arrive (ms).
     source_conflict_ms: float | None = None
+    #: Python calls since start, by what became of them (edge.hardware.pycalls'
+    #: ``COUNT_KEYS``); empty without python devices.
+    calls: Mapping[str, int] = field(default_factory=dict)
+    #: The values each python device's function returned last, by device.
+    values: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -241,6 +255,8 @@ def _condition(review: BeatReview) -> tuple[object, ...]:
         review.outbox_degraded,
         review.isolated,
         review.inbox_dropped,
+        # Trouble, not work: a call that raised, overran, was killed or lost its worker.
+        tuple(sorted((k, v) for k, v in review.calls.items() if k not in ("done", "restarts"))),
     )
 
 
@@ -404,6 +420,12 @@ class StatusBuilder:
             meta["source_conflict_ms"] = spread
         if review.isolated:
             meta["isolated"] = list(review.isolated)
+        if review.calls:
+            meta["calls"] = dict(review.calls)
+        if review.values:
+            # Bounded, so claims stay far below the payload limit (16 values a device).
+            shown = sorted(review.values)[:MAX_VALUE_DEVICES]
+            meta["values"] = {name: dict(review.values[name]) for name in shown}
         if final:
             meta["final"] = True
         return meta

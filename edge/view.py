@@ -1,4 +1,5 @@
-"""The demo's live terminal view: beat and phase, outputs, sync, guard, lateness."""
+"""The demo's live terminal view: beat and phase, outputs, sync, guard, lateness, and
+the values python devices returned."""
 
 from __future__ import annotations
 
@@ -57,8 +58,33 @@ def render(runner: Runner, now: float, banner: str = "") -> str:
     lines += ["", "outputs:"]
     isolated = runner.hardware.isolated
     for name, value in sorted(runner.hardware.states().items()):
+        if name in runner.config.profile.devices and (
+            runner.config.profile.devices[name].family == "python"
+        ):
+            continue  # shown with its values below
         lines.append(f"  {name:<16} {'ISOLATED' if name in isolated else _fmt(value)}")
+    lines += python_lines(runner)
     return "\n".join(lines) + "\n"
+
+
+def python_lines(runner: Runner) -> list[str]:
+    """The python devices: each one's last returned values and entry lateness, and what
+    became of the calls (none without python devices)."""
+    hardware = runner.hardware
+    if not hardware.has_calls:
+        return []
+    counts = hardware.call_counts()
+    values = hardware.call_values()
+    entry = hardware.call_entry_late_ms()
+    trouble = "  ".join(f"{k} {v}" for k, v in counts.items() if v and k != "done")
+    lines = ["", f"python calls: done {counts.get('done', 0)}  {trouble}".rstrip()]
+    for name, spec in sorted(runner.config.profile.devices.items()):
+        if spec.family != "python":
+            continue
+        shown = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(values.get(name, {}).items()))
+        late = f"  (entered +{entry[name]:.3f} ms)" if name in entry else ""
+        lines.append(f"  {name:<16} {shown or '-'}{late}")
+    return lines
 
 
 class TerminalView:

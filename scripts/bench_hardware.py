@@ -17,6 +17,13 @@ start is the launcher thread's (microseconds), the same followed at once by an L
 it up), how long after the ``apply`` the process exists (the launcher's latency, off the
 loop), and a bare ``subprocess.Popen`` of the same program: what the loop used to wait.
 ``--hogs N`` runs the command rows beside N CPU-burning processes, as on a loaded Pi.
+
+The python rows (a ``python`` device, its worker process): what ``prepare_calls`` (the
+hand-off, done ahead of the call's time) and ``apply`` of a prepared call cost the loop,
+and the hand-off itself, the target being 0.5 ms: how long after its intended time the
+function is entered (the worker's ``time.monotonic()`` against the time the call was
+handed over with), when it is handed over 50 ms ahead, and, for comparison, when it is
+sent only at its time. ``--hogs`` applies to them too.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable
+from pathlib import Path
 
 from gpiozero import LED, Device
 from gpiozero.pins.mock import MockFactory
@@ -37,7 +46,10 @@ from gpiozero.pins.mock import MockFactory
 from edge.errors import ConfigProblems
 from edge.hardware import Hardware
 from edge.profile import parse_profile
-from edge.score import Action
+from edge.score import Action, CallJob
+
+#: The hand-off target: a python call starts within this long of its time.
+HANDOFF_LIMIT_US = 500.0
 
 PROFILE = """
 [devices.led]
@@ -102,6 +114,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=5000, help="repetitions per hot row")
     parser.add_argument("--cold", type=int, default=200, help="repetitions per cold row")
     parser.add_argument("--commands", type=int, default=100, help="repetitions per command row")
+    parser.add_argument("--calls", type=int, default=100, help="repetitions per python row")
     parser.add_argument(
         "--hogs", type=int, default=0, help="CPU-burning processes beside the command rows"
     )
@@ -255,6 +268,7 @@ def main() -> int:
             )
             bare.append((clock() - t0) / 1000.0)
             proc.communicate()
+        calls = python_rows(args.calls)
     finally:
         for hog in hogs:
             hog.kill()
@@ -264,6 +278,7 @@ def main() -> int:
     rows.append((f"command start + led on/off{load}", with_led))
     rows.append((f"command apply -> process exists{load}", to_started))
     rows.append((f"bare Popen {argv[0]} (old loop cost){load}", bare))
+    rows += [(name + load, values) for name, values in calls]
 
     hw.close()
     raw.close()
@@ -285,7 +300,77 @@ def main() -> int:
         f"layer overhead per digital action: median {added:.2f} us, p99 {ours_p99:.2f} us "
         f"(limit {DIGITAL_LIMIT_US:.0f} us): {verdict}"
     )
+    ahead = calls[2][1]
+    handoff = "OK" if percentile(ahead, 0.99) < HANDOFF_LIMIT_US else "OVER"
+    print(
+        f"python hand-off (handed over ahead): median {statistics.median(ahead):.1f} us, "
+        f"p99 {percentile(ahead, 0.99):.1f} us (target {HANDOFF_LIMIT_US:.0f} us): {handoff}"
+    )
     return 0 if added < DIGITAL_LIMIT_US else 1
+
+
+CALL_MODULE = """
+def noop(ctx):
+    return None
+"""
+
+
+def python_rows(n: int) -> list[tuple[str, list[float]]]:
+    """The python rows (see the module doc), on the real clock and a real worker."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "bench_call.py").write_text(CALL_MODULE, encoding="utf-8")
+        problems = ConfigProblems("bench")
+        raw = {"devices": {"py": {"kind": "python", "call": "bench_call:noop", "path": tmp}}}
+        profile = parse_profile(raw, problems)
+        problems.raise_if_any()
+        hw = Hardware(profile, pin_factory=MockFactory())
+        action = Action("py", "call", params={})
+        clock = time.perf_counter_ns
+        prepare: list[float] = []
+        fire: list[float] = []
+        ahead: list[float] = []
+        at_instant: list[float] = []
+
+        def finish(deadline: float) -> float:
+            while time.monotonic() < deadline:
+                time.sleep(0.001)
+                for result in hw.tick(time.monotonic()):
+                    if result.do == "call_done":
+                        return hw.call_entry_late_ms()["py"] * 1000.0
+            raise SystemExit("benchmark call did not end")
+
+        try:
+            time.sleep(0.5)  # the worker imports its module
+            for i in range(-3, n):  # three warm-up calls, not counted
+                at = time.monotonic() + 0.05
+                job = CallJob((i, 0), action, at, at + 0.2, "execute", None, 120.0)
+                t0 = clock()
+                hw.prepare_calls([job], time.monotonic())
+                t1 = clock()
+                time.sleep(max(0.0, at - time.monotonic() - 0.001))
+                while time.monotonic() < at:
+                    pass
+                t2 = clock()
+                hw.apply(action, time.monotonic(), call=job)
+                t3 = clock()
+                hw.prepare_calls([], time.monotonic())
+                late = finish(at + 1.0)
+                if i >= 0:
+                    prepare.append((t1 - t0) / 1000.0)
+                    fire.append((t3 - t2) / 1000.0)
+                    ahead.append(late)
+            for _ in range(n):
+                time.sleep(0.02)
+                hw.apply(action, time.monotonic())  # not prepared: sent at its time
+                at_instant.append(finish(time.monotonic() + 1.0))
+        finally:
+            hw.close()
+    return [
+        ("call prepare_calls(): hand-off, loop cost", prepare),
+        ("call apply() of a prepared call", fire),
+        ("call entry after its time, handed ahead", ahead),
+        ("call entry after its time, sent at it", at_instant),
+    ]
 
 
 if __name__ == "__main__":

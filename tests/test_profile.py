@@ -150,7 +150,7 @@ def test_options_are_typed_and_checked_per_kind() -> None:
     assert spec.value_range == (0.0, 180.0) and spec.safe_state == 90.0
 
 
-@pytest.mark.parametrize("name", ["bench", "relay-board", "traffic-light"])
+@pytest.mark.parametrize("name", ["bench", "relay-board", "traffic-light", "python-sensor"])
 def test_shipped_profiles_are_valid(name: str) -> None:
     raw = tomllib.loads((HW / f"{name}.toml").read_text())
     problems = ConfigProblems(name)

@@ -55,7 +55,10 @@ The package, one job a module
              isolation, the pin factory.
 ``switching`` the output actions under the rate limit and the dead-man, and fades.
 ``commands`` command runs, their launcher thread, their polls, ends and kills.
-``driver``   :class:`Hardware`, the driver: apply, tick, safe state, revive, states, warm.
+``pycalls``  python devices: a worker process each (``edge.pyworker``), calls handed over
+             ahead of their time, their ends, kills at the deadline and restarts.
+``driver``   :class:`Hardware`, the driver: apply, tick, safe state, revive, states, warm,
+             prepare_calls.
 """
 
 from edge.hardware.commands import (

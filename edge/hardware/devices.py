@@ -123,6 +123,8 @@ class Devices:
         if spec.family == "command":
             state.running = []
             return state
+        if spec.family == "python":  # its worker process is PyCalls'
+            return state
         try:
             state.dev = self._make(spec)
         except Exception as exc:

@@ -18,22 +18,25 @@ from gpiozero import Device
 from edge.errors import HardwareError
 from edge.hardware.commands import LAUNCHER_STOP_S, Commands, Popen, _Launcher, _Run
 from edge.hardware.devices import _Device, load_pin_factory
+from edge.hardware.pycalls import PyCalls
 from edge.hardware.results import ActionResult, InputEvent, _describe
 from edge.hardware.switching import Switching
 from edge.profile import Profile
-from edge.score import Action
+from edge.score import Action, CallJob
 
 log = logging.getLogger(__name__)
 
 
-class Hardware(Commands, Switching):
+class Hardware(Commands, Switching, PyCalls):
     """Every device of a profile, driven by actions and follow-ups; see the module doc.
 
     ``pin_factory`` (a gpiozero factory) overrides the profile's ``[gpio] pin_factory``;
     with neither, gpiozero chooses (``GPIOZERO_PIN_FACTORY``, else lgpio on a Pi).
     ``clock`` stamps input edges (they arrive on gpiozero's callback); it defaults to
     ``time.monotonic``, the runner's clock. ``popen`` starts commands on the launcher
-    thread (``subprocess.Popen``; tests pass a slow or failing one).
+    thread (``subprocess.Popen``; tests pass a slow or failing one). ``python_workers``
+    False builds python devices without their worker processes (``check`` builds a
+    profile only to see that it builds; their calls are then dropped as ``worker_down``).
 
     Raises :class:`HardwareError` only when no pin factory can be had at all; a device that
     fails to build is isolated and reported in ``failures`` / ``errors``.
@@ -45,6 +48,7 @@ class Hardware(Commands, Switching):
         pin_factory: object | None = None,
         clock: Callable[[], float] = time.monotonic,
         popen: Popen = subprocess.Popen,
+        python_workers: bool = True,
     ) -> None:
         self.profile = profile
         self._clock = clock
@@ -79,6 +83,7 @@ class Hardware(Commands, Switching):
             self._devices[spec.name] = self._build(spec)
         if any(d.running is not None for d in self._devices.values()):
             self._launcher = _Launcher(popen)
+        self._init_calls(python_workers, clock())
 
     # ----------------------------------------------------------------------- counters
 
@@ -99,17 +104,22 @@ class Hardware(Commands, Switching):
 
     # ----------------------------------------------------------------------- actions
 
-    def apply(self, action: Action, now: float, tag: object = None) -> ActionResult:
+    def apply(
+        self, action: Action, now: float, tag: object = None, call: CallJob | None = None
+    ) -> ActionResult:
         """Apply ``action`` at local time ``now``; never blocks, never raises for a device
         fault. Follow-ups it needs (pulse end, fade steps...) become due-times for
         :meth:`tick`. ``tag`` (anything) comes back in the result's ``tag`` and, for a
-        command, in its run's end."""
-        result = self._apply(action, now, tag)
+        command or a call, in its run's end. ``call`` is a ``call``'s job, as handed to
+        :meth:`prepare_calls` (without it the call runs at once, in an execute phase)."""
+        result = self._apply(action, now, tag, call)
         if tag is not None and result.tag is not tag:
             result = replace(result, tag=tag)
         return result
 
-    def _apply(self, action: Action, now: float, tag: object) -> ActionResult:
+    def _apply(
+        self, action: Action, now: float, tag: object, call: CallJob | None = None
+    ) -> ActionResult:
         d = self._devices.get(action.device)
         do = action.do
         if d is None:
@@ -133,6 +143,8 @@ class Hardware(Commands, Switching):
             return ActionResult(d.spec.name, do, True, None, None, value, now)
         if do == "command":
             return self._spawn(d, action, now, tag)
+        if do == "call":
+            return self._call(d, action, now, tag, call)
         return self._output(d, action, now)
 
     # ----------------------------------------------------------------------- follow-ups
@@ -140,8 +152,10 @@ class Hardware(Commands, Switching):
     def tick(self, now: float) -> list[ActionResult]:
         """Carry out every follow-up due by ``now``: fade steps, pulse and beep ends,
         deferred returns to safe, dead-man offs, command starts that failed, command ends
-        and kills. Returns a result for each (fade steps report only their last step)."""
+        and kills, python calls' ends, kills and worker restarts. Returns a result for
+        each (fade steps report only their last step)."""
         results = self._collect_starts(self._launcher, now)
+        results.extend(self._tick_calls(now))
         for d in self._devices.values():
             if d.running is not None:
                 if d.running:
@@ -182,7 +196,7 @@ class Hardware(Commands, Switching):
 
     def next_deadline(self) -> float | None:
         """The earliest local time at which :meth:`tick` has something to do, or None."""
-        best: float | None = None
+        best: float | None = self._calls_next()
         for d in self._devices.values():
             t = d.earliest()
             if t is not None and (best is None or t < best):
@@ -222,6 +236,7 @@ class Hardware(Commands, Switching):
         if now is None:
             now = self._clock()
         self.safe_states += 1
+        self._safe_calls(reason, keep)
         kept = sorted(set(keep) & set(self._devices))
         if kept:
             log.warning("outputs to safe state: %s (kept running: %s)", reason, ", ".join(kept))
@@ -319,6 +334,7 @@ class Hardware(Commands, Switching):
         """Outputs to safe state, commands killed and reaped, the launcher thread ended
         (after the starts it was given, each killed at once), devices released."""
         self.safe_state("close")
+        self._close_calls()
         launcher, self._launcher = self._launcher, None
         if launcher is not None:
             if not launcher.stop(LAUNCHER_STOP_S):

@@ -13,8 +13,9 @@ class ActionResult:
     ``ok`` is true when the device is now as asked (or will be at ``deferred_to``).
     ``dropped`` names why the action was not applied: ``"rate_limit"``, ``"isolated"``,
     ``"busy"`` (a command device already running its maximum), ``"unknown_device"``,
-    ``"bad_action"``. ``error`` carries an exception's text; ``value`` the value read back
-    (inputs, ``read``) or written.
+    ``"bad_action"``, ``"worker_down"`` (a python device whose worker is being restarted).
+    ``error`` carries an exception's text; ``value`` the value read back (inputs, ``read``)
+    or written.
 
     Commands: ``apply`` of a ``command`` is ``ok`` once handed to the launcher and carries
     the ``run`` id; :meth:`Hardware.tick` later reports the same ``run`` exactly once as
@@ -22,6 +23,11 @@ class ActionResult:
     its deadline) or ``command_not_started`` (``error`` names the program), with
     ``duration_s`` counted from the ``apply``. A run killed by :meth:`Hardware.safe_state`
     reports nothing more.
+
+    Python calls: ``apply`` of a ``call`` is ``ok`` once its worker has it, with a ``run``
+    id; the end comes once from :meth:`Hardware.tick`: ``call_done``, ``call_failed``
+    (``error``: the exception's line, refused values, or the worker's exit),
+    ``call_overran``, ``call_killed`` or ``call_not_started`` (see ``edge.hardware.pycalls``).
 
     ``tag`` is the caller's own tag given to ``apply``, echoed unchanged in its result and,
     for a command, in that run's end: the caller needs no map from run ids to its actions.

@@ -1,0 +1,759 @@
+"""Python devices: one worker process each, the jobs handed to it ahead of time, and the
+calls' ends, kills and restarts (the worker's side is :mod:`edge.pyworker`).
+
+Why a process, and one per device: a function may block, hang or crash, and the beat loop
+must never wait for it, so it runs outside the agent, where it can be killed at its
+deadline. One worker per *device* (not per module) because a kill then costs only that
+device's calls, a restart re-imports only its module, and no device's slow function queues
+behind another's; two devices naming one module each import it (they share no state).
+
+Theory of operation: the runner hands :meth:`prepare_calls` every ``call`` its plan holds
+(this beat and the next), at plan time and after every re-time; each is sent to its worker
+at once, with its intended monotonic time, and re-sent when the time moves or cancelled
+when the plan drops it. The worker waits for the instant itself (see
+:mod:`edge.pyworker`). When the runner fires the call at its time, :meth:`_call` only
+marks the job fired (one not prepared is sent then, to run at once). The end comes later
+from :meth:`tick`, as for a command: ``call_done`` (values kept for the next claim),
+``call_failed`` (an exception or refused values, the one-line summary logged once per
+kind), ``call_overran`` (returned after its deadline), ``call_killed`` (still running at
+its deadline: the worker is killed, restarted, and the calls queued behind it sent to the
+new one) or ``call_not_started`` (the worker died or was down). A worker that exits is
+restarted at once, or after a backoff when it exits within a second of starting (an import
+that fails), without the loop waiting: the exec happens on a spawner thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from edge.hardware.devices import Devices, _Device
+from edge.hardware.results import ActionResult
+from edge.plan import CALL_ENDS as CALL_ENDS  # re-exported: what a call reports
+from edge.profile import DeviceSpec
+from edge.pyworker import check_values
+from edge.score import Action, CallJob
+
+log = logging.getLogger(__name__)
+
+#: A fired call's pipe is read this soon after its time, then at doubling intervals.
+CALL_POLL_MIN_S = 0.002
+CALL_POLL_S = 0.02
+#: A worker that dies this soon after it started waits before the next start, doubling
+#: from RESTART_MIN_S up to RESTART_MAX_S (an import that fails must not spin).
+QUICK_DEATH_S = 1.0
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
+#: How long close() gives a worker to run its safe_call and end before it is killed.
+WORKER_STOP_S = 2.0
+#: Bytes written to a worker since it last said anything, above which a job waits (see
+#: _post), and above which even a cancel or a safe_call does (a pipe holds 64 KiB).
+SEND_BUDGET = 32 * 1024
+PIPE_BUDGET = 60 * 1024
+#: A call re-timed by less than this is not sent again (the hand-off target is 0.5 ms).
+RETIME_S = 5e-5
+#: The counts a python device reports (summed in the claim's ``metadata.calls``).
+COUNT_KEYS = (
+    "done",
+    "exceptions",
+    "bad_values",
+    "overruns",
+    "kills",
+    "not_started",
+    "exits",
+    "restarts",
+)
+
+
+#: A call's end as reported: (do, ok, duration, error).
+_EndInfo = tuple[str, bool, float, str | None]
+
+
+@dataclass(slots=True)
+class _Job:
+    job_id: int
+    slot: tuple[int, int] | None
+    action: Action
+    at: float
+    deadline: float
+    context: dict[str, Any]
+    generation: int = 0  # the worker it was sent to; 0 = not sent yet
+    fired: bool = False
+    cancelled: bool = False  # a cancel is on its way: its answer says whether it ran
+    applied: float = 0.0
+    tag: object = None
+    poll_at: float = math.inf
+    poll_every: float = CALL_POLL_MIN_S
+    ended: _EndInfo | None = None  # it ran before the runner fired it: reported at the fire
+
+
+@dataclass(slots=True)
+class _Worker:
+    spec: DeviceSpec
+    generation: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    send: Connection | None = None
+    recv: Connection | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    spawning: bool = False
+    backoff: float = RESTART_MIN_S
+    unread_bytes: int = 0  # written since the worker last said anything (see _post)
+    entry_late_s: float | None = None  # the last call's entry, against its time
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.send is not None
+
+
+def _moved(job: _Job, at: float, deadline: float, context: dict[str, Any]) -> bool:
+    """Whether a re-timed call must be sent again: its times moved by more than
+    :data:`RETIME_S`, its tempo by more than 0.01 BPM, or anything else it is told changed
+    (a frame moves the follower's model by microseconds: not worth a message each)."""
+    if abs(job.at - at) > RETIME_S or abs(job.deadline - deadline) > RETIME_S:
+        return True
+    old = job.context
+    if abs(old["tempo_bpm"] - context["tempo_bpm"]) > 0.01:
+        return True
+    return any(old[key] != context[key] for key in context if key != "tempo_bpm")
+
+
+def worker_argv(spec: DeviceSpec, read_fd: int, write_fd: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "edge.pyworker",
+        str(read_fd),
+        str(write_fd),
+        spec.name,
+        spec.text("call", ""),
+        spec.text("path", ""),
+        spec.text("safe_call", ""),
+    ]
+
+
+def spawn_worker(
+    spec: DeviceSpec,
+) -> tuple[subprocess.Popen[bytes], Connection, Connection]:
+    """Start ``spec``'s worker; returns the process and our two pipe ends (send, recv).
+    Blocks until the child has exec'd: not for the beat loop (the spawner thread)."""
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            worker_argv(spec, to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
+            pass_fds=(to_child_r, from_child_w),
+            close_fds=True,
+            start_new_session=True,  # a Ctrl-C to the agent's terminal is the agent's
+        )
+    except BaseException:
+        for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
+            os.close(fd)
+        raise
+    os.close(to_child_r)
+    os.close(from_child_w)
+    return proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a worker and whatever its function started: the worker leads its own process
+    group (``start_new_session``), so a program it ran and left hanging goes too."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+
+def _has_fileno(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+class _Spawner:
+    """The thread that (re)starts workers, so the loop never waits for an exec."""
+
+    def __init__(self) -> None:
+        self.requests: queue.SimpleQueue[tuple[DeviceSpec, int] | None] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[
+            tuple[str, int, tuple[subprocess.Popen[bytes], Connection, Connection] | None, str]
+        ] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="backbeat-pyworker", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while (request := self.requests.get()) is not None:
+            spec, generation = request
+            try:
+                self.done.put((spec.name, generation, spawn_worker(spec), ""))
+            except Exception as exc:
+                self.done.put((spec.name, generation, None, f"{type(exc).__name__}: {exc}"))
+
+    def stop(self, timeout: float) -> None:
+        self.requests.put(None)
+        self.thread.join(timeout)
+
+
+class PyCalls(Devices):
+    """Python devices' workers and jobs (see the module doc)."""
+
+    _workers: dict[str, _Worker]
+    _jobs: dict[int, _Job]
+    _slots: dict[tuple[int, int], int]
+    _spawner: _Spawner | None
+    _next_job: int
+    _call_counts: Counter[str]
+    _values: dict[str, dict[str, object]]
+    _logged: set[tuple[str, str]]
+    _early_ends: list[_Job]
+
+    def _init_calls(self, start: bool, now: float) -> None:
+        self._workers = {}
+        self._jobs = {}
+        self._slots = {}
+        self._spawner = None
+        self._next_job = 1
+        self._call_counts = Counter()
+        self._values = {}
+        self._logged = set()
+        self._early_ends = []
+        for spec in self.profile.devices.values():
+            if spec.family == "python":
+                self._workers[spec.name] = _Worker(spec)
+        if not start or not self._workers:
+            return
+        self._spawner = _Spawner()
+        for worker in self._workers.values():
+            # Started with the agent, before the loop runs: the exec may block here.
+            worker.generation = 1
+            try:
+                self._attach(worker, spawn_worker(worker.spec), now)
+            except Exception as exc:
+                self._once(worker.spec.name, "spawn", f"cannot start its worker: {exc}")
+                worker.restart_at = now + worker.backoff
+
+    @property
+    def has_calls(self) -> bool:
+        """Whether the profile has python devices (the runner prepares calls only then)."""
+        return bool(self._workers)
+
+    def call_counts(self) -> dict[str, int]:
+        """What became of python calls since the start (see :data:`COUNT_KEYS`)."""
+        return {key: self._call_counts[key] for key in COUNT_KEYS} if self._workers else {}
+
+    def call_values(self) -> dict[str, dict[str, object]]:
+        """The values each python device's function returned last (for the claim)."""
+        return {name: dict(values) for name, values in self._values.items()}
+
+    def call_entry_late_ms(self) -> dict[str, float]:
+        """How late each python device's last call was entered, in ms (worker-measured)."""
+        return {
+            name: w.entry_late_s * 1000.0
+            for name, w in self._workers.items()
+            if w.entry_late_s is not None
+        }
+
+    # ------------------------------------------------------------------ logging
+
+    def _once(self, device: str, kind: str, text: str) -> None:
+        """Log ``text`` the first time ``device`` has a problem of ``kind``; count it."""
+        self._failures[device] = self._failures.get(device, 0) + 1
+        self.errors[device] = f"{device}: {text}"
+        if (device, kind) not in self._logged:
+            self._logged.add((device, kind))
+            log.error("%s: %s (logged once; counted from now on)", device, text)
+
+    # ------------------------------------------------------------------ preparing
+
+    def _context(self, job: CallJob, spec: DeviceSpec) -> tuple[float, dict[str, Any]]:
+        deadline = job.deadline
+        beats = spec.options.get("deadline_beats")
+        if isinstance(beats, int | float) and job.tempo_bpm > 0:
+            deadline = job.at + float(beats) * 60.0 / job.tempo_bpm
+        params = dict(job.action.params or spec.params)
+        return deadline, {
+            "beat_index": job.beat_index,
+            "phase": job.phase,
+            "downbeat": job.downbeat,
+            "tempo_bpm": job.tempo_bpm,
+            "params": params,
+        }
+
+    def prepare_calls(self, calls: Collection[CallJob], now: float) -> None:
+        """Make the workers hold exactly the calls of ``calls`` not yet fired: new ones
+        are sent, moved ones re-sent, dropped ones cancelled (see the module doc)."""
+        wanted: dict[tuple[int, int], CallJob] = {c.slot: c for c in calls}
+        for slot, job_id in list(self._slots.items()):
+            job = self._jobs.get(job_id)
+            fresh = wanted.get(slot)
+            if job is None or job.fired:
+                del self._slots[slot]
+                continue
+            if fresh is None or fresh.action != job.action:
+                self._cancel(job)
+                del self._slots[slot]
+        for slot, call in wanted.items():
+            worker = self._workers.get(call.action.device)
+            if worker is None:
+                continue
+            deadline, context = self._context(call, worker.spec)
+            known = self._slots.get(slot)
+            if known is None:
+                job = _Job(self._next_job, slot, call.action, call.at, deadline, context)
+                self._next_job += 1
+                self._jobs[job.job_id] = job
+                self._slots[slot] = job.job_id
+                self._send(worker, job)
+                continue
+            job = self._jobs[known]
+            if _moved(job, call.at, deadline, context):
+                job.at, job.deadline, job.context = call.at, deadline, context
+                job.generation = 0
+            if job.generation != worker.generation:
+                self._send(worker, job)
+
+    def renumber_calls(self, offset: int) -> None:
+        """The pulse renumbered its beats: the prepared calls follow (edge.plan.renumber)."""
+        moved: dict[tuple[int, int], int] = {}
+        for (beat, rule), job_id in self._slots.items():
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.slot = (beat + offset, rule)
+                job.context["beat_index"] = beat + offset
+                job.generation = 0  # re-sent with the new beat index
+            moved[(beat + offset, rule)] = job_id
+        self._slots = moved
+
+    def _post(self, worker: _Worker, message: tuple[Any, ...], budget: int) -> bool:
+        """Write ``message`` to the worker unless that could fill its pipe: a pipe write
+        blocks when the pipe is full, and a hung worker reads nothing until its kill. So
+        what was written since the worker last said anything is kept under ``budget``
+        bytes (the message waits, and is sent after its next word)."""
+        if worker.send is None:
+            return False
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if worker.unread_bytes and worker.unread_bytes + len(data) > budget:
+            return False
+        try:
+            worker.send.send_bytes(data)
+        except OSError:
+            return False  # it died: tick() sees it and restarts it
+        worker.unread_bytes += len(data)
+        return True
+
+    def _send(self, worker: _Worker, job: _Job) -> bool:
+        if not worker.alive:
+            return False
+        message = ("job", job.job_id, job.at, job.deadline, job.context)
+        if not self._post(worker, message, SEND_BUDGET):
+            return False
+        job.generation = worker.generation
+        return True
+
+    def _cancel(self, job: _Job) -> None:
+        worker = self._workers.get(job.action.device)
+        if (
+            worker is None
+            or job.ended is not None
+            or job.generation == 0
+            or job.generation != worker.generation
+            or worker.send is None
+        ):
+            self._jobs.pop(job.job_id, None)
+            return
+        if self._post(worker, ("cancel", job.job_id), PIPE_BUDGET):
+            job.cancelled = True  # kept until the worker says whether it ran
+        else:
+            self._once(job.action.device, "pipe", "its worker reads nothing; a cancel waits")
+
+    # ------------------------------------------------------------------ firing
+
+    def _call(
+        self, d: _Device, action: Action, now: float, tag: object, call: CallJob | None
+    ) -> ActionResult:
+        name = d.spec.name
+        worker = self._workers[name]
+        job_id = self._slots.pop(call.slot, None) if call is not None else None
+        job = self._jobs.get(job_id) if job_id is not None else None
+        if job is not None and (job.action != action or job.cancelled):
+            job = None
+        if not worker.alive and (job is None or job.ended is None):
+            if job is not None:
+                self._jobs.pop(job.job_id, None)
+            self._drop("worker_down")
+            self._call_counts["not_started"] += 1
+            return ActionResult(
+                name, "call", False, "worker_down", self.errors.get(name), None, now, tag=tag
+            )
+        if job is None or (job.ended is None and job.generation != worker.generation):
+            # Not handed over ahead of time: send it now, to run at once.
+            if job is None:
+                base = call or CallJob((-1, -1), action, now, now + 1.0, "execute", None, 60.0)
+                deadline, context = self._context(base, d.spec)
+                job = _Job(self._next_job, None, action, now, deadline, context)
+                self._next_job += 1
+                self._jobs[job.job_id] = job
+            self._send(worker, job)
+        job.fired = True
+        job.applied = now
+        job.tag = tag
+        job.poll_at = max(job.at, now) + CALL_POLL_MIN_S
+        if job.ended is not None:
+            self._early_ends.append(job)
+        return ActionResult(name, "call", True, None, None, None, now, run=job.job_id, tag=tag)
+
+    # ------------------------------------------------------------------ follow-ups
+
+    def _calls_next(self) -> float | None:
+        best = math.inf
+        # (an end kept for its fire, _early_ends, is reported by the tick of that step)
+        for job in self._jobs.values():
+            if job.ended is not None:
+                continue
+            if job.fired:
+                best = min(best, job.poll_at, job.deadline)
+            elif job.generation:
+                best = min(best, job.deadline)
+        for worker in self._workers.values():
+            if worker.restart_at is not None and not worker.spawning:
+                best = min(best, worker.restart_at)
+        return None if best == math.inf else best
+
+    def _tick_calls(self, now: float) -> list[ActionResult]:
+        results: list[ActionResult] = []
+        if not self._workers:
+            return results
+        while self._early_ends:
+            early = self._early_ends.pop(0)
+            self._jobs.pop(early.job_id, None)
+            if early.ended is not None:
+                do, ok, duration, error = early.ended
+                results.append(self._end(early, do, ok, now, duration, error))
+        self._collect_spawns(now, results)
+        for job in list(self._jobs.values()):
+            # Fired but never handed to a live worker (it was down, or its pipe full):
+            # at its deadline it is reported, not left waiting.
+            owner = self._workers[job.action.device]
+            if (
+                job.fired
+                and job.ended is None
+                and (job.generation != owner.generation or not owner.alive)
+                and now >= job.deadline
+            ):
+                self._jobs.pop(job.job_id, None)
+                self._call_counts["not_started"] += 1
+                results.append(self._end(job, "call_not_started", False, now, None))
+        for worker in self._workers.values():
+            if not worker.alive:
+                if (
+                    worker.restart_at is not None
+                    and now >= worker.restart_at
+                    and not worker.spawning
+                    and self._spawner is not None
+                ):
+                    worker.spawning = True
+                    worker.generation += 1
+                    self._spawner.requests.put((worker.spec, worker.generation))
+                continue
+            dead = self._drain(worker, now, results)
+            proc = worker.proc
+            if proc is not None and proc.poll() is not None:
+                # (after the pipe closed it is usually gone already: say how it ended)
+                dead = f"exited with code {proc.returncode}"
+            if dead:
+                self._lost(worker, now, results, dead, killed=False)
+                continue
+            overdue = [
+                j
+                for j in self._jobs.values()
+                if j.generation == worker.generation
+                and j.action.device == worker.spec.name
+                and j.ended is None
+                and now >= j.deadline
+            ]
+            if overdue:
+                if proc is not None:
+                    _kill(proc)
+                self._lost(worker, now, results, "killed at its deadline", killed=True)
+                continue
+            for job in self._jobs.values():
+                if job.fired and job.action.device == worker.spec.name and now >= job.poll_at:
+                    job.poll_every = min(job.poll_every * 2.0, CALL_POLL_S)
+                    job.poll_at = now + job.poll_every
+        return results
+
+    def _collect_spawns(self, now: float, results: list[ActionResult]) -> None:
+        spawner = self._spawner
+        if spawner is None:
+            return
+        while True:
+            try:
+                name, generation, made, error = spawner.done.get_nowait()
+            except queue.Empty:
+                return
+            worker = self._workers.get(name)
+            if worker is None:
+                continue
+            worker.spawning = False
+            if made is None or generation != worker.generation:
+                if made is not None:
+                    made[0].kill()
+                    made[0].wait()
+                else:
+                    self._once(name, "spawn", f"cannot start its worker: {error}")
+                    worker.restart_at = now + worker.backoff
+                    worker.backoff = min(worker.backoff * 2.0, RESTART_MAX_S)
+                continue
+            self._call_counts["restarts"] += 1
+            log.warning("%s: worker restarted (pid %d)", name, made[0].pid)
+            self._attach(worker, made, now)
+            for job in sorted(self._jobs.values(), key=lambda j: j.at):
+                if job.action.device != name or job.generation == worker.generation:
+                    continue
+                if job.cancelled:
+                    self._jobs.pop(job.job_id, None)
+                elif job.deadline <= now:
+                    self._jobs.pop(job.job_id, None)
+                    if job.fired:
+                        results.append(self._end(job, "call_not_started", False, now, None))
+                else:
+                    self._send(worker, job)
+
+    def _attach(
+        self,
+        worker: _Worker,
+        made: tuple[subprocess.Popen[bytes], Connection, Connection],
+        now: float,
+    ) -> None:
+        worker.proc, worker.send, worker.recv = made
+        worker.unread_bytes = 0
+        worker.started_at = now
+        worker.restart_at = None
+
+    def _drain(self, worker: _Worker, now: float, results: list[ActionResult]) -> str | None:
+        """Read every message the worker sent; returns why it is dead, or None."""
+        recv = worker.recv
+        if recv is None:
+            return "no pipe"
+        name = worker.spec.name
+        try:
+            while recv.poll(0):
+                message = recv.recv()
+                worker.unread_bytes = 0  # it is reading: it drains its pipe before it runs
+                what = message[0]
+                if what == "done":
+                    self._done(worker, message, now, results)
+                elif what == "skipped":
+                    job = self._jobs.get(message[1])
+                    if job is not None:
+                        self._call_counts["not_started"] += 1
+                        end = ("call_not_started", False, 0.0, "its time came after its deadline")
+                        self._finish(job, end, now, results)
+                elif what == "cancelled":
+                    job = self._jobs.get(message[1])
+                    if job is not None and message[2]:
+                        del self._jobs[job.job_id]
+                elif what == "ready":
+                    if message[2]:
+                        self._once(
+                            name,
+                            "import",
+                            f"cannot load {worker.spec.text('call', '')}: {message[2]}",
+                        )
+                elif what == "safe_done" and message[1]:
+                    self._once(name, "safe_call", f"safe_call failed: {message[1]}")
+        except (EOFError, OSError):
+            return "closed its pipe"
+        return None
+
+    def _done(
+        self, worker: _Worker, message: tuple[Any, ...], now: float, results: list[ActionResult]
+    ) -> None:
+        _, job_id, entry, exit_at, values, error, kind = message
+        name = worker.spec.name
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        worker.entry_late_s = entry - job.at
+        checked, problem = check_values(values)  # the worker checked; the claim trusts us
+        if error is None and problem is not None:
+            error, kind = problem, "bad_values"
+        duration = exit_at - entry
+        if error is not None:
+            counted = "exceptions" if kind == "exception" else "bad_values"
+            self._call_counts[counted] += 1
+            self._once(name, f"{counted}:{error.split(':', 1)[0]}", error)
+            self._finish(job, ("call_failed", False, duration, error), now, results)
+            return
+        if checked is not None:
+            self._values[name] = checked
+        if exit_at > job.deadline:
+            self._call_counts["overruns"] += 1
+            late = f"returned {(exit_at - job.deadline) * 1000:.1f} ms after its deadline"
+            self._finish(job, ("call_overran", False, duration, late), now, results)
+            return
+        self._call_counts["done"] += 1
+        self._finish(job, ("call_done", True, duration, None), now, results)
+
+    def _finish(self, job: _Job, end: _EndInfo, now: float, results: list[ActionResult]) -> None:
+        """Report ``job``'s end, or keep it until the runner fires it: a loop that came
+        late to its own spin must not send it again (the function has run)."""
+        if job.fired:
+            self._jobs.pop(job.job_id, None)
+            do, ok, duration, error = end
+            results.append(self._end(job, do, ok, now, duration, error))
+        elif job.cancelled:
+            self._jobs.pop(job.job_id, None)
+        else:
+            job.ended = end
+
+    def _end(
+        self,
+        job: _Job,
+        do: str,
+        ok: bool,
+        now: float,
+        duration: float | None,
+        error: str | None = None,
+    ) -> ActionResult:
+        return ActionResult(
+            job.action.device,
+            do,
+            ok,
+            None,
+            error,
+            None,
+            now,
+            run=job.job_id,
+            duration_s=duration if duration is not None else now - job.applied,
+            tag=job.tag,
+        )
+
+    def _lost(
+        self, worker: _Worker, now: float, results: list[ActionResult], why: str, killed: bool
+    ) -> None:
+        """The worker is gone (killed at a deadline, or it died): settle the jobs it held
+        and schedule its restart."""
+        name = worker.spec.name
+        mine = sorted(
+            (
+                j
+                for j in self._jobs.values()
+                if j.action.device == name and j.generation == worker.generation and j.ended is None
+            ),
+            key=lambda j: j.at,
+        )
+        running = next((j for j in mine if j.at <= now), None)
+        for job in mine:
+            if job is running:
+                self._jobs.pop(job.job_id, None)
+                if killed:
+                    self._call_counts["kills"] += 1
+                    self._once(name, "killed", f"a call overran its deadline: worker {why}")
+                    if job.fired:
+                        limit = job.deadline - job.at
+                        text = f"still running at its {limit * 1000:.0f} ms deadline; {why}"
+                        results.append(self._end(job, "call_killed", False, now, None, text))
+                else:
+                    self._call_counts["exits"] += 1
+                    self._once(name, "exited", f"the worker {why} during a call")
+                    if job.fired:
+                        text = f"the worker {why} during the call"
+                        results.append(self._end(job, "call_failed", False, now, None, text))
+            elif job.cancelled or job.deadline <= now:
+                self._jobs.pop(job.job_id, None)
+                if job.fired and not job.cancelled:
+                    self._call_counts["not_started"] += 1
+                    results.append(self._end(job, "call_not_started", False, now, None))
+            else:
+                job.generation = 0  # sent again to the next worker
+        self._close_pipes(worker)
+        if not killed:
+            self._once(name, "exited", f"its worker {why}")
+        # A kill is ours, so it restarts at once; a death soon after a start (an import
+        # that fails) waits, longer each time.
+        quick = not killed and now - worker.started_at < QUICK_DEATH_S
+        worker.restart_at = now + (worker.backoff if quick else 0.0)
+        if quick:
+            worker.backoff = min(worker.backoff * 2.0, RESTART_MAX_S)
+        else:
+            worker.backoff = RESTART_MIN_S
+
+    def _close_pipes(self, worker: _Worker) -> None:
+        for conn in (worker.send, worker.recv):
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.close()
+        proc = worker.proc
+        if proc is not None:
+            _kill(proc)
+            # Reaped now if it is gone already, else by the next start's Popen (the
+            # subprocess module reaps finished children it knows of).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0)
+        worker.proc = worker.send = worker.recv = None
+
+    # ------------------------------------------------------------------ safety
+
+    def _safe_calls(self, reason: str, keep: Collection[str]) -> None:
+        """Cancel the queued calls of every python device not in ``keep`` and have its
+        worker call ``safe_call``; a call already running finishes or meets its deadline."""
+        for name, worker in self._workers.items():
+            if name in keep:
+                continue
+            for job in list(self._jobs.values()):
+                if job.action.device == name and not job.fired:
+                    self._cancel(job)
+            for slot in [s for s, j in self._slots.items() if j not in self._jobs]:
+                del self._slots[slot]
+            if worker.alive and worker.send is not None:
+                self._post(worker, ("safe", reason, dict(worker.spec.params)), PIPE_BUDGET)
+
+    def _close_calls(self) -> None:
+        """End every worker: told to stop after its safe_call, killed if it has not within
+        :data:`WORKER_STOP_S`."""
+        for worker in self._workers.values():
+            if worker.send is not None:
+                self._post(worker, ("stop",), PIPE_BUDGET)
+        for worker in self._workers.values():
+            proc = worker.proc
+            if proc is not None:
+                try:
+                    proc.wait(WORKER_STOP_S)
+                except subprocess.TimeoutExpired:
+                    log.error(
+                        "%s: worker did not stop in %g s; killed", worker.spec.name, WORKER_STOP_S
+                    )
+            self._close_pipes(worker)
+            worker.restart_at = None
+        if self._spawner is not None:
+            self._spawner.stop(WORKER_STOP_S)
+            while True:
+                try:
+                    _, _, made, _ = self._spawner.done.get_nowait()
+                except queue.Empty:
+                    break
+                if made is not None:
+                    made[0].kill()
+                    made[0].wait()
+            self._spawner = None
+        self._jobs.clear()
+        self._slots.clear()
