@@ -29,7 +29,9 @@ from edge.score import Action, CallJob, parse_score
 from edge.status import BeatReview, StatusBuilder, StatusConfig
 
 
-def parse(devices: dict[str, Any], score: list[Any] | None = None, base: str | None = "/base"):
+def parse(
+    devices: dict[str, Any], score: list[Any] | None = None, base: str | None = "/base"
+) -> tuple[Any, Any, list[str]]:
     problems = ConfigProblems("t")
     profile = parse_profile({"devices": devices}, problems, base=base)
     parsed = parse_score(score or [], profile, problems)
@@ -221,9 +223,11 @@ def test_claims_carry_the_call_counts_and_values_and_validate() -> None:
     assert dict(claim.metadata["calls"]) == counts
     assert dict(claim.metadata["values"]["sensor"]) == {"temperature_c": 21.5, "ok": True}
     again = decode_status_claim(encode(claim, "cbor"))  # the contract's own check
+    assert again.metadata is not None
     assert dict(again.metadata["values"]["sensor"]) == {"temperature_c": 21.5, "ok": True}
     plain = _builder().build(_review())
-    assert plain is not None and "calls" not in plain.metadata and "values" not in plain.metadata
+    assert plain is not None and plain.metadata is not None
+    assert "calls" not in plain.metadata and "values" not in plain.metadata
 
 
 def test_a_claim_carries_the_values_of_at_most_16_devices() -> None:

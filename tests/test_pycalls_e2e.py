@@ -28,6 +28,7 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,7 +147,7 @@ def _profile(tmp: Path) -> str:
     )
 
 
-def _rows(path: Path) -> list[dict[str, object]]:
+def _rows(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -214,18 +215,18 @@ def test_the_agent_ran_and_stopped_cleanly(run: Run) -> None:
 
 
 def test_a_call_is_entered_inside_its_phase_of_its_beat(run: Run) -> None:
-    rows = [r for r in _rows(run.tmp / "probe.jsonl") if int(r["beat"]) in run.beats]  # type: ignore[call-overload]
+    rows = [r for r in _rows(run.tmp / "probe.jsonl") if int(r["beat"]) in run.beats]
     assert len(rows) >= 10, rows
     offsets: list[float] = []
     handoffs: list[float] = []
     for row in rows:
-        entry = float(row["entry"])  # type: ignore[arg-type]
-        start = run.beats[int(row["beat"])] + PHASE_NO[str(row["phase"])] * THIRD  # type: ignore[call-overload]
+        entry = float(row["entry"])
+        start = run.beats[int(row["beat"])] + PHASE_NO[str(row["phase"])] * THIRD
         assert row["phase"] == "execute" and row["device"] == "probe"
         assert start - 0.005 <= entry < start + THIRD, (row, entry - start)
-        assert entry >= float(row["at"])  # type: ignore[arg-type]  # the worker waited for it
+        assert entry >= float(row["at"])  # the worker waited for it
         offsets.append((entry - start) * 1000.0)
-        handoffs.append((entry - float(row["at"])) * 1000.0)  # type: ignore[arg-type]
+        handoffs.append((entry - float(row["at"])) * 1000.0)
     print(
         f"\nprobe entered {statistics.median(offsets):.3f} ms (median), "
         f"{max(offsets):.3f} ms (max) after its phase boundary on the pulse's timeline "
@@ -244,17 +245,17 @@ def test_returned_values_appear_in_claims(run: Run) -> None:
 
 def test_a_hang_is_killed_at_its_deadline_and_the_next_beats_fire(run: Run) -> None:
     rows = _rows(run.tmp / "sleeper.jsonl")
-    odd = [int(r["beat"]) for r in rows if int(r["beat"]) % 2]  # type: ignore[call-overload]
+    odd = [int(r["beat"]) for r in rows if int(r["beat"]) % 2]
     assert odd, rows
     later_even = [
         int(r["beat"]) for r in rows if int(r["beat"]) % 2 == 0 and int(r["beat"]) > odd[0]
-    ]  # type: ignore[call-overload]
+    ]
     assert len(later_even) >= 2, rows  # killed, restarted, the next beats ran
     calls = _calls(run)
     assert calls["kills"] >= 2 and calls["restarts"] >= 2, calls
     assert "a call overran its deadline" in run.log
     # The probe, on its own worker, never missed a beat meanwhile.
-    probe_beats = sorted(int(r["beat"]) for r in _rows(run.tmp / "probe.jsonl"))  # type: ignore[call-overload]
+    probe_beats = sorted(int(r["beat"]) for r in _rows(run.tmp / "probe.jsonl"))
     assert probe_beats == list(range(probe_beats[0], probe_beats[-1] + 1)), probe_beats
 
 
