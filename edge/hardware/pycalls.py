@@ -27,13 +27,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import pickle
 import queue
-import signal
 import subprocess
-import sys
-import threading
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -41,6 +37,16 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from edge.hardware.devices import Devices, _Device
+from edge.hardware.pyprocess import (
+    QUICK_DEATH_S,
+    RESTART_MAX_S,
+    RESTART_MIN_S,
+    WORKER_STOP_S,
+    Spawner,
+    Worker,
+    kill_worker,
+    spawn_worker,
+)
 from edge.hardware.results import ActionResult
 from edge.plan import CALL_ENDS as CALL_ENDS  # re-exported: what a call reports
 from edge.profile import DeviceSpec
@@ -52,13 +58,6 @@ log = logging.getLogger(__name__)
 #: A fired call's pipe is read this soon after its time, then at doubling intervals.
 CALL_POLL_MIN_S = 0.002
 CALL_POLL_S = 0.02
-#: A worker that dies this soon after it started waits before the next start, doubling
-#: from RESTART_MIN_S up to RESTART_MAX_S (an import that fails must not spin).
-QUICK_DEATH_S = 1.0
-RESTART_MIN_S = 0.5
-RESTART_MAX_S = 30.0
-#: How long close() gives a worker to run its safe_call and end before it is killed.
-WORKER_STOP_S = 2.0
 #: Bytes written to a worker since it last said anything, above which a job waits (see
 #: _post), and above which even a cancel or a safe_call does (a pipe holds 64 KiB).
 SEND_BUDGET = 32 * 1024
@@ -100,25 +99,6 @@ class _Job:
     ended: _EndInfo | None = None  # it ran before the runner fired it: reported at the fire
 
 
-@dataclass(slots=True)
-class _Worker:
-    spec: DeviceSpec
-    generation: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    send: Connection | None = None
-    recv: Connection | None = None
-    started_at: float = 0.0
-    restart_at: float | None = None
-    spawning: bool = False
-    backoff: float = RESTART_MIN_S
-    unread_bytes: int = 0  # written since the worker last said anything (see _post)
-    entry_late_s: float | None = None  # the last call's entry, against its time
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.send is not None
-
-
 def _moved(job: _Job, at: float, deadline: float, context: dict[str, Any]) -> bool:
     """Whether a re-timed call must be sent again: its times moved by more than
     :data:`RETIME_S`, its tempo by more than 0.01 BPM, or anything else it is told changed
@@ -131,94 +111,13 @@ def _moved(job: _Job, at: float, deadline: float, context: dict[str, Any]) -> bo
     return any(old[key] != context[key] for key in context if key != "tempo_bpm")
 
 
-def worker_argv(spec: DeviceSpec, read_fd: int, write_fd: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "edge.pyworker",
-        str(read_fd),
-        str(write_fd),
-        spec.name,
-        spec.text("call", ""),
-        spec.text("path", ""),
-        spec.text("safe_call", ""),
-    ]
-
-
-def spawn_worker(
-    spec: DeviceSpec,
-) -> tuple[subprocess.Popen[bytes], Connection, Connection]:
-    """Start ``spec``'s worker; returns the process and our two pipe ends (send, recv).
-    Blocks until the child has exec'd: not for the beat loop (the spawner thread)."""
-    to_child_r, to_child_w = os.pipe()
-    from_child_r, from_child_w = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            worker_argv(spec, to_child_r, from_child_w),
-            stdin=subprocess.DEVNULL,
-            stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
-            pass_fds=(to_child_r, from_child_w),
-            close_fds=True,
-            start_new_session=True,  # a Ctrl-C to the agent's terminal is the agent's
-        )
-    except BaseException:
-        for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
-            os.close(fd)
-        raise
-    os.close(to_child_r)
-    os.close(from_child_w)
-    return proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """Kill a worker and whatever its function started: the worker leads its own process
-    group (``start_new_session``), so a program it ran and left hanging goes too."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        with contextlib.suppress(OSError):
-            proc.kill()
-
-
-def _has_fileno(stream: Any) -> bool:
-    try:
-        stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    return True
-
-
-class _Spawner:
-    """The thread that (re)starts workers, so the loop never waits for an exec."""
-
-    def __init__(self) -> None:
-        self.requests: queue.SimpleQueue[tuple[DeviceSpec, int] | None] = queue.SimpleQueue()
-        self.done: queue.SimpleQueue[
-            tuple[str, int, tuple[subprocess.Popen[bytes], Connection, Connection] | None, str]
-        ] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._serve, name="backbeat-pyworker", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while (request := self.requests.get()) is not None:
-            spec, generation = request
-            try:
-                self.done.put((spec.name, generation, spawn_worker(spec), ""))
-            except Exception as exc:
-                self.done.put((spec.name, generation, None, f"{type(exc).__name__}: {exc}"))
-
-    def stop(self, timeout: float) -> None:
-        self.requests.put(None)
-        self.thread.join(timeout)
-
-
 class PyCalls(Devices):
     """Python devices' workers and jobs (see the module doc)."""
 
-    _workers: dict[str, _Worker]
+    _workers: dict[str, Worker]
     _jobs: dict[int, _Job]
     _slots: dict[tuple[int, int], int]
-    _spawner: _Spawner | None
+    _spawner: Spawner | None
     _next_job: int
     _call_counts: Counter[str]
     _values: dict[str, dict[str, object]]
@@ -237,10 +136,10 @@ class PyCalls(Devices):
         self._early_ends = []
         for spec in self.profile.devices.values():
             if spec.family == "python":
-                self._workers[spec.name] = _Worker(spec)
+                self._workers[spec.name] = Worker(spec)
         if not start or not self._workers:
             return
-        self._spawner = _Spawner()
+        self._spawner = Spawner()
         for worker in self._workers.values():
             # Started with the agent, before the loop runs: the exec may block here.
             worker.generation = 1
@@ -342,7 +241,7 @@ class PyCalls(Devices):
             moved[(beat + offset, rule)] = job_id
         self._slots = moved
 
-    def _post(self, worker: _Worker, message: tuple[Any, ...], budget: int) -> bool:
+    def _post(self, worker: Worker, message: tuple[Any, ...], budget: int) -> bool:
         """Write ``message`` to the worker unless that could fill its pipe: a pipe write
         blocks when the pipe is full, and a hung worker reads nothing until its kill. So
         what was written since the worker last said anything is kept under ``budget``
@@ -359,7 +258,7 @@ class PyCalls(Devices):
         worker.unread_bytes += len(data)
         return True
 
-    def _send(self, worker: _Worker, job: _Job) -> bool:
+    def _send(self, worker: Worker, job: _Job) -> bool:
         if not worker.alive:
             return False
         message = ("job", job.job_id, job.at, job.deadline, job.context)
@@ -491,7 +390,7 @@ class PyCalls(Devices):
             ]
             if overdue:
                 if proc is not None:
-                    _kill(proc)
+                    kill_worker(proc)
                 self._lost(worker, now, results, "killed at its deadline", killed=True)
                 continue
             for job in self._jobs.values():
@@ -539,7 +438,7 @@ class PyCalls(Devices):
 
     def _attach(
         self,
-        worker: _Worker,
+        worker: Worker,
         made: tuple[subprocess.Popen[bytes], Connection, Connection],
         now: float,
     ) -> None:
@@ -548,7 +447,7 @@ class PyCalls(Devices):
         worker.started_at = now
         worker.restart_at = None
 
-    def _drain(self, worker: _Worker, now: float, results: list[ActionResult]) -> str | None:
+    def _drain(self, worker: Worker, now: float, results: list[ActionResult]) -> str | None:
         """Read every message the worker sent; returns why it is dead, or None."""
         recv = worker.recv
         if recv is None:
@@ -585,7 +484,7 @@ class PyCalls(Devices):
         return None
 
     def _done(
-        self, worker: _Worker, message: tuple[Any, ...], now: float, results: list[ActionResult]
+        self, worker: Worker, message: tuple[Any, ...], now: float, results: list[ActionResult]
     ) -> None:
         _, job_id, entry, exit_at, values, error, kind = message
         name = worker.spec.name
@@ -648,7 +547,7 @@ class PyCalls(Devices):
         )
 
     def _lost(
-        self, worker: _Worker, now: float, results: list[ActionResult], why: str, killed: bool
+        self, worker: Worker, now: float, results: list[ActionResult], why: str, killed: bool
     ) -> None:
         """The worker is gone (killed at a deadline, or it died): settle the jobs it held
         and schedule its restart."""
@@ -697,14 +596,14 @@ class PyCalls(Devices):
         else:
             worker.backoff = RESTART_MIN_S
 
-    def _close_pipes(self, worker: _Worker) -> None:
+    def _close_pipes(self, worker: Worker) -> None:
         for conn in (worker.send, worker.recv):
             if conn is not None:
                 with contextlib.suppress(OSError):
                     conn.close()
         proc = worker.proc
         if proc is not None:
-            _kill(proc)
+            kill_worker(proc)
             # Reaped now if it is gone already, else by the next start's Popen (the
             # subprocess module reaps finished children it knows of).
             with contextlib.suppress(subprocess.TimeoutExpired):
