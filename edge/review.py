@@ -67,8 +67,12 @@ def assemble(
     inbox_dropped: int,
     outbox: Outbox | None,
     isolated: tuple[str, ...],
+    broker: str | None = None,
+    broker_unreachable: int = 0,
 ) -> BeatReview:
-    """The review of ``beat``; ``samples`` are the last sample and the last full one."""
+    """The review of ``beat``; ``samples`` are the last sample and the last full one;
+    ``broker`` / ``broker_unreachable`` are the link's (``MqttLink.current_broker``,
+    ``unreachable``)."""
     sample, full = samples
     sync_state = follower.state
     late = sorted(ledger.late_ms)
@@ -103,4 +107,6 @@ def assemble(
         alerts=alerts(metrics, follower),
         source_conflict_ms=None if conflict is None else conflict.spread_ms,
         isolated=isolated,
+        broker=broker,
+        broker_unreachable=broker_unreachable,
     )

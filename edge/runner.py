@@ -410,6 +410,9 @@ class Runner:
             0 if self.link is None else self.link.dropped_inbound,
             self.outbox,
             tuple(sorted(self.hardware.isolated)),
+            # Not in the Link protocol: a test's fake link need not have them.
+            getattr(self.link, "current_broker", None),
+            getattr(self.link, "unreachable", 0),
         )
         self.last_review = review
         claim = self.status.build(review)

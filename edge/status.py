@@ -62,6 +62,9 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.isolated``  names of the devices out of service after a failure (omitted when
                        none); a reload builds them anew
 ``metadata.final``     ``true`` on the shutdown claim only
+``metadata.broker``    ``"host:port"`` of the broker the link was last connected to (with a
+                       ``broker.url`` list: the one in use); omitted before the first
+``metadata.broker_unreachable`` connection attempts that failed so far (omitted when 0)
 =====================  ===============================================================
 
 Numbers are rounded (milliseconds to 3 decimals, percentages and degrees to 1) so claims
@@ -208,6 +211,9 @@ class BeatReview:
     inbox_dropped: int = 0
     #: While a second source of the beat is seen: how far apart they arrive (ms).
     source_conflict_ms: float | None = None
+    #: ``host:port`` of the broker in use, and the link's failed connection attempts.
+    broker: str | None = None
+    broker_unreachable: int = 0
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -241,6 +247,8 @@ def _condition(review: BeatReview) -> tuple[object, ...]:
         review.outbox_degraded,
         review.isolated,
         review.inbox_dropped,
+        review.broker,
+        review.broker_unreachable,
     )
 
 
@@ -399,6 +407,10 @@ class StatusBuilder:
             meta["source_conflict_ms"] = spread
         if review.isolated:
             meta["isolated"] = list(review.isolated)
+        if review.broker is not None:
+            meta["broker"] = review.broker
+        if review.broker_unreachable:
+            meta["broker_unreachable"] = review.broker_unreachable
         if final:
             meta["final"] = True
         return meta
