@@ -158,6 +158,7 @@ def run_monitor(
     out: IO[str] = sys.stdout,
     connect_timeout_s: float | None = 10.0,
     keys_dir: str | None = None,
+    protocol: str = "5",
 ) -> int:
     """Watch ``cluster`` until ``duration_s`` passes or Ctrl-C. Returns 0, or 1 when the
     broker was never reached (given up on after ``connect_timeout_s``; None: never)."""
@@ -171,7 +172,9 @@ def run_monitor(
             print(f"backbeat-edge monitor: {exc}", file=sys.stderr)
             return 2
     problems = ConfigProblems("monitor")
-    broker = parse_broker({"url": broker_url}, problems, Path.cwd(), where="--broker")
+    broker = parse_broker(
+        {"url": broker_url, "protocol": protocol}, problems, Path.cwd(), where="--broker"
+    )
     if problems:
         print(f"backbeat-edge monitor: {ConfigError(problems.items, 'monitor')}", file=sys.stderr)
         return 2
