@@ -357,7 +357,8 @@ def run_monitor(
                     out.flush()
             elif item is not None and item.kind == "connected":
                 reached = True
-                say(f"connected to {broker_url}")
+                using = f" (using {link.current_broker})" if len(broker.brokers()) > 1 else ""
+                say(f"connected to {broker_url}{using}")
             elif item is not None and item.kind == "disconnected":
                 clock = time.strftime("%H:%M:%S")
                 say(

@@ -165,6 +165,27 @@ def test_an_unreachable_first_broker_is_skipped_and_counted(
     assert "skipping to the next broker" in agent.log()
 
 
+class _Availability:
+    """Every message on one topic of a broker, with its arrival time."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.seen: list[tuple[float, bytes]] = []
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self._client.on_message = lambda c, u, m: self.seen.append(
+            (time.monotonic(), bytes(m.payload))
+        )
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(topic, qos=1)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
 def _bridged_pair() -> tuple[Mosquitto, Mosquitto]:
     """A, and B bridged to A for the cluster's topics both ways."""
     a = start_mosquitto()
@@ -192,6 +213,7 @@ def test_list_failover_keeps_the_beat_and_loses_no_claim(tmp_path: Path) -> None
         config = write_agent_config(tmp_path, "x", PROFILE)
         config.write_text(config.read_text().replace('"x"', f'["{a.url}", "{b.url}"]'))
         recorder = ClaimRecorder(b.port)
+        availability = _Availability(b.port, "backbeat/bench/agents/bench:pi-01/availability")
         trace = tmp_path / "agent.jsonl"
         agent = start_agent(config, trace, tmp_path / "agent.log")
         pulse = start_pulse(b.url, "bench", 240, tmp_path / "pulse.jsonl", tmp_path / "pulse.log")
@@ -222,6 +244,7 @@ def test_list_failover_keeps_the_beat_and_loses_no_claim(tmp_path: Path) -> None
             pulse.stop()
             assert agent.stop() == 0, agent.log()
             recorder.stop()
+            availability.stop()
     finally:
         a.close()
         b.close()
@@ -232,6 +255,8 @@ def test_list_failover_keeps_the_beat_and_loses_no_claim(tmp_path: Path) -> None
     assert f"127.0.0.1:{a.port}" in brokers and brokers[-1] == f"127.0.0.1:{b.port}"
     assert moved_after < 10, moved_after
     assert "moved to broker" in agent.log()
+    # Its retained "online" followed it: published on B after A died (A cannot bridge it).
+    assert any(at > killed_at and payload == b"online" for at, payload in availability.seen)
     # It kept firing on its own clock through the move: no beat without its toggle.
     fired = sorted(
         {int(r["beat_index"]) for r in read_trace(trace) if r["fired_mono"]}  # type: ignore[call-overload]
@@ -283,3 +308,16 @@ def test_health_gate_takes_a_list_and_skips_a_dead_broker(mosquitto: Mosquitto) 
         assert got.returncode == 3 and got.stdout.startswith("unreachable:"), got.stdout
     finally:
         fake.close()
+
+
+@pytest.mark.broker
+def test_monitor_takes_a_list_and_says_which_broker_it_uses(mosquitto: Mosquitto) -> None:
+    import io
+
+    from edge.monitor import run_monitor
+
+    out = io.StringIO()
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    code = run_monitor(f"{dead},{mosquitto.url}", "bench", duration_s=2.0, out=out)
+    assert code == 0
+    assert f"(using 127.0.0.1:{mosquitto.port})" in out.getvalue()
