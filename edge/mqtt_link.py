@@ -245,6 +245,8 @@ class MqttLink:
         # Set by on_connect, turned into ``connected`` after that loop() returns (see the
         # theory: paho re-sends what was in flight only after on_connect).
         self._session_up = False
+        #: The broker refused this attempt's CONNECT (its reason is in last_error).
+        self._refused = False
         self.mqtt5 = broker.protocol == "5"
         # Counters, written on the network thread, read anywhere (ints: atomic enough).
         #: Frames dropped because the frame lane was full (acks and events never are).
@@ -327,6 +329,7 @@ class MqttLink:
     ) -> None:
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
+            self._refused = True
             return
         self.connects += 1
         self.last_error = None
@@ -414,6 +417,7 @@ class MqttLink:
         it was ever up (CONNACKed)."""
         was_up = False
         connecting_since: float | None = time.monotonic()  # None once CONNACKed
+        self._refused = False  # on_connect sets it when the broker refuses us
         while not self._stop.is_set():
             try:
                 rc = self._client.loop(timeout=0.5)
@@ -425,6 +429,11 @@ class MqttLink:
                 self.last_error = f"MQTT loop error: {type(exc).__name__}: {exc}"
                 break
             if rc != mqtt.MQTT_ERR_SUCCESS:
+                if not was_up and not self._refused:
+                    # Not a stale reason from an earlier attempt: say what happened here.
+                    self.last_error = (
+                        f"broker {host}:{port} closed the connection before its CONNACK"
+                    )
                 break
             if self._connected.is_set():
                 was_up = True
