@@ -321,3 +321,41 @@ def test_monitor_takes_a_list_and_says_which_broker_it_uses(mosquitto: Mosquitto
     code = run_monitor(f"{dead},{mosquitto.url}", "bench", duration_s=2.0, out=out)
     assert code == 0
     assert f"(using 127.0.0.1:{mosquitto.port})" in out.getvalue()
+
+
+def test_a_broker_that_closes_before_its_connack_is_said_so_not_an_old_error() -> None:
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(256)  # the CONNECT
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    dead = free_port()
+    config = BrokerConfig(
+        url="(one dead, one rude)",
+        endpoints=(("127.0.0.1", dead), ("127.0.0.1", port)),
+        reconnect_min_s=0.01,
+        reconnect_max_s=0.05,
+    )
+    link = MqttLink(config, "test-rude", rng=random.Random(2))
+    link.start()
+    try:
+        assert wait_until(
+            lambda: link.last_error is not None and f":{port} closed" in link.last_error, 10
+        ), link.last_error
+    finally:
+        link.stop(timeout=1.0)
+        server.close()
+    assert link.last_error == f"broker 127.0.0.1:{port} closed the connection before its CONNACK"
