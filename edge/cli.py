@@ -102,6 +102,7 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         table["username"] = args.username
     if args.password_file is not None:
         table["password_file"] = args.password_file
+    table["protocol"] = args.protocol
     broker = parse_broker(table, problems, Path.cwd(), where="--broker")
     if args.password_file is not None and args.username is None:
         problems.add("--password-file", "needs --username (the broker user it is the password of)")
@@ -298,6 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             profile=args.profile,
             trace_path=args.trace,
             plain=args.plain,
+            nats=args.nats,
         )
     except EdgeError as exc:
         print(f"backbeat-edge demo: {exc}", file=sys.stderr)
@@ -318,6 +320,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         connect_timeout_s=args.connect_timeout,
         keys_dir=args.keys,
+        protocol=args.protocol,
     )
 
 
@@ -375,7 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
         "{prefix}/{cluster}/pulse/tempo change the tempo, +/-10% per change "
         "unless the payload says e.g. '600 force').",
     )
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        help="broker URL, or several comma-separated (tried in order, moved on from on loss)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT version (NATS's MQTT gateway speaks 3.1.1)",
+    )
     p.add_argument("--username", help="broker user (e.g. pulse-CLUSTER, see systemd/mosquitto)")
     p.add_argument(
         "--password-file", help="file holding that user's password (never the password itself)"
@@ -431,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="hardware profile (default: the bench profile in hw/)")
     p.add_argument("--trace", help="write the agent's action trace to FILE")
     p.add_argument("--plain", action="store_true", help="one status line per beat, no screen")
+    p.add_argument(
+        "--nats",
+        action="store_true",
+        help="run on a private 3-node NATS cluster instead of one Mosquitto",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -438,7 +456,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="live table of a fleet's status",
         description="Watch a cluster's status and availability topics.",
     )
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        help="broker URL, or several comma-separated (tried in order, moved on from on loss)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT version (NATS's MQTT gateway speaks 3.1.1)",
+    )
     p.add_argument("--cluster", required=True, help="cluster id")
     p.add_argument("--prefix", default="backbeat", help="topic prefix")
     p.add_argument("--json", action="store_true", help="one JSON line per claim")

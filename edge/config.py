@@ -101,6 +101,14 @@ class BrokerConfig:
     will_delay_s: int = 10
     #: Bounded hand-over queue between the network thread and the loop.
     inbox_size: int = 1000
+    #: Every broker of a ``url`` list as (host, port), in the order tried; empty: just
+    #: ``host``/``port``. With a list, ``url`` is its URLs joined by ", " (for display)
+    #: and ``host``/``port``/``tls`` are the first one's.
+    endpoints: tuple[tuple[str, int], ...] = ()
+
+    def brokers(self) -> tuple[tuple[str, int], ...]:
+        """The brokers to try, in order: ``endpoints``, or the one ``host``/``port``."""
+        return self.endpoints or ((self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,27 +274,82 @@ def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
     )
 
 
+#: A ``broker.url`` list names at most this many brokers.
+MAX_BROKER_URLS = 64
+
+
+def _one_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of one broker URL; ValueError says what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("scheme must be mqtt:// or mqtts:// with a host")
+    if parts.password is not None:
+        raise ValueError("a password in the URL would leak into logs; use password_file")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+def _broker_urls(
+    value: object, problems: ConfigProblems, where: str
+) -> tuple[str, list[tuple[str, int, bool]]]:
+    """The display ``url`` and every good (host, port, tls) of ``broker.url``: a string,
+    a comma-separated string (as the command lines take it) or a list of strings. Each
+    problem names the entry by its index."""
+    key = f"{where}.url"
+    if isinstance(value, str) and "," in value:
+        value = [part.strip() for part in value.split(",")]
+    if isinstance(value, str):
+        try:
+            return value, [_one_url(value)]
+        except ValueError as exc:
+            problems.add(key, f"{exc}, got {value!r}")
+            return value, []
+    if not isinstance(value, list):
+        problems.add(
+            key, f"must be a string like mqtt://host:1883 or a list of them, got {value!r}"
+        )
+        return "mqtt://127.0.0.1:1883", []
+    if not value:
+        problems.add(key, "is an empty list; name at least one broker")
+        return "mqtt://127.0.0.1:1883", []
+    if len(value) > MAX_BROKER_URLS:
+        problems.add(key, f"names {len(value)} brokers, more than the {MAX_BROKER_URLS} allowed")
+        value = value[:MAX_BROKER_URLS]
+    found: list[tuple[str, int, bool]] = []
+    seen: dict[tuple[str, int], int] = {}
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            problems.add(f"{key}[{i}]", f"must be a string like mqtt://host:1883, got {item!r}")
+            continue
+        try:
+            host, port, tls = _one_url(item)
+        except ValueError as exc:
+            problems.add(f"{key}[{i}]", f"{exc}, got {item!r}")
+            continue
+        if (host, port) in seen:
+            problems.add(f"{key}[{i}]", f"names the same broker as {key}[{seen[host, port]}]")
+            continue
+        if found and tls != found[0][2]:
+            # One client, one TLS set-up: [broker]'s TLS files apply to every broker.
+            problems.add(
+                f"{key}[{i}]",
+                f"mixes mqtt:// and mqtts:// in one list ({item!r}); every broker in the list"
+                " must use the same scheme",
+            )
+            continue
+        seen[host, port] = i
+        found.append((host, port, tls))
+    return ", ".join(str(item) for item in value), found
+
+
 def parse_broker(
     table: Mapping[str, object], problems: ConfigProblems, base: Path, where: str = "broker"
 ) -> BrokerConfig:
-    """Check ``[broker]``; file paths are relative to ``base``."""
-    url = table.get("url", "mqtt://127.0.0.1:1883")
-    host, port, tls = "127.0.0.1", 1883, False
-    if not isinstance(url, str):
-        problems.add(f"{where}.url", f"must be a string like mqtt://host:1883, got {url!r}")
-        url = "mqtt://127.0.0.1:1883"
-    else:
-        try:
-            parts = urlsplit(url)
-            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-                raise ValueError("scheme must be mqtt:// or mqtts:// with a host")
-            if parts.password is not None:
-                raise ValueError("a password in the URL would leak into logs; use password_file")
-            tls = parts.scheme == "mqtts"
-            host = parts.hostname
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as exc:
-            problems.add(f"{where}.url", f"{exc}, got {url!r}")
+    """Check ``[broker]``; file paths are relative to ``base``. ``url`` is one URL or a
+    list (tried in order, see :mod:`edge.mqtt_link`); every entry is checked."""
+    url, found = _broker_urls(table.get("url", "mqtt://127.0.0.1:1883"), problems, where)
+    host, port, tls = found[0] if found else ("127.0.0.1", 1883, False)
+    endpoints = tuple((h, p) for h, p, _ in found) if len(found) > 1 else ()
     protocol = str(table.get("protocol", "5"))
     if protocol not in ("5", "3.1.1"):
         problems.add(f"{where}.protocol", f'must be "5" or "3.1.1", got {protocol!r}')
@@ -308,6 +371,7 @@ def parse_broker(
         cert_file=cert,
         key_file=key_file,
         protocol="5" if protocol == "5" else "3.1.1",
+        endpoints=endpoints,
     )
     check_order(
         broker, "reconnect_min_s", "reconnect_max_s", problems, where, strict=False, blame="upper"

@@ -6,11 +6,14 @@ shows the live view until Ctrl-C or ``duration_s``; then stops everything cleanl
 where its broker is and how to watch it with ``monitor``. A pulse that exits on its own
 stops the demo: its error is shown and the demo exits 1. It runs
 signed: a throwaway key pair in its temporary directory, the pulse signing with the
-private key, the agent holding the public one (``[security] beat_keys``).
+private key, the agent holding the public one (``[security] beat_keys``). With ``nats``
+the broker is a private three-node NATS cluster (:mod:`edge.nats_cluster`) instead: the
+pulse on node 1, the agent listing all three (MQTT 3.1.1, NATS's gateway's version).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,15 +24,21 @@ from pathlib import Path
 
 from edge.broker import start_mosquitto
 from edge.errors import EdgeError
+from edge.nats_cluster import start_nats_cluster
 
 HW_DIR = Path(__file__).resolve().parent.parent / "hw"
 
 
 def demo_config(
-    broker_url: str, profile: Path, workdir: Path, beat_key: Path | None = None
+    broker_url: str,
+    profile: Path,
+    workdir: Path,
+    beat_key: Path | None = None,
+    protocol: str = "5",
 ) -> Path:
     """Write the demo's agent config (a bench agent following cluster ``demo``; with
-    ``beat_key``, only frames signed by that key's private half)."""
+    ``beat_key``, only frames signed by that key's private half). ``broker_url`` may list
+    several brokers, comma-separated."""
     security = "" if beat_key is None else f"[security]\nbeat_keys = [{str(beat_key)!r}]\n"
     path = workdir / "agent.toml"
     path.write_text(
@@ -39,7 +48,8 @@ def demo_config(
         f"profile = {str(profile)!r}\n"
         "[broker]\n"
         f'url = "{broker_url}"\n'
-        "[outbox]\n"
+        + ("" if protocol == "5" else f'protocol = "{protocol}"\n')
+        + "[outbox]\n"
         f"directory = {str(workdir / 'outbox')!r}\n" + security,
         encoding="utf-8",
     )
@@ -73,6 +83,7 @@ def run_demo(
     profile: str | None = None,
     trace_path: str | None = None,
     plain: bool = False,
+    nats: bool = False,
 ) -> int:
     from edge.agent import Agent
     from edge.pulse import open_trace
@@ -84,14 +95,21 @@ def run_demo(
     if not profile_path.is_file():
         raise EdgeError(f"profile {str(profile_path)!r} not found (run the demo from a checkout)")
     os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
-    with tempfile.TemporaryDirectory(prefix="backbeat-demo-") as tmp, start_mosquitto() as broker:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="backbeat-demo-"))
+        protocol = "3.1.1" if nats else "5"
+        if nats:
+            cluster = stack.enter_context(start_nats_cluster())
+            broker_url, pulse_url = ",".join(cluster.urls), cluster.urls[0]
+            where = f"a 3-node NATS cluster, MQTT on {broker_url} (this demo's own)"
+        else:
+            broker_url = pulse_url = stack.enter_context(start_mosquitto()).url
+            where = f"broker {broker_url} (this demo's own)"
         workdir = Path(tmp)
         private_key, public_key, _ = keygen(workdir / "demo-pulse")
-        config = demo_config(broker.url, profile_path, workdir, beat_key=public_key)
-        banner = (
-            f"broker {broker.url} (this demo's own), cluster demo; watch it from another "
-            f"terminal with:\n  {monitor_command(broker.url)}"
-        )
+        config = demo_config(broker_url, profile_path, workdir, public_key, protocol)
+        watch = monitor_command(broker_url) + ("" if protocol == "5" else " --protocol 3.1.1")
+        banner = f"{where}, cluster demo; watch it from another terminal with:\n  {watch}"
         print(banner, flush=True)
         pulse_log = workdir / "pulse.log"
         with pulse_log.open("wb") as pulse_err:  # read back if the pulse fails
@@ -102,7 +120,9 @@ def run_demo(
                     "edge.cli",
                     "pulse",
                     "--broker",
-                    broker.url,
+                    pulse_url,
+                    "--protocol",
+                    protocol,
                     "--cluster",
                     "demo",
                     "--bpm",

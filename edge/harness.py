@@ -119,9 +119,13 @@ def start_pulse(
     signing_key: Path | None = None,
     username: str | None = None,
     password_file: Path | None = None,
+    protocol: str = "5",
 ) -> Proc:
+    """``broker_url`` may list several, comma-separated; ``protocol`` "3.1.1" for NATS."""
     args = [
         "pulse",
+        "--protocol",
+        protocol,
         "--broker",
         broker_url,
         "--cluster",

@@ -6,6 +6,13 @@ verdict and outbox backlog, the bad input it refused (``malformed``: frames that
 decode; ``in drop``: frames its link dropped on a full inbox), and the devices it has
 isolated, if any. ``--json`` prints one
 JSON line per claim instead, for scripts.
+
+For a fleet the screen (:meth:`FleetView.render`) puts a summary line on top (how many
+agents are online and locked, the worst lateness and whose it is, how many have alerts)
+and sorts the rows worst first: offline, forged, not locked, alerting or shedding, then by
+lateness. On a terminal narrower than the full table it uses compact rows (sync, error
+bound, lateness, CPU, from 110 columns the broker in use, and a notes column) and, on one
+shorter than the fleet, shows the worst rows that fit and says how many more there are.
 Malformed claims are counted and shown, never fatal. The link's state heads the table
 (connecting, connected, disconnected: then the rows are the last seen, and say so); with
 ``--json`` it goes to stderr. A monitor that never reached the broker exits 1. With
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -30,6 +38,9 @@ from edge.errors import ConfigError, ConfigProblems, FrameError
 from edge.messages import StatusClaim, decode_status_claim_with_map, to_wire
 from edge.mqtt_link import MqttLink, Topics
 from edge.trust import Verdict, Verifier, verdict
+
+#: Compact rows name the broker in use from this many columns on.
+_WITH_BROKER = 110
 
 
 def values_text(md: Mapping[str, object]) -> str:
@@ -108,7 +119,134 @@ class FleetView:
         row.claims += 1
         return claim
 
-    def table(self) -> str:
+    # ------------------------------------------------------------------ the fleet screen
+
+    @staticmethod
+    def _md(row: AgentRow) -> dict[str, object]:
+        return dict(row.claim.metadata or {}) if row.claim is not None else {}
+
+    @classmethod
+    def _sub(cls, row: AgentRow, key: str) -> dict[str, object]:
+        value = cls._md(row).get(key)
+        return dict(value) if isinstance(value, Mapping) else {}
+
+    @classmethod
+    def _late_max(cls, row: AgentRow) -> float | None:
+        value = cls._sub(row, "late_ms").get("max")
+        return float(value) if isinstance(value, int | float) else None
+
+    @classmethod
+    def _alerting(cls, row: AgentRow) -> bool:
+        md = cls._md(row)
+        guard = cls._sub(row, "guard").get("level", "full")
+        return bool(md.get("alerts")) or bool(md.get("isolated")) or guard != "full"
+
+    @classmethod
+    def _severity(cls, row: AgentRow) -> tuple[int, float, str]:
+        """Sort key, worst first: offline, forged, not locked, alerting, then lateness."""
+        if row.online != "online":
+            rank = 0
+        elif row.forged:
+            rank = 1
+        elif cls._sub(row, "sync").get("state") != "locked":
+            rank = 2
+        elif cls._alerting(row):
+            rank = 3
+        else:
+            rank = 4
+        late = cls._late_max(row)
+        return rank, -(late if late is not None else 0.0), row.agent_id
+
+    def summary(self, width: int | None = None) -> str:
+        """One line: agents online and locked, alerting, the worst lateness and whose (its
+        id cut from the front to fit ``width``)."""
+        rows = list(self.rows.values())
+        online = sum(1 for r in rows if r.online == "online")
+        locked = sum(1 for r in rows if self._sub(r, "sync").get("state") == "locked")
+        alerting = sum(1 for r in rows if self._alerting(r))
+        line = f"{len(rows)} agents: {online} online, {locked} locked, {alerting} alerting"
+        if self.bad:
+            line += f", {self.bad} malformed claim(s)"
+        lates = [(late, r.agent_id) for r in rows if (late := self._late_max(r)) is not None]
+        if lates:
+            worst, who = max(lates)
+            line += f"; worst late {worst:.3f} ms"
+            room = len(who) if width is None else width - len(line) - 3
+            if room < len(who):
+                who = "~" + who[-max(room - 1, 4) :]
+            line += f" ({who})"
+        return line if width is None else line[:width]
+
+    def _compact_row(self, row: AgentRow, width: int) -> str:
+        c = row.claim
+        md = self._md(row)
+        sync, guard = self._sub(row, "sync"), self._sub(row, "guard")
+        res = dict(c.resources or {}) if c else {}
+
+        def num(value: object, spec: str) -> str:
+            return format(value, spec) if isinstance(value, int | float) else "-"
+
+        notes = []
+        if row.forged:
+            notes.append(f"forged {row.forged}")
+        if guard.get("level", "full") != "full":
+            notes.append(f"guard {guard.get('level')}")
+        for key in ("alerts", "isolated"):
+            value = md.get(key)
+            if isinstance(value, tuple) and value:
+                notes.append(f"{key}: " + ",".join(str(v) for v in value))
+        backlog = self._sub(row, "outbox").get("backlog")
+        if isinstance(backlog, int) and backlog > 1:
+            notes.append(f"backlog {backlog}")
+        # A long id keeps its end: that is where a fleet's names differ.
+        agent = row.agent_id if len(row.agent_id) <= 20 else "~" + row.agent_id[-19:]
+        online = {"online": "on", "offline": "OFF"}.get(row.online, row.online[:3])
+        state = str(sync.get("state", "-"))[:10]
+        line = (
+            f"{agent:<20} {online:<3} {(c.beat_index if c else '-')!s:>7} {state:<10} "
+            f"{num(sync.get('error_bound_ms'), '.2f'):>6} {num(self._late_max(row), '.3f'):>8} "
+            f"{num(res.get('cpu_percent'), '.0f'):>4}"
+        )
+        if width >= _WITH_BROKER:  # room for the broker in use
+            line += f" {str(md.get('broker', '-'))[-21:]:<21}"
+        if notes:
+            line += " " + "; ".join(notes)
+        return line[:width]
+
+    def render(self, width: int | None = None, height: int | None = None) -> str:
+        """The fleet screen: the link state, the summary, then the rows worst first. The
+        full table when ``width`` is None or wide enough, compact rows otherwise; with
+        ``height``, only the worst rows that fit, and how many more there are."""
+        rows = sorted(self.rows.values(), key=self._severity)
+        full = self.table(rows)
+        full_width = max(len(line) for line in full.splitlines() if line.startswith("agent "))
+        if width is None or width >= full_width:
+            lines = full.rstrip("\n").split("\n")
+            top = ([self.link_state, ""] if self.link_state else []) + [self.summary()]
+            body = lines[2:] if self.link_state else lines
+        else:
+            head = (
+                f"{'agent':<20} {'on':<3} {'beat':>7} {'sync':<10} {'err ms':>6} "
+                f"{'late max':>8} {'cpu%':>4}"
+            )
+            head += f" {'broker':<21} notes" if width >= _WITH_BROKER else " notes"
+            top = [self.link_state[:width], ""] if self.link_state else []
+            top.append(self.summary(width))
+            body = [head[:width], "-" * min(width, len(head))]
+            body += [self._compact_row(row, width) for row in rows]
+            if self.bad:
+                body.append(f"{self.bad} malformed claim(s); last: {self.last_error}"[:width])
+        if height is not None:
+            room = max(1, height - len(top) - 3)  # header, rule, and the "more" line
+            shown = body[: 2 + room]
+            hidden = len(body) - len(shown)
+            if hidden > 0:
+                shown.append(f"... and {hidden} more, better off (sorted worst first)")
+            body = shown
+        return "\n".join(top + body) + "\n"
+
+    def table(self, rows: list[AgentRow] | None = None) -> str:
+        """The full table, one row per agent (by id, or the ``rows`` given, in order)."""
         head = (
             f"{'agent':<24} {'online':<7} {'beat':>8} {'state':<10} {'sync':<12} "
             f"{'err ms':>7} {'late p50/max ms':>16} {'cpu%':>5} {'temp':>5} "
@@ -118,8 +256,8 @@ class FleetView:
             head += f" {'signature':<9}"
         lines = [self.link_state, ""] if self.link_state else []
         lines += [head, "-" * len(head)]
-        for agent in sorted(self.rows):
-            row = self.rows[agent]
+        for row in rows if rows is not None else [self.rows[a] for a in sorted(self.rows)]:
+            agent = row.agent_id
             c = row.claim
             md = dict(c.metadata or {}) if c else {}
             res = dict(c.resources or {}) if c else {}
@@ -174,6 +312,7 @@ def run_monitor(
     out: IO[str] = sys.stdout,
     connect_timeout_s: float | None = 10.0,
     keys_dir: str | None = None,
+    protocol: str = "5",
 ) -> int:
     """Watch ``cluster`` until ``duration_s`` passes or Ctrl-C. Returns 0, or 1 when the
     broker was never reached (given up on after ``connect_timeout_s``; None: never)."""
@@ -187,7 +326,9 @@ def run_monitor(
             print(f"backbeat-edge monitor: {exc}", file=sys.stderr)
             return 2
     problems = ConfigProblems("monitor")
-    broker = parse_broker({"url": broker_url}, problems, Path.cwd(), where="--broker")
+    broker = parse_broker(
+        {"url": broker_url, "protocol": protocol}, problems, Path.cwd(), where="--broker"
+    )
     if problems:
         print(f"backbeat-edge monitor: {ConfigError(problems.items, 'monitor')}", file=sys.stderr)
         return 2
@@ -232,7 +373,8 @@ def run_monitor(
                     out.flush()
             elif item is not None and item.kind == "connected":
                 reached = True
-                say(f"connected to {broker_url}")
+                using = f" (using {link.current_broker})" if len(broker.brokers()) > 1 else ""
+                say(f"connected to {broker_url}{using}")
             elif item is not None and item.kind == "disconnected":
                 clock = time.strftime("%H:%M:%S")
                 say(
@@ -251,7 +393,12 @@ def run_monitor(
             if not as_json and now >= next_draw:
                 next_draw = now + 0.5
                 # Clear the screen on a terminal; a file or pipe gets the tables one after another.
-                out.write(("\x1b[H\x1b[2J" if out.isatty() else "\n") + view.table())
+                if out.isatty():
+                    size = shutil.get_terminal_size()
+                    screen = view.render(size.columns, size.lines)
+                    out.write("\x1b[H\x1b[2J" + screen)
+                else:
+                    out.write("\n" + view.render())
                 out.flush()
     except KeyboardInterrupt:
         pass

@@ -26,6 +26,18 @@ availability topic; the retained ``offline`` is the last will, delayed under MQT
 fast reboot does not leave a stale ``offline``. QoS 1 messages in flight when the
 connection drops are re-sent by paho after the reconnect (with the DUP flag).
 
+**Several brokers.** ``broker.url`` may name a list (``BrokerConfig.brokers()``). The link
+tries them in order: one that cannot be reached (refused, no CONNACK, TLS failure) is
+skipped at once for the next, logged and counted (``unreachable``); when every one of a
+round has failed it says so and waits the jittered backoff before the next round. When the
+broker it was connected to goes away it moves on to the *next* one after a full-jitter wait
+(``reconnect_min_s`` for the first try), so a fleet whose node died spreads its CONNECTs over
+that window instead of landing on the next node in one burst. paho's one client is simply
+connected to the other host: ``connect()`` keeps its QoS 1 messages in flight and re-sends
+them after the new CONNACK (the new broker has no session, so it is a fresh delivery);
+on_connect subscribes again and publishes the retained ``online`` there, and the will goes
+with every CONNECT. ``current_broker`` (``host:port``) names the one in use.
+
 TCP_NODELAY is set on the socket as soon as it opens: paho does not, and without it
 Nagle's algorithm holds small publishes back for tens of milliseconds.
 """
@@ -233,6 +245,8 @@ class MqttLink:
         # Set by on_connect, turned into ``connected`` after that loop() returns (see the
         # theory: paho re-sends what was in flight only after on_connect).
         self._session_up = False
+        #: The broker refused this attempt's CONNECT (its reason is in last_error).
+        self._refused = False
         self.mqtt5 = broker.protocol == "5"
         # Counters, written on the network thread, read anywhere (ints: atomic enough).
         #: Frames dropped because the frame lane was full (acks and events never are).
@@ -240,6 +254,12 @@ class MqttLink:
         self.connects = 0
         self.last_error: str | None = None
         self.last_connected_at: float | None = None
+        #: Connection attempts that failed (a broker unreachable, refusing or silent).
+        self.unreachable = 0
+        #: Which of ``broker.brokers()`` is tried or in use now (the network thread's).
+        self._index = 0
+        #: ``host:port`` of the broker last connected to (None before the first).
+        self.current_broker: str | None = None
         # The MQTT 5 properties last published per topic, so stop()'s final messages carry
         # the same content type and expiry as the ones before them.
         self._props_by_topic: dict[str, Properties] = {}
@@ -309,6 +329,7 @@ class MqttLink:
     ) -> None:
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
+            self._refused = True
             return
         self.connects += 1
         self.last_error = None
@@ -321,6 +342,11 @@ class MqttLink:
     def _announce_connected(self) -> None:
         """After the loop() that handled the CONNACK: paho's re-sends are queued now."""
         self._session_up = False
+        host, port = self.broker.brokers()[self._index]
+        moved = self.current_broker not in (None, f"{host}:{port}")
+        self.current_broker = f"{host}:{port}"
+        if moved:
+            log.warning("moved to broker %s:%d", host, port)
         self._connected.set()
         now = time.monotonic()
         self.last_connected_at = now
@@ -364,70 +390,98 @@ class MqttLink:
         with contextlib.suppress(OSError, AttributeError, ValueError):
             sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[attr-defined]
 
-    def _connect_once(self) -> bool:
+    def _connect_once(self, host: str, port: int) -> bool:
         try:
             if self.mqtt5:
                 props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = 300
                 self._client.connect(
-                    self.broker.host,
-                    self.broker.port,
-                    self.broker.keepalive_s,
-                    clean_start=False,
-                    properties=props,
+                    host, port, self.broker.keepalive_s, clean_start=False, properties=props
                 )
             else:  # MQTT 3.1.1: the persistent session comes from clean_session=False
-                self._client.connect(self.broker.host, self.broker.port, self.broker.keepalive_s)
+                self._client.connect(host, port, self.broker.keepalive_s)
             return True
         except ssl.SSLCertVerificationError as exc:
             self.last_error = f"TLS: the broker's certificate did not verify: {exc.verify_message}"
         except ssl.SSLError as exc:
-            self.last_error = f"TLS error talking to {self.broker.host}:{self.broker.port}: {exc}"
+            self.last_error = f"TLS error talking to {host}:{port}: {exc}"
         except OSError as exc:
-            self.last_error = (
-                f"cannot reach broker {self.broker.host}:{self.broker.port}: {exc.strerror or exc}"
-            )
+            self.last_error = f"cannot reach broker {host}:{port}: {exc.strerror or exc}"
         except Exception as exc:  # a paho surprise must not kill the link for good
             log.exception("unexpected error connecting to the broker")
             self.last_error = f"unexpected error connecting: {type(exc).__name__}: {exc}"
         return False
 
+    def _pump(self, host: str, port: int) -> bool:
+        """Run one connection to ``host:port`` until it drops or is given up on; whether
+        it was ever up (CONNACKed)."""
+        was_up = False
+        connecting_since: float | None = time.monotonic()  # None once CONNACKed
+        self._refused = False  # on_connect sets it when the broker refuses us
+        while not self._stop.is_set():
+            try:
+                rc = self._client.loop(timeout=0.5)
+                self._quickack()
+                if self._session_up and rc == mqtt.MQTT_ERR_SUCCESS:
+                    self._announce_connected()
+            except Exception as exc:  # keep the link alive whatever paho raises
+                log.exception("unexpected error in the MQTT loop")
+                self.last_error = f"MQTT loop error: {type(exc).__name__}: {exc}"
+                break
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                if not was_up and not self._refused:
+                    # Not a stale reason from an earlier attempt: say what happened here.
+                    self.last_error = (
+                        f"broker {host}:{port} closed the connection before its CONNACK"
+                    )
+                break
+            if self._connected.is_set():
+                was_up = True
+                connecting_since = None
+            elif (
+                connecting_since is not None
+                and time.monotonic() - connecting_since > self.connack_timeout_s
+            ):
+                self.last_error = (
+                    f"broker {host}:{port} took the connection"
+                    f" but sent no CONNACK in {self.connack_timeout_s:g} s"
+                )
+                break
+        return was_up
+
     def _run(self) -> None:
-        attempt = 0
+        brokers = self.broker.brokers()
+        attempt = 0  # the backoff's exponent; 0 again once connected
+        failed = 0  # failed attempts since the last connection
         reported: str | None = None
         while not self._stop.is_set():
-            if self._connect_once():
-                # Pump until the connection drops (or the broker refuses the CONNECT).
-                connecting_since: float | None = time.monotonic()  # None once CONNACKed
-                while not self._stop.is_set():
-                    try:
-                        rc = self._client.loop(timeout=0.5)
-                        self._quickack()
-                        if self._session_up and rc == mqtt.MQTT_ERR_SUCCESS:
-                            self._announce_connected()
-                    except Exception as exc:  # keep the link alive whatever paho raises
-                        log.exception("unexpected error in the MQTT loop")
-                        self.last_error = f"MQTT loop error: {type(exc).__name__}: {exc}"
-                        break
-                    if rc != mqtt.MQTT_ERR_SUCCESS:
-                        break
-                    if self._connected.is_set():
-                        attempt = 0
-                        reported = None
-                        connecting_since = None
-                    elif (
-                        connecting_since is not None
-                        and time.monotonic() - connecting_since > self.connack_timeout_s
-                    ):
-                        self.last_error = (
-                            f"broker {self.broker.host}:{self.broker.port} took the connection"
-                            f" but sent no CONNACK in {self.connack_timeout_s:g} s"
+            host, port = brokers[self._index]
+            was_up = self._connect_once(host, port) and self._pump(host, port)
+            if self._stop.is_set():
+                break
+            self._connected.clear()
+            if was_up:
+                attempt, failed, reported = 0, 0, None
+            else:
+                self.unreachable += 1
+                failed += 1
+            if len(brokers) > 1:
+                self._index = (self._index + 1) % len(brokers)
+                if not was_up and failed % len(brokers):
+                    # Others of this round are untried: skip to the next one at once.
+                    if failed <= len(brokers):  # said once per outage, not every round
+                        log.warning(
+                            "%s; skipping to the next broker, %s:%d",
+                            self.last_error or f"broker {host}:{port} failed",
+                            *brokers[self._index],
                         )
-                        break
-                if self._stop.is_set():
-                    break
-                self._connected.clear()
-            if self.last_error and self.last_error != reported:
+                    continue
+                if not was_up:
+                    message = f"all {len(brokers)} brokers unreachable (last: {self.last_error})"
+                    if message != reported:
+                        log.warning("%s; retrying with backoff", message)
+                        reported = message
+            elif self.last_error and self.last_error != reported:
                 log.warning("%s; retrying with backoff", self.last_error)
                 reported = self.last_error
             delay = backoff_delay(

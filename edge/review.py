@@ -69,9 +69,12 @@ def assemble(
     outbox: Outbox | None,
     isolated: tuple[str, ...],
     calls: tuple[Mapping[str, int], Mapping[str, Mapping[str, object]]] = ({}, {}),
+    broker: str | None = None,
+    broker_unreachable: int = 0,
 ) -> BeatReview:
     """The review of ``beat``; ``samples`` are the last sample and the last full one;
-    ``calls`` the python devices' counts and last returned values."""
+    ``calls`` the python devices' counts and last returned values; ``broker`` /
+    ``broker_unreachable`` are the link's (``MqttLink.current_broker``, ``unreachable``)."""
     sample, full = samples
     sync_state = follower.state
     late = sorted(ledger.late_ms)
@@ -108,4 +111,6 @@ def assemble(
         isolated=isolated,
         calls=dict(calls[0]),
         values={name: dict(values) for name, values in calls[1].items()},
+        broker=broker,
+        broker_unreachable=broker_unreachable,
     )

@@ -430,6 +430,9 @@ class Runner:
             0 if self.link is None else self.link.dropped_inbound,
             self.outbox,
             tuple(sorted(self.hardware.isolated)),
+            # Not in the Link protocol: a test's fake link need not have them.
+            broker=getattr(self.link, "current_broker", None),
+            broker_unreachable=getattr(self.link, "unreachable", 0),
             calls=(self.hardware.call_counts(), self.hardware.call_values()),
         )
         self.last_review = review

@@ -68,6 +68,9 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
                        device's function returned last (omitted until one returns values;
                        the first :data:`MAX_VALUE_DEVICES` devices by name)
 ``metadata.final``     ``true`` on the shutdown claim only
+``metadata.broker``    ``"host:port"`` of the broker the link was last connected to (with a
+                       ``broker.url`` list: the one in use); omitted before the first
+``metadata.broker_unreachable`` connection attempts that failed so far (omitted when 0)
 =====================  ===============================================================
 
 Numbers are rounded (milliseconds to 3 decimals, percentages and degrees to 1) so claims
@@ -222,6 +225,9 @@ class BeatReview:
     calls: Mapping[str, int] = field(default_factory=dict)
     #: The values each python device's function returned last, by device.
     values: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    #: ``host:port`` of the broker in use, and the link's failed connection attempts.
+    broker: str | None = None
+    broker_unreachable: int = 0
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -257,6 +263,8 @@ def _condition(review: BeatReview) -> tuple[object, ...]:
         review.inbox_dropped,
         # Trouble, not work: a call that raised, overran, was killed or lost its worker.
         tuple(sorted((k, v) for k, v in review.calls.items() if k not in ("done", "restarts"))),
+        review.broker,
+        review.broker_unreachable,
     )
 
 
@@ -426,6 +434,10 @@ class StatusBuilder:
             # Bounded, so claims stay far below the payload limit (16 values a device).
             shown = sorted(review.values)[:MAX_VALUE_DEVICES]
             meta["values"] = {name: dict(review.values[name]) for name in shown}
+        if review.broker is not None:
+            meta["broker"] = review.broker
+        if review.broker_unreachable:
+            meta["broker_unreachable"] = review.broker_unreachable
         if final:
             meta["final"] = True
         return meta

@@ -16,6 +16,10 @@ It connects to the broker over MQTT 5 and watches two topics of the device:
   ``locked`` (either the string or ``{"state": "locked", ...}``), and, with
   ``--expect-version``, whose ``metadata.agent_version`` is that version.
 
+``--broker`` may list several brokers, comma-separated (``mqtts://n1:8883,mqtts://n2:8883``,
+as the agent's ``broker.url`` list): they are tried in order and the first that answers is
+watched; each one that cannot be reached is said on stderr; unreachable means none could be.
+
 The device gets ``--beats`` beats at ``--tempo-bpm`` (or ``--timeout`` seconds) to show it.
 Exit status: 0 healthy, 1 unhealthy, 2 bad arguments, 3 broker unreachable or refusing
 us. The last line printed says why, e.g. ``unhealthy: stage-left:pi-relay-01 sent 12
@@ -139,7 +143,11 @@ class Watch:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
+    p.add_argument(
+        "--broker",
+        required=True,
+        help="mqtt://host:port or mqtts://host:port, or several, comma-separated",
+    )
     p.add_argument("--cluster", required=True)
     p.add_argument("--agent-id", required=True)
     p.add_argument("--topic-prefix", default="backbeat")
@@ -162,14 +170,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    url = urlsplit(args.broker)
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        print(
-            f"error: --broker must be mqtt://host:port or mqtts://host:port, got {args.broker!r}",
-            file=sys.stderr,
-        )
+    urls = [urlsplit(part.strip()) for part in args.broker.split(",")]
+    for i, url in enumerate(urls):
+        try:
+            good_port = url.port is None or url.port > 0
+        except ValueError:
+            good_port = False
+        if url.scheme not in ("mqtt", "mqtts") or not url.hostname or not good_port:
+            which = f" (entry {i})" if len(urls) > 1 else ""
+            print(
+                f"error: --broker must be mqtt://host:port or mqtts://host:port{which}, "
+                f"got {args.broker!r}",
+                file=sys.stderr,
+            )
+            return USAGE
+    if len({url.scheme for url in urls}) > 1:
+        print(f"error: --broker mixes mqtt:// and mqtts://: {args.broker!r}", file=sys.stderr)
         return USAGE
-    port = url.port or (8883 if url.scheme == "mqtts" else 1883)
+    url = urls[0]
     base = f"{args.topic_prefix}/{args.cluster}"
     avail_topic = f"{base}/agents/{args.agent_id}/availability"
     status_topic = f"{base}/status/{args.agent_id}"
@@ -212,10 +230,18 @@ def main(argv: list[str] | None = None) -> int:
         client.tls_set(
             ca_certs=str(args.ca_file) if args.ca_file else None, cert_reqs=ssl.CERT_REQUIRED
         )
-    try:
-        client.connect(url.hostname, port, keepalive=15)
-    except (OSError, ValueError) as exc:
-        print(f"unreachable: cannot connect to {args.broker}: {exc}")
+    failures = []
+    for candidate in urls:
+        port = candidate.port or (8883 if candidate.scheme == "mqtts" else 1883)
+        try:
+            client.connect(str(candidate.hostname), port, keepalive=15)
+            break
+        except (OSError, ValueError) as exc:
+            failures.append(f"{candidate.geturl()}: {exc}")
+            if len(urls) > 1:
+                print(f"skipped {candidate.geturl()}: {exc}", file=sys.stderr)
+    else:
+        print(f"unreachable: cannot connect to {args.broker}: {'; '.join(failures)}")
         return UNREACHABLE
     client.loop_start()
     try:

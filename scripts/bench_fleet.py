@@ -1,0 +1,443 @@
+#!/usr/bin/env python3
+"""A fleet on one machine: N agent processes following one pulse, first through one
+Mosquitto, then through a three-node NATS cluster with one node killed mid-run.
+
+Every agent toggles a mock pin at the start of every beat (plan phase, offset 0). All
+processes share this host's monotonic clock, so each actuation is compared with the
+pulse's own beat start (its trace). It prints, per broker:
+
+* the spread of actuation times against the pulse: p50 / p99 / max of |fired - beat start|
+  over all agents and locked beats (for NATS also before and after the kill);
+* claims lost: gaps in each agent's ``metadata.seq`` at the claim collector;
+* after the kill (NATS): how many agents moved, their reconnect times (kill to "moved to
+  broker" in their logs, ms resolution) as p50 / max, and the most reconnects in any 50 ms;
+* the broker's CPU (share of one core), each agent's CPU (share of one core) and peak RSS;
+* the floor: agents x CPU per actuation / cores, where the CPU per actuation is the
+  agents' measured CPU time over the run divided by the actuations: on one machine every
+  agent wakes at the same instant, so their wake-ups queue for the cores.
+
+Bounded: at most 300 agents and 600 s per broker. The machine is shared: run it with a
+small N (``--agents 30``).
+
+Usage: .venv/bin/python scripts/bench_fleet.py [--agents N] [--bpm B] [--seconds S]
+       [--skip-mosquitto] [--skip-nats] [--move-leaders]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from edge.broker import start_mosquitto
+from edge.harness import (
+    ClaimRecorder,
+    Proc,
+    read_trace,
+    start_agent,
+    start_pulse,
+    wait_until,
+    write_agent_config,
+)
+from edge.nats_cluster import MQTT_STREAMS, start_nats_cluster
+
+MAX_AGENTS = 300
+MAX_SECONDS = 600.0
+PROFILE = """
+[gpio]
+pin_factory = "mock"
+[devices.led]
+kind = "led"
+pin = 17
+[[score]]
+essential = true
+device = "led"
+do = "toggle"
+every = 1
+phase = "plan"
+"""
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_ns(pid: int) -> int:
+    """CPU time (ns) of every thread of ``pid`` so far (``/proc/PID/task/*/schedstat``)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def cpu_at_beats(
+    pids: list[int], pulse_trace: Path, bpm: float, beats: int, before_s: float, after_s: float
+) -> float:
+    """Median CPU (ms) one agent spends in [beat - before_s, beat + after_s]: its wake-up,
+    spin, action, the frame and the claim, all at the beat instant; measured over ``beats``
+    beats predicted from the pulse's trace."""
+    period = 60.0 / bpm
+    samples: list[float] = []
+    for _ in range(beats):
+        rows = read_trace(pulse_trace)
+        if not rows:
+            return float("nan")
+        start = float(rows[-1]["intended_mono"]) + period  # type: ignore[arg-type]
+        while start - before_s < time.monotonic():
+            start += period
+        time.sleep(max(0.0, start - before_s - time.monotonic()))
+        first = [run_ns(pid) for pid in pids]
+        time.sleep(max(0.0, start + after_s - time.monotonic()))
+        second = [run_ns(pid) for pid in pids]
+        samples.append(statistics.mean(b - a for a, b in zip(first, second, strict=True)) / 1e6)
+    return statistics.median(samples)
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def log_times(log: str, marker: str) -> list[float]:
+    """Wall times of the log lines containing ``marker``."""
+    found = []
+    for line in log.splitlines():
+        if marker in line:
+            match = _STAMP.match(line)
+            if match:
+                stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+                found.append(stamp + int(match.group(2)) / 1000.0)
+    return found
+
+
+def most_in_window(times: Sequence[float], window_s: float) -> int:
+    ordered = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(ordered):
+        while t - ordered[lo] > window_s:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+@dataclass
+class Fleet:
+    agents: list[tuple[str, Proc, Path]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for _, proc, _ in self.agents:
+            proc.signal(15)
+        for _, proc, _ in self.agents:
+            try:
+                proc.process.wait(timeout=20)
+            except Exception:
+                proc.kill()
+
+
+def start_fleet(work: Path, count: int, urls: list[str], protocol: str) -> Fleet:
+    fleet = Fleet()
+    for i in range(count):
+        home = work / f"a{i:03d}"
+        home.mkdir()
+        agent_id = f"fleet:a{i:03d}"
+        k = i % len(urls)
+        mine = urls[k:] + urls[:k]  # spread over the nodes: its own first
+        extra = f'protocol = "{protocol}"\n' if protocol != "5" else ""
+        config = write_agent_config(home, "x", PROFILE, agent_id=agent_id, broker_extra=extra)
+        listed = ", ".join(f'"{u}"' for u in mine)
+        config.write_text(config.read_text().replace('"x"', f"[{listed}]"))
+        trace = home / "agent.jsonl"
+        fleet.agents.append((agent_id, start_agent(config, trace, home / "agent.log"), trace))
+    return fleet
+
+
+def locked_share(recorder: ClaimRecorder, fleet: Fleet) -> float:
+    last: dict[str, bool] = {}
+    for claim in recorder.claims:
+        sync = dict(claim.metadata or {}).get("sync")
+        last[claim.agent_id] = isinstance(sync, Mapping) and sync.get("state") == "locked"
+    return sum(last.get(agent_id, False) for agent_id, _, _ in fleet.agents) / len(fleet.agents)
+
+
+def claims_lost(recorder: ClaimRecorder, fleet: Fleet) -> tuple[int, int]:
+    """(claims missing inside each agent's seq range, claims received)."""
+    seqs: dict[str, set[int]] = {}
+    for claim in recorder.claims:
+        seq = dict(claim.metadata or {}).get("seq")
+        if isinstance(seq, int):
+            seqs.setdefault(claim.agent_id, set()).add(seq)
+    lost = sum(max(s) - min(s) + 1 - len(s) for s in seqs.values())
+    missing_agents = sum(1 for agent_id, _, _ in fleet.agents if agent_id not in seqs)
+    return lost + missing_agents, sum(len(s) for s in seqs.values())
+
+
+def offsets_ms(fleet: Fleet, pulse_trace: Path, since: float, until: float) -> list[float]:
+    """fired - beat start (ms) for locked actuations of beats starting in [since, until)."""
+    starts = {
+        int(r["beat_index"]): float(r["intended_mono"])  # type: ignore[call-overload, arg-type]
+        for r in read_trace(pulse_trace)
+    }
+    out = []
+    for _, _, trace in fleet.agents:
+        for row in read_trace(trace):
+            if not row["fired_mono"] or row.get("sync_state") != "locked":
+                continue
+            start = starts.get(int(row["beat_index"]))  # type: ignore[call-overload]
+            if start is None or not since <= start < until:
+                continue
+            out.append((float(row["fired_mono"]) - start) * 1000.0)  # type: ignore[arg-type]
+    return out
+
+
+def spread(values: list[float]) -> str:
+    mags = [abs(v) for v in values]
+    return (
+        f"{pct(mags, 0.5):7.3f} {pct(mags, 0.99):7.3f} {max(mags, default=float('nan')):7.3f}"
+        f"  (n={len(mags)})"
+    )
+
+
+def run(
+    name: str,
+    count: int,
+    bpm: float,
+    seconds: float,
+    urls: list[str],
+    pulse_url: str,
+    collector_port: int,
+    broker_pids: list[int],
+    protocol: str,
+    work: Path,
+    kill: object = None,
+) -> dict[str, object]:
+    """One fleet run; ``kill`` (a callable) is called halfway and returns what it killed."""
+    recorder = ClaimRecorder(collector_port)
+    fleet = start_fleet(work, count, urls, protocol)
+    pulse_trace = work / "pulse.jsonl"
+    pulse = start_pulse(pulse_url, "bench", bpm, pulse_trace, work / "pulse.log", protocol=protocol)
+    result: dict[str, object] = {"name": name}
+    try:
+        ok = wait_until(lambda: locked_share(recorder, fleet) == 1.0, 60 + count, poll_s=0.5)
+        result["locked_at_start"] = locked_share(recorder, fleet)
+        if not ok:
+            print(
+                f"{name}: only {locked_share(recorder, fleet):.0%} of the agents locked",
+                file=sys.stderr,
+            )
+        pids = [proc.process.pid for _, proc, _ in fleet.agents]
+        # The beat instant's CPU, read in a window around it: 6 ms before (the spin
+        # starts 0.6 ms ahead) to 12 ms after.
+        result["beat_cpu_ms"] = cpu_at_beats(pids, pulse_trace, bpm, 6, 0.006, 0.012)
+        agent_cpu0 = [cpu_seconds(pid) for pid in pids]
+        broker_cpu0 = {pid: cpu_seconds(pid) for pid in broker_pids}
+        broker_seen = dict(broker_cpu0)  # a killed node keeps its last reading
+
+        def sample_brokers() -> None:
+            for pid in broker_pids:
+                broker_seen[pid] = max(broker_seen[pid], cpu_seconds(pid))
+
+        t0 = time.monotonic()
+        killed_mono = killed_wall = None
+        if kill is not None:
+            time.sleep(seconds / 2)
+            sample_brokers()
+            killed_mono, killed_wall = time.monotonic(), time.time()
+            result["killed"] = kill()  # type: ignore[operator]
+            time.sleep(seconds / 2)
+        else:
+            time.sleep(seconds)
+        t1 = time.monotonic()
+        wall = t1 - t0
+        agent_cpu = [cpu_seconds(pid) - c for pid, c in zip(pids, agent_cpu0, strict=True)]
+        sample_brokers()
+        broker_cpu = sum(broker_seen[pid] - broker_cpu0[pid] for pid in broker_pids)
+        rss = [peak_rss_mb(pid) for pid in pids]
+        result["locked_at_end"] = locked_share(recorder, fleet)
+    finally:
+        pulse.stop()
+        fleet.stop()
+        time.sleep(1.0)  # the final claims reach the collector
+        recorder.stop()
+    result["lost"], result["claims"] = claims_lost(recorder, fleet)
+    all_offsets = offsets_ms(fleet, pulse_trace, t0, t1)
+    result["spread"] = spread(all_offsets)
+    actuations = len(all_offsets)
+    result["agent_cpu_pct"] = 100.0 * statistics.mean(agent_cpu) / wall
+    result["agent_cpu_max_pct"] = 100.0 * max(agent_cpu) / wall
+    result["rss_mb"] = (statistics.mean(rss), max(rss))
+    result["broker_cpu_pct"] = 100.0 * broker_cpu / wall
+    cores = os.cpu_count() or 1
+    result["cpu_per_beat_ms"] = 1000.0 * sum(agent_cpu) / max(1, actuations)
+    per_actuation_ms = float(result["beat_cpu_ms"])  # type: ignore[arg-type]
+    result["floor_ms"] = count * per_actuation_ms / cores
+    result["undelivered"] = sum(
+        int(m.group(1))
+        for _, proc, _ in fleet.agents
+        for m in re.finditer(r"outbox: (\d+) claims not delivered yet", proc.log())
+    )
+    if killed_mono is not None and killed_wall is not None:
+        result["before"] = spread(offsets_ms(fleet, pulse_trace, t0, killed_mono))
+        result["after"] = spread(offsets_ms(fleet, pulse_trace, killed_mono, t1))
+        moved = []
+        lost_links = 0
+        for _, proc, _ in fleet.agents:
+            log = proc.log()
+            lost_links += sum(1 for t in log_times(log, "connection lost") if t >= killed_wall)
+            moved += [
+                t - killed_wall for t in log_times(log, "broker connected") if t > killed_wall
+            ]
+        result["drops"] = lost_links
+        result["reconnects"] = moved
+    return result
+
+
+def report(results: list[dict[str, object]], count: int, bpm: float) -> None:
+    cores = os.cpu_count() or 1
+    print(f"\nbench_fleet: {count} agents at {bpm:g} BPM on {cores} cores")
+    print("actuation vs pulse beat start, ms: p50 p99 max (over all agents and locked beats)")
+    for r in results:
+        print(f"\n== {r['name']}")
+        print(f"  spread                      {r['spread']}")
+        if "before" in r:
+            print(f"  spread before the kill      {r['before']}")
+            print(f"  spread after the kill       {r['after']}")
+            print(f"  killed                      {r['killed']}")
+            times = [1000.0 * t for t in r["reconnects"]]  # type: ignore[attr-defined]
+            if times:
+                print(
+                    f"  reconnects after the kill   {len(times)} (after {r['drops']} drops): "
+                    f"p50 {pct(times, 0.5):.0f} ms, max {max(times):.0f} ms, "
+                    f"most in any 50 ms: {most_in_window([t / 1000 for t in times], 0.05)}"
+                )
+            else:
+                print("  reconnects after the kill   none")
+        print(
+            f"  claims lost                 {r['lost']} of {r['claims']} received "
+            f"({r['undelivered']} still in outboxes at the stop, kept for the next start)"
+        )
+        print(
+            f"  locked at start / end       {r['locked_at_start']:.0%} / {r['locked_at_end']:.0%}"
+        )
+        print(f"  broker CPU                  {r['broker_cpu_pct']:.1f} % of one core")
+        print(
+            f"  agent CPU                   {r['agent_cpu_pct']:.2f} % of one core each "
+            f"(max {r['agent_cpu_max_pct']:.2f} %)"
+        )
+        mean_rss, max_rss = r["rss_mb"]  # type: ignore[misc]
+        print(f"  agent peak RSS              {mean_rss:.1f} MB each (max {max_rss:.1f} MB)")
+        print(
+            f"  floor                       {r['floor_ms']:.3f} ms = {count} agents x "
+            f"{r['beat_cpu_ms']:.3f} ms CPU per actuation / {cores} cores"
+        )
+        print(
+            "                              (CPU per actuation: at the beat instant, -6..+12 ms;"
+            f" all of an agent's CPU per beat: {r['cpu_per_beat_ms']:.3f} ms)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--agents", type=int, default=100, help=f"agent processes (max {MAX_AGENTS})")
+    p.add_argument("--bpm", type=float, default=60.0)
+    p.add_argument("--seconds", type=float, default=30.0, help="measured run per broker")
+    p.add_argument("--skip-mosquitto", action="store_true")
+    p.add_argument("--skip-nats", action="store_true")
+    p.add_argument(
+        "--move-leaders",
+        action="store_true",
+        help="before the kill, move the gateway's stream leaders off the node to die",
+    )
+    args = p.parse_args(argv)
+    if not 1 <= args.agents <= MAX_AGENTS:
+        p.error(f"--agents must be 1..{MAX_AGENTS}")
+    if not 5 <= args.seconds <= MAX_SECONDS:
+        p.error(f"--seconds must be 5..{MAX_SECONDS:g}")
+    if not 10 <= args.bpm <= 600:
+        p.error("--bpm must be 10..600")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+        if not args.skip_mosquitto:
+            work = Path(tmp) / "mosquitto"
+            work.mkdir()
+            with start_mosquitto() as broker:
+                results.append(
+                    run(
+                        "one Mosquitto",
+                        args.agents,
+                        args.bpm,
+                        args.seconds,
+                        [broker.url],
+                        broker.url,
+                        broker.port,
+                        [broker.pid],
+                        "5",
+                        work,
+                    )
+                )
+        if not args.skip_nats:
+            work = Path(tmp) / "nats"
+            work.mkdir()
+            with start_nats_cluster() as cluster:
+                victim = cluster.nodes[1]
+
+                def kill() -> str:
+                    led = []
+                    try:
+                        if args.move_leaders:
+                            cluster.move_leaders_off(victim)
+                        leaders = cluster.stream_leaders()
+                        led = [s for s in MQTT_STREAMS if leaders.get(s) == victim.name]
+                    except (OSError, ValueError):
+                        pass
+                    victim.kill()
+                    return f"{victim.name} (leading {', '.join(led) or 'no MQTT stream'})"
+
+                results.append(
+                    run(
+                        "NATS cluster, 3 nodes, one killed halfway",
+                        args.agents,
+                        args.bpm,
+                        args.seconds,
+                        cluster.urls,
+                        cluster.nodes[0].url,
+                        cluster.nodes[2].mqtt_port,
+                        [n.pid for n in cluster.nodes],
+                        "3.1.1",
+                        work,
+                        kill=kill,
+                    )
+                )
+    report(results, args.agents, args.bpm)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
