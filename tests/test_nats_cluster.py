@@ -133,7 +133,9 @@ def test_a_node_dies_under_running_agents_and_the_beat_goes_on(
             claims = [last(agent_id) for agent_id, _, _ in agents]
             return all(c is not None and _locked(c) for c in claims)
 
-        logs = lambda: "\n".join(p.log()[-2000:] for _, p, _ in agents)  # noqa: E731
+        def logs() -> str:
+            return "\n".join(p.log()[-2000:] for _, p, _ in agents)
+
         assert wait_until(all_locked, 25), logs() + cluster.logs()
         victim_id = agents[1][0]
         victim_claim = last(victim_id)
@@ -173,7 +175,7 @@ def test_a_node_dies_under_running_agents_and_the_beat_goes_on(
     # Every claim arrived: each agent's seq numbers are contiguous at the collector.
     for agent_id, _, _ in agents:
         seqs = sorted(
-            {int(dict(c.metadata or {})["seq"]) for c in collector.claims if c.agent_id == agent_id}  # type: ignore[call-overload]
+            {int(dict(c.metadata or {})["seq"]) for c in collector.claims if c.agent_id == agent_id}
         )
         assert seqs and seqs == list(range(seqs[0], seqs[-1] + 1)), (agent_id, seqs)
 
