@@ -17,6 +17,7 @@ import pytest
 
 from edge.broker import Mosquitto
 from edge.harness import (
+    SPOOF_PROFILE,
     Proc,
     read_trace,
     safe_states,
@@ -28,35 +29,10 @@ from edge.harness import (
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-
-[devices.led]
-kind = "led"
-pin = 17
-
-[devices.relay]
-kind = "relay"
-pin = 27
-safe_state = 0
-
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-phase = "execute"
-offset = 0.0
-essential = true
-
-[[score]]
-essential = true
-device = "relay"
-do = "on"
-downbeat = true
-phase = "execute"
-offset = 0.5
-
+# the spoofing tests' two rules, and the relay off early in beat 3 of each bar
+PROFILE = (
+    SPOOF_PROFILE
+    + """
 [[score]]
 essential = true
 device = "relay"
@@ -65,6 +41,7 @@ bar_beats = [3]
 phase = "plan"
 offset = 0.25
 """
+)
 
 PHASE_NO = {"plan": 0, "execute": 1, "review": 2}
 RULE_PLACE = {0: ("execute", 0.0), 1: ("execute", 0.5), 2: ("plan", 0.25)}
