@@ -1,5 +1,6 @@
 """Shared fixtures: a private Mosquitto per test that asks for one, a fake clock, gpiozero's
-mock pins and hardware built on them, and the judge of the spoofing tests."""
+mock pins and hardware built on them, one run of the demo, and the judge of the spoofing
+tests."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ from edge.profile import Profile
 ROOT = Path(__file__).resolve().parent.parent
 # The agent's executables live beside the interpreter running the tests.
 BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def demo_run() -> subprocess.CompletedProcess[str]:
+    """``backbeat-edge demo`` run once for 10 s at 120 BPM (plain output), for the tests that
+    read what it printed: each run costs seconds, and they all ask the same command."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", "demo", "--duration", "10", "--plain", "--bpm", "120"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture

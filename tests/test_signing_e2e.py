@@ -175,15 +175,8 @@ def test_only_the_signed_pulse_moves_the_hardware(
     assert "rejected beat frame" in agent.log()
 
 
-def test_the_demo_runs_signed() -> None:
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "demo", "--duration", "6", "--plain", "--bpm", "120"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=root,
-    )
+def test_the_demo_runs_signed(demo_run: subprocess.CompletedProcess[str]) -> None:
+    result = demo_run  # demo --duration 10 --plain --bpm 120, as test_cli.py reads it too
     assert result.returncode == 0, result.stderr
     assert "beat frames are checked against key(s)" in result.stderr
     assert "unsigned frames are rejected" in result.stderr
