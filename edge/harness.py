@@ -3,7 +3,7 @@
 Like ``edge.broker`` this is tooling, not part of the agent: it writes an agent config
 next to a profile, launches ``backbeat-edge run`` / ``backbeat-edge pulse`` with the
 interpreter running the caller, reads back their JSON-lines traces, and records the claims
-an agent publishes.
+an agent publishes, and plays the attacker that the spoofing tests put on the broker.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.messages import StatusClaim, decode_status_claim
+from edge.messages import StatusClaim, decode_beat_frame_with_map, decode_status_claim
 
 
 def write_agent_config(
@@ -230,3 +231,115 @@ def wait_until(predicate: Callable[[], object], timeout: float, poll_s: float = 
             return True
         time.sleep(poll_s)
     return bool(predicate())
+
+
+# The score of the spoofing tests (tests/test_spoof_unsigned_e2e.py, tests/test_signing_e2e.py):
+# the LED toggles at the start of every beat's execute phase, the relay goes on halfway
+# through the execute phase of every downbeat. Both rules are essential.
+SPOOF_PROFILE = """
+[gpio]
+pin_factory = "mock"
+
+[devices.led]
+kind = "led"
+pin = 17
+
+[devices.relay]
+kind = "relay"
+pin = 27
+safe_state = 0
+
+[[score]]
+device = "led"
+do = "toggle"
+every = 1
+phase = "execute"
+offset = 0.0
+essential = true
+
+[[score]]
+essential = true
+device = "relay"
+do = "on"
+downbeat = true
+phase = "execute"
+offset = 0.5
+"""
+#: Rule of SPOOF_PROFILE -> (its phase's number in the beat, its offset in the phase).
+SPOOF_PLACE = {0: (1, 0.0), 1: (1, 0.5)}
+
+
+class BeatSpoofer:
+    """A paho client on the broker at ``127.0.0.1:port`` that watches a cluster's real beat
+    frames and publishes frames of its own on the same topic.
+
+    A subclass says what to send in :meth:`on_frame`, called (on paho's thread) with every
+    real frame that decodes once :attr:`armed` is set; its own frames coming back are not
+    passed on. :meth:`send` counts each kind sent in :attr:`sent` and notes the monotonic
+    time the first of a kind went out in :attr:`first_sent`. Messages on the other
+    ``topics`` (pairs of topic and QoS) go to :meth:`on_other`.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        cluster: str = "bench",
+        prefix: str = "backbeat",
+        topics: tuple[tuple[str, int], ...] = (),
+    ) -> None:
+        self.beat_topic = f"{prefix}/{cluster}/beat"
+        self.sent: dict[str, int] = {}
+        self.first_sent: dict[str, float] = {}
+        self.armed = threading.Event()
+        self._own: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(self.beat_topic)
+        for topic, qos in topics:
+            self._client.subscribe(topic, qos=qos)
+        self._client.loop_start()
+
+    def send(self, kind: str, data: dict[str, Any], delay: float) -> None:
+        """Publish ``data`` as a JSON frame on the beat topic ``delay`` seconds from now."""
+        payload = json.dumps(data).encode()
+        with self._lock:
+            self._own.add(payload)
+
+        def go() -> None:
+            self.first_sent.setdefault(kind, time.monotonic())
+            self._client.publish(self.beat_topic, payload)
+            self.sent[kind] = self.sent.get(kind, 0) + 1
+
+        threading.Timer(max(delay, 0.0), go).start()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        self._client.publish(topic, payload, qos=qos)
+
+    def on_frame(self, data: dict[str, Any]) -> None:
+        """A real beat frame, decoded, while armed."""
+
+    def on_other(self, topic: str, payload: bytes) -> None:
+        """A message on one of the other topics."""
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
+        if msg.topic != self.beat_topic:
+            self.on_other(msg.topic, payload)
+            return
+        with self._lock:
+            if payload in self._own:  # a spoof of ours coming back
+                self._own.discard(payload)
+                return
+        if not self.armed.is_set():
+            return
+        try:
+            _, data = decode_beat_frame_with_map(payload)
+        except ValueError:
+            return
+        self.on_frame(data)
+
+    def stop(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()

@@ -1,5 +1,6 @@
 """Shared fixtures: a private Mosquitto per test that asks for one, a fake clock, gpiozero's
-mock pins and hardware built on them."""
+mock pins and hardware built on them, one run of the demo, and the judge of the spoofing
+tests."""
 
 from __future__ import annotations
 
@@ -17,11 +18,25 @@ from gpiozero.pins.mock import MockFactory
 from edge.broker import BrokerUnavailable, Mosquitto, find_mosquitto, start_mosquitto
 from edge.clock import FakeClock
 from edge.hardware import Hardware, Popen
+from edge.harness import SPOOF_PLACE, read_trace
 from edge.profile import Profile
 
 ROOT = Path(__file__).resolve().parent.parent
 # The agent's executables live beside the interpreter running the tests.
 BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def demo_run() -> subprocess.CompletedProcess[str]:
+    """``backbeat-edge demo`` run once for 10 s at 120 BPM (plain output), for the tests that
+    read what it printed: each run costs seconds, and they all ask the same command."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", "demo", "--duration", "10", "--plain", "--bpm", "120"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture
@@ -79,3 +94,56 @@ def mock_hardware(factory: MockFactory) -> Iterator[Callable[..., Hardware]]:
     finally:
         for hardware in reversed(built):
             hardware.close()
+
+
+def _actuations_sit_on_the_pulse(
+    pulse_trace: Path, agent_trace: Path, since: float, beat_s: float, at_least: int
+) -> None:
+    """Every action of SPOOF_PROFILE the agent fired from monotonic ``since`` (at least
+    ``at_least`` of them) sits where the pulse's own beats put it, each beat gets its toggle
+    once, in order, and the downbeat action fires on every true downbeat and no other beat.
+
+    The pulse's trace gives the intended monotonic start of every beat it sent (same host,
+    same clock as the agent's trace). The time the agent's timeline gives an action (its
+    intended_mono) is what a spoof would move: it must sit within 2 ms of the truth, every
+    time. When it really fired adds the wake-up, which on a loaded 2-core box spikes now and
+    then, so that gets a generous window (30 ms): still far below the 140 ms an early copy
+    would move it by.
+    """
+    starts = {
+        int(r["beat_index"]): float(r["intended_mono"])  # type: ignore[arg-type,call-overload]
+        for r in read_trace(pulse_trace)
+        if r["phase"] == "plan"
+    }
+    last_sent = max(starts)  # after it the agent free-ran: no truth to compare with
+    rows = [
+        r
+        for r in read_trace(agent_trace)
+        if r["fired_mono"] is not None and int(r["beat_index"]) <= last_sent  # type: ignore[call-overload]
+    ]
+    attacked = [r for r in rows if float(r["fired_mono"]) >= since]  # type: ignore[arg-type]
+    assert len(attacked) >= at_least, len(attacked)
+    errors = []
+    for r in attacked:
+        beat = int(r["beat_index"])  # type: ignore[call-overload]
+        assert beat in starts, f"an action of beat {beat}, which the pulse never sent: {r}"
+        phase, offset = SPOOF_PLACE[int(r["rule"])]  # type: ignore[call-overload]
+        truth = starts[beat] + (phase + offset) * beat_s / 3
+        errors.append(abs(float(r["intended_mono"]) - truth))  # type: ignore[arg-type]
+        assert errors[-1] < 0.002, (r, truth, sorted(errors)[-5:])
+        assert abs(float(r["fired_mono"]) - truth) < 0.03, (r, truth)  # type: ignore[arg-type]
+    print(f"worst timeline error under attack: {max(errors) * 1000:.3f} ms of {len(errors)}")
+    toggles = [int(r["beat_index"]) for r in rows if r["rule"] == 0]  # type: ignore[call-overload]
+    assert toggles == list(range(toggles[0], toggles[-1] + 1)), toggles  # once each, in order
+    # the downbeat action on every true downbeat of the attack (a lone spoofed downbeat on
+    # beat 4k+3 would silence it for two bars), and on no other beat
+    first = min(int(r["beat_index"]) for r in attacked)  # type: ignore[call-overload]
+    downbeats = sorted(int(r["beat_index"]) for r in attacked if r["rule"] == 1)  # type: ignore[call-overload]
+    assert downbeats == [b for b in range(first, last_sent + 1) if b % 4 == 0], downbeats
+
+
+@pytest.fixture
+def actuations_sit_on_the_pulse() -> Callable[[Path, Path, float, float, int], None]:
+    """``check(pulse_trace, agent_trace, since, beat_s, at_least)``: the spoofing tests'
+    judge of an agent running edge.harness.SPOOF_PROFILE (see _actuations_sit_on_the_pulse)."""
+    return _actuations_sit_on_the_pulse

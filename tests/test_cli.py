@@ -74,9 +74,11 @@ def test_pulse_refuses_bad_arguments() -> None:
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_stops_cleanly() -> None:
+def test_demo_runs_end_to_end_and_stops_cleanly(
+    demo_run: subprocess.CompletedProcess[str],
+) -> None:
     # 20 beats: a loaded host may take a few seconds to start and lock before 10 have fired.
-    result = _cli("demo", "--duration", "10", "--plain", "--bpm", "120")
+    result = demo_run  # demo --duration 10 --plain --bpm 120
     assert result.returncode == 0, result.stderr
     assert "sync locked" in result.stdout
     line = next(x for x in result.stdout.splitlines() if x.startswith("demo stopped"))

@@ -67,10 +67,24 @@ def profile(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout built once as a wheel, so each install below is a quick one."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    [built] = out.glob("backbeat_edge-*.whl")
+    return built
+
+
 @pytest.mark.slow
 @needs_root
 def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
-    tmp_path: Path, profile: Path
+    tmp_path: Path, profile: Path, wheel: Path
 ) -> None:
     root = seed_root(tmp_path / "root")
     log = run_install(root, profile=profile)
@@ -112,7 +126,9 @@ def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
     (etc / "profile.toml").write_text("# edited profile\n")
     password.write_text("s3cret\n")
     venv_cfg = (opt / "venv" / "pyvenv.cfg").stat()
-    log = run_install(root, profile=profile)
+    # The first run built the checkout; the upgrade installs it from the wheel built once
+    # for this module (the same package, without a second build).
+    log = run_install(root, "--wheel", str(wheel), profile=profile)
     assert (etc / "agent.toml").read_text() == '[agent]\nid = "edited"\n'
     assert (etc / "profile.toml").read_text() == "# edited profile\n"
     assert password.read_text() == "s3cret\n"
@@ -125,14 +141,16 @@ def test_install_lays_out_a_device_and_a_second_run_changes_nothing(
 
 @pytest.mark.slow
 @needs_root
-def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Path) -> None:
+def test_uninstall_keeps_config_and_purge_removes_it(
+    tmp_path: Path, profile: Path, wheel: Path
+) -> None:
     root = seed_root(tmp_path / "root")
     # An existing gpio group (as on Raspberry Pi OS) is reused, not duplicated.
     with (root / "etc" / "group").open("a") as f:
         f.write("gpio:x:997:pi\n")
     with (root / "etc" / "gshadow").open("a") as f:
         f.write("gpio:!::pi\n")
-    run_install(root, profile=profile)
+    run_install(root, "--wheel", str(wheel), profile=profile)  # a build is not what is tested
     gpio = {g[0]: g for g in accounts(root, "group")}["gpio"]
     assert gpio[2] == "997" and gpio[3].split(",") == ["pi", "backbeat"]
 
@@ -148,20 +166,6 @@ def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path, profile: Pa
     assert not (root / "etc/backbeat-edge").exists()
     assert "backbeat" not in [u[0] for u in accounts(root, "passwd")]
     assert "gpio" in [g[0] for g in accounts(root, "group")]  # shared with other users
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This checkout built once as a wheel, so each install below is a quick one."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    [built] = out.glob("backbeat_edge-*.whl")
-    return built
 
 
 class FakeSystemctl:

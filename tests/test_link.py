@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.broker import Mosquitto, free_port, start_mosquitto
 from edge.config import BrokerConfig
 from edge.errors import LinkError
-from edge.harness import Proc, read_trace, start_agent, start_pulse, write_agent_config
+from edge.harness import (
+    Proc,
+    read_trace,
+    start_agent,
+    start_pulse,
+    wait_until,
+    write_agent_config,
+)
 from edge.messages import decode_status_claim
 from edge.mqtt_link import MqttLink, Topics, backoff_delay, read_password
 
@@ -259,20 +266,11 @@ def retained(port: int, topic: str, timeout: float = 3.0) -> bytes | None:
     """The retained message on ``topic`` as a fresh subscriber sees it (None: nothing)."""
     watcher = Watcher(port, (topic,), client_id=f"test-retained-{secrets.token_hex(4)}")
     try:
-        wait_for(lambda: any(s.retain for s in watcher.on(topic)), timeout)
+        wait_until(lambda: any(s.retain for s in watcher.on(topic)), timeout)
         found = [s.payload for s in watcher.on(topic) if s.retain]
         return found[0] if found else None
     finally:
         watcher.close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def connected_count(agent: Proc) -> int:
@@ -399,7 +397,7 @@ def test_mtls_with_password_credential_delivers_claims_and_never_shows_the_passw
         )
         try:
             cmdline = Path(f"/proc/{agent.process.pid}/cmdline").read_bytes()
-            arrived = wait_for(lambda: len(watcher.on(STATUS)) >= 3, 30)
+            arrived = wait_until(lambda: len(watcher.on(STATUS)) >= 3, 30)
         finally:
             pulse.stop()
             code = agent.stop()
@@ -455,7 +453,7 @@ def test_json_claims_say_so_in_the_content_type_and_expire(
     agent = start_agent(config, None, tmp_path / "agent.log")
     pulse = start_pulse(plain_broker.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
-        assert wait_for(lambda: len(watcher.on(STATUS)) >= 2, 30), agent.log()
+        assert wait_until(lambda: len(watcher.on(STATUS)) >= 2, 30), agent.log()
     finally:
         pulse.stop()
         agent.stop()
@@ -482,11 +480,11 @@ def test_online_on_connect_and_offline_one_will_delay_after_sigkill(
     )
     agent = start_agent(config, None, tmp_path / "agent.log")
     try:
-        assert wait_for(lambda: watcher.payloads(AVAILABILITY) == [b"online"], 20), agent.log()
+        assert wait_until(lambda: watcher.payloads(AVAILABILITY) == [b"online"], 20), agent.log()
         assert retained(port, AVAILABILITY) == b"online"
         agent.kill()  # SIGKILL: no goodbye, only the will
         killed_at = time.monotonic()
-        assert wait_for(lambda: b"offline" in watcher.payloads(AVAILABILITY), 15)
+        assert wait_until(lambda: b"offline" in watcher.payloads(AVAILABILITY), 15)
     finally:
         agent.kill()
         watcher.close()
@@ -514,11 +512,11 @@ def test_fast_reboot_within_the_will_delay_never_shows_offline(
     agent = start_agent(config, None, tmp_path / "agent.log")
     second: Proc | None = None
     try:
-        assert wait_for(lambda: b"online" in watcher.payloads(AVAILABILITY), 20), agent.log()
+        assert wait_until(lambda: b"online" in watcher.payloads(AVAILABILITY), 20), agent.log()
         agent.kill()
         killed_at = time.monotonic()
         second = start_agent(config, None, tmp_path / "agent2.log")
-        assert wait_for(lambda: connected_count(second) >= 1, 20), second.log()
+        assert wait_until(lambda: connected_count(second) >= 1, 20), second.log()
         back_after = time.monotonic() - killed_at
         assert back_after < delay, f"restart took {back_after:.1f} s, longer than the delay"
         # Wait past the moment the old will would have been published.
@@ -545,7 +543,7 @@ def test_clean_sigterm_leaves_retained_offline_at_once(
     )
     agent = start_agent(config, None, tmp_path / "agent.log")
     try:
-        assert wait_for(lambda: retained(port, AVAILABILITY, 0.5) == b"online", 20), agent.log()
+        assert wait_until(lambda: retained(port, AVAILABILITY, 0.5) == b"online", 20), agent.log()
     finally:
         agent.signal(signal.SIGTERM)
         code = agent.process.wait(timeout=15)
@@ -567,18 +565,18 @@ def test_resubscribes_after_a_broker_restart_that_forgot_every_session(
     agent = start_agent(config, trace, tmp_path / "agent.log")
     pulse = start_pulse(broker.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
-        assert wait_for(lambda: len(read_trace(trace)) >= 4, 30), agent.log()
+        assert wait_until(lambda: len(read_trace(trace)) >= 4, 30), agent.log()
         pulse.stop()
         broker.stop()
         time.sleep(0.5)
         broker.restart()
-        assert wait_for(lambda: connected_count(agent) >= 2, 20), agent.log()
+        assert wait_until(lambda: connected_count(agent) >= 2, 20), agent.log()
         # Beats numbered from 1000 exist only after the restart: an action on one of them
         # proves the agent is subscribed again.
         pulse = start_pulse(
             broker.url, "bench", 240, None, tmp_path / "pulse2.log", start_beat=1000
         )
-        resumed = wait_for(
+        resumed = wait_until(
             lambda: any(
                 int(str(r["beat_index"])) >= 1000 and r["fired_mono"] for r in read_trace(trace)
             ),

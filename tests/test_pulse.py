@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from edge.broker import Mosquitto
-from edge.harness import read_trace, start_pulse
+from edge.harness import read_trace, start_pulse, wait_until
 from edge.messages import decode_beat_frame, encode
 from edge.pulse import PulseSchedule, limit_change, snap_tempo
 
@@ -81,22 +79,17 @@ def test_signals_change_the_running_pulse_by_ten_percent(
     trace = tmp_path / "pulse.jsonl"
     pulse = start_pulse(mosquitto.url, "bench", 300, trace, tmp_path / "pulse.log")
     try:
-        assert _wait(lambda: len(read_trace(trace)) >= 3), pulse.log()
+        assert wait_until(lambda: len(read_trace(trace)) >= 3, 15), pulse.log()
         pulse.signal(signal.SIGUSR1)  # +10 %
-        assert _wait(lambda: any(r["tempo_bpm"] == 330.0 for r in read_trace(trace))), pulse.log()
+        assert wait_until(lambda: any(r["tempo_bpm"] == 330.0 for r in read_trace(trace)), 15), (
+            pulse.log()
+        )
         pulse.signal(signal.SIGUSR2)  # -10 % of that
-        assert _wait(lambda: any(r["tempo_bpm"] == 297.0 for r in read_trace(trace))), pulse.log()
+        assert wait_until(lambda: any(r["tempo_bpm"] == 297.0 for r in read_trace(trace)), 15), (
+            pulse.log()
+        )
     finally:
         assert pulse.stop() == 0
     tempos = [r["tempo_bpm"] for r in read_trace(trace)]
     # each change takes effect at a beat boundary and sticks: 300 ... 330 ... 297
     assert tempos == sorted(tempos, key=lambda t: (t != 300.0, t != 330.0))
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False

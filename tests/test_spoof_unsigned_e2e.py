@@ -15,21 +15,19 @@ carry the alert ``beat_source_conflict`` with the spread in ms.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import hlc
 from edge.broker import Mosquitto
 from edge.harness import (
+    SPOOF_PROFILE,
+    BeatSpoofer,
     ClaimRecorder,
     read_trace,
     start_agent,
@@ -37,43 +35,12 @@ from edge.harness import (
     wait_until,
     write_agent_config,
 )
-from edge.messages import StatusClaim, decode_beat_frame_with_map
+from edge.messages import StatusClaim
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-
-[devices.led]
-kind = "led"
-pin = 17
-
-[devices.relay]
-kind = "relay"
-pin = 27
-safe_state = 0
-
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-phase = "execute"
-offset = 0.0
-essential = true
-
-[[score]]
-essential = true
-device = "relay"
-do = "on"
-downbeat = true
-phase = "execute"
-offset = 0.5
-"""
 BPM = 240.0
 BEAT = 60.0 / BPM
-PLACE = {0: (1, 0.0), 1: (1, 0.5)}  # rule -> (phase number, offset in the phase)
-TOLERANCE_S = 0.002
 NINE_HOURS = 9 * 3600
 LONE_BEATS = 10  # real frames seen while the lone spoofs go out, before the early copies
 EARLY_STEP_S = 0.035  # 140 ms more every 4 beats
@@ -92,71 +59,34 @@ def _next_frame(data: dict[str, Any]) -> dict[str, Any]:
     return following
 
 
-class Attacker:
-    """A paho client on the same broker: watches the real beat, sends the spoofs."""
+class Attacker(BeatSpoofer):
+    """Watches the real beat, sends the spoofs."""
 
     def __init__(self, port: int) -> None:
-        self.sent: dict[str, int] = {}
-        self.armed = threading.Event()
-        self.early_from: float | None = None  # monotonic time of the first early copy
         self._seen = 0  # real frames seen since armed
-        self._own: set[bytes] = set()
-        self._lock = threading.Lock()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        self._client.subscribe("backbeat/bench/beat")
-        self._client.loop_start()
+        super().__init__(port)
 
-    def _send(self, kind: str, data: dict[str, Any], delay: float) -> None:
-        payload = json.dumps(data).encode()
-        with self._lock:
-            self._own.add(payload)
-
-        def go() -> None:
-            if kind == "early_copy" and self.early_from is None:
-                self.early_from = time.monotonic()
-            self._client.publish("backbeat/bench/beat", payload)
-            self.sent[kind] = self.sent.get(kind, 0) + 1
-
-        threading.Timer(max(delay, 0.0), go).start()
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        payload = bytes(msg.payload)
-        with self._lock:
-            if payload in self._own:  # our own spoof coming back
-                self._own.discard(payload)
-                return
-        if not self.armed.is_set():
-            return
-        try:
-            _, data = decode_beat_frame_with_map(payload)
-        except ValueError:
-            return
+    def on_frame(self, data: dict[str, Any]) -> None:
         n = self._seen
         self._seen += 1
         following = _next_frame(data)
         if n == 0:
-            self._send("tempo_1000", dict(following, tempo_bpm=1000), BEAT - 0.03)
+            self.send("tempo_1000", dict(following, tempo_bpm=1000), BEAT - 0.03)
         elif n == 2:
-            self._send("tempo_0.1", dict(following, tempo_bpm=0.1), BEAT - 0.03)
+            self.send("tempo_0.1", dict(following, tempo_bpm=0.1), BEAT - 0.03)
         elif n == 4:
             # the next non-downbeat, called a downbeat
             lone = following if following["beat_index"] % 4 else _next_frame(following)
             extra = 0.0 if lone is following else BEAT
-            self._send("lone_downbeat", dict(lone, downbeat=True), extra + BEAT - 0.02)
+            self.send("lone_downbeat", dict(lone, downbeat=True), extra + BEAT - 0.02)
         elif n == 6:
             wall, logical, node = hlc.parse(str(data["hlc"]))
             ahead = f"{(wall + NINE_HOURS) & 0xFFFF:04x}:{logical:04x}:{node:04x}"
-            self._send("other_cluster", dict(following, cluster_id="other", hlc=ahead), 0.05)
+            self.send("other_cluster", dict(following, cluster_id="other", hlc=ahead), 0.05)
         elif n >= LONE_BEATS:
             k = n - LONE_BEATS
             early = min(EARLY_STEP_S * (k + 1), EARLY_MAX_S)
-            self._send("early_copy", following, BEAT - early)
-
-    def stop(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
+            self.send("early_copy", following, BEAT - early)
 
 
 def _alerts(claim: StatusClaim) -> list[Any] | tuple[Any, ...]:
@@ -166,9 +96,11 @@ def _alerts(claim: StatusClaim) -> list[Any] | tuple[Any, ...]:
 
 
 def test_unsigned_spoofs_move_nothing_and_early_copies_raise_the_conflict(
-    tmp_path: Path, mosquitto: Mosquitto
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    actuations_sit_on_the_pulse: Callable[[Path, Path, float, float, int], None],
 ) -> None:
-    config = write_agent_config(tmp_path, mosquitto.url, PROFILE)
+    config = write_agent_config(tmp_path, mosquitto.url, SPOOF_PROFILE)
     agent_trace, pulse_trace = tmp_path / "agent.jsonl", tmp_path / "pulse.jsonl"
     agent = start_agent(config, agent_trace, tmp_path / "agent.log")
     recorder = ClaimRecorder(mosquitto.port)
@@ -197,10 +129,10 @@ def test_unsigned_spoofs_move_nothing_and_early_copies_raise_the_conflict(
         wait_noting(LONE_BEATS * BEAT)
         # the first early copy goes out about LONE_BEATS + 1 beats in; a loaded box is later
         give_up = time.monotonic() + 10.0
-        while attacker.early_from is None and time.monotonic() < give_up:
+        while "early_copy" not in attacker.first_sent and time.monotonic() < give_up:
             wait_noting(0.05)
-        assert attacker.early_from is not None, attacker.sent
-        early_from = attacker.early_from
+        assert "early_copy" in attacker.first_sent, attacker.sent
+        early_from = attacker.first_sent["early_copy"]
         wait_noting(28 * BEAT)
         early_until = time.monotonic()
     finally:
@@ -214,42 +146,9 @@ def test_unsigned_spoofs_move_nothing_and_early_copies_raise_the_conflict(
         assert attacker.sent.get(kind) == 1, attacker.sent
     assert attacker.sent.get("early_copy", 0) >= 20, attacker.sent
 
-    # Every actuation sits where the pulse's own beats put it. The pulse's trace gives the
-    # intended monotonic start of every beat it sent (same host, same clock as the
-    # agent's trace). The time the agent's timeline gives an action (its intended_mono) is
-    # what a spoof would move: it must sit within 2 ms of the truth, every time. When it
-    # really fired adds the wake-up, which on a loaded 2-core box spikes now and then, so
-    # that gets a generous window (30 ms, as in test_signing_e2e.py): still far below the
-    # 140 ms steps an early copy would move it by.
-    starts = {
-        int(r["beat_index"]): float(r["intended_mono"])  # type: ignore[arg-type,call-overload]
-        for r in read_trace(pulse_trace)
-        if r["phase"] == "plan"
-    }
-    last_sent = max(starts)  # after it the agent free-ran: no truth to compare with
-    rows = [
-        r
-        for r in read_trace(agent_trace)
-        if r["fired_mono"] is not None and int(r["beat_index"]) <= last_sent  # type: ignore[call-overload]
-    ]
-    attacked = [r for r in rows if float(r["fired_mono"]) >= attack_from]  # type: ignore[arg-type]
-    assert len(attacked) >= 40, len(attacked)
-    errors = []
-    for r in attacked:
-        beat = int(r["beat_index"])  # type: ignore[call-overload]
-        assert beat in starts, f"an action of beat {beat}, which the pulse never sent: {r}"
-        phase, offset = PLACE[int(r["rule"])]  # type: ignore[call-overload]
-        truth = starts[beat] + (phase + offset) * BEAT / 3
-        errors.append(abs(float(r["intended_mono"]) - truth))  # type: ignore[arg-type]
-        assert errors[-1] < TOLERANCE_S, (r, truth, sorted(errors)[-5:])
-        assert abs(float(r["fired_mono"]) - truth) < 0.03, (r, truth)  # type: ignore[arg-type]
-    print(f"worst timeline error under attack: {max(errors) * 1000:.3f} ms of {len(errors)}")
-    toggles = [int(r["beat_index"]) for r in rows if r["rule"] == 0]  # type: ignore[call-overload]
-    assert toggles == list(range(toggles[0], toggles[-1] + 1)), toggles  # once each, in order
-    # the downbeat action on every true downbeat of the attack, and on no other beat
-    first = min(int(r["beat_index"]) for r in attacked)  # type: ignore[call-overload]
-    downbeats = sorted(int(r["beat_index"]) for r in attacked if r["rule"] == 1)  # type: ignore[call-overload]
-    assert downbeats == [b for b in range(first, last_sent + 1) if b % 4 == 0], downbeats
+    # Every actuation sits where the pulse's own beats put it (within 2 ms by the agent's
+    # timeline), each beat gets its action once, the downbeat action every true downbeat.
+    actuations_sit_on_the_pulse(pulse_trace, agent_trace, attack_from, BEAT, 40)
 
     # The claims' HLC never jumps ahead: each claim's wall second is at most a few
     # seconds past the latest before it (a merged 9-hours-ahead stamp would show here).
