@@ -34,6 +34,7 @@ from edge.probe import Probe
 from edge.profile import Profile
 from edge.runner import Runner
 from edge.service import Notifier, WatchdogGate
+from edge.timesync import TimeSync
 from edge.trust import BeatTrust, SecurityConfig
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class Agent:
         self.link = MqttLink(
             config.broker,
             client_id_for(config),
-            subscriptions=(topics.beat, topics.bar),
+            subscriptions=(topics.beat, topics.bar, topics.time_response(config.agent.id)),
             availability_topic=topics.availability(config.agent.id),
         )
         self.probe = Probe(disk_path=config.outbox.directory)
@@ -181,9 +182,27 @@ class Agent:
             trust=trust,
             claim_signer=signer,
         )
+        self.runner.attach_timesync(self._timesync(config, trust))
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._hang = threading.Event()
+
+    def _timesync(self, config: Config, trust: BeatTrust | None) -> TimeSync:
+        """The time exchange over this agent's link (QoS 0 requests)."""
+        link = self.link
+
+        def publish(topic: str, payload: bytes) -> object:
+            return link.publish(topic, payload, qos=0)
+
+        return TimeSync(
+            config.agent.topic_prefix,
+            config.agent.cluster,
+            config.agent.id,
+            publish,
+            lambda: link.connected,
+            self.clock.monotonic,
+            trust,
+        )
 
     # The runner owns both from here on: a reload may replace them at a beat boundary.
     @property

@@ -61,6 +61,12 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.source_conflict_ms`` how far apart those sources arrive (only during that alert)
 ``metadata.isolated``  names of the devices out of service after a failure (omitted when
                        none); a reload builds them anew
+``metadata.time_ref``  what the fixed path delay comes from: ``exchange`` (the time
+                       exchange with a responder), ``wall`` (the local wall clock) or
+                       ``envelope`` (neither); ``metadata.time_error_ms`` the exchange's
+                       bound on the pulse's wall clock (while it has one);
+                       ``metadata.time_rejected`` ``{reason: count}`` of time responses
+                       not used (omitted when empty)
 ``metadata.final``     ``true`` on the shutdown claim only
 =====================  ===============================================================
 
@@ -208,6 +214,12 @@ class BeatReview:
     inbox_dropped: int = 0
     #: While a second source of the beat is seen: how far apart they arrive (ms).
     source_conflict_ms: float | None = None
+    #: What the fixed path delay comes from: "exchange", "wall" or "envelope" (edge.timesync).
+    time_ref: str | None = None
+    #: The time exchange's bound on the pulse's wall clock (ms), while it has a model.
+    time_error_ms: float | None = None
+    #: Time responses (and requests) not used, by reason (cumulative).
+    time_rejected: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -399,6 +411,13 @@ class StatusBuilder:
             meta["source_conflict_ms"] = spread
         if review.isolated:
             meta["isolated"] = list(review.isolated)
+        if review.time_ref is not None:
+            meta["time_ref"] = review.time_ref
+        time_error = _finite(review.time_error_ms, 3)
+        if time_error is not None:
+            meta["time_error_ms"] = time_error
+        if review.time_rejected:
+            meta["time_rejected"] = dict(review.time_rejected)
         if final:
             meta["final"] = True
         return meta
