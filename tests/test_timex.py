@@ -13,8 +13,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.errors import FrameError
+from edge.mqtt_link import Inbound, Topics
 from edge.signing import Keyring, SigningKey
 from edge.timefilter import ClockFilter, ExchangeConfig, TimeExchange
+from edge.timekeeper import Responder as TimeResponder
+from edge.timesync import TimeSync
 from edge.timewire import (
     TimeResponse,
     decode_request,
@@ -25,6 +28,7 @@ from edge.timewire import (
     response_verdict,
     signed_bytes,
 )
+from edge.trust import BeatTrust
 
 WALL0 = 1_800_000_000 * 10**9  # the responder's wall clock at local monotonic 0 (ns)
 
@@ -390,3 +394,119 @@ def test_clock_filter_before_any_exchange() -> None:
     assert f.bound_at(1.0) == math.inf
     with pytest.raises(RuntimeError, match="no exchange yet"):
         f.to_local(WALL0)
+
+
+# --------------------------------------------------------------------------- the adapters
+
+
+class Wire:
+    """A loopback between a TimeSync and a Responder: what each published."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.now = 50.0
+
+    def publish(self, topic: str, payload: bytes) -> object:
+        self.sent.append((topic, payload))
+        return None
+
+
+def _sync(wire: Wire, trust: BeatTrust | None = None) -> TimeSync:
+    return TimeSync(
+        "backbeat",
+        "c1",
+        "c1:pi-01",
+        wire.publish,
+        lambda: True,
+        lambda: wire.now,
+        trust,
+        rng=random.Random(3),
+    )
+
+
+def _answer(
+    wire: Wire, sync: TimeSync, responder: TimeResponder, wall_s: float, back_s: float = 1e-4
+) -> str:
+    """The last request, answered by ``responder`` at the wall time ``wall_s``."""
+    topic, payload = wire.sent[-1]
+    assert topic == "backbeat/c1/time/req/c1:pi-01"
+    answers: list[tuple[str, bytes]] = []
+    responder._publish = lambda t, p: answers.append((t, p))
+    assert responder.handle(Inbound("message", 0.0, wall_s, topic, payload))
+    ((resp_topic, resp_payload),) = answers
+    assert resp_topic == "backbeat/c1/time/resp/c1:pi-01" and sync.handles(resp_topic)
+    return sync.receive(Inbound("message", wire.now + back_s, 0.0, resp_topic, resp_payload))
+
+
+def test_timesync_and_responder_over_a_loopback() -> None:
+    wire = Wire()
+    sync = _sync(wire)
+    walls = iter(range(10**18, 10**18 + 10**12, 10**4))
+    responder = TimeResponder(Topics("backbeat", "c1"), wire.publish, wall_ns=lambda: next(walls))
+    assert sync.wall_for(wire.now, 123.0) == 123.0  # no responder yet: the local wall clock
+    for _ in range(4):
+        sync.poll(wire.now)
+        assert _answer(wire, sync, responder, 1e9 + wire.now) == "used"
+        wire.now += 0.25
+    assert sync.exchange.answered
+    assert sync.error_ms(wire.now) is not None
+    mapped = sync.wall_for(wire.now, 123.0)
+    assert mapped is not None and abs(mapped - (1e9 + wire.now)) < 0.01
+    assert responder.answered == 4
+
+
+def test_responder_refuses_bad_requests_and_counts_them() -> None:
+    sent: list[tuple[str, bytes]] = []
+    responder = TimeResponder(Topics("backbeat", "c1"), lambda t, p: sent.append((t, p)))
+    assert responder.handles("backbeat/c1/time/req/x")
+    assert not responder.handles("backbeat/c1/beat")
+    assert not responder.handle(Inbound("message", 0.0, 1.0, "backbeat/c1/time/req/x", b"\x00"))
+    assert not responder.handle(Inbound("message", 0.0, 1.0, "backbeat/c1/time/req/", b""))
+    assert responder.refused == {"malformed": 1, "bad_topic": 1}
+    assert sent == []
+
+
+def _keeper(signer: SigningKey | None = None) -> TimeResponder:
+    """A responder whose wall clock reads 1e9 s + 1 us at t3 (t2: 1e9 s, see _answer)."""
+    return TimeResponder(Topics("backbeat", "c1"), Wire().publish, signer, lambda: 10**18 + 1000)
+
+
+def test_signed_responses_required_when_signed_beats_are() -> None:
+    signer, ring = _key()
+    wire = Wire()
+    sync = _sync(wire, BeatTrust(ring, require=True))
+    unsigned, signed = _keeper(), _keeper(signer)
+    other, _ = _key()
+    forger = _keeper(other)
+    sync.poll(wire.now)
+    assert _answer(wire, sync, unsigned, 1e9) == "unsigned"
+    assert _answer(wire, sync, forger, 1e9) == "bad_signature"
+    assert _answer(wire, sync, signed, 1e9) == "used"
+    assert sync.rejected == {"unsigned": 1, "bad_signature": 1}
+    assert not sync.handles("backbeat/c1/time/resp/c1:other")
+    junk = sync.receive(Inbound("message", 1.0, 0.0, sync.response_topic, b"\xa0"))
+    assert junk == "malformed" and sync.rejected["malformed"] == 1
+
+
+def test_signed_beats_not_required_take_unsigned_but_never_forged() -> None:
+    _, ring = _key()
+    wire = Wire()
+    sync = _sync(wire, BeatTrust(ring, require=False))
+    other, _ = _key()
+    sync.poll(wire.now)
+    assert _answer(wire, sync, _keeper(other), 1e9) == "bad_signature"
+    assert _answer(wire, sync, _keeper(), 1e9) == "used"
+
+
+def test_time_ref_names_the_reference() -> None:
+    class Follower:
+        wall_clock_trusted = False
+
+    wire = Wire()
+    sync = _sync(wire)
+    follower = Follower()
+    assert sync.time_ref(follower) == "envelope"  # type: ignore[arg-type]
+    follower.wall_clock_trusted = True
+    assert sync.time_ref(follower) == "wall"  # type: ignore[arg-type]
+    sync.exchange.answered = True
+    assert sync.time_ref(follower) == "exchange"  # type: ignore[arg-type]
