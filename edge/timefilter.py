@@ -32,8 +32,8 @@ Exchanges slower than ``max_delay_s`` or with a negative delay are refused.
 *Schedule.* Requests go out every ``acquire_interval_s`` until the mapping is locked and
 ``acquire_samples`` exchanges are in, then every ``track_interval_s``; after
 ``idle_after`` requests in a row without an answer (no responder), every
-``idle_interval_s``. At most ``max_in_flight`` are outstanding; one unanswered for
-``timeout_s`` is lost. Each request has a new id; a response to an id not outstanding is
+``idle_interval_s``. At most ``max_in_flight`` are outstanding (when a new one is due
+the oldest is given up); one unanswered for ``timeout_s`` is lost. Each request has a new id; a response to an id not outstanding is
 ignored and counted (``stale``: it was lost, or answered already; ``unknown``: never sent).
 
 *Locked* means a model exists and its bound now is at most ``lock_bound_s``; then
@@ -68,7 +68,7 @@ class ExchangeConfig:
     window: int = 128
     max_delay_s: float = 1.0
     lock_bound_s: float = 0.002
-    min_samples: int = 3
+    min_samples: int = 2
     min_rate_span_s: float = 8.0
     rate_prior_ppm: float = 200.0
     max_rate_ppm: float = 500.0
@@ -293,8 +293,14 @@ class TimeExchange:
         """Expire what timed out; the id of a request to send now, or None. The caller
         sends it at once and may give the exact send time with :meth:`sent_at`."""
         self._expire(now)
-        if now < self._next_at or len(self._in_flight) >= self.config.max_in_flight:
+        if now < self._next_at:
             return None
+        if len(self._in_flight) >= self.config.max_in_flight:
+            # Full: the oldest is given up as lost (a responder that appears is heard at
+            # once, not after the time-outs of requests nobody was there to answer).
+            oldest = min(self._in_flight, key=lambda i: self._in_flight[i])
+            del self._in_flight[oldest]
+            self._lose(oldest)
         request_id = self._next_id
         self._next_id = (self._next_id + 1) % (MAX_ID + 1)
         self._in_flight[request_id] = now
@@ -312,9 +318,12 @@ class TimeExchange:
         for request_id, t1 in list(self._in_flight.items()):
             if now - t1 >= timeout:
                 del self._in_flight[request_id]
-                self._done.append(request_id)
-                self.lost += 1
-                self._unanswered += 1
+                self._lose(request_id)
+
+    def _lose(self, request_id: int) -> None:
+        self._done.append(request_id)
+        self.lost += 1
+        self._unanswered += 1
 
     def response(self, response: TimeResponse, t4: float) -> str:
         """Take a response that arrived at monotonic ``t4``; returns what became of it

@@ -510,3 +510,25 @@ def test_time_ref_names_the_reference() -> None:
     assert sync.time_ref(follower) == "wall"  # type: ignore[arg-type]
     sync.exchange.answered = True
     assert sync.time_ref(follower) == "exchange"  # type: ignore[arg-type]
+
+
+def test_a_responder_that_appears_is_heard_at_once() -> None:
+    """Requests nobody answered do not hold the in-flight slots until they time out."""
+    exchange = TimeExchange()
+    responder = Responder()
+    locked_at: list[float] = []
+
+    def watch(t: float) -> None:
+        if not locked_at and exchange.locked_at(t):
+            locked_at.append(t)
+
+    run(
+        exchange,
+        responder,
+        4.0,
+        fixed(1e-4),
+        fixed(1e-4),
+        answering=lambda t: t >= 101.3,
+        on_tick=watch,
+    )
+    assert locked_at and locked_at[0] < 101.3 + 0.6, locked_at
