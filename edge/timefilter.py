@@ -33,8 +33,9 @@ Exchanges slower than ``max_delay_s`` or with a negative delay are refused.
 ``acquire_samples`` exchanges are in, then every ``track_interval_s``; after
 ``idle_after`` requests in a row without an answer (no responder), every
 ``idle_interval_s``. At most ``max_in_flight`` are outstanding (when a new one is due
-the oldest is given up); one unanswered for ``timeout_s`` is lost. Each request has a new id; a response to an id not outstanding is
-ignored and counted (``stale``: it was lost, or answered already; ``unknown``: never sent).
+the oldest is given up); one unanswered for ``timeout_s`` is lost. Each request has a new
+id; a response to an id not outstanding is ignored and counted (``stale``: it was lost,
+or answered already; ``unknown``: never sent).
 
 *Locked* means a model exists and its bound now is at most ``lock_bound_s``; then
 :meth:`TimeExchange.to_local` maps a ``deadline_at`` onto the local monotonic clock and

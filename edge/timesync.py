@@ -10,12 +10,14 @@ signature is refused (``bad_signature``), and so is an unsigned response while s
 beats are required (``unsigned``).
 
 *The reference.* Until a responder has answered, the follower gets the local wall clock
-as before (without a responder nothing changes). Once one has, the follower gets the
-pulse's wall clock as the exchange maps it (:meth:`TimeSync.wall_for`) while the
-exchange is locked, and no wall reading otherwise (the fixed delay learnt stays; the
-local wall clock, hours off perhaps, is not mixed in). :meth:`TimeSync.time_ref` names
-what the fixed delay comes from: ``exchange``, ``wall`` (the local wall clock, trusted)
-or ``envelope`` (neither: arrival times and ``sync.path_delay_s`` alone).
+as before (without a responder nothing changes). Once one has, while the exchange is
+locked, the follower gets the local wall clock if it reads within the exchange's bound
+of the pulse's clock (it is not proven wrong, and on the pulse's host or under PTP it is
+better), else the pulse's wall clock as the exchange maps it (:meth:`TimeSync.wall_for`);
+while the exchange is not locked, no wall reading (the fixed delay learnt stays; a local
+wall clock hours off is not mixed in). :meth:`TimeSync.time_ref` names what the fixed
+delay comes from: ``exchange``, ``wall`` (the local wall clock, trusted) or
+``envelope`` (neither: arrival times and ``sync.path_delay_s`` alone).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class TimeSync:
         self.exchange = TimeExchange(config, first_id=first)
         self.refused: dict[str, int] = {}
         self._logged: set[str] = set()
+        #: Whether the local wall clock agrees with the exchange (then it is used).
+        self.local_agrees = True
 
     # ------------------------------------------------------------------ the runner's calls
 
@@ -113,16 +117,26 @@ class TimeSync:
     def wall_for(self, arrived_at: float, local_wall: float) -> float | None:
         """The wall reading to hand the follower with a frame that arrived at
         ``arrived_at`` (see the module's theory)."""
-        if not self.exchange.answered:
+        exchange = self.exchange
+        if not exchange.answered:
             return local_wall
-        if self.exchange.locked_at(arrived_at):
-            return self.exchange.pulse_wall_at(arrived_at)
-        return None
+        if not exchange.locked_at(arrived_at):
+            return None
+        mapped = exchange.pulse_wall_at(arrived_at)
+        # The pulse's clock is within the bound of the mapping: a local wall clock inside
+        # it is not proven wrong, and may be better (the same host, PTP); once outside it
+        # is not used again until well inside (half the bound), so it does not flap.
+        off = abs(local_wall - mapped)
+        bound = exchange.bound_at(arrived_at)
+        self.local_agrees = off <= (bound if self.local_agrees else bound / 2.0)
+        return local_wall if self.local_agrees else mapped
 
     def time_ref(self, follower: BeatFollower) -> str:
-        if follower.wall_clock_trusted:
-            return EXCHANGE if self.exchange.answered else WALL
-        return ENVELOPE
+        if not follower.wall_clock_trusted:
+            return ENVELOPE
+        if self.exchange.answered and not self.local_agrees:
+            return EXCHANGE
+        return WALL
 
     def error_ms(self, now: float) -> float | None:
         """The exchange's bound on the pulse wall clock now (ms); None without a model."""

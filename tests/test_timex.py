@@ -450,8 +450,18 @@ def test_timesync_and_responder_over_a_loopback() -> None:
         wire.now += 0.25
     assert sync.exchange.answered
     assert sync.error_ms(wire.now) is not None
+    # A local wall clock hours off: the exchange's mapping is used instead.
     mapped = sync.wall_for(wire.now, 123.0)
     assert mapped is not None and abs(mapped - (1e9 + wire.now)) < 0.01
+    assert not sync.local_agrees
+    # Back inside half the bound: the local wall clock is used again; it stays in use
+    # up to the bound, and not beyond.
+    bound = sync.exchange.bound_at(wire.now)
+    assert mapped is not None
+    assert sync.wall_for(wire.now, mapped + 0.4 * bound) == mapped + 0.4 * bound
+    assert sync.local_agrees
+    assert sync.wall_for(wire.now, mapped + 0.9 * bound) == mapped + 0.9 * bound
+    assert sync.wall_for(wire.now, mapped + 1.1 * bound) == pytest.approx(mapped, abs=1e-6)
     assert responder.answered == 4
 
 
@@ -509,6 +519,8 @@ def test_time_ref_names_the_reference() -> None:
     follower.wall_clock_trusted = True
     assert sync.time_ref(follower) == "wall"  # type: ignore[arg-type]
     sync.exchange.answered = True
+    assert sync.time_ref(follower) == "wall"  # type: ignore[arg-type]
+    sync.local_agrees = False
     assert sync.time_ref(follower) == "exchange"  # type: ignore[arg-type]
 
 

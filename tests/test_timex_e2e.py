@@ -66,12 +66,16 @@ def _lateness_ms(
 
 
 def _run(
-    tmp: Path, mosquitto: Mosquitto, answer: bool, timekeeper: bool = False
+    tmp: Path,
+    mosquitto: Mosquitto,
+    answer: bool,
+    timekeeper: bool = False,
+    wall_offset_s: float | None = 3 * 3600.0,
 ) -> tuple[list[float], list[StatusClaim], str]:
     config = write_agent_config(tmp, mosquitto.url, PROFILE)
     agent_trace, pulse_trace = tmp / "agent.jsonl", tmp / "pulse.jsonl"
     recorder = ClaimRecorder(mosquitto.port)
-    agent = start_agent(config, agent_trace, tmp / "agent.log", wall_offset_s=3 * 3600.0)
+    agent = start_agent(config, agent_trace, tmp / "agent.log", wall_offset_s=wall_offset_s)
     keeper = start_timekeeper(mosquitto.url, "bench", tmp / "keeper.log") if timekeeper else None
     pulse = start_pulse(
         mosquitto.url, "bench", BPM, pulse_trace, tmp / "pulse.log", time_exchange=answer
@@ -122,3 +126,13 @@ def test_with_a_responder_actions_land_on_the_pulse_beat(
     assert settled[int(0.9 * (len(settled) - 1))] < 1.5, late
     assert settled[-1] < 10.0, late
     assert abs(statistics.median(late[4:])) < 0.5, late
+
+
+def test_a_right_wall_clock_is_kept_with_a_responder(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """On the pulse's own host the local wall clock agrees with the exchange: it is kept
+    (it is exact here), and the claims say ``wall``."""
+    late, claims, log = _run(tmp_path, mosquitto, answer=True, wall_offset_s=None)
+    assert len(late) >= 10, log
+    meta = _last_locked(claims).metadata or {}
+    assert meta["time_ref"] == "wall", meta
+    assert 0 < meta["time_error_ms"] < 2.0, meta
