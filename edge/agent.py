@@ -34,6 +34,7 @@ from edge.probe import Probe
 from edge.profile import Profile
 from edge.runner import Runner
 from edge.service import Notifier, WatchdogGate
+from edge.timesync import TimeSync
 from edge.trust import BeatTrust, SecurityConfig
 
 if TYPE_CHECKING:
@@ -117,13 +118,13 @@ def open_outbox(config: Config) -> Outbox:
 
 
 def link_for(config: Config) -> MqttLink:
-    """The MQTT link of ``config``: subscribed to the beat and bar topics, with this agent's
-    availability as the last will."""
+    """The MQTT link of ``config``: subscribed to the beat and bar topics and this agent's
+    time responses, with this agent's availability as the last will."""
     topics = Topics(config.agent.topic_prefix, config.agent.cluster)
     return MqttLink(
         config.broker,
         client_id_for(config),
-        subscriptions=(topics.beat, topics.bar),
+        subscriptions=(topics.beat, topics.bar, topics.time_response(config.agent.id)),
         availability_topic=topics.availability(config.agent.id),
     )
 
@@ -206,9 +207,27 @@ class Agent:
             trust=trust,
             claim_signer=signer,
         )
+        self.runner.attach_timesync(self._timesync(config, trust))
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._hang = threading.Event()
+
+    def _timesync(self, config: Config, trust: BeatTrust | None) -> TimeSync:
+        """The time exchange over this agent's link (QoS 0 requests)."""
+        link = self.link
+
+        def publish(topic: str, payload: bytes) -> object:
+            return link.publish(topic, payload, qos=0)
+
+        return TimeSync(
+            config.agent.topic_prefix,
+            config.agent.cluster,
+            config.agent.id,
+            publish,
+            lambda: link.connected,
+            self.clock.monotonic,
+            trust,
+        )
 
     # The runner owns both from here on: a reload may replace them at a beat boundary.
     @property

@@ -1,4 +1,4 @@
-"""The ``backbeat-edge`` command: run | demo | pulse | check | monitor | keygen."""
+"""The ``backbeat-edge`` command: run | demo | pulse | timekeeper | check | monitor | keygen."""
 
 from __future__ import annotations
 
@@ -120,7 +120,10 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     controls: queue.Queue[tuple[float, bool]] = queue.Queue()
     try:
         link = MqttLink(
-            broker, f"backbeat-pulse-{args.cluster}", subscriptions=(topics.pulse_control,)
+            broker,
+            f"backbeat-pulse-{args.cluster}",
+            subscriptions=(topics.pulse_control,)
+            + (() if args.no_time_exchange else (topics.all_time_requests,)),
         )
     except LinkError as exc:  # the password file: missing, unreadable, not UTF-8
         # The link names the agent's setting; here the option is what the operator typed.
@@ -140,24 +143,29 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, on_signal)
 
+    from edge.mqtt_link import Inbound
+    from edge.timekeeper import Responder, serve
+
+    def respond(topic: str, payload: bytes) -> object:
+        return link.publish(topic, payload, qos=0)
+
+    # The bench pulse answers the time exchange too (its frames' wall clock is its own).
+    responder = Responder(topics, respond, signer)
+
     def pump_controls() -> None:
-        while not stop.is_set():
-            try:
-                item = link.inbox.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if item.kind != "message":
-                continue
-            words = item.payload.decode("utf-8", "replace").split()
-            try:
-                bpm = float(words[0])
-            except (IndexError, ValueError):
-                log.warning(
-                    "ignored tempo request %r: expected e.g. '72' or '72 force'", item.payload[:40]
-                )
-                continue
-            tempo[0] = bpm
-            controls.put((bpm, len(words) > 1 and words[1] == "force"))
+        serve(link.inbox, responder, stop, other=control)
+
+    def control(item: Inbound) -> None:
+        words = item.payload.decode("utf-8", "replace").split()
+        try:
+            bpm = float(words[0])
+        except (IndexError, ValueError):
+            log.warning(
+                "ignored tempo request %r: expected e.g. '72' or '72 force'", item.payload[:40]
+            )
+            return
+        tempo[0] = bpm
+        controls.put((bpm, len(words) > 1 and words[1] == "force"))
 
     link.start()
     if not link.wait_connected(args.connect_timeout):
@@ -221,6 +229,32 @@ def _pulse_signer(path: str | None) -> SigningKey | int | None:
         return 2
     logging.info("signing beat frames with key %s", key.kid)
     return key
+
+
+# ---------------------------------------------------------------------------- timekeeper
+
+
+def cmd_timekeeper(args: argparse.Namespace) -> int:
+    from edge.timekeeper import TimekeeperOptions, run_timekeeper
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    options = TimekeeperOptions(
+        broker_url=args.broker,
+        cluster=args.cluster,
+        prefix=args.prefix,
+        signing_key=None if args.signing_key is None else Path(args.signing_key),
+        username=args.username,
+        password_file=None if args.password_file is None else Path(args.password_file),
+        connect_timeout_s=args.connect_timeout,
+        duration_s=args.duration,
+    )
+    return run_timekeeper(options, stop)
 
 
 # ---------------------------------------------------------------------------- keygen
@@ -413,7 +447,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="sign every frame with this Ed25519 private key (PEM, from keygen)",
     )
+    p.add_argument(
+        "--no-time-exchange",
+        action="store_true",
+        help="do not answer time requests ({prefix}/{cluster}/time/req/+)",
+    )
     p.set_defaults(func=cmd_pulse)
+
+    p = sub.add_parser(
+        "timekeeper",
+        help="answer the agents' time exchange on the host of a pulse",
+        description="Answer time requests ({prefix}/{cluster}/time/req/+) with this "
+        "host's wall clock, for agents whose own wall clock is not trusted. Run it on the "
+        "host whose wall clock the pulse's deadline_at is written in (the bench pulse "
+        "answers by itself).",
+    )
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument("--cluster", required=True, help="cluster id")
+    p.add_argument("--prefix", default="backbeat", help="topic prefix")
+    p.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        help="sign every response with this Ed25519 private key (PEM, from keygen)",
+    )
+    p.add_argument("--username", help="broker user")
+    p.add_argument(
+        "--password-file", help="file holding that user's password (never the password itself)"
+    )
+    p.add_argument("--connect-timeout", type=float, default=5.0, help="give up after S seconds")
+    p.add_argument("--duration", type=float, help="stop after S seconds (tests, benches)")
+    p.set_defaults(func=cmd_timekeeper)
 
     p = sub.add_parser(
         "check",

@@ -84,12 +84,14 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def _spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Proc:
+def _spawn(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None, module: str = "edge.cli"
+) -> Proc:
     full_env = dict(os.environ)
     full_env.update(env or {})
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", *args], stdout=log, stderr=log, env=full_env
+            [sys.executable, "-m", module, *args], stdout=log, stderr=log, env=full_env
         )
     return Proc(process, log_path)
 
@@ -100,11 +102,20 @@ def start_agent(
     log_path: Path,
     env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
+    wall_offset_s: float | None = None,
 ) -> Proc:
+    """``wall_offset_s`` runs the agent with its wall clock that far off (monotonic
+    untouched), through :mod:`edge.testing.wallshift`."""
     args = ["run", "--config", str(config), *extra_args]
     if trace is not None:
         args += ["--trace", str(trace)]
-    return _spawn(args, log_path, {"GPIOZERO_PIN_FACTORY": "mock", **(env or {})})
+    env = {"GPIOZERO_PIN_FACTORY": "mock", **(env or {})}
+    if wall_offset_s is None:
+        return _spawn(args, log_path, env)
+    from edge.testing.wallshift import ENV
+
+    env[ENV] = repr(wall_offset_s)
+    return _spawn(args, log_path, env, module="edge.testing.wallshift")
 
 
 def start_pulse(
@@ -121,6 +132,8 @@ def start_pulse(
     username: str | None = None,
     password_file: Path | None = None,
     protocol: str = "5",
+    prefix: str | None = None,
+    time_exchange: bool = True,
 ) -> Proc:
     """``broker_url`` may list several, comma-separated; ``protocol`` "3.1.1" for NATS."""
     args = [
@@ -148,9 +161,27 @@ def start_pulse(
         args += ["--username", username]
     if password_file is not None:
         args += ["--password-file", str(password_file)]
+    if prefix is not None:
+        args += ["--prefix", prefix]
+    if not time_exchange:
+        args.append("--no-time-exchange")
     if trace is not None:
         args += ["--trace", str(trace)]
     return _spawn(args, log_path)
+
+
+def start_timekeeper(
+    broker_url: str,
+    cluster: str,
+    log_path: Path,
+    prefix: str = "backbeat",
+    signing_key: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    args = ["timekeeper", "--broker", broker_url, "--cluster", cluster, "--prefix", prefix]
+    if signing_key is not None:
+        args += ["--signing-key", str(signing_key)]
+    return _spawn(args, log_path, env)
 
 
 _SAFE_LINE = re.compile(

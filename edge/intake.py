@@ -4,8 +4,10 @@ A beat frame (stamped with its local arrival time by the link) is decoded; when 
 are configured it must pass the trust stage (``edge.trust``: a frame without a good
 signature reaches neither the follower nor the HLC); then plausibility (a stamp more than
 ``agent.hlc_max_ahead_s`` ahead of our wall clock is refused, ``hlc_ahead``), the follower,
-and the HLC, which merges only frames the follower accepted. An acknowledgement and a
-(dis)connect go to the claim publisher. A malformed frame is counted
+and the HLC, which merges only frames the follower accepted. With a time exchange
+(``edge.timesync``) its responses go to it, and frames are followed with the wall reading
+it gives (the pulse's clock as the exchange maps it) instead of the local wall clock.
+An acknowledgement and a (dis)connect go to the claim publisher. A malformed frame is counted
 (``metadata.frames_rejected["malformed"]``) and logged at a bounded rate
 (``edge.loglimit``), an untrusted one is counted under its reason; neither is fatal.
 """
@@ -24,6 +26,7 @@ from edge.metrics import Metrics
 from edge.mqtt_link import Inbound, Topics
 from edge.publisher import ClaimPublisher
 from edge.sync import BeatFollower, FrameVerdict, SyncEvent
+from edge.timesync import TimeSync
 from edge.trust import BeatTrust
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,9 @@ class Intake:
         #: The HLC wall second (unwrapped) of the newest frame the follower accepted, and
         #: when it arrived (local monotonic).
         self._newest: tuple[int, float] | None = None
+        #: The time exchange (edge.timesync), when the agent runs one: its responses, and
+        #: the wall reading a frame is followed with.
+        self.timesync: TimeSync | None = None
 
     def receive(self, item: Inbound, now: float) -> list[SyncEvent] | None:
         """Take ``item``; the follower's events if it was a beat frame the follower saw
@@ -77,7 +83,13 @@ class Intake:
                     return None
                 if self.trust is not None and not self._trusted(frame, data, now):
                     return None
-                return self._follow(frame, item.arrived_at, item.wall_at, now)
+                wall_at: float | None = item.wall_at
+                if self.timesync is not None:
+                    wall_at = self.timesync.wall_for(item.arrived_at, item.wall_at)
+                return self._follow(frame, item.arrived_at, wall_at, now)
+            if self.timesync is not None and self.timesync.handles(item.topic):
+                self.timesync.receive(item)
+                return None
             if item.topic == self.topics.bar:
                 try:
                     decode_bar_report(item.payload)

@@ -172,6 +172,16 @@ class Topics:
     def pulse_control(self) -> str:
         return f"{self.prefix}/{self.cluster}/pulse/tempo"
 
+    def time_request(self, agent_id: str) -> str:
+        return f"{self.prefix}/{self.cluster}/time/req/{agent_id}"
+
+    def time_response(self, agent_id: str) -> str:
+        return f"{self.prefix}/{self.cluster}/time/resp/{agent_id}"
+
+    @property
+    def all_time_requests(self) -> str:
+        return f"{self.prefix}/{self.cluster}/time/req/+"
+
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""

@@ -78,6 +78,7 @@ from edge.sync import (
     SyncRegained,
     TempoChanged,
 )
+from edge.timesync import ENVELOPE, WALL, TimeSync
 from edge.trace import TraceRow, write_rows
 from edge.trust import BeatTrust, Signer
 
@@ -184,6 +185,8 @@ class Runner:
         #: Given every claim (per beat and final) before it is encoded; returns the claim
         #: to send. ``edge.client`` adds the program's declared state and its counts.
         self.claim_hook: Callable[[StatusClaim], StatusClaim] | None = None
+        #: The time exchange, when the agent runs one (attach_timesync).
+        self.timesync: TimeSync | None = None
 
     @property
     def trust(self) -> BeatTrust | None:
@@ -202,6 +205,18 @@ class Runner:
     @claim_signer.setter
     def claim_signer(self, signer: Signer | None) -> None:
         self.publisher.signer = signer
+
+    def attach_timesync(self, timesync: TimeSync) -> None:
+        """Run the time exchange (edge.timesync): requests from the loop, responses and
+        the wall reading of frames through the intake, its reference in the claims."""
+        self.timesync = timesync
+        self.intake.timesync = timesync
+
+    def time_ref(self) -> str:
+        """What the follower's fixed path delay comes from (``metadata.time_ref``)."""
+        if self.timesync is not None:
+            return self.timesync.time_ref(self.follower)
+        return WALL if self.follower.wall_clock_trusted else ENVELOPE
 
     @property
     def recent_late_ms(self) -> deque[float]:
@@ -263,6 +278,10 @@ class Runner:
         for result in self.hardware.tick(self.clock.monotonic()):
             self.settler.followup(self.guard, result)
         self._watch_sync(now)
+        if self.timesync is not None and not self._imminent(now):
+            # On the MAX_WAIT_S wake-ups at worst: the exchange's pace is not precise,
+            # only its t1 is (read inside poll, right before the publish).
+            self.timesync.poll(self.clock.monotonic())
         if self.probe is not None and now >= self._next_sample and not self._imminent(now):
             # A light sample (system CPU, memory, load, throttling: ~50 us) every interval;
             # a full one (process CPU and RSS, temperature, disk: ~100-180 us) every 5th.
@@ -434,6 +453,13 @@ class Runner:
             broker=getattr(self.link, "current_broker", None),
             broker_unreachable=getattr(self.link, "unreachable", 0),
             calls=(self.hardware.call_counts(), self.hardware.call_values()),
+        )
+        timesync = self.timesync
+        review = replace(
+            review,
+            time_ref=self.time_ref(),
+            time_error_ms=None if timesync is None else timesync.error_ms(now),
+            time_rejected={} if timesync is None else timesync.rejected,
         )
         self.last_review = review
         claim = self.status.build(review)

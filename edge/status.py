@@ -67,6 +67,12 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.values``    ``{device: {name: number | string | bool}}``: what each python
                        device's function returned last (omitted until one returns values;
                        the first :data:`MAX_VALUE_DEVICES` devices by name)
+``metadata.time_ref``  what the fixed path delay comes from: ``exchange`` (the time
+                       exchange with a responder), ``wall`` (the local wall clock) or
+                       ``envelope`` (neither); ``metadata.time_error_ms`` the exchange's
+                       bound on the pulse's wall clock (while it has one);
+                       ``metadata.time_rejected`` ``{reason: count}`` of time responses
+                       not used (omitted when empty)
 ``metadata.final``     ``true`` on the shutdown claim only
 ``metadata.broker``    ``"host:port"`` of the broker the link was last connected to (with a
                        ``broker.url`` list: the one in use); omitted before the first
@@ -228,6 +234,12 @@ class BeatReview:
     #: ``host:port`` of the broker in use, and the link's failed connection attempts.
     broker: str | None = None
     broker_unreachable: int = 0
+    #: What the fixed path delay comes from: "exchange", "wall" or "envelope" (edge.timesync).
+    time_ref: str | None = None
+    #: The time exchange's bound on the pulse's wall clock (ms), while it has a model.
+    time_error_ms: float | None = None
+    #: Time responses (and requests) not used, by reason (cumulative).
+    time_rejected: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state not in CLAIM_STATES:
@@ -438,6 +450,13 @@ class StatusBuilder:
             meta["broker"] = review.broker
         if review.broker_unreachable:
             meta["broker_unreachable"] = review.broker_unreachable
+        if review.time_ref is not None:
+            meta["time_ref"] = review.time_ref
+        time_error = _finite(review.time_error_ms, 3)
+        if time_error is not None:
+            meta["time_error_ms"] = time_error
+        if review.time_rejected:
+            meta["time_rejected"] = dict(review.time_rejected)
         if final:
             meta["final"] = True
         return meta

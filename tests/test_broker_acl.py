@@ -393,3 +393,37 @@ def test_pulse_credentials_are_checked_before_connecting(tmp_path: Path) -> None
     code, log = _pulse_exit(proc)
     assert code == 2, log
     assert "--password-file" in log and "--username" in log, log
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_time_exchange_topics_are_each_agents_own(acl_broker: AclBroker) -> None:
+    """An agent asks on its own request topic only; only the pulse answers, so no other
+    login can feed an agent a forged time."""
+    broker, secrets = acl_broker
+    other = Client(broker.port, "pi-02", _password(secrets, "pi-02"))
+    pulse = Client(broker.port, "pulse-bench", _password(secrets, "pulse-bench"))
+    try:
+        requests = f"backbeat/{CLUSTER}/time/req/+"
+        result, _ = pulse.client.subscribe(requests, qos=1)
+        assert result == 0
+        own_req = f"backbeat/{CLUSTER}/time/req/{CLUSTER}:pi-02"
+        # The subscription is in place once a first request comes through.
+        assert wait_until(
+            lambda: (
+                other.publish(own_req, b"\xa2avbid\x01") == 0
+                and any(t == own_req for t, _, _ in pulse.got())
+            ),
+            5,
+        ), pulse.got()
+        assert other.publish(f"backbeat/{CLUSTER}/time/req/{AGENT_ID}", b"x") == NOT_AUTHORIZED
+        forged = f"backbeat/{CLUSTER}/time/resp/{AGENT_ID}"
+        assert other.publish(forged, b"x") == NOT_AUTHORIZED
+        assert other.publish(f"backbeat/{CLUSTER}/time/resp/{CLUSTER}:pi-02", b"x") == (
+            NOT_AUTHORIZED
+        )
+        # Authorized: accepted (0), or 16 "no matching subscribers" (the agent is not up).
+        assert pulse.publish(forged, b"x") in (0, 16)
+    finally:
+        other.close()
+        pulse.close()

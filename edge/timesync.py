@@ -1,0 +1,159 @@
+"""The agent's side of the time exchange: requests out, responses in, the reference chosen.
+
+:class:`TimeSync` publishes the requests :class:`edge.timefilter.TimeExchange` schedules on
+``{prefix}/{cluster}/time/req/{agent_id}`` (QoS 0; the monotonic send time ``t1`` is read
+right before the publish, which paho writes to the socket on the calling thread), takes
+the responses from ``{prefix}/{cluster}/time/resp/{agent_id}`` with the arrival time the
+link stamped on its network thread (``t4``), and checks them: a response that does not
+decode is counted ``malformed``; with beat keys configured (``edge.trust``) a bad
+signature is refused (``bad_signature``), and so is an unsigned response while signed
+beats are required (``unsigned``).
+
+*The reference.* Until a responder has answered, the follower gets the local wall clock
+as before (without a responder nothing changes). Once one has, while the exchange is
+locked, the follower gets the local wall clock if it reads within the exchange's bound
+of the pulse's clock (it is not proven wrong, and on the pulse's host or under PTP it is
+better), else the pulse's wall clock as the exchange maps it (:meth:`TimeSync.wall_for`);
+while the exchange is not locked, no wall reading (the fixed delay learnt stays; a local
+wall clock hours off is not mixed in). :meth:`TimeSync.time_ref` names what the fixed
+delay comes from: ``exchange``, ``wall`` (the local wall clock, trusted) or
+``envelope`` (neither: arrival times and ``sync.path_delay_s`` alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from edge.errors import FrameError
+from edge.mqtt_link import Inbound
+from edge.sync import BeatFollower
+from edge.timefilter import ExchangeConfig, TimeExchange
+from edge.timewire import MAX_ID, decode_response, encode_request, response_verdict
+from edge.trust import BAD_SIGNATURE, UNSIGNED, BeatTrust
+
+log = logging.getLogger(__name__)
+
+#: ``metadata.time_ref`` values.
+EXCHANGE, WALL, ENVELOPE = "exchange", "wall", "envelope"
+
+
+def request_topic(prefix: str, cluster: str, agent_id: str) -> str:
+    return f"{prefix}/{cluster}/time/req/{agent_id}"
+
+
+def response_topic(prefix: str, cluster: str, agent_id: str) -> str:
+    return f"{prefix}/{cluster}/time/resp/{agent_id}"
+
+
+class TimeSync:
+    """Runs the exchange over the link for one agent (on the runner's thread only)."""
+
+    def __init__(
+        self,
+        prefix: str,
+        cluster: str,
+        agent_id: str,
+        publish: Callable[[str, bytes], object],
+        connected: Callable[[], bool],
+        monotonic: Callable[[], float],
+        trust: BeatTrust | None = None,
+        config: ExchangeConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.request_topic = request_topic(prefix, cluster, agent_id)
+        self.response_topic = response_topic(prefix, cluster, agent_id)
+        self._publish = publish
+        self._connected = connected
+        self._monotonic = monotonic
+        self.trust = trust
+        # A random first id: after a restart, a late answer to the old process's request
+        # does not match a new one.
+        first = (rng or random.SystemRandom()).randrange(MAX_ID + 1)
+        self.exchange = TimeExchange(config, first_id=first)
+        self.refused: dict[str, int] = {}
+        self._logged: set[str] = set()
+        #: Whether the local wall clock agrees with the exchange (then it is used).
+        self.local_agrees = True
+
+    # ------------------------------------------------------------------ the runner's calls
+
+    def next_at(self) -> float:
+        return self.exchange.next_at()
+
+    def poll(self, now: float) -> None:
+        """Send the request due now, if one is (and the link is up)."""
+        if not self._connected():
+            return
+        request_id = self.exchange.poll(now)
+        if request_id is None:
+            return
+        payload = encode_request(request_id)
+        t1 = self._monotonic()
+        self._publish(self.request_topic, payload)
+        self.exchange.sent_at(request_id, t1)
+
+    def handles(self, topic: str) -> bool:
+        return topic == self.response_topic
+
+    def receive(self, item: Inbound) -> str:
+        """Take a response; returns what became of it (counted when refused)."""
+        try:
+            response = decode_response(item.payload)
+        except FrameError as exc:
+            return self._refuse("malformed", f"dropped a malformed time response: {exc}")
+        if self.trust is not None:
+            verdict = response_verdict(response, self.trust.verifier)
+            if verdict == "forged":
+                return self._refuse(BAD_SIGNATURE, "refused a time response: bad signature")
+            if verdict == "unsigned" and self.trust.require:
+                return self._refuse(UNSIGNED, "refused an unsigned time response")
+        outcome = self.exchange.response(response, item.arrived_at)
+        if outcome == "step":
+            log.warning("the time responder's clock stepped; the exchange follows it")
+        return outcome
+
+    def wall_for(self, arrived_at: float, local_wall: float) -> float | None:
+        """The wall reading to hand the follower with a frame that arrived at
+        ``arrived_at`` (see the module's theory)."""
+        exchange = self.exchange
+        if not exchange.answered:
+            return local_wall
+        if not exchange.locked_at(arrived_at):
+            return None
+        mapped = exchange.pulse_wall_at(arrived_at)
+        # The pulse's clock is within the bound of the mapping: a local wall clock inside
+        # it is not proven wrong, and may be better (the same host, PTP); once outside it
+        # is not used again until well inside (half the bound), so it does not flap.
+        off = abs(local_wall - mapped)
+        bound = exchange.bound_at(arrived_at)
+        self.local_agrees = off <= (bound if self.local_agrees else bound / 2.0)
+        return local_wall if self.local_agrees else mapped
+
+    def time_ref(self, follower: BeatFollower) -> str:
+        if not follower.wall_clock_trusted:
+            return ENVELOPE
+        if self.exchange.answered and not self.local_agrees:
+            return EXCHANGE
+        return WALL
+
+    def error_ms(self, now: float) -> float | None:
+        """The exchange's bound on the pulse wall clock now (ms); None without a model."""
+        bound = self.exchange.bound_at(now)
+        return bound * 1000.0 if bound != float("inf") else None
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Every response or request not used, by reason."""
+        out = self.exchange.rejected
+        for reason, count in self.refused.items():
+            out[reason] = out.get(reason, 0) + count
+        return out
+
+    def _refuse(self, reason: str, message: str) -> str:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if reason not in self._logged:  # once per reason; the count is in the claims
+            self._logged.add(reason)
+            log.warning("%s (counted in metadata.time_rejected)", message)
+        return reason

@@ -1,0 +1,546 @@
+"""The time exchange's pure core: the wire format (edge.timewire) and the clock filter and
+its schedule (edge.timefilter), against a simulated responder on a fake timeline."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.errors import FrameError
+from edge.mqtt_link import Inbound, Topics
+from edge.signing import Keyring, SigningKey
+from edge.timefilter import ClockFilter, ExchangeConfig, TimeExchange
+from edge.timekeeper import Responder as TimeResponder
+from edge.timesync import TimeSync
+from edge.timewire import (
+    TimeResponse,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+    make_response,
+    response_verdict,
+    signed_bytes,
+)
+from edge.trust import BeatTrust
+
+WALL0 = 1_800_000_000 * 10**9  # the responder's wall clock at local monotonic 0 (ns)
+
+
+# --------------------------------------------------------------------------- the wire
+
+
+def test_request_round_trip_and_exact_bytes() -> None:
+    assert encode_request(7) == cbor2.dumps({"v": 1, "id": 7}, canonical=True)
+    assert decode_request(encode_request(2**64 - 1)).id == 2**64 - 1
+
+
+def test_response_round_trip_exact_map() -> None:
+    payload = encode_response(make_response(5, WALL0, WALL0 + 30_000))
+    assert cbor2.loads(payload) == {"v": 1, "id": 5, "t2": WALL0, "t3": WALL0 + 30_000}
+    response = decode_response(payload)
+    assert (response.id, response.t2, response.t3, response.sig) == (5, WALL0, WALL0 + 30_000, None)
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"v": 2, "id": 1}, "v", "v must be 1"),
+        ({"id": 1}, "v", "v is missing"),
+        ({"v": True, "id": 1}, "v", "v must be 1"),
+        ({"v": 1}, "id", "id is missing"),
+        ({"v": 1, "id": -1}, "id", "between 0 and"),
+        ({"v": 1, "id": 1.0}, "id", "unsigned integer, got float"),
+        ({"v": 1, "id": True}, "id", "unsigned integer, got bool"),
+        ({"v": 1, "id": 1, "x": 2}, "payload", "unknown key"),
+    ],
+)
+def test_bad_requests_say_what_and_where(data: object, field: str, words: str) -> None:
+    with pytest.raises(FrameError, match=words) as info:
+        decode_request(cbor2.dumps(data))
+    assert info.value.field == field
+    assert "time request" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (b"", "empty payload"),
+        (b"\xff\xff", "not valid CBOR"),
+        (cbor2.dumps([1, 2]), "must be a CBOR map, got list"),
+        (cbor2.dumps({"v": 1, "id": 1}) + b"\x00", "bytes after the CBOR item"),
+        (cbor2.dumps(cbor2.CBORTag(55799, {"v": 1, "id": 1})), "not valid CBOR"),
+        (b"\xa1" + cbor2.dumps("v") + b"\x5a" + b"\xff" * 4, "not valid CBOR"),
+        (cbor2.dumps({"v": 1, "id": 1, "pad": "x" * 600}), "at most 512"),
+    ],
+)
+def test_unparseable_requests(payload: bytes, words: str) -> None:
+    with pytest.raises(FrameError, match=words):
+        decode_request(payload)
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"v": 1, "id": 1, "t2": 5}, "t3", "t3 is missing"),
+        ({"v": 1, "id": 1, "t2": 5, "t3": 4}, "t3", "before t2"),
+        ({"v": 1, "id": 1, "t2": 5.0, "t3": 6}, "t2", "unsigned integer, got float"),
+        ({"v": 1, "id": 1, "t2": 2**63, "t3": 2**63}, "t2", "between 0 and"),
+        ({"v": 1, "id": 1, "t2": 5, "t3": 6, "sig": "abc"}, "sig", "malformed"),
+        ({"v": 1, "id": 1, "t2": 5, "t3": 6, "sig_kid": "00" * 8}, "sig_kid", "without sig"),
+        ({"v": 1, "id": 1, "t2": 5, "t3": 6, "metadata": {}}, "payload", "unknown key"),
+    ],
+)
+def test_bad_responses_say_what_and_where(data: object, field: str, words: str) -> None:
+    with pytest.raises(FrameError, match=words) as info:
+        decode_response(cbor2.dumps(data))
+    assert info.value.field == field
+    assert "time response" in str(info.value)
+
+
+def test_make_response_refuses_values_off_the_contract() -> None:
+    with pytest.raises(ValueError, match="t3 must not be before t2"):
+        make_response(1, 10, 9)
+    with pytest.raises(ValueError, match="id must be between"):
+        make_response(-1, 10, 10)
+    with pytest.raises(ValueError, match="id must be between"):
+        encode_request(2**64)
+
+
+def _key() -> tuple[SigningKey, Keyring]:
+    private = Ed25519PrivateKey.generate()
+    signer = SigningKey(private)
+    return signer, Keyring([signer.public_raw])
+
+
+def test_signed_response_verifies_and_covers_the_map_without_sig() -> None:
+    signer, ring = _key()
+    response = make_response(9, WALL0, WALL0 + 1000, signer)
+    assert response.sig is not None and response.sig_kid == signer.kid
+    decoded = decode_response(encode_response(response))
+    assert decoded == response
+    assert response_verdict(decoded, ring) == "signed"
+    assert signed_bytes(decoded) == cbor2.dumps(
+        {"v": 1, "id": 9, "t2": WALL0, "t3": WALL0 + 1000}, canonical=True
+    )
+    # Any field changed after signing: forged.
+    for changed in (
+        TimeResponse(10, decoded.t2, decoded.t3, decoded.sig, decoded.sig_kid),
+        TimeResponse(9, decoded.t2 + 1, decoded.t3, decoded.sig, decoded.sig_kid),
+        TimeResponse(9, decoded.t2, decoded.t3 + 1, decoded.sig, decoded.sig_kid),
+    ):
+        assert response_verdict(changed, ring) == "forged"
+    other_signer, _ = _key()
+    assert response_verdict(make_response(9, WALL0, WALL0, other_signer), ring) == "forged"
+    assert response_verdict(make_response(9, WALL0, WALL0), ring) == "unsigned"
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+class Responder:
+    """A responder whose wall clock runs at ``rate`` against ours and may step."""
+
+    def __init__(self, rate_ppm: float = 0.0, offset_s: float = -3 * 3600.0) -> None:
+        self.rate = rate_ppm * 1e-6
+        self.offset_ns = round(offset_s * 1e9)
+        self.step_ns = 0
+        self.turnaround_s = 50e-6
+
+    def wall_ns(self, t: float) -> int:
+        return WALL0 + self.offset_ns + self.step_ns + round(t * (1 + self.rate) * 1e9)
+
+
+def run(
+    exchange: TimeExchange,
+    responder: Responder,
+    seconds: float,
+    there: Callable[[random.Random], float],
+    back: Callable[[random.Random], float],
+    start: float = 100.0,
+    loss: float = 0.0,
+    seed: int = 1,
+    answering: Callable[[float], bool] = lambda t: True,
+    on_tick: Callable[[float], None] | None = None,
+) -> float:
+    """Drive ``exchange`` for ``seconds`` of fake time from ``start`` (1 ms ticks)."""
+    rng = random.Random(seed)
+    pending: list[tuple[float, TimeResponse]] = []
+    t = start
+    end = start + seconds
+    while t < end:
+        request_id = exchange.poll(t)
+        if request_id is not None and answering(t) and rng.random() >= loss:
+            t2 = t + there(rng)
+            t3 = t2 + responder.turnaround_s
+            arrive = t3 + back(rng)
+            pending.append(
+                (arrive, make_response(request_id, responder.wall_ns(t2), responder.wall_ns(t3)))
+            )
+        for item in [p for p in pending if p[0] <= t]:
+            pending.remove(item)
+            exchange.response(item[1], item[0])
+        if on_tick is not None:
+            on_tick(t)
+        t += 0.001
+    return t
+
+
+def error_at(exchange: TimeExchange, responder: Responder, t: float) -> float:
+    return abs(exchange.pulse_wall_at(t) * 1e9 - responder.wall_ns(t)) / 1e9
+
+
+def fixed(seconds: float) -> Callable[[random.Random], float]:
+    return lambda rng: seconds
+
+
+def uniform(low: float, high: float) -> Callable[[random.Random], float]:
+    return lambda rng: rng.uniform(low, high)
+
+
+def pareto(floor: float, scale: float) -> Callable[[random.Random], float]:
+    """Heavy tailed: mostly near the floor, sometimes far above (Pareto, alpha 1.5)."""
+    return lambda rng: floor + scale * (rng.paretovariate(1.5) - 1.0)
+
+
+# --------------------------------------------------------------------------- the filter
+
+
+def test_locks_fast_and_maps_within_its_bound() -> None:
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=40.0)
+    t = run(exchange, responder, 3.0, uniform(100e-6, 400e-6), uniform(100e-6, 400e-6))
+    assert exchange.locked_at(t)
+    error = error_at(exchange, responder, t)
+    assert error <= exchange.bound_at(t)
+    assert error < 100e-6
+    # to_local is the inverse: a deadline_at lands at the local time it names.
+    deadline_ns = responder.wall_ns(t + 0.5)
+    assert abs(exchange.to_local(deadline_ns) - (t + 0.5)) < 110e-6
+
+
+def test_rate_is_tracked_and_carries_through_silence() -> None:
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=80.0)
+    t = run(exchange, responder, 60.0, uniform(100e-6, 2e-3), uniform(100e-6, 2e-3))
+    assert abs(exchange.filter.rate - 80e-6) < 10e-6
+    # 30 s without answers: the mapping is carried at the measured rate.
+    later = t + 30.0
+    error = error_at(exchange, responder, later)
+    assert error <= exchange.bound_at(later)
+    assert error < 0.3e-3
+
+
+def test_asymmetric_delays_stay_within_the_bound() -> None:
+    """0.2 ms there, 1.2 ms back: the offset is off by half the difference, which the
+    bound (half the delay) covers."""
+    exchange = TimeExchange()
+    responder = Responder()
+    t = run(exchange, responder, 10.0, fixed(0.2e-3), uniform(1.2e-3, 1.3e-3))
+    error = error_at(exchange, responder, t)
+    assert 0.45e-3 < error <= exchange.bound_at(t)
+    assert exchange.locked_at(t)
+
+
+def test_heavy_tailed_delays_use_the_floor() -> None:
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=-30.0)
+    for seed in range(3):
+        t = run(
+            exchange,
+            responder,
+            40.0,
+            pareto(150e-6, 300e-6),
+            pareto(150e-6, 300e-6),
+            start=100.0 + 100 * seed,
+            seed=seed,
+        )
+        error = error_at(exchange, responder, t)
+        assert error <= exchange.bound_at(t)
+        assert error < 0.2e-3
+
+
+@pytest.mark.parametrize(("both_ways", "worst"), [(False, 1e-3), (True, 5e-3)])
+def test_jitter_50ms_with_loss_is_bounded(both_ways: bool, worst: float) -> None:
+    """0-50 ms on the responses (the bench's worst row; or each way) and 10 % loss: never
+    outside the bound, and after a minute within ``worst``."""
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=20.0)
+    errors: list[tuple[float, float, float]] = []
+
+    def check(t: float) -> None:
+        if round(t * 1000) % 500 == 0 and exchange.filter.samples:
+            errors.append((t, error_at(exchange, responder, t), exchange.bound_at(t)))
+
+    run(
+        exchange,
+        responder,
+        120.0,
+        uniform(0.2e-3, 50e-3) if both_ways else uniform(0.1e-3, 0.3e-3),
+        uniform(0.2e-3, 50e-3),
+        loss=0.1,
+        on_tick=check,
+    )
+    assert errors
+    assert all(e <= b for _, e, b in errors)
+    assert max(e for t, e, _ in errors if t > 160.0) < worst
+    assert exchange.lost > 0
+    assert exchange.rejected["lost"] == exchange.lost
+
+
+def test_lost_responses_time_out_and_bound_in_flight() -> None:
+    exchange = TimeExchange()
+    run(exchange, Responder(), 20.0, fixed(1e-4), fixed(1e-4), answering=lambda t: False)
+    cfg = exchange.config
+    # Acquiring pace until idle_after went unanswered, then the idle pace: bounded.
+    assert exchange.sent <= cfg.idle_after + cfg.max_in_flight + 20.0 / cfg.idle_interval_s + 1
+    assert exchange.lost >= exchange.sent - cfg.max_in_flight
+    assert len(exchange._in_flight) <= cfg.max_in_flight
+    assert not exchange.answered
+    assert exchange.bound_at(120.0) == math.inf
+    assert not exchange.locked_at(120.0)
+
+
+def test_pace_acquiring_then_tracking() -> None:
+    exchange = TimeExchange()
+    responder = Responder()
+    sent: list[float] = []
+    original = exchange.poll
+
+    def poll(t: float) -> int | None:
+        got = original(t)
+        if got is not None:
+            sent.append(t)
+        return got
+
+    exchange.poll = poll  # type: ignore[method-assign,assignment]
+    run(exchange, responder, 30.0, fixed(1e-4), fixed(1e-4))
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert gaps[0] == pytest.approx(0.25, abs=0.002)
+    assert gaps[-1] == pytest.approx(1.0, abs=0.002)
+    assert len(sent) < 16 + 30
+
+
+def test_responder_restart_keeps_the_lock() -> None:
+    """A responder gone for 5 s (its in-flight requests lost), then back (same clock):
+    the mapping carries through and tightens again."""
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=50.0)
+    t = run(
+        exchange,
+        responder,
+        40.0,
+        uniform(1e-4, 5e-4),
+        uniform(1e-4, 5e-4),
+        answering=lambda t: not 120.0 <= t < 125.0,
+    )
+    assert exchange.lost >= 3
+    assert exchange.filter.steps == 0
+    assert error_at(exchange, responder, t) < 0.1e-3
+    assert exchange.locked_at(t)
+
+
+def test_responder_wall_clock_step_is_followed_after_confirmation() -> None:
+    exchange = TimeExchange()
+    responder = Responder()
+    t = run(exchange, responder, 20.0, uniform(1e-4, 3e-4), uniform(1e-4, 3e-4))
+    responder.step_ns = 250_000_000  # the responder's clock jumps 250 ms
+    t = run(exchange, responder, 4.0, uniform(1e-4, 3e-4), uniform(1e-4, 3e-4), start=t)
+    assert exchange.filter.steps == 1
+    assert exchange.filter.rejected["outlier"] == exchange.config.step_confirm - 1
+    assert error_at(exchange, responder, t) < 0.1e-3
+    t = run(exchange, responder, 5.0, uniform(1e-4, 3e-4), uniform(1e-4, 3e-4), start=t)
+    assert exchange.locked_at(t)
+    assert error_at(exchange, responder, t) < 0.1e-3
+
+
+def test_one_lying_response_is_an_outlier_not_a_step() -> None:
+    exchange = TimeExchange()
+    responder = Responder()
+    t = run(exchange, responder, 10.0, fixed(1e-4), fixed(1e-4))
+    request_id = exchange.poll(t + 1.0)
+    assert request_id is not None
+    bad = responder.wall_ns(t + 1.0) + 40_000_000
+    assert exchange.response(make_response(request_id, bad, bad), t + 1.0002) == "outlier"
+    t = run(exchange, responder, 5.0, fixed(1e-4), fixed(1e-4), start=t + 1.001)
+    assert exchange.filter.steps == 0
+    assert error_at(exchange, responder, t) < 20e-6
+
+
+def test_stale_unknown_and_impossible_responses_are_counted() -> None:
+    exchange = TimeExchange(first_id=2**64 - 1)
+    first = exchange.poll(0.0)
+    assert first == 2**64 - 1
+    assert exchange.poll(0.25) == 0  # ids wrap, new each time
+    assert exchange.response(make_response(first, WALL0, WALL0), 0.0001) == "used"
+    assert exchange.response(make_response(first, WALL0, WALL0), 0.0002) == "stale"
+    assert exchange.response(make_response(77, WALL0, WALL0), 0.0003) == "unknown"
+    # t3 - t2 longer than the round trip: the responder's clock cannot be right.
+    assert exchange.response(make_response(0, WALL0, WALL0 + 10**9), 0.26) == "negative_delay"
+    slow = exchange.poll(0.5)
+    assert slow is not None
+    assert exchange.response(make_response(slow, WALL0, WALL0), 1.9) == "slow"
+    assert exchange.rejected == {"stale": 1, "unknown": 1, "negative_delay": 1, "slow": 1}
+
+
+def test_clock_filter_before_any_exchange() -> None:
+    f = ClockFilter(ExchangeConfig())
+    assert f.bound_at(1.0) == math.inf
+    with pytest.raises(RuntimeError, match="no exchange yet"):
+        f.to_local(WALL0)
+
+
+# --------------------------------------------------------------------------- the adapters
+
+
+class Wire:
+    """A loopback between a TimeSync and a Responder: what each published."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.now = 50.0
+
+    def publish(self, topic: str, payload: bytes) -> object:
+        self.sent.append((topic, payload))
+        return None
+
+
+def _sync(wire: Wire, trust: BeatTrust | None = None) -> TimeSync:
+    return TimeSync(
+        "backbeat",
+        "c1",
+        "c1:pi-01",
+        wire.publish,
+        lambda: True,
+        lambda: wire.now,
+        trust,
+        rng=random.Random(3),
+    )
+
+
+def _answer(
+    wire: Wire, sync: TimeSync, responder: TimeResponder, wall_s: float, back_s: float = 1e-4
+) -> str:
+    """The last request, answered by ``responder`` at the wall time ``wall_s``."""
+    topic, payload = wire.sent[-1]
+    assert topic == "backbeat/c1/time/req/c1:pi-01"
+    answers: list[tuple[str, bytes]] = []
+    responder._publish = lambda t, p: answers.append((t, p))
+    assert responder.handle(Inbound("message", 0.0, wall_s, topic, payload))
+    ((resp_topic, resp_payload),) = answers
+    assert resp_topic == "backbeat/c1/time/resp/c1:pi-01" and sync.handles(resp_topic)
+    return sync.receive(Inbound("message", wire.now + back_s, 0.0, resp_topic, resp_payload))
+
+
+def test_timesync_and_responder_over_a_loopback() -> None:
+    wire = Wire()
+    sync = _sync(wire)
+    walls = iter(range(10**18, 10**18 + 10**12, 10**4))
+    responder = TimeResponder(Topics("backbeat", "c1"), wire.publish, wall_ns=lambda: next(walls))
+    assert sync.wall_for(wire.now, 123.0) == 123.0  # no responder yet: the local wall clock
+    for _ in range(4):
+        sync.poll(wire.now)
+        assert _answer(wire, sync, responder, 1e9 + wire.now) == "used"
+        wire.now += 0.25
+    assert sync.exchange.answered
+    assert sync.error_ms(wire.now) is not None
+    # A local wall clock hours off: the exchange's mapping is used instead.
+    mapped = sync.wall_for(wire.now, 123.0)
+    assert mapped is not None and abs(mapped - (1e9 + wire.now)) < 0.01
+    assert not sync.local_agrees
+    # Back inside half the bound: the local wall clock is used again; it stays in use
+    # up to the bound, and not beyond.
+    bound = sync.exchange.bound_at(wire.now)
+    assert mapped is not None
+    assert sync.wall_for(wire.now, mapped + 0.4 * bound) == mapped + 0.4 * bound
+    assert sync.local_agrees
+    assert sync.wall_for(wire.now, mapped + 0.9 * bound) == mapped + 0.9 * bound
+    assert sync.wall_for(wire.now, mapped + 1.1 * bound) == pytest.approx(mapped, abs=1e-6)
+    assert responder.answered == 4
+
+
+def test_responder_refuses_bad_requests_and_counts_them() -> None:
+    sent: list[tuple[str, bytes]] = []
+    responder = TimeResponder(Topics("backbeat", "c1"), lambda t, p: sent.append((t, p)))
+    assert responder.handles("backbeat/c1/time/req/x")
+    assert not responder.handles("backbeat/c1/beat")
+    assert not responder.handle(Inbound("message", 0.0, 1.0, "backbeat/c1/time/req/x", b"\x00"))
+    assert not responder.handle(Inbound("message", 0.0, 1.0, "backbeat/c1/time/req/", b""))
+    assert responder.refused == {"malformed": 1, "bad_topic": 1}
+    assert sent == []
+
+
+def _keeper(signer: SigningKey | None = None) -> TimeResponder:
+    """A responder whose wall clock reads 1e9 s + 1 us at t3 (t2: 1e9 s, see _answer)."""
+    return TimeResponder(Topics("backbeat", "c1"), Wire().publish, signer, lambda: 10**18 + 1000)
+
+
+def test_signed_responses_required_when_signed_beats_are() -> None:
+    signer, ring = _key()
+    wire = Wire()
+    sync = _sync(wire, BeatTrust(ring, require=True))
+    unsigned, signed = _keeper(), _keeper(signer)
+    other, _ = _key()
+    forger = _keeper(other)
+    sync.poll(wire.now)
+    assert _answer(wire, sync, unsigned, 1e9) == "unsigned"
+    assert _answer(wire, sync, forger, 1e9) == "bad_signature"
+    assert _answer(wire, sync, signed, 1e9) == "used"
+    assert sync.rejected == {"unsigned": 1, "bad_signature": 1}
+    assert not sync.handles("backbeat/c1/time/resp/c1:other")
+    junk = sync.receive(Inbound("message", 1.0, 0.0, sync.response_topic, b"\xa0"))
+    assert junk == "malformed" and sync.rejected["malformed"] == 1
+
+
+def test_signed_beats_not_required_take_unsigned_but_never_forged() -> None:
+    _, ring = _key()
+    wire = Wire()
+    sync = _sync(wire, BeatTrust(ring, require=False))
+    other, _ = _key()
+    sync.poll(wire.now)
+    assert _answer(wire, sync, _keeper(other), 1e9) == "bad_signature"
+    assert _answer(wire, sync, _keeper(), 1e9) == "used"
+
+
+def test_time_ref_names_the_reference() -> None:
+    class Follower:
+        wall_clock_trusted = False
+
+    wire = Wire()
+    sync = _sync(wire)
+    follower = Follower()
+    assert sync.time_ref(follower) == "envelope"  # type: ignore[arg-type]
+    follower.wall_clock_trusted = True
+    assert sync.time_ref(follower) == "wall"  # type: ignore[arg-type]
+    sync.exchange.answered = True
+    assert sync.time_ref(follower) == "wall"  # type: ignore[arg-type]
+    sync.local_agrees = False
+    assert sync.time_ref(follower) == "exchange"  # type: ignore[arg-type]
+
+
+def test_a_responder_that_appears_is_heard_at_once() -> None:
+    """Requests nobody answered do not hold the in-flight slots until they time out."""
+    exchange = TimeExchange()
+    responder = Responder()
+    locked_at: list[float] = []
+
+    def watch(t: float) -> None:
+        if not locked_at and exchange.locked_at(t):
+            locked_at.append(t)
+
+    run(
+        exchange,
+        responder,
+        4.0,
+        fixed(1e-4),
+        fixed(1e-4),
+        answering=lambda t: t >= 101.3,
+        on_tick=watch,
+    )
+    assert locked_at and locked_at[0] < 101.3 + 0.6, locked_at
