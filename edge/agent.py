@@ -129,6 +129,24 @@ def link_for(config: Config) -> MqttLink:
     )
 
 
+def timesync_for(config: Config, link: MqttLink, clock: Clock, trust: BeatTrust | None) -> TimeSync:
+    """The time exchange over ``link`` (QoS 0 requests), checked by ``trust`` when signed
+    beats are required."""
+
+    def publish(topic: str, payload: bytes) -> object:
+        return link.publish(topic, payload, qos=0)
+
+    return TimeSync(
+        config.agent.topic_prefix,
+        config.agent.cluster,
+        config.agent.id,
+        publish,
+        lambda: link.connected,
+        clock.monotonic,
+        trust,
+    )
+
+
 def farewell(runner: Runner, link: MqttLink, outbox: Outbox, clock: Clock) -> None:
     """The way out after the loop: outputs safe, the final claim and ``offline`` sent (a
     final claim the broker did not acknowledge kept in the outbox for the next start), the
@@ -207,27 +225,10 @@ class Agent:
             trust=trust,
             claim_signer=signer,
         )
-        self.runner.attach_timesync(self._timesync(config, trust))
+        self.runner.attach_timesync(timesync_for(config, self.link, self.clock, trust))
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._hang = threading.Event()
-
-    def _timesync(self, config: Config, trust: BeatTrust | None) -> TimeSync:
-        """The time exchange over this agent's link (QoS 0 requests)."""
-        link = self.link
-
-        def publish(topic: str, payload: bytes) -> object:
-            return link.publish(topic, payload, qos=0)
-
-        return TimeSync(
-            config.agent.topic_prefix,
-            config.agent.cluster,
-            config.agent.id,
-            publish,
-            lambda: link.connected,
-            self.clock.monotonic,
-            trust,
-        )
 
     # The runner owns both from here on: a reload may replace them at a beat boundary.
     @property

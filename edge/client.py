@@ -46,6 +46,7 @@ from edge.agent import (
     open_outbox,
     outbox_config_for,
     security_for,
+    timesync_for,
 )
 from edge.client_budget import Budget, BudgetCounts, BudgetExpired, BudgetResult
 from edge.client_config import client_config
@@ -208,6 +209,7 @@ class BeatClient:
             claim_signer=signer,
         )
         self.runner.claim_hook = self._decorate
+        self.runner.attach_timesync(timesync_for(config, self.link, self.clock, trust))
         probe.sample(time.monotonic(), full=False)  # prime the CPU counters
         self._started = True
         self.link.start()

@@ -169,6 +169,9 @@ def test_a_budget_that_runs_out_and_claims_within_the_contract(
     after = [c for c in claims if c.metadata["seq"] > own.metadata["seq"]]  # type: ignore[index]
     beat_claims = [c for c in after if not c.metadata.get("final")]  # type: ignore[union-attr]
     assert beat_claims and all(c.state == "executing" for c in beat_claims)  # declared, carried
+    # The client runs the agent's time exchange too: the pulse answers, so claims carry its
+    # bound on the pulse's clock.
+    assert any("time_error_ms" in (c.metadata or {}) for c in beat_claims), beat_claims[-1]
     final = claims[-1]
     assert final.metadata is not None and final.metadata["final"] is True
     assert final.state == "idle"
