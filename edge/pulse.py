@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import IO
 
@@ -50,7 +50,15 @@ def limit_change(current: float, requested: float, force: bool) -> float:
     if force:
         return snap_tempo(requested)
     low, high = current * 0.9, current * 1.1
-    return snap_tempo(min(high, max(low, requested)))
+    snapped = snap_tempo(min(high, max(low, requested)))
+    # Snapping to the 0.1 grid may round just past the limit (118.8 * 1.1 = 130.68 -> 130.7,
+    # +10.02 %), which a follower then holds as an unconfirmed jump: round inwards instead.
+    tenth = Decimal("0.1")
+    if snapped > high:
+        snapped = float(Decimal(repr(high)).quantize(tenth, rounding=ROUND_FLOOR))
+    elif snapped < low:
+        snapped = float(Decimal(repr(low)).quantize(tenth, rounding=ROUND_CEILING))
+    return min(1000.0, max(0.1, snapped))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,12 +28,16 @@ def test_tempo_snaps_to_the_contract_grid_and_range() -> None:
         (120.0, 200.0, False, 132.0),  # limited to +10 %
         (120.0, 60.0, False, 108.0),  # limited to -10 %
         (1.0, 600.0, True, 600.0),  # forced
+        (118.8, 1000.0, False, 130.6),  # 130.68 would snap to 130.7, past +10 %: inwards
+        (130.7, 1.0, False, 117.7),  # 117.63 would snap to 117.6, past -10 %: inwards
     ],
 )
 def test_a_change_moves_at_most_ten_percent_unless_forced(
     current: float, requested: float, force: bool, applied: float
 ) -> None:
     assert limit_change(current, requested, force) == applied
+    if not force:  # what a follower takes from one frame (sync.max_tempo_step = 0.10)
+        assert abs(applied - current) <= 0.1 * current * (1 + 1e-9)
 
 
 def test_beats_follow_each_other_at_the_tempo_in_force() -> None:
