@@ -286,7 +286,13 @@ def _one_url(url: str) -> tuple[str, int, bool]:
     if parts.password is not None:
         raise ValueError("a password in the URL would leak into logs; use password_file")
     tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+    try:
+        port = parts.port
+    except ValueError:  # urllib's own words ("Port out of range 0-65535") name no URL part
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return parts.hostname, port or (8883 if tls else 1883), tls
 
 
 def _broker_urls(
@@ -295,7 +301,7 @@ def _broker_urls(
     """The display ``url`` and every good (host, port, tls) of ``broker.url``: a string,
     a comma-separated string (as the command lines take it) or a list of strings. Each
     problem names the entry by its index."""
-    key = f"{where}.url"
+    key = where if where.startswith("-") else f"{where}.url"  # a flag is named as typed
     if isinstance(value, str) and "," in value:
         value = [part.strip() for part in value.split(",")]
     if isinstance(value, str):
@@ -327,7 +333,11 @@ def _broker_urls(
             problems.add(f"{key}[{i}]", f"{exc}, got {item!r}")
             continue
         if (host, port) in seen:
-            problems.add(f"{key}[{i}]", f"names the same broker as {key}[{seen[host, port]}]")
+            problems.add(
+                f"{key}[{i}]",
+                f"names the same broker ({host}:{port}, with the default port filled in) "
+                f"as {key}[{seen[host, port]}]",
+            )
             continue
         if found and tls != found[0][2]:
             # One client, one TLS set-up: [broker]'s TLS files apply to every broker.

@@ -330,7 +330,7 @@ def run_monitor(
         {"url": broker_url, "protocol": protocol}, problems, Path.cwd(), where="--broker"
     )
     if problems:
-        print(f"backbeat-edge monitor: {ConfigError(problems.items, 'monitor')}", file=sys.stderr)
+        print(f"backbeat-edge {ConfigError(problems.items, 'monitor')}", file=sys.stderr)
         return 2
     topics = Topics(prefix, cluster)
     view = FleetView(topics, keyring=keyring)

@@ -339,6 +339,9 @@ class MqttLink:
     ) -> None:
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
+            if "protocol version" in str(reason).lower() and self.broker.protocol == "5":
+                # NATS's MQTT gateway (and old brokers) speak only 3.1.1.
+                self.last_error += ' (a NATS gateway? it speaks MQTT 3.1.1: protocol = "3.1.1")'
             self._refused = True
             return
         self.connects += 1

@@ -83,7 +83,13 @@ def test_a_comma_separated_string_is_a_list_as_the_command_lines_give_it() -> No
         (["mqtt://a:1", "http://b"], "broker.url[1]: scheme must be mqtt:// or mqtts://"),
         (["mqtt://a:1", 7], "broker.url[1]: must be a string"),
         (["mqtt://a:1", "mqtt://u:pw@b"], "broker.url[1]: a password in the URL"),
-        (["mqtt://a:1", "mqtt://a:1"], "broker.url[1]: names the same broker as broker.url[0]"),
+        (
+            ["mqtt://a:1", "mqtt://a:1"],
+            "broker.url[1]: names the same broker (a:1, with the default port filled in) "
+            "as broker.url[0]",
+        ),
+        (["mqtt://a", "mqtt://a:1883"], "broker.url[1]: names the same broker (a:1883"),
+        (["mqtt://a:99999"], "broker.url[0]: the port must be a number from 1 to 65535"),
         (["mqtt://a:1", "mqtts://b:2"], "broker.url[1]: mixes mqtt:// and mqtts://"),
         (3, "broker.url: must be a string like mqtt://host:1883 or a list"),
         (["mqtt://h:1"] * 1 + [f"mqtt://h:{p}" for p in range(2, 70)], "more than the 64"),

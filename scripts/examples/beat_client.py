@@ -37,9 +37,15 @@ def read_sensor(budget: Budget) -> float:
     return 20.0 + 2.0 * math.sin(time.monotonic() / 10.0) + random.gauss(0.0, 0.05)
 
 
-def run(broker_url: str, cluster: str, duration_s: float, state_dir: Path) -> int:
+def run(
+    broker_url: str, cluster: str, duration_s: float, state_dir: Path, protocol: str = "5"
+) -> int:
     client = BeatClient(
-        broker_url, cluster, f"{cluster}:example", outbox={"directory": str(state_dir)}
+        broker_url,
+        cluster,
+        f"{cluster}:example",
+        outbox={"directory": str(state_dir)},
+        broker={"protocol": protocol},
     )
 
     @client.on_beat
@@ -101,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bpm", type=float, default=120.0, help="--own-broker pulse tempo")
     parser.add_argument("--duration", type=float, default=math.inf, help="seconds to run")
+    parser.add_argument(
+        "--protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT version (3.1.1 for NATS, as the demo --nats prints)",
+    )
     options = parser.parse_args(argv)
     if options.own_broker == bool(options.broker):
         parser.error("give --broker URL or --own-broker")
@@ -108,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         if options.own_broker:
             with own_broker(options.bpm) as url:
                 return run(url, "demo", options.duration, Path(state))
-        return run(options.broker, options.cluster, options.duration, Path(state))
+        return run(
+            options.broker, options.cluster, options.duration, Path(state), options.protocol
+        )
 
 
 if __name__ == "__main__":
