@@ -11,7 +11,9 @@ local monotonic (and wall) time of arrival and offers the message to the bounded
 counting what it must drop (``dropped_inbound``); ``on_publish`` hands over the
 acknowledgement of a QoS 1 publish and connect and disconnect are handed over as events, on
 the control lane, which is never full and is read first: a flood of frames must not cost an
-acknowledgement (a lost one would hold a publish slot) or a connection event. The control
+acknowledgement (a lost one would hold a publish slot) or a connection event. An
+acknowledgement does not wake the loop (a wake-up costs more than the ack): it is taken at
+the next one. The control
 lane stays small by itself (at most one ack per publish in flight, one event per connect).
 Nothing is parsed or decided on paho's thread, so the runner's core needs no locks.
 
@@ -107,12 +109,15 @@ class LinkInbox(queue.Queue[Inbound]):
             self.not_empty.notify()
         return True
 
-    def put_control(self, item: Inbound) -> None:
-        """Queue an acknowledgement or connection event, ahead of any waiting frame."""
+    def put_control(self, item: Inbound, wake: bool = True) -> None:
+        """Queue an acknowledgement or connection event, ahead of any waiting frame.
+        With ``wake=False`` a waiting ``get`` is not woken: the item is taken at the next
+        ``get`` (a later wake-up), which costs no wake-up of its own."""
         with self.not_full:
             self._control.append(item)
             self.unfinished_tasks += 1
-            self.not_empty.notify()
+            if wake:
+                self.not_empty.notify()
 
     def nudge(self, now: float) -> bool:
         """Wake a waiting ``get`` with a ``wake`` item (it carries nothing), if the lock
@@ -308,6 +313,11 @@ class MqttLink:
             if not self.inbox.offer(item):
                 self.dropped_inbound += 1
                 return
+        elif item.kind == "ack":
+            # Nothing waits on an ack: it is taken at the loop's next wake-up (a beat later
+            # at most; sooner while claims wait for the publish window: Runner.next_deadline).
+            self.inbox.put_control(item, wake=False)
+            return
         else:
             self.inbox.put_control(item)
         if self._on_wake is not None:

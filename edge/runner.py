@@ -98,6 +98,8 @@ MAX_WAIT_S = 1.0
 #: How late the loop may see a beat's start, so that it shares its frame's wake-up (see
 #: next_deadline); events keep their own times, and actions are spun to precisely.
 BOUNDARY_SLACK_S = 0.003
+#: While claims wait for the publish window, the loop looks for acks this often.
+ACK_POLL_S = 0.005
 #: A live view (the demo's screen) is redrawn this often.
 VIEW_EVERY_S = 0.2
 #: A due probe sample waits up to this long for a wake-up that comes anyway (a frame, a
@@ -251,6 +253,10 @@ class Runner:
         # a deadline in the past, which would make the loop poll until then).
         if self.probe is not None and not (now >= self._next_sample and self._imminent(now)):
             candidates.append(self._next_sample + PROBE_SLACK_S)
+        if self.publisher.window_full():
+            # Acks do not wake the loop (edge.mqtt_link): look for them soon while claims
+            # wait for the publish window (a backlog after a reconnect drains at speed).
+            candidates.append(now + ACK_POLL_S)
         safe_at = self.lost.deadline(self.config)
         if safe_at is not None:
             candidates.append(safe_at)

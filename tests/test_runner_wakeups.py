@@ -1,6 +1,7 @@
 """What the loop's wake-ups cost: spins only for precise deadlines, the action first after
 its spin, an adaptive spin lead, a beat's start sharing its frame's wake-up, the probe
-never a deadline in the past, outside deadlines (watchdog) and a signal's nudge."""
+never a deadline in the past, outside deadlines (watchdog), a signal's nudge, and acks
+that wake nothing (but are looked for while claims wait for the publish window)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from gpiozero.pins.mock import MockFactory
 from test_runner import BEAT, Bench, FakeLink
 
 from edge.clock import FakeClock
+from edge.config import OutboxConfig
 from edge.guard import Sample
 from edge.mqtt_link import Inbound, LinkInbox
-from edge.runner import BOUNDARY_SLACK_S, MAX_WAIT_S, PROBE_SLACK_S
+from edge.outbox import PUBLISH_WINDOW, Outbox
+from edge.runner import ACK_POLL_S, BOUNDARY_SLACK_S, MAX_WAIT_S, PROBE_SLACK_S
 from edge.spin import SPIN_MAX_S, SPIN_MIN_S, SPIN_START_S, SpinLead
 from edge.sync import SyncState
 
@@ -273,3 +276,60 @@ def test_a_nudge_never_blocks_on_a_held_lock() -> None:
     with inbox.mutex:  # as when a signal interrupts the thread inside get()
         assert inbox.nudge(1.0) is False
     assert inbox.qsize() == 0
+
+
+# ------------------------------------------------------------------ acks
+
+
+def test_an_ack_does_not_wake_a_waiting_get_but_is_taken_next() -> None:
+    inbox = LinkInbox(4)
+    got: list[tuple[str, float]] = []
+
+    def waiter() -> None:
+        started = time.monotonic()
+        item = inbox.get(timeout=0.4)
+        got.append((item.kind, time.monotonic() - started))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.05)
+    inbox.put_control(Inbound("ack", 1.0, mid=3), wake=False)
+    thread.join(5.0)
+    [(kind, waited)] = got
+    assert kind == "ack" and waited >= 0.35  # taken when the wait ended, not woken by it
+    inbox.put_control(Inbound("connected", 2.0))  # events still wake at once
+    assert inbox.get(timeout=0.01).kind == "connected"
+
+
+def test_the_link_hands_acks_over_without_waking_the_loop() -> None:
+    from edge.config import BrokerConfig
+    from edge.mqtt_link import MqttLink
+
+    woken: list[str] = []
+    link = MqttLink(
+        BrokerConfig(host="127.0.0.1", port=1), "t", on_wake=lambda: woken.append("wake")
+    )
+    link._hand_over(Inbound("ack", 1.0, mid=5))
+    assert woken == [] and link.inbox.get_nowait().mid == 5
+    link._hand_over(Inbound("connected", 2.0))
+    assert woken == ["wake"]
+
+
+def test_claims_waiting_for_the_window_make_the_loop_look_for_acks(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    link = FakeLink()
+    outbox = Outbox(OutboxConfig(directory=None))
+    bench = Bench(tmp_path, factory, link=link, outbox=outbox)
+    runner = bench.runner
+    bench.pulse(range(40))
+    bench.run_until(bench.start + 10 * BEAT)  # FakeLink never acks: the window fills
+    assert not runner.publisher.window_full()  # 10 claims in flight: room left
+    now = bench.clock.monotonic()
+    assert runner.next_deadline(now) > now + ACK_POLL_S
+    bench.run_until(bench.start + 30 * BEAT)
+    assert outbox.backlog > PUBLISH_WINDOW and runner.publisher.window_full()
+    now = bench.clock.monotonic()
+    assert runner.next_deadline(now) == pytest.approx(now + ACK_POLL_S)
+    link.connected = False  # nothing comes back while the link is down: no polling
+    assert not runner.publisher.window_full()
