@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -98,6 +99,8 @@ MAX_WAIT_S = 1.0
 #: How late the loop may see a beat's start, so that it shares its frame's wake-up (see
 #: next_deadline); events keep their own times, and actions are spun to precisely.
 BOUNDARY_SLACK_S = 0.003
+#: At most this many more queued items are taken in one wake-up (see run_once).
+DRAIN_MAX = 8
 #: While claims wait for the publish window, the loop looks for acks this often.
 ACK_POLL_S = 0.005
 #: A live view (the demo's screen) is redrawn this often.
@@ -610,6 +613,17 @@ class Runner:
         spin = precise is not None and precise <= deadline and deadline < now + self.max_wait_s
         timeout = deadline - now - (self.spin.seconds if spin else 0.0)
         item = self.clock.wait(inbox, timeout)
+        if item is not None and inbox is not None:
+            # What else is queued is taken in this wake-up too (an ack that woke nothing,
+            # a frame behind it), in order, the last one through step; bounded, so a
+            # flood cannot hold deadlines back.
+            for _ in range(DRAIN_MAX):
+                try:
+                    more = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                self._receive(item, self.clock.monotonic())
+                item = more
         if item is None:
             woke = self.clock.monotonic()
             if timeout > 0:

@@ -19,7 +19,7 @@ from edge.config import OutboxConfig
 from edge.guard import Sample
 from edge.mqtt_link import Inbound, LinkInbox
 from edge.outbox import PUBLISH_WINDOW, Outbox
-from edge.runner import ACK_POLL_S, BOUNDARY_SLACK_S, MAX_WAIT_S, PROBE_SLACK_S
+from edge.runner import ACK_POLL_S, BOUNDARY_SLACK_S, DRAIN_MAX, MAX_WAIT_S, PROBE_SLACK_S
 from edge.spin import SPIN_MAX_S, SPIN_MIN_S, SPIN_START_S, SpinLead
 from edge.sync import SyncState
 
@@ -333,3 +333,18 @@ def test_claims_waiting_for_the_window_make_the_loop_look_for_acks(
     assert runner.next_deadline(now) == pytest.approx(now + ACK_POLL_S)
     link.connected = False  # nothing comes back while the link is down: no polling
     assert not runner.publisher.window_full()
+
+
+def test_what_is_queued_is_taken_in_one_wakeup(tmp_path: Path, factory: MockFactory) -> None:
+    link = FakeLink()
+    runner = Bench(tmp_path, factory, link=link).runner
+    link.inbox.put(Inbound("wake", 500.0))
+    link.inbox.put(Inbound("ack", 500.0, mid=9))
+    link.inbox.put(Inbound("message", 500.0, 0.0, "backbeat/bench/beat", b"not a frame"))
+    runner.run_once()
+    assert link.inbox.qsize() == 0 and runner.counters.frames_bad == 1
+    assert runner.clock.monotonic() == 500.0  # no wait: all three were there
+    for _ in range(DRAIN_MAX + 5):  # a flood: taken DRAIN_MAX + 1 at a time
+        link.inbox.put(Inbound("wake", 500.0))
+    runner.run_once()
+    assert link.inbox.qsize() == 4
