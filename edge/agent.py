@@ -239,12 +239,15 @@ class Agent:
     def hardware(self) -> Hardware:
         return self.runner.hardware
 
-    # Signal handlers only set flags: the loop wakes at least every MAX_WAIT_S to see them.
+    # Signal handlers set flags and nudge the loop's wait (never blocking: see
+    # LinkInbox.nudge); the loop also wakes at least every max_wait_s to see them.
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stop.set()
+        self.link.inbox.nudge(time.monotonic())
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self._reload.set()
+        self.link.inbox.nudge(time.monotonic())
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -256,6 +259,7 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self.link.inbox.nudge(time.monotonic())
 
     def _reload_config(self) -> None:
         """Read and check the config again; hand it to the runner, or refuse it.
@@ -304,6 +308,8 @@ class Agent:
                     log.error("loop deliberately hung (BACKBEAT_DEBUG_HANG): watchdog pings stop")
                     while True:
                         time.sleep(3600)
+                if self.gate is not None:  # wake for the next ping, whatever else sleeps
+                    self.runner.wake_at = self.gate.next_deadline(time.monotonic())
                 self.runner.run_once()
                 if self.gate is not None:
                     now = time.monotonic()

@@ -257,9 +257,9 @@ class BeatClient:
         lower_timer_slack()
         try:
             while not self._stopping.is_set():
-                item = runner.wait_next()  # without the lock: it only reads the timeline
+                items = runner.wait_next()  # without the lock: it only reads the timeline
                 with self._lock:
-                    runner.step(item, self._loop_clock.monotonic())
+                    runner.handle(items)
         except Exception as exc:  # a bug: said loudly; sync() waiters are failed by stop()
             self.failure = exc
             log.exception("the beat client's loop failed; the client stops following")

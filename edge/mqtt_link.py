@@ -11,7 +11,9 @@ local monotonic (and wall) time of arrival and offers the message to the bounded
 counting what it must drop (``dropped_inbound``); ``on_publish`` hands over the
 acknowledgement of a QoS 1 publish and connect and disconnect are handed over as events, on
 the control lane, which is never full and is read first: a flood of frames must not cost an
-acknowledgement (a lost one would hold a publish slot) or a connection event. The control
+acknowledgement (a lost one would hold a publish slot) or a connection event. An
+acknowledgement does not wake the loop (a wake-up costs more than the ack): it is taken at
+the next one. The control
 lane stays small by itself (at most one ack per publish in flight, one event per connect).
 Nothing is parsed or decided on paho's thread, so the runner's core needs no locks.
 
@@ -73,7 +75,7 @@ log = logging.getLogger(__name__)
 #: Linux only; elsewhere the broker side must set TCP_NODELAY (see _quickack).
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
-InboundKind = Literal["message", "ack", "connected", "disconnected"]
+InboundKind = Literal["message", "ack", "connected", "disconnected", "wake"]
 
 #: A broker that takes the TCP connection but sends no CONNACK within this long is given
 #: up on (logged, then retried with backoff) instead of being waited for in silence.
@@ -119,12 +121,30 @@ class LinkInbox(queue.Queue[Inbound]):
             self.not_empty.notify()
         return True
 
-    def put_control(self, item: Inbound) -> None:
-        """Queue an acknowledgement or connection event, ahead of any waiting frame."""
+    def put_control(self, item: Inbound, wake: bool = True) -> None:
+        """Queue an acknowledgement or connection event, ahead of any waiting frame.
+        With ``wake=False`` a waiting ``get`` is not woken: the item is taken at the next
+        ``get`` (a later wake-up), which costs no wake-up of its own."""
         with self.not_full:
             self._control.append(item)
             self.unfinished_tasks += 1
+            if wake:
+                self.not_empty.notify()
+
+    def nudge(self, now: float) -> bool:
+        """Wake a waiting ``get`` with a ``wake`` item (it carries nothing), if the lock
+        is free at this instant; False if not (the waiter then sees its time-out). Never
+        blocks, so a signal handler may call it: the thread it interrupts may hold the
+        lock, and a blocking acquire would then never return."""
+        if not self.mutex.acquire(blocking=False):
+            return False
+        try:
+            self._control.append(Inbound("wake", now))
+            self.unfinished_tasks += 1
             self.not_empty.notify()
+        finally:
+            self.mutex.release()
+        return True
 
     @property
     def frames_waiting(self) -> int:
@@ -273,6 +293,7 @@ class MqttLink:
         # The MQTT 5 properties last published per topic, so stop()'s final messages carry
         # the same content type and expiry as the ones before them.
         self._props_by_topic: dict[str, Properties] = {}
+        self._props_made: dict[tuple[str | None, int | None], Properties] = {}
         self._client = self._make_client()
 
     # ------------------------------------------------------------------ set-up
@@ -322,6 +343,11 @@ class MqttLink:
             if not self.inbox.offer(item):
                 self.dropped_inbound += 1
                 return
+        elif item.kind == "ack":
+            # Nothing waits on an ack: it is taken at the loop's next wake-up (a beat later
+            # at most; sooner while claims wait for the publish window: Runner.next_deadline).
+            self.inbox.put_control(item, wake=False)
+            return
         else:
             self.inbox.put_control(item)
         if self._on_wake is not None:
@@ -530,11 +556,16 @@ class MqttLink:
         """Queue a publish; returns its message id (acked later as an ``ack`` Inbound)."""
         props: Properties | None = None
         if self.mqtt5 and (content_type or expiry_s):
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if content_type:
-                props.ContentType = content_type
-            if expiry_s:
-                props.MessageExpiryInterval = expiry_s
+            # Made once per kind: building paho's Properties costs ~0.1 ms a claim.
+            key = (content_type, expiry_s)
+            props = self._props_made.get(key)
+            if props is None:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                if content_type:
+                    props.ContentType = content_type
+                if expiry_s:
+                    props.MessageExpiryInterval = expiry_s
+                self._props_made[key] = props
             self._props_by_topic[topic] = props
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         return int(info.mid)

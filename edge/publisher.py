@@ -144,6 +144,14 @@ class ClaimPublisher:
             self.outbox.published(record.seq, mid)
             self._sent_at[mid] = self.clock.monotonic()
 
+    def window_full(self) -> bool:
+        """Whether claims wait for the outbox's publish window (acks will let them out)."""
+        if self.outbox is None or self.link is None or not self._sent_at:
+            return False
+        if not self.link.connected:  # nothing comes back while the link is down
+            return False
+        return bool(self.outbox.unsent(1)) and not self.outbox.to_publish()
+
     def acked(self, mid: int) -> None:
         """The broker acknowledged message ``mid`` (counted if it was a claim)."""
         self._sent_at.pop(mid, None)

@@ -28,15 +28,18 @@ order:
 
 Action times are not stored once: after every frame the follower's model may move (slew,
 tempo change), so pending actions are re-timed from it. The wait is precise: a blocking
-wait on the inbox to ~0.6 ms before a deadline, then a short spin (a plain sleep wakes
-0.1-0.7 ms late). The spin holds the GIL, so frames stamped right after it are a little
-late; the follower's lower-envelope filter ignores late arrivals, which is why this is
-safe.
+wait on the inbox to a little before an action's time (the recent peak wake-up lateness,
+0.1-1 ms: ``edge.spin``), then a short spin (a plain sleep wakes 0.05-0.7 ms late); other
+deadlines get the plain wait alone. The spin holds the GIL, so frames stamped right after
+it are a little late; the follower's lower-envelope filter ignores late arrivals, which is
+why this is safe.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import queue
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -65,6 +68,7 @@ from edge.publisher import ClaimPublisher, Link
 from edge.review import SOURCE_CONFLICT_ALERT, assemble, record_beat
 from edge.score import ScheduledAction, Score
 from edge.settle import Settler
+from edge.spin import SPIN_START_S, SpinLead
 from edge.status import BeatReview, StatusBuilder
 from edge.sync import (
     BeatFollower,
@@ -76,6 +80,7 @@ from edge.sync import (
     SyncEvent,
     SyncLost,
     SyncRegained,
+    SyncState,
     TempoChanged,
 )
 from edge.timesync import ENVELOPE, WALL, TimeSync
@@ -84,12 +89,28 @@ from edge.trust import BeatTrust, Signer
 
 log = logging.getLogger(__name__)
 
-#: Wake this long before a deadline and spin the rest (see the theory above).
-SPIN_S = 0.0006
+#: Wake this long before a precise deadline and spin the rest, at start (see the theory
+#: above); from then on the lead follows the measured wake-up lateness (edge.spin).
+SPIN_S = SPIN_START_S
 #: Touch the hardware path this long before an action so the first write is not cold.
 WARM_S = 0.004
-#: Longest blocking wait, so signals and stop requests are seen promptly.
-MAX_WAIT_S = 0.1
+#: Longest blocking wait. Stop and reload signals nudge the inbox (edge.agent), so this
+#: only bounds how late one is seen when the nudge could not take the inbox's lock; every
+#: wake-up costs ~0.1-0.3 ms of CPU on a Pi-class core, so it is not short. The agent
+#: wakes the loop for its watchdog pings (``wake_at``); a live view caps it at VIEW_EVERY_S.
+MAX_WAIT_S = 1.0
+#: How late the loop may see a beat's start, so that it shares its frame's wake-up (see
+#: next_deadline); events keep their own times, and actions are spun to precisely.
+BOUNDARY_SLACK_S = 0.003
+#: At most this many more queued items are taken in one wake-up (see run_once).
+DRAIN_MAX = 8
+#: While claims wait for the publish window, the loop looks for acks this often.
+ACK_POLL_S = 0.005
+#: A live view (the demo's screen) is redrawn this often.
+VIEW_EVERY_S = 0.2
+#: A due probe sample waits up to this long for a wake-up that comes anyway (a frame, a
+#: phase, an action), rather than waking the loop for itself; it is stamped when taken.
+PROBE_SLACK_S = 0.25
 #: Every this many probe samples one is a full sample (process, temperature, disk).
 FULL_SAMPLE_EVERY = 5
 #: Bad input of one kind is logged once per this many seconds, then counted (loglimit).
@@ -187,6 +208,12 @@ class Runner:
         self.claim_hook: Callable[[StatusClaim], StatusClaim] | None = None
         #: The time exchange, when the agent runs one (attach_timesync).
         self.timesync: TimeSync | None = None
+        #: How long before a precise deadline the wait ends and the spin starts.
+        self.spin = SpinLead()
+        #: The longest blocking wait (MAX_WAIT_S; VIEW_EVERY_S with a live view).
+        self.max_wait_s = MAX_WAIT_S if on_view is None else VIEW_EVERY_S
+        #: A deadline from outside the loop (the agent's next watchdog ping), or None.
+        self.wake_at: float | None = None
 
     @property
     def trust(self) -> BeatTrust | None:
@@ -226,23 +253,46 @@ class Runner:
     # ------------------------------------------------------------------ scheduling
 
     def next_deadline(self, now: float) -> float:
-        """The local time of the next thing ``step`` must do (capped at MAX_WAIT_S away)."""
-        candidates = [now + MAX_WAIT_S]
+        """The local time of the next thing ``step`` must do (capped at ``max_wait_s``)."""
+        candidates = [now + self.max_wait_s]
+        if self.wake_at is not None:
+            candidates.append(self.wake_at)
         action_next = self.plan.next_at()
         if action_next is not None:
             candidates.append(action_next)
         follower_next = self.follower.next_deadline()
         if follower_next is not None:
+            if self._is_next_beat_start(follower_next):
+                # Seen up to BOUNDARY_SLACK_S late, a beat's start shares the wake-up of its
+                # frame, which arrives just after it (one wake-up per beat less; each costs
+                # ~0.1-0.3 ms of CPU). Its actions were planned a beat ahead and are timed
+                # on their own; silence and loss deadlines stay exact.
+                follower_next += BOUNDARY_SLACK_S
             candidates.append(follower_next)
         hw_next = self.hardware.next_deadline()
         if hw_next is not None:
             candidates.append(hw_next)
-        if self.probe is not None:
-            candidates.append(self._next_sample)
+        # A sample put off by an imminent action is taken at the wake-up after it (never
+        # a deadline in the past, which would make the loop poll until then).
+        if self.probe is not None and not (now >= self._next_sample and self._imminent(now)):
+            candidates.append(self._next_sample + PROBE_SLACK_S)
+        if self.publisher.window_full():
+            # Acks do not wake the loop (edge.mqtt_link): look for them soon while claims
+            # wait for the publish window (a backlog after a reconnect drains at speed).
+            candidates.append(now + ACK_POLL_S)
         safe_at = self.lost.deadline(self.config)
         if safe_at is not None:
             candidates.append(safe_at)
         return min(candidates)
+
+    def _is_next_beat_start(self, at: float) -> bool:
+        """Whether ``at`` is the start of the beat after the last one reviewed, while
+        locked (frames coming; free-running, the next deadline may be the loss itself)."""
+        if self.last_beat is None or self.last_phase != "review":
+            return False
+        if self.follower.state is not SyncState.LOCKED:
+            return False
+        return self.follower.phase_start(self.last_beat + 1, "plan") == at
 
     def _due(self, beat: int) -> list[ScheduledAction]:
         due = self.score.due(beat, self.follower)
@@ -295,7 +345,7 @@ class Runner:
             self._next_sample = now + self.config.agent.sample_interval_s
         self.publisher.pump()
         if self.on_view is not None and now >= self._next_view and not self._imminent(now):
-            self._next_view = now + 0.2
+            self._next_view = now + VIEW_EVERY_S
             self.on_view(self, now)
 
     def _imminent(self, now: float) -> bool:
@@ -603,21 +653,65 @@ class Runner:
 
     def run_once(self) -> None:
         """Wait (on the clock) for the next message or deadline, then step. Used by the
-        agent's loop and tests (a fake clock makes it move at once)."""
-        item = self.wait_next()
-        self.step(item, self.clock.monotonic())
+        agent's loop and tests (a fake clock makes it move at once).
 
-    def wait_next(self) -> Inbound | None:
-        """The waiting half of :meth:`run_once`: the next inbound item, or None at the next
-        deadline. Apart so that ``edge.client`` can step under its lock but wait without it."""
+        Only a precise deadline (an action, a hardware follow-up such as a pulse's end) is
+        spun to, and its action fires first, before the rest of the wake-up: the shortest
+        path from the spin to the pin. Other deadlines (phase boundaries, samples, the
+        safe state) are waited for plainly; a fraction of a millisecond does not matter to
+        them and a spin costs CPU for as long as it runs."""
+        self.handle(self.wait_next())
+
+    def wait_next(self) -> list[Inbound]:
+        """The waiting half of :meth:`run_once`: the items this wake-up took, in order
+        (empty at a deadline). Apart so that ``edge.client`` can step under its lock but
+        wait without it; it fires only actions that are due after a spin (a client has
+        none)."""
         inbox = self.link.inbox if self.link is not None else None
         now = self.clock.monotonic()
         deadline = self.next_deadline(now)
+        precise = self._precise_next()
+        spin = precise is not None and precise <= deadline and deadline < now + self.max_wait_s
+        timeout = deadline - now - (self.spin.seconds if spin else 0.0)
+        item = self.clock.wait(inbox, timeout)
+        if item is not None:
+            items = [item]
+            if inbox is not None:
+                # What else is queued is taken in this wake-up too (an ack that woke
+                # nothing, a frame behind it), in order; bounded, so a flood cannot hold
+                # deadlines back.
+                for _ in range(DRAIN_MAX):
+                    try:
+                        items.append(inbox.get_nowait())
+                    except queue.Empty:
+                        break
+            return items
+        woke = self.clock.monotonic()
+        if timeout > 0:
+            self.spin.woke(woke - (now + timeout))
+        if spin:
+            gc_was = gc.isenabled()
+            gc.disable()  # no collection between the spin and the write
+            try:
+                self._fire_due(woke)  # warm the path (or fire, if the wake was late)
+                self.clock.spin_until(deadline)
+                self._fire_due(self.clock.monotonic())
+            finally:
+                if gc_was:
+                    gc.enable()
+        return []
+
+    def handle(self, items: list[Inbound]) -> None:
+        """Step through what one wake-up took (:meth:`wait_next`): every item but the last
+        is received, the last goes through :meth:`step` (None: the deadline came)."""
+        for item in items[:-1]:
+            self._receive(item, self.clock.monotonic())
+        self.step(items[-1] if items else None, self.clock.monotonic())
+
+    def _precise_next(self) -> float | None:
+        """The next deadline worth a spin: an action's or a hardware follow-up's."""
         action_next = self.plan.next_at()
-        item = self.clock.wait(inbox, deadline - now - SPIN_S)
-        if item is None and deadline < now + MAX_WAIT_S:
-            if action_next is not None and action_next <= deadline:
-                self._fire_due(self.clock.monotonic())  # warm the path
-            # Spin the last fraction of a millisecond to the deadline itself.
-            self.clock.spin_until(deadline)
-        return item
+        hw_next = self.hardware.next_deadline()
+        if action_next is None or (hw_next is not None and hw_next < action_next):
+            return hw_next
+        return action_next

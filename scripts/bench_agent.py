@@ -19,8 +19,13 @@ frames and responses (uniform jitter), drops some (loss), or holds the beat back
 the pulse steps its tempo +/-10 % every 8 beats in the tempo row. Lateness is measured from
 beat 8 on against the pulse's own execute start.
 
-Usage: .venv/bin/python scripts/bench_agent.py [--rows all|trusted|untrusted]
+The trusted-clock rows (issue 16): one execute-start action per beat at 120 and 240 BPM,
+|error| against the pulse's beat times from beat 8 on; target p99 0.05 ms.
+
+Usage: .venv/bin/python scripts/bench_agent.py [--rows all|trusted|untrusted|tempo]
        [--beats-60 N] [--beats-240 N] [--beats-1000 N] [--beats-untrusted N]
+       [--trusted-120 N] [--trusted-240 N]
+       ("trusted": the trusted-clock rows; "tempo": the issue 5 rows at 60/240/1000 BPM)
 Targets (issue 5): p99 lateness < 0.5 ms at 60 and 240 BPM; no deadline missed at 1000 BPM
 with three digital actions per beat; < 2 % of one core at 60 BPM; peak memory < 35 MB.
 Targets (issue 16), p99 from beat 8, wall clock 3 h off, with a responder: 0.3 ms with
@@ -365,14 +370,105 @@ def print_untrusted(results: list[dict[str, object]]) -> None:
         )
 
 
+# --------------------------------------------------------------------------- trusted clock
+
+#: Trusted rows count from this beat on (acquiring and locking come before it).
+TRUSTED_FROM_BEAT = 8
+
+
+def run_trusted(bpm: float, beats: int) -> dict[str, float]:
+    """One execute-start action per beat, the wall clock trusted (one host): signed error
+    of each fired action against the pulse's own beat times, from TRUSTED_FROM_BEAT on."""
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp, start_mosquitto() as broker:
+        work = Path(tmp)
+        config = write_agent_config(work, broker.url, ONE_ACTION)
+        agent = start_agent(config, work / "agent.jsonl", work / "agent.log")
+        time.sleep(1.0)  # imports done before the beat starts
+        pulse = start_pulse(broker.url, "bench", bpm, work / "pulse.jsonl", work / "pulse.log")
+        beat_s = 60.0 / bpm
+        time.sleep((TRUSTED_FROM_BEAT + 0.5) * beat_s + 0.1)
+        cpu0, t0 = cpu_seconds(agent.process.pid), time.monotonic()
+        time.sleep(beats * beat_s)
+        cpu1, t1 = cpu_seconds(agent.process.pid), time.monotonic()
+        rss = peak_rss_mb(agent.process.pid)
+        pulse.stop()
+        agent.signal(signal.SIGTERM)
+        agent.process.wait(timeout=15)
+        starts = {
+            int(r["beat_index"]): (float(r["intended_mono"]), float(r["tempo_bpm"]))
+            for r in read_trace(work / "pulse.jsonl")
+            if r["phase"] == "plan"
+        }
+        fired = {
+            int(r["beat_index"]): float(r["fired_mono"])
+            for r in read_trace(work / "agent.jsonl")
+            if r["fired_mono"] is not None
+        }
+        own = {
+            int(r["beat_index"]): abs(float(r["late_ms"]))
+            for r in read_trace(work / "agent.jsonl")
+            if r["fired_mono"] is not None
+        }
+    # The measured beats: from TRUSTED_FROM_BEAT to the last whose action time had come.
+    intended = {
+        beat: start + 20.0 / tempo
+        for beat, (start, tempo) in starts.items()
+        if beat >= TRUSTED_FROM_BEAT and start + 20.0 / tempo <= t1
+    }
+    errors = [(fired[b] - at) * 1000.0 for b, at in intended.items() if b in fired]
+    own_late = [own[b] for b in intended if b in fired]  # against its own timeline
+    missed = len(intended) - len(errors)
+    magnitudes = [abs(e) for e in errors]
+    return {
+        "bpm": bpm,
+        "fired": len(errors),
+        "missed": missed,
+        "p50": statistics.median(magnitudes) if errors else float("nan"),
+        "p99": pct(magnitudes, 0.99),
+        "max": max(magnitudes, default=float("nan")),
+        "mean": statistics.fmean(errors) if errors else float("nan"),
+        "own_p99": pct(own_late, 0.99),
+        "cpu_s_min": 60.0 * (cpu1 - cpu0) / (t1 - t0),
+        "rss_mb": rss,
+    }
+
+
+def print_trusted(results: list[dict[str, float]]) -> None:
+    print(
+        "\nwall clock trusted, one execute-start action per beat: |error| vs the pulse's "
+        f"beat times from beat {TRUSTED_FROM_BEAT} on (ms), signed mean, agent CPU"
+    )
+    head = (
+        f"{'BPM':>6} {'fired':>6} {'missed':>6} {'p50':>7} {'p99':>7} {'max':>7} {'mean':>7} "
+        f"{'own p99':>8} {'cpu s/min':>9} {'peak MB':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(
+            f"{r['bpm']:>6.0f} {r['fired']:>6.0f} {r['missed']:>6.0f} {r['p50']:>7.3f} "
+            f"{r['p99']:>7.3f} {r['max']:>7.3f} {r['mean']:>+7.3f} {r['own_p99']:>8.3f} "
+            f"{r['cpu_s_min']:>9.3f} {r['rss_mb']:>8.1f}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", choices=("all", "trusted", "untrusted"), default="all")
+    parser.add_argument("--rows", choices=("all", "trusted", "untrusted", "tempo"), default="all")
     parser.add_argument("--beats-60", type=int, default=120)
     parser.add_argument("--beats-240", type=int, default=300)
     parser.add_argument("--beats-1000", type=int, default=600)
     parser.add_argument("--beats-untrusted", type=int, default=90)
+    parser.add_argument("--trusted-120", type=int, default=240, help="beats measured")
+    parser.add_argument("--trusted-240", type=int, default=480, help="beats measured")
     args = parser.parse_args()
+    if args.rows in ("all", "trusted"):
+        trusted = [run_trusted(120, args.trusted_120), run_trusted(240, args.trusted_240)]
+        print_trusted(trusted)
+        print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (shared)")
+        if args.rows == "trusted":
+            return 0
+        print()
     if args.rows in ("all", "untrusted"):
         untrusted = [
             run_untrusted(scenario, responder, args.beats_untrusted)

@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if options.own_broker:
             with own_broker(options.bpm) as url:
                 return run(url, "demo", options.duration, Path(state))
-        return run(
-            options.broker, options.cluster, options.duration, Path(state), options.protocol
-        )
+        return run(options.broker, options.cluster, options.duration, Path(state), options.protocol)
 
 
 if __name__ == "__main__":
