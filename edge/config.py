@@ -593,6 +593,7 @@ def load_config(path: str | Path, read: Reader = read_checked) -> Config:
 
     # The hardware profile may live in its own file; the config's own sections win.
     merged: dict[str, object] = {}
+    from_profile: set[str] = set()  # the sections read from the profile's own file
     agent_table = _table(raw, "agent", ConfigProblems())
     profile_ref = agent_table.get("profile")
     if profile_ref is not None:
@@ -610,12 +611,19 @@ def load_config(path: str | Path, read: Reader = read_checked) -> Config:
                         "a profile holds only gpio, devices and score",
                     )
             merged.update({k: v for k, v in profile_raw.items() if k in _PROFILE_SECTIONS})
+            from_profile = {k for k in profile_raw if k in _PROFILE_SECTIONS and k not in raw}
     merged.update({k: v for k, v in raw.items() if k in _PROFILE_SECTIONS})
 
     # A python device's relative path counts from the file that holds the profile.
     profile_base = profile_path.parent if profile_ref is not None else base
+    first = len(problems.items)
     profile = parse_profile(merged, problems, base=str(profile_base))
     score = parse_score(merged.get("score", []), profile, problems)
+    if from_profile:  # a problem in the profile's file names that file, as above
+        for i in range(first, len(problems.items)):
+            item = problems.items[i]
+            if re.split(r"[.\[:]", item, maxsplit=1)[0] in from_profile:
+                problems.items[i] = f"agent.profile ({profile_path.name}): {item}"
     config = Config(
         agent=agent,
         broker=parse_broker(_table(raw, "broker", problems), problems, base),

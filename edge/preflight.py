@@ -292,6 +292,9 @@ def check_calls(profile: Profile, problems: ConfigProblems, timeout: float = CAL
     children: list[tuple[DeviceSpec, subprocess.Popen[bytes]]] = []
     for spec in specs:
         call, path, safe = _call_key(spec)
+        if path and not os.path.isdir(path):  # said at its own key, resolved, before importing
+            problems.add(f"devices.{spec.name}.path", f"{path!r} is not a directory")
+            continue
         try:
             child = subprocess.Popen(
                 [sys.executable, "-m", "edge.pyworker", "--check", call, path, safe],

@@ -91,3 +91,29 @@ def test_every_problem_is_listed_at_once_with_its_full_key(tmp_path: Path) -> No
         'status.mode: must be one of "every", "on_change", got \'sometimes\'',
         "outbox.segment_bytes: must not be above max_bytes (2048), got 4096",
     ]
+
+
+def test_a_problem_in_the_profiles_own_file_names_that_file(tmp_path: Path) -> None:
+    (tmp_path / "bench.toml").write_text(
+        '[gpio]\npin_factory = "mock"\n[devices.led]\nkind = "led"\npin = 17\n'
+        '[devices.lamp]\nkind = "lamp"\npin = 18\n',
+        encoding="utf-8",
+    )
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[agent]\nid = "a"\ncluster = "c"\nprofile = "bench.toml"\n'
+        '[broker]\nurl = "mqtt://127.0.0.1:1883"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    lamp = [p for p in info.value.problems if "devices.lamp" in p]
+    assert lamp and all(p.startswith("agent.profile (bench.toml): devices.lamp") for p in lamp)
+    # A section the config file itself holds is named as before.
+    path.write_text(
+        path.read_text(encoding="utf-8") + '[devices.bell]\nkind = "bell"\npin = 22\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any(p.startswith("devices.bell") for p in info.value.problems), info.value.problems

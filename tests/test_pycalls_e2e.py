@@ -276,6 +276,7 @@ def test_a_worker_that_exits_is_restarted(run: Run) -> None:
 def test_safe_call_runs_when_the_beat_is_lost_and_at_shutdown(run: Run) -> None:
     reasons = (run.tmp / "probe.jsonl.safe").read_text().splitlines()
     assert reasons[0] == "beat lost" and "shutdown" in reasons, reasons
+    assert "close" not in reasons, reasons  # at rest after the shutdown: not called twice
 
 
 def test_check_names_the_device_of_a_bad_call(tmp_path: Path) -> None:

@@ -238,7 +238,9 @@ class Hardware(Commands, Switching, PyCalls):
         self.safe_states += 1
         self._safe_calls(reason, keep)
         kept = sorted(set(keep) & set(self._devices))
-        if kept:
+        if not self._devices:  # a beat client's: nothing to put at rest, nothing to say
+            log.debug("safe state (no devices): %s", reason)
+        elif kept:
             log.warning("outputs to safe state: %s (kept running: %s)", reason, ", ".join(kept))
         else:
             log.warning("all outputs to safe state: %s", reason)

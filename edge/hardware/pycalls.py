@@ -265,6 +265,7 @@ class PyCalls(Devices):
         if not self._post(worker, message, SEND_BUDGET):
             return False
         job.generation = worker.generation
+        worker.at_rest = False
         return True
 
     def _cancel(self, job: _Job) -> None:
@@ -623,8 +624,13 @@ class PyCalls(Devices):
                     self._cancel(job)
             for slot in [s for s, j in self._slots.items() if j not in self._jobs]:
                 del self._slots[slot]
+            # close() puts at rest what is not yet: after a shutdown's safe state (and no
+            # call since) its safe_call has run, and is not called a second time.
+            if reason == "close" and worker.at_rest:
+                continue
             if worker.alive and worker.send is not None:
-                self._post(worker, ("safe", reason, dict(worker.spec.params)), PIPE_BUDGET)
+                if self._post(worker, ("safe", reason, dict(worker.spec.params)), PIPE_BUDGET):
+                    worker.at_rest = True
 
     def _close_calls(self) -> None:
         """End every worker: told to stop after its safe_call, killed if it has not within

@@ -44,6 +44,7 @@ class Worker:
     backoff: float = RESTART_MIN_S
     unread_bytes: int = 0  # written since the worker last said anything (see _post)
     entry_late_s: float | None = None  # the last call's entry, against its time
+    at_rest: bool = False  # safe_call was asked for and no call was sent since
 
     @property
     def alive(self) -> bool:

@@ -23,5 +23,5 @@ def read(ctx: Any) -> dict[str, object]:
 
 
 def rest(ctx: Any) -> None:
-    """The sensor's safe state: nothing to switch off; say so on stderr (the agent's log)."""
+    """The sensor's safe state: nothing to switch off; say so on stdout (the worker's output goes to the agent's log)."""
     print(f"{ctx.device}: sensor at rest ({ctx.reason})", flush=True)
