@@ -628,9 +628,9 @@ class PyCalls(Devices):
             # call since) its safe_call has run, and is not called a second time.
             if reason == "close" and worker.at_rest:
                 continue
-            if worker.alive and worker.send is not None:
-                if self._post(worker, ("safe", reason, dict(worker.spec.params)), PIPE_BUDGET):
-                    worker.at_rest = True
+            message = ("safe", reason, dict(worker.spec.params))
+            if worker.alive and self._post(worker, message, PIPE_BUDGET):  # no pipe: False
+                worker.at_rest = True
 
     def _close_calls(self) -> None:
         """End every worker: told to stop after its safe_call, killed if it has not within
