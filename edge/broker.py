@@ -26,18 +26,24 @@ class BrokerUnavailable(EdgeError, RuntimeError):
     """Mosquitto is not installed or would not start."""
 
 
-def find_mosquitto() -> str:
-    """Path of the mosquitto binary; raises BrokerUnavailable with how to install it."""
-    found = shutil.which("mosquitto")
+def find_binary(name: str, search: tuple[str, ...], package: str) -> str:
+    """Path of the broker binary ``name`` (on PATH, else in ``search``); raises
+    BrokerUnavailable with how to install Debian's ``package``."""
+    found = shutil.which(name)
     if found:
         return found
-    for path in _SEARCH:
+    for path in search:
         if os.access(path, os.X_OK):
             return path
     raise BrokerUnavailable(
-        "mosquitto is not installed. Run scripts/setup (it installs Debian's mosquitto), "
-        "or: sudo apt-get install mosquitto"
+        f"{name} is not installed. Run scripts/setup (it installs Debian's {package}), "
+        f"or: sudo apt-get install {package}"
     )
+
+
+def find_mosquitto() -> str:
+    """Path of the mosquitto binary; raises BrokerUnavailable with how to install it."""
+    return find_binary("mosquitto", _SEARCH, "mosquitto")
 
 
 def free_port() -> int:

@@ -253,6 +253,7 @@ def cmd_timekeeper(args: argparse.Namespace) -> int:
         password_file=None if args.password_file is None else Path(args.password_file),
         connect_timeout_s=args.connect_timeout,
         duration_s=args.duration,
+        protocol=args.protocol,
     )
     return run_timekeeper(options, stop)
 
@@ -381,6 +382,22 @@ def _tempo(text: str) -> float:
     return bpm
 
 
+def _broker_options(p: argparse.ArgumentParser) -> None:
+    """``--broker`` (one URL or a comma-separated list) and ``--protocol``, as every tool
+    that talks to the broker takes them."""
+    p.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        help="broker URL, or several comma-separated (tried in order, moved on from on loss)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT version (NATS's MQTT gateway speaks 3.1.1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backbeat-edge",
@@ -412,17 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         "{prefix}/{cluster}/pulse/tempo change the tempo, +/-10% per change "
         "unless the payload says e.g. '600 force').",
     )
-    p.add_argument(
-        "--broker",
-        default="mqtt://127.0.0.1:1883",
-        help="broker URL, or several comma-separated (tried in order, moved on from on loss)",
-    )
-    p.add_argument(
-        "--protocol",
-        choices=("5", "3.1.1"),
-        default="5",
-        help="MQTT version (NATS's MQTT gateway speaks 3.1.1)",
-    )
+    _broker_options(p)
     p.add_argument("--username", help="broker user (e.g. pulse-CLUSTER, see systemd/mosquitto)")
     p.add_argument(
         "--password-file", help="file holding that user's password (never the password itself)"
@@ -462,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         "host whose wall clock the pulse's deadline_at is written in (the bench pulse "
         "answers by itself).",
     )
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    _broker_options(p)
     p.add_argument("--cluster", required=True, help="cluster id")
     p.add_argument("--prefix", default="backbeat", help="topic prefix")
     p.add_argument(
@@ -519,17 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="live table of a fleet's status",
         description="Watch a cluster's status and availability topics.",
     )
-    p.add_argument(
-        "--broker",
-        default="mqtt://127.0.0.1:1883",
-        help="broker URL, or several comma-separated (tried in order, moved on from on loss)",
-    )
-    p.add_argument(
-        "--protocol",
-        choices=("5", "3.1.1"),
-        default="5",
-        help="MQTT version (NATS's MQTT gateway speaks 3.1.1)",
-    )
+    _broker_options(p)
     p.add_argument("--cluster", required=True, help="cluster id")
     p.add_argument("--prefix", default="backbeat", help="topic prefix")
     p.add_argument("--json", action="store_true", help="one JSON line per claim")

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.broker import BrokerUnavailable, free_port, wait_for_port
+from edge.broker import BrokerUnavailable, find_binary, free_port, wait_for_port
 
 _SEARCH = ("/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server")
 CLUSTER_NAME = "backbeat"
@@ -30,16 +30,7 @@ CLUSTER_NAME = "backbeat"
 
 def find_nats_server() -> str:
     """Path of the nats-server binary; raises BrokerUnavailable with how to install it."""
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    for path in _SEARCH:
-        if os.access(path, os.X_OK):
-            return path
-    raise BrokerUnavailable(
-        "nats-server is not installed. Run scripts/setup (it installs Debian's nats-server), "
-        "or: sudo apt-get install nats-server"
-    )
+    return find_binary("nats-server", _SEARCH, "nats-server")
 
 
 @dataclass

@@ -96,6 +96,7 @@ class TimekeeperOptions:
     password_file: Path | None = None
     connect_timeout_s: float = 5.0
     duration_s: float | None = None
+    protocol: str = "5"  # "3.1.1" for NATS's MQTT gateway
 
 
 def run_timekeeper(options: TimekeeperOptions, stop: threading.Event) -> int:
@@ -105,7 +106,7 @@ def run_timekeeper(options: TimekeeperOptions, stop: threading.Event) -> int:
     from edge.mqtt_link import MqttLink
 
     problems = ConfigProblems("timekeeper")
-    table: dict[str, object] = {"url": options.broker_url}
+    table: dict[str, object] = {"url": options.broker_url, "protocol": options.protocol}
     if options.username is not None:
         table["username"] = options.username
     if options.password_file is not None:
