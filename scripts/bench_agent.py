@@ -38,6 +38,7 @@ import argparse
 import heapq
 import os
 import random
+import re
 import signal
 import statistics
 import sys
@@ -46,6 +47,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -102,6 +104,32 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+#: A table column: heading, the row's key, its format spec (the width is the heading's or more).
+Column = tuple[str, str, str]
+
+
+def print_table(columns: list[Column], rows: list[dict[str, Any]]) -> None:
+    """``rows`` under a heading line and a rule, one column a ``(heading, key, spec)``."""
+    head = " ".join(
+        f"{name:{'<' if spec.startswith('<') else '>'}{_width(name, spec)}}"
+        for name, _, spec in columns
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(" ".join(f"{r[key]:{_spec(name, spec)}}" for name, key, spec in columns))
+
+
+def _width(name: str, spec: str) -> int:
+    digits = re.match(r"[<>+]*(\d+)", spec)
+    return max(len(name), int(digits.group(1)) if digits else 0)
+
+
+def _spec(name: str, spec: str) -> str:
+    """``spec`` widened to the heading: ``>7.3f`` under "timeline p99" is ``>12.3f``."""
+    return re.sub(r"\d+", str(_width(name, spec)), spec, count=1)
 
 
 def run_tempo(bpm: float, beats: int, warmup_beats: int = 10) -> dict[str, float]:
@@ -356,18 +384,21 @@ def print_untrusted(results: list[dict[str, object]]) -> None:
         "from beat 8 (ms; p99 of |error|; mean signed; 'own p99' the agent's own wake-up "
         "lateness, 'timeline p99' of |error - own|; load: 1-min load average)"
     )
-    head = (
-        f"{'scenario':<28} {'responder':>9} {'fired':>6} {'missed':>6} {'p50':>7} "
-        f"{'p99':>7} {'mean':>7} {'own p99':>8} {'timeline p99':>12} {'load':>5}"
+    print_table(
+        [
+            ("scenario", "scenario", "<28"),
+            ("responder", "responder", ">9"),
+            ("fired", "fired", ">6"),
+            ("missed", "missed", ">6"),
+            ("p50", "p50", ">7.3f"),
+            ("p99", "p99", ">7.3f"),
+            ("mean", "mean", ">+7.3f"),
+            ("own p99", "own_p99", ">8.3f"),
+            ("timeline p99", "timeline_p99", ">12.3f"),
+            ("load", "load", ">5.1f"),
+        ],
+        results,
     )
-    print(head)
-    print("-" * len(head))
-    for r in results:
-        print(
-            f"{r['scenario']:<28} {r['responder']:>9} {r['fired']:>6} {r['missed']:>6} "
-            f"{r['p50']:>7.3f} {r['p99']:>7.3f} {r['mean']:>+7.3f} {r['own_p99']:>8.3f} "
-            f"{r['timeline_p99']:>12.3f} {r['load']:>5.1f}"
-        )
 
 
 # --------------------------------------------------------------------------- trusted clock
@@ -438,18 +469,21 @@ def print_trusted(results: list[dict[str, float]]) -> None:
         "\nwall clock trusted, one execute-start action per beat: |error| vs the pulse's "
         f"beat times from beat {TRUSTED_FROM_BEAT} on (ms), signed mean, agent CPU"
     )
-    head = (
-        f"{'BPM':>6} {'fired':>6} {'missed':>6} {'p50':>7} {'p99':>7} {'max':>7} {'mean':>7} "
-        f"{'own p99':>8} {'cpu s/min':>9} {'peak MB':>8}"
+    print_table(
+        [
+            ("BPM", "bpm", ">6.0f"),
+            ("fired", "fired", ">6.0f"),
+            ("missed", "missed", ">6.0f"),
+            ("p50", "p50", ">7.3f"),
+            ("p99", "p99", ">7.3f"),
+            ("max", "max", ">7.3f"),
+            ("mean", "mean", ">+7.3f"),
+            ("own p99", "own_p99", ">8.3f"),
+            ("cpu s/min", "cpu_s_min", ">9.3f"),
+            ("peak MB", "rss_mb", ">8.1f"),
+        ],
+        results,
     )
-    print(head)
-    print("-" * len(head))
-    for r in results:
-        print(
-            f"{r['bpm']:>6.0f} {r['fired']:>6.0f} {r['missed']:>6.0f} {r['p50']:>7.3f} "
-            f"{r['p99']:>7.3f} {r['max']:>7.3f} {r['mean']:>+7.3f} {r['own_p99']:>8.3f} "
-            f"{r['cpu_s_min']:>9.3f} {r['rss_mb']:>8.1f}"
-        )
 
 
 def main() -> int:
@@ -485,20 +519,24 @@ def main() -> int:
         run_tempo(1000, args.beats_1000),
     ]
     print("lateness vs the pulse's beat times (ms; negative = early) and agent footprint")
-    head = (
-        f"{'BPM':>6} {'actions':>8} {'fired':>6} {'missed':>6} {'shed':>5} {'min':>7} "
-        f"{'p50':>7} {'p99':>7} {'max':>7} {'own p50':>8} {'own p99':>8} {'cpu %':>6} "
-        f"{'peak MB':>8}"
+    print_table(
+        [
+            ("BPM", "bpm", ">6.0f"),
+            ("actions", "actions", ">8.0f"),
+            ("fired", "fired", ">6.0f"),
+            ("missed", "missed", ">6.0f"),
+            ("shed", "shed", ">5.0f"),
+            ("min", "min", ">7.3f"),
+            ("p50", "p50", ">7.3f"),
+            ("p99", "p99", ">7.3f"),
+            ("max", "max", ">7.3f"),
+            ("own p50", "own_p50", ">8.3f"),
+            ("own p99", "own_p99", ">8.3f"),
+            ("cpu %", "cpu_pct", ">6.2f"),
+            ("peak MB", "rss_mb", ">8.1f"),
+        ],
+        results,
     )
-    print(head)
-    print("-" * len(head))
-    for r in results:
-        print(
-            f"{r['bpm']:>6.0f} {r['actions']:>8.0f} {r['fired']:>6.0f} {r['missed']:>6.0f} "
-            f"{r['shed']:>5.0f} {r['min']:>7.3f} {r['p50']:>7.3f} {r['p99']:>7.3f} "
-            f"{r['max']:>7.3f} {r['own_p50']:>8.3f} {r['own_p99']:>8.3f} "
-            f"{r['cpu_pct']:>6.2f} {r['rss_mb']:>8.1f}"
-        )
     return 0
 
 
