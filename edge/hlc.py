@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge.clock import Clock
@@ -122,6 +123,7 @@ class HybridLogicalClock:
             raise ValueError(f"max_ahead_s must be a finite number >= 0, got {max_ahead_s!r}")
         self._max_ahead = max_ahead_s
         self._clock = clock
+        self._wall_source: Callable[[], float] | None = None
         self._node = node
         self._wall = 0
         self._logical = 0
@@ -130,7 +132,15 @@ class HybridLogicalClock:
     def node(self) -> int:
         return self._node
 
+    def follow(self, wall: Callable[[], float] | None) -> None:
+        """Read physical time from ``wall`` instead of the clock's wall (None: the clock's
+        again). An agent whose own wall clock is off follows the pulse's wall clock as the
+        time exchange maps it, so the bound and its claims' stamps are in cluster time."""
+        self._wall_source = wall
+
     def _physical(self) -> int:
+        if self._wall_source is not None:
+            return int(self._wall_source())
         return int(self._clock.wall())
 
     def _advance(self, wall: int, logical: int) -> Timestamp:

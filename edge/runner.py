@@ -238,6 +238,8 @@ class Runner:
         the wall reading of frames through the intake, its reference in the claims."""
         self.timesync = timesync
         self.intake.timesync = timesync
+        clock = self.clock
+        self.hlc.follow(lambda: timesync.hlc_wall(clock.monotonic(), clock.wall()))
 
     def time_ref(self) -> str:
         """What the follower's fixed path delay comes from (``metadata.time_ref``)."""

@@ -131,6 +131,17 @@ class TimeSync:
         self.local_agrees = off <= (bound if self.local_agrees else bound / 2.0)
         return local_wall if self.local_agrees else mapped
 
+    def hlc_wall(self, now: float, local_wall: float) -> float:
+        """The wall time the claims' HLC (and its bound on received stamps) reads at local
+        monotonic ``now``: the pulse's clock as the exchange maps it while the exchange is
+        locked and ``local_wall`` is outside its bound (a Pi without an RTC boots hours
+        behind, and would refuse every frame as ``hlc_ahead``), else ``local_wall``."""
+        exchange = self.exchange
+        if not exchange.answered or not exchange.locked_at(now):
+            return local_wall
+        mapped = exchange.pulse_wall_at(now)
+        return mapped if abs(local_wall - mapped) > exchange.bound_at(now) else local_wall
+
     def time_ref(self, follower: BeatFollower) -> str:
         if not follower.wall_clock_trusted:
             return ENVELOPE

@@ -260,3 +260,20 @@ def test_a_past_timestamp_is_never_refused() -> None:
 def test_the_bound_must_be_finite_and_not_negative(bound: float) -> None:
     with pytest.raises(ValueError, match="max_ahead_s"):
         bounded_at(1.0, bound)
+
+
+def test_a_followed_wall_source_sets_the_bound_and_the_stamps() -> None:
+    """An agent whose wall clock is hours behind follows the pulse's clock (the time
+    exchange's): a stamp near that clock passes the bound and the stamps move with it."""
+    behind = 1_800_000_000.0 - 3 * 3600.0
+    hlc = HybridLogicalClock(FakeClock(monotonic=0.0, wall=behind), 0xBEEF, max_ahead_s=60.0)
+    pulse = Timestamp(1_800_000_000, 0, 0x0001).wire()
+    with pytest.raises(HlcAheadError):
+        hlc.check(pulse)
+    hlc.follow(lambda: 1_800_000_000.5)
+    hlc.check(pulse)  # within the bound of the followed clock
+    wall16, _, _ = parse(hlc.now().wire())
+    assert unwrap(wall16, 1_800_000_000) == 1_800_000_000
+    hlc.follow(None)  # the clock's own wall again
+    with pytest.raises(HlcAheadError):
+        hlc.check(Timestamp(1_800_000_100, 0, 0x0001).wire())

@@ -136,3 +136,17 @@ def test_a_right_wall_clock_is_kept_with_a_responder(tmp_path: Path, mosquitto: 
     meta = _last_locked(claims).metadata or {}
     assert meta["time_ref"] == "wall", meta
     assert 0 < meta["time_error_ms"] < 2.0, meta
+
+
+def test_a_wall_clock_hours_behind_follows_the_beat_through_the_exchange(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A Pi without an RTC boots hours behind: every frame's HLC is then far "ahead" of its
+    own clock (``hlc_ahead``). With a responder the HLC reads the pulse's clock as the
+    exchange maps it, so the frames are followed and the actions land on the beat."""
+    late, claims, log = _run(tmp_path, mosquitto, answer=True, wall_offset_s=-3 * 3600.0)
+    assert len(late) >= 10, log
+    meta = _last_locked(claims).metadata or {}
+    assert meta["time_ref"] == "exchange", meta
+    settled = sorted(abs(x) for x in late[4:])
+    assert settled[int(0.9 * (len(settled) - 1))] < 1.5, late
