@@ -27,7 +27,7 @@ from edge.config import Config, load_config
 from edge.errors import ConfigError, EdgeError
 from edge.files import read_regular
 from edge.hardware import Hardware
-from edge.mqtt_link import MqttLink, Topics
+from edge.mqtt_link import MqttLink
 from edge.outbox import Outbox
 from edge.preflight import preflight
 from edge.probe import Probe
@@ -35,6 +35,7 @@ from edge.profile import Profile
 from edge.runner import Runner
 from edge.service import Notifier, WatchdogGate
 from edge.timesync import TimeSync
+from edge.topics import Topics
 from edge.trust import BeatTrust, SecurityConfig
 
 if TYPE_CHECKING:

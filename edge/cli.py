@@ -93,8 +93,9 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     from edge.clock import SystemClock
     from edge.config import parse_broker
     from edge.errors import LinkError
-    from edge.mqtt_link import MqttLink, Topics
+    from edge.mqtt_link import MqttLink
     from edge.pulse import PulseOptions, open_trace, run_pulse
+    from edge.topics import Topics
 
     problems = ConfigProblems("pulse")
     table: dict[str, object] = {"url": args.broker}
@@ -143,7 +144,7 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, on_signal)
 
-    from edge.mqtt_link import Inbound
+    from edge.inbox import Inbound
     from edge.timekeeper import Responder, serve
 
     def respond(topic: str, payload: bytes) -> object:

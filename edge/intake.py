@@ -20,13 +20,14 @@ import logging
 from edge.counters import Counters
 from edge.errors import FrameError
 from edge.hlc import HlcAheadError, HybridLogicalClock
+from edge.inbox import Inbound
 from edge.loglimit import LogLimiter
 from edge.messages import BeatFrame, decode_bar_report, decode_beat_frame_with_map
 from edge.metrics import Metrics
-from edge.mqtt_link import Inbound, Topics
 from edge.publisher import ClaimPublisher
 from edge.sync import BeatFollower, FrameVerdict, SyncEvent
 from edge.timesync import TimeSync
+from edge.topics import Topics
 from edge.trust import BeatTrust
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ from typing import IO
 from edge.config import parse_broker
 from edge.errors import ConfigError, ConfigProblems, FrameError
 from edge.messages import StatusClaim, decode_status_claim_with_map, to_wire
-from edge.mqtt_link import MqttLink, Topics
+from edge.mqtt_link import MqttLink
+from edge.topics import Topics
 from edge.trust import Verdict, Verifier, verdict
 
 #: Compact rows name the broker in use from this many columns on.

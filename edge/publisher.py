@@ -18,9 +18,10 @@ from typing import Protocol
 from edge.clock import Clock
 from edge.config import Config
 from edge.counters import Counters
+from edge.inbox import Inbound
 from edge.messages import StatusClaim, encode
-from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
+from edge.topics import Topics
 from edge.trust import Signer, sign_message
 
 log = logging.getLogger(__name__)

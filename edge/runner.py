@@ -53,12 +53,12 @@ from edge.errors import EdgeError
 from edge.guard import Guard, Sample
 from edge.hardware import Hardware
 from edge.hlc import HybridLogicalClock, node_id
+from edge.inbox import Inbound
 from edge.intake import Intake
 from edge.loglimit import LogLimiter
 from edge.lostbeat import LostBeat
 from edge.messages import StatusClaim
 from edge.metrics import Metrics
-from edge.mqtt_link import Inbound, Topics
 from edge.outbox import Outbox
 from edge.outbox_seq import new_incarnation
 from edge.plan import BeatPlan, outcome, overdue
@@ -84,6 +84,7 @@ from edge.sync import (
     TempoChanged,
 )
 from edge.timesync import ENVELOPE, WALL, TimeSync
+from edge.topics import Topics
 from edge.trace import TraceRow, write_rows
 from edge.trust import BeatTrust, Signer
 

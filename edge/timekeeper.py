@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import ConfigError, ConfigProblems, FrameError, LinkError
+from edge.inbox import Inbound
 from edge.loglimit import LogLimiter
-from edge.mqtt_link import Inbound, Topics
 from edge.timewire import decode_request, encode_response, make_response
+from edge.topics import Topics
 from edge.trust import Signer
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable
 
 from edge.errors import FrameError
-from edge.mqtt_link import Inbound
+from edge.inbox import Inbound
 from edge.sync import BeatFollower
 from edge.timefilter import ExchangeConfig, TimeExchange
 from edge.timewire import MAX_ID, decode_response, encode_request, response_verdict

@@ -41,8 +41,9 @@ from edge.clock import SystemClock
 from edge.config import BrokerConfig
 from edge.harness import start_agent, write_agent_config
 from edge.hlc import HybridLogicalClock, node_id
-from edge.mqtt_link import MqttLink, Topics
+from edge.mqtt_link import MqttLink
 from edge.status import BeatReview, StatusBuilder, StatusConfig, config_hash
+from edge.topics import Topics
 
 if TYPE_CHECKING:
     from paho.mqtt.client import SocketLike

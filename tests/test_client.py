@@ -19,8 +19,8 @@ from edge.client_dispatch import Dispatcher, Interest, Tick, Waiter
 from edge.clock import FakeClock
 from edge.errors import ConfigError, FrameError
 from edge.hardware import Hardware
+from edge.inbox import Inbound
 from edge.messages import BeatFrame, decode_status_claim, encode
-from edge.mqtt_link import Inbound
 from edge.runner import Runner
 
 BPM = 120.0

@@ -39,7 +39,8 @@ from edge.harness import (
     write_agent_config,
 )
 from edge.messages import decode_status_claim
-from edge.mqtt_link import MqttLink, Topics, backoff_delay, read_password
+from edge.mqtt_link import MqttLink, backoff_delay, read_password
+from edge.topics import Topics
 
 PROFILE = """
 [gpio]

@@ -1,6 +1,6 @@
 """The link's hand-over: frames are shed on a full inbox, acknowledgements never are.
 
-Unit tests of :class:`edge.mqtt_link.LinkInbox`, then the real link against a real
+Unit tests of :class:`edge.inbox.LinkInbox`, then the real link against a real
 Mosquitto: while a flood fills the inbox (nobody reads it), every PUBACK of the link's
 own QoS 1 publishes is still handed over, and the drops are counted.
 """
@@ -18,7 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import Mosquitto, start_mosquitto
 from edge.config import BrokerConfig
-from edge.mqtt_link import Inbound, LinkInbox, MqttLink
+from edge.inbox import Inbound, LinkInbox
+from edge.mqtt_link import MqttLink
 
 
 def _frame(i: int) -> Inbound:

@@ -17,8 +17,8 @@ from edge.harness import start_agent, start_pulse, write_agent_config
 from edge.hlc import HybridLogicalClock
 from edge.messages import encode
 from edge.monitor import FleetView
-from edge.mqtt_link import Topics
 from edge.status import BeatReview, StatusBuilder, StatusConfig
+from edge.topics import Topics
 
 
 def _claim_bytes(

@@ -10,8 +10,8 @@ from edge.clock import FakeClock
 from edge.hlc import HybridLogicalClock
 from edge.messages import encode
 from edge.monitor import FleetView
-from edge.mqtt_link import Topics
 from edge.status import BeatReview, StatusBuilder, StatusConfig
+from edge.topics import Topics
 
 BASE = BeatReview(
     beat_index=7,

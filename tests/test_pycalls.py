@@ -20,13 +20,13 @@ from edge.hardware import ActionResult, Hardware
 from edge.hlc import HybridLogicalClock
 from edge.messages import decode_status_claim, encode
 from edge.monitor import FleetView, values_text
-from edge.mqtt_link import Topics
 from edge.plan import CALL_ENDS, Fate, outcome
 from edge.preflight import check_calls
 from edge.profile import parse_profile
 from edge.pyworker import MAX_VALUES, check_values, describe
 from edge.score import Action, CallJob, parse_score
 from edge.status import BeatReview, StatusBuilder, StatusConfig
+from edge.topics import Topics
 
 
 def parse(

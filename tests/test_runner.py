@@ -25,8 +25,8 @@ from edge.config import Config, OutboxConfig, load_config
 from edge.errors import HardwareError
 from edge.guard import Guard, Level, Sample, Verdict
 from edge.hardware import Hardware
+from edge.inbox import Inbound
 from edge.messages import BeatFrame, decode_status_claim, encode
-from edge.mqtt_link import Inbound
 from edge.outbox import Outbox
 from edge.profile import Profile
 from edge.runner import MAX_WAIT_S, Runner

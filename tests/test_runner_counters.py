@@ -16,8 +16,8 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from test_runner import BEAT, Bench, FakeLink
 
+from edge.inbox import Inbound
 from edge.messages import StatusClaim, decode_status_claim
-from edge.mqtt_link import Inbound
 from edge.outbox import PUBLISH_WINDOW, Outbox, OutboxConfig
 from edge.runner import ACK_TIMEOUT_S, BAD_INPUT_QUIET_S
 

@@ -17,7 +17,7 @@ from test_runner import BEAT, Bench, FakeLink
 from edge.clock import FakeClock
 from edge.config import OutboxConfig
 from edge.guard import Sample
-from edge.mqtt_link import Inbound, LinkInbox
+from edge.inbox import Inbound, LinkInbox
 from edge.outbox import PUBLISH_WINDOW, Outbox
 from edge.runner import ACK_POLL_S, BOUNDARY_SLACK_S, DRAIN_MAX, MAX_WAIT_S, PROBE_SLACK_S
 from edge.spin import SPIN_MAX_S, SPIN_MIN_S, SPIN_START_S, SpinLead

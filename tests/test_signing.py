@@ -29,6 +29,7 @@ from edge.clock import FakeClock
 from edge.config import load_config
 from edge.errors import ConfigError, ConfigProblems
 from edge.hardware import Hardware
+from edge.inbox import Inbound
 from edge.messages import (
     BeatFrame,
     StatusClaim,
@@ -39,10 +40,10 @@ from edge.messages import (
     to_wire,
 )
 from edge.monitor import FleetView
-from edge.mqtt_link import Inbound, Topics
 from edge.runner import Runner
 from edge.signing import Keyring, SigningKey, keygen
 from edge.sync import SyncState
+from edge.topics import Topics
 from edge.trust import (
     LOG_EVERY_S,
     BeatTrust,

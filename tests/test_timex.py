@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.errors import FrameError
-from edge.mqtt_link import Inbound, Topics
+from edge.inbox import Inbound
 from edge.signing import Keyring, SigningKey
 from edge.timefilter import ClockFilter, ExchangeConfig, TimeExchange
 from edge.timekeeper import Responder as TimeResponder
@@ -28,6 +28,7 @@ from edge.timewire import (
     response_verdict,
     signed_bytes,
 )
+from edge.topics import Topics
 from edge.trust import BeatTrust
 
 WALL0 = 1_800_000_000 * 10**9  # the responder's wall clock at local monotonic 0 (ns)
