@@ -31,20 +31,13 @@ from edge.inbox import Inbound
 from edge.sync import BeatFollower
 from edge.timefilter import ExchangeConfig, TimeExchange
 from edge.timewire import MAX_ID, decode_response, encode_request, response_verdict
+from edge.topics import Topics
 from edge.trust import BAD_SIGNATURE, UNSIGNED, BeatTrust
 
 log = logging.getLogger(__name__)
 
 #: ``metadata.time_ref`` values.
 EXCHANGE, WALL, ENVELOPE = "exchange", "wall", "envelope"
-
-
-def request_topic(prefix: str, cluster: str, agent_id: str) -> str:
-    return f"{prefix}/{cluster}/time/req/{agent_id}"
-
-
-def response_topic(prefix: str, cluster: str, agent_id: str) -> str:
-    return f"{prefix}/{cluster}/time/resp/{agent_id}"
 
 
 class TimeSync:
@@ -62,8 +55,9 @@ class TimeSync:
         config: ExchangeConfig | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.request_topic = request_topic(prefix, cluster, agent_id)
-        self.response_topic = response_topic(prefix, cluster, agent_id)
+        topics = Topics(prefix, cluster)
+        self.request_topic = topics.time_request(agent_id)
+        self.response_topic = topics.time_response(agent_id)
         self._publish = publish
         self._connected = connected
         self._monotonic = monotonic
@@ -117,30 +111,35 @@ class TimeSync:
     def wall_for(self, arrived_at: float, local_wall: float) -> float | None:
         """The wall reading to hand the follower with a frame that arrived at
         ``arrived_at`` (see the module's theory)."""
-        exchange = self.exchange
-        if not exchange.answered:
+        if not self.exchange.answered:
             return local_wall
-        if not exchange.locked_at(arrived_at):
+        return self._reading(arrived_at, local_wall)
+
+    def hlc_wall(self, now: float, local_wall: float) -> float:
+        """The wall time the claims' HLC (and its bound on received stamps) reads at local
+        monotonic ``now``: the same choice as :meth:`wall_for` (a Pi without an RTC boots
+        hours behind, and would refuse every frame as ``hlc_ahead``), ``local_wall`` while
+        the exchange is not locked."""
+        if not self.exchange.answered:
+            return local_wall
+        reading = self._reading(now, local_wall)
+        return local_wall if reading is None else reading
+
+    def _reading(self, t: float, local_wall: float) -> float | None:
+        """The wall reading at local monotonic ``t`` once a responder has answered: None
+        while the exchange is not locked, else ``local_wall`` while it agrees with the
+        exchange, else the pulse's clock as the exchange maps it."""
+        exchange = self.exchange
+        if not exchange.locked_at(t):
             return None
-        mapped = exchange.pulse_wall_at(arrived_at)
+        mapped = exchange.pulse_wall_at(t)
         # The pulse's clock is within the bound of the mapping: a local wall clock inside
         # it is not proven wrong, and may be better (the same host, PTP); once outside it
         # is not used again until well inside (half the bound), so it does not flap.
         off = abs(local_wall - mapped)
-        bound = exchange.bound_at(arrived_at)
+        bound = exchange.bound_at(t)
         self.local_agrees = off <= (bound if self.local_agrees else bound / 2.0)
         return local_wall if self.local_agrees else mapped
-
-    def hlc_wall(self, now: float, local_wall: float) -> float:
-        """The wall time the claims' HLC (and its bound on received stamps) reads at local
-        monotonic ``now``: the pulse's clock as the exchange maps it while the exchange is
-        locked and ``local_wall`` is outside its bound (a Pi without an RTC boots hours
-        behind, and would refuse every frame as ``hlc_ahead``), else ``local_wall``."""
-        exchange = self.exchange
-        if not exchange.answered or not exchange.locked_at(now):
-            return local_wall
-        mapped = exchange.pulse_wall_at(now)
-        return mapped if abs(local_wall - mapped) > exchange.bound_at(now) else local_wall
 
     def time_ref(self, follower: BeatFollower) -> str:
         if not follower.wall_clock_trusted:
