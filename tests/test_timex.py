@@ -545,3 +545,18 @@ def test_a_responder_that_appears_is_heard_at_once() -> None:
         on_tick=watch,
     )
     assert locked_at and locked_at[0] < 101.3 + 0.6, locked_at
+
+
+def test_the_timekeeper_takes_the_brokers_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--protocol`` reaches the broker settings (NATS's gateway speaks 3.1.1 only): a
+    wrong one is refused as the other tools refuse it, before any connection."""
+    import threading
+
+    from edge.cli import main
+    from edge.timekeeper import TimekeeperOptions, run_timekeeper
+
+    options = TimekeeperOptions(broker_url="mqtt://127.0.0.1:1", cluster="c", protocol="9")
+    assert run_timekeeper(options, threading.Event()) == 2
+    assert 'protocol: must be "5" or "3.1.1"' in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the command line offers only the two
+        main(["timekeeper", "--cluster", "c", "--protocol", "9"])
