@@ -8,11 +8,11 @@ client's lock) for the next boundary anybody wants: a beat start for ``on_beat``
 downbeat for ``on_downbeat``, a phase start for ``on_phase``, or the boundary a waiter of
 ``sync()`` waits for. It sleeps on the clock seam (``Clock.wait``, woken early when a waiter
 registers or the client stops) until ~4 ms before it, asks again (a frame may have moved
-the timeline a little), sleeps to ``SPIN_S`` before it and spins the rest
-(``Clock.spin_until``), so the callbacks start within tens of microseconds of the boundary,
-not on the receipt of a frame and never on paho's thread. Only this thread spins: the
-client's beat loop sleeps instead of spinning (``edge.client``), so the two never fight
-over the GIL at the boundary.
+the timeline a little), sleeps to a little before it (the runner's spin lead,
+``edge.spin``) and spins the rest (``Clock.spin_until``), so the callbacks start within
+tens of microseconds of the boundary, not on the receipt of a frame and never on paho's
+thread. Only this thread spins: the client's beat loop sleeps instead of spinning
+(``edge.client``), so the two never fight over the GIL at the boundary.
 
 One thread runs every callback, in registration order. A callback that is still running
 at the end of its phase *overran*; the boundaries that passed meanwhile are *skipped*, not
@@ -35,11 +35,10 @@ from dataclasses import dataclass, field, replace
 from edge.clock import Clock
 from edge.loglimit import LogLimiter
 from edge.messages import PHASES, Phase
+from edge.spin import SpinLead
 
 log = logging.getLogger(__name__)
 
-#: Wake this long before a boundary and spin the rest (as the runner does).
-SPIN_S = 0.0006
 #: Ask the forecast again this long before a boundary (a frame may have moved it).
 APPROACH_S = 0.004
 #: Longest sleep without asking the forecast again.
@@ -180,6 +179,9 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._problems = LogLimiter(log, quiet_s=quiet_s)
         self.counts = DispatchCounts()
+        #: How long before a boundary the wait ends and the spin starts: the runner's
+        #: rule (the recent peak wake-up lateness, 0.1-1 ms).
+        self.spin = SpinLead()
         #: Local time of the last boundary run (or skipped past).
         self.last_at = float("-inf")
 
@@ -273,11 +275,15 @@ class Dispatcher:
             until = IDLE_S if look_again is None else min(max(look_again - now, 0.0), IDLE_S)
             clock.wait(self._wake, until)
             return
-        if tick.at - now > APPROACH_S + SPIN_S:  # (the margin: a fake clock's float steps)
+        lead = self.spin.seconds
+        if tick.at - now > APPROACH_S + lead:  # (the margin: a fake clock's float steps)
             clock.wait(self._wake, min(tick.at - now - APPROACH_S, IDLE_S))
             return
-        if clock.wait(self._wake, tick.at - now - SPIN_S) is not None:
+        timeout = tick.at - now - lead
+        if clock.wait(self._wake, timeout) is not None:
             return  # woken: someone registered; look again
+        if timeout > 0:
+            self.spin.woke(clock.monotonic() - (now + timeout))
         clock.spin_until(tick.at)
         if self._stop.is_set():
             return

@@ -68,7 +68,7 @@ from edge.publisher import ClaimPublisher, Link
 from edge.review import SOURCE_CONFLICT_ALERT, assemble, record_beat
 from edge.score import ScheduledAction, Score
 from edge.settle import Settler
-from edge.spin import SPIN_START_S, SpinLead
+from edge.spin import SpinLead
 from edge.status import BeatReview, StatusBuilder
 from edge.sync import (
     BeatFollower,
@@ -90,9 +90,6 @@ from edge.trust import BeatTrust, Signer
 
 log = logging.getLogger(__name__)
 
-#: Wake this long before a precise deadline and spin the rest, at start (see the theory
-#: above); from then on the lead follows the measured wake-up lateness (edge.spin).
-SPIN_S = SPIN_START_S
 #: Touch the hardware path this long before an action so the first write is not cold.
 WARM_S = 0.004
 #: Longest blocking wait. Stop and reload signals nudge the inbox (edge.agent), so this
