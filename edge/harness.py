@@ -201,6 +201,16 @@ def safe_states(log: str) -> list[tuple[float, dict[str, object]]]:
     return found
 
 
+def pulse_beats(rows: list[dict[str, object]]) -> dict[int, tuple[float, float]]:
+    """The pulse's own beats from its trace rows: beat index -> (local monotonic start,
+    tempo), what every end-to-end test and benchmark measures actuations against."""
+    return {
+        int(r["beat_index"]): (float(r["intended_mono"]), float(r["tempo_bpm"]))  # type: ignore[call-overload,arg-type]
+        for r in rows
+        if r["phase"] == "plan"
+    }
+
+
 def read_trace(path: Path) -> list[dict[str, object]]:
     """Every complete JSON line of a trace (a torn last line is skipped)."""
     if not path.exists():

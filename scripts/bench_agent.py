@@ -53,7 +53,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import start_mosquitto
-from edge.harness import read_trace, start_agent, start_pulse, write_agent_config
+from edge.harness import pulse_beats, read_trace, start_agent, start_pulse, write_agent_config
 
 PROFILE = """
 [gpio]
@@ -151,11 +151,7 @@ def run_tempo(bpm: float, beats: int, warmup_beats: int = 10) -> dict[str, float
         agent.signal(signal.SIGTERM)
         agent.process.wait(timeout=15)
         pulse_rows = read_trace(work / "pulse.jsonl")
-        starts = {
-            int(r["beat_index"]): (float(r["intended_mono"]), float(r["tempo_bpm"]))
-            for r in pulse_rows
-            if r["phase"] == "plan"
-        }
+        starts = pulse_beats(pulse_rows)
         rows = [
             r
             for r in read_trace(work / "agent.jsonl")
@@ -339,11 +335,7 @@ def run_untrusted(scenario: Scenario, responder: bool, beats: int) -> dict[str, 
         relay.stop()
         pulse_rows = read_trace(work / "pulse.jsonl")
         agent_rows = read_trace(work / "agent.jsonl")
-    starts = {
-        int(r["beat_index"]): (float(r["intended_mono"]), float(r["tempo_bpm"]))
-        for r in pulse_rows
-        if r["phase"] == "plan"
-    }
+    starts = pulse_beats(pulse_rows)
     first = min(starts)
     late = []
     own = []
@@ -425,11 +417,7 @@ def run_trusted(bpm: float, beats: int) -> dict[str, float]:
         pulse.stop()
         agent.signal(signal.SIGTERM)
         agent.process.wait(timeout=15)
-        starts = {
-            int(r["beat_index"]): (float(r["intended_mono"]), float(r["tempo_bpm"]))
-            for r in read_trace(work / "pulse.jsonl")
-            if r["phase"] == "plan"
-        }
+        starts = pulse_beats(read_trace(work / "pulse.jsonl"))
         fired = {
             int(r["beat_index"]): float(r["fired_mono"])
             for r in read_trace(work / "agent.jsonl")

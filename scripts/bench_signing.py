@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_agent import OFFSETS, PROFILE, cpu_seconds, pct
 
 from edge.broker import start_mosquitto
-from edge.harness import read_trace, start_agent, start_pulse, write_agent_config
+from edge.harness import pulse_beats, read_trace, start_agent, start_pulse, write_agent_config
 from edge.messages import BeatFrame, decode_beat_frame_with_map, encode
 from edge.signing import Keyring, SigningKey, keygen
 from edge.trust import BeatTrust, sign_message, signed_bytes
@@ -115,11 +115,7 @@ def run(bpm: float, beats: int, signed: bool) -> dict[str, float]:
         pulse.stop()
         agent.signal(signal.SIGTERM)
         agent.process.wait(timeout=15)
-        starts = {
-            int(r["beat_index"]): (float(r["intended_mono"]), float(r["tempo_bpm"]))
-            for r in read_trace(work / "pulse.jsonl")
-            if r["phase"] == "plan"
-        }
+        starts = pulse_beats(read_trace(work / "pulse.jsonl"))
         rows = [
             r
             for r in read_trace(work / "agent.jsonl")

@@ -18,7 +18,7 @@ from gpiozero.pins.mock import MockFactory
 from edge.broker import BrokerUnavailable, Mosquitto, find_mosquitto, start_mosquitto
 from edge.clock import FakeClock
 from edge.hardware import Hardware, Popen
-from edge.harness import SPOOF_PLACE, read_trace
+from edge.harness import SPOOF_PLACE, pulse_beats, read_trace
 from edge.profile import Profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,11 +110,7 @@ def _actuations_sit_on_the_pulse(
     then, so that gets a generous window (30 ms): still far below the 140 ms an early copy
     would move it by.
     """
-    starts = {
-        int(r["beat_index"]): float(r["intended_mono"])  # type: ignore[arg-type,call-overload]
-        for r in read_trace(pulse_trace)
-        if r["phase"] == "plan"
-    }
+    starts = {k: start for k, (start, _) in pulse_beats(read_trace(pulse_trace)).items()}
     last_sent = max(starts)  # after it the agent free-ran: no truth to compare with
     rows = [
         r

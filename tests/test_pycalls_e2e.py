@@ -35,6 +35,7 @@ import pytest
 from edge.broker import Mosquitto
 from edge.harness import (
     ClaimRecorder,
+    pulse_beats,
     read_trace,
     start_agent,
     start_pulse,
@@ -194,11 +195,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             pulse.stop()
             code = agent.stop()
             claims.stop()
-        beats = {
-            int(r["beat_index"]): float(r["intended_mono"])  # type: ignore[call-overload, arg-type]
-            for r in read_trace(tmp / "pulse.jsonl")
-            if r["phase"] == "plan"
-        }
+        beats = {k: start for k, (start, _) in pulse_beats(read_trace(tmp / "pulse.jsonl")).items()}
         yield Run(tmp, agent.log(), code, claims.claims, beats)
     finally:
         broker.close()

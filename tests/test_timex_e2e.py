@@ -18,6 +18,7 @@ import pytest
 from edge.broker import Mosquitto
 from edge.harness import (
     ClaimRecorder,
+    pulse_beats,
     read_trace,
     start_agent,
     start_pulse,
@@ -49,11 +50,7 @@ def _lateness_ms(
     agent_rows: list[dict[str, object]], pulse_rows: list[dict[str, object]]
 ) -> list[float]:
     """Each fired action against the pulse's own execute start, from beat 8 on."""
-    starts = {
-        int(r["beat_index"]): float(r["intended_mono"])  # type: ignore[call-overload,arg-type]
-        for r in pulse_rows
-        if r["phase"] == "plan"
-    }
+    starts = {k: start for k, (start, _) in pulse_beats(pulse_rows).items()}
     first = min(starts)
     out = []
     for r in agent_rows:
