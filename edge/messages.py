@@ -53,7 +53,7 @@ Rules for every message
 * ``metadata`` and ``resources`` hold JSON data only: objects with text keys, arrays, text,
   integers (64-bit: -2^64 to 2^64-1, what CBOR writes without a tag), finite floats,
   booleans and null, nested at most :data:`MAX_DEPTH` deep (the object itself is level 0).
-  They are kept read-only (objects as mappings, arrays as tuples), so a message is
+  They are kept read-only (objects as FrozenObject dicts, arrays as tuples), so a message is
   immutable all the way down.
 * Text must be valid Unicode (a JSON ``\\ud800`` escape is refused), so every decoded
   message can be encoded again.
@@ -104,7 +104,6 @@ from edge.wire_values import (
     parse_rfc3339,
     show,
     string,
-    thaw,
 )
 
 # The public names; MAX_DEPTH, JSONValue and the RFC 3339 pair are re-exported from
@@ -546,7 +545,11 @@ def decode_bar_report(payload: bytes) -> BarReport:
 
 
 def to_wire(message: Message) -> dict[str, object]:
-    """The message as the plain dict the upstream schema describes (absent fields omitted)."""
+    """The message as the dict the upstream schema describes (absent fields omitted).
+
+    The top-level dict is the caller's; objects inside it are the message's own
+    read-only :class:`~edge.wire_values.FrozenObject` dicts and arrays are tuples, which
+    cbor2 and json encode as they are (copy one with ``dict()`` to change it)."""
     out: dict[str, object] = {"type": message.TYPE}
     for name in _FIELDS[type(message)]:
         value = getattr(message, name)
@@ -559,7 +562,8 @@ def to_wire(message: Message) -> dict[str, object]:
                 {"severity": i.severity, "category": i.category, "count": i.count} for i in value
             ]
         else:
-            out[name] = thaw(value)
+            # Frozen objects are dicts and arrays tuples: both encoders take them as is.
+            out[name] = value
     return out
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 from edge.errors import FrameError
 
@@ -175,12 +175,61 @@ class _Bad(Exception):
         self.path: list[str] = []
 
 
-def _freeze(value: object, depth: int) -> JSONValue:
+class FrozenObject(dict[str, Any]):
+    """A JSON object that cannot be changed after the freeze walk built it.
+
+    A dict, so cbor2 and json encode it as it is (no copy back to plain dicts before
+    each encode); every method that would change it raises TypeError, as a
+    ``MappingProxyType`` does. Copies (``dict(obj)``, ``obj.copy()``, ``obj | other``)
+    are plain dicts, the caller's to change.
+    """
+
+    __slots__ = ()
+
+    def __setitem__(self, key: str, value: Any) -> NoReturn:
+        raise _read_only()
+
+    def __delitem__(self, key: str) -> NoReturn:
+        raise _read_only()
+
+    def __ior__(self, other: Any) -> NoReturn:  # type: ignore[misc]
+        raise _read_only()
+
+    def clear(self) -> NoReturn:
+        raise _read_only()
+
+    def pop(self, *args: Any) -> NoReturn:
+        raise _read_only()
+
+    def popitem(self) -> NoReturn:
+        raise _read_only()
+
+    def setdefault(self, *args: Any) -> NoReturn:
+        raise _read_only()
+
+    def update(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise _read_only()
+
+    def __reduce__(self) -> tuple[type[FrozenObject], tuple[dict[str, Any]]]:
+        # pickle and copy would otherwise rebuild it item by item through __setitem__.
+        return (FrozenObject, (dict(self),))
+
+
+def _read_only() -> TypeError:
+    return TypeError("a message's JSON objects are read-only")
+
+
+def _freeze(value: object, depth: int, isfinite: Any = math.isfinite) -> JSONValue:
     """Check one JSON value and return it immutable: the freeze walk.
 
-    Objects become read-only copies (``MappingProxyType``), arrays tuples, subclasses of
-    the scalar types (an IntEnum...) the plain type. Always a copy: a caller keeps its own
-    dicts, and copying a decoder's costs little. Raises _Bad, with the path.
+    Objects become :class:`FrozenObject` copies, arrays tuples, subclasses of the scalar
+    types (an IntEnum...) the plain type. Always a copy: a caller keeps its own dicts, and
+    copying a decoder's costs little. Raises _Bad, with the path.
+
+    Inside objects the common valid scalars (ASCII text, 64-bit integers, finite floats,
+    booleans, null) are taken in the loop itself; anything else comes back
+    here for the full check and its wording. A busy claim's metadata is two dozen such
+    values, and a call each was most of the cost of decoding it.
     """
     t = type(value)
     if t is str:
@@ -197,21 +246,34 @@ def _freeze(value: object, depth: int) -> JSONValue:
         return value
     if t is bool or value is None:
         return value
-    if t is dict or t is MappingProxyType or isinstance(value, Mapping):
+    if t is dict or t is FrozenObject or t is MappingProxyType or isinstance(value, Mapping):
         if depth >= MAX_DEPTH:
             raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
         out: dict[str, JSONValue] = {}
         for key, item in value.items():  # type: ignore[attr-defined]
-            try:
-                if type(key) is not str:
-                    raise _Bad(f"keys must be strings, got {show(key)}")
-                if not valid_text(key):
-                    raise _Bad(f"keys must be valid Unicode text, got {show(key)}")
-                out[key] = _freeze(item, depth + 1)
-            except _Bad as bad:
+            if type(key) is not str or not (key.isascii() or valid_text(key)):
+                bad = _Bad(
+                    f"keys must be strings, got {show(key)}"
+                    if type(key) is not str
+                    else f"keys must be valid Unicode text, got {show(key)}"
+                )
                 bad.path.append(f".{key if type(key) is str else show(key)}")
-                raise
-        return MappingProxyType(out)
+                raise bad
+            t = type(item)
+            if not (
+                (t is str and item.isascii())
+                or (t is int and _MIN_INT <= item <= _MAX_INT)
+                or (t is float and isfinite(item))
+                or t is bool
+                or item is None
+            ):
+                try:
+                    item = _freeze(item, depth + 1)
+                except _Bad as bad:
+                    bad.path.append(f".{key}")
+                    raise
+            out[key] = item
+        return FrozenObject(out)
     if (
         t is list
         or t is tuple
@@ -243,15 +305,3 @@ def frozen_object(name: str, value: object) -> Mapping[str, JSONValue]:
     except _Bad as bad:
         raise fail(name + "".join(reversed(bad.path)), bad.message) from None
     return frozen
-
-
-def thaw(value: JSONValue) -> object:
-    """A frozen JSON value as plain dicts and lists (what the encoders take)."""
-    if type(value) is MappingProxyType:
-        return {k: thaw(v) if type(v) in _FROZEN else v for k, v in value.items()}
-    if type(value) is tuple:
-        return [thaw(v) if type(v) in _FROZEN else v for v in value]
-    return value
-
-
-_FROZEN = frozenset((MappingProxyType, tuple))

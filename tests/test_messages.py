@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
+import pickle
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -811,6 +814,31 @@ def test_decoded_messages_are_immutable_all_the_way_down(dump: Callable[[object]
             mapping["x"] = 1  # type: ignore[index]
     assert claim.metadata["deep"]["b"] == (1, {"c": 2})
     assert type(claim.metadata["deep"]["b"]) is tuple
+
+
+def test_frozen_objects_refuse_every_change_and_copy_to_plain_dicts() -> None:
+    claim = StatusClaim("a", 1, "idle", "0000:0000:0000", metadata={"x": {"y": 1}, "z": 2})
+    meta: Any = claim.metadata  # Any: the test calls what a Mapping does not declare
+    changes: list[Callable[[], object]] = [
+        lambda: meta.__setitem__("z", 3),
+        lambda: meta.__delitem__("z"),
+        lambda: meta.pop("z"),
+        lambda: meta.popitem(),
+        lambda: meta.setdefault("w", 1),
+        lambda: meta.update(z=3),
+        lambda: meta.clear(),
+        lambda: meta["x"].__ior__({"y": 2}),
+    ]
+    for change in changes:
+        with pytest.raises(TypeError):
+            change()
+    assert meta == {"x": {"y": 1}, "z": 2}
+    mine = dict(meta) | {"w": 1}
+    mine["z"] = 3  # a copy is the caller's to change
+    assert type(meta.copy()) is dict
+    for again in (copy.copy(meta), copy.deepcopy(meta), pickle.loads(pickle.dumps(meta))):
+        assert again == meta and type(again) is type(meta)
+    assert dataclasses.replace(claim, beat_index=2).metadata == meta
 
 
 def test_a_message_keeps_its_own_copy_of_what_the_caller_passed() -> None:
