@@ -215,6 +215,10 @@ class FrozenObject(dict[str, Any]):
         return (FrozenObject, (dict(self),))
 
 
+#: FrozenObject's own writer, for the freeze walk that builds it.
+_put = dict.__setitem__
+
+
 def _read_only() -> TypeError:
     return TypeError("a message's JSON objects are read-only")
 
@@ -249,8 +253,10 @@ def _freeze(value: object, depth: int, isfinite: Any = math.isfinite) -> JSONVal
     if t is dict or t is FrozenObject or t is MappingProxyType or isinstance(value, Mapping):
         if depth >= MAX_DEPTH:
             raise _Bad(f"is nested deeper than {MAX_DEPTH} levels")
-        out: dict[str, JSONValue] = {}
-        for key, item in value.items():  # type: ignore[attr-defined]
+        # Copied whole first (at C speed); only nested objects and arrays, and scalars
+        # that need a closer look, are put back, frozen.
+        out = FrozenObject(value)  # type: ignore[call-overload]
+        for key, item in out.items():
             if type(key) is not str or not (key.isascii() or valid_text(key)):
                 bad = _Bad(
                     f"keys must be strings, got {show(key)}"
@@ -259,21 +265,20 @@ def _freeze(value: object, depth: int, isfinite: Any = math.isfinite) -> JSONVal
                 )
                 bad.path.append(f".{key if type(key) is str else show(key)}")
                 raise bad
-            t = type(item)
+            kind = type(item)
             if not (
-                (t is str and item.isascii())
-                or (t is int and _MIN_INT <= item <= _MAX_INT)
-                or (t is float and isfinite(item))
-                or t is bool
+                (kind is str and item.isascii())
+                or (kind is int and _MIN_INT <= item <= _MAX_INT)
+                or (kind is float and isfinite(item))
+                or kind is bool
                 or item is None
             ):
                 try:
-                    item = _freeze(item, depth + 1)
+                    _put(out, key, _freeze(item, depth + 1))
                 except _Bad as bad:
                     bad.path.append(f".{key}")
                     raise
-            out[key] = item
-        return FrozenObject(out)
+        return out
     if (
         t is list
         or t is tuple
