@@ -78,21 +78,25 @@ def string(name: str, value: object, pattern: re.Pattern[str] | None = None) -> 
 
 
 def integer(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise fail(name, f"must be an integer, got {show(value)}")
-    value = int(value)  # an IntEnum...: keep plain int
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(name, f"must be an integer, got {show(value)}")
+        value = int(value)  # an IntEnum...: keep plain int
     if not low <= value <= high:
         raise fail(name, f"must be between {low} and {high}, got {show(value)}")
     return value
 
 
 def number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise fail(name, f"must be a number, got {show(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise fail(name, f"must be a finite number, got {show(value)}") from None
+    if type(value) is float:
+        number = value
+    else:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail(name, f"must be a number, got {show(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            raise fail(name, f"must be a finite number, got {show(value)}") from None
     if not math.isfinite(number):
         raise fail(name, f"must be a finite number, got {show(value)}")
     if low is not None and number < low:
