@@ -485,6 +485,21 @@ def test_a_dropped_call_is_cancelled_and_safe_call_runs(mods: Path) -> None:
 
 
 @pytest.mark.slow
+def test_only_close_skips_a_worker_at_rest_whatever_the_reason_says(mods: Path) -> None:
+    out = mods / "out.jsonl"
+    hw = _hardware(
+        mods, {"p": {"call": "probe:record", "params": {"out": str(out)}, "safe_call": "rest"}}
+    )
+    try:
+        hw.safe_state("beat lost")
+        hw.safe_state("close")  # a reason like any other: asked again, though at rest
+        time.sleep(0.3)
+    finally:
+        hw.close()  # the closing one: at rest, not asked a third time
+    assert (mods / "out.jsonl.safe").read_text().splitlines() == ["beat lost", "close"]
+
+
+@pytest.mark.slow
 def test_check_names_the_device_of_a_bad_call(mods: Path) -> None:
     devices = {
         "nomod": {"call": "no_such_module:f"},

@@ -466,9 +466,11 @@ class PyCalls(Devices):
 
     # ------------------------------------------------------------------ safety
 
-    def _safe_calls(self, reason: str, keep: Collection[str]) -> None:
+    def _safe_calls(self, reason: str, keep: Collection[str], closing: bool) -> None:
         """Cancel the queued calls of every python device not in ``keep`` and have its
-        worker call ``safe_call``; a call already running finishes or meets its deadline."""
+        worker call ``safe_call``; a call already running finishes or meets its deadline.
+        ``closing``: the last safe state, the one of ``close()``, which skips a worker
+        already at rest (its safe_call has run and no call was sent since)."""
         for name, worker in self._workers.items():
             if name in keep:
                 continue
@@ -477,9 +479,8 @@ class PyCalls(Devices):
                     self._cancel(job)
             for slot in [s for s, j in self._slots.items() if j not in self._jobs]:
                 del self._slots[slot]
-            # close() puts at rest what is not yet: after a shutdown's safe state (and no
-            # call since) its safe_call has run, and is not called a second time.
-            if reason == "close" and worker.at_rest:
+            # After a shutdown's safe state its safe_call has run: not called a second time.
+            if closing and worker.at_rest:
                 continue
             message = ("safe", reason, dict(worker.spec.params))
             if worker.alive and worker.post(message, PIPE_BUDGET):  # no pipe: False
