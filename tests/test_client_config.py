@@ -10,6 +10,8 @@ from edge.client_config import SOURCE, client_config
 from edge.config import Config, load_config
 from edge.errors import ConfigError
 
+_AGENT_TOML = '[agent]\nid = "bench:prog"\ncluster = "bench"\n'
+
 
 def _config(**options: object) -> Config:
     return client_config("mqtt://127.0.0.1:1883", "bench", "bench:prog", options)
@@ -39,11 +41,7 @@ def test_the_options_reach_the_reader_as_tables_not_as_toml_text(tmp_path: Path)
 
 def test_a_bad_value_is_worded_as_in_agent_toml(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
-    path.write_text(
-        '[agent]\nid = "bench:prog"\ncluster = "bench"\n'
-        "[status]\nevery = 0\n[guard]\ncpu_enter = 150\n",
-        encoding="utf-8",
-    )
+    path.write_text(_AGENT_TOML + "[status]\nevery = 0\n[guard]\ncpu_enter = 150\n", "utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert _problems(status={"every": 0}, guard={"cpu_enter": 150}) == list(info.value.problems)

@@ -462,12 +462,17 @@ def test_a_call_that_ran_before_the_loop_fired_it_runs_once(mods: Path) -> None:
         hw.close()
 
 
+def _resting(mods: Path) -> tuple[Hardware, Path]:
+    """A python device ``p`` that records its calls in ``out.jsonl`` and its safe_calls'
+    reasons in ``out.jsonl.safe``; the hardware and ``out.jsonl``."""
+    out = mods / "out.jsonl"
+    body = {"call": "probe:record", "params": {"out": str(out)}, "safe_call": "rest"}
+    return _hardware(mods, {"p": body}), out
+
+
 @pytest.mark.slow
 def test_a_dropped_call_is_cancelled_and_safe_call_runs(mods: Path) -> None:
-    out = mods / "out.jsonl"
-    hw = _hardware(
-        mods, {"p": {"call": "probe:record", "params": {"out": str(out)}, "safe_call": "rest"}}
-    )
+    hw, out = _resting(mods)
     try:
         job = _job("p", 3, 0.4, out=str(out))
         hw.prepare_calls([job], time.monotonic())
@@ -486,10 +491,7 @@ def test_a_dropped_call_is_cancelled_and_safe_call_runs(mods: Path) -> None:
 
 @pytest.mark.slow
 def test_only_close_skips_a_worker_at_rest_whatever_the_reason_says(mods: Path) -> None:
-    out = mods / "out.jsonl"
-    hw = _hardware(
-        mods, {"p": {"call": "probe:record", "params": {"out": str(out)}, "safe_call": "rest"}}
-    )
+    hw, _ = _resting(mods)
     try:
         hw.safe_state("beat lost")
         hw.safe_state("close")  # a reason like any other: asked again, though at rest
