@@ -1,18 +1,19 @@
 """A beat client's options as the agent's config: the same reader, the same checks and words.
 
-:func:`client_config` writes the options (tables named as the agent's TOML sections) out as
-TOML with mock pins and no devices, and reads them with :func:`edge.config.load_config`, so
-a client's settings are checked and worded exactly as in ``agent.toml``.
+:func:`client_config` takes the options (tables named as the agent's TOML sections), adds
+mock pins and no devices, and hands the tables to :func:`edge.config.config_from_tables`,
+the reader of ``agent.toml``, so a client's settings are checked and worded exactly as
+there. A value must be one TOML can hold (a string, number, boolean or list of them), as
+in ``agent.toml``; a path or a tuple is taken as TOML would read it (a string, a list).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from edge.config import Config, load_config
+from edge.config import Config, config_from_tables
 from edge.errors import ConfigError
 
 #: Where the options' problems are said to be.
@@ -23,26 +24,20 @@ SECTIONS = ("agent", "broker", "sync", "guard", "status", "outbox", "security")
 _FIXED = {("agent", "id"), ("agent", "cluster"), ("agent", "profile"), ("broker", "url")}
 
 
-def toml_value(value: object, where: str, problems: list[str]) -> str | None:
-    """``value`` as a TOML value, or None (with a problem) for what TOML cannot say."""
+def toml_value(value: object, where: str, problems: list[str]) -> object | None:
+    """``value`` as TOML would read it back (a path as a string, a tuple as a list), or
+    None (with a problem) for what TOML cannot say."""
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return value
     if isinstance(value, int):
-        return str(value)
+        return int(value)
     if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"  # refused by the section's reader, in its own words
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
+        return float(value)  # nan and inf too: the section's reader refuses them, in its words
     if isinstance(value, str | Path):
-        # A JSON string without ASCII escaping is a TOML basic string.
-        return json.dumps(str(value), ensure_ascii=False)
+        return str(value)
     if isinstance(value, list | tuple):
         items = [toml_value(item, f"{where}[{i}]", problems) for i, item in enumerate(value)]
-        if any(item is None for item in items):
-            return None
-        return "[" + ", ".join(item for item in items if item is not None) + "]"
+        return None if any(item is None for item in items) else items
     problems.append(
         f"{where}: must be a string, number, boolean or list of them, got {type(value).__name__}"
     )
@@ -58,6 +53,7 @@ def client_config(
     Raises ConfigError listing every problem."""
     problems: list[str] = []
     tables: dict[str, dict[str, object]] = {
+        "gpio": {"pin_factory": "mock"},
         "agent": {"id": agent_id, "cluster": cluster},
         "broker": {"url": broker_url},
     }
@@ -75,15 +71,11 @@ def client_config(
             if (name, key) in _FIXED:
                 problems.append(f"{name}.{key}: is not an option of BeatClient")
                 continue
-            tables.setdefault(name, {})[str(key)] = value
-    lines = ["[gpio]", 'pin_factory = "mock"']
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        for key, value in table.items():
-            text = toml_value(value, f"{name}.{key}", problems)
-            if text is not None:
-                lines.append(f"{json.dumps(key)} = {text}")
+            plain = toml_value(value, f"{name}.{key}", problems)
+            if plain is not None:
+                tables.setdefault(name, {})[str(key)] = plain
     if problems:
         raise ConfigError(problems, SOURCE)
-    data = ("\n".join(lines) + "\n").encode("utf-8")
-    return load_config(Path(SOURCE), read=lambda path: data)
+    # The digest (reported in every claim) hashes the options as they were read.
+    data = json.dumps(tables, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return config_from_tables(tables, Path(SOURCE).parent, source=SOURCE, data=data)

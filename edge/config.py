@@ -11,14 +11,14 @@ a hardware profile (``[gpio]``, ``[devices.*]``, ``[[score]]``)::
     url = "mqtt://127.0.0.1:1883"
 
 Each section is checked by the module that owns it (``edge.profile``, ``edge.score``,
-``edge.sync``, ``edge.guard``, ``edge.status``, ``edge.trust`` for ``[security]``); this
-module reads the files, checks ``[agent]``, ``[broker]`` and ``[outbox]`` (whose
-:class:`OutboxConfig` lives here, so the core imports no adapter), and gathers every
-problem into one
-:class:`~edge.errors.ConfigError`. Keys with a type and a range are read by
-:mod:`edge.settings`, which words every problem alike. It also holds the reload rules
-(:func:`apply_reload`): which settings a reload applies at the next beat boundary and which
-wait for a restart.
+``edge.sync``, ``edge.guard``, ``edge.status``, ``edge.broker_config``, ``edge.trust`` for
+``[security]``); :mod:`edge.config_file` reads the files. This module checks ``[agent]``
+and ``[outbox]`` (whose :class:`OutboxConfig` lives here, so the core imports no adapter)
+and gathers every problem into one :class:`~edge.errors.ConfigError`:
+:func:`load_config` from a file, :func:`config_from_tables` from tables already parsed (a
+beat client's options). Keys with a type and a range are read by :mod:`edge.settings`,
+which words every problem alike. It also holds the reload rules (:func:`apply_reload`):
+which settings a reload applies at the next beat boundary and which wait for a restart.
 """
 
 from __future__ import annotations
@@ -26,19 +26,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import stat
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit
 
-from edge.errors import ConfigError, ConfigProblems, EdgeError
+# BrokerConfig, parse_broker and FileRefused are re-exported (they were defined here).
+from edge.broker_config import BrokerConfig as BrokerConfig
+from edge.broker_config import parse_broker as parse_broker
+from edge.config_file import FileRefused as FileRefused
+from edge.config_file import Reader, read_checked, read_toml
+from edge.errors import ConfigError, ConfigProblems
 from edge.guard import GuardConfig, parse_guard
 from edge.profile import Profile, parse_profile
 from edge.score import Score, parse_score
-from edge.settings import Section, check_order, flag, integer, number, pathname, text
+from edge.settings import Section, check_order, flag, integer, number, pathname
 from edge.status import StatusConfig, parse_status
 from edge.sync import SyncConfig, parse_sync
 from edge.trust import SecurityConfig, parse_security
@@ -47,11 +48,6 @@ _AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
 _CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _TOPIC_PREFIX = re.compile(r"[^#+\s]+")
 _PROFILE_SECTIONS = ("gpio", "devices", "score")
-#: No config, profile, password or certificate file is larger than this.
-MAX_FILE_BYTES = 1024 * 1024
-#: Tables and arrays nest no deeper than this (a real config nests 3 deep); deeper is
-#: refused before tomllib (which recurses) or anything else walks it.
-MAX_TOML_DEPTH = 32
 _KNOWN_SECTIONS = frozenset(
     ("agent", "broker", "sync", "guard", "status", "outbox", "security", *_PROFILE_SECTIONS)
 )
@@ -75,40 +71,6 @@ class AgentConfig:
     #: A frame whose HLC is further than this ahead of the local wall clock is refused
     #: (``hlc_ahead``) and never moves the claims' HLC.
     hlc_max_ahead_s: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerConfig:
-    """``[broker]``: where the broker is and how to reach it."""
-
-    url: str = "mqtt://127.0.0.1:1883"
-    host: str = "127.0.0.1"
-    port: int = 1883
-    tls: bool = False
-    client_id: str | None = None
-    username: str | None = None
-    #: File holding the password (a systemd credential); never the password itself.
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    protocol: Literal["5", "3.1.1"] = "5"
-    keepalive_s: int = 15
-    reconnect_min_s: float = 0.25
-    #: Cap of the jittered exponential reconnect backoff; raise it for large fleets.
-    reconnect_max_s: float = 2.0
-    #: MQTT 5 will delay: a reboot faster than this leaves no stale ``offline``.
-    will_delay_s: int = 10
-    #: Bounded hand-over queue between the network thread and the loop.
-    inbox_size: int = 1000
-    #: Every broker of a ``url`` list as (host, port), in the order tried; empty: just
-    #: ``host``/``port``. With a list, ``url`` is its URLs joined by ", " (for display)
-    #: and ``host``/``port``/``tls`` are the first one's.
-    endpoints: tuple[tuple[str, int], ...] = ()
-
-    def brokers(self) -> tuple[tuple[str, int], ...]:
-        """The brokers to try, in order: ``endpoints``, or the one ``host``/``port``."""
-        return self.endpoints or ((self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,20 +162,6 @@ _AGENT = Section(
     ),
     also_known=("id", "cluster", "profile", "topic_prefix"),
 )
-_BROKER = Section(
-    BrokerConfig,
-    (
-        text("client_id"),
-        text("username"),
-        # MQTT carries the keepalive in 16 bits and the will delay in 32.
-        integer("keepalive_s", 5, 65_535),
-        number("reconnect_min_s", 0.01, 3600.0),
-        number("reconnect_max_s", 0.01, 3600.0),
-        integer("will_delay_s", 0, 2**32 - 1),
-        integer("inbox_size", 1, 1_000_000),
-    ),
-    also_known=("url", "password_file", "ca_file", "cert_file", "key_file", "protocol"),
-)
 _OUTBOX = Section(
     OutboxConfig,
     (
@@ -227,28 +175,6 @@ _OUTBOX = Section(
         number("retry_interval_s", 0.001),
     ),
 )
-
-
-def _path(
-    table: Mapping[str, object],
-    key: str,
-    base: Path,
-    where: str,
-    problems: ConfigProblems,
-    must_exist: bool = True,
-) -> Path | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        problems.add(f"{where}.{key}", f"must be a file path, got {value!r}")
-        return None
-    path = Path(value)
-    if not path.is_absolute():
-        path = base / path
-    if must_exist and not path.is_file():
-        problems.add(f"{where}.{key}", f"file {str(path)!r} does not exist")
-    return path
 
 
 def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
@@ -272,121 +198,6 @@ def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
     return _AGENT.read(
         table, problems, "agent", id=agent_id, cluster=cluster, topic_prefix=prefix.rstrip("/")
     )
-
-
-#: A ``broker.url`` list names at most this many brokers.
-MAX_BROKER_URLS = 64
-
-
-def _one_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) of one broker URL; ValueError says what is wrong with it."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError("scheme must be mqtt:// or mqtts:// with a host")
-    if parts.password is not None:
-        raise ValueError("a password in the URL would leak into logs; use password_file")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port
-    except ValueError:  # urllib's own words ("Port out of range 0-65535") name no URL part
-        raise ValueError("the port must be a number from 1 to 65535") from None
-    if port == 0:
-        raise ValueError("the port must be a number from 1 to 65535")
-    return parts.hostname, port or (8883 if tls else 1883), tls
-
-
-def _broker_urls(
-    value: object, problems: ConfigProblems, where: str
-) -> tuple[str, list[tuple[str, int, bool]]]:
-    """The display ``url`` and every good (host, port, tls) of ``broker.url``: a string,
-    a comma-separated string (as the command lines take it) or a list of strings. Each
-    problem names the entry by its index."""
-    key = where if where.startswith("-") else f"{where}.url"  # a flag is named as typed
-    if isinstance(value, str) and "," in value:
-        value = [part.strip() for part in value.split(",")]
-    if isinstance(value, str):
-        try:
-            return value, [_one_url(value)]
-        except ValueError as exc:
-            problems.add(key, f"{exc}, got {value!r}")
-            return value, []
-    if not isinstance(value, list):
-        problems.add(
-            key, f"must be a string like mqtt://host:1883 or a list of them, got {value!r}"
-        )
-        return "mqtt://127.0.0.1:1883", []
-    if not value:
-        problems.add(key, "is an empty list; name at least one broker")
-        return "mqtt://127.0.0.1:1883", []
-    if len(value) > MAX_BROKER_URLS:
-        problems.add(key, f"names {len(value)} brokers, more than the {MAX_BROKER_URLS} allowed")
-        value = value[:MAX_BROKER_URLS]
-    found: list[tuple[str, int, bool]] = []
-    seen: dict[tuple[str, int], int] = {}
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            problems.add(f"{key}[{i}]", f"must be a string like mqtt://host:1883, got {item!r}")
-            continue
-        try:
-            host, port, tls = _one_url(item)
-        except ValueError as exc:
-            problems.add(f"{key}[{i}]", f"{exc}, got {item!r}")
-            continue
-        if (host, port) in seen:
-            problems.add(
-                f"{key}[{i}]",
-                f"names the same broker ({host}:{port}, with the default port filled in) "
-                f"as {key}[{seen[host, port]}]",
-            )
-            continue
-        if found and tls != found[0][2]:
-            # One client, one TLS set-up: [broker]'s TLS files apply to every broker.
-            problems.add(
-                f"{key}[{i}]",
-                f"mixes mqtt:// and mqtts:// in one list ({item!r}); every broker in the list"
-                " must use the same scheme",
-            )
-            continue
-        seen[host, port] = i
-        found.append((host, port, tls))
-    return ", ".join(str(item) for item in value), found
-
-
-def parse_broker(
-    table: Mapping[str, object], problems: ConfigProblems, base: Path, where: str = "broker"
-) -> BrokerConfig:
-    """Check ``[broker]``; file paths are relative to ``base``. ``url`` is one URL or a
-    list (tried in order, see :mod:`edge.mqtt_link`); every entry is checked."""
-    url, found = _broker_urls(table.get("url", "mqtt://127.0.0.1:1883"), problems, where)
-    host, port, tls = found[0] if found else ("127.0.0.1", 1883, False)
-    endpoints = tuple((h, p) for h, p, _ in found) if len(found) > 1 else ()
-    protocol = str(table.get("protocol", "5"))
-    if protocol not in ("5", "3.1.1"):
-        problems.add(f"{where}.protocol", f'must be "5" or "3.1.1", got {protocol!r}')
-        protocol = "5"
-    cert = _path(table, "cert_file", base, where, problems)
-    key_file = _path(table, "key_file", base, where, problems)
-    if (cert is None) != (key_file is None):
-        problems.add(where, "cert_file and key_file go together (mutual TLS needs both)")
-    broker = _BROKER.read(
-        table,
-        problems,
-        where,
-        url=url,
-        host=host,
-        port=port,
-        tls=tls,
-        password_file=_path(table, "password_file", base, where, problems, must_exist=False),
-        ca_file=_path(table, "ca_file", base, where, problems),
-        cert_file=cert,
-        key_file=key_file,
-        protocol="5" if protocol == "5" else "3.1.1",
-        endpoints=endpoints,
-    )
-    check_order(
-        broker, "reconnect_min_s", "reconnect_max_s", problems, where, strict=False, blame="upper"
-    )
-    return broker
 
 
 def parse_outbox(
@@ -414,161 +225,6 @@ def parse_outbox(
     return config
 
 
-class FileRefused(EdgeError, OSError):
-    """A file the operator named cannot be used: missing, unreadable, not a regular file,
-    or too large. The message names the path and what it is."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"{str(path)!r} {problem}")
-        self.path = path
-        self.problem = problem
-
-
-#: Reads one operator file: the bytes, or :class:`FileRefused`. The adapters pass
-#: :func:`edge.files.read_regular` (non-blocking open, then fstat).
-Reader = Callable[[Path], bytes]
-
-
-def file_refusal(mode: int, size: int, limit: int = MAX_FILE_BYTES) -> str | None:
-    """Why a file with this ``st_mode`` and size may not be read (None: it may)."""
-    if stat.S_ISDIR(mode):
-        return "is a directory, not a file"
-    if stat.S_ISFIFO(mode):
-        return "is a FIFO (named pipe), not a regular file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "is a device, not a regular file"
-    if stat.S_ISSOCK(mode):
-        return "is a socket, not a regular file"
-    if not stat.S_ISREG(mode):
-        return "is not a regular file"
-    if size > limit:
-        return f"is {size} bytes, more than the {limit} a config file may have"
-    return None
-
-
-def read_checked(path: Path) -> bytes:
-    """The default :data:`Reader`, for tests and tools: refuses what is not a regular file
-    (by ``stat`` before opening, so it never opens a FIFO) and reads at most the cap.
-    The agent and ``check`` use :func:`edge.files.read_regular`, which cannot race."""
-    try:
-        info = path.stat()
-    except FileNotFoundError as exc:
-        raise FileRefused(path, "does not exist") from exc
-    except OSError as exc:
-        raise FileRefused(path, f"cannot be read: {exc.strerror or exc}") from exc
-    problem = file_refusal(info.st_mode, info.st_size)
-    if problem is not None:
-        raise FileRefused(path, problem)
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise FileRefused(path, f"cannot be read: {exc.strerror or exc}") from exc
-    if len(data) > MAX_FILE_BYTES:
-        raise FileRefused(path, file_refusal(stat.S_IFREG, len(data)) or "is too large")
-    return data
-
-
-_STRING_END = {  # the rest of a string, from just after its opening delimiter
-    '"': re.compile(r'[^"\\\n]*(?:\\.[^"\\\n]*)*"?'),
-    "'": re.compile(r"[^'\n]*'?"),
-    '"""': re.compile(r'[^"\\]*(?:(?:\\.|"(?!""))[^"\\]*)*(?:"""(?:""?(?!"))?)?', re.DOTALL),
-    "'''": re.compile(r"[^']*(?:'(?!'')[^']*)*(?:'''(?:''?(?!'))?)?"),
-}
-# What the nesting scan stops at: brackets, the start of a string or of a comment.
-_NESTING_MARK = re.compile(r"[\[\]{}\"'#]")
-
-
-def nesting_problem(text: str, limit: int = MAX_TOML_DEPTH) -> str | None:
-    """Why ``text`` nests too deep for tomllib to be given it (None: it does not).
-
-    Counts open ``[`` and ``{`` outside strings and comments: a scan that never recurses,
-    so a file of 5,000 ``[`` is refused before tomllib recurses into it.
-    """
-    depth = 0
-    i = 0
-    n = len(text)
-    while True:
-        mark = _NESTING_MARK.search(text, i)
-        if mark is None:
-            return None
-        c = mark.group()
-        i = mark.end()
-        if c in "[{":
-            depth += 1
-            if depth > limit:
-                line = text.count("\n", 0, i) + 1
-                return f"nests tables or arrays more than {limit} deep (line {line})"
-        elif c in "]}":
-            depth = max(0, depth - 1)
-        elif c == "#":
-            end = text.find("\n", i)
-            i = n if end < 0 else end
-        else:
-            delimiter = c * 3 if text.startswith(c * 3, i - 1) else c
-            i += len(delimiter) - 1
-            # An unterminated string ends the scan there; tomllib will say what is wrong.
-            rest = _STRING_END[delimiter].match(text, i)
-            i = n if rest is None else rest.end()
-
-
-def _depth_problem(data: object, limit: int = MAX_TOML_DEPTH) -> str | None:
-    """Why parsed TOML nests too deep (dotted keys nest without brackets), walked without
-    recursion; None when it does not."""
-    stack: list[tuple[object, int]] = [(data, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            return f"nests tables or arrays more than {limit} deep (through dotted keys)"
-        if isinstance(value, Mapping):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-    return None
-
-
-def parse_toml(
-    data: bytes, name: str, problems: ConfigProblems, where: str
-) -> dict[str, object] | None:
-    """Parse the bytes of the TOML file ``name``; every problem (not UTF-8, nested too
-    deep, not TOML) goes to ``problems`` at ``where`` and gives None."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        problems.add(where, f"{name!r} is not UTF-8 text: {exc.reason} at byte {exc.start}")
-        return None
-    problem = nesting_problem(text)
-    if problem is None:
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            problems.add(where, f"{name!r} is not valid TOML: {exc}")
-            return None
-        except RecursionError:  # the scan missed a way to nest: still a config problem
-            problem = f"nests tables or arrays more than {MAX_TOML_DEPTH} deep"
-        else:
-            problem = _depth_problem(raw)
-            if problem is None:
-                return raw
-    problems.add(where, f"{name!r} {problem}")
-    return None
-
-
-def _read_toml(
-    path: Path, problems: ConfigProblems, where: str, read: Reader
-) -> tuple[dict[str, object], bytes] | None:
-    try:
-        data = read(path)
-    except FileRefused as exc:
-        problems.add(where, str(exc))
-        return None
-    except OSError as exc:  # a reader that does not word its own refusals
-        problems.add(where, f"cannot read {str(path)!r}: {exc.strerror or exc}")
-        return None
-    raw = parse_toml(data, str(path), problems, where)
-    return None if raw is None else (raw, data)
-
-
 def load_config(path: str | Path, read: Reader = read_checked) -> Config:
     """Load and check a config file (and the profile it names), each read by ``read``.
 
@@ -577,10 +233,29 @@ def load_config(path: str | Path, read: Reader = read_checked) -> Config:
     """
     path = Path(path)
     problems = ConfigProblems(str(path))
-    loaded = _read_toml(path, problems, "config", read)
+    loaded = read_toml(path, problems, "config", read)
     if loaded is None:
         raise ConfigError(problems.items, str(path))
     raw, data = loaded
+    return config_from_tables(raw, path.parent, source=str(path), data=data, read=read)
+
+
+def config_from_tables(
+    raw: Mapping[str, object],
+    base_dir: Path,
+    *,
+    source: str,
+    data: bytes,
+    read: Reader = read_checked,
+) -> Config:
+    """The config the parsed tables ``raw`` say (and the profile file they name, read by
+    ``read``); relative paths count from ``base_dir``. ``source`` names where the tables
+    came from in the problems and the claims; ``data`` is what the digest hashes (the
+    file's bytes), with the profile file's bytes after it.
+
+    Raises ConfigError listing every problem found; nothing is half-applied.
+    """
+    problems = ConfigProblems(source)
     digest = hashlib.sha256()
     digest.update(data)
     for key in raw:
@@ -588,7 +263,6 @@ def load_config(path: str | Path, read: Reader = read_checked) -> Config:
             problems.add(
                 key, f"is not a known section (known: {', '.join(sorted(_KNOWN_SECTIONS))})"
             )
-    base = path.parent
     agent = _agent(raw, problems)
 
     # The hardware profile may live in its own file; the config's own sections win.
@@ -599,8 +273,8 @@ def load_config(path: str | Path, read: Reader = read_checked) -> Config:
     if profile_ref is not None:
         profile_path = Path(str(profile_ref))
         if not profile_path.is_absolute():
-            profile_path = base / profile_path
-        profile_loaded = _read_toml(profile_path, problems, "agent.profile", read)
+            profile_path = base_dir / profile_path
+        profile_loaded = read_toml(profile_path, problems, "agent.profile", read)
         if profile_loaded is not None:
             profile_raw, profile_data = profile_loaded
             digest.update(profile_data)
@@ -615,7 +289,7 @@ def load_config(path: str | Path, read: Reader = read_checked) -> Config:
     merged.update({k: v for k, v in raw.items() if k in _PROFILE_SECTIONS})
 
     # A python device's relative path counts from the file that holds the profile.
-    profile_base = profile_path.parent if profile_ref is not None else base
+    profile_base = profile_path.parent if profile_ref is not None else base_dir
     first = len(problems.items)
     profile = parse_profile(merged, problems, base=str(profile_base))
     score = parse_score(merged.get("score", []), profile, problems)
@@ -626,16 +300,16 @@ def load_config(path: str | Path, read: Reader = read_checked) -> Config:
                 problems.items[i] = f"agent.profile ({profile_path.name}): {item}"
     config = Config(
         agent=agent,
-        broker=parse_broker(_table(raw, "broker", problems), problems, base),
+        broker=parse_broker(_table(raw, "broker", problems), problems, base_dir),
         profile=profile,
         score=score,
         sync=parse_sync(_table(raw, "sync", problems), problems),
         guard=parse_guard(_table(raw, "guard", problems), problems),
         status=parse_status(_table(raw, "status", problems), problems),
         outbox=parse_outbox(_table(raw, "outbox", problems), problems),
-        source=str(path),
+        source=source,
         digest=digest.hexdigest()[:16],
-        security=parse_security(_table(raw, "security", problems), problems, base),
+        security=parse_security(_table(raw, "security", problems), problems, base_dir),
     )
     problems.raise_if_any()
     return config

@@ -4,7 +4,7 @@
 (``O_NONBLOCK``, so a FIFO never hangs the caller), refuses anything that is not a
 regular file (a FIFO, a device such as ``/dev/zero``, a directory, a socket), and reads
 at most :data:`MAX_FILE_BYTES`. Every refusal is a :class:`FileRefused` whose message
-names the path and what it is, worded by :func:`edge.config.file_refusal` so the core and
+names the path and what it is, worded by :func:`edge.config_file.file_refusal` so the core and
 the adapter say it alike. The core never opens files itself (it may not import ``os``);
 the adapters hand this function to :func:`edge.config.load_config`.
 """
@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from edge.config import MAX_FILE_BYTES, FileRefused, file_refusal
+from edge.config_file import MAX_FILE_BYTES, FileRefused, file_refusal
 
 __all__ = ["MAX_FILE_BYTES", "FileRefused", "read_regular"]
 

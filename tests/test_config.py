@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from edge.config import BrokerConfig, OutboxConfig, load_config
+from edge.config import BrokerConfig, OutboxConfig, config_from_tables, load_config
 from edge.errors import ConfigError
 
 HEAD = '[agent]\nid = "bench:pi-01"\ncluster = "bench"\n'
@@ -117,3 +119,24 @@ def test_a_problem_in_the_profiles_own_file_names_that_file(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert any(p.startswith("devices.bell") for p in info.value.problems), info.value.problems
+
+
+def test_tables_already_parsed_make_the_config_the_file_makes(tmp_path: Path) -> None:
+    (tmp_path / "bench.toml").write_text('[gpio]\npin_factory = "mock"\n', encoding="utf-8")
+    text = HEAD + 'profile = "bench.toml"\n[status]\nevery = 4\n[outbox]\ndirectory = "q"\n'
+    path = tmp_path / "agent.toml"
+    path.write_text(text, encoding="utf-8")
+    raw = tomllib.loads(text)
+    data = text.encode("utf-8")
+    config = config_from_tables(raw, tmp_path, source=str(path), data=data)
+    assert config == load_config(path)
+    assert config.status.every == 4 and config.profile.pin_factory == "mock"
+    # the digest: the tables' bytes, then the profile file's
+    profile = (tmp_path / "bench.toml").read_bytes()
+    assert config.digest == hashlib.sha256(data + profile).hexdigest()[:16]
+    # the same problems, in the same words, named by the source given
+    raw["status"] = {"every": 0}
+    with pytest.raises(ConfigError) as info:
+        config_from_tables(raw, tmp_path, source="options", data=b"")
+    assert info.value.source == "options"
+    assert list(info.value.problems) == load(tmp_path, "[status]\nevery = 0\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import (
+from edge.config_file import (
     MAX_FILE_BYTES,
     MAX_TOML_DEPTH,
     FileRefused,

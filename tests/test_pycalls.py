@@ -462,12 +462,17 @@ def test_a_call_that_ran_before_the_loop_fired_it_runs_once(mods: Path) -> None:
         hw.close()
 
 
+def _resting(mods: Path) -> tuple[Hardware, Path]:
+    """A python device ``p`` that records its calls in ``out.jsonl`` and its safe_calls'
+    reasons in ``out.jsonl.safe``; the hardware and ``out.jsonl``."""
+    out = mods / "out.jsonl"
+    body = {"call": "probe:record", "params": {"out": str(out)}, "safe_call": "rest"}
+    return _hardware(mods, {"p": body}), out
+
+
 @pytest.mark.slow
 def test_a_dropped_call_is_cancelled_and_safe_call_runs(mods: Path) -> None:
-    out = mods / "out.jsonl"
-    hw = _hardware(
-        mods, {"p": {"call": "probe:record", "params": {"out": str(out)}, "safe_call": "rest"}}
-    )
+    hw, out = _resting(mods)
     try:
         job = _job("p", 3, 0.4, out=str(out))
         hw.prepare_calls([job], time.monotonic())
@@ -482,6 +487,18 @@ def test_a_dropped_call_is_cancelled_and_safe_call_runs(mods: Path) -> None:
         hw.close()
     # At rest after "beat lost" with no call since: close() does not call it a second time.
     assert (mods / "out.jsonl.safe").read_text().splitlines() == ["beat lost"]
+
+
+@pytest.mark.slow
+def test_only_close_skips_a_worker_at_rest_whatever_the_reason_says(mods: Path) -> None:
+    hw, _ = _resting(mods)
+    try:
+        hw.safe_state("beat lost")
+        hw.safe_state("close")  # a reason like any other: asked again, though at rest
+        time.sleep(0.3)
+    finally:
+        hw.close()  # the closing one: at rest, not asked a third time
+    assert (mods / "out.jsonl.safe").read_text().splitlines() == ["beat lost", "close"]
 
 
 @pytest.mark.slow
@@ -553,16 +570,49 @@ def test_a_hung_worker_never_blocks_the_loop_on_its_pipe(mods: Path) -> None:
 
 
 def test_only_a_real_move_sends_a_call_again() -> None:
-    from edge.hardware.pycalls import _Job, _moved
+    from edge.hardware.pyjobs import Job, moved
 
     context = {"beat_index": 1, "phase": "execute", "downbeat": True, "tempo_bpm": 120.0}
-    job = _Job(1, (1, 0), Action("p", "call"), 10.0, 10.1, {**context, "params": {}})
+    job = Job(1, (1, 0), Action("p", "call"), 10.0, 10.1, {**context, "params": {}})
     same = {**context, "params": {}}
-    assert not _moved(job, 10.00001, 10.10001, {**same, "tempo_bpm": 120.001})
-    assert _moved(job, 10.001, 10.101, same)
-    assert _moved(job, 10.0, 10.1, {**same, "tempo_bpm": 121.0})
-    assert _moved(job, 10.0, 10.1, {**same, "downbeat": False})
-    assert _moved(job, 10.0, 10.1, {**same, "params": {"a": 1}})
+    assert not moved(job, 10.00001, 10.10001, {**same, "tempo_bpm": 120.001})
+    assert moved(job, 10.001, 10.101, same)
+    assert moved(job, 10.0, 10.1, {**same, "tempo_bpm": 121.0})
+    assert moved(job, 10.0, 10.1, {**same, "downbeat": False})
+    assert moved(job, 10.0, 10.1, {**same, "params": {"a": 1}})
+
+
+def test_a_done_comes_to_one_count_one_end_and_the_values_kept() -> None:
+    from edge.hardware.pyjobs import Job, done_end
+
+    job = Job(1, (1, 0), Action("p", "call"), 10.0, 10.1, {})
+    counted, end, kept = done_end(job, 10.0, 10.05, {"a": 1}, None, None)
+    assert (counted, end[0], end[1], end[3], kept) == ("done", "call_done", True, None, {"a": 1})
+    assert end[2] == pytest.approx(0.05)
+    counted, end, kept = done_end(job, 10.0, 10.125, {"a": 2}, None, None)
+    assert (counted, end[:2], kept) == ("overruns", ("call_overran", False), {"a": 2})
+    assert end[3] == "returned 25.0 ms after its deadline"
+    counted, end, kept = done_end(job, 10.0, 10.01, None, "ValueError: x", "exception")
+    assert (counted, end[0], end[3], kept) == ("exceptions", "call_failed", "ValueError: x", None)
+    counted, end, kept = done_end(job, 10.0, 10.01, [1], None, None)  # checked again here
+    assert (counted, end[0], kept) == ("bad_values", "call_failed", None)
+    assert end[3] == "returned a list, not a mapping of values"
+
+
+def test_a_worker_that_dies_young_waits_longer_before_each_restart() -> None:
+    from edge.hardware.pyprocess import RESTART_MAX_S, RESTART_MIN_S, Worker
+
+    spec = parse({"p": {"kind": "python", "call": "m:f"}})[0].devices["p"]
+    worker = Worker(spec, started_at=100.0)
+    worker.lost(100.5, killed=False)  # an import that fails, say
+    assert (worker.restart_at, worker.backoff) == (100.5 + RESTART_MIN_S, 2 * RESTART_MIN_S)
+    worker.spawn_failed(101.0)
+    assert (worker.restart_at, worker.backoff) == (101.0 + 2 * RESTART_MIN_S, 4 * RESTART_MIN_S)
+    worker.backoff = RESTART_MAX_S
+    worker.spawn_failed(102.0)
+    assert worker.backoff == RESTART_MAX_S
+    worker.lost(200.0, killed=True)  # ours: at once, and the backoff starts again
+    assert (worker.restart_at, worker.backoff) == (200.0, RESTART_MIN_S)
 
 
 @pytest.mark.slow

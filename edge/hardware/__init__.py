@@ -57,6 +57,9 @@ The package, one job a module
 ``commands`` command runs, their launcher thread, their polls, ends and kills.
 ``pycalls``  python devices: a worker process each (``edge.pyworker``), calls handed over
              ahead of their time, their ends, kills at the deadline and restarts.
+``pyjobs``   a python call's record, what its function is told, what each end reports.
+``pyprocess`` their worker processes: start (on a spawner thread), pipe writes under a
+             budget, kill with the process group, restart backoff, the stop.
 ``driver``   :class:`Hardware`, the driver: apply, tick, safe state, revive, states, warm,
              prepare_calls.
 """

@@ -228,15 +228,23 @@ class Hardware(Commands, Switching, PyCalls):
             except Exception as exc:
                 self._fail(d, exc, "warm")
 
-    def safe_state(self, reason: str, now: float | None = None, keep: Collection[str] = ()) -> None:
+    def safe_state(
+        self,
+        reason: str,
+        now: float | None = None,
+        keep: Collection[str] = (),
+        *,
+        closing: bool = False,
+    ) -> None:
         """Every output to its safe state now (rate limit ignored), every command killed,
         except on the devices named in ``keep`` (left as they are). Counted in
         ``safe_states`` and logged with ``reason``. ``now`` defaults to the clock given at
-        construction."""
+        construction. ``closing`` (from :meth:`close` only): a python device at rest since
+        an earlier safe state is not asked for its safe_call again."""
         if now is None:
             now = self._clock()
         self.safe_states += 1
-        self._safe_calls(reason, keep)
+        self._safe_calls(reason, keep, closing)
         kept = sorted(set(keep) & set(self._devices))
         if not self._devices:  # a beat client's: nothing to put at rest, nothing to say
             log.debug("safe state (no devices): %s", reason)
@@ -335,7 +343,7 @@ class Hardware(Commands, Switching, PyCalls):
     def close(self) -> None:
         """Outputs to safe state, commands killed and reaped, the launcher thread ended
         (after the starts it was given, each killed at once), devices released."""
-        self.safe_state("close")
+        self.safe_state("close", closing=True)
         self._close_calls()
         launcher, self._launcher = self._launcher, None
         if launcher is not None:

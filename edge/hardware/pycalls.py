@@ -20,109 +20,63 @@ its deadline: the worker is killed, restarted, and the calls queued behind it se
 new one) or ``call_not_started`` (the worker died or was down). A worker that exits is
 restarted at once, or after a backoff when it exits within a second of starting (an import
 that fails), without the loop waiting: the exec happens on a spawner thread.
+
+This module keeps the jobs and hands them over; a job's record and what each end is
+reported as are :mod:`edge.hardware.pyjobs`', the processes (start, pipe writes under a
+budget, restarts and their backoff, the stop) :mod:`edge.hardware.pyprocess`'.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import pickle
 import queue
-import subprocess
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 from edge.hardware.devices import Devices, _Device
+from edge.hardware.pyjobs import (
+    CALL_POLL_MIN_S,
+    CALL_POLL_S,
+    COUNT_KEYS,
+    EndInfo,
+    Job,
+    call_context,
+    done_end,
+    end_result,
+    moved,
+)
 from edge.hardware.pyprocess import (
-    QUICK_DEATH_S,
-    RESTART_MAX_S,
-    RESTART_MIN_S,
+    PIPE_BUDGET,
+    SEND_BUDGET,
     WORKER_STOP_S,
     Spawner,
     Worker,
+    discard,
     kill_worker,
     spawn_worker,
+    stop_workers,
 )
 from edge.hardware.results import ActionResult
 from edge.plan import CALL_ENDS as CALL_ENDS  # re-exported: what a call reports
-from edge.profile import DeviceSpec
-from edge.pyworker import check_values
 from edge.score import Action, CallJob
 
 log = logging.getLogger(__name__)
-
-#: A fired call's pipe is read this soon after its time, then at doubling intervals.
-CALL_POLL_MIN_S = 0.002
-CALL_POLL_S = 0.02
-#: Bytes written to a worker since it last said anything, above which a job waits (see
-#: _post), and above which even a cancel or a safe_call does (a pipe holds 64 KiB).
-SEND_BUDGET = 32 * 1024
-PIPE_BUDGET = 60 * 1024
-#: A call re-timed by less than this is not sent again (the hand-off target is 0.5 ms).
-RETIME_S = 5e-5
-#: The counts a python device reports (summed in the claim's ``metadata.calls``).
-COUNT_KEYS = (
-    "done",
-    "exceptions",
-    "bad_values",
-    "overruns",
-    "kills",
-    "not_started",
-    "exits",
-    "restarts",
-)
-
-
-#: A call's end as reported: (do, ok, duration, error).
-_EndInfo = tuple[str, bool, float, str | None]
-
-
-@dataclass(slots=True)
-class _Job:
-    job_id: int
-    slot: tuple[int, int] | None
-    action: Action
-    at: float
-    deadline: float
-    context: dict[str, Any]
-    generation: int = 0  # the worker it was sent to; 0 = not sent yet
-    fired: bool = False
-    cancelled: bool = False  # a cancel is on its way: its answer says whether it ran
-    applied: float = 0.0
-    tag: object = None
-    poll_at: float = math.inf
-    poll_every: float = CALL_POLL_MIN_S
-    ended: _EndInfo | None = None  # it ran before the runner fired it: reported at the fire
-
-
-def _moved(job: _Job, at: float, deadline: float, context: dict[str, Any]) -> bool:
-    """Whether a re-timed call must be sent again: its times moved by more than
-    :data:`RETIME_S`, its tempo by more than 0.01 BPM, or anything else it is told changed
-    (a frame moves the follower's model by microseconds: not worth a message each)."""
-    if abs(job.at - at) > RETIME_S or abs(job.deadline - deadline) > RETIME_S:
-        return True
-    old = job.context
-    if abs(old["tempo_bpm"] - context["tempo_bpm"]) > 0.01:
-        return True
-    return any(old[key] != context[key] for key in context if key != "tempo_bpm")
 
 
 class PyCalls(Devices):
     """Python devices' workers and jobs (see the module doc)."""
 
     _workers: dict[str, Worker]
-    _jobs: dict[int, _Job]
+    _jobs: dict[int, Job]
     _slots: dict[tuple[int, int], int]
     _spawner: Spawner | None
     _next_job: int
     _call_counts: Counter[str]
     _values: dict[str, dict[str, object]]
     _logged: set[tuple[str, str]]
-    _early_ends: list[_Job]
+    _early_ends: list[Job]
 
     def _init_calls(self, start: bool, now: float) -> None:
         self._workers = {}
@@ -144,7 +98,7 @@ class PyCalls(Devices):
             # Started with the agent, before the loop runs: the exec may block here.
             worker.generation = 1
             try:
-                self._attach(worker, spawn_worker(worker.spec), now)
+                worker.attach(spawn_worker(worker.spec), now)
             except Exception as exc:
                 self._once(worker.spec.name, "spawn", f"cannot start its worker: {exc}")
                 worker.restart_at = now + worker.backoff
@@ -182,20 +136,6 @@ class PyCalls(Devices):
 
     # ------------------------------------------------------------------ preparing
 
-    def _context(self, job: CallJob, spec: DeviceSpec) -> tuple[float, dict[str, Any]]:
-        deadline = job.deadline
-        beats = spec.options.get("deadline_beats")
-        if isinstance(beats, int | float) and job.tempo_bpm > 0:
-            deadline = job.at + float(beats) * 60.0 / job.tempo_bpm
-        params = dict(job.action.params or spec.params)
-        return deadline, {
-            "beat_index": job.beat_index,
-            "phase": job.phase,
-            "downbeat": job.downbeat,
-            "tempo_bpm": job.tempo_bpm,
-            "params": params,
-        }
-
     def prepare_calls(self, calls: Collection[CallJob], now: float) -> None:
         """Make the workers hold exactly the calls of ``calls`` not yet fired: new ones
         are sent, moved ones re-sent, dropped ones cancelled (see the module doc)."""
@@ -213,17 +153,17 @@ class PyCalls(Devices):
             worker = self._workers.get(call.action.device)
             if worker is None:
                 continue
-            deadline, context = self._context(call, worker.spec)
+            deadline, context = call_context(call, worker.spec)
             known = self._slots.get(slot)
             if known is None:
-                job = _Job(self._next_job, slot, call.action, call.at, deadline, context)
+                job = Job(self._next_job, slot, call.action, call.at, deadline, context)
                 self._next_job += 1
                 self._jobs[job.job_id] = job
                 self._slots[slot] = job.job_id
                 self._send(worker, job)
                 continue
             job = self._jobs[known]
-            if _moved(job, call.at, deadline, context):
+            if moved(job, call.at, deadline, context):
                 job.at, job.deadline, job.context = call.at, deadline, context
                 job.generation = 0
             if job.generation != worker.generation:
@@ -231,44 +171,27 @@ class PyCalls(Devices):
 
     def renumber_calls(self, offset: int) -> None:
         """The pulse renumbered its beats: the prepared calls follow (edge.plan.renumber)."""
-        moved: dict[tuple[int, int], int] = {}
+        renumbered: dict[tuple[int, int], int] = {}
         for (beat, rule), job_id in self._slots.items():
             job = self._jobs.get(job_id)
             if job is not None:
                 job.slot = (beat + offset, rule)
                 job.context["beat_index"] = beat + offset
                 job.generation = 0  # re-sent with the new beat index
-            moved[(beat + offset, rule)] = job_id
-        self._slots = moved
+            renumbered[(beat + offset, rule)] = job_id
+        self._slots = renumbered
 
-    def _post(self, worker: Worker, message: tuple[Any, ...], budget: int) -> bool:
-        """Write ``message`` to the worker unless that could fill its pipe: a pipe write
-        blocks when the pipe is full, and a hung worker reads nothing until its kill. So
-        what was written since the worker last said anything is kept under ``budget``
-        bytes (the message waits, and is sent after its next word)."""
-        if worker.send is None:
-            return False
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        if worker.unread_bytes and worker.unread_bytes + len(data) > budget:
-            return False
-        try:
-            worker.send.send_bytes(data)
-        except OSError:
-            return False  # it died: tick() sees it and restarts it
-        worker.unread_bytes += len(data)
-        return True
-
-    def _send(self, worker: Worker, job: _Job) -> bool:
+    def _send(self, worker: Worker, job: Job) -> bool:
         if not worker.alive:
             return False
         message = ("job", job.job_id, job.at, job.deadline, job.context)
-        if not self._post(worker, message, SEND_BUDGET):
+        if not worker.post(message, SEND_BUDGET):
             return False
         job.generation = worker.generation
         worker.at_rest = False
         return True
 
-    def _cancel(self, job: _Job) -> None:
+    def _cancel(self, job: Job) -> None:
         worker = self._workers.get(job.action.device)
         if (
             worker is None
@@ -279,7 +202,7 @@ class PyCalls(Devices):
         ):
             self._jobs.pop(job.job_id, None)
             return
-        if self._post(worker, ("cancel", job.job_id), PIPE_BUDGET):
+        if worker.post(("cancel", job.job_id), PIPE_BUDGET):
             job.cancelled = True  # kept until the worker says whether it ran
         else:
             self._once(job.action.device, "pipe", "its worker reads nothing; a cancel waits")
@@ -307,8 +230,8 @@ class PyCalls(Devices):
             # Not handed over ahead of time: send it now, to run at once.
             if job is None:
                 base = call or CallJob((-1, -1), action, now, now + 1.0, "execute", None, 60.0)
-                deadline, context = self._context(base, d.spec)
-                job = _Job(self._next_job, None, action, now, deadline, context)
+                deadline, context = call_context(base, d.spec)
+                job = Job(self._next_job, None, action, now, deadline, context)
                 self._next_job += 1
                 self._jobs[job.job_id] = job
             self._send(worker, job)
@@ -346,7 +269,7 @@ class PyCalls(Devices):
             self._jobs.pop(early.job_id, None)
             if early.ended is not None:
                 do, ok, duration, error = early.ended
-                results.append(self._end(early, do, ok, now, duration, error))
+                results.append(end_result(early, do, ok, now, duration, error))
         self._collect_spawns(now, results)
         for job in list(self._jobs.values()):
             # Fired but never handed to a live worker (it was down, or its pipe full):
@@ -360,7 +283,7 @@ class PyCalls(Devices):
             ):
                 self._jobs.pop(job.job_id, None)
                 self._call_counts["not_started"] += 1
-                results.append(self._end(job, "call_not_started", False, now, None))
+                results.append(end_result(job, "call_not_started", False, now, None))
         for worker in self._workers.values():
             if not worker.alive:
                 if (
@@ -369,9 +292,7 @@ class PyCalls(Devices):
                     and not worker.spawning
                     and self._spawner is not None
                 ):
-                    worker.spawning = True
-                    worker.generation += 1
-                    self._spawner.requests.put((worker.spec, worker.generation))
+                    worker.restart(self._spawner)
                 continue
             dead = self._drain(worker, now, results)
             proc = worker.proc
@@ -415,16 +336,14 @@ class PyCalls(Devices):
             worker.spawning = False
             if made is None or generation != worker.generation:
                 if made is not None:
-                    made[0].kill()
-                    made[0].wait()
+                    discard(made)
                 else:
                     self._once(name, "spawn", f"cannot start its worker: {error}")
-                    worker.restart_at = now + worker.backoff
-                    worker.backoff = min(worker.backoff * 2.0, RESTART_MAX_S)
+                    worker.spawn_failed(now)
                 continue
             self._call_counts["restarts"] += 1
             log.warning("%s: worker restarted (pid %d)", name, made[0].pid)
-            self._attach(worker, made, now)
+            worker.attach(made, now)
             for job in sorted(self._jobs.values(), key=lambda j: j.at):
                 if job.action.device != name or job.generation == worker.generation:
                     continue
@@ -433,20 +352,9 @@ class PyCalls(Devices):
                 elif job.deadline <= now:
                     self._jobs.pop(job.job_id, None)
                     if job.fired:
-                        results.append(self._end(job, "call_not_started", False, now, None))
+                        results.append(end_result(job, "call_not_started", False, now, None))
                 else:
                     self._send(worker, job)
-
-    def _attach(
-        self,
-        worker: Worker,
-        made: tuple[subprocess.Popen[bytes], Connection, Connection],
-        now: float,
-    ) -> None:
-        worker.proc, worker.send, worker.recv = made
-        worker.unread_bytes = 0
-        worker.started_at = now
-        worker.restart_at = None
 
     def _drain(self, worker: Worker, now: float, results: list[ActionResult]) -> str | None:
         """Read every message the worker sent; returns why it is dead, or None."""
@@ -493,59 +401,26 @@ class PyCalls(Devices):
         if job is None:
             return
         worker.entry_late_s = entry - job.at
-        checked, problem = check_values(values)  # the worker checked; the claim trusts us
-        if error is None and problem is not None:
-            error, kind = problem, "bad_values"
-        duration = exit_at - entry
-        if error is not None:
-            counted = "exceptions" if kind == "exception" else "bad_values"
-            self._call_counts[counted] += 1
-            self._once(name, f"{counted}:{error.split(':', 1)[0]}", error)
-            self._finish(job, ("call_failed", False, duration, error), now, results)
-            return
+        counted, end, checked = done_end(job, entry, exit_at, values, error, kind)
+        self._call_counts[counted] += 1
         if checked is not None:
             self._values[name] = checked
-        if exit_at > job.deadline:
-            self._call_counts["overruns"] += 1
-            late = f"returned {(exit_at - job.deadline) * 1000:.1f} ms after its deadline"
-            self._finish(job, ("call_overran", False, duration, late), now, results)
-            return
-        self._call_counts["done"] += 1
-        self._finish(job, ("call_done", True, duration, None), now, results)
+        error = end[3]
+        if counted in ("exceptions", "bad_values") and error is not None:
+            self._once(name, f"{counted}:{error.split(':', 1)[0]}", error)
+        self._finish(job, end, now, results)
 
-    def _finish(self, job: _Job, end: _EndInfo, now: float, results: list[ActionResult]) -> None:
+    def _finish(self, job: Job, end: EndInfo, now: float, results: list[ActionResult]) -> None:
         """Report ``job``'s end, or keep it until the runner fires it: a loop that came
         late to its own spin must not send it again (the function has run)."""
         if job.fired:
             self._jobs.pop(job.job_id, None)
             do, ok, duration, error = end
-            results.append(self._end(job, do, ok, now, duration, error))
+            results.append(end_result(job, do, ok, now, duration, error))
         elif job.cancelled:
             self._jobs.pop(job.job_id, None)
         else:
             job.ended = end
-
-    def _end(
-        self,
-        job: _Job,
-        do: str,
-        ok: bool,
-        now: float,
-        duration: float | None,
-        error: str | None = None,
-    ) -> ActionResult:
-        return ActionResult(
-            job.action.device,
-            do,
-            ok,
-            None,
-            error,
-            None,
-            now,
-            run=job.job_id,
-            duration_s=duration if duration is not None else now - job.applied,
-            tag=job.tag,
-        )
 
     def _lost(
         self, worker: Worker, now: float, results: list[ActionResult], why: str, killed: bool
@@ -571,51 +446,31 @@ class PyCalls(Devices):
                     if job.fired:
                         limit = job.deadline - job.at
                         text = f"still running at its {limit * 1000:.0f} ms deadline; {why}"
-                        results.append(self._end(job, "call_killed", False, now, None, text))
+                        results.append(end_result(job, "call_killed", False, now, None, text))
                 else:
                     self._call_counts["exits"] += 1
                     self._once(name, "exited", f"the worker {why} during a call")
                     if job.fired:
                         text = f"the worker {why} during the call"
-                        results.append(self._end(job, "call_failed", False, now, None, text))
+                        results.append(end_result(job, "call_failed", False, now, None, text))
             elif job.cancelled or job.deadline <= now:
                 self._jobs.pop(job.job_id, None)
                 if job.fired and not job.cancelled:
                     self._call_counts["not_started"] += 1
-                    results.append(self._end(job, "call_not_started", False, now, None))
+                    results.append(end_result(job, "call_not_started", False, now, None))
             else:
                 job.generation = 0  # sent again to the next worker
-        self._close_pipes(worker)
+        worker.lost(now, killed)
         if not killed:
             self._once(name, "exited", f"its worker {why}")
-        # A kill is ours, so it restarts at once; a death soon after a start (an import
-        # that fails) waits, longer each time.
-        quick = not killed and now - worker.started_at < QUICK_DEATH_S
-        worker.restart_at = now + (worker.backoff if quick else 0.0)
-        if quick:
-            worker.backoff = min(worker.backoff * 2.0, RESTART_MAX_S)
-        else:
-            worker.backoff = RESTART_MIN_S
-
-    def _close_pipes(self, worker: Worker) -> None:
-        for conn in (worker.send, worker.recv):
-            if conn is not None:
-                with contextlib.suppress(OSError):
-                    conn.close()
-        proc = worker.proc
-        if proc is not None:
-            kill_worker(proc)
-            # Reaped now if it is gone already, else by the next start's Popen (the
-            # subprocess module reaps finished children it knows of).
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(0)
-        worker.proc = worker.send = worker.recv = None
 
     # ------------------------------------------------------------------ safety
 
-    def _safe_calls(self, reason: str, keep: Collection[str]) -> None:
+    def _safe_calls(self, reason: str, keep: Collection[str], closing: bool) -> None:
         """Cancel the queued calls of every python device not in ``keep`` and have its
-        worker call ``safe_call``; a call already running finishes or meets its deadline."""
+        worker call ``safe_call``; a call already running finishes or meets its deadline.
+        ``closing``: the last safe state, the one of ``close()``, which skips a worker
+        already at rest (its safe_call has run and no call was sent since)."""
         for name, worker in self._workers.items():
             if name in keep:
                 continue
@@ -624,41 +479,18 @@ class PyCalls(Devices):
                     self._cancel(job)
             for slot in [s for s, j in self._slots.items() if j not in self._jobs]:
                 del self._slots[slot]
-            # close() puts at rest what is not yet: after a shutdown's safe state (and no
-            # call since) its safe_call has run, and is not called a second time.
-            if reason == "close" and worker.at_rest:
+            # After a shutdown's safe state its safe_call has run: not called a second time.
+            if closing and worker.at_rest:
                 continue
             message = ("safe", reason, dict(worker.spec.params))
-            if worker.alive and self._post(worker, message, PIPE_BUDGET):  # no pipe: False
+            if worker.alive and worker.post(message, PIPE_BUDGET):  # no pipe: False
                 worker.at_rest = True
 
     def _close_calls(self) -> None:
         """End every worker: told to stop after its safe_call, killed if it has not within
-        :data:`WORKER_STOP_S`."""
-        for worker in self._workers.values():
-            if worker.send is not None:
-                self._post(worker, ("stop",), PIPE_BUDGET)
-        for worker in self._workers.values():
-            proc = worker.proc
-            if proc is not None:
-                try:
-                    proc.wait(WORKER_STOP_S)
-                except subprocess.TimeoutExpired:
-                    log.error(
-                        "%s: worker did not stop in %g s; killed", worker.spec.name, WORKER_STOP_S
-                    )
-            self._close_pipes(worker)
-            worker.restart_at = None
-        if self._spawner is not None:
-            self._spawner.stop(WORKER_STOP_S)
-            while True:
-                try:
-                    _, _, made, _ = self._spawner.done.get_nowait()
-                except queue.Empty:
-                    break
-                if made is not None:
-                    made[0].kill()
-                    made[0].wait()
-            self._spawner = None
+        :data:`~edge.hardware.pyprocess.WORKER_STOP_S`."""
+        for name in stop_workers(self._workers.values(), self._spawner):
+            log.error("%s: worker did not stop in %g s; killed", name, WORKER_STOP_S)
+        self._spawner = None
         self._jobs.clear()
         self._slots.clear()
