@@ -17,6 +17,7 @@ call is handed the ones in use.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import IO
 
 from edge.clock import Clock
@@ -32,25 +33,18 @@ from edge.trace import TraceRow, write_rows
 WARM_S = 0.004
 
 
+@dataclass
 class Firing:
     """Fires the plan's due actions on the hardware and traces every action's fate."""
 
-    def __init__(
-        self,
-        plan: BeatPlan,
-        settler: Settler,
-        follower: BeatFollower,
-        clock: Clock,
-        trace: IO[str] | None = None,
-    ) -> None:
-        self.plan = plan
-        self.settler = settler
-        self.follower = follower
-        self.clock = clock
-        #: Where the trace rows go (None: no trace).
-        self.trace = trace
-        self._warmed: set[tuple[int, int]] = set()
-        self._rows: list[TraceRow] = []
+    plan: BeatPlan
+    settler: Settler
+    follower: BeatFollower
+    clock: Clock
+    #: Where the trace rows go (None: no trace).
+    trace: IO[str] | None = None
+    _warmed: set[tuple[int, int]] = field(default_factory=set)
+    _rows: list[TraceRow] = field(default_factory=list)
 
     def fire_due(self, now: float, hardware: Hardware, score: Score, guard: Guard) -> None:
         """Fire every pending action due by ``now`` (warming the next one's device)."""

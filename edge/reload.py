@@ -48,44 +48,34 @@ def switch(
     """What to run with from now on, and whether it is ``new``'s. On any failure the
     running parts (with the old devices built again if the new profile could not be
     built), the failure logged and counted in ``reload_errors``. Never raises."""
+    old = running.config
     try:
-        return _switch(new, running, hlc, make_hardware, counters)
+        new, kept = apply_reload(new, old)
+        if kept:
+            log.warning("reload: %s changes take effect at the next restart", ", ".join(kept))
+        # Everything that may fail is made before anything is replaced.
+        guard = Guard(new.guard) if new.guard != old.guard else running.guard
+        status = running.status
+        if new.status != old.status or new.digest != old.digest:
+            status = StatusBuilder(
+                new.agent.id,
+                new.status,
+                hlc,
+                __version__,
+                new.digest,
+                start_seq=status.seq,
+            )
+        hardware = running.hardware
+        if new.profile != old.profile:
+            hardware, rebuilt = rebuild_hardware(hardware, new.profile, old.profile, make_hardware)
+            if not rebuilt:
+                counters.reload_errors += 1
+                return replace(running, hardware=hardware), False
+        elif hardware.isolated:
+            hardware.revive()
     except Exception as exc:  # the beat loop outlives any reload
         _refuse(exc, counters)
         return running, False
-
-
-def _switch(
-    new: Config,
-    running: Running,
-    hlc: HybridLogicalClock,
-    make_hardware: Callable[[Profile], Hardware],
-    counters: Counters,
-) -> tuple[Running, bool]:
-    old = running.config
-    new, kept = apply_reload(new, old)
-    if kept:
-        log.warning("reload: %s changes take effect at the next restart", ", ".join(kept))
-    # Everything that may fail is made before anything is replaced.
-    guard = Guard(new.guard) if new.guard != old.guard else running.guard
-    status = running.status
-    if new.status != old.status or new.digest != old.digest:
-        status = StatusBuilder(
-            new.agent.id,
-            new.status,
-            hlc,
-            __version__,
-            new.digest,
-            start_seq=status.seq,
-        )
-    hardware = running.hardware
-    if new.profile != old.profile:
-        hardware, rebuilt = rebuild_hardware(hardware, new.profile, old.profile, make_hardware)
-        if not rebuilt:
-            counters.reload_errors += 1
-            return replace(running, hardware=hardware), False
-    elif hardware.isolated:
-        hardware.revive()
     return Running(new, guard, status, hardware), True
 
 
