@@ -475,13 +475,8 @@ class Runner:
 
     def run_once(self) -> None:
         """Wait (on the clock) for the next message or deadline, then step. Used by the
-        agent's loop and tests (a fake clock makes it move at once).
-
-        Only a precise deadline (an action, a hardware follow-up such as a pulse's end) is
-        spun to, and its action fires first, before the rest of the wake-up: the shortest
-        path from the spin to the pin. Other deadlines (phase boundaries, samples, the
-        safe state) are waited for plainly; a fraction of a millisecond does not matter to
-        them and a spin costs CPU for as long as it runs."""
+        agent's loop and tests (a fake clock makes it move at once). Only an action's or a
+        hardware follow-up's time is spun to, and its action fires first (``edge.wait``)."""
         self.handle(self.wait_next())
 
     def wait_next(self) -> list[Inbound]:

@@ -8,13 +8,22 @@ be lost unseen (QoS 0).
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from edge.mqtt_link import MqttLink
+from typing import Protocol
 
 
-def reach(link: MqttLink, tool: str, url: str, timeout_s: float, lost: str = "") -> bool:
+class ToolLink(Protocol):
+    """What :func:`reach` uses of a link (``edge.mqtt_link.MqttLink``)."""
+
+    last_error: str | None
+
+    def start(self) -> None: ...
+
+    def wait_connected(self, timeout: float) -> bool: ...
+
+    def stop(self, *, timeout: float) -> object: ...
+
+
+def reach(link: ToolLink, tool: str, url: str, timeout_s: float, lost: str = "") -> bool:
     """Start ``link`` and wait up to ``timeout_s`` for its connection. False if it did
     not come: the link is stopped and the reason is on stderr (``lost`` appended)."""
     link.start()

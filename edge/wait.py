@@ -1,10 +1,11 @@
 """The loop's wait: block on the inbox until the next deadline, spinning to a precise one.
 
-A plain blocking wait wakes 0.05-0.7 ms late, which is fine for phase boundaries, samples
-and the safe state. An action's time (or a hardware follow-up's, such as a pulse's end) is
-*precise*: the wait ends a little before it (the recent peak wake-up lateness,
-``edge.spin.SpinLead``) and a short spin takes it to the instant, with the garbage
-collector held off and the due actions fired first, before anything else of the wake-up.
+A plain blocking wait wakes 0.05-0.7 ms late, which does not matter to phase boundaries,
+samples and the safe state (and a spin costs CPU for as long as it runs). An action's time
+(or a hardware follow-up's, such as a pulse's end) is *precise*: the wait ends a little
+before it (the recent peak wake-up lateness, ``edge.spin.SpinLead``) and a short spin
+takes it to the instant, with the garbage collector held off and the due actions fired
+first, before anything else of the wake-up: the shortest path from the spin to the pin.
 A message ends the wait early; what else is queued behind it is taken in the same wake-up.
 Every wait and spin goes through the clock, so a fake clock drives it in tests.
 """
