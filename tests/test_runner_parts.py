@@ -18,7 +18,7 @@ from edge.spin import SpinLead
 from edge.tool_link import reach
 from edge.wait import DRAIN_MAX, precise_next, wait
 
-ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent.parent / "hw" / "bench.toml"
 
 # ---------------------------------------------------------------------------- the wait
 
@@ -90,9 +90,7 @@ def test_the_longest_wait_is_not_spun_to() -> None:
 def test_check_reports_the_config_its_devices_rules_and_each_tempo(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(
-        f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\n'
-        f'profile = "{ROOT / "hw" / "bench.toml"}"\n',
-        encoding="utf-8",
+        f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\nprofile = "{BENCH}"\n', "utf-8"
     )
     config = load_config(path)
     lines = report(config, "everything", [60.0, 1000.0])
