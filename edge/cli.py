@@ -1,4 +1,11 @@
-"""The ``backbeat-edge`` command: run | demo | pulse | timekeeper | check | monitor | keygen."""
+"""The ``backbeat-edge`` command: run | demo | pulse | timekeeper | check | monitor | keygen.
+
+The argument parser (one table, :data:`COMMANDS`: each command's help and its options in
+help order, the options several commands take written once), the dispatch to each
+command's body, and the exit codes. The bodies live with what they run: ``edge.agent``
+(run), ``edge.pulse_command``, ``edge.timekeeper``, ``edge.preflight`` and
+``edge.check_report`` (check), ``edge.demo``, ``edge.monitor``, ``edge.signing`` (keygen).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +13,18 @@ import argparse
 import logging
 import math
 import os
-import queue
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import Any
 
 from edge import __version__
-from edge.errors import ConfigError, ConfigProblems, EdgeError
-
-log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from edge.signing import SigningKey
+from edge.errors import ConfigError, EdgeError
+from edge.pulse_command import cmd_pulse
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -86,152 +89,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             trace.close()
 
 
-# ---------------------------------------------------------------------------- pulse
-
-
-def cmd_pulse(args: argparse.Namespace) -> int:
-    from edge.clock import SystemClock
-    from edge.config import parse_broker
-    from edge.errors import LinkError
-    from edge.mqtt_link import MqttLink
-    from edge.pulse import PulseOptions, open_trace, run_pulse
-    from edge.topics import Topics
-
-    problems = ConfigProblems("pulse")
-    table: dict[str, object] = {"url": args.broker}
-    if args.username is not None:
-        table["username"] = args.username
-    if args.password_file is not None:
-        table["password_file"] = args.password_file
-    table["protocol"] = args.protocol
-    broker = parse_broker(table, problems, Path.cwd(), where="--broker")
-    if args.password_file is not None and args.username is None:
-        problems.add("--password-file", "needs --username (the broker user it is the password of)")
-    if not 0.1 <= args.bpm <= 1000:
-        problems.add("--bpm", f"must be between 0.1 and 1000, got {args.bpm}")
-    if args.bar < 1:
-        problems.add("--bar", f"must be at least 1, got {args.bar}")
-    if problems:
-        print(f"backbeat-edge {ConfigError(problems.items, 'pulse')}", file=sys.stderr)
-        return 2
-    signer = _pulse_signer(args.signing_key)
-    if isinstance(signer, int):
-        return signer
-    topics = Topics(args.prefix, args.cluster)
-    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
-    try:
-        link = MqttLink(
-            broker,
-            f"backbeat-pulse-{args.cluster}",
-            subscriptions=(topics.pulse_control,)
-            + (() if args.no_time_exchange else (topics.all_time_requests,)),
-        )
-    except LinkError as exc:  # the password file: missing, unreadable, not UTF-8
-        # The link names the agent's setting; here the option is what the operator typed.
-        reason = str(exc).replace("broker.password_file", "--password-file", 1)
-        print(f"backbeat-edge pulse: {reason}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-    tempo = [float(args.bpm)]
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stop.set()
-        else:  # SIGUSR1 faster, SIGUSR2 slower, by the largest unforced step
-            tempo[0] *= 1.1 if signum == signal.SIGUSR1 else 0.9
-            controls.put((tempo[0], False))
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, on_signal)
-
-    from edge.inbox import Inbound
-    from edge.timekeeper import Responder, serve
-
-    def respond(topic: str, payload: bytes) -> object:
-        return link.publish(topic, payload, qos=0)
-
-    # The bench pulse answers the time exchange too (its frames' wall clock is its own).
-    responder = Responder(topics, respond, signer)
-
-    def pump_controls() -> None:
-        serve(link.inbox, responder, stop, other=control)
-
-    def control(item: Inbound) -> None:
-        words = item.payload.decode("utf-8", "replace").split()
-        try:
-            bpm = float(words[0])
-        except (IndexError, ValueError):
-            log.warning(
-                "ignored tempo request %r: expected e.g. '72' or '72 force'", item.payload[:40]
-            )
-            return
-        tempo[0] = bpm
-        controls.put((bpm, len(words) > 1 and words[1] == "force"))
-
-    link.start()
-    if not link.wait_connected(args.connect_timeout):
-        # A beat sent to no broker is lost (QoS 0): say so and fail, rather than "send".
-        link.stop(timeout=1.0)
-        print(
-            f"backbeat-edge pulse: cannot reach the broker at {args.broker} in "
-            f"{args.connect_timeout:g} s ({link.last_error or 'no answer'}); no beat sent",
-            file=sys.stderr,
-        )
-        return 1
-    threading.Thread(target=pump_controls, name="pulse-control", daemon=True).start()
-    trace = open_trace(args.trace)
-    options = PulseOptions(
-        cluster=args.cluster,
-        bpm=args.bpm,
-        bar=args.bar,
-        fmt=args.format,
-        duration_s=args.duration,
-        per_phase=args.per_phase,
-        start_beat=args.start_beat,
-        prefix=args.prefix,
-    )
-
-    unsent = [0]
-
-    def publish(topic: str, payload: bytes) -> object:
-        if not link.connected:  # QoS 0 while disconnected: it would be dropped unseen
-            unsent[0] += 1
-            return None
-        return link.publish(topic, payload, qos=0)
-
-    try:
-        sent = run_pulse(options, publish, SystemClock(), stop, controls, trace, signer)
-    finally:
-        stop.set()
-        link.stop(timeout=1.0)
-        if trace is not None:
-            trace.close()
-    if unsent[0]:
-        log.warning(
-            "pulse sent %d frames; %d more were not sent while the broker was away",
-            sent - unsent[0],
-            unsent[0],
-        )
-    else:
-        log.info("pulse sent %d frames", sent)
-    return 0
-
-
-def _pulse_signer(path: str | None) -> SigningKey | int | None:
-    """The key ``pulse --signing-key`` signs with (None: unsigned), or exit code 2."""
-    if path is None:
-        return None
-    from edge.signing import SigningKey
-
-    try:
-        key = SigningKey.load(Path(path), where="--signing-key")
-    except ConfigError as exc:
-        print(f"backbeat-edge pulse: {exc}", file=sys.stderr)
-        return 2
-    logging.info("signing beat frames with key %s", key.kid)
-    return key
-
-
 # ---------------------------------------------------------------------------- timekeeper
 
 
@@ -281,6 +138,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from edge.check_report import DEFAULT_TEMPOS, report
     from edge.config import load_config
     from edge.errors import HardwareError
     from edge.files import read_regular
@@ -293,32 +151,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         checked = preflight(config)
     except (ConfigError, HardwareError) as exc:
         return _refused("check", exc)
-    print(
-        f"{config.source}: OK (agent {config.agent.id}, cluster {config.agent.cluster}, "
-        f"broker {config.broker.url}, config hash {config.digest})"
-    )
-    print(f"checked: {checked}")
-    devices = config.profile.devices
-    factory = config.profile.pin_factory or "(gpiozero default / GPIOZERO_PIN_FACTORY)"
-    print(f"pin factory: {factory}; {len(devices)} device(s):")
-    for name, spec in devices.items():
-        print(f"  {name:<16} {spec.kind:<14} pin {spec.pin}  safe {spec.safe_state}")
-    print(f"score: {len(config.score.rules)} rule(s)")
-    for i, rule in enumerate(config.score.rules):
-        a = rule.action
-        print(
-            f"  [{i}] {a.device}.{a.do} every {rule.every} in {rule.phase} +{rule.offset:.2f}"
-            f" {'essential' if a.essential else 'optional'} prio {a.priority}; "
-            f"fits up to {rule.max_tempo_bpm():.1f} BPM"
-        )
-    tempos = [float(t) for t in args.tempo] if args.tempo else [1, 10, 60, 240, 1000]
-    print("plan by tempo:")
-    worst = 0
-    for bpm in tempos:
-        problems = config.score.fit(bpm)
-        worst = max(worst, len(problems))
-        verdict = "all rules fit" if not problems else "; ".join(str(p) for p in problems)
-        print(f"  {bpm:>7.1f} BPM: {verdict}")
+    tempos = [float(t) for t in args.tempo] if args.tempo else DEFAULT_TEMPOS
+    for line in report(config, checked, tempos):
+        print(line)
     return 0
 
 
@@ -383,20 +218,198 @@ def _tempo(text: str) -> float:
     return bpm
 
 
-def _broker_options(p: argparse.ArgumentParser) -> None:
-    """``--broker`` (one URL or a comma-separated list) and ``--protocol``, as every tool
-    that talks to the broker takes them."""
-    p.add_argument(
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option of a command, as ``add_argument`` takes it."""
+
+    flags: tuple[str, ...]
+    settings: Mapping[str, Any]
+
+
+def _option(*flags: str, **settings: Any) -> Option:
+    return Option(flags, settings)
+
+
+def _duration(note: str) -> Option:
+    return _option("--duration", type=float, help=f"stop after S seconds ({note})")
+
+
+def _signing_key(what: str) -> Option:
+    text = f"sign every {what} with this Ed25519 private key (PEM, from keygen)"
+    return _option("--signing-key", metavar="FILE", help=text)
+
+
+def _connect_timeout(default: float, text: str) -> Option:
+    return _option("--connect-timeout", type=float, default=default, help=text)
+
+
+# The options more than one command takes, each written once.
+CONFIG = _option("--config", required=True, help="agent config TOML (may name a profile)")
+#: ``--broker`` (one URL or a comma-separated list) and ``--protocol``, as every tool that
+#: talks to the broker takes them.
+BROKER = (
+    _option(
         "--broker",
         default="mqtt://127.0.0.1:1883",
         help="broker URL, or several comma-separated (tried in order, moved on from on loss)",
-    )
-    p.add_argument(
+    ),
+    _option(
         "--protocol",
         choices=("5", "3.1.1"),
         default="5",
         help="MQTT version (NATS's MQTT gateway speaks 3.1.1)",
-    )
+    ),
+)
+CLUSTER = _option("--cluster", required=True, help="cluster id")
+PREFIX = _option("--prefix", default="backbeat", help="topic prefix")
+PASSWORD_FILE = _option(
+    "--password-file", help="file holding that user's password (never the password itself)"
+)
+REACHED = "give up (exit 1) if the broker is not reached in S seconds"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A sub-command: its name, what runs it, its help and its options in help order."""
+
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    description: str
+    options: tuple[Option, ...]
+    epilog: str | None = None
+
+
+COMMANDS = (
+    Command(
+        "run",
+        cmd_run,
+        "run the agent",
+        "Run the agent: follow the beat from the broker, fire the score's actions, report "
+        "status. The config is checked as by check before any pin is touched; SIGHUP "
+        "re-reads it, and a bad one is refused (logged) while the agent runs on.",
+        (
+            CONFIG,
+            _option("--trace", help="append one JSON line per action fired or shed to FILE"),
+            _duration("tests, benches"),
+        ),
+        EXIT_CODES,
+    ),
+    Command(
+        "pulse",
+        cmd_pulse,
+        "send a BACKBEAT beat for benches and demos",
+        "Send one BeatFrame per beat (SIGUSR1/SIGUSR2 or the topic "
+        "{prefix}/{cluster}/pulse/tempo change the tempo, +/-10% per change unless the "
+        "payload says e.g. '600 force').",
+        (
+            *BROKER,
+            _option("--username", help="broker user (e.g. pulse-CLUSTER, see systemd/mosquitto)"),
+            PASSWORD_FILE,
+            _option("--cluster", required=True, help="cluster id (topic {prefix}/{cluster}/beat)"),
+            _option("--bpm", type=float, required=True, help="tempo, 0.1-1000 BPM"),
+            _option("--bar", type=int, default=4, help="beats per bar"),
+            _option("--format", choices=("json", "cbor"), default="json", help="frame encoding"),
+            _duration("default: run on"),
+            _option("--per-phase", action="store_true", help="send a frame per phase"),
+            _option("--start-beat", type=int, default=0, help="first beat index"),
+            PREFIX,
+            _option("--trace", help="append one JSON line per frame sent to FILE"),
+            _connect_timeout(5.0, REACHED),
+            _signing_key("frame"),
+            _option(
+                "--no-time-exchange",
+                action="store_true",
+                help="do not answer time requests ({prefix}/{cluster}/time/req/+)",
+            ),
+        ),
+    ),
+    Command(
+        "timekeeper",
+        cmd_timekeeper,
+        "answer the agents' time exchange on the host of a pulse",
+        "Answer time requests ({prefix}/{cluster}/time/req/+) with this host's wall clock, "
+        "for agents whose own wall clock is not trusted. Run it on the host whose wall "
+        "clock the pulse's deadline_at is written in (the bench pulse answers by itself).",
+        (
+            *BROKER,
+            CLUSTER,
+            PREFIX,
+            _signing_key("response"),
+            _option("--username", help="broker user"),
+            PASSWORD_FILE,
+            _connect_timeout(5.0, "give up after S seconds"),
+            _duration("tests, benches"),
+        ),
+    ),
+    Command(
+        "check",
+        cmd_check,
+        "validate a config and print the plan",
+        "Validate a config and its profile as run would use them (the broker's password "
+        "and TLS files, the pin factory, every pin on this board, every device built on "
+        "mock pins), list every problem, and print which actions fit at which tempo. Run "
+        "it as the user the service runs as, or with sudo.",
+        (
+            CONFIG,
+            _option(
+                "--tempo",
+                nargs="*",
+                type=_tempo,
+                help="tempos to plan for, in BPM (default: 1 10 60 240 1000)",
+            ),
+        ),
+        EXIT_CODES,
+    ),
+    Command(
+        "demo",
+        cmd_demo,
+        "run the embedded demo (broker, pulse, agent on mock pins)",
+        "Start a private Mosquitto, a pulse and the agent on mock pins, and show a live "
+        "view until Ctrl-C or --duration.",
+        (
+            _option("--bpm", type=float, default=60.0, help="the pulse's tempo"),
+            _duration("default: Ctrl-C"),
+            _option("--profile", help="hardware profile (default: the bench profile in hw/)"),
+            _option("--trace", help="write the agent's action trace to FILE"),
+            _option("--plain", action="store_true", help="one status line per beat, no screen"),
+            _option(
+                "--nats",
+                action="store_true",
+                help="run on a private 3-node NATS cluster instead of one Mosquitto",
+            ),
+        ),
+    ),
+    Command(
+        "monitor",
+        cmd_monitor,
+        "live table of a fleet's status",
+        "Watch a cluster's status and availability topics.",
+        (
+            *BROKER,
+            CLUSTER,
+            PREFIX,
+            _option("--json", action="store_true", help="one JSON line per claim"),
+            _duration("default: Ctrl-C"),
+            _connect_timeout(10.0, REACHED),
+            _option(
+                "--keys",
+                metavar="DIR",
+                help="verify claims against the *.pub.pem in DIR: rows say signed, unsigned "
+                "or forged",
+            ),
+        ),
+    ),
+    Command(
+        "keygen",
+        cmd_keygen,
+        "make an Ed25519 key pair for signed beats or claims",
+        "Write NAME.pem (the private key, mode 0600) and NAME.pub.pem (the public key to "
+        "install on devices as [security] beat_keys, or in monitor --keys). Existing "
+        "files are never overwritten.",
+        (_option("name", metavar="NAME", help="path and name of the pair, without .pem"),),
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,154 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"backbeat-edge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser(
-        "run",
-        help="run the agent",
-        description="Run the agent: follow the "
-        "beat from the broker, fire the score's actions, report status. The config is "
-        "checked as by check before any pin is touched; SIGHUP re-reads it, and a bad "
-        "one is refused (logged) while the agent runs on.",
-        epilog=EXIT_CODES,
-    )
-    p.add_argument("--config", required=True, help="agent config TOML (may name a profile)")
-    p.add_argument("--trace", help="append one JSON line per action fired or shed to FILE")
-    p.add_argument("--duration", type=float, help="stop after S seconds (tests, benches)")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser(
-        "pulse",
-        help="send a BACKBEAT beat for benches and demos",
-        description="Send one BeatFrame per beat (SIGUSR1/SIGUSR2 or the topic "
-        "{prefix}/{cluster}/pulse/tempo change the tempo, +/-10% per change "
-        "unless the payload says e.g. '600 force').",
-    )
-    _broker_options(p)
-    p.add_argument("--username", help="broker user (e.g. pulse-CLUSTER, see systemd/mosquitto)")
-    p.add_argument(
-        "--password-file", help="file holding that user's password (never the password itself)"
-    )
-    p.add_argument("--cluster", required=True, help="cluster id (topic {prefix}/{cluster}/beat)")
-    p.add_argument("--bpm", type=float, required=True, help="tempo, 0.1-1000 BPM")
-    p.add_argument("--bar", type=int, default=4, help="beats per bar")
-    p.add_argument("--format", choices=("json", "cbor"), default="json", help="frame encoding")
-    p.add_argument("--duration", type=float, help="stop after S seconds (default: run on)")
-    p.add_argument("--per-phase", action="store_true", help="send a frame per phase")
-    p.add_argument("--start-beat", type=int, default=0, help="first beat index")
-    p.add_argument("--prefix", default="backbeat", help="topic prefix")
-    p.add_argument("--trace", help="append one JSON line per frame sent to FILE")
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=5.0,
-        help="give up (exit 1) if the broker is not reached in S seconds",
-    )
-    p.add_argument(
-        "--signing-key",
-        metavar="FILE",
-        help="sign every frame with this Ed25519 private key (PEM, from keygen)",
-    )
-    p.add_argument(
-        "--no-time-exchange",
-        action="store_true",
-        help="do not answer time requests ({prefix}/{cluster}/time/req/+)",
-    )
-    p.set_defaults(func=cmd_pulse)
-
-    p = sub.add_parser(
-        "timekeeper",
-        help="answer the agents' time exchange on the host of a pulse",
-        description="Answer time requests ({prefix}/{cluster}/time/req/+) with this "
-        "host's wall clock, for agents whose own wall clock is not trusted. Run it on the "
-        "host whose wall clock the pulse's deadline_at is written in (the bench pulse "
-        "answers by itself).",
-    )
-    _broker_options(p)
-    p.add_argument("--cluster", required=True, help="cluster id")
-    p.add_argument("--prefix", default="backbeat", help="topic prefix")
-    p.add_argument(
-        "--signing-key",
-        metavar="FILE",
-        help="sign every response with this Ed25519 private key (PEM, from keygen)",
-    )
-    p.add_argument("--username", help="broker user")
-    p.add_argument(
-        "--password-file", help="file holding that user's password (never the password itself)"
-    )
-    p.add_argument("--connect-timeout", type=float, default=5.0, help="give up after S seconds")
-    p.add_argument("--duration", type=float, help="stop after S seconds (tests, benches)")
-    p.set_defaults(func=cmd_timekeeper)
-
-    p = sub.add_parser(
-        "check",
-        help="validate a config and print the plan",
-        description="Validate a config and its profile as run would use them (the "
-        "broker's password and TLS files, the pin factory, every pin on this board, every "
-        "device built on mock pins), list every problem, and print which actions fit at "
-        "which tempo. Run it as the user the service runs as, or with sudo.",
-        epilog=EXIT_CODES,
-    )
-    p.add_argument("--config", required=True, help="agent config TOML (may name a profile)")
-    p.add_argument(
-        "--tempo",
-        nargs="*",
-        type=_tempo,
-        help="tempos to plan for, in BPM (default: 1 10 60 240 1000)",
-    )
-    p.set_defaults(func=cmd_check)
-
-    p = sub.add_parser(
-        "demo",
-        help="run the embedded demo (broker, pulse, agent on mock pins)",
-        description="Start a private Mosquitto, a pulse and the agent on mock "
-        "pins, and show a live view until Ctrl-C or --duration.",
-    )
-    p.add_argument("--bpm", type=float, default=60.0, help="the pulse's tempo")
-    p.add_argument("--duration", type=float, help="stop after S seconds (default: Ctrl-C)")
-    p.add_argument("--profile", help="hardware profile (default: the bench profile in hw/)")
-    p.add_argument("--trace", help="write the agent's action trace to FILE")
-    p.add_argument("--plain", action="store_true", help="one status line per beat, no screen")
-    p.add_argument(
-        "--nats",
-        action="store_true",
-        help="run on a private 3-node NATS cluster instead of one Mosquitto",
-    )
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser(
-        "monitor",
-        help="live table of a fleet's status",
-        description="Watch a cluster's status and availability topics.",
-    )
-    _broker_options(p)
-    p.add_argument("--cluster", required=True, help="cluster id")
-    p.add_argument("--prefix", default="backbeat", help="topic prefix")
-    p.add_argument("--json", action="store_true", help="one JSON line per claim")
-    p.add_argument("--duration", type=float, help="stop after S seconds (default: Ctrl-C)")
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        help="give up (exit 1) if the broker is not reached in S seconds",
-    )
-    p.add_argument(
-        "--keys",
-        metavar="DIR",
-        help="verify claims against the *.pub.pem in DIR: rows say signed, unsigned or forged",
-    )
-    p.set_defaults(func=cmd_monitor)
-
-    p = sub.add_parser(
-        "keygen",
-        help="make an Ed25519 key pair for signed beats or claims",
-        description="Write NAME.pem (the private key, mode 0600) and NAME.pub.pem (the "
-        "public key to install on devices as [security] beat_keys, or in monitor --keys). "
-        "Existing files are never overwritten.",
-    )
-    p.add_argument("name", metavar="NAME", help="path and name of the pair, without .pem")
-    p.set_defaults(func=cmd_keygen)
-    for command in sub.choices.values():
-        command.formatter_class = _HelpWithDefaults
+    for command in COMMANDS:
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            epilog=command.epilog,
+            formatter_class=_HelpWithDefaults,
+        )
+        for option in command.options:
+            p.add_argument(*option.flags, **option.settings)
+        p.set_defaults(func=command.run)
     return parser
 
 

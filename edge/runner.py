@@ -13,11 +13,9 @@ order:
    beat (one beat of look-ahead, so plan-phase actions are known before their beat) and the
    guard admits, sheds or keeps only the essential ones, into the beat plan
    (``edge.plan``);
-3. fire every admitted action whose time has come, unless its deadline (the end of its
-   phase) has already passed (then it is a miss, not a late switch: ``edge.plan.outcome``
-   says what each result means); a python device's ``call`` is handed to its worker
-   ahead of its time (``Hardware.prepare_calls``, every wake-up), so the worker waits for
-   the instant itself and firing it only marks it fired;
+3. fire every admitted action whose time has come, or count it a miss when its deadline
+   (the end of its phase) has passed (``edge.firing``); a python device's ``call`` is
+   handed to its worker ahead of its time, so the worker waits for the instant itself;
 4. run the hardware's own follow-ups (pulse offs, fades, dead-man, command time-outs);
 5. at a beat's review phase: first count as misses the beat's actions whose deadline
    passed while they waited (after a stall the review comes in the same wake-up as they
@@ -27,29 +25,28 @@ order:
 6. sample the machine with the probe when a sample is due and nothing is imminent.
 
 Action times are not stored once: after every frame the follower's model may move (slew,
-tempo change), so pending actions are re-timed from it. The wait is precise: a blocking
-wait on the inbox to a little before an action's time (the recent peak wake-up lateness,
-0.1-1 ms: ``edge.spin``), then a short spin (a plain sleep wakes 0.05-0.7 ms late); other
-deadlines get the plain wait alone. The spin holds the GIL, so frames stamped right after
-it are a little late; the follower's lower-envelope filter ignores late arrivals, which is
-why this is safe.
+tempo change), so pending actions are re-timed from it. The wait is precise for actions
+(``edge.wait``: a blocking wait, then a short spin); the spin holds the GIL, so frames
+stamped right after it are a little late; the follower's lower-envelope filter ignores
+late arrivals, which is why this is safe. A reload is applied at a beat's start
+(``edge.reload``); the follower's events are logged by ``edge.eventlog``.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import queue
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import IO, Protocol
 
-from edge import __version__
+from edge import __version__, reload
 from edge.clock import Clock
-from edge.config import Config, apply_reload
+from edge.config import Config
 from edge.counters import Counters
 from edge.errors import EdgeError
+from edge.eventlog import log_event
+from edge.firing import Firing
 from edge.guard import Guard, Sample
 from edge.hardware import Hardware
 from edge.hlc import HybridLogicalClock, node_id
@@ -61,37 +58,24 @@ from edge.messages import StatusClaim
 from edge.metrics import Metrics
 from edge.outbox import Outbox
 from edge.outbox_seq import new_incarnation
-from edge.plan import BeatPlan, outcome, overdue
+from edge.plan import BeatPlan
 from edge.profile import Profile
 from edge.publisher import ACK_TIMEOUT_S as ACK_TIMEOUT_S  # re-exported: tests, tools
 from edge.publisher import ClaimPublisher, Link
-from edge.review import SOURCE_CONFLICT_ALERT, assemble, record_beat
+from edge.review import assemble, record_beat
 from edge.score import ScheduledAction, Score
 from edge.settle import Settler
 from edge.spin import SpinLead
 from edge.status import BeatReview, StatusBuilder
-from edge.sync import (
-    BeatFollower,
-    BeatJumped,
-    BeatSourceConflict,
-    BeatSourceConflictCleared,
-    BeatStarted,
-    PhaseStarted,
-    SyncEvent,
-    SyncLost,
-    SyncRegained,
-    SyncState,
-    TempoChanged,
-)
+from edge.sync import BeatFollower, BeatJumped, BeatStarted, PhaseStarted, SyncEvent, SyncState
 from edge.timesync import ENVELOPE, WALL, TimeSync
 from edge.topics import Topics
-from edge.trace import TraceRow, write_rows
 from edge.trust import BeatTrust, Signer
+from edge.wait import DRAIN_MAX as DRAIN_MAX  # re-exported: tests
+from edge.wait import precise_next, wait
 
 log = logging.getLogger(__name__)
 
-#: Touch the hardware path this long before an action so the first write is not cold.
-WARM_S = 0.004
 #: Longest blocking wait. Stop and reload signals nudge the inbox (edge.agent), so this
 #: only bounds how late one is seen when the nudge could not take the inbox's lock; every
 #: wake-up costs ~0.1-0.3 ms of CPU on a Pi-class core, so it is not short. The agent
@@ -100,8 +84,6 @@ MAX_WAIT_S = 1.0
 #: How late the loop may see a beat's start, so that it shares its frame's wake-up (see
 #: next_deadline); events keep their own times, and actions are spun to precisely.
 BOUNDARY_SLACK_S = 0.003
-#: At most this many more queued items are taken in one wake-up (see run_once).
-DRAIN_MAX = 8
 #: While claims wait for the publish window, the loop looks for acks this often.
 ACK_POLL_S = 0.005
 #: A live view (the demo's screen) is redrawn this often.
@@ -151,7 +133,6 @@ class Runner:
         self.outbox = outbox
         self.probe = probe
         self.notifier = notifier
-        self.trace = trace
         self.on_view = on_view
         self.topics = Topics(config.agent.topic_prefix, config.agent.cluster)
         self.follower = BeatFollower(config.agent.cluster, config.sync)
@@ -187,6 +168,7 @@ class Runner:
         )
         self.plan = BeatPlan()
         self.settler = Settler(self.plan, self.counters, self.metrics)
+        self.firing = Firing(self.plan, self.settler, self.follower, clock, trace)
         self.last_beat: int | None = None
         self.last_phase: str | None = None
         self.last_review: BeatReview | None = None
@@ -197,10 +179,7 @@ class Runner:
         self._samples = 0
         self._next_view = 0.0
         self.lost = LostBeat()
-        self._warmed: set[tuple[int, int]] = set()
-        self._trace_rows: list[TraceRow] = []
         self._pending_reload: Config | None = None
-        self.stop_requested = False
         #: Given every claim (per beat and final) before it is encoded; returns the claim
         #: to send. ``edge.client`` adds the program's declared state and its counts.
         self.claim_hook: Callable[[StatusClaim], StatusClaim] | None = None
@@ -310,11 +289,7 @@ class Runner:
         )
         for candidate, reason in shed:
             self.counters.shed[reason] += 1
-            if self.trace is not None:
-                bound, state = self._sync_now()
-                self._trace_rows.append(
-                    TraceRow.shed_by(candidate, reason, bound_ms=bound, sync_state=state)
-                )
+            self.firing.shed(candidate, reason)
 
     # ------------------------------------------------------------------ one wake-up
 
@@ -324,7 +299,7 @@ class Runner:
         self._bad_input.tick(now)
         self._handle(self.follower.tick(now), now)
         self._fire_due(now)
-        self._prepare_calls()
+        self.firing.prepare_calls(self.hardware, self.score)
         for result in self.hardware.tick(self.clock.monotonic()):
             self.settler.followup(self.guard, result)
         self._watch_sync(now)
@@ -348,6 +323,9 @@ class Runner:
             self._next_view = now + VIEW_EVERY_S
             self.on_view(self, now)
 
+    def _fire_due(self, now: float) -> None:
+        self.firing.fire_due(now, self.hardware, self.score, self.guard)
+
     def _imminent(self, now: float) -> bool:
         action_next = self.plan.next_at()
         return action_next is not None and action_next - now < 0.01
@@ -360,6 +338,7 @@ class Runner:
 
     def _handle(self, events: list[SyncEvent], now: float) -> None:
         for event in events:
+            log_event(event, signed=self.trust is not None)
             if isinstance(event, BeatStarted):
                 self.last_beat = event.beat_index
                 self._apply_reload()
@@ -370,112 +349,16 @@ class Runner:
                 self.last_beat, self.last_phase = event.beat_index, event.phase
                 if event.phase == "review":
                     self._review(event.beat_index, now)
-            elif isinstance(event, TempoChanged):
-                log.info(
-                    "tempo %.1f -> %.1f BPM at beat %d",
-                    event.old_bpm,
-                    event.new_bpm,
-                    event.beat_index,
-                )
             elif isinstance(event, BeatJumped):
-                log.warning(
-                    "beat index jumped %d -> %d (pulse restart or failover)",
-                    event.from_beat,
-                    event.to_beat,
-                )
                 # Carried over, so what was planned under the old numbers is not again.
                 self.plan.renumber(event.to_beat - event.from_beat)
                 self.hardware.renumber_calls(event.to_beat - event.from_beat)
-                self._warmed.clear()
-            elif isinstance(event, SyncLost):
-                log.warning("beat lost after %.1f s of silence", event.silent_s)
-            elif isinstance(event, SyncRegained):
-                log.info("beat regained (error %.2f ms)", event.error_s * 1000)
-            elif isinstance(event, BeatSourceConflict):
-                log.warning(
-                    "alert %s started: frames for the same beats arrive %.1f ms apart "
-                    "(a second publisher, or copies sent early); following the source the "
-                    "timeline agrees with%s",
-                    SOURCE_CONFLICT_ALERT,
-                    event.spread_ms,
-                    "" if self.trust is not None else " (sign the beat: [security] beat_keys)",
-                )
-            elif isinstance(event, BeatSourceConflictCleared):
-                log.info("alert %s cleared", SOURCE_CONFLICT_ALERT)
+                self.firing.renumbered()
 
     def _watch_sync(self, now: float) -> None:
         state = self.follower.state
         if self.lost.watch(state, now, self.config, self.hardware, self.plan):
             self.counters.safe_states += 1
-
-    def _fire_due(self, now: float) -> None:
-        while (head := self.plan.head()) is not None:
-            key = (head.beat_index, head.rule)
-            if head.at - now <= WARM_S and key not in self._warmed:
-                self._warmed.add(key)
-                self.hardware.warm([head.action.device])
-            sa = self.plan.pop_due(now)
-            if sa is None:
-                return
-            self._warmed.discard(key)
-            self._fire(sa)
-            now = self.clock.monotonic()
-
-    def _prepare_calls(self) -> None:
-        """Hand the python devices' workers every call the plan holds, ahead of its time
-        (edge.hardware.pycalls): sent once, re-sent when re-timed, cancelled when dropped."""
-        if self.hardware.has_calls:
-            calls = [
-                self.score.call_job(sa, self.follower)
-                for sa in self.plan.pending
-                if sa.action.do == "call"
-            ]
-            self.hardware.prepare_calls(calls, self.clock.monotonic())
-
-    def _sync_now(self) -> tuple[float, str]:
-        """The follower's error bound (ms) and sync state, for a trace row."""
-        return self.follower.error_bound_s * 1000.0, self.follower.state.value
-
-    def _miss(self, sa: ScheduledAction, at: float) -> None:
-        """``sa`` came due at ``at``, after its deadline: a miss, not applied."""
-        missed = outcome(sa.action.do, overdue=True)
-        self.settler.settle(self.guard, sa, missed, 0.0, at - sa.at, at)
-        if self.trace is not None:
-            bound, state = self._sync_now()
-            self._trace_rows.append(TraceRow.missed_at(sa, at, bound_ms=bound, sync_state=state))
-
-    def _fire(self, sa: ScheduledAction) -> None:
-        before = self.clock.monotonic()
-        if overdue(sa, before):
-            self._miss(sa, before)
-            return
-        call = self.score.call_job(sa, self.follower) if sa.action.do == "call" else None
-        command = sa.action.do == "command" or call is not None
-        # A command's (or a call's) end comes later, tagged, so it is counted in the beat it
-        # belongs to.
-        tag = self.plan.tag(sa) if command else None
-        result = self.hardware.apply(sa.action, before, tag=tag, call=call)
-        after = self.clock.monotonic()
-        fate = outcome(
-            result.do,
-            ok=result.ok,
-            dropped=result.dropped,
-            running=command and result.run is not None,
-        )
-        self.settler.settle(self.guard, sa, fate, after - before, before - sa.at, after)
-        if self.trace is not None:
-            bound, state = self._sync_now()
-            self._trace_rows.append(
-                TraceRow.applied(
-                    sa,
-                    before,
-                    after - before,
-                    result.ok,
-                    result.dropped,
-                    bound_ms=bound,
-                    sync_state=state,
-                )
-            )
 
     # ------------------------------------------------------------------ review and status
 
@@ -483,11 +366,11 @@ class Runner:
         # After a stall the review comes before the loop got to fire what waited: what is
         # past its deadline is this beat's miss, counted before the beat is closed.
         for sa in self.plan.take_overdue(beat, now):
-            self._miss(sa, now)
+            self.firing.miss(sa, now, self.guard)
         ledger = self.plan.review(beat)
         self.guard.end_beat(beat)
         record_beat(self.metrics, self.follower, beat, ledger, now)
-        self._flush_trace()
+        self.firing.flush_trace()
         review = assemble(
             beat,
             ledger,
@@ -526,11 +409,6 @@ class Runner:
     def _submit_claim(self, claim: StatusClaim) -> None:
         self.publisher.submit(claim)
 
-    def _flush_trace(self) -> None:
-        if self.trace is not None:
-            write_rows(self._trace_rows, self.trace)
-        self._trace_rows.clear()
-
     # ------------------------------------------------------------------ reload
 
     def request_reload(self, new: Config) -> None:
@@ -538,77 +416,21 @@ class Runner:
         self._pending_reload = new
 
     def _apply_reload(self) -> None:
-        """Switch to the pending config, or refuse it: a reload is never fatal. Whatever
-        fails on the way is logged and counted in ``reload_errors``, and the running
-        config, beat and devices stay as they were."""
-        new = self._pending_reload
+        """Switch to the pending config, or refuse it (edge.reload): never fatal."""
+        new, self._pending_reload = self._pending_reload, None
         if new is None:
             return
-        self._pending_reload = None
-        try:
-            self._switch_to(new)
-        except Exception as exc:  # the beat loop outlives any reload
-            self.counters.reload_errors += 1
-            log.error(
-                "reload refused, keeping the running config: %s: %s",
-                type(exc).__name__,
-                exc,
-                exc_info=not isinstance(exc, EdgeError),  # a bug: say where
-            )
-
-    def _switch_to(self, new: Config) -> None:
-        old = self.config
-        new, kept = apply_reload(new, old)
-        if kept:
-            log.warning("reload: %s changes take effect at the next restart", ", ".join(kept))
-        # Everything that may fail is made before anything is replaced.
-        guard = Guard(new.guard) if new.guard != old.guard else self.guard
-        status = self.status
-        if new.status != old.status or new.digest != old.digest:
-            status = StatusBuilder(
-                new.agent.id,
-                new.status,
-                self.hlc,
-                __version__,
-                new.digest,
-                start_seq=self.status.seq,
-            )
-        if new.profile != old.profile:
-            if not self._rebuild_hardware(new.profile, old.profile):
-                self.counters.reload_errors += 1
-                return
-        elif self.hardware.isolated:
-            self.hardware.revive()
-        self.config = new
-        self.publisher.config = new
-        self.score = new.score
-        self.guard = guard
-        self.status = status
+        running = reload.Running(self.config, self.guard, self.status, self.hardware)
+        parts, switched = reload.switch(new, running, self.hlc, self.make_hardware, self.counters)
+        self.hardware = parts.hardware  # the old devices built again, if the new ones failed
+        if not switched:
+            return
+        self.config = self.publisher.config = parts.config
+        self.score, self.guard, self.status = parts.config.score, parts.guard, parts.status
         # Whatever was planned under the old score is dropped; this beat is planned anew.
         self.plan.replan()
         self.counters.reloads += 1
         log.info("new config applied at the start of beat %s", self.last_beat)
-
-    def _rebuild_hardware(self, profile: Profile, old_profile: Profile) -> bool:
-        """Swap in the devices of ``profile``: the old ones go to their safe state and are
-        released (their running commands killed, as in any safe state, so they report no
-        end), then the new ones are built. This takes a few milliseconds of the loop, once,
-        at the beat boundary. False, with the old profile built again, if the new one
-        cannot be built at all."""
-        self.hardware.close()
-        try:
-            self.hardware = self.make_hardware(profile)
-        except Exception as exc:  # any failure: back to the old devices
-            log.error(
-                "reload refused: the new device profile cannot be built (%s: %s); "
-                "the old devices are built again",
-                type(exc).__name__,
-                exc,
-            )
-            self.hardware = self.make_hardware(old_profile)
-            return False
-        log.info("reload: devices rebuilt from the new profile (%d devices)", len(profile.devices))
-        return True
 
     # ------------------------------------------------------------------ reporting
 
@@ -622,7 +444,7 @@ class Runner:
         )
 
     def flush(self) -> None:
-        self._flush_trace()
+        self.firing.flush_trace()
         self._bad_input.flush(self.clock.monotonic())
 
     def final_claim(self) -> tuple[str, bytes] | None:
@@ -653,13 +475,8 @@ class Runner:
 
     def run_once(self) -> None:
         """Wait (on the clock) for the next message or deadline, then step. Used by the
-        agent's loop and tests (a fake clock makes it move at once).
-
-        Only a precise deadline (an action, a hardware follow-up such as a pulse's end) is
-        spun to, and its action fires first, before the rest of the wake-up: the shortest
-        path from the spin to the pin. Other deadlines (phase boundaries, samples, the
-        safe state) are waited for plainly; a fraction of a millisecond does not matter to
-        them and a spin costs CPU for as long as it runs."""
+        agent's loop and tests (a fake clock makes it move at once). Only an action's or a
+        hardware follow-up's time is spun to, and its action fires first (``edge.wait``)."""
         self.handle(self.wait_next())
 
     def wait_next(self) -> list[Inbound]:
@@ -670,36 +487,10 @@ class Runner:
         inbox = self.link.inbox if self.link is not None else None
         now = self.clock.monotonic()
         deadline = self.next_deadline(now)
-        precise = self._precise_next()
-        spin = precise is not None and precise <= deadline and deadline < now + self.max_wait_s
-        timeout = deadline - now - (self.spin.seconds if spin else 0.0)
-        item = self.clock.wait(inbox, timeout)
-        if item is not None:
-            items = [item]
-            if inbox is not None:
-                # What else is queued is taken in this wake-up too (an ack that woke
-                # nothing, a frame behind it), in order; bounded, so a flood cannot hold
-                # deadlines back.
-                for _ in range(DRAIN_MAX):
-                    try:
-                        items.append(inbox.get_nowait())
-                    except queue.Empty:
-                        break
-            return items
-        woke = self.clock.monotonic()
-        if timeout > 0:
-            self.spin.woke(woke - (now + timeout))
-        if spin:
-            gc_was = gc.isenabled()
-            gc.disable()  # no collection between the spin and the write
-            try:
-                self._fire_due(woke)  # warm the path (or fire, if the wake was late)
-                self.clock.spin_until(deadline)
-                self._fire_due(self.clock.monotonic())
-            finally:
-                if gc_was:
-                    gc.enable()
-        return []
+        precise = precise_next(self.plan.next_at(), self.hardware.next_deadline())
+        return wait(
+            self.clock, inbox, now, deadline, precise, self.max_wait_s, self.spin, self._fire_due
+        )
 
     def handle(self, items: list[Inbound]) -> None:
         """Step through what one wake-up took (:meth:`wait_next`): every item but the last
@@ -707,11 +498,3 @@ class Runner:
         for item in items[:-1]:
             self._receive(item, self.clock.monotonic())
         self.step(items[-1] if items else None, self.clock.monotonic())
-
-    def _precise_next(self) -> float | None:
-        """The next deadline worth a spin: an action's or a hardware follow-up's."""
-        action_next = self.plan.next_at()
-        hw_next = self.hardware.next_deadline()
-        if action_next is None or (hw_next is not None and hw_next < action_next):
-            return hw_next
-        return action_next

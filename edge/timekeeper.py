@@ -29,6 +29,7 @@ from edge.errors import ConfigError, ConfigProblems, FrameError, LinkError
 from edge.inbox import Inbound
 from edge.loglimit import LogLimiter
 from edge.timewire import decode_request, encode_response, make_response
+from edge.tool_link import reach
 from edge.topics import Topics
 from edge.trust import Signer
 
@@ -141,14 +142,7 @@ def run_timekeeper(options: TimekeeperOptions, stop: threading.Event) -> int:
         return link.publish(topic, payload, qos=0)
 
     responder = Responder(topics, publish, signer)
-    link.start()
-    if not link.wait_connected(options.connect_timeout_s):
-        link.stop(timeout=1.0)
-        print(
-            f"backbeat-edge timekeeper: cannot reach the broker at {options.broker_url} in "
-            f"{options.connect_timeout_s:g} s ({link.last_error or 'no answer'})",
-            file=sys.stderr,
-        )
+    if not reach(link, "timekeeper", options.broker_url, options.connect_timeout_s):
         return 1
     log.info("answering time requests on %s", topics.all_time_requests)
     end = None if options.duration_s is None else time.monotonic() + options.duration_s

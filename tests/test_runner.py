@@ -536,7 +536,7 @@ def test_any_failure_while_applying_a_reload_refuses_it_and_the_beat_goes_on(
     # Not only HardwareError: whatever a new profile raises while it is built, and
     # whatever breaks while the new settings are made, is a refused reload, never the end
     # of the loop; the old config, devices and beat stay.
-    import edge.runner
+    import edge.reload
 
     bench = Bench(tmp_path, factory)
 
@@ -556,7 +556,7 @@ def test_any_failure_while_applying_a_reload_refuses_it_and_the_beat_goes_on(
     def no_guard(config: object) -> None:
         raise failure
 
-    monkeypatch.setattr(edge.runner, "Guard", no_guard)
+    monkeypatch.setattr(edge.reload, "Guard", no_guard)
     old = bench.runner.config
     bench.runner.request_reload(_config(tmp_path, PROFILE + "[guard]\ncpu_enter = 95.0\n"))
     bench.run_until(bench.start + 40 * BEAT)

@@ -1,0 +1,164 @@
+"""``backbeat-edge pulse``: the bench pulse as a process, around :func:`edge.pulse.run_pulse`.
+
+Its options are checked first (every problem at once, exit 2); then it connects to the
+broker (exit 1 when it cannot: a beat sent to no broker is lost), answers the time
+exchange on the same link (unless ``--no-time-exchange``), takes tempo changes from its
+control topic and from SIGUSR1 / SIGUSR2, and sends until SIGTERM, SIGINT or
+``--duration``. Frames that could not be sent while the broker was away are counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from edge.errors import ConfigError, ConfigProblems
+from edge.tool_link import reach
+
+if TYPE_CHECKING:
+    from edge.signing import SigningKey
+
+log = logging.getLogger(__name__)
+
+
+def cmd_pulse(args: argparse.Namespace) -> int:
+    from edge.clock import SystemClock
+    from edge.config import parse_broker
+    from edge.errors import LinkError
+    from edge.mqtt_link import MqttLink
+    from edge.pulse import PulseOptions, open_trace, run_pulse
+    from edge.topics import Topics
+
+    problems = ConfigProblems("pulse")
+    table: dict[str, object] = {"url": args.broker}
+    if args.username is not None:
+        table["username"] = args.username
+    if args.password_file is not None:
+        table["password_file"] = args.password_file
+    table["protocol"] = args.protocol
+    broker = parse_broker(table, problems, Path.cwd(), where="--broker")
+    if args.password_file is not None and args.username is None:
+        problems.add("--password-file", "needs --username (the broker user it is the password of)")
+    if not 0.1 <= args.bpm <= 1000:
+        problems.add("--bpm", f"must be between 0.1 and 1000, got {args.bpm}")
+    if args.bar < 1:
+        problems.add("--bar", f"must be at least 1, got {args.bar}")
+    if problems:
+        print(f"backbeat-edge {ConfigError(problems.items, 'pulse')}", file=sys.stderr)
+        return 2
+    signer = _pulse_signer(args.signing_key)
+    if isinstance(signer, int):
+        return signer
+    topics = Topics(args.prefix, args.cluster)
+    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
+    try:
+        link = MqttLink(
+            broker,
+            f"backbeat-pulse-{args.cluster}",
+            subscriptions=(topics.pulse_control,)
+            + (() if args.no_time_exchange else (topics.all_time_requests,)),
+        )
+    except LinkError as exc:  # the password file: missing, unreadable, not UTF-8
+        # The link names the agent's setting; here the option is what the operator typed.
+        reason = str(exc).replace("broker.password_file", "--password-file", 1)
+        print(f"backbeat-edge pulse: {reason}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    tempo = [float(args.bpm)]
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stop.set()
+        else:  # SIGUSR1 faster, SIGUSR2 slower, by the largest unforced step
+            tempo[0] *= 1.1 if signum == signal.SIGUSR1 else 0.9
+            controls.put((tempo[0], False))
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, on_signal)
+
+    from edge.inbox import Inbound
+    from edge.timekeeper import Responder, serve
+
+    def respond(topic: str, payload: bytes) -> object:
+        return link.publish(topic, payload, qos=0)
+
+    # The bench pulse answers the time exchange too (its frames' wall clock is its own).
+    responder = Responder(topics, respond, signer)
+
+    def pump_controls() -> None:
+        serve(link.inbox, responder, stop, other=control)
+
+    def control(item: Inbound) -> None:
+        words = item.payload.decode("utf-8", "replace").split()
+        try:
+            bpm = float(words[0])
+        except (IndexError, ValueError):
+            log.warning(
+                "ignored tempo request %r: expected e.g. '72' or '72 force'", item.payload[:40]
+            )
+            return
+        tempo[0] = bpm
+        controls.put((bpm, len(words) > 1 and words[1] == "force"))
+
+    # A beat sent to no broker is lost (QoS 0): say so and fail, rather than "send".
+    if not reach(link, "pulse", args.broker, args.connect_timeout, lost="; no beat sent"):
+        return 1
+    threading.Thread(target=pump_controls, name="pulse-control", daemon=True).start()
+    trace = open_trace(args.trace)
+    options = PulseOptions(
+        cluster=args.cluster,
+        bpm=args.bpm,
+        bar=args.bar,
+        fmt=args.format,
+        duration_s=args.duration,
+        per_phase=args.per_phase,
+        start_beat=args.start_beat,
+        prefix=args.prefix,
+    )
+
+    unsent = [0]
+
+    def publish(topic: str, payload: bytes) -> object:
+        if not link.connected:  # QoS 0 while disconnected: it would be dropped unseen
+            unsent[0] += 1
+            return None
+        return link.publish(topic, payload, qos=0)
+
+    try:
+        sent = run_pulse(options, publish, SystemClock(), stop, controls, trace, signer)
+    finally:
+        stop.set()
+        link.stop(timeout=1.0)
+        if trace is not None:
+            trace.close()
+    if unsent[0]:
+        log.warning(
+            "pulse sent %d frames; %d more were not sent while the broker was away",
+            sent - unsent[0],
+            unsent[0],
+        )
+    else:
+        log.info("pulse sent %d frames", sent)
+    return 0
+
+
+def _pulse_signer(path: str | None) -> SigningKey | int | None:
+    """The key ``pulse --signing-key`` signs with (None: unsigned), or exit code 2."""
+    if path is None:
+        return None
+    from edge.signing import SigningKey
+
+    try:
+        key = SigningKey.load(Path(path), where="--signing-key")
+    except ConfigError as exc:
+        print(f"backbeat-edge pulse: {exc}", file=sys.stderr)
+        return 2
+    logging.info("signing beat frames with key %s", key.kid)
+    return key
