@@ -64,6 +64,8 @@ def switch(
                 __version__,
                 new.digest,
                 start_seq=status.seq,
+                # Still the same process start: a reload must not look like a restart.
+                incarnation=status.incarnation,
             )
         hardware = running.hardware
         if new.profile != old.profile:

@@ -330,6 +330,11 @@ class StatusBuilder:
     def config(self) -> StatusConfig:
         return self._config
 
+    @property
+    def incarnation(self) -> str | None:
+        """The process start's id every claim carries (None: not given)."""
+        return self._incarnation
+
     def due(self, review: BeatReview) -> bool:
         """Whether :meth:`build` would report this beat (no state changes)."""
         last = self._last_beat

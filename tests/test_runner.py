@@ -399,6 +399,25 @@ def test_a_reload_applies_at_the_next_beat_boundary(tmp_path: Path, factory: Moc
     assert bench.runner.counters.reloads == 1
 
 
+def test_claims_after_a_reload_keep_the_seq_and_the_incarnation(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    link = FakeLink()
+    bench = Bench(tmp_path, factory, link=link)
+    bench.pulse(range(30))
+    bench.run_until(bench.start + 15.4 * BEAT)
+    # Another profile: another config digest, so the reload builds a new status builder.
+    bench.runner.request_reload(_config(tmp_path, PROFILE.replace('do = "toggle"', 'do = "on"', 1)))
+    bench.run_until(bench.start + 30 * BEAT)
+    claims = [decode_status_claim(p) for t, p in link.published if "/status/" in t]
+    metas = [c.metadata for c in claims if c.metadata is not None]
+    assert bench.runner.counters.reloads == 1
+    assert len({m["config_hash"] for m in metas}) == 2  # the reload did take effect
+    assert len({m["incarnation"] for m in metas}) == 1 and "incarnation" in metas[-1]
+    seqs = [m["seq"] for m in metas]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
 def _fired(bench: Bench, device: str) -> list[int]:
     return [
         int(r["beat_index"])  # type: ignore[call-overload]
