@@ -43,6 +43,7 @@ from edge.harness import start_agent, write_agent_config
 from edge.hlc import HybridLogicalClock, node_id
 from edge.mqtt_link import MqttLink
 from edge.status import BeatReview, StatusBuilder, StatusConfig, config_hash
+from edge.testing.profiles import MOCK_LED, rule
 from edge.topics import Topics
 
 if TYPE_CHECKING:
@@ -50,17 +51,7 @@ if TYPE_CHECKING:
 
 AGENT = "relay:pi-07"
 TOPICS = Topics("backbeat", "c1")
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-"""
+PROFILE = MOCK_LED + rule("led", "toggle", every=1)
 
 
 # ---------------------------------------------------------------------------- (a) size

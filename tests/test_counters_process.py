@@ -27,27 +27,11 @@ from edge.harness import (
     write_agent_config,
 )
 from edge.messages import StatusClaim
+from edge.testing.profiles import LED_TOGGLE, rule
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-essential = true
-[[score]]
-device = "led"
-do = "toggle"
-phase = "review"
-every = 1
-essential = true
-"""
+PROFILE = LED_TOGGLE + rule("led", "toggle", phase="review", every=1, essential=True)
 FLOOD = 5000
 
 

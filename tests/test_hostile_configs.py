@@ -22,22 +22,9 @@ import pytest
 from edge.broker import Mosquitto
 from edge.cli import EXIT_CONFIG, EXIT_HARDWARE
 from edge.harness import read_trace, start_agent, start_pulse
+from edge.testing.profiles import MOCK_LED, RELAY, TOGGLE_EVERY_BEAT
 
-GOOD_PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[devices.relay]
-kind = "relay"
-pin = 27
-[[score]]
-essential = true
-device = "led"
-do = "toggle"
-every = 1
-"""
+GOOD_PROFILE = MOCK_LED + RELAY + TOGGLE_EVERY_BEAT
 
 
 def _config(tmp: Path, broker_url: str, broker: str = "", profile: str = "profile.toml") -> None:

@@ -40,20 +40,10 @@ from edge.harness import (
 )
 from edge.messages import decode_status_claim
 from edge.mqtt_link import MqttLink, backoff_delay, read_password
+from edge.testing.profiles import LED_TOGGLE
 from edge.topics import Topics
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-essential = true
-"""
+PROFILE = LED_TOGGLE
 AGENT_ID = "bench:pi-01"
 STATUS = f"backbeat/bench/status/{AGENT_ID}"
 AVAILABILITY = f"backbeat/bench/agents/{AGENT_ID}/availability"

@@ -21,21 +21,11 @@ import pytest
 from edge.broker import free_port, wait_for_port
 from edge.harness import read_trace, start_agent, write_agent_config
 from edge.messages import decode_status_claim
+from edge.testing.profiles import LED_TOGGLE
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-essential = true
-device = "led"
-do = "toggle"
-every = 1
-"""
+PROFILE = LED_TOGGLE
 
 
 def _nats_server() -> str:

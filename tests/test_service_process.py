@@ -27,24 +27,11 @@ from edge.harness import (
     start_pulse,
     write_agent_config,
 )
+from edge.testing.profiles import MOCK_LED, RELAY, TOGGLE_EVERY_BEAT
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE_A = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[devices.relay]
-kind = "relay"
-pin = 27
-[[score]]
-essential = true
-device = "led"
-do = "toggle"
-every = 1
-"""
+PROFILE_A = MOCK_LED + RELAY + TOGGLE_EVERY_BEAT
 PROFILE_B = PROFILE_A.replace('device = "led"\ndo = "toggle"', 'device = "relay"\ndo = "toggle"')
 
 

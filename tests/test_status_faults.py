@@ -23,24 +23,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.broker import Mosquitto, free_port, start_mosquitto
 from edge.harness import read_trace, start_agent, start_pulse, wait_until, write_agent_config
 from edge.messages import StatusClaim, decode_status_claim
+from edge.testing.profiles import MOCK_GPIO, TOGGLE_EVERY_BEAT, device
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-# Through a 15 s broker outage (no beat) it keeps toggling on the free-running model; by
-# default it would go to its safe state once the beat is lost (10 s).
-keep_running_when_lost = true
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-essential = true
-"""
+# Through a 15 s broker outage (no beat) the LED keeps toggling on the free-running model;
+# by default it would go to its safe state once the beat is lost (10 s).
+PROFILE = MOCK_GPIO + device("led", "led", 17, keep_running_when_lost=True) + TOGGLE_EVERY_BEAT
 TOPIC = "backbeat/bench/status/bench:pi-01"
 
 
