@@ -44,11 +44,8 @@ BPM = 240
 
 
 @pytest.fixture
-def cluster() -> Iterator[NatsCluster]:
-    try:
-        find_nats_server()
-    except BrokerUnavailable as exc:
-        pytest.skip(str(exc))
+def cluster(nats_server: str) -> Iterator[NatsCluster]:
+    """Three routed nodes (``nats_server`` skips the test where nats-server is missing)."""
     nodes = start_nats_cluster()
     try:
         yield nodes

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -26,14 +25,6 @@ from edge.testing.profiles import LED_TOGGLE
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 PROFILE = LED_TOGGLE
-
-
-def _nats_server() -> str:
-    for path in (shutil.which("nats-server"), "/usr/sbin/nats-server", "/usr/bin/nats-server"):
-        if path and Path(path).exists():
-            return path
-    pytest.skip("nats-server is not installed (scripts/setup installs it)")
-    raise AssertionError  # unreachable
 
 
 async def _drive(nats_port: int, beats: int, bpm: float) -> list[bytes]:
@@ -69,8 +60,10 @@ async def _drive(nats_port: int, beats: int, bpm: float) -> list[bytes]:
     return claims
 
 
-def test_agent_follows_a_nats_pulse_through_the_mqtt_gateway(tmp_path: Path) -> None:
-    binary = _nats_server()
+def test_agent_follows_a_nats_pulse_through_the_mqtt_gateway(
+    tmp_path: Path, nats_server: str
+) -> None:
+    binary = nats_server
     nats_port, mqtt_port = free_port(), free_port()
     conf = tmp_path / "nats.conf"
     conf.write_text(

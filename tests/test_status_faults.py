@@ -98,17 +98,8 @@ def _connected_times(log: str) -> list[float]:
     return times
 
 
-@pytest.fixture
-def durable_broker() -> object:
-    broker = start_mosquitto(persistence=True)
-    try:
-        yield broker
-    finally:
-        broker.close()
-
-
-def test_broker_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto) -> None:
-    broker = durable_broker
+def test_broker_outage_loses_no_claim(tmp_path: Path, durable_mosquitto: Mosquitto) -> None:
+    broker = durable_mosquitto
     sub = Subscriber(broker.port)
     config = write_agent_config(tmp_path, broker.url, PROFILE)
     agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
@@ -142,8 +133,8 @@ def test_broker_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto)
     assert sub.availability[-1] == "offline"
 
 
-def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto) -> None:
-    broker = durable_broker
+def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_mosquitto: Mosquitto) -> None:
+    broker = durable_mosquitto
     sub = Subscriber(broker.port)
     config = write_agent_config(tmp_path, broker.url, PROFILE)
     agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
@@ -170,8 +161,10 @@ def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_broker: Mo
     assert len(claims) >= 20
 
 
-def test_outbox_limit_drops_oldest_and_says_so(tmp_path: Path, durable_broker: Mosquitto) -> None:
-    broker = durable_broker
+def test_outbox_limit_drops_oldest_and_says_so(
+    tmp_path: Path, durable_mosquitto: Mosquitto
+) -> None:
+    broker = durable_mosquitto
     sub = Subscriber(broker.port)
     config = write_agent_config(
         tmp_path, broker.url, PROFILE, extra="max_count = 5\n"
