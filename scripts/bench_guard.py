@@ -62,6 +62,7 @@ from edge.errors import FrameError
 from edge.harness import read_trace, start_agent, start_pulse, write_agent_config
 from edge.messages import decode_status_claim
 from edge.probe import Probe
+from edge.testing.measure import pct
 from edge.testing.profiles import MOCK_LED, PRIORITY_TOGGLES, RELAY, rule
 
 BURN = "import time\nend = time.perf_counter() + 0.06\nwhile time.perf_counter() < end: pass"
@@ -133,13 +134,6 @@ def num(row: Mapping[str, object], key: str) -> float:
     value = row[key]
     assert isinstance(value, int | float), (key, value)
     return float(value)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @dataclass

@@ -37,3 +37,16 @@ LED_TOGGLE = MOCK_LED + TOGGLE_EVERY_BEAT
 PRIORITY_TOGGLES = rule("led", "toggle", offset=0.2, essential=True, priority=10) + rule(
     "relay", "toggle", offset=0.6, essential=True, priority=5
 )
+#: Three mock outputs, each toggled once a beat at its own offset in the execute phase:
+#: the agent benchmarks' score (scripts/bench_agent.py, scripts/bench_signing.py).
+THREE_TOGGLES_OFFSETS = {0: 0.0, 1: 0.25, 2: 0.5}
+THREE_TOGGLES = (
+    MOCK_GPIO
+    + device("a", "output", 17)
+    + device("b", "output", 18)
+    + device("c", "output", 19)
+    + "".join(
+        rule(name, "toggle", offset=THREE_TOGGLES_OFFSETS[i], essential=True)
+        for i, name in enumerate("abc")
+    )
+)
