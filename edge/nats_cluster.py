@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.broker import BrokerUnavailable, find_binary, free_port, wait_for_port
+from edge.broker import (
+    BrokerUnavailable,
+    PrivateBroker,
+    find_binary,
+    free_port,
+    wait_for_port,
+)
 
 _SEARCH = ("/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server")
 CLUSTER_NAME = "backbeat"
@@ -166,7 +171,7 @@ def js_request(port: int, subject: str, timeout: float = 5.0) -> dict[str, objec
 
 
 @dataclass
-class NatsCluster:
+class NatsCluster(PrivateBroker):
     """Three running nodes. Use as a context manager or call ``close()``."""
 
     nodes: list[NatsNode]
@@ -232,17 +237,9 @@ class NatsCluster:
     def logs(self) -> str:
         return "\n".join(f"--- {n.name}\n{n.log()[-3000:]}" for n in self.nodes)
 
-    def close(self) -> None:
+    def stop_all(self) -> None:
         for node in self.nodes:
             node.stop()
-        if self._owned_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> NatsCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def start_nats_cluster(
