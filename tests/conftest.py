@@ -70,6 +70,16 @@ def bench_config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty systemd credentials directory (``tmp_path/creds``) named by
+    CREDENTIALS_DIRECTORY for the test, as a unit's LoadCredential= gives the agent."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    return creds
+
+
+@pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
 

@@ -96,28 +96,22 @@ def test_backoff_is_full_jitter_across_the_whole_range() -> None:
 
 
 def test_password_relative_name_is_found_in_the_credentials_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, credentials: Path
 ) -> None:
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "broker-password").write_text("from-systemd\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    (credentials / "broker-password").write_text("from-systemd\n")
     monkeypatch.chdir(tmp_path)
     assert read_password(Path("broker-password")) == "from-systemd"
 
 
 def test_password_credential_wins_over_the_file_beside_the_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, credentials: Path
 ) -> None:
     # The unit's LoadCredential= source usually sits beside the config (and is root-only);
     # config.py has made the name absolute, yet the credential must still come first.
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "broker-password").write_text("root-only-original\n")
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "broker-password").write_text("the-credential\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    (credentials / "broker-password").write_text("the-credential\n")
     assert read_password(etc / "broker-password") == "the-credential"
     # Without systemd the configured file itself is read.
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
@@ -125,12 +119,9 @@ def test_password_credential_wins_over_the_file_beside_the_config(
 
 
 def test_password_falls_back_to_the_path_when_no_credential_has_that_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, credentials: Path
 ) -> None:
-    creds = tmp_path / "creds"
-    creds.mkdir()
     (tmp_path / "pw").write_text("by-hand")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     assert read_password(tmp_path / "pw") == "by-hand"
 
 
