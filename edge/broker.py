@@ -66,6 +66,21 @@ def wait_for_port(port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> b
     return False
 
 
+def stop_by_pid(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Send ``sig`` to ``process`` by its pid and wait for it, with SIGKILL after
+    ``timeout``; nothing if it has already exited."""
+    if process.poll() is not None:
+        return
+    try:
+        os.kill(process.pid, sig)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+
+
 class PrivateBroker:
     """What a private broker (one Mosquitto, or a NATS cluster) does on ``close()``: stop
     every process, then remove its work directory if it made it. A context manager that
@@ -109,15 +124,7 @@ class Mosquitto(PrivateBroker):
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
         """Stop the broker by its pid (SIGKILL after ``timeout``)."""
-        if self.process.poll() is None:
-            try:
-                os.kill(self.process.pid, sig)
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
+        stop_by_pid(self.process, sig, timeout)
         if self.process.stdout is not None:
             self.process.stdout.close()
 

@@ -11,7 +11,6 @@ sessions, retained messages) is kept in streams replicated on all three nodes
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import socket
@@ -26,6 +25,7 @@ from edge.broker import (
     PrivateBroker,
     find_binary,
     free_port,
+    stop_by_pid,
     wait_for_port,
 )
 
@@ -72,16 +72,8 @@ class NatsNode:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Stop the node by its pid (SIGKILL after ``timeout``)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.kill(self.process.pid, sig)
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=timeout)
-        except ProcessLookupError:
-            pass
+        if self.process is not None:
+            stop_by_pid(self.process, sig, timeout)
 
     def kill(self) -> None:
         """The node dies at once (SIGKILL): no goodbye to its clients or its peers."""
