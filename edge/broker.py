@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from edge.errors import EdgeError
 
@@ -65,8 +66,46 @@ def wait_for_port(port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> b
     return False
 
 
+def stop_by_pid(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Send ``sig`` to ``process`` by its pid and wait for it, with SIGKILL after
+    ``timeout``; nothing if it has already exited."""
+    if process.poll() is not None:
+        return
+    try:
+        os.kill(process.pid, sig)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+
+
+class PrivateBroker:
+    """What a private broker (one Mosquitto, or a NATS cluster) does on ``close()``: stop
+    every process, then remove its work directory if it made it. A context manager that
+    closes on exit."""
+
+    workdir: Path
+    _owned_dir: bool
+
+    def stop_all(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop_all()
+        if self._owned_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
-class Mosquitto:
+class Mosquitto(PrivateBroker):
     """A running private broker. Use as a context manager or call ``stop()``."""
 
     port: int
@@ -85,15 +124,7 @@ class Mosquitto:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
         """Stop the broker by its pid (SIGKILL after ``timeout``)."""
-        if self.process.poll() is None:
-            try:
-                os.kill(self.process.pid, sig)
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
+        stop_by_pid(self.process, sig, timeout)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
@@ -109,16 +140,8 @@ class Mosquitto:
         path = self.workdir / "mosquitto.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def close(self) -> None:
+    def stop_all(self) -> None:
         self.stop()
-        if self._owned_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Mosquitto:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _spawn(workdir: Path, port: int) -> subprocess.Popen[bytes]:

@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.messages import StatusClaim, decode_beat_frame_with_map, decode_status_claim
+from edge.testing.profiles import MOCK_LED, device, rule
 
 
 def write_agent_config(
@@ -277,35 +278,12 @@ def wait_until(predicate: Callable[[], object], timeout: float, poll_s: float = 
 # The score of the spoofing tests (tests/test_spoof_unsigned_e2e.py, tests/test_signing_e2e.py):
 # the LED toggles at the start of every beat's execute phase, the relay goes on halfway
 # through the execute phase of every downbeat. Both rules are essential.
-SPOOF_PROFILE = """
-[gpio]
-pin_factory = "mock"
-
-[devices.led]
-kind = "led"
-pin = 17
-
-[devices.relay]
-kind = "relay"
-pin = 27
-safe_state = 0
-
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-phase = "execute"
-offset = 0.0
-essential = true
-
-[[score]]
-essential = true
-device = "relay"
-do = "on"
-downbeat = true
-phase = "execute"
-offset = 0.5
-"""
+SPOOF_PROFILE = (
+    MOCK_LED
+    + device("relay", "relay", 27, safe_state=0)
+    + rule("led", "toggle", every=1, phase="execute", offset=0.0, essential=True)
+    + rule("relay", "on", essential=True, downbeat=True, phase="execute", offset=0.5)
+)
 #: Rule of SPOOF_PROFILE -> (its phase's number in the beat, its offset in the phase).
 SPOOF_PLACE = {0: (1, 0.0), 1: (1, 0.5)}
 

@@ -11,9 +11,7 @@ sessions, retained messages) is kept in streams replicated on all three nodes
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +20,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.broker import BrokerUnavailable, find_binary, free_port, wait_for_port
+from edge.broker import (
+    BrokerUnavailable,
+    PrivateBroker,
+    find_binary,
+    free_port,
+    stop_by_pid,
+    wait_for_port,
+)
 
 _SEARCH = ("/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server")
 CLUSTER_NAME = "backbeat"
@@ -67,16 +72,8 @@ class NatsNode:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Stop the node by its pid (SIGKILL after ``timeout``)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.kill(self.process.pid, sig)
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=timeout)
-        except ProcessLookupError:
-            pass
+        if self.process is not None:
+            stop_by_pid(self.process, sig, timeout)
 
     def kill(self) -> None:
         """The node dies at once (SIGKILL): no goodbye to its clients or its peers."""
@@ -166,7 +163,7 @@ def js_request(port: int, subject: str, timeout: float = 5.0) -> dict[str, objec
 
 
 @dataclass
-class NatsCluster:
+class NatsCluster(PrivateBroker):
     """Three running nodes. Use as a context manager or call ``close()``."""
 
     nodes: list[NatsNode]
@@ -232,17 +229,9 @@ class NatsCluster:
     def logs(self) -> str:
         return "\n".join(f"--- {n.name}\n{n.log()[-3000:]}" for n in self.nodes)
 
-    def close(self) -> None:
+    def stop_all(self) -> None:
         for node in self.nodes:
             node.stop()
-        if self._owned_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> NatsCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def start_nats_cluster(

@@ -312,6 +312,13 @@ def _pin_key(pin: int | str) -> str:
     return text
 
 
+#: Option kinds that are a string matching a pattern -> (the pattern, the problem's words).
+_PATTERN_KINDS: dict[str, tuple[re.Pattern[str], str]] = {
+    "call": (CALL_TARGET, "must be 'package.module:function'"),
+    "pyname": (_PY_NAME, "must name a function of the call's module"),
+}
+
+
 def _options(
     table: Mapping[str, object], family: Family, where: str, problems: ConfigProblems
 ) -> dict[str, object]:
@@ -346,22 +353,12 @@ def _options(
                 found[key] = value
             else:
                 problems.add(f"{where}.{key}", f"must be true or false, got {_show(value)}")
-        elif kind == "call":
-            if isinstance(value, str) and CALL_TARGET.fullmatch(value):
+        elif kind in _PATTERN_KINDS:
+            pattern, wording = _PATTERN_KINDS[kind]
+            if isinstance(value, str) and pattern.fullmatch(value):
                 found[key] = value
             else:
-                problems.add(
-                    f"{where}.{key}",
-                    f"must be 'package.module:function', got {_show(value)}",
-                )
-        elif kind == "pyname":
-            if isinstance(value, str) and _PY_NAME.fullmatch(value):
-                found[key] = value
-            else:
-                problems.add(
-                    f"{where}.{key}",
-                    f"must name a function of the call's module, got {_show(value)}",
-                )
+                problems.add(f"{where}.{key}", f"{wording}, got {_show(value)}")
         elif kind == "params":
             params = read_params(value, f"{where}.{key}", problems)
             if params is not None:

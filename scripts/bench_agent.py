@@ -54,57 +54,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import start_mosquitto
 from edge.harness import pulse_beats, read_trace, start_agent, start_pulse, write_agent_config
-
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.a]
-kind = "output"
-pin = 17
-[devices.b]
-kind = "output"
-pin = 18
-[devices.c]
-kind = "output"
-pin = 19
-[[score]]
-device = "a"
-do = "toggle"
-offset = 0.0
-essential = true
-[[score]]
-device = "b"
-do = "toggle"
-offset = 0.25
-essential = true
-[[score]]
-device = "c"
-do = "toggle"
-offset = 0.5
-essential = true
-"""
-OFFSETS = {0: 0.0, 1: 0.25, 2: 0.5}
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
+from edge.testing.measure import cpu_seconds, pct, peak_rss_mb
+from edge.testing.profiles import THREE_TOGGLES as PROFILE
+from edge.testing.profiles import THREE_TOGGLES_OFFSETS as OFFSETS
 
 #: A table column: heading, the row's key, its format spec (the width is the heading's or more).
 Column = tuple[str, str, str]

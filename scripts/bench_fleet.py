@@ -48,22 +48,11 @@ from edge.harness import (
     write_agent_config,
 )
 from edge.nats_cluster import MQTT_STREAMS, start_nats_cluster
+from edge.testing.profiles import MOCK_LED, rule
 
 MAX_AGENTS = 300
 MAX_SECONDS = 600.0
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-essential = true
-device = "led"
-do = "toggle"
-every = 1
-phase = "plan"
-"""
+PROFILE = MOCK_LED + rule("led", "toggle", every=1, essential=True, phase="plan")
 _STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
 
 

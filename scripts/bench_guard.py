@@ -62,18 +62,15 @@ from edge.errors import FrameError
 from edge.harness import read_trace, start_agent, start_pulse, write_agent_config
 from edge.messages import decode_status_claim
 from edge.probe import Probe
+from edge.testing.measure import pct
+from edge.testing.profiles import MOCK_LED, PRIORITY_TOGGLES, RELAY, rule
 
 BURN = "import time\nend = time.perf_counter() + 0.06\nwhile time.perf_counter() < end: pass"
 
-PROFILE = f"""
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[devices.relay]
-kind = "relay"
-pin = 27
+PROFILE = (
+    MOCK_LED
+    + RELAY
+    + f"""
 [devices.dimmer]
 kind = "pwmled"
 pin = 18
@@ -114,24 +111,10 @@ duration_s = 0.1
 every = 2
 every_at = 1
 offset = 0.05
-[[score]]
-device = "led"
-do = "toggle"
-offset = 0.2
-essential = true
-priority = 10
-[[score]]
-device = "relay"
-do = "toggle"
-offset = 0.6
-essential = true
-priority = 5
-[[score]]
-device = "led"
-do = "read"
-phase = "review"
-offset = 0.1
 """
+    + PRIORITY_TOGGLES
+    + rule("led", "read", phase="review", offset=0.1)
+)
 GUARD_OFF = "[guard]\nenabled = false\n"
 HOG = [sys.executable, "-c", "while True: pass"]
 PHASE_INDEX = {"plan": 0, "execute": 1, "review": 2}
@@ -151,13 +134,6 @@ def num(row: Mapping[str, object], key: str) -> float:
     value = row[key]
     assert isinstance(value, int | float), (key, value)
     return float(value)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @dataclass

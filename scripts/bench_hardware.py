@@ -45,6 +45,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.errors import ConfigProblems
 from edge.hardware import Hardware
+from edge.hardware.commands import start_command
 from edge.profile import parse_profile
 from edge.score import Action, CallJob
 
@@ -258,14 +259,7 @@ def main() -> int:
         bare: list[float] = []
         for _ in range(args.commands):
             t0 = clock()
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                close_fds=True,
-                start_new_session=True,
-            )
+            proc = start_command(subprocess.Popen, argv)
             bare.append((clock() - t0) / 1000.0)
             proc.communicate()
         calls = python_rows(args.calls)

@@ -43,6 +43,8 @@ from edge.harness import start_agent, write_agent_config
 from edge.hlc import HybridLogicalClock, node_id
 from edge.mqtt_link import MqttLink
 from edge.status import BeatReview, StatusBuilder, StatusConfig, config_hash
+from edge.testing.profiles import MOCK_LED, rule
+from edge.testing.reviews import busy_review, quiet_review
 from edge.topics import Topics
 
 if TYPE_CHECKING:
@@ -50,67 +52,17 @@ if TYPE_CHECKING:
 
 AGENT = "relay:pi-07"
 TOPICS = Topics("backbeat", "c1")
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-"""
+PROFILE = MOCK_LED + rule("led", "toggle", every=1)
 
 
 # ---------------------------------------------------------------------------- (a) size
 
 
 def reviews() -> dict[str, BeatReview]:
-    quiet = BeatReview(
-        beat_index=48_213,
-        state="reviewing",
-        sync_state="locked",
-        error_bound_ms=0.84,
-        late_ms_p50=0.052,
-        late_ms_max=0.31,
-        fired=192_852,
-        missed=0,
-        shed={},
-        dropped_by_limit=0,
-        frames_rejected={},
-        guard_level="admit",
-        guard_reason="",
-        recommended_tempo=None,
-        cpu_percent=11.3,
-        memory_mb=28.4,
-        temperature_c=51.2,
-        backlog=0,
-        outbox_dropped=0,
-    )
-    busy = BeatReview(
-        beat_index=48_214,
-        state="executing",
-        sync_state="free_running",
-        error_bound_ms=12.5,
-        late_ms_p50=0.41,
-        late_ms_max=7.9,
-        fired=192_856,
-        missed=37,
-        shed={"cpu": 12, "thermal": 3},
-        dropped_by_limit=5,
-        frames_rejected={"bad_tempo": 2, "stale": 9},
-        guard_level="essential_only",
-        guard_reason="cpu 94% > 85% for 5 samples",
-        recommended_tempo=54.0,
-        cpu_percent=94.1,
-        memory_mb=31.0,
-        temperature_c=78.6,
-        backlog=412,
-        outbox_dropped=18,
-        alerts=("deadline miss rate 3.1% > 2%", "sync lost 4 beats ago"),
-    )
-    return {"quiet (locked, no trouble)": quiet, "busy (shedding, alerts)": busy}
+    return {
+        "quiet (locked, no trouble)": quiet_review(48_213),
+        "busy (shedding, alerts)": busy_review(48_214),
+    }
 
 
 def _varint_len(n: int) -> int:

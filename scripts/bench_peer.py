@@ -49,6 +49,7 @@ from edge.harness import start_agent, write_agent_config
 from edge.hlc import HybridLogicalClock, node_id
 from edge.messages import encode
 from edge.pulse import PulseSchedule, precise_sleep_until
+from edge.testing.measure import pct, peak_rss_mb
 
 MQTT_IO = "mqtt-io==2.7.0"
 #: What the throwaway venv gets: mqtt-io and its gpiozero module's requirement.
@@ -218,20 +219,6 @@ class Result:
     @property
     def cpu_s_per_min(self) -> float:
         return 60.0 * self.cpu_s / self.wall_s
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def lateness(pin_log: Path, schedule: Schedule, first: int) -> tuple[list[float], int]:

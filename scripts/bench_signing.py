@@ -25,14 +25,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench_agent import OFFSETS, PROFILE, cpu_seconds, pct
-
 from edge.broker import start_mosquitto
 from edge.harness import pulse_beats, read_trace, start_agent, start_pulse, write_agent_config
 from edge.messages import BeatFrame, decode_beat_frame_with_map, encode
 from edge.signing import Keyring, SigningKey, keygen
+from edge.testing.measure import cpu_seconds, pct
+from edge.testing.profiles import THREE_TOGGLES as PROFILE
+from edge.testing.profiles import THREE_TOGGLES_OFFSETS as OFFSETS
 from edge.trust import BeatTrust, sign_message, signed_bytes
 
 

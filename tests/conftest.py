@@ -19,6 +19,7 @@ from edge.broker import BrokerUnavailable, Mosquitto, find_mosquitto, start_mosq
 from edge.clock import FakeClock
 from edge.hardware import Hardware, Popen
 from edge.harness import SPOOF_PLACE, pulse_beats, read_trace
+from edge.nats_cluster import find_nats_server
 from edge.profile import Profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,17 +27,56 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``backbeat-edge ARGS`` as a user runs it (``python -m edge.cli``, from the checkout),
+    its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+#: The type of the ``cli`` fixture, for the tests that take it.
+CliRun = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli() -> CliRun:
+    """``cli(*args, timeout=60)``: see run_cli."""
+    return run_cli
+
+
 @pytest.fixture(scope="session")
 def demo_run() -> subprocess.CompletedProcess[str]:
     """``backbeat-edge demo`` run once for 10 s at 120 BPM (plain output), for the tests that
     read what it printed: each run costs seconds, and they all ask the same command."""
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "demo", "--duration", "10", "--plain", "--bpm", "120"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
+    return run_cli("demo", "--duration", "10", "--plain", "--bpm", "120")
+
+
+@pytest.fixture
+def bench_config(tmp_path: Path) -> Path:
+    """An ``agent.toml`` in the test's tmp dir for agent bench:pi-01 on the shipped bench
+    profile (hw/bench.toml)."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\n'
+        f'profile = "{ROOT / "hw" / "bench.toml"}"\n',
+        encoding="utf-8",
     )
+    return config
+
+
+@pytest.fixture
+def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty systemd credentials directory (``tmp_path/creds``) named by
+    CREDENTIALS_DIRECTORY for the test, as a unit's LoadCredential= gives the agent."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    return creds
 
 
 @pytest.fixture
@@ -44,20 +84,43 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def mosquitto() -> Iterator[Mosquitto]:
-    """A real Mosquitto on a free loopback port, stopped by its pid afterwards."""
+def _installed_or_skip(find: Callable[[], str], required: bool) -> str:
+    """``find()``'s path; a missing program skips the test, or fails it where ``required``
+    (scripts/test sets BACKBEAT_REQUIRE_BROKER: the README's set-up installs Mosquitto)."""
     try:
-        find_mosquitto()
+        return find()
     except BrokerUnavailable as exc:
-        if os.environ.get("BACKBEAT_REQUIRE_BROKER"):
+        if required:
             raise
         pytest.skip(str(exc))
-    broker = start_mosquitto()
+
+
+def _private_mosquitto(persistence: bool) -> Iterator[Mosquitto]:
+    _installed_or_skip(find_mosquitto, bool(os.environ.get("BACKBEAT_REQUIRE_BROKER")))
+    broker = start_mosquitto(persistence=persistence)
     try:
         yield broker
     finally:
         broker.close()
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    """A real Mosquitto on a free loopback port, stopped by its pid afterwards."""
+    yield from _private_mosquitto(persistence=False)
+
+
+@pytest.fixture
+def durable_mosquitto() -> Iterator[Mosquitto]:
+    """As ``mosquitto``, with persistence on: sessions and queued QoS 1 messages survive a
+    restart (``broker.restart()``), as on a fleet's real broker."""
+    yield from _private_mosquitto(persistence=True)
+
+
+@pytest.fixture
+def nats_server() -> str:
+    """The nats-server binary's path; the test is skipped where it is not installed."""
+    return _installed_or_skip(find_nats_server, required=False)
 
 
 @pytest.fixture

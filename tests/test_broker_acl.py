@@ -25,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.broker import Mosquitto, free_port, start_mosquitto
 from edge.harness import Proc, read_trace, start_agent, start_pulse, wait_until, write_agent_config
 from edge.messages import BeatFrame, StatusClaim, decode_status_claim, encode
+from edge.testing.profiles import MOCK_LED, rule
 
 SHIPPED = Path(__file__).resolve().parents[1] / "systemd" / "mosquitto"
 CLUSTER = "bench"
@@ -33,22 +34,7 @@ AGENT_CLIENT_ID = "backbeat-edge-bench-pi-01"  # what the agent asks for (agent.
 USERS = ("pulse-bench", "monitor-bench", "pi-01", "pi-02", "pi-03")
 NOT_AUTHORIZED = 135  # MQTT 5 reason code 0x87
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-
-[devices.led]
-kind = "led"
-pin = 17
-
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-phase = "execute"
-offset = 0.0
-essential = true
-"""
+PROFILE = MOCK_LED + rule("led", "toggle", every=1, phase="execute", offset=0.0, essential=True)
 
 
 def _broker_conf(port: int, passwd: Path, acl: Path) -> str:

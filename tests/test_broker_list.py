@@ -28,19 +28,9 @@ from edge.harness import (
     write_agent_config,
 )
 from edge.mqtt_link import MqttLink
+from edge.testing.profiles import LED_TOGGLE
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-essential = true
-device = "led"
-do = "toggle"
-every = 1
-"""
+PROFILE = LED_TOGGLE
 
 
 def _parse(url: object) -> tuple[BrokerConfig, list[str]]:

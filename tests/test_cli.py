@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from edge.cli import build_parser, main
 
+if TYPE_CHECKING:
+    from conftest import CliRun
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
 
 
 @pytest.mark.parametrize("command", ["run", "pulse", "check", "demo", "monitor"])
@@ -32,14 +25,8 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
     assert f"backbeat-edge {command}" in out and "--" in out
 
 
-def test_check_prints_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\n'
-        f'profile = "{ROOT / "hw" / "bench.toml"}"\n',
-        encoding="utf-8",
-    )
-    assert main(["check", "--config", str(config), "--tempo", "60", "1000"]) == 0
+def test_check_prints_the_plan(bench_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(bench_config), "--tempo", "60", "1000"]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "status_led" in out
     assert "60.0 BPM: all rules fit" in out
@@ -66,8 +53,8 @@ def test_check_names_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "nope.toml" in capsys.readouterr().err
 
 
-def test_pulse_refuses_bad_arguments() -> None:
-    result = _cli("pulse", "--cluster", "bench", "--bpm", "5000", "--broker", "http://x")
+def test_pulse_refuses_bad_arguments(cli: CliRun) -> None:
+    result = cli("pulse", "--cluster", "bench", "--bpm", "5000", "--broker", "http://x")
     assert result.returncode == 2
     assert "--bpm" in result.stderr and "--broker" in result.stderr
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.config import Config, apply_reload, load_config
+from edge.testing.profiles import MOCK_LED, rule
 
-BASE = """
+BASE = (
+    """
 [agent]
 id = "bench:pi-01"
 cluster = "bench"
@@ -18,16 +20,10 @@ url = "mqtt://127.0.0.1:1883"
 lost_after_s = 3.0
 [guard]
 [status]
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-device = "led"
-do = "toggle"
-offset = 0.25
 """
+    + MOCK_LED
+    + rule("led", "toggle", offset=0.25)
+)
 
 
 def _load(tmp_path: Path, text: str, name: str = "agent.toml") -> Config:

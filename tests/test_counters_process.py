@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import Mosquitto, start_mosquitto
+from edge.broker import Mosquitto
 from edge.harness import (
     ClaimRecorder,
     read_trace,
@@ -27,37 +27,12 @@ from edge.harness import (
     write_agent_config,
 )
 from edge.messages import StatusClaim
+from edge.testing.profiles import LED_TOGGLE, rule
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-essential = true
-[[score]]
-device = "led"
-do = "toggle"
-phase = "review"
-every = 1
-essential = true
-"""
+PROFILE = LED_TOGGLE + rule("led", "toggle", phase="review", every=1, essential=True)
 FLOOD = 5000
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    b = start_mosquitto()
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 def _meta(claim: StatusClaim) -> Mapping[str, object]:
@@ -77,17 +52,17 @@ def _dropped(claim: StatusClaim) -> int:
 
 
 def test_a_flood_of_malformed_frames_is_counted_in_the_claims_and_logged_briefly(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    claims = ClaimRecorder(broker.port)
-    config = write_agent_config(tmp_path, broker.url, PROFILE)
+    claims = ClaimRecorder(mosquitto.port)
+    config = write_agent_config(tmp_path, mosquitto.url, PROFILE)
     agent = start_agent(config, None, tmp_path / "agent.log")
-    pulse = start_pulse(broker.url, "bench", 240, None, tmp_path / "pulse.log")
+    pulse = start_pulse(mosquitto.url, "bench", 240, None, tmp_path / "pulse.log")
     flooder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-flooder")
     try:
         assert wait_until(lambda: len(claims.claims) >= 4, 30), agent.log()
         assert all(_malformed(c) == 0 and _dropped(c) == 0 for c in claims.claims)
-        flooder.connect("127.0.0.1", broker.port)
+        flooder.connect("127.0.0.1", mosquitto.port)
         flooder.loop_start()
         kinds = (b"\xff" * 40, b'{"type": "backbeat.beatframe.v1"')  # garbage, truncated
         started = time.monotonic()
@@ -130,14 +105,14 @@ def test_a_flood_of_malformed_frames_is_counted_in_the_claims_and_logged_briefly
 
 
 def test_a_stall_reports_its_misses_in_the_claims_of_their_beats(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    claims = ClaimRecorder(broker.port)
-    config = write_agent_config(tmp_path, broker.url, PROFILE)
+    claims = ClaimRecorder(mosquitto.port)
+    config = write_agent_config(tmp_path, mosquitto.url, PROFILE)
     trace = tmp_path / "agent.jsonl"
     agent = start_agent(config, trace, tmp_path / "agent.log")
     # 240 BPM: a 2.5 s stall spans the 10 beats that 5 s did at 120
-    pulse = start_pulse(broker.url, "bench", 240, None, tmp_path / "pulse.log")
+    pulse = start_pulse(mosquitto.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
         assert wait_until(lambda: len(claims.claims) >= 6, 30), agent.log()
         agent.signal(signal.SIGSTOP)

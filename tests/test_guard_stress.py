@@ -18,18 +18,14 @@ import pytest
 
 from edge.broker import Mosquitto
 from edge.harness import ClaimRecorder, read_trace, start_agent, start_pulse, write_agent_config
+from edge.testing.profiles import MOCK_LED, PRIORITY_TOGGLES, RELAY, rule
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = f"""
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[devices.relay]
-kind = "relay"
-pin = 27
+PROFILE = (
+    MOCK_LED
+    + RELAY
+    + f"""
 [devices.job]
 kind = "command"
 timeout_s = 0.12
@@ -42,28 +38,10 @@ argv = ["{sys.executable}", "-c", "while True: pass"]
 cost_s = 0.01
 offset = 0.0
 essential = false
-
-[[score]]
-device = "led"
-do = "toggle"
-offset = 0.2
-essential = true
-priority = 10
-
-[[score]]
-device = "relay"
-do = "toggle"
-offset = 0.6
-essential = true
-priority = 5
-
-[[score]]
-device = "led"
-do = "read"
-phase = "review"
-offset = 0.1
-essential = false
 """
+    + PRIORITY_TOGGLES
+    + rule("led", "read", phase="review", offset=0.1, essential=False)
+)
 
 
 def _hogs(memory_mb: int) -> list[subprocess.Popen[bytes]]:

@@ -22,22 +22,10 @@ import pytest
 from edge.broker import Mosquitto
 from edge.cli import EXIT_CONFIG, EXIT_HARDWARE
 from edge.harness import read_trace, start_agent, start_pulse
+from edge.testing.notify import NotifySocket
+from edge.testing.profiles import MOCK_LED, RELAY, TOGGLE_EVERY_BEAT
 
-GOOD_PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[devices.relay]
-kind = "relay"
-pin = 27
-[[score]]
-essential = true
-device = "led"
-do = "toggle"
-every = 1
-"""
+GOOD_PROFILE = MOCK_LED + RELAY + TOGGLE_EVERY_BEAT
 
 
 def _config(tmp: Path, broker_url: str, broker: str = "", profile: str = "profile.toml") -> None:
@@ -213,31 +201,6 @@ def test_no_pin_factory_is_a_hardware_error_with_the_bench_hint(tmp_path: Path) 
 # ---------------------------------------------------------------------- SIGHUP
 
 
-class _Notify:
-    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
-
-    def __init__(self, path: Path) -> None:
-        import socket
-
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
-        self.path = path
-        self.messages: list[tuple[float, str]] = []
-
-    def drain(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def times(self, needle: str) -> list[float]:
-        return [t for t, m in self.messages if needle in m.split("\n")]
-
-
 RELOAD_CASES = [
     "keepalive-1e12",
     "keepalive-nan",
@@ -257,7 +220,7 @@ def test_a_running_agent_refuses_every_hostile_reload_and_keeps_its_beat(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     _good(tmp_path, mosquitto.url)
-    notify = _Notify(tmp_path / "notify.sock")
+    notify = NotifySocket(tmp_path / "notify.sock")
     env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
     trace = tmp_path / "agent.jsonl"
     agent = start_agent(tmp_path / "agent.toml", trace, tmp_path / "agent.log", env=env)

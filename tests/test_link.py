@@ -19,7 +19,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,20 +39,10 @@ from edge.harness import (
 )
 from edge.messages import decode_status_claim
 from edge.mqtt_link import MqttLink, backoff_delay, read_password
+from edge.testing.profiles import LED_TOGGLE
 from edge.topics import Topics
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-essential = true
-"""
+PROFILE = LED_TOGGLE
 AGENT_ID = "bench:pi-01"
 STATUS = f"backbeat/bench/status/{AGENT_ID}"
 AVAILABILITY = f"backbeat/bench/agents/{AGENT_ID}/availability"
@@ -107,28 +96,22 @@ def test_backoff_is_full_jitter_across_the_whole_range() -> None:
 
 
 def test_password_relative_name_is_found_in_the_credentials_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, credentials: Path
 ) -> None:
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "broker-password").write_text("from-systemd\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    (credentials / "broker-password").write_text("from-systemd\n")
     monkeypatch.chdir(tmp_path)
     assert read_password(Path("broker-password")) == "from-systemd"
 
 
 def test_password_credential_wins_over_the_file_beside_the_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, credentials: Path
 ) -> None:
     # The unit's LoadCredential= source usually sits beside the config (and is root-only);
     # config.py has made the name absolute, yet the credential must still come first.
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "broker-password").write_text("root-only-original\n")
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "broker-password").write_text("the-credential\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    (credentials / "broker-password").write_text("the-credential\n")
     assert read_password(etc / "broker-password") == "the-credential"
     # Without systemd the configured file itself is read.
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
@@ -136,12 +119,9 @@ def test_password_credential_wins_over_the_file_beside_the_config(
 
 
 def test_password_falls_back_to_the_path_when_no_credential_has_that_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, credentials: Path
 ) -> None:
-    creds = tmp_path / "creds"
-    creds.mkdir()
     (tmp_path / "pw").write_text("by-hand")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     assert read_password(tmp_path / "pw") == "by-hand"
 
 
@@ -276,15 +256,6 @@ def retained(port: int, topic: str, timeout: float = 3.0) -> bytes | None:
 
 def connected_count(agent: Proc) -> int:
     return agent.log().count("broker connected")
-
-
-@pytest.fixture
-def plain_broker() -> Iterator[Mosquitto]:
-    broker = start_mosquitto()
-    try:
-        yield broker
-    finally:
-        broker.close()
 
 
 def _openssl(*args: str) -> None:
@@ -445,14 +416,14 @@ def test_mtls_refuses_a_client_without_a_certificate(tmp_path: Path) -> None:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_json_claims_say_so_in_the_content_type_and_expire(
-    tmp_path: Path, plain_broker: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    watcher = Watcher(plain_broker.port, (STATUS,))
+    watcher = Watcher(mosquitto.port, (STATUS,))
     config = write_agent_config(
-        tmp_path, plain_broker.url, PROFILE, extra='[status]\nformat = "json"\nexpiry_s = 30\n'
+        tmp_path, mosquitto.url, PROFILE, extra='[status]\nformat = "json"\nexpiry_s = 30\n'
     )
     agent = start_agent(config, None, tmp_path / "agent.log")
-    pulse = start_pulse(plain_broker.url, "bench", 240, None, tmp_path / "pulse.log")
+    pulse = start_pulse(mosquitto.url, "bench", 240, None, tmp_path / "pulse.log")
     try:
         assert wait_until(lambda: len(watcher.on(STATUS)) >= 2, 30), agent.log()
     finally:
@@ -472,13 +443,11 @@ def test_json_claims_say_so_in_the_content_type_and_expire(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_online_on_connect_and_offline_one_will_delay_after_sigkill(
-    tmp_path: Path, plain_broker: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    port = plain_broker.port
+    port = mosquitto.port
     watcher = Watcher(port, (AVAILABILITY,))
-    config = write_agent_config(
-        tmp_path, plain_broker.url, PROFILE, broker_extra="will_delay_s = 1\n"
-    )
+    config = write_agent_config(tmp_path, mosquitto.url, PROFILE, broker_extra="will_delay_s = 1\n")
     agent = start_agent(config, None, tmp_path / "agent.log")
     try:
         assert wait_until(lambda: watcher.payloads(AVAILABILITY) == [b"online"], 20), agent.log()
@@ -499,16 +468,16 @@ def test_online_on_connect_and_offline_one_will_delay_after_sigkill(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_fast_reboot_within_the_will_delay_never_shows_offline(
-    tmp_path: Path, plain_broker: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     # The new process reconnects with the same (stable) client id and clean_start=False:
     # the broker takes the session over and drops the pending will. With a client id that
     # changed per start, the old will would go out once its delay ran out.
     delay = 6
-    port = plain_broker.port
+    port = mosquitto.port
     watcher = Watcher(port, (AVAILABILITY,))
     config = write_agent_config(
-        tmp_path, plain_broker.url, PROFILE, broker_extra=f"will_delay_s = {delay}\n"
+        tmp_path, mosquitto.url, PROFILE, broker_extra=f"will_delay_s = {delay}\n"
     )
     agent = start_agent(config, None, tmp_path / "agent.log")
     second: Proc | None = None
@@ -535,12 +504,12 @@ def test_fast_reboot_within_the_will_delay_never_shows_offline(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_clean_sigterm_leaves_retained_offline_at_once(
-    tmp_path: Path, plain_broker: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    port = plain_broker.port
+    port = mosquitto.port
     # A will delay far longer than the test: an 'offline' now can only be the goodbye.
     config = write_agent_config(
-        tmp_path, plain_broker.url, PROFILE, broker_extra="will_delay_s = 600\n"
+        tmp_path, mosquitto.url, PROFILE, broker_extra="will_delay_s = 600\n"
     )
     agent = start_agent(config, None, tmp_path / "agent.log")
     try:
@@ -558,9 +527,9 @@ def test_clean_sigterm_leaves_retained_offline_at_once(
 @pytest.mark.broker
 @pytest.mark.slow
 def test_resubscribes_after_a_broker_restart_that_forgot_every_session(
-    tmp_path: Path, plain_broker: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    broker = plain_broker  # no persistence: the restarted broker knows no subscription
+    broker = mosquitto  # no persistence: the restarted broker knows no subscription
     trace = tmp_path / "agent.jsonl"
     config = write_agent_config(tmp_path, broker.url, PROFILE)
     agent = start_agent(config, trace, tmp_path / "agent.log")

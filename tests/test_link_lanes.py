@@ -10,13 +10,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import Mosquitto, start_mosquitto
+from edge.broker import Mosquitto
 from edge.config import BrokerConfig
 from edge.inbox import Inbound, LinkInbox
 from edge.mqtt_link import MqttLink
@@ -58,20 +57,11 @@ def test_the_frame_limit_must_be_positive() -> None:
         LinkInbox(0)
 
 
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    b = start_mosquitto()
-    try:
-        yield b
-    finally:
-        b.close()
-
-
 @pytest.mark.slow
 @pytest.mark.broker
-def test_acks_reach_the_loop_while_a_flood_fills_the_inbox(broker: Mosquitto) -> None:
+def test_acks_reach_the_loop_while_a_flood_fills_the_inbox(mosquitto: Mosquitto) -> None:
     link = MqttLink(
-        BrokerConfig(url=broker.url, host="127.0.0.1", port=broker.port, inbox_size=50),
+        BrokerConfig(url=mosquitto.url, host="127.0.0.1", port=mosquitto.port, inbox_size=50),
         "test-lanes",
         subscriptions=("flood/#",),
     )
@@ -80,7 +70,7 @@ def test_acks_reach_the_loop_while_a_flood_fills_the_inbox(broker: Mosquitto) ->
     try:
         assert link.wait_connected(10.0)
         assert link.inbox.get(timeout=5.0).kind == "connected"
-        flooder.connect("127.0.0.1", broker.port)
+        flooder.connect("127.0.0.1", mosquitto.port)
         flooder.loop_start()
         for _ in range(3000):  # nobody reads the inbox: it fills up and frames are shed
             flooder.publish("flood/x", b"x" * 20, qos=0)

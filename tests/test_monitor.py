@@ -18,6 +18,7 @@ from edge.hlc import HybridLogicalClock
 from edge.messages import encode
 from edge.monitor import FleetView
 from edge.status import BeatReview, StatusBuilder, StatusConfig
+from edge.testing.profiles import MOCK_LED, rule
 from edge.topics import Topics
 
 
@@ -122,10 +123,7 @@ def test_a_malformed_claim_is_counted_and_shown() -> None:
 @pytest.mark.broker
 @pytest.mark.slow
 def test_monitor_json_prints_a_line_per_claim(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    profile = (
-        '[gpio]\npin_factory = "mock"\n[devices.led]\nkind = "led"\npin = 17\n'
-        '[[score]]\ndevice = "led"\ndo = "toggle"\nessential = true\n'
-    )
+    profile = MOCK_LED + rule("led", "toggle", essential=True)
     config = write_agent_config(tmp_path, mosquitto.url, profile)
     agent = start_agent(config, None, tmp_path / "agent.log")
     pulse = start_pulse(mosquitto.url, "bench", 240, None, tmp_path / "pulse.log")

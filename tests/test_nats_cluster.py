@@ -35,31 +35,17 @@ from edge.harness import (
 )
 from edge.messages import StatusClaim
 from edge.nats_cluster import NatsCluster, find_nats_server, mqtt_ready, start_nats_cluster
+from edge.testing.profiles import MOCK_LED, rule
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-essential = true
-device = "led"
-do = "toggle"
-every = 1
-phase = "plan"
-"""
+PROFILE = MOCK_LED + rule("led", "toggle", every=1, essential=True, phase="plan")
 BPM = 240
 
 
 @pytest.fixture
-def cluster() -> Iterator[NatsCluster]:
-    try:
-        find_nats_server()
-    except BrokerUnavailable as exc:
-        pytest.skip(str(exc))
+def cluster(nats_server: str) -> Iterator[NatsCluster]:
+    """Three routed nodes (``nats_server`` skips the test where nats-server is missing)."""
     nodes = start_nats_cluster()
     try:
         yield nodes

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -21,29 +20,11 @@ import pytest
 from edge.broker import free_port, wait_for_port
 from edge.harness import read_trace, start_agent, write_agent_config
 from edge.messages import decode_status_claim
+from edge.testing.profiles import LED_TOGGLE
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-essential = true
-device = "led"
-do = "toggle"
-every = 1
-"""
-
-
-def _nats_server() -> str:
-    for path in (shutil.which("nats-server"), "/usr/sbin/nats-server", "/usr/bin/nats-server"):
-        if path and Path(path).exists():
-            return path
-    pytest.skip("nats-server is not installed (scripts/setup installs it)")
-    raise AssertionError  # unreachable
+PROFILE = LED_TOGGLE
 
 
 async def _drive(nats_port: int, beats: int, bpm: float) -> list[bytes]:
@@ -79,8 +60,10 @@ async def _drive(nats_port: int, beats: int, bpm: float) -> list[bytes]:
     return claims
 
 
-def test_agent_follows_a_nats_pulse_through_the_mqtt_gateway(tmp_path: Path) -> None:
-    binary = _nats_server()
+def test_agent_follows_a_nats_pulse_through_the_mqtt_gateway(
+    tmp_path: Path, nats_server: str
+) -> None:
+    binary = nats_server
     nats_port, mqtt_port = free_port(), free_port()
     conf = tmp_path / "nats.conf"
     conf.write_text(

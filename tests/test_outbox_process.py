@@ -19,20 +19,11 @@ from test_status_faults import (
     assert_complete_and_ordered,
 )
 
-from edge.broker import Mosquitto, start_mosquitto
+from edge.broker import Mosquitto
 from edge.harness import Proc, start_agent, start_pulse, wait_until, write_agent_config
 from edge.messages import StatusClaim
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-@pytest.fixture
-def durable_broker() -> object:
-    broker = start_mosquitto(persistence=True)
-    try:
-        yield broker
-    finally:
-        broker.close()
 
 
 def meta(claim: StatusClaim, key: str) -> object:
@@ -49,9 +40,9 @@ def outbox_dir(tmp_path: Path) -> Path:
 
 
 def test_default_outbox_keeps_claims_through_a_cut_and_a_sigkill(
-    tmp_path: Path, durable_broker: Mosquitto
+    tmp_path: Path, durable_mosquitto: Mosquitto
 ) -> None:
-    broker = durable_broker
+    broker = durable_mosquitto
     sub = Subscriber(broker.port)
     config = write_agent_config(tmp_path, broker.url, PROFILE, default_outbox=True)
     first = agent(tmp_path, config, "agent1")
@@ -92,9 +83,9 @@ def make_read_only(directory: Path) -> bool:
 
 
 def test_seq_never_goes_back_across_a_run_in_memory(
-    tmp_path: Path, durable_broker: Mosquitto
+    tmp_path: Path, durable_mosquitto: Mosquitto
 ) -> None:
-    broker = durable_broker
+    broker = durable_mosquitto
     sub = Subscriber(broker.port)
     config = write_agent_config(tmp_path, broker.url, PROFILE, default_outbox=True)
     pulse = start_pulse(broker.url, "bench", 240, None, tmp_path / "pulse.log")

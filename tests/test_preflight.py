@@ -112,13 +112,8 @@ def test_a_directory_or_fifo_as_password_file_is_refused(tmp_path: Path) -> None
     ]
 
 
-def test_the_systemd_credential_is_found_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "broker-password").write_text("pw")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+def test_the_systemd_credential_is_found_first(tmp_path: Path, credentials: Path) -> None:
+    (credentials / "broker-password").write_text("pw")
     # the configured path does not exist here, the credential does: run would start
     assert _problems(_broker(password_file=tmp_path / "etc" / "broker-password")) == []
 

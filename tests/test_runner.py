@@ -232,6 +232,23 @@ class Bench:
             assert self.hardware.wait_for_starts(10.0)
         self.runner.flush()
 
+    def run_once_until(self, link: FakeLink, end: float) -> None:
+        """run_once to ``end``, handing each frame to ``link``'s inbox when it arrives before
+        the runner's next deadline (as the link would): only run_once moves the fake clock."""
+        runner = self.runner
+        for _ in range(100_000):
+            now = self.clock.monotonic()
+            if now >= end:
+                return
+            if self.frames and self.frames[0][0] <= runner.next_deadline(now):
+                arrived, payload = self.frames.pop(0)
+                self.clock.set(max(arrived, now))
+                link.inbox.put(
+                    Inbound("message", arrived, self.clock.wall(), "backbeat/bench/beat", payload)
+                )
+            runner.run_once()
+        raise AssertionError("run_once did not move the fake clock")
+
     def rows(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.trace.getvalue().splitlines()]
 
@@ -727,20 +744,7 @@ def test_run_once_waits_on_the_clock_so_a_fake_clock_drives_it(
     bench = Bench(tmp_path, factory, link=link)
     runner = bench.runner
     bench.pulse(range(40))
-    end = bench.start + 40 * BEAT
-    for _ in range(100_000):
-        now = bench.clock.monotonic()
-        if now >= end:
-            break
-        if bench.frames and bench.frames[0][0] <= runner.next_deadline(now):
-            arrived, payload = bench.frames.pop(0)
-            bench.clock.set(max(arrived, now))
-            link.inbox.put(
-                Inbound("message", arrived, bench.clock.wall(), "backbeat/bench/beat", payload)
-            )
-        runner.run_once()
-    else:
-        raise AssertionError("run_once did not move the fake clock")
+    bench.run_once_until(link, bench.start + 40 * BEAT)
     runner.flush()
     toggles = [r for r in bench.rows() if r["rule"] == 0 and r["fired_mono"] is not None]
     beats = [int(r["beat_index"]) for r in toggles]  # type: ignore[call-overload]

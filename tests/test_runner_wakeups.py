@@ -51,23 +51,6 @@ def record(monkeypatch: pytest.MonkeyPatch) -> Record:
     return seen
 
 
-def drive(bench: Bench, link: FakeLink, end: float) -> None:
-    """run_once to ``end``, handing each frame over when it arrives (as the link would)."""
-    runner = bench.runner
-    for _ in range(100_000):
-        now = bench.clock.monotonic()
-        if now >= end:
-            return
-        if bench.frames and bench.frames[0][0] <= runner.next_deadline(now):
-            arrived, payload = bench.frames.pop(0)
-            bench.clock.set(max(arrived, now))
-            link.inbox.put(
-                Inbound("message", arrived, bench.clock.wall(), "backbeat/bench/beat", payload)
-            )
-        runner.run_once()
-    raise AssertionError("run_once did not move the fake clock")
-
-
 # ------------------------------------------------------------------ spin lead
 
 
@@ -115,7 +98,7 @@ def test_only_actions_are_spun_to_and_each_lands_on_its_time(
     link = FakeLink()
     bench = Bench(tmp_path, factory, link=link)
     bench.pulse(range(30))
-    drive(bench, link, bench.start + 30 * BEAT)
+    bench.run_once_until(link, bench.start + 30 * BEAT)
     bench.runner.flush()
     fired = [r for r in bench.rows() if r["fired_mono"] is not None]
     assert len(fired) >= 25
@@ -154,7 +137,7 @@ def test_the_action_fires_before_the_rest_of_its_wakeup(
     runner.hardware.apply = traced_apply  # type: ignore[method-assign]
     runner.run_once = traced_run_once  # type: ignore[method-assign]
     bench.pulse(range(20))
-    drive(bench, link, bench.start + 20 * BEAT)
+    bench.run_once_until(link, bench.start + 20 * BEAT)
     # The toggle at 0.25 of the execute phase is no phase boundary: a wake-up of its own,
     # in which the pin is written before the follower is even asked what is due.
     wakes = " ".join(order).split("wake")
@@ -170,7 +153,7 @@ def test_the_wait_before_an_action_leaves_the_spin_lead(
     link = FakeLink()
     bench = Bench(tmp_path, factory, link=link)
     bench.pulse(range(12))
-    drive(bench, link, bench.start + 10 * BEAT)
+    bench.run_once_until(link, bench.start + 10 * BEAT)
     runner, clock = bench.runner, bench.clock
     action_at = runner.plan.next_at()
     assert action_at is not None
@@ -191,7 +174,7 @@ def test_a_beat_start_waits_for_its_frame_but_loss_stays_exact(
     bench = Bench(tmp_path, factory, link=link)
     runner, clock = bench.runner, bench.clock
     bench.pulse(range(12))
-    drive(bench, link, bench.start + 10.5 * BEAT)
+    bench.run_once_until(link, bench.start + 10.5 * BEAT)
     while runner.last_phase != "review":  # to beat 10's review
         runner.run_once()
     assert runner.follower.state is SyncState.LOCKED and runner.last_phase == "review"
@@ -200,7 +183,7 @@ def test_a_beat_start_waits_for_its_frame_but_loss_stays_exact(
     assert runner.follower.next_deadline() == pytest.approx(start)
     assert runner.next_deadline(now) == pytest.approx(start + BOUNDARY_SLACK_S)
     # the frame of beat 11 arrives just after its start: one wake-up does both
-    drive(bench, link, start + BOUNDARY_SLACK_S)
+    bench.run_once_until(link, start + BOUNDARY_SLACK_S)
     assert runner.last_beat == 11 and runner.counters.frames == 12
 
 
@@ -222,7 +205,7 @@ def test_a_due_sample_never_makes_a_deadline_in_the_past(
     probe = Probe()
     runner.probe = probe
     bench.pulse(range(12))
-    drive(bench, link, bench.start + 8 * BEAT)
+    bench.run_once_until(link, bench.start + 8 * BEAT)
     action_at = runner.plan.next_at()
     assert action_at is not None
     runner._next_sample = action_at - 0.3  # due long since, but the action is imminent

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -27,59 +26,13 @@ from edge.harness import (
     start_pulse,
     write_agent_config,
 )
+from edge.testing.notify import NotifySocket
+from edge.testing.profiles import MOCK_LED, RELAY, TOGGLE_EVERY_BEAT
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE_A = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[devices.relay]
-kind = "relay"
-pin = 27
-[[score]]
-essential = true
-device = "led"
-do = "toggle"
-every = 1
-"""
+PROFILE_A = MOCK_LED + RELAY + TOGGLE_EVERY_BEAT
 PROFILE_B = PROFILE_A.replace('device = "led"\ndo = "toggle"', 'device = "relay"\ndo = "toggle"')
-
-
-class NotifySocket:
-    """Collects (monotonic time, datagram) pairs sent to a unix datagram socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
-        self.messages: list[tuple[float, str]] = []
-
-    def drain(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def wait_for(self, needle: str, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if any(needle in m for _, m in self.messages):
-                return True
-            self.drain(0.1)
-        return False
-
-    def times(self, needle: str) -> list[float]:
-        return [t for t, m in self.messages if needle in m.split("\n")]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _start(

@@ -43,6 +43,7 @@ from edge.monitor import FleetView
 from edge.runner import Runner
 from edge.signing import Keyring, SigningKey, keygen
 from edge.sync import SyncState
+from edge.testing.profiles import MOCK_LED, rule
 from edge.topics import Topics
 from edge.trust import (
     LOG_EVERY_S,
@@ -467,23 +468,16 @@ def test_security_problems_say_what_and_where(
 
 # --------------------------------------------------------------------------- the runner
 
-AGENT = """
+AGENT = (
+    """
 [agent]
 id = "bench:pi-01"
 cluster = "bench"
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-[[score]]
-device = "led"
-do = "toggle"
-offset = 0.25
-essential = true
-[security]
-beat_keys = ["pulse.pub.pem"]
 """
+    + MOCK_LED
+    + rule("led", "toggle", offset=0.25, essential=True)
+    + '[security]\nbeat_keys = ["pulse.pub.pem"]\n'
+)
 BPM = 120.0
 BEAT = 60.0 / BPM
 

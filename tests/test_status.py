@@ -24,31 +24,21 @@ from edge.status import (
     config_hash,
     parse_status,
 )
+from edge.testing.reviews import quiet_review
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def review(beat: int, **changes: object) -> BeatReview:
-    base = BeatReview(
-        beat_index=beat,
-        state="reviewing",
-        sync_state="locked",
+    base = dataclasses.replace(
+        quiet_review(beat),
         error_bound_ms=0.8123,
         late_ms_p50=0.0421,
         late_ms_max=0.3,
         fired=3,
-        missed=0,
-        shed={},
-        dropped_by_limit=0,
-        frames_rejected={},
-        guard_level="admit",
-        guard_reason="",
-        recommended_tempo=None,
         cpu_percent=12.34,
         memory_mb=27.6,
         temperature_c=48.25,
-        backlog=0,
-        outbox_dropped=0,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 

@@ -23,24 +23,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.broker import Mosquitto, free_port, start_mosquitto
 from edge.harness import read_trace, start_agent, start_pulse, wait_until, write_agent_config
 from edge.messages import StatusClaim, decode_status_claim
+from edge.testing.profiles import MOCK_GPIO, TOGGLE_EVERY_BEAT, device
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "led"
-pin = 17
-# Through a 15 s broker outage (no beat) it keeps toggling on the free-running model; by
-# default it would go to its safe state once the beat is lost (10 s).
-keep_running_when_lost = true
-[[score]]
-device = "led"
-do = "toggle"
-every = 1
-essential = true
-"""
+# Through a 15 s broker outage (no beat) the LED keeps toggling on the free-running model;
+# by default it would go to its safe state once the beat is lost (10 s).
+PROFILE = MOCK_GPIO + device("led", "led", 17, keep_running_when_lost=True) + TOGGLE_EVERY_BEAT
 TOPIC = "backbeat/bench/status/bench:pi-01"
 
 
@@ -109,17 +98,8 @@ def _connected_times(log: str) -> list[float]:
     return times
 
 
-@pytest.fixture
-def durable_broker() -> object:
-    broker = start_mosquitto(persistence=True)
-    try:
-        yield broker
-    finally:
-        broker.close()
-
-
-def test_broker_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto) -> None:
-    broker = durable_broker
+def test_broker_outage_loses_no_claim(tmp_path: Path, durable_mosquitto: Mosquitto) -> None:
+    broker = durable_mosquitto
     sub = Subscriber(broker.port)
     config = write_agent_config(tmp_path, broker.url, PROFILE)
     agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
@@ -153,8 +133,8 @@ def test_broker_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto)
     assert sub.availability[-1] == "offline"
 
 
-def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_broker: Mosquitto) -> None:
-    broker = durable_broker
+def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_mosquitto: Mosquitto) -> None:
+    broker = durable_mosquitto
     sub = Subscriber(broker.port)
     config = write_agent_config(tmp_path, broker.url, PROFILE)
     agent = start_agent(config, tmp_path / "agent.jsonl", tmp_path / "agent.log")
@@ -181,8 +161,10 @@ def test_sigkill_during_outage_loses_no_claim(tmp_path: Path, durable_broker: Mo
     assert len(claims) >= 20
 
 
-def test_outbox_limit_drops_oldest_and_says_so(tmp_path: Path, durable_broker: Mosquitto) -> None:
-    broker = durable_broker
+def test_outbox_limit_drops_oldest_and_says_so(
+    tmp_path: Path, durable_mosquitto: Mosquitto
+) -> None:
+    broker = durable_mosquitto
     sub = Subscriber(broker.port)
     config = write_agent_config(
         tmp_path, broker.url, PROFILE, extra="max_count = 5\n"

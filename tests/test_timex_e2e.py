@@ -27,22 +27,15 @@ from edge.harness import (
     write_agent_config,
 )
 from edge.messages import StatusClaim
+from edge.testing.profiles import MOCK_GPIO, device, rule
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-PROFILE = """
-[gpio]
-pin_factory = "mock"
-[devices.led]
-kind = "output"
-pin = 17
-[[score]]
-device = "led"
-do = "toggle"
-phase = "execute"
-offset = 0.0
-essential = true
-"""
+PROFILE = (
+    MOCK_GPIO
+    + device("led", "output", 17)
+    + rule("led", "toggle", phase="execute", offset=0.0, essential=True)
+)
 BPM = 120.0
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,31 +22,14 @@ from edge.errors import ConfigProblems
 from edge.harness import wait_until
 from edge.mqtt_link import MqttLink
 
+if TYPE_CHECKING:
+    from conftest import CliRun
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
 
 
 def _closed_port() -> str:
     return f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
-
-
-def _bench_config(tmp_path: Path) -> Path:
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\n'
-        f'profile = "{ROOT / "hw" / "bench.toml"}"\n',
-        encoding="utf-8",
-    )
-    return config
 
 
 # --------------------------------------------------------------------------- demo
@@ -53,9 +37,9 @@ def _bench_config(tmp_path: Path) -> Path:
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_demo_shows_the_pulse_error_and_fails() -> None:
+def test_demo_shows_the_pulse_error_and_fails(cli: CliRun) -> None:
     started = time.monotonic()
-    result = _cli("demo", "--bpm", "0", "--plain", "--duration", "30")
+    result = cli("demo", "--bpm", "0", "--plain", "--duration", "30")
     assert time.monotonic() - started < 20, "the demo waited for a pulse that had died"
     assert result.returncode == 1, result.stderr
     assert "the pulse exited with code 2" in result.stderr
@@ -71,10 +55,10 @@ def test_demo_shows_the_pulse_error_and_fails() -> None:
 
 
 @pytest.mark.slow
-def test_pulse_fails_when_it_never_reached_the_broker() -> None:
+def test_pulse_fails_when_it_never_reached_the_broker(cli: CliRun) -> None:
     url = _closed_port()
     args = ("pulse", "--broker", url, "--cluster", "bench", "--bpm", "240")
-    result = _cli(*args, "--duration", "2", "--connect-timeout", "1", timeout=30)
+    result = cli(*args, "--duration", "2", "--connect-timeout", "1", timeout=30)
     assert result.returncode == 1, result.stderr
     assert f"cannot reach the broker at {url} in 1 s" in result.stderr
     assert "Connection refused" in result.stderr and "no beat sent" in result.stderr
@@ -85,16 +69,16 @@ def test_pulse_fails_when_it_never_reached_the_broker() -> None:
 
 
 @pytest.mark.slow
-def test_monitor_fails_when_it_never_reached_the_broker() -> None:
+def test_monitor_fails_when_it_never_reached_the_broker(cli: CliRun) -> None:
     url = _closed_port()
-    result = _cli("monitor", "--broker", url, "--cluster", "bench", "--duration", "2", timeout=30)
+    result = cli("monitor", "--broker", url, "--cluster", "bench", "--duration", "2", timeout=30)
     assert result.returncode == 1, result.stderr
     assert f"connecting to {url}" in result.stdout  # shown, not an empty table
     assert f"never reached the broker at {url}" in result.stderr
     assert "Traceback" not in result.stderr
     # With no --duration it gives up after --connect-timeout; --json says it on stderr.
     started = time.monotonic()
-    result = _cli(
+    result = cli(
         "monitor", "--broker", url, "--cluster", "bench", "--json", "--connect-timeout", "1",
         timeout=30,
     )  # fmt: skip
@@ -167,10 +151,10 @@ def test_the_link_logs_a_broker_that_never_sends_connack(
 
 @pytest.mark.parametrize("tempo", ["abc", "0", "nan", "inf", "5000", ""])
 def test_check_refuses_a_bad_tempo_cleanly(
-    tempo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tempo: str, bench_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["check", "--config", str(_bench_config(tmp_path)), "--tempo", "60", tempo])
+        main(["check", "--config", str(bench_config), "--tempo", "60", tempo])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --tempo" in err and repr(tempo) in err, err
@@ -181,8 +165,8 @@ def test_check_refuses_a_bad_tempo_cleanly(
     [("check", "--config", "{config}"), ("--help",), ("check", "--help")],
     ids=["check", "help", "check-help"],
 )
-def test_a_closed_pipe_is_no_traceback(args: tuple[str, ...], tmp_path: Path) -> None:
-    config = _bench_config(tmp_path)
+def test_a_closed_pipe_is_no_traceback(args: tuple[str, ...], bench_config: Path) -> None:
+    config = bench_config
     argv = [a.replace("{config}", str(config)) for a in args]
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", *argv],

@@ -54,6 +54,19 @@ class _Run:
 Popen = Callable[..., "subprocess.Popen[bytes]"]
 
 
+def start_command(popen: Popen, argv: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as a command device runs it: no stdin, stdout discarded, stderr kept
+    for the error, its own session (so a kill takes its children)."""
+    return popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        close_fds=True,
+        start_new_session=True,
+    )
+
+
 class _Launcher:
     """The one thread that starts commands (see the module doc for why there is one).
 
@@ -93,14 +106,7 @@ class _Launcher:
             run_id, argv = request
             try:
                 # Returns once the child has exec'd (or failed to): the wait the loop avoids.
-                proc = self._popen(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    close_fds=True,
-                    start_new_session=True,
-                )
+                proc = start_command(self._popen, argv)
                 if proc.stderr is not None:
                     os.set_blocking(proc.stderr.fileno(), False)
             except Exception as exc:  # any failure is this run's, never the thread's end

@@ -2,8 +2,8 @@
 relabelled onto or rejected, and the frames held until later ones confirm them.
 
 This module decides, the follower acts: every acceptance, restart and renumbering is a
-call back into it (:class:`Host`). The rest of the theory of operation is in
-:mod:`edge.sync.follower`.
+call back into it (the ``host``, a :class:`~edge.sync.follower.BeatFollower`). The rest of
+the theory of operation is in :mod:`edge.sync.follower`.
 
 *Outliers.* A frame earlier than the line by more than ``early_tolerance_s`` (or three
 error bounds) is held back: one early frame must not pull the line. If
@@ -45,7 +45,7 @@ on; signed frames settle it before the follower sees them).
 
 from __future__ import annotations
 
-from typing import Protocol, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from edge.messages import PHASES, BeatFrame
 from edge.sync.accepted import Accepted
@@ -57,55 +57,12 @@ from edge.sync.states import SyncState
 from edge.sync.tempo import Key
 from edge.sync.timeline import Timeline
 
+if TYPE_CHECKING:  # the follower it calls back into; typed only, so no import cycle
+    from edge.sync.follower import BeatFollower as Host
+
 Pending: TypeAlias = tuple[BeatFrame, float, float | None, float]  # frame, arrival, wall, r
 
 _MAX_HELD = 64  # frames held off the timeline at most (the oldest is rejected beyond)
-
-
-class Host(Protocol):
-    """The follower as the classifier sees it: what it knows and what it does."""
-
-    _have_model: bool
-    _state: SyncState
-    _now: float
-    _last_arrival: float
-    _verdict: FrameVerdict
-    outliers: int
-    reanchors: int
-
-    def error_bound_at(self, t: float) -> float: ...
-
-    def beat_seconds(self) -> float: ...
-
-    def _reject(self, reason: str, frame: BeatFrame, at: float) -> list[SyncEvent]: ...
-
-    def _acquire(
-        self, frame: BeatFrame, a: float, wall_at: float | None, events: list[SyncEvent]
-    ) -> None: ...
-
-    def _accept(
-        self,
-        frame: BeatFrame,
-        a: float,
-        wall_at: float | None,
-        change_at: int | None,
-        residual: float,
-        events: list[SyncEvent],
-    ) -> None: ...
-
-    def _accept_copy(
-        self,
-        frame: BeatFrame,
-        key: Key,
-        a: float,
-        wall_at: float | None,
-        residual: float,
-        early_tol: float,
-    ) -> None: ...
-
-    def _reanchor(self, held: list[Pending], events: list[SyncEvent]) -> None: ...
-
-    def _relabel(self, shift: int, held: list[Pending], events: list[SyncEvent]) -> None: ...
 
 
 class Classifier:
