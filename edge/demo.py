@@ -134,6 +134,10 @@ def run_demo(
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=pulse_err,
+                # A Ctrl-C in the terminal is the demo's to handle (it stops the pulse
+                # itself); in the terminal's process group the pulse would die of it first
+                # and look like a failure.
+                start_new_session=True,
             )
         trace = open_trace(trace_path)
         done = threading.Event()

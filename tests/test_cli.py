@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,3 +76,33 @@ def test_demo_runs_end_to_end_and_stops_cleanly(
     fired = int(line.split(":")[1].split()[0])
     assert fired >= 10, line
     assert "outputs after safe state" in result.stderr
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_ctrl_c_in_the_terminal_stops_the_demo_cleanly(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C reaches its whole foreground process group: the demo and any
+    # child still in that group. The pulse once died of it first, and the demo said so.
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("wb") as o, err.open("wb") as e:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "demo", "--plain", "--bpm", "240"],
+            stdout=o,
+            stderr=e,
+            cwd=ROOT,
+            start_new_session=True,  # its own group, as a terminal's foreground job is
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "sync locked" not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "sync locked" in out.read_text(), err.read_text()
+        os.killpg(demo.pid, signal.SIGINT)
+        code = demo.wait(timeout=20)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    assert code == 0, err.read_text()
+    assert "the pulse exited" not in err.read_text()
+    assert "demo stopped" in out.read_text()
