@@ -93,7 +93,8 @@ def run_demo(
     # Absolute: the agent's config is written elsewhere, and counts relative paths from it.
     profile_path = Path(profile).resolve() if profile else HW_DIR / "bench.toml"
     if not profile_path.is_file():
-        raise EdgeError(f"profile {str(profile_path)!r} not found (run the demo from a checkout)")
+        hint = "" if profile else " (run the demo from a checkout)"
+        raise EdgeError(f"profile {str(profile_path)!r} not found{hint}")
     os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="backbeat-demo-"))
