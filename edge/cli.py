@@ -218,6 +218,19 @@ def _tempo(text: str) -> float:
     return bpm
 
 
+def _seconds(text: str) -> float:
+    """A ``--duration`` or ``--connect-timeout``: a finite number of seconds above 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds above 0, got {text!r}"
+        )
+    return seconds
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One option of a command, as ``add_argument`` takes it."""
@@ -231,7 +244,7 @@ def _option(*flags: str, **settings: Any) -> Option:
 
 
 def _duration(note: str) -> Option:
-    return _option("--duration", type=float, help=f"stop after S seconds ({note})")
+    return _option("--duration", type=_seconds, help=f"stop after S seconds ({note})")
 
 
 def _signing_key(what: str) -> Option:
@@ -240,7 +253,7 @@ def _signing_key(what: str) -> Option:
 
 
 def _connect_timeout(default: float, text: str) -> Option:
-    return _option("--connect-timeout", type=float, default=default, help=text)
+    return _option("--connect-timeout", type=_seconds, default=default, help=text)
 
 
 # The options more than one command takes, each written once.
@@ -368,7 +381,7 @@ COMMANDS = (
         "Start a private Mosquitto, a pulse and the agent on mock pins, and show a live "
         "view until Ctrl-C or --duration.",
         (
-            _option("--bpm", type=float, default=60.0, help="the pulse's tempo"),
+            _option("--bpm", type=_tempo, default=60.0, help="the pulse's tempo, 0.1-1000 BPM"),
             _duration("default: Ctrl-C"),
             _option("--profile", help="hardware profile (default: the bench profile in hw/)"),
             _option("--trace", help="write the agent's action trace to FILE"),

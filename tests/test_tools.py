@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 
 from edge.broker import Mosquitto, free_port, start_mosquitto
@@ -37,18 +40,97 @@ def _closed_port() -> str:
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_demo_shows_the_pulse_error_and_fails(cli: CliRun) -> None:
-    started = time.monotonic()
-    result = cli("demo", "--bpm", "0", "--plain", "--duration", "30")
-    assert time.monotonic() - started < 20, "the demo waited for a pulse that had died"
-    assert result.returncode == 1, result.stderr
-    assert "the pulse exited with code 2" in result.stderr
-    assert "--bpm: must be between 0.1 and 1000, got 0.0" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_demo_shows_the_pulse_error_and_fails(tmp_path: Path) -> None:
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("wb") as o, err.open("wb") as e:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "demo", "--plain", "--bpm", "240"],
+            stdout=o,
+            stderr=e,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    try:
+        assert wait_until(lambda: "sync locked" in out.read_text(), 30), err.read_text()
+        [pulse] = [
+            child for child in psutil.Process(demo.pid).children() if "pulse" in child.cmdline()
+        ]
+        pulse.kill()  # the pulse dies under the running demo
+        started = time.monotonic()
+        code = demo.wait(timeout=20)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    assert time.monotonic() - started < 10, "the demo waited for a pulse that had died"
+    assert code == 1, err.read_text()
+    assert "the pulse exited with code -9" in err.read_text()
+    assert "Traceback" not in err.read_text()
     # It said where its broker was and how to watch it.
-    url = re.search(r"broker (mqtt://127\.0\.0\.1:\d+)", result.stdout)
-    assert url is not None, result.stdout
-    assert f"monitor --broker {url.group(1)} --cluster demo" in result.stdout
+    url = re.search(r"broker (mqtt://127\.0\.0\.1:\d+)", out.read_text())
+    assert url is not None, out.read_text()
+    assert f"monitor --broker {url.group(1)} --cluster demo" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (("demo", "--bpm", "0"), "argument --bpm: must be between 0.1 and 1000 BPM, got '0'"),
+        (("demo", "--duration", "-1"), "argument --duration: must be a finite number of seconds"),
+        (
+            (
+                "pulse",
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--cluster",
+                "x",
+                "--bpm",
+                "60",
+                "--duration",
+                "nan",
+            ),
+            "argument --duration: must be a finite number of seconds above 0, got 'nan'",
+        ),
+        (
+            (
+                "pulse",
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--cluster",
+                "x",
+                "--bpm",
+                "60",
+                "--connect-timeout",
+                "-1",
+            ),
+            "argument --connect-timeout: must be a finite number of seconds above 0, got '-1'",
+        ),
+        (("run", "--config", "x.toml", "--duration", "inf"), "argument --duration"),
+        (
+            ("monitor", "--broker", "mqtt://127.0.0.1:1", "--cluster", "x", "--duration", "0"),
+            "argument --duration",
+        ),
+        (
+            (
+                "timekeeper",
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--cluster",
+                "x",
+                "--connect-timeout",
+                "x",
+            ),
+            "argument --connect-timeout: must be a number of seconds",
+        ),
+    ],
+)
+def test_bad_tempos_durations_and_time_outs_are_refused_before_anything_starts(
+    args: tuple[str, ...], shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 2
+    assert shown in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- pulse
