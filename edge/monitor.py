@@ -165,7 +165,8 @@ class FleetView:
         online = sum(1 for r in rows if r.online == "online")
         locked = sum(1 for r in rows if self._sub(r, "sync").get("state") == "locked")
         alerting = sum(1 for r in rows if self._alerting(r))
-        line = f"{len(rows)} agents: {online} online, {locked} locked, {alerting} alerting"
+        noun = "agent" if len(rows) == 1 else "agents"
+        line = f"{len(rows)} {noun}: {online} online, {locked} locked, {alerting} alerting"
         if self.bad:
             line += f", {self.bad} malformed claim(s)"
         lates = [(late, r.agent_id) for r in rows if (late := self._late_max(r)) is not None]

@@ -160,5 +160,5 @@ def _pulse_signer(path: str | None) -> SigningKey | int | None:
     except ConfigError as exc:
         print(f"backbeat-edge pulse: {exc}", file=sys.stderr)
         return 2
-    logging.info("signing beat frames with key %s", key.kid)
+    log.info("signing beat frames with key %s", key.kid)
     return key

@@ -150,7 +150,8 @@ def run_timekeeper(options: TimekeeperOptions, stop: threading.Event) -> int:
         serve(link.inbox, responder, stop, end)
     finally:
         link.stop(timeout=1.0)
-    log.info("answered %d time requests (%s refused)", responder.answered, responder.refused)
+    refused = ", ".join(f"{n} {reason}" for reason, n in sorted(responder.refused.items()))
+    log.info("answered %d time requests (refused: %s)", responder.answered, refused or "none")
     return 0
 
 
