@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from edge.config import Config
+from edge.score import Rule
 
 #: The tempos planned for when none are given (BPM).
 DEFAULT_TEMPOS = (1.0, 10.0, 60.0, 240.0, 1000.0)
@@ -31,14 +32,43 @@ def report(config: Config, checked: str, tempos: Iterable[float]) -> list[str]:
     lines.append(f"score: {len(config.score.rules)} rule(s)")
     for i, rule in enumerate(config.score.rules):
         a = rule.action
+        value = "" if a.value is None else f" {a.value:g}"
         lines.append(
-            f"  [{i}] {a.device}.{a.do} every {rule.every} in {rule.phase} +{rule.offset:.2f}"
+            f"  [{i}] {a.device}.{a.do}{value} {when(rule)} in {rule.phase} +{rule.offset:.2f}"
             f" {'essential' if a.essential else 'optional'} prio {a.priority}; "
             f"fits up to {rule.max_tempo_bpm():.1f} BPM"
         )
     lines.append("plan by tempo:")
     for bpm in tempos:
         problems = config.score.fit(bpm)
-        verdict = "all rules fit" if not problems else "; ".join(str(p) for p in problems)
-        lines.append(f"  {bpm:>7.1f} BPM: {verdict}")
+        if not problems:
+            lines.append(f"  {bpm:>7.1f} BPM: all rules fit")
+            continue
+        # Such a rule still fires at its time; what it starts (a pulse, a fade, a
+        # command) runs on into the next phase.
+        count = f"{len(problems)} rule{'s' if len(problems) > 1 else ''}"
+        lines.append(
+            f"  {bpm:>7.1f} BPM: {count} run past the end of their phase (each still fires"
+            " at its time; what it starts runs on into the next phase):"
+        )
+        lines.extend(f"      {problem}" for problem in problems)
     return lines
+
+
+def when(rule: Rule) -> str:
+    """The beats ``rule`` fires on, in words: every one or every n-th (and from which),
+    downbeats only, which beats of the bar, a range of beats."""
+    words = ["every beat" if rule.every == 1 else f"every {rule.every} beats"]
+    if rule.every > 1 and rule.every_at:
+        words.append(f"(at {rule.every_at})")
+    if rule.downbeat:
+        words.append("on downbeats")
+    if rule.bar_beats is not None:
+        words.append("on bar beats " + ",".join(str(b) for b in sorted(rule.bar_beats)))
+    if rule.from_beat is not None and rule.to_beat is not None:
+        words.append(f"in beats {rule.from_beat}-{rule.to_beat}")
+    elif rule.from_beat is not None:
+        words.append(f"from beat {rule.from_beat}")
+    elif rule.to_beat is not None:
+        words.append(f"up to beat {rule.to_beat}")
+    return " ".join(words)

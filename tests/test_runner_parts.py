@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.check_report import DEFAULT_TEMPOS, report
+from edge.check_report import DEFAULT_TEMPOS, report, when
 from edge.clock import FakeClock
 from edge.config import load_config
 from edge.inbox import Inbound
+from edge.score import Action, Rule
 from edge.spin import SpinLead
 from edge.tool_link import reach
 from edge.wait import DRAIN_MAX, precise_next, wait
@@ -103,9 +104,26 @@ def test_check_reports_the_config_its_devices_rules_and_each_tempo(tmp_path: Pat
     assert len(rules) == len(config.score.rules) and all("fits up to" in r for r in rules)
     plan = lines[lines.index("plan by tempo:") + 1 :]
     assert plan[0] == "     60.0 BPM: all rules fit"
-    assert plan[1].startswith("   1000.0 BPM: ") and "all rules fit" not in plan[1]
-    assert len(plan) == 2
-    assert len(report(config, "x", DEFAULT_TEMPOS)) == len(lines) + 3
+    too_long = config.score.fit(1000.0)
+    assert too_long, "the bench score should not all fit at 1000 BPM"
+    assert plan[1].startswith(f"   1000.0 BPM: {len(too_long)} rules run past the end of their")
+    assert plan[2:] == [f"      {problem}" for problem in too_long]  # one problem a line
+    tempos = report(config, "x", DEFAULT_TEMPOS)
+    planned = tempos[tempos.index("plan by tempo:") + 1 :]
+    assert len(planned) == len(DEFAULT_TEMPOS) + sum(
+        len(config.score.fit(bpm)) for bpm in DEFAULT_TEMPOS
+    )
+
+
+def test_check_says_when_each_rule_fires() -> None:
+    led = Action("led", "set", value=0.5)
+    assert when(Rule(led)) == "every beat"
+    assert when(Rule(led, every=2, every_at=1)) == "every 2 beats (at 1)"
+    assert when(Rule(led, downbeat=True)) == "every beat on downbeats"
+    assert when(Rule(led, bar_beats=frozenset({3, 1}))) == "every beat on bar beats 1,3"
+    assert when(Rule(led, from_beat=8)) == "every beat from beat 8"
+    assert when(Rule(led, to_beat=12)) == "every beat up to beat 12"
+    assert when(Rule(led, every=4, from_beat=8, to_beat=12)) == "every 4 beats in beats 8-12"
 
 
 # ---------------------------------------------------------------------------- the tools' link
