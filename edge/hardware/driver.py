@@ -251,7 +251,12 @@ class Hardware(Commands, Switching, PyCalls):
         elif kept:
             log.warning("outputs to safe state: %s (kept running: %s)", reason, ", ".join(kept))
         else:
-            log.warning("all outputs to safe state: %s", reason)
+            # The last one, at close, follows the shutdown's (already said): routine.
+            log.log(
+                logging.INFO if closing else logging.WARNING,
+                "all outputs to safe state: %s",
+                reason,
+            )
         for d in self._devices.values():
             if d.spec.name in keep:
                 continue
