@@ -24,6 +24,7 @@ never shown as the agent's state; in ``--json`` each line also carries ``"signat
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import sys
@@ -305,6 +306,15 @@ class FleetView:
         return "\n".join(lines) + "\n"
 
 
+def _columns_asked() -> int | None:
+    """The width ``COLUMNS`` asks for when the output is a file or pipe (None: full)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        return None
+    return columns if columns > 0 else None
+
+
 def run_monitor(
     broker_url: str,
     cluster: str,
@@ -400,7 +410,7 @@ def run_monitor(
                     screen = view.render(size.columns, size.lines)
                     out.write("\x1b[H\x1b[2J" + screen)
                 else:
-                    out.write("\n" + view.render())
+                    out.write("\n" + view.render(_columns_asked()))
                 out.flush()
     except KeyboardInterrupt:
         pass

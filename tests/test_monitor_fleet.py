@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from edge import __version__
 from edge.clock import FakeClock
 from edge.hlc import HybridLogicalClock
 from edge.messages import encode
-from edge.monitor import FleetView
+from edge.monitor import FleetView, _columns_asked
 from edge.status import BeatReview, StatusBuilder, StatusConfig
 from edge.topics import Topics
 
@@ -129,3 +131,13 @@ def test_the_broker_in_use_is_on_the_compact_row() -> None:
     row = next(line for line in view.render(120).splitlines() if line.startswith("bench:a"))
     assert "10.0.0.2:1883" in row
     assert "broker" in view.render(120) and "broker" not in view.render(80)
+
+
+@pytest.mark.parametrize(
+    ("value", "columns"), [("80", 80), ("", None), ("wide", None), ("0", None)]
+)
+def test_a_pipe_gets_the_width_columns_asks_for(
+    value: str, columns: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", value)
+    assert _columns_asked() == columns
