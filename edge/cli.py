@@ -444,7 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         for option in command.options:
             p.add_argument(*option.flags, **option.settings)
-        p.set_defaults(func=command.run)
+        # -v after the command too; SUPPRESS keeps one given before it.
+        p.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+        # Its own parser, so that an unknown option is told with this command's usage.
+        p.set_defaults(func=command.run, command_parser=p)
     return parser
 
 
@@ -455,7 +460,9 @@ EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)  # --help writes too
+        args, unknown = build_parser().parse_known_args(argv)  # --help writes too
+        if unknown:
+            args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         _setup_logging(args.verbose)
         code: int = args.func(args)
         sys.stdout.flush()

@@ -28,6 +28,7 @@ import os
 import queue
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -233,7 +234,8 @@ class FleetView:
                 f"{'late max':>8} {'cpu%':>4}"
             )
             head += f" {'broker':<21} notes" if width >= _WITH_BROKER else " notes"
-            top = [self.link_state[:width], ""] if self.link_state else []
+            # Wrapped, not cut: its end says how to read the rows ("as last seen").
+            top = [*textwrap.wrap(self.link_state, width), ""] if self.link_state else []
             top.append(self.summary(width))
             body = [head[:width], "-" * min(width, len(head))]
             body += [self._compact_row(row, width) for row in rows]

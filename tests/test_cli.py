@@ -106,3 +106,20 @@ def test_ctrl_c_in_the_terminal_stops_the_demo_cleanly(tmp_path: Path) -> None:
     assert code == 0, err.read_text()
     assert "the pulse exited" not in err.read_text()
     assert "demo stopped" in out.read_text()
+
+
+def test_an_unknown_option_is_told_with_its_commands_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: backbeat-edge demo ")
+    assert "backbeat-edge demo: error: unrecognized arguments: --bogus" in err
+
+
+def test_verbose_may_come_after_the_command() -> None:
+    for argv in (["-v", "check", "--config", "x"], ["check", "--config", "x", "-v"]):
+        assert build_parser().parse_args(argv).verbose is True
+    assert build_parser().parse_args(["check", "--config", "x"]).verbose is False

@@ -141,3 +141,14 @@ def test_a_pipe_gets_the_width_columns_asks_for(
 ) -> None:
     monkeypatch.setenv("COLUMNS", value)
     assert _columns_asked() == columns
+
+
+def test_compact_rows_wrap_the_link_state_instead_of_cutting_it() -> None:
+    view = _view({"bench:a": {}})
+    view.link_state = (
+        "DISCONNECTED from mqtt://127.0.0.1:1883 at 12:00:00 (connection lost); "
+        "reconnecting; the rows below are as last seen"
+    )
+    screen = view.render(60)
+    assert all(len(line) <= 60 for line in screen.splitlines())
+    assert "the rows below are as last seen" in " ".join(screen.split())
