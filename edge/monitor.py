@@ -45,6 +45,10 @@ from edge.trust import Verdict, Verifier, verdict
 #: Compact rows name the broker in use from this many columns on.
 _WITH_BROKER = 110
 
+#: An online agent that sent no claim follows no beat yet: it claims per beat once locked
+#: (its frames may all be refused, e.g. unsigned ones where signatures are required).
+NO_CLAIM = "no claim yet"
+
 
 def values_text(md: Mapping[str, object]) -> str:
     """What an agent's python devices returned last (``metadata.values``), for its row:
@@ -191,6 +195,8 @@ class FleetView:
             return format(value, spec) if isinstance(value, int | float) else "-"
 
         notes = []
+        if c is None and row.online == "online":
+            notes.append(NO_CLAIM)
         if row.forged:
             notes.append(f"forged {row.forged}")
         if guard.get("level", "full") != "full":
@@ -293,6 +299,8 @@ class FleetView:
                 if row.forged:
                     line += f"  forged claims: {row.forged}"
             line += values_text(md)
+            if c is None and row.online == "online":
+                line += f"  {NO_CLAIM}: following no beat (see its log)"
             isolated = md.get("isolated")
             if isinstance(isolated, tuple) and isolated:  # devices out of service
                 line += "  isolated: " + ", ".join(str(name) for name in isolated)

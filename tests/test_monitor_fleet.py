@@ -11,7 +11,7 @@ from edge import __version__
 from edge.clock import FakeClock
 from edge.hlc import HybridLogicalClock
 from edge.messages import encode
-from edge.monitor import FleetView, _columns_asked
+from edge.monitor import NO_CLAIM, FleetView, _columns_asked
 from edge.status import BeatReview, StatusBuilder, StatusConfig
 from edge.topics import Topics
 
@@ -152,3 +152,13 @@ def test_compact_rows_wrap_the_link_state_instead_of_cutting_it() -> None:
     screen = view.render(60)
     assert all(len(line) <= 60 for line in screen.splitlines())
     assert "the rows below are as last seen" in " ".join(screen.split())
+
+
+def test_an_online_agent_without_claims_says_why_it_shows_no_figures() -> None:
+    view = FleetView(Topics("backbeat", "bench"))
+    view.feed("backbeat/bench/agents/bench:mute/availability", b"online", 0.0)
+    for screen in (view.render(), view.render(80)):
+        row = next(line for line in screen.splitlines() if line.startswith("bench:mute"))
+        assert NO_CLAIM in row
+    view.feed("backbeat/bench/agents/bench:mute/availability", b"offline", 1.0)
+    assert NO_CLAIM not in view.render()  # offline says enough
