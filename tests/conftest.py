@@ -43,6 +43,14 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 CliRun = Callable[..., subprocess.CompletedProcess[str]]
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test depends on the size of the terminal it was run from (pytest-xdist's
+    workers set COLUMNS=80 and LINES=24; a plain run inherits the caller's)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+
+
 @pytest.fixture
 def cli() -> CliRun:
     """``cli(*args, timeout=60)``: see run_cli."""
