@@ -181,8 +181,16 @@ def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
     table = _table(raw, "agent", problems)
     agent_id = table.get("id")
     if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
+        hint = ""
+        if "agent" not in raw and ("devices" in raw or "score" in raw):
+            # A hardware profile given where the agent's config goes: say what it is.
+            hint = (
+                " (this file has [devices] or [score] but no [agent]: it looks like a"
+                ' profile; a config names one with agent.profile = "FILE")'
+            )
         problems.add(
-            "agent.id", f"is required and must match [a-zA-Z0-9_:-]{{1,128}}, got {agent_id!r}"
+            "agent.id",
+            f"is required and must match [a-zA-Z0-9_:-]{{1,128}}, got {agent_id!r}{hint}",
         )
         agent_id = "invalid"
     cluster = table.get("cluster")

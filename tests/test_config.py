@@ -140,3 +140,16 @@ def test_tables_already_parsed_make_the_config_the_file_makes(tmp_path: Path) ->
         config_from_tables(raw, tmp_path, source="options", data=b"")
     assert info.value.source == "options"
     assert list(info.value.problems) == load(tmp_path, "[status]\nevery = 0\n")
+
+
+def test_a_profile_given_as_the_config_is_told_for_what_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text('[devices.led]\nkind = "output"\npin = 17\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "it looks like a profile" in text and 'agent.profile = "FILE"' in text
+    path.write_text('[agent]\ncluster = "bench"\n', encoding="utf-8")  # a config, id missing
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "agent.id" in str(info.value) and "looks like a profile" not in str(info.value)
