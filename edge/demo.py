@@ -166,9 +166,11 @@ def run_demo(
                 pulse.wait()
             if trace is not None:
                 trace.close()
+        counters = agent.runner.counters
         print(
-            f"\ndemo stopped: {agent.runner.counters.fired} actions fired, "
-            f"{agent.runner.counters.missed} missed, {agent.runner.counters.claims} claims"
+            f"\ndemo stopped: {counters.fired} actions fired, {counters.missed} missed, "
+            f"{counters.shed.total()} shed, {counters.dropped.total()} dropped, "
+            f"{counters.claims} claims"
         )
         if pulse_failed.is_set():
             error = pulse_log.read_text(encoding="utf-8", errors="replace").strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def test_demo_runs_end_to_end_and_stops_cleanly(
     line = next(x for x in result.stdout.splitlines() if x.startswith("demo stopped"))
     fired = int(line.split(":")[1].split()[0])
     assert fired >= 10, line
+    assert re.search(r" \d+ missed, \d+ shed, \d+ dropped, \d+ claims$", line), line
     assert "outputs after safe state" in result.stderr
 
 
