@@ -5,10 +5,12 @@ tests."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from gpiozero.pins.mock import MockFactory
 from edge.broker import BrokerUnavailable, Mosquitto, find_mosquitto, start_mosquitto
 from edge.clock import FakeClock
 from edge.hardware import Hardware, Popen
-from edge.harness import SPOOF_PLACE, pulse_beats, read_trace
+from edge.harness import SPOOF_PLACE, pulse_beats, read_trace, wait_until
 from edge.nats_cluster import find_nats_server
 from edge.profile import Profile
 
@@ -62,6 +64,39 @@ def demo_run() -> subprocess.CompletedProcess[str]:
     """``backbeat-edge demo`` run once for 10 s at 120 BPM (plain output), for the tests that
     read what it printed: each run costs seconds, and they all ask the same command."""
     return run_cli("demo", "--duration", "10", "--plain", "--bpm", "120")
+
+
+@dataclass
+class LockedDemo:
+    """A running ``demo --plain --bpm 240`` in its own session (as a terminal's foreground
+    job is), locked to its pulse; its output in ``out`` and ``err``."""
+
+    process: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+
+@pytest.fixture
+def locked_demo(tmp_path: Path) -> Iterator[LockedDemo]:
+    """The demo started and followed until it says "sync locked" (killed with its group at
+    the end, whatever the test did to it)."""
+    out, err = tmp_path / "demo.out", tmp_path / "demo.err"
+    with out.open("wb") as o, err.open("wb") as e:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "demo", "--plain", "--bpm", "240"],
+            stdout=o,
+            stderr=e,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    try:
+        locked = wait_until(lambda: "sync locked" in out.read_text(), 30)
+        assert locked, err.read_text()
+        yield LockedDemo(process, out, err)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +14,7 @@ import pytest
 from edge.cli import build_parser, main
 
 if TYPE_CHECKING:
-    from conftest import CliRun
+    from conftest import CliRun, LockedDemo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,32 +80,15 @@ def test_demo_runs_end_to_end_and_stops_cleanly(
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_ctrl_c_in_the_terminal_stops_the_demo_cleanly(tmp_path: Path) -> None:
+def test_ctrl_c_in_the_terminal_stops_the_demo_cleanly(locked_demo: LockedDemo) -> None:
     # A terminal's Ctrl-C reaches its whole foreground process group: the demo and any
     # child still in that group. The pulse once died of it first, and the demo said so.
-    out, err = tmp_path / "out", tmp_path / "err"
-    with out.open("wb") as o, err.open("wb") as e:
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "demo", "--plain", "--bpm", "240"],
-            stdout=o,
-            stderr=e,
-            cwd=ROOT,
-            start_new_session=True,  # its own group, as a terminal's foreground job is
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while "sync locked" not in out.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert "sync locked" in out.read_text(), err.read_text()
-        os.killpg(demo.pid, signal.SIGINT)
-        code = demo.wait(timeout=20)
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
-    assert code == 0, err.read_text()
-    assert "the pulse exited" not in err.read_text()
-    assert "demo stopped" in out.read_text()
+    os.killpg(locked_demo.process.pid, signal.SIGINT)
+    code = locked_demo.process.wait(timeout=20)
+    err = locked_demo.err.read_text()
+    assert code == 0, err
+    assert "the pulse exited" not in err
+    assert "demo stopped" in locked_demo.out.read_text()
 
 
 def test_an_unknown_option_is_told_with_its_commands_usage(

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from edge.harness import wait_until
 from edge.mqtt_link import MqttLink
 
 if TYPE_CHECKING:
-    from conftest import CliRun
+    from conftest import CliRun, LockedDemo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,36 +38,21 @@ def _closed_port() -> str:
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_demo_shows_the_pulse_error_and_fails(tmp_path: Path) -> None:
-    out, err = tmp_path / "out", tmp_path / "err"
-    with out.open("wb") as o, err.open("wb") as e:
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "demo", "--plain", "--bpm", "240"],
-            stdout=o,
-            stderr=e,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-    try:
-        assert wait_until(lambda: "sync locked" in out.read_text(), 30), err.read_text()
-        [pulse] = [
-            child for child in psutil.Process(demo.pid).children() if "pulse" in child.cmdline()
-        ]
-        pulse.kill()  # the pulse dies under the running demo
-        started = time.monotonic()
-        code = demo.wait(timeout=20)
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
+def test_demo_shows_the_pulse_error_and_fails(locked_demo: LockedDemo) -> None:
+    demo = locked_demo.process
+    [pulse] = [child for child in psutil.Process(demo.pid).children() if "pulse" in child.cmdline()]
+    pulse.kill()  # the pulse dies under the running demo
+    started = time.monotonic()
+    code = demo.wait(timeout=20)
+    out, err = locked_demo.out.read_text(), locked_demo.err.read_text()
     assert time.monotonic() - started < 10, "the demo waited for a pulse that had died"
-    assert code == 1, err.read_text()
-    assert "the pulse exited with code -9" in err.read_text()
-    assert "Traceback" not in err.read_text()
+    assert code == 1, err
+    assert "the pulse exited with code -9" in err
+    assert "Traceback" not in err
     # It said where its broker was and how to watch it.
-    url = re.search(r"broker (mqtt://127\.0\.0\.1:\d+)", out.read_text())
-    assert url is not None, out.read_text()
-    assert f"monitor --broker {url.group(1)} --cluster demo" in out.read_text()
+    url = re.search(r"broker (mqtt://127\.0\.0\.1:\d+)", out)
+    assert url is not None, out
+    assert f"monitor --broker {url.group(1)} --cluster demo" in out
 
 
 @pytest.mark.parametrize(
