@@ -207,28 +207,25 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _tempo(text: str) -> float:
-    """A ``--tempo`` value: a finite BPM in the contract's 0.1..1000."""
-    try:
-        bpm = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a tempo in BPM, got {text!r}") from None
-    if not (math.isfinite(bpm) and 0.1 <= bpm <= 1000):
-        raise argparse.ArgumentTypeError(f"must be between 0.1 and 1000 BPM, got {text!r}")
-    return bpm
+def _finite(kind: str, ok: Callable[[float], bool], bounds: str) -> Callable[[str], float]:
+    """An argparse type: a finite number for which ``ok`` holds, refused in words."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    """A ``--duration`` or ``--connect-timeout``: a finite number of seconds above 0."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(
-            f"must be a finite number of seconds above 0, got {text!r}"
-        )
-    return seconds
+#: A ``--tempo`` or the demo's ``--bpm``: the contract's 0.1..1000 BPM.
+_tempo = _finite("a tempo in BPM", lambda bpm: 0.1 <= bpm <= 1000, "between 0.1 and 1000 BPM")
+#: A ``--duration`` or ``--connect-timeout``.
+_seconds = _finite("a number of seconds", lambda s: s > 0, "a finite number of seconds above 0")
 
 
 @dataclass(frozen=True, slots=True)
