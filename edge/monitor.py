@@ -366,6 +366,7 @@ def run_monitor(
     give_up = None if connect_timeout_s is None else started + connect_timeout_s
     reached = False
     next_draw = 0.0
+    pipe_width = _columns_asked()  # read once: a pipe's width does not change
 
     def say(state: str) -> None:
         nonlocal next_draw
@@ -420,7 +421,7 @@ def run_monitor(
                     screen = view.render(size.columns, size.lines)
                     out.write("\x1b[H\x1b[2J" + screen)
                 else:
-                    out.write("\n" + view.render(_columns_asked()))
+                    out.write("\n" + view.render(pipe_width))
                 out.flush()
     except KeyboardInterrupt:
         pass
