@@ -15,13 +15,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from edge import __version__
 from edge.config import Config, apply_reload
 from edge.counters import Counters
 from edge.errors import EdgeError
 from edge.guard import Guard
 from edge.hardware import Hardware
-from edge.hlc import HybridLogicalClock
 from edge.profile import Profile
 from edge.status import StatusBuilder
 
@@ -41,7 +39,6 @@ class Running:
 def switch(
     new: Config,
     running: Running,
-    hlc: HybridLogicalClock,
     make_hardware: Callable[[Profile], Hardware],
     counters: Counters,
 ) -> tuple[Running, bool]:
@@ -57,16 +54,7 @@ def switch(
         guard = Guard(new.guard) if new.guard != old.guard else running.guard
         status = running.status
         if new.status != old.status or new.digest != old.digest:
-            status = StatusBuilder(
-                new.agent.id,
-                new.status,
-                hlc,
-                __version__,
-                new.digest,
-                start_seq=status.seq,
-                # Still the same process start: a reload must not look like a restart.
-                incarnation=status.incarnation,
-            )
+            status = status.reconfigured(new.status, new.digest)
         hardware = running.hardware
         if new.profile != old.profile:
             hardware, rebuilt = rebuild_hardware(hardware, new.profile, old.profile, make_hardware)

@@ -421,7 +421,7 @@ class Runner:
         if new is None:
             return
         running = reload.Running(self.config, self.guard, self.status, self.hardware)
-        parts, switched = reload.switch(new, running, self.hlc, self.make_hardware, self.counters)
+        parts, switched = reload.switch(new, running, self.make_hardware, self.counters)
         self.hardware = parts.hardware  # the old devices built again, if the new ones failed
         if not switched:
             return

@@ -330,10 +330,19 @@ class StatusBuilder:
     def config(self) -> StatusConfig:
         return self._config
 
-    @property
-    def incarnation(self) -> str | None:
-        """The process start's id every claim carries (None: not given)."""
-        return self._incarnation
+    def reconfigured(self, config: StatusConfig, config_hash: str) -> StatusBuilder:
+        """A builder for a reloaded config: the same agent, clock and process start (its
+        seq goes on, its incarnation stays: a reload is not a restart), the new settings
+        and hash. The first claim after it is due at once."""
+        return StatusBuilder(
+            self._agent_id,
+            config,
+            self._hlc,
+            self._agent_version,
+            config_hash,
+            start_seq=self.seq,
+            incarnation=self._incarnation,
+        )
 
     def due(self, review: BeatReview) -> bool:
         """Whether :meth:`build` would report this beat (no state changes)."""
