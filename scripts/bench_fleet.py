@@ -2,11 +2,13 @@
 """A fleet on one machine: N agent processes following one pulse, first through one
 Mosquitto, then through a three-node NATS cluster with one node killed mid-run.
 
-Every agent toggles a mock pin at the start of every beat (plan phase, offset 0). All
-processes share this host's monotonic clock, so each actuation is compared with the
-pulse's own beat start (its trace). It prints, per broker:
+Every agent toggles a mock pin once a beat at the start of one phase (``--phase``; by
+default execute, where a score's actions belong; ``plan`` puts the action on the frame's
+own arrival, so the frame's work queues with the actuations). All processes share this
+host's monotonic clock, so each actuation is compared with the pulse's own beat start (its
+trace) plus the phase's offset. It prints, per broker:
 
-* the spread of actuation times against the pulse: p50 / p99 / max of |fired - beat start|
+* the spread of actuation times against the pulse: p50 / p99 / max of |fired - intended|
   over all agents and locked beats (for NATS also before and after the kill);
 * claims lost: gaps in each agent's ``metadata.seq`` at the claim collector;
 * after the kill (NATS): how many agents moved, their reconnect times (kill to "moved to
@@ -52,7 +54,19 @@ from edge.testing.profiles import MOCK_LED, rule
 
 MAX_AGENTS = 300
 MAX_SECONDS = 600.0
-PROFILE = MOCK_LED + rule("led", "toggle", every=1, essential=True, phase="plan")
+PHASES = ("plan", "execute", "review")
+
+
+def profile(phase: str) -> str:
+    """The agents' profile: the mock LED toggled at the start of ``phase`` every beat."""
+    return MOCK_LED + rule("led", "toggle", every=1, essential=True, phase=phase)
+
+
+def phase_offset_s(phase: str, bpm: float) -> float:
+    """How long after the beat start ``phase`` starts (a phase is a third of a beat)."""
+    return PHASES.index(phase) * 20.0 / bpm
+
+
 _STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
 
 
@@ -76,10 +90,17 @@ def run_ns(pid: int) -> int:
 
 
 def cpu_at_beats(
-    pids: list[int], pulse_trace: Path, bpm: float, beats: int, before_s: float, after_s: float
+    pids: list[int],
+    pulse_trace: Path,
+    bpm: float,
+    beats: int,
+    offset_s: float,
+    before_s: float,
+    after_s: float,
 ) -> float:
-    """Median CPU (ms) one agent spends in [beat - before_s, beat + after_s]: its wake-up,
-    spin, action, the frame and the claim, all at the beat instant; measured over ``beats``
+    """Median CPU (ms) one agent spends in [action - before_s, action + after_s], the
+    action ``offset_s`` after each beat start: its wake-up, spin and action (with the
+    frame and the claim when the action is at the beat start); measured over ``beats``
     beats predicted from the pulse's trace."""
     period = 60.0 / bpm
     samples: list[float] = []
@@ -87,7 +108,7 @@ def cpu_at_beats(
         rows = read_trace(pulse_trace)
         if not rows:
             return float("nan")
-        start = float(rows[-1]["intended_mono"]) + period  # type: ignore[arg-type]
+        start = float(rows[-1]["intended_mono"]) + period + offset_s  # type: ignore[arg-type]
         while start - before_s < time.monotonic():
             start += period
         time.sleep(max(0.0, start - before_s - time.monotonic()))
@@ -151,7 +172,7 @@ class Fleet:
                 proc.kill()
 
 
-def start_fleet(work: Path, count: int, urls: list[str], protocol: str) -> Fleet:
+def start_fleet(work: Path, count: int, urls: list[str], protocol: str, phase: str) -> Fleet:
     fleet = Fleet()
     for i in range(count):
         home = work / f"a{i:03d}"
@@ -160,7 +181,9 @@ def start_fleet(work: Path, count: int, urls: list[str], protocol: str) -> Fleet
         k = i % len(urls)
         mine = urls[k:] + urls[:k]  # spread over the nodes: its own first
         extra = f'protocol = "{protocol}"\n' if protocol != "5" else ""
-        config = write_agent_config(home, "x", PROFILE, agent_id=agent_id, broker_extra=extra)
+        config = write_agent_config(
+            home, "x", profile(phase), agent_id=agent_id, broker_extra=extra
+        )
         listed = ", ".join(f'"{u}"' for u in mine)
         config.write_text(config.read_text().replace('"x"', f"[{listed}]"))
         trace = home / "agent.jsonl"
@@ -188,21 +211,36 @@ def claims_lost(recorder: ClaimRecorder, fleet: Fleet) -> tuple[int, int]:
     return lost + missing_agents, sum(len(s) for s in seqs.values())
 
 
-def offsets_ms(fleet: Fleet, pulse_trace: Path, since: float, until: float) -> list[float]:
-    """fired - beat start (ms) for locked actuations of beats starting in [since, until)."""
+def offsets_ms(
+    fleet: Fleet, pulse_trace: Path, offset_s: float, since: float, until: float
+) -> list[float]:
+    """fired - intended (ms; the beat start plus ``offset_s``) for locked actuations of
+    beats starting in [since, until)."""
+    return [
+        x for each in agent_offsets_ms(fleet, pulse_trace, offset_s, since, until) for x in each
+    ]
+
+
+def agent_offsets_ms(
+    fleet: Fleet, pulse_trace: Path, offset_s: float, since: float, until: float
+) -> list[list[float]]:
+    """:func:`offsets_ms`, one list per agent."""
     starts = {
         int(r["beat_index"]): float(r["intended_mono"])  # type: ignore[call-overload, arg-type]
         for r in read_trace(pulse_trace)
     }
     out = []
     for _, _, trace in fleet.agents:
+        mine: list[float] = []
+        out.append(mine)
         for row in read_trace(trace):
             if not row["fired_mono"] or row.get("sync_state") != "locked":
                 continue
             start = starts.get(int(row["beat_index"]))  # type: ignore[call-overload]
             if start is None or not since <= start < until:
                 continue
-            out.append((float(row["fired_mono"]) - start) * 1000.0)  # type: ignore[arg-type]
+            fired = float(row["fired_mono"])  # type: ignore[arg-type]
+            mine.append((fired - start - offset_s) * 1000.0)
     return out
 
 
@@ -225,11 +263,13 @@ def run(
     broker_pids: list[int],
     protocol: str,
     work: Path,
+    phase: str,
     kill: object = None,
 ) -> dict[str, object]:
     """One fleet run; ``kill`` (a callable) is called halfway and returns what it killed."""
     recorder = ClaimRecorder(collector_port)
-    fleet = start_fleet(work, count, urls, protocol)
+    fleet = start_fleet(work, count, urls, protocol, phase)
+    offset_s = phase_offset_s(phase, bpm)
     pulse_trace = work / "pulse.jsonl"
     pulse = start_pulse(pulse_url, "bench", bpm, pulse_trace, work / "pulse.log", protocol=protocol)
     result: dict[str, object] = {"name": name}
@@ -242,9 +282,9 @@ def run(
                 file=sys.stderr,
             )
         pids = [proc.process.pid for _, proc, _ in fleet.agents]
-        # The beat instant's CPU, read in a window around it: 6 ms before (the spin
-        # starts 0.6 ms ahead) to 12 ms after.
-        result["beat_cpu_ms"] = cpu_at_beats(pids, pulse_trace, bpm, 6, 0.006, 0.012)
+        # The action instant's CPU, read in a window around it: 6 ms before (the spin
+        # starts at most 1 ms ahead) to 12 ms after.
+        result["beat_cpu_ms"] = cpu_at_beats(pids, pulse_trace, bpm, 6, offset_s, 0.006, 0.012)
         agent_cpu0 = [cpu_seconds(pid) for pid in pids]
         broker_cpu0 = {pid: cpu_seconds(pid) for pid in broker_pids}
         broker_seen = dict(broker_cpu0)  # a killed node keeps its last reading
@@ -276,7 +316,15 @@ def run(
         time.sleep(1.0)  # the final claims reach the collector
         recorder.stop()
     result["lost"], result["claims"] = claims_lost(recorder, fleet)
-    all_offsets = offsets_ms(fleet, pulse_trace, t0, t1)
+    per_agent = agent_offsets_ms(fleet, pulse_trace, offset_s, t0, t1)
+    all_offsets = [x for each in per_agent for x in each]
+    # An agent always late by the same amount has a biased timeline (its frames reach it
+    # late, in the same place of the queue each beat); one late by a different amount
+    # each beat queued for a core at the action instant.
+    medians = sorted(statistics.median(each) for each in per_agent if each)
+    result["agent_medians"] = (
+        (medians[0], medians[len(medians) // 2], medians[-1]) if medians else None
+    )
     result["spread"] = spread(all_offsets)
     actuations = len(all_offsets)
     result["agent_cpu_pct"] = 100.0 * statistics.mean(agent_cpu) / wall
@@ -293,8 +341,8 @@ def run(
         for m in re.finditer(r"outbox: (\d+) claims not delivered yet", proc.log())
     )
     if killed_mono is not None and killed_wall is not None:
-        result["before"] = spread(offsets_ms(fleet, pulse_trace, t0, killed_mono))
-        result["after"] = spread(offsets_ms(fleet, pulse_trace, killed_mono, t1))
+        result["before"] = spread(offsets_ms(fleet, pulse_trace, offset_s, t0, killed_mono))
+        result["after"] = spread(offsets_ms(fleet, pulse_trace, offset_s, killed_mono, t1))
         moved = []
         lost_links = 0
         for _, proc, _ in fleet.agents:
@@ -308,13 +356,21 @@ def run(
     return result
 
 
-def report(results: list[dict[str, object]], count: int, bpm: float) -> None:
+def report(results: list[dict[str, object]], count: int, bpm: float, phase: str) -> None:
     cores = os.cpu_count() or 1
-    print(f"\nbench_fleet: {count} agents at {bpm:g} BPM on {cores} cores")
-    print("actuation vs pulse beat start, ms: p50 p99 max (over all agents and locked beats)")
+    print(f"\nbench_fleet: {count} agents at {bpm:g} BPM on {cores} cores, action at {phase} start")
+    print(
+        "actuation vs the pulse's intended time, ms: |error| p50 p99 max (all agents, locked beats)"
+    )
     for r in results:
         print(f"\n== {r['name']}")
         print(f"  spread                      {r['spread']}")
+        if r.get("agent_medians"):
+            lo, mid, hi = r["agent_medians"]  # type: ignore[misc]
+            print(
+                f"  agents' own median error    {lo:+.3f} / {mid:+.3f} / {hi:+.3f}"
+                " (signed ms: best / middle / worst agent)"
+            )
         if "before" in r:
             print(f"  spread before the kill      {r['before']}")
             print(f"  spread after the kill       {r['after']}")
@@ -347,7 +403,7 @@ def report(results: list[dict[str, object]], count: int, bpm: float) -> None:
             f"{r['beat_cpu_ms']:.3f} ms CPU per actuation / {cores} cores"
         )
         print(
-            "                              (CPU per actuation: at the beat instant, -6..+12 ms;"
+            "                              (CPU per actuation: around the action, -6..+12 ms;"
             f" all of an agent's CPU per beat: {r['cpu_per_beat_ms']:.3f} ms)"
         )
 
@@ -357,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agents", type=int, default=100, help=f"agent processes (max {MAX_AGENTS})")
     p.add_argument("--bpm", type=float, default=60.0)
     p.add_argument("--seconds", type=float, default=30.0, help="measured run per broker")
+    p.add_argument("--phase", choices=PHASES, default="execute", help="the phase the action starts")
     p.add_argument("--skip-mosquitto", action="store_true")
     p.add_argument("--skip-nats", action="store_true")
     p.add_argument(
@@ -389,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                         [broker.pid],
                         "5",
                         work,
+                        args.phase,
                     )
                 )
         if not args.skip_nats:
@@ -421,10 +479,11 @@ def main(argv: list[str] | None = None) -> int:
                         [n.pid for n in cluster.nodes],
                         "3.1.1",
                         work,
+                        args.phase,
                         kill=kill,
                     )
                 )
-    report(results, args.agents, args.bpm)
+    report(results, args.agents, args.bpm, args.phase)
     return 0
 
 
