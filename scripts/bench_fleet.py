@@ -172,7 +172,9 @@ class Fleet:
                 proc.kill()
 
 
-def start_fleet(work: Path, count: int, urls: list[str], protocol: str, phase: str) -> Fleet:
+def start_fleet(
+    work: Path, count: int, urls: list[str], protocol: str, phase: str, wall: str
+) -> Fleet:
     fleet = Fleet()
     for i in range(count):
         home = work / f"a{i:03d}"
@@ -181,8 +183,14 @@ def start_fleet(work: Path, count: int, urls: list[str], protocol: str, phase: s
         k = i % len(urls)
         mine = urls[k:] + urls[:k]  # spread over the nodes: its own first
         extra = f'protocol = "{protocol}"\n' if protocol != "5" else ""
+        trust = "true" if wall == "trust" else '"auto"'
         config = write_agent_config(
-            home, "x", profile(phase), agent_id=agent_id, broker_extra=extra
+            home,
+            "x",
+            profile(phase),
+            agent_id=agent_id,
+            broker_extra=extra,
+            extra=f"[sync]\ntrust_wall_clock = {trust}\n",
         )
         listed = ", ".join(f'"{u}"' for u in mine)
         config.write_text(config.read_text().replace('"x"', f"[{listed}]"))
@@ -209,6 +217,34 @@ def claims_lost(recorder: ClaimRecorder, fleet: Fleet) -> tuple[int, int]:
     lost = sum(max(s) - min(s) + 1 - len(s) for s in seqs.values())
     missing_agents = sum(1 for agent_id, _, _ in fleet.agents if agent_id not in seqs)
     return lost + missing_agents, sum(len(s) for s in seqs.values())
+
+
+def time_refs(recorder: ClaimRecorder) -> str:
+    """How many claims named each ``metadata.time_ref`` (what the agents' timelines rest on:
+    ``wall``, ``exchange`` or ``envelope``)."""
+    counts: dict[str, int] = {}
+    for claim in recorder.claims:
+        ref = str(dict(claim.metadata or {}).get("time_ref", "-"))
+        counts[ref] = counts.get(ref, 0) + 1
+    return ", ".join(f"{ref} {n}" for ref, n in sorted(counts.items())) or "no claims"
+
+
+def worst_agent(fleet: Fleet, per_agent: list[list[float]], recorder: ClaimRecorder) -> str:
+    """The agent with the largest median |error|: its median, the spread of its own errors
+    (10th to 90th percentile) and what its last claim said of its sync."""
+    scored = [(abs(statistics.median(each)), i, each) for i, each in enumerate(per_agent) if each]
+    if not scored:
+        return "-"
+    _, i, errors = max(scored)
+    agent_id = fleet.agents[i][0]
+    last = [c for c in recorder.claims if c.agent_id == agent_id][-1:]
+    meta = dict(last[0].metadata or {}) if last else {}
+    sync = meta.get("sync") if isinstance(meta.get("sync"), dict) else {}
+    return (
+        f"{agent_id}: median {statistics.median(errors):+.3f} ms, own p10..p90 "
+        f"{pct(errors, 0.1):+.3f}..{pct(errors, 0.9):+.3f}; last claim: time_ref "
+        f"{meta.get('time_ref', '-')}, sync {dict(sync or {})}"
+    )
 
 
 def offsets_ms(
@@ -264,11 +300,12 @@ def run(
     protocol: str,
     work: Path,
     phase: str,
+    wall: str,
     kill: object = None,
 ) -> dict[str, object]:
     """One fleet run; ``kill`` (a callable) is called halfway and returns what it killed."""
     recorder = ClaimRecorder(collector_port)
-    fleet = start_fleet(work, count, urls, protocol, phase)
+    fleet = start_fleet(work, count, urls, protocol, phase, wall)
     offset_s = phase_offset_s(phase, bpm)
     pulse_trace = work / "pulse.jsonl"
     pulse = start_pulse(pulse_url, "bench", bpm, pulse_trace, work / "pulse.log", protocol=protocol)
@@ -316,6 +353,7 @@ def run(
         time.sleep(1.0)  # the final claims reach the collector
         recorder.stop()
     result["lost"], result["claims"] = claims_lost(recorder, fleet)
+    result["time_refs"] = time_refs(recorder)
     per_agent = agent_offsets_ms(fleet, pulse_trace, offset_s, t0, t1)
     all_offsets = [x for each in per_agent for x in each]
     # An agent always late by the same amount has a biased timeline (its frames reach it
@@ -325,6 +363,7 @@ def run(
     result["agent_medians"] = (
         (medians[0], medians[len(medians) // 2], medians[-1]) if medians else None
     )
+    result["worst_agent"] = worst_agent(fleet, per_agent, recorder)
     result["spread"] = spread(all_offsets)
     actuations = len(all_offsets)
     result["agent_cpu_pct"] = 100.0 * statistics.mean(agent_cpu) / wall
@@ -356,9 +395,12 @@ def run(
     return result
 
 
-def report(results: list[dict[str, object]], count: int, bpm: float, phase: str) -> None:
+def report(results: list[dict[str, object]], count: int, bpm: float, phase: str, wall: str) -> None:
     cores = os.cpu_count() or 1
-    print(f"\nbench_fleet: {count} agents at {bpm:g} BPM on {cores} cores, action at {phase} start")
+    print(
+        f"\nbench_fleet: {count} agents at {bpm:g} BPM on {cores} cores, action at {phase} start,"
+        f" wall clock: {wall}"
+    )
     print(
         "actuation vs the pulse's intended time, ms: |error| p50 p99 max (all agents, locked beats)"
     )
@@ -371,6 +413,8 @@ def report(results: list[dict[str, object]], count: int, bpm: float, phase: str)
                 f"  agents' own median error    {lo:+.3f} / {mid:+.3f} / {hi:+.3f}"
                 " (signed ms: best / middle / worst agent)"
             )
+        print(f"  claims' time_ref            {r['time_refs']}")
+        print(f"  worst agent                 {r['worst_agent']}")
         if "before" in r:
             print(f"  spread before the kill      {r['before']}")
             print(f"  spread after the kill       {r['after']}")
@@ -414,6 +458,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bpm", type=float, default=60.0)
     p.add_argument("--seconds", type=float, default=30.0, help="measured run per broker")
     p.add_argument("--phase", choices=PHASES, default="execute", help="the phase the action starts")
+    p.add_argument(
+        "--wall",
+        choices=("trust", "auto"),
+        default="trust",
+        help="the agents' sync.trust_wall_clock: trust (every process here reads this host's"
+        " one clock) or auto (decided from the frames, as on a device by default)",
+    )
     p.add_argument("--skip-mosquitto", action="store_true")
     p.add_argument("--skip-nats", action="store_true")
     p.add_argument(
@@ -447,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                         "5",
                         work,
                         args.phase,
+                        args.wall,
                     )
                 )
         if not args.skip_nats:
@@ -480,10 +532,11 @@ def main(argv: list[str] | None = None) -> int:
                         "3.1.1",
                         work,
                         args.phase,
+                        args.wall,
                         kill=kill,
                     )
                 )
-    report(results, args.agents, args.bpm, args.phase)
+    report(results, args.agents, args.bpm, args.phase, args.wall)
     return 0
 
 
