@@ -208,12 +208,18 @@ class Envelope:
         slope = self.slope
         if len(points) >= cfg.rate_min_frames and span >= cfg.rate_min_span_s and span > 0:
             estimate = lower_envelope_slope(xs, ys)
-            if estimate is not None:
-                gap = spacing([y - estimate * x for x, y in zip(xs, ys, strict=True)])
+            limit = cfg.max_rate_ppm * 1e-6
+            # A reading past max_rate_ppm is not the clocks' rate but the delays' noise (a
+            # few frames with large jitter): it is no reading at all, rather than one held
+            # at the limit.
+            if estimate is not None and 1.0 / (1.0 + limit) <= estimate <= 1.0 / (1.0 - limit):
+                # The hull's line rests on two of the points by construction: their zero
+                # residuals say nothing of how dense the delays are near the floor, and with
+                # few points they made a noisy slope look certain.
+                residuals = sorted(y - estimate * x for x, y in zip(xs, ys, strict=True))[2:]
+                gap = spacing(residuals) if len(residuals) >= 3 else math.inf
                 uncertainty = _RATE_Z * gap / span
                 if uncertainty <= cfg.rate_max_uncertainty_ppm * 1e-6:
-                    limit = cfg.max_rate_ppm * 1e-6
-                    estimate = min(max(estimate, 1.0 / (1.0 + limit)), 1.0 / (1.0 - limit))
                     # Successive windows share most points, so one hull edge is a noisy
                     # reading: average them (first readings count fully, later ones 1/16).
                     self._rate_fits += 1
