@@ -17,6 +17,7 @@ call is handed the ones in use.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -43,6 +44,8 @@ class Firing:
     clock: Clock
     #: Where the trace rows go (None: no trace).
     trace: IO[str] | None = None
+    #: When the last action was handed to the hardware (-inf: none yet).
+    last_fired_at: float = -math.inf
     _warmed: set[tuple[int, int]] = field(default_factory=set)
     _rows: list[TraceRow] = field(default_factory=list)
 
@@ -107,6 +110,7 @@ class Firing:
         tag = self.plan.tag(sa) if command else None
         result = hardware.apply(sa.action, before, tag=tag, call=call)
         after = self.clock.monotonic()
+        self.last_fired_at = after
         fate = outcome(
             result.do,
             ok=result.ok,

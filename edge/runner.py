@@ -91,6 +91,11 @@ VIEW_EVERY_S = 0.2
 #: A due probe sample waits up to this long for a wake-up that comes anyway (a frame, a
 #: phase, an action), rather than waking the loop for itself; it is stamped when taken.
 PROBE_SLACK_S = 0.25
+#: The wake-up's side work (probe samples, time requests, the view) waits this long after
+#: an action: taken in the action's own wake-up, a sample due at any interval locks onto
+#: it (the next is due one interval later, at the next action), and where several agents
+#: share a box (or other work its cores) it adds to their queue at the same instant.
+QUIET_AFTER_ACTION_S = 0.02
 #: Every this many probe samples one is a full sample (process, temperature, disk).
 FULL_SAMPLE_EVERY = 5
 #: Bad input of one kind is logged once per this many seconds, then counted (loglimit).
@@ -251,10 +256,11 @@ class Runner:
         hw_next = self.hardware.next_deadline()
         if hw_next is not None:
             candidates.append(hw_next)
-        # A sample put off by an imminent action is taken at the wake-up after it (never
-        # a deadline in the past, which would make the loop poll until then).
+        # A sample put off by an imminent action is taken at the wake-up after it, one put
+        # off by an action just fired once the quiet after it is over (never a deadline in
+        # the past, which would make the loop poll until then).
         if self.probe is not None and not (now >= self._next_sample and self._imminent(now)):
-            candidates.append(self._next_sample + PROBE_SLACK_S)
+            candidates.append(max(self._next_sample + PROBE_SLACK_S, self._quiet_from()))
         if self.publisher.window_full():
             # Acks do not wake the loop (edge.mqtt_link): look for them soon while claims
             # wait for the publish window (a backlog after a reconnect drains at speed).
@@ -303,11 +309,12 @@ class Runner:
         for result in self.hardware.tick(self.clock.monotonic()):
             self.settler.followup(self.guard, result)
         self._watch_sync(now)
-        if self.timesync is not None and not self._imminent(now):
+        side_work = self._side_work_now(now)
+        if self.timesync is not None and side_work:
             # On the MAX_WAIT_S wake-ups at worst: the exchange's pace is not precise,
             # only its t1 is (read inside poll, right before the publish).
             self.timesync.poll(self.clock.monotonic())
-        if self.probe is not None and now >= self._next_sample and not self._imminent(now):
+        if self.probe is not None and now >= self._next_sample and side_work:
             # A light sample (system CPU, memory, load, throttling: ~50 us) every interval;
             # a full one (process CPU and RSS, temperature, disk: ~100-180 us) every 5th.
             full = self._samples % FULL_SAMPLE_EVERY == 0
@@ -319,12 +326,20 @@ class Runner:
             self.metrics.observe(self.last_sample)
             self._next_sample = now + self.config.agent.sample_interval_s
         self.publisher.pump()
-        if self.on_view is not None and now >= self._next_view and not self._imminent(now):
+        if self.on_view is not None and now >= self._next_view and side_work:
             self._next_view = now + VIEW_EVERY_S
             self.on_view(self, now)
 
     def _fire_due(self, now: float) -> None:
         self.firing.fire_due(now, self.hardware, self.score, self.guard)
+
+    def _quiet_from(self) -> float:
+        """When the quiet after the last action fired is over."""
+        return self.firing.last_fired_at + QUIET_AFTER_ACTION_S
+
+    def _side_work_now(self, now: float) -> bool:
+        """Whether this wake-up may do side work: no action imminent, none just fired."""
+        return now >= self._quiet_from() and not self._imminent(now)
 
     def _imminent(self, now: float) -> bool:
         action_next = self.plan.next_at()

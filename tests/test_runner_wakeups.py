@@ -19,7 +19,14 @@ from edge.config import OutboxConfig
 from edge.guard import Sample
 from edge.inbox import Inbound, LinkInbox
 from edge.outbox import PUBLISH_WINDOW, Outbox
-from edge.runner import ACK_POLL_S, BOUNDARY_SLACK_S, DRAIN_MAX, MAX_WAIT_S, PROBE_SLACK_S
+from edge.runner import (
+    ACK_POLL_S,
+    BOUNDARY_SLACK_S,
+    DRAIN_MAX,
+    MAX_WAIT_S,
+    PROBE_SLACK_S,
+    QUIET_AFTER_ACTION_S,
+)
 from edge.spin import SPIN_MAX_S, SPIN_MIN_S, SPIN_START_S, SpinLead
 from edge.sync import SyncState
 
@@ -197,9 +204,11 @@ def test_a_due_sample_never_makes_a_deadline_in_the_past(
     class Probe:
         def __init__(self) -> None:
             self.samples = 0
+            self.at: list[float] = []
 
         def sample(self, now: float, full: bool = True) -> Sample:
             self.samples += 1
+            self.at.append(now)
             return Sample(now, 1.0, None, None, 1.0, None, 0.1, None, None, None, 0.0)
 
     probe = Probe()
@@ -215,8 +224,11 @@ def test_a_due_sample_never_makes_a_deadline_in_the_past(
     assert runner.next_deadline(now) >= action_at - runner.spin.seconds - 1e-9
     before = probe.samples
     runner.run_once()  # the action
+    assert probe.samples == before  # not in the action's own wake-up
     runner.run_once()
-    assert probe.samples == before + 1  # taken at the wake-up after it
+    assert probe.samples == before + 1  # taken at the wake-up after it, once the quiet is over
+    assert probe.at[-1] >= action_at + QUIET_AFTER_ACTION_S
+    assert probe.at[-1] <= action_at + QUIET_AFTER_ACTION_S + 1e-3
     # not due: a sample waits up to PROBE_SLACK_S for a wake-up that comes anyway
     assert runner.next_deadline(clock.monotonic()) <= runner._next_sample + PROBE_SLACK_S
 
