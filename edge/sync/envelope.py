@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import enum
 import heapq
-import itertools
 import math
 from collections import deque
 from collections.abc import Callable
 from typing import TypeAlias
 
 from edge.sync.config import SyncConfig
+from edge.sync.hull import LowerHull
 
 Point: TypeAlias = tuple[int, int, float, float]  # (beat, phase index, arrival, u)
 
@@ -48,29 +48,12 @@ def lower_envelope_slope(xs: list[float], ys: list[float]) -> float | None:
 
     That line is the edge of the lower convex hull spanning the mean (the linear program
     "maximise the sum of line heights subject to line <= every point"). ``xs`` must be
-    increasing. None if fewer than two distinct ``x``.
+    increasing. None if fewer than two distinct ``x``. From scratch; the envelope keeps
+    its window's hull as frames come and go (:mod:`edge.sync.hull`).
     """
-    hull: list[tuple[float, float]] = []
-    for x, y in zip(xs, ys, strict=True):
-        while len(hull) >= 2:
-            (ox, oy), (ax, ay) = hull[-2], hull[-1]
-            if (ax - ox) * (y - oy) - (ay - oy) * (x - ox) <= 0.0:
-                hull.pop()
-            else:
-                break
-        if hull and x <= hull[-1][0]:
-            if y < hull[-1][1]:
-                hull[-1] = (x, y)
-            continue
-        hull.append((x, y))
-    if len(hull) < 2:
-        return None
-    mean = sum(xs) / len(xs)
-    for (x1, y1), (x2, y2) in itertools.pairwise(hull):
-        if x2 >= mean:
-            return (y2 - y1) / (x2 - x1)
-    (x1, y1), (x2, y2) = hull[-2], hull[-1]
-    return (y2 - y1) / (x2 - x1)
+    hull = LowerHull()
+    hull.rebuild(zip(xs, ys, strict=True))
+    return hull.slope_under(sum(xs) / len(xs))
 
 
 class Admission(enum.Enum):
@@ -99,7 +82,12 @@ class Envelope:
         # Error-bound statistics of the last fit (see bound_at).
         self._fit_spacing = math.inf
         self._fit_ends = (0.0, 0.0)  # arrivals of the window's first and last frame
-        self._window: deque[Point] = deque(maxlen=config.filter_window_frames)
+        self._window: deque[Point] = deque()
+        # The window's lower hull in (u, arrival), and how many neighbours in the window
+        # are out of u order (a frame reordered on the network): with any, the hull is
+        # taken from scratch (see edge.sync.hull).
+        self._hull = LowerHull()
+        self._descents = 0
         self._early_run: list[Point] = []
         self._late_run: list[tuple[Point, float]] = []
 
@@ -111,27 +99,44 @@ class Envelope:
 
     def reset(self) -> None:
         """Forget every point (a new timeline); the line and the rate are kept."""
-        self._window.clear()
+        self._replace([])
         self._early_run.clear()
         self._late_run.clear()
 
     def renumber(self, shift: int) -> None:
         """Add ``shift`` to the beat index of every point kept."""
-        cap = self._cfg.filter_window_frames
-        self._window = deque(((k + shift, p, a, u) for k, p, a, u in self._window), maxlen=cap)
+        self._window = deque((k + shift, p, a, u) for k, p, a, u in self._window)
         self._early_run = [(k + shift, p, a, u) for k, p, a, u in self._early_run]
         self._late_run = [((k + shift, p, a, u), r) for (k, p, a, u), r in self._late_run]
 
     def retime(self, u_of: Callable[[int, int], float]) -> None:
         """The tempo map changed under the window: recompute each point's ``u``."""
-        self._window = deque(
-            ((k, p, a, u_of(k, p)) for k, p, a, _ in self._window),
-            maxlen=self._cfg.filter_window_frames,
-        )
+        self._replace([(k, p, a, u_of(k, p)) for k, p, a, _ in self._window])
 
     def add(self, point: Point) -> None:
         """Put a point in the window as it is (while acquiring)."""
-        self._window.append(point)
+        self._append(point)
+
+    def _append(self, point: Point) -> None:
+        """A point joins the window on the right; past ``filter_window_frames`` the oldest
+        leaves on the left."""
+        window = self._window
+        if len(window) >= self._cfg.filter_window_frames:
+            gone = window.popleft()
+            if window and window[0][3] < gone[3]:
+                self._descents -= 1
+            self._hull.drop_first((u, a) for _, _, a, u in window)
+        if window and point[3] < window[-1][3]:
+            self._descents += 1
+        window.append(point)
+        self._hull.append(point[3], point[2])
+
+    def _replace(self, points: list[Point]) -> None:
+        """The window becomes ``points`` (the newest kept), its hull and order counted anew."""
+        self._window = deque(points[-self._cfg.filter_window_frames :])
+        window = self._window
+        self._descents = sum(1 for i in range(1, len(window)) if window[i][3] < window[i - 1][3])
+        self._hull.rebuild((u, a) for _, _, a, u in window)
 
     def admit(self, point: Point, residual: float, early_tolerance: float) -> Admission:
         """Put a point with this residual from the line in the window, unless it is early.
@@ -152,7 +157,7 @@ class Envelope:
         if residual > cfg.jitter_tolerance_s:
             self._early_run.clear()
             self._late_run.append((point, residual))
-            self._window.append(point)
+            self._append(point)
             if len(self._late_run) >= cfg.relock_after_frames:
                 spread = [r for _, r in self._late_run]
                 restart = max(spread) - min(spread) <= 2.0 * cfg.jitter_tolerance_s
@@ -164,13 +169,12 @@ class Envelope:
             return Admission.OUTLIER
         self._early_run.clear()
         self._late_run.clear()
-        self._window.append(point)
+        self._append(point)
         return Admission.FIT
 
     def _restart(self, points: list[Point]) -> None:
         """The timeline moved: refit from these recent points only (rate is kept)."""
-        self._window.clear()
-        self._window.extend(points)
+        self._replace(points)
 
     def residuals(self) -> list[float]:
         """Each kept arrival minus the line."""
@@ -188,6 +192,15 @@ class Envelope:
         first, last = self._fit_ends
         reach = max(abs(t - first), abs(t - last))
         return base + rate_err * reach
+
+    def _hull_slope(self, xs: list[float], ys: list[float], u_ref: float) -> float | None:
+        """:func:`lower_envelope_slope` of the window (``xs``/``ys`` relative to the last
+        point, ``u_ref`` its u): from the kept hull while the window is in u order."""
+        if self._descents:
+            return lower_envelope_slope(xs, ys)
+        if not self._hull.valid:
+            self._hull.rebuild((u, a) for _, _, a, u in self._window)
+        return self._hull.slope_under(sum(xs) / len(xs) + u_ref)
 
     def refit(self) -> None:
         """Fit the lower envelope to the window and refresh the error-bound statistics.
@@ -207,7 +220,7 @@ class Envelope:
         span = last[2] - points[0][2]
         slope = self.slope
         if len(points) >= cfg.rate_min_frames and span >= cfg.rate_min_span_s and span > 0:
-            estimate = lower_envelope_slope(xs, ys)
+            estimate = self._hull_slope(xs, ys, u_ref)
             limit = cfg.max_rate_ppm * 1e-6
             # A reading past max_rate_ppm is not the clocks' rate but the delays' noise (a
             # few frames with large jitter): it is no reading at all, rather than one held
@@ -216,8 +229,13 @@ class Envelope:
                 # The hull's line rests on two of the points by construction: their zero
                 # residuals say nothing of how dense the delays are near the floor, and with
                 # few points they made a noisy slope look certain.
-                residuals = sorted(y - estimate * x for x, y in zip(xs, ys, strict=True))[2:]
-                gap = spacing(residuals) if len(residuals) >= 3 else math.inf
+                rest = len(xs) - 2
+                lowest = heapq.nsmallest(
+                    min(_SPACING_ORDER, max(3, rest // 4)) + 2,
+                    (y - estimate * x for x, y in zip(xs, ys, strict=True)),
+                )[2:]
+                # spacing() of the residuals but those two, from their lowest few.
+                gap = (lowest[-1] - lowest[0]) / (len(lowest) - 1) if rest >= 3 else math.inf
                 uncertainty = _RATE_Z * gap / span
                 if uncertainty <= cfg.rate_max_uncertainty_ppm * 1e-6:
                     # Successive windows share most points, so one hull edge is a noisy
