@@ -192,29 +192,34 @@ def test_the_error_bound_grows_away_from_the_window() -> None:
     assert env.bound_at(points[25][2]) < near
 
 
-def test_the_rate_is_held_until_the_window_spans_long_enough() -> None:
-    env = Envelope(SyncConfig(rate_min_span_s=1000.0, max_rate_ppm=500.0))
-    points = line_points()
+def fitted(config: SyncConfig, points: list[Point]) -> Envelope:
+    """An envelope with ``points`` in its window, refitted."""
+    env = Envelope(config)
     for point in points:
         env.add(point)
     env.refit()
+    return env
+
+
+def assert_rate_unknown(env: Envelope, points: list[Point]) -> None:
+    """The slope is held and the bound grows at max_rate_ppm (500 here) with the reach."""
     assert env.slope == 1.0
     last = points[-1][2]
-    # Unknown rate: max_rate_ppm times the reach.
     assert env.bound_at(last + 10.0) - env.bound_at(last) == pytest.approx(500e-6 * 10.0)
+
+
+def test_the_rate_is_held_until_the_window_spans_long_enough() -> None:
+    points = line_points()
+    assert_rate_unknown(
+        fitted(SyncConfig(rate_min_span_s=1000.0, max_rate_ppm=500.0), points), points
+    )
 
 
 def test_a_rate_reading_past_max_rate_is_no_reading() -> None:
     # Frames on a line 3000 ppm steep: no pair of real clocks is that far apart, so it is
     # the delays' noise; the slope is not held at the limit as if it were known.
-    env = Envelope(SyncConfig(rate_min_span_s=5.0, max_rate_ppm=500.0))
     points: list[Point] = [(i, 0, 10.0 + (1.0 + 3000e-6) * i, float(i)) for i in range(20)]
-    for point in points:
-        env.add(point)
-    env.refit()
-    assert env.slope == 1.0
-    last = points[-1][2]
-    assert env.bound_at(last + 10.0) - env.bound_at(last) == pytest.approx(500e-6 * 10.0)
+    assert_rate_unknown(fitted(SyncConfig(rate_min_span_s=5.0, max_rate_ppm=500.0), points), points)
 
 
 def test_the_two_points_under_the_line_do_not_make_a_few_frames_certain() -> None:
@@ -223,14 +228,10 @@ def test_the_two_points_under_the_line_do_not_make_a_few_frames_certain() -> Non
     # comes from the points the line does not rest on, so the rate is not known yet (with
     # the two zeros counted, a 5 us spacing made a slope from seven noisy frames certain:
     # seen under 0-20 ms of jitter, a 3400 ppm reading held at the limit for a minute).
-    env = Envelope(SyncConfig(rate_min_span_s=5.0, rate_min_frames=6, max_rate_ppm=500.0))
     delays = [0.0, 0.006, 0.00001, 0.007, 0.009, 0.0, 0.008]
     points: list[Point] = [(i, 0, 10.0 + i + d, float(i)) for i, d in enumerate(delays)]
-    for point in points:
-        env.add(point)
-    env.refit()
-    last = points[-1][2]
-    assert env.bound_at(last + 10.0) - env.bound_at(last) == pytest.approx(500e-6 * 10.0)
+    config = SyncConfig(rate_min_span_s=5.0, rate_min_frames=6, max_rate_ppm=500.0)
+    assert_rate_unknown(fitted(config, points), points)
 
 
 def test_early_frames_are_held_back_until_a_run_restarts_the_window() -> None:
