@@ -115,6 +115,12 @@ class TimeSync:
             return local_wall
         return self._reading(arrived_at, local_wall)
 
+    @property
+    def wall_verified(self) -> bool:
+        """Whether :meth:`wall_for` readings are checked by the exchange (a responder has
+        answered: each is then within the exchange's bound, or None)."""
+        return self.exchange.answered
+
     def hlc_wall(self, now: float, local_wall: float) -> float:
         """The wall time the claims' HLC (and its bound on received stamps) reads at local
         monotonic ``now``: the same choice as :meth:`wall_for` (a Pi without an RTC boots
