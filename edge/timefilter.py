@@ -35,8 +35,10 @@ responder's wall clock has stepped (or a different responder answers): the windo
 restarts on them (``steps``).
 Exchanges slower than ``max_delay_s`` or with a negative delay are refused.
 
-*Schedule.* Requests go out every ``acquire_interval_s`` until the mapping is locked and
-``acquire_samples`` exchanges are in, then every ``track_interval_s``; after
+*Schedule.* Requests go out every ``acquire_interval_s`` until the mapping is locked,
+``acquire_samples`` exchanges are in and the bound is down to ``tight_bound_s`` (or the
+lock is ``acquire_max_s`` old: a path that never gets that fast is not asked at the
+acquiring pace for ever), then every ``track_interval_s``; after
 ``idle_after`` requests in a row without an answer (no responder), every
 ``idle_interval_s``. At most ``max_in_flight`` are outstanding (when a new one is due
 the oldest is given up); one unanswered for ``timeout_s`` is lost. Each request has a new
@@ -74,13 +76,13 @@ _NS = 1_000_000_000
 class ExchangeConfig:
     """The clock filter's and the schedule's parameters (see the module's theory)."""
 
-    acquire_interval_s: float = 0.25
+    acquire_interval_s: float = 0.1
     track_interval_s: float = 1.0
     idle_interval_s: float = 5.0
     acquire_samples: int = 16
     tight_bound_s: float = 0.25e-3
-    acquire_max_s: float = 30.0
-    idle_after: int = 8
+    acquire_max_s: float = 10.0
+    idle_after: int = 20
     max_in_flight: int = 4
     timeout_s: float = 2.0
     window: int = 128
@@ -274,8 +276,12 @@ class ClockFilter:
             lo, hi = slope_interval(uppers, lowers, limit)
             if lo <= hi or len(window) == 1:
                 break
-            window.popleft()
-            self.pruned += 1
+            # The clock's rate changed inside the window: the older half goes (one at a
+            # time would keep the oldest that still fit, and the fit would straddle the
+            # change for a whole window).
+            for _ in range(max(1, len(window) // 2)):
+                window.popleft()
+                self.pruned += 1
         if lo > hi:  # one exchange whose own bounds conflict (not after the checks above)
             lo, hi = -limit, limit
         self.rate = (lo + hi) / 2.0
@@ -304,6 +310,7 @@ class TimeExchange:
         self._done: deque[int] = deque(maxlen=256)  # ids answered or lost lately
         self._next_at = -math.inf
         self._unanswered = 0  # requests in a row that got no answer
+        self._locked_since: float | None = None  # when the lock in force began
         self.answered = False  # whether any response was ever used
         # Counters.
         self.sent = 0
@@ -349,7 +356,14 @@ class TimeExchange:
         cfg = self.config
         if self._unanswered >= cfg.idle_after:
             return cfg.idle_interval_s
-        if self.filter.samples < cfg.acquire_samples or not self.locked_at(now):
+        if not self.locked_at(now):
+            self._locked_since = None
+            return cfg.acquire_interval_s
+        if self._locked_since is None:
+            self._locked_since = now
+        if self.filter.samples < cfg.acquire_samples:
+            return cfg.acquire_interval_s
+        if self.bound_at(now) > cfg.tight_bound_s and now - self._locked_since < cfg.acquire_max_s:
             return cfg.acquire_interval_s
         return cfg.track_interval_s
 
@@ -380,7 +394,7 @@ class TimeExchange:
     def _expire(self, now: float) -> None:
         timeout = self.config.timeout_s
         for request_id, t1 in list(self._in_flight.items()):
-            if now - t1 >= timeout:
+            if t1 + timeout <= now:  # as next_at() says, so a wake-up then expires it
                 del self._in_flight[request_id]
                 self._lose(request_id)
 
@@ -403,6 +417,8 @@ class TimeExchange:
         verdict = self.filter.add(t1, response.t2, response.t3, t4)
         if verdict in ("used", "step"):
             self.answered = True
-        if was_idle:  # a responder appeared: ask at the acquiring pace again
+        if was_idle or verdict == "outlier":
+            # A responder appeared, or one disagrees with the model (its clock stepped or
+            # changed rate?): ask at the acquiring pace again, to hear which soon.
             self._next_at = min(self._next_at, t4 + self.config.acquire_interval_s)
         return verdict

@@ -15,9 +15,11 @@ locked, the follower gets the local wall clock if it reads within the exchange's
 of the pulse's clock (it is not proven wrong, and on the pulse's host or under PTP it is
 better), else the pulse's wall clock as the exchange maps it (:meth:`TimeSync.wall_for`);
 while the exchange is not locked, no wall reading (the fixed delay learnt stays; a local
-wall clock hours off is not mixed in). :meth:`TimeSync.time_ref` names what the fixed
-delay comes from: ``exchange``, ``wall`` (the local wall clock, trusted) or
-``envelope`` (neither: arrival times and ``sync.path_delay_s`` alone).
+wall clock hours off is not mixed in). Those readings are checked by the exchange
+(:attr:`TimeSync.wall_verified`), so the follower believes each at once instead of
+waiting for frames that agree (:mod:`edge.sync.wall`). :meth:`TimeSync.time_ref` names
+what the fixed delay comes from: ``exchange``, ``wall`` (the local wall clock, trusted)
+or ``envelope`` (neither: arrival times and ``sync.path_delay_s`` alone).
 """
 
 from __future__ import annotations

@@ -323,9 +323,10 @@ def test_pace_acquiring_then_tracking() -> None:
     exchange.poll = poll  # type: ignore[method-assign,assignment]
     run(exchange, responder, 30.0, fixed(1e-4), fixed(1e-4))
     gaps = [b - a for a, b in itertools.pairwise(sent)]
-    assert gaps[0] == pytest.approx(0.25, abs=0.002)
-    assert gaps[-1] == pytest.approx(1.0, abs=0.002)
-    assert len(sent) < 16 + 30
+    cfg = exchange.config
+    assert gaps[0] == pytest.approx(cfg.acquire_interval_s, abs=0.002)
+    assert gaps[-1] == pytest.approx(cfg.track_interval_s, abs=0.002)
+    assert len(sent) < cfg.acquire_samples + 30
 
 
 def test_responder_restart_keeps_the_lock() -> None:
@@ -372,6 +373,163 @@ def test_one_lying_response_is_an_outlier_not_a_step() -> None:
     t = run(exchange, responder, 5.0, fixed(1e-4), fixed(1e-4), start=t + 1.001)
     assert exchange.filter.steps == 0
     assert error_at(exchange, responder, t) < 20e-6
+
+
+def _watch_bounds(
+    exchange: TimeExchange, responder: Responder, every_ms: int = 250
+) -> tuple[list[tuple[float, float, float]], Callable[[float], None]]:
+    """A tick hook recording (t, |error|, bound) every ``every_ms`` once a model exists."""
+    seen: list[tuple[float, float, float]] = []
+
+    def check(t: float) -> None:
+        if round(t * 1000) % every_ms == 0 and exchange.filter.samples >= 2:
+            seen.append((t, error_at(exchange, responder, t), exchange.bound_at(t)))
+
+    return seen, check
+
+
+def test_the_best_request_and_the_best_response_count_apart() -> None:
+    """Every exchange is slow one way or the other (never fast both ways), so the best
+    single exchange is 5 ms off; the request way's envelope and the response way's are
+    each tight, and together they pin the clock down to what the fast ways give."""
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=25.0)
+    fast_there = itertools.cycle([True, False])
+    last: list[bool] = []
+
+    def there(rng: random.Random) -> float:
+        last[:] = [next(fast_there)]
+        return (0.1e-3 if last[0] else 10e-3) + rng.uniform(0, 20e-6)
+
+    def back(rng: random.Random) -> float:  # the other way of the same exchange
+        return (10e-3 if last[0] else 0.1e-3) + rng.uniform(0, 20e-6)
+
+    seen, check = _watch_bounds(exchange, responder)
+    t = run(exchange, responder, 30.0, there, back, on_tick=check)
+    assert all(e <= b for _, e, b in seen)
+    assert min(s.delay for s in exchange.filter._window) > 9e-3  # no exchange is fast
+    assert error_at(exchange, responder, t) < 20e-6
+    assert exchange.bound_at(t) < 0.2e-3
+    assert abs(exchange.filter.rate - 25e-6) < 1e-6
+
+
+@pytest.mark.parametrize("ppm", [100.0, -100.0])
+def test_a_rate_of_100_ppm_is_learned_from_the_whole_window(ppm: float) -> None:
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=ppm)
+    seen, check = _watch_bounds(exchange, responder)
+    t = run(exchange, responder, 60.0, uniform(0.1e-3, 2e-3), uniform(0.1e-3, 2e-3), on_tick=check)
+    assert all(e <= b for _, e, b in seen)
+    assert abs(exchange.filter.rate - ppm * 1e-6) < 2e-6
+    assert exchange.filter.rate_error < 10e-6
+    assert error_at(exchange, responder, t) < 50e-6
+    # Carried through 20 s without answers at that rate: still within 0.1 ms and the bound.
+    later = t + 20.0
+    assert error_at(exchange, responder, later) <= exchange.bound_at(later)
+    assert error_at(exchange, responder, later) < 0.1e-3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_asymmetric_heavy_tailed_delays_truth_always_inside_the_bound(seed: int) -> None:
+    """Requests over a quiet way (0.1-0.2 ms), answers over a heavy-tailed one (Pareto
+    from 1 ms): the estimate sits within 0.6 ms of the truth (half the answers' floor: no
+    exchange can tell an asymmetric floor) and the truth is inside the bound at every
+    check."""
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=-60.0)
+    seen, check = _watch_bounds(exchange, responder)
+    t = run(
+        exchange,
+        responder,
+        40.0,
+        uniform(0.1e-3, 0.2e-3),
+        pareto(1e-3, 2e-3),
+        seed=seed,
+        loss=0.05,
+        on_tick=check,
+    )
+    assert seen and all(e <= b for _, e, b in seen)
+    assert error_at(exchange, responder, t) < 0.6e-3
+    assert exchange.locked_at(t)
+
+
+def test_a_rate_change_prunes_the_old_exchanges() -> None:
+    """The responder's clock changes rate by 20 ppm (NTP slewing it): no line explains the
+    window any more, the older exchanges go (it is no step), the rate moves to the new one,
+    and the truth stays inside the bound all along."""
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=0.0)
+    t = run(exchange, responder, 40.0, uniform(1e-4, 3e-4), uniform(1e-4, 3e-4))
+    # Keep the responder's clock continuous at t while its rate changes.
+    responder.step_ns -= round(t * 20e-6 * 1e9)
+    responder.rate = 20e-6
+    seen, check = _watch_bounds(exchange, responder)
+    t = run(
+        exchange, responder, 40.0, uniform(1e-4, 3e-4), uniform(1e-4, 3e-4), start=t, on_tick=check
+    )
+    assert exchange.filter.pruned > 0
+    assert exchange.filter.steps == 0
+    assert 10e-6 < exchange.filter.rate < 25e-6  # on its way: the window straddles the change
+    assert error_at(exchange, responder, t) <= exchange.bound_at(t)
+    # A jump of the rate is outside the model (it drifts by rate_drift_ppm_per_s at most):
+    # while the window straddles the change the truth may leave the bound, not by much.
+    assert max(e - b for _, e, b in seen) < 0.1e-3
+
+
+def test_acquiring_goes_on_until_the_bound_is_tight_and_no_longer_than_bounded() -> None:
+    """Answers over 0-50 ms: the bound stays above tight_bound_s for a while, so requests
+    keep the acquiring pace past acquire_samples; a path that never gets tight (a 1.5 ms
+    floor each way) is asked at that pace for acquire_max_s of lock, then every second."""
+    cfg = ExchangeConfig()
+    fast = TimeExchange()
+    run(fast, Responder(), 10.0, fixed(1e-4), uniform(0.2e-3, 50e-3), seed=4)
+    assert fast.sent > cfg.acquire_samples + 10  # still acquiring after 16 answers
+    slow = TimeExchange()
+    sent: list[float] = []
+    original = slow.poll
+
+    def poll(t: float) -> int | None:
+        got = original(t)
+        if got is not None:
+            sent.append(t)
+        return got
+
+    slow.poll = poll  # type: ignore[method-assign,assignment]
+    run(slow, Responder(), 60.0, fixed(1.5e-3), fixed(1.5e-3))
+    assert slow.locked_at(160.0) and slow.bound_at(160.0) > cfg.tight_bound_s
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert gaps[0] == pytest.approx(cfg.acquire_interval_s, abs=0.002)
+    assert gaps[-1] == pytest.approx(cfg.track_interval_s, abs=0.002)
+    acquiring = sum(1 for g in gaps if g < 0.5)
+    assert acquiring <= cfg.acquire_max_s / cfg.acquire_interval_s + 2
+
+
+def test_a_verified_reading_is_believed_from_the_first_frame() -> None:
+    """The follower with readings the exchange checked: the first one gives the fixed
+    delay, even while the envelope of a few 0-50 ms arrivals sits more than
+    sync.wall_max_bias_s above its floor (an unchecked wall clock would need
+    wall_trust_frames plausible frames first)."""
+    from edge.testing.sync_sim import Network, Pulse, simulate
+
+    pulse = Pulse(tempo=lambda i: 120.0, beats=6)
+    net = Network(base=30e-3, jitter=lambda rng: rng.uniform(0.0, 20e-3), seed=2)
+    unchecked = simulate(pulse, net, wall_error=lambda t: 0.0)
+    assert not unchecked.follower.wall_clock_trusted  # 30 ms: more than wall_max_bias_s
+
+    from edge.sync import BeatFollower
+
+    original = BeatFollower.__init__
+
+    def verified_init(self: BeatFollower, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.wall_verified = True
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BeatFollower, "__init__", verified_init)
+        checked = simulate(Pulse(tempo=lambda i: 120.0, beats=6), net, wall_error=lambda t: 0.0)
+    assert checked.follower.wall_clock_trusted
+    assert checked.follower.wall_verified
+    assert max(abs(e) for e in checked.errors(after=1003)) < 20e-6
 
 
 def test_stale_unknown_and_impossible_responses_are_counted() -> None:
