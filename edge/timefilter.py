@@ -38,8 +38,8 @@ Exchanges slower than ``max_delay_s`` or with a negative delay are refused.
 *Schedule.* Requests go out every ``acquire_interval_s`` until the mapping is locked,
 ``acquire_samples`` exchanges are in and the bound is down to ``tight_bound_s`` (or the
 lock is ``acquire_max_s`` old: a path that never gets that fast is not asked at the
-acquiring pace for ever), then every ``track_interval_s``; after
-``idle_after`` requests in a row without an answer (no responder), every
+acquiring pace for ever), then every ``track_interval_s``; after ``idle_after`` requests
+in a row without an answer (no responder yet), each one more doubles the interval, up to
 ``idle_interval_s``. At most ``max_in_flight`` are outstanding (when a new one is due
 the oldest is given up); one unanswered for ``timeout_s`` is lost. Each request has a new
 id; a response to an id not outstanding is ignored and counted (``stale``: it was lost,
@@ -311,6 +311,7 @@ class TimeExchange:
         self._next_at = -math.inf
         self._unanswered = 0  # requests in a row that got no answer
         self._locked_since: float | None = None  # when the lock in force began
+        self._tracking = False  # whether acquiring is over for this lock
         self.answered = False  # whether any response was ever used
         # Counters.
         self.sent = 0
@@ -355,16 +356,27 @@ class TimeExchange:
     def _interval(self, now: float) -> float:
         cfg = self.config
         if self._unanswered >= cfg.idle_after:
-            return cfg.idle_interval_s
+            # Backing off, each unanswered request doubling the interval up to the idle
+            # pace: a responder that starts a few seconds after us is heard within a
+            # second or so, not at the next idle request.
+            doublings = min(self._unanswered - cfg.idle_after + 1, 60)
+            return min(cfg.idle_interval_s, cfg.acquire_interval_s * 2.0**doublings)
         if not self.locked_at(now):
-            self._locked_since = None
+            self._locked_since, self._tracking = None, False
             return cfg.acquire_interval_s
         if self._locked_since is None:
             self._locked_since = now
         if self.filter.samples < cfg.acquire_samples:
             return cfg.acquire_interval_s
-        if self.bound_at(now) > cfg.tight_bound_s and now - self._locked_since < cfg.acquire_max_s:
-            return cfg.acquire_interval_s
+        if not self._tracking:
+            # Once tight (or long enough at it), tracking until the lock is lost: the bound
+            # breathes between answers, and the pace should not follow it.
+            self._tracking = (
+                self.bound_at(now) <= cfg.tight_bound_s
+                or now - self._locked_since >= cfg.acquire_max_s
+            )
+            if not self._tracking:
+                return cfg.acquire_interval_s
         return cfg.track_interval_s
 
     def poll(self, now: float) -> int | None:

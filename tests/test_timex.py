@@ -299,8 +299,11 @@ def test_lost_responses_time_out_and_bound_in_flight() -> None:
     exchange = TimeExchange()
     run(exchange, Responder(), 20.0, fixed(1e-4), fixed(1e-4), answering=lambda t: False)
     cfg = exchange.config
-    # Acquiring pace until idle_after went unanswered, then the idle pace: bounded.
-    assert exchange.sent <= cfg.idle_after + cfg.max_in_flight + 20.0 / cfg.idle_interval_s + 1
+    # Acquiring pace until idle_after went unanswered, then backing off (the interval
+    # doubling) to the idle pace: bounded.
+    backing_off = math.ceil(math.log2(cfg.idle_interval_s / cfg.acquire_interval_s))
+    idle = 20.0 / cfg.idle_interval_s
+    assert exchange.sent <= cfg.idle_after + backing_off + cfg.max_in_flight + idle + 1
     assert exchange.lost >= exchange.sent - cfg.max_in_flight
     assert len(exchange._in_flight) <= cfg.max_in_flight
     assert not exchange.answered
@@ -353,13 +356,29 @@ def test_responder_wall_clock_step_is_followed_after_confirmation() -> None:
     responder = Responder()
     t = run(exchange, responder, 20.0, uniform(1e-4, 3e-4), uniform(1e-4, 3e-4))
     responder.step_ns = 250_000_000  # the responder's clock jumps 250 ms
-    t = run(exchange, responder, 4.0, uniform(1e-4, 3e-4), uniform(1e-4, 3e-4), start=t)
+    stepped_at: list[float] = []
+
+    def watch(now: float) -> None:
+        if exchange.filter.steps and not stepped_at:
+            stepped_at.append(now)
+
+    step = t
+    t = run(
+        exchange, responder, 4.0, uniform(1e-4, 3e-4), uniform(1e-4, 3e-4), start=t, on_tick=watch
+    )
     assert exchange.filter.steps == 1
+    # The first outlier brings back the acquiring pace: confirmed well before the two more
+    # requests the tracking pace would have taken 2 s for.
+    assert stepped_at[0] < step + cfg_track(exchange) + 0.5
     assert exchange.filter.rejected["outlier"] == exchange.config.step_confirm - 1
     assert error_at(exchange, responder, t) < 0.1e-3
     t = run(exchange, responder, 5.0, uniform(1e-4, 3e-4), uniform(1e-4, 3e-4), start=t)
     assert exchange.locked_at(t)
     assert error_at(exchange, responder, t) < 0.1e-3
+
+
+def cfg_track(exchange: TimeExchange) -> float:
+    return exchange.config.track_interval_s
 
 
 def test_one_lying_response_is_an_outlier_not_a_step() -> None:
@@ -477,24 +496,42 @@ def test_a_rate_change_prunes_the_old_exchanges() -> None:
 
 
 def test_acquiring_goes_on_until_the_bound_is_tight_and_no_longer_than_bounded() -> None:
-    """Answers over 0-50 ms: the bound stays above tight_bound_s for a while, so requests
-    keep the acquiring pace past acquire_samples; a path that never gets tight (a 1.5 ms
-    floor each way) is asked at that pace for acquire_max_s of lock, then every second."""
+    """Answers over 0.2-3 ms: locked at once, but the bound stays above tight_bound_s for
+    a while, so requests keep the acquiring pace past acquire_samples until it is down
+    there, then every second; a path that never gets tight (a 1.5 ms floor each way) is
+    asked at that pace for acquire_max_s of lock, then every second."""
     cfg = ExchangeConfig()
+
+    def recorded(exchange: TimeExchange) -> list[float]:
+        sent: list[float] = []
+        original = exchange.poll
+
+        def poll(t: float) -> int | None:
+            got = original(t)
+            if got is not None:
+                sent.append(t)
+            return got
+
+        exchange.poll = poll  # type: ignore[method-assign,assignment]
+        return sent
+
     fast = TimeExchange()
-    run(fast, Responder(), 10.0, fixed(1e-4), uniform(0.2e-3, 50e-3), seed=4)
-    assert fast.sent > cfg.acquire_samples + 10  # still acquiring after 16 answers
+    fast_sent = recorded(fast)
+    tight: list[float] = []  # when the bound got tight
+
+    def watch(t: float) -> None:
+        if not tight and fast.filter.samples and fast.bound_at(t) <= cfg.tight_bound_s:
+            tight.append(t)
+
+    run(fast, Responder(), 20.0, fixed(1e-4), uniform(0.2e-3, 3e-3), seed=4, on_tick=watch)
+    assert tight
+    before = [b - a for a, b in itertools.pairwise(fast_sent) if b <= tight[0]]
+    after = [b - a for a, b in itertools.pairwise(fast_sent) if a > tight[0] + 1.0]
+    assert len(before) > cfg.acquire_samples + 5  # acquiring after 16 answers ...
+    assert max(before) < 2 * cfg.acquire_interval_s  # ... at the acquiring pace
+    assert after and min(after) > 0.9 * cfg.track_interval_s  # then tracking, steadily
     slow = TimeExchange()
-    sent: list[float] = []
-    original = slow.poll
-
-    def poll(t: float) -> int | None:
-        got = original(t)
-        if got is not None:
-            sent.append(t)
-        return got
-
-    slow.poll = poll  # type: ignore[method-assign,assignment]
+    sent = recorded(slow)
     run(slow, Responder(), 60.0, fixed(1.5e-3), fixed(1.5e-3))
     assert slow.locked_at(160.0) and slow.bound_at(160.0) > cfg.tight_bound_s
     gaps = [b - a for a, b in itertools.pairwise(sent)]
@@ -683,8 +720,11 @@ def test_time_ref_names_the_reference() -> None:
     assert sync.time_ref(follower) == "exchange"  # type: ignore[arg-type]
 
 
-def test_a_responder_that_appears_is_heard_at_once() -> None:
-    """Requests nobody answered do not hold the in-flight slots until they time out."""
+@pytest.mark.parametrize(("appears", "within"), [(1.3, 0.6), (4.0, 1.7)])
+def test_a_responder_that_appears_is_heard_at_once(appears: float, within: float) -> None:
+    """Requests nobody answered do not hold the in-flight slots until they time out; and
+    one that appears after idle_after requests went unanswered is heard within the
+    backing-off interval (about a second then), not at the idle pace (5 s)."""
     exchange = TimeExchange()
     responder = Responder()
     locked_at: list[float] = []
@@ -696,13 +736,13 @@ def test_a_responder_that_appears_is_heard_at_once() -> None:
     run(
         exchange,
         responder,
-        4.0,
+        8.0,
         fixed(1e-4),
         fixed(1e-4),
-        answering=lambda t: t >= 101.3,
+        answering=lambda t: t >= 100.0 + appears,
         on_tick=watch,
     )
-    assert locked_at and locked_at[0] < 101.3 + 0.6, locked_at
+    assert locked_at and locked_at[0] < 100.0 + appears + within, locked_at
 
 
 def test_the_timekeeper_takes_the_brokers_protocol(capsys: pytest.CaptureFixture[str]) -> None:
