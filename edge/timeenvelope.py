@@ -28,8 +28,9 @@ from collections.abc import Iterable
 Point = tuple[float, float]  # (local monotonic time, offset bound)
 
 _SPACING_ORDER = 16
-_QUIET_MIN_POINTS = 8  # fewer: the spacings themselves are too noisy to compare
+_QUIET_MIN_POINTS = 16  # fewer: the spacings themselves are too noisy to compare
 _TINY = 1e-18  # s^2: two spacings of 0 weigh the same
+_SLOPE_Z = 20.0  # an envelope slope's spread, in spacings per span (edge.sync.envelope's)
 
 
 def lower_hull(points: Iterable[Point]) -> list[Point]:
@@ -117,12 +118,12 @@ def hull_slope(hull: list[Point], mean_x: float) -> float | None:
     return (y2 - y1) / (x2 - x1)
 
 
-def floor_spacing(residuals: list[float]) -> float:
-    """Mean gap between the lowest of ``residuals``: the lowest quarter, 3 to 16 of them
-    (how densely the points crowd their envelope; inf for fewer than 3)."""
-    if len(residuals) < 3:
+def floor_spacing(residuals: list[float], at_least: int = 3) -> float:
+    """Mean gap between the lowest of ``residuals``: the lowest quarter, ``at_least`` to 16
+    of them (how densely the points crowd their envelope; inf for fewer than that)."""
+    if len(residuals) < at_least:
         return math.inf
-    lowest = heapq.nsmallest(min(_SPACING_ORDER, max(3, len(residuals) // 4)), residuals)
+    lowest = heapq.nsmallest(min(_SPACING_ORDER, max(at_least, len(residuals) // 4)), residuals)
     return (lowest[-1] - lowest[0]) / (len(lowest) - 1)
 
 
@@ -132,25 +133,30 @@ def quiet_side_slope(
     uppers: list[Point],
     lowers: list[Point],
     quiet_ratio: float,
-) -> float | None:
+) -> tuple[float, float] | None:
     """The rate from the envelopes alone, when one way is much quieter than the other
     (its points crowd its envelope ``1 / quiet_ratio`` times closer, as requests do on a
-    path that queues only the answers): each envelope's own slope (:func:`hull_slope`),
-    weighted by the inverse square of its spacing. None when neither way is that quiet
-    (then the middle of :func:`slope_interval` is better: it uses the pairs across the
-    whole window) or an envelope has too few points. ``ups``/``lows``: all the points;
-    ``uppers``/``lowers``: their hulls."""
+    path that queues only the answers), and how far off it may be (one sigma, 1/s): each
+    envelope's own slope (:func:`hull_slope`), weighted by the inverse square of its
+    spacing; the spread is ``_SLOPE_Z`` spacings over the window's span. None when neither
+    way is that quiet (then the middle of :func:`slope_interval` is better: it uses the
+    pairs across the whole window) or an envelope has too few points. ``ups``/``lows``:
+    all the points (sorted by time); ``uppers``/``lowers``: their hulls."""
     if min(len(ups), len(lows)) < _QUIET_MIN_POINTS:
         return None
     su = hull_slope(uppers, sum(x for x, _ in ups) / len(ups))
     sl = hull_slope(lowers, sum(x for x, _ in lows) / len(lows))
     if su is None or sl is None:
         return None
-    gu = floor_spacing([y - su * x for x, y in ups])
-    gl = floor_spacing([sl * x - y for x, y in lows])
-    if not math.isfinite(gu) or not math.isfinite(gl):
+    # Above the envelope's own slope two residuals are 0 by construction: the spacing is
+    # taken over six at least, so those two do not make a noisy way look quiet.
+    gu = floor_spacing([y - su * x for x, y in ups], at_least=6)
+    gl = floor_spacing([sl * x - y for x, y in lows], at_least=6)
+    span = max(ups[-1][0], lows[-1][0]) - min(ups[0][0], lows[0][0])
+    if not math.isfinite(gu) or not math.isfinite(gl) or span <= 0.0:
         return None
     if min(gu, gl) > quiet_ratio * max(gu, gl):
         return None
     wu, wl = 1.0 / (gu * gu + _TINY), 1.0 / (gl * gl + _TINY)
-    return (su * wu + sl * wl) / (wu + wl)
+    slope = (su * wu + sl * wl) / (wu + wl)
+    return slope, _SLOPE_Z / math.sqrt(wu + wl) / span

@@ -45,7 +45,9 @@ the oldest is given up); one unanswered for ``timeout_s`` is lost. Each request 
 id; a response to an id not outstanding is ignored and counted (``stale``: it was lost,
 or answered already; ``unknown``: never sent).
 
-*Locked* means a model exists and its bound now is at most ``lock_bound_s``; then
+*Locked* means a model exists and its bound now is at most ``lock_bound_s`` (5 ms: over a
+path jittery enough to need that long, a reading that good already beats what the frames'
+arrival times give, and the agent's follower takes each new reading as it improves); then
 :meth:`TimeExchange.to_local` maps a ``deadline_at`` onto the local monotonic clock and
 :meth:`TimeExchange.pulse_wall_at` says what the pulse's wall clock reads at a local time.
 
@@ -70,6 +72,7 @@ from edge.timeenvelope import (
 from edge.timewire import MAX_ID, TimeResponse
 
 _NS = 1_000_000_000
+_SQRT12 = math.sqrt(12.0)  # a uniform's width over its standard deviation
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,7 @@ class ExchangeConfig:
     window: int = 128
     window_s: float = 120.0
     max_delay_s: float = 1.0
-    lock_bound_s: float = 0.002
+    lock_bound_s: float = 0.005
     min_samples: int = 2
     rate_prior_ppm: float = 200.0
     max_rate_ppm: float = 500.0
@@ -284,10 +287,18 @@ class ClockFilter:
                 self.pruned += 1
         if lo > hi:  # one exchange whose own bounds conflict (not after the checks above)
             lo, hi = -limit, limit
-        self.rate = (lo + hi) / 2.0
+        # The rate: the interval's middle (its spread that of a uniform over it), the
+        # quieter way's envelope slope when one way is much quieter, and the prior (0 give
+        # or take rate_prior_ppm), each weighed by the inverse of its variance; inside the
+        # interval, and its error is the farther end (the bound stays proven).
+        estimates = [((lo + hi) / 2.0, max((hi - lo) / _SQRT12, 1e-9))]
+        estimates.append((0.0, cfg.rate_prior_ppm * 1e-6))
         quiet = quiet_side_slope(ups, lows, uppers, lowers, cfg.quiet_ratio)
         if quiet is not None:
-            self.rate = min(max(quiet, lo), hi)
+            estimates.append((quiet[0], max(quiet[1], 1e-9)))
+        weights = [1.0 / (sigma * sigma) for _, sigma in estimates]
+        rate = sum(r * w for (r, _), w in zip(estimates, weights, strict=True)) / sum(weights)
+        self.rate = min(max(rate, lo), hi)
         self.rate_error = max(hi - self.rate, self.rate - lo, 1e-9)
         self._ref = ref
         self._uppers, self._lowers = uppers, lowers

@@ -472,6 +472,28 @@ def test_asymmetric_heavy_tailed_delays_truth_always_inside_the_bound(seed: int)
     assert exchange.locked_at(t)
 
 
+def test_a_rate_barely_known_stays_near_the_prior() -> None:
+    """The first seconds over a 0-50 ms way: the slopes the data allow span most of
+    +/-max_rate_ppm, lopsided, and one envelope slope from a few points is noisy; the rate
+    in use is drawn to the prior (0, rate_prior_ppm) while the data say little, and the
+    truth is inside the bound."""
+    exchange = TimeExchange()
+    responder = Responder(rate_ppm=30.0)
+    rates: list[float] = []
+    seen, check = _watch_bounds(exchange, responder, every_ms=100)
+
+    def watch(t: float) -> None:
+        check(t)
+        if exchange.filter.samples >= 2:
+            rates.append(exchange.filter.rate)
+
+    run(exchange, responder, 3.0, uniform(0.2e-3, 1.2e-3), uniform(0.2e-3, 50e-3), on_tick=watch)
+    assert all(e <= b for _, e, b in seen)
+    # Not at an end of +/-500 ppm (where the middle of a lopsided interval or one noisy
+    # envelope slope would put it): within half of it.
+    assert max(abs(r - 30e-6) for r in rates) < 0.5 * exchange.config.max_rate_ppm * 1e-6
+
+
 def test_a_rate_change_prunes_the_old_exchanges() -> None:
     """The responder's clock changes rate by 20 ppm (NTP slewing it): no line explains the
     window any more, the older exchanges go (it is no step), the rate moves to the new one,
