@@ -43,6 +43,9 @@ START = 100.0  # local time of the first beat (the pulse's start)
 EARLY_S = 3.0
 BASE_S = 150e-6  # loopback through the broker and the relay, each way
 TURNAROUND_S = 50e-6
+#: The agent's runner polls the exchange only on its wake-ups: at 120 BPM, the phase
+#: boundaries (every 1/6 s) and arrivals (its pace is not precise: edge.runner).
+GRID = 1.0 / 6.0
 REQ_S = 1e-3  # the bench's undelayed requests still vary this much (its relay, a loaded box)
 
 
@@ -115,7 +118,10 @@ def run(scenario: Scenario, beats: int, seed: int, responder: bool = True) -> di
     outside = 0
     next_check = START
     while now < end:
-        candidates = [sync.next_at(), heap[0][0] if heap else math.inf, next_check]
+        due = sync.next_at()
+        if GRID and math.isfinite(due):
+            due = max(due, math.ceil((due - START) / GRID - 1e-6) * GRID + START)
+        candidates = [due, heap[0][0] if heap else math.inf, next_check]
         deadline = follower.next_deadline()
         if deadline is not None:
             candidates.append(deadline)
