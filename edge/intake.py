@@ -87,6 +87,7 @@ class Intake:
                 wall_at: float | None = item.wall_at
                 if self.timesync is not None:
                     wall_at = self.timesync.wall_for(item.arrived_at, item.wall_at)
+                    self.follower.wall_verified = self.timesync.wall_verified
                 return self._follow(frame, item.arrived_at, wall_at, now)
             if self.timesync is not None and self.timesync.handles(item.topic):
                 self.timesync.receive(item)

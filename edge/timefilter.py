@@ -5,39 +5,49 @@ Theory of operation
 An exchange is NTP's four timestamps: the agent sends a request at local monotonic ``t1``,
 the responder receives it at ``t2`` and answers at ``t3`` (its wall clock, the one its
 frames' ``deadline_at`` is written in, integer ns), the answer arrives at monotonic ``t4``.
-Its round-trip *delay* is ``(t4 - t1) - (t3 - t2)`` and its *offset* (pulse wall minus
-local monotonic, at the exchange's middle ``(t1 + t4) / 2``) is
-``((t2 + t3) - (t1 + t4)) / 2``. However the delay splits between the two ways, the true
-offset is within ``delay / 2`` of that: the lower the delay, the tighter the bound, so the
-filter keeps the last ``window`` exchanges and uses the one with the smallest bound
-(NTP's clock filter, over a longer window).
+Its round-trip *delay* is ``(t4 - t1) - (t3 - t2)``. The *offset* (pulse wall minus local
+monotonic) is bounded twice, each bound whatever the other way's delay was: it was at
+most ``t2 - t1`` at ``t1`` (the request cannot arrive before it left) and at least
+``t3 - t4`` at ``t4``. NTP pairs the two per exchange (the middle, within ``delay / 2``)
+and keeps the lowest-delay one; this filter keeps them apart (:mod:`edge.timeenvelope`):
+the offset is a line (its slope, the *rate*: the two clocks' rates differ by tens of ppm)
+under every request's bound and over every response's, so the best request and the best
+response of the window count even when they are not of the same exchange, and the rate
+comes from the whole window.
 
-*Rate.* The two clocks run at slightly different rates (tens of ppm), so an offset ages:
-it is carried forward at the rate measured between the lowest-delay exchange of the older
-half of the window and that of the newer half, once they are ``min_rate_span_s`` apart,
-with the uncertainty their two bounds give over that span (``rate_prior_ppm`` before);
-a measurement replaces the rate in use only when it is more certain than that one is now
-(its uncertainty grown by ``rate_drift_ppm_per_s`` since), and the rate is clamped to
-``max_rate_ppm``. A kept exchange's bound at time ``t`` is
-``delay / 2 + precision + rate_error * |t - middle|``; the one with the smallest bound
-now is the *best*; since every bound grows at the same rate, the best changes only when
-an exchange comes in or leaves the window.
+*The fit.* The window holds the last ``window`` exchanges of the last ``window_s``. The
+rates of the lines between the two point sets form an interval (within ``max_rate_ppm``):
+the rate in use is its middle, or, when one way is much quieter than the other (its points
+crowd their envelope ``1 / quiet_ratio`` times closer: requests on a path that queues only
+the answers), the quieter envelope's own slope (Moon, Skelly and Towsley's estimator, as
+:mod:`edge.sync.envelope` fits the frames), kept inside the interval. The estimate is the
+middle between the two envelopes of that rate. Its *bound* at ``t`` is the interval every
+point proves there, each carried from its time at the rate give or take how far the rate
+may be off inside its interval, plus what a rate drifting by ``rate_drift_ppm_per_s`` may
+have added: honest whatever the delays, tight when both ways had a fast exchange lately,
+growing in silence. When no line explains the whole window (the rate changed), the oldest
+exchanges go (``pruned``).
 
-*Outliers and steps.* An exchange whose offset disagrees with the model by more than both
-bounds allow cannot be explained by delay: it is held back (``outlier``). When
-``step_confirm`` of them in a row agree with each other, the responder's wall clock has
-stepped (or a different responder answers): the window restarts on them (``steps``).
+*Outliers and steps.* An exchange whose request says the offset was below what the model
+proves, or whose response says it was above, cannot be explained by delay: it is held
+back (``outlier``). When ``step_confirm`` of them in a row agree with each other, the
+responder's wall clock has stepped (or a different responder answers): the window
+restarts on them (``steps``).
 Exchanges slower than ``max_delay_s`` or with a negative delay are refused.
 
-*Schedule.* Requests go out every ``acquire_interval_s`` until the mapping is locked and
-``acquire_samples`` exchanges are in, then every ``track_interval_s``; after
-``idle_after`` requests in a row without an answer (no responder), every
+*Schedule.* Requests go out every ``acquire_interval_s`` until the mapping is locked,
+``acquire_samples`` exchanges are in and the bound is down to ``tight_bound_s`` (or the
+lock is ``acquire_max_s`` old: a path that never gets that fast is not asked at the
+acquiring pace for ever), then every ``track_interval_s``; after ``idle_after`` requests
+in a row without an answer (no responder yet), each one more doubles the interval, up to
 ``idle_interval_s``. At most ``max_in_flight`` are outstanding (when a new one is due
 the oldest is given up); one unanswered for ``timeout_s`` is lost. Each request has a new
 id; a response to an id not outstanding is ignored and counted (``stale``: it was lost,
 or answered already; ``unknown``: never sent).
 
-*Locked* means a model exists and its bound now is at most ``lock_bound_s``; then
+*Locked* means a model exists and its bound now is at most ``lock_bound_s`` (5 ms: over a
+path jittery enough to need that long, a reading that good already beats what the frames'
+arrival times give, and the agent's follower takes each new reading as it improves); then
 :meth:`TimeExchange.to_local` maps a ``deadline_at`` onto the local monotonic clock and
 :meth:`TimeExchange.pulse_wall_at` says what the pulse's wall clock reads at a local time.
 
@@ -50,61 +60,96 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from edge.timeenvelope import (
+    Point,
+    bounds_at,
+    levels,
+    lower_hull,
+    quiet_side_slope,
+    slope_interval,
+    upper_hull,
+)
 from edge.timewire import MAX_ID, TimeResponse
 
 _NS = 1_000_000_000
+_SQRT12 = math.sqrt(12.0)  # a uniform's width over its standard deviation
 
 
 @dataclass(frozen=True, slots=True)
 class ExchangeConfig:
     """The clock filter's and the schedule's parameters (see the module's theory)."""
 
-    acquire_interval_s: float = 0.25
+    acquire_interval_s: float = 0.1
     track_interval_s: float = 1.0
     idle_interval_s: float = 5.0
     acquire_samples: int = 16
-    idle_after: int = 8
+    tight_bound_s: float = 0.25e-3
+    acquire_max_s: float = 10.0
+    idle_after: int = 20
     max_in_flight: int = 4
     timeout_s: float = 2.0
     window: int = 128
+    window_s: float = 120.0
     max_delay_s: float = 1.0
-    lock_bound_s: float = 0.002
+    lock_bound_s: float = 0.005
     min_samples: int = 2
-    min_rate_span_s: float = 8.0
     rate_prior_ppm: float = 200.0
     max_rate_ppm: float = 500.0
     rate_drift_ppm_per_s: float = 0.05
+    quiet_ratio: float = 0.25
     step_confirm: int = 3
     precision_s: float = 2e-6
 
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """One answered request: its middle (local monotonic s), offset relative to the
-    filter's base (s) and round-trip delay (s)."""
+    """One answered request: when it left and when its answer came (local monotonic s),
+    and the two bounds on the offset it gives, relative to the filter's base (s):
+    ``offset(t1) <= up`` and ``offset(t4) >= low``."""
 
-    mid: float
-    offset: float
-    delay: float
+    t1: float
+    t4: float
+    up: float
+    low: float
+
+    @property
+    def mid(self) -> float:
+        return (self.t1 + self.t4) / 2.0
+
+    @property
+    def offset(self) -> float:
+        """NTP's offset estimate, at :attr:`mid`."""
+        return (self.up + self.low) / 2.0
+
+    @property
+    def delay(self) -> float:
+        """The round trip minus the responder's turnaround."""
+        return self.up - self.low
 
 
 class ClockFilter:
-    """The lowest-delay exchanges, the rate, and the pulse wall clock they give."""
+    """The window of exchanges, the two envelopes over it, and the pulse wall clock."""
 
     def __init__(self, config: ExchangeConfig) -> None:
         self._cfg = config
         #: Offsets are kept relative to this (pulse wall ns - local monotonic ns), so floats
         #: keep sub-microsecond precision.
         self.base_ns: int | None = None
-        self._window: deque[Exchange] = deque(maxlen=max(config.window, 2))
+        self._window: deque[Exchange] = deque()
         self._suspects: list[Exchange] = []
         self.rate = 0.0  # d(offset)/d(local time): pulse wall clock rate minus ours
-        self.rate_error = config.rate_prior_ppm * 1e-6
-        self._rate_at = -math.inf  # when the rate in use was measured (-inf: the prior)
-        self._best: Exchange | None = None
+        self.rate_error = config.max_rate_ppm * 1e-6
+        # The fit: the estimate is level + rate * (t - ref); the hull vertices of the two
+        # envelopes (times relative to ref) bound it; span: the window's length.
+        self._ref = 0.0
+        self._level = 0.0
+        self._uppers: list[Point] = []
+        self._lowers: list[Point] = []
+        self._span = 0.0
         # Counters.
         self.used = 0
         self.steps = 0
+        self.pruned = 0  # old exchanges dropped because no line explained the window
         self.rejected: dict[str, int] = {}
 
     # ------------------------------------------------------------------ answers
@@ -113,19 +158,33 @@ class ClockFilter:
     def samples(self) -> int:
         return len(self._window)
 
+    def interval_at(self, t: float) -> tuple[float, float]:
+        """The interval the offset at ``t`` is proven to be in (relative to ``base_ns``)."""
+        cfg = self._cfg
+        low, high = bounds_at(
+            self._uppers,
+            self._lowers,
+            t - self._ref,
+            self.rate,
+            self.rate_error,
+            cfg.rate_drift_ppm_per_s * 1e-6,
+            self._span,
+        )
+        return low - cfg.precision_s, high + cfg.precision_s
+
     def bound_at(self, t: float) -> float:
         """Bound on the error of the pulse wall clock read at local ``t`` (inf: no model)."""
-        best = self._best
-        if best is None or len(self._window) < self._cfg.min_samples:
+        if not self._uppers or len(self._window) < self._cfg.min_samples:
             return math.inf
-        return self._bound(best, t)
+        low, high = self.interval_at(t)
+        estimate = self.offset_at(t)
+        return max(high - estimate, estimate - low)
 
     def offset_at(self, t: float) -> float:
         """Pulse wall minus local monotonic at ``t``, in seconds relative to ``base_ns``."""
-        best = self._best
-        if best is None:
+        if not self._uppers:
             raise RuntimeError("the clock filter has no exchange yet")
-        return best.offset + self.rate * (t - best.mid)
+        return self._level + self.rate * (t - self._ref)
 
     def pulse_wall_ns_at(self, t: float) -> int:
         """The pulse's wall clock (ns) at local monotonic ``t``."""
@@ -134,12 +193,11 @@ class ClockFilter:
 
     def to_local(self, wall_ns: int) -> float:
         """The local monotonic time at which the pulse's wall clock reads ``wall_ns``."""
-        best = self._best
-        if best is None or self.base_ns is None:
+        if not self._uppers or self.base_ns is None:
             raise RuntimeError("the clock filter has no exchange yet")
         w = (wall_ns - self.base_ns) / _NS
-        # w = t + best.offset + rate * (t - best.mid), solved for t.
-        return (w - best.offset + self.rate * best.mid) / (1.0 + self.rate)
+        # w = t + level + rate * (t - ref), solved for t.
+        return (w - self._level + self.rate * self._ref) / (1.0 + self.rate)
 
     # ------------------------------------------------------------------ input
 
@@ -153,20 +211,18 @@ class ClockFilter:
             return self._refuse("negative_delay")
         if delay > cfg.max_delay_s:
             return self._refuse("slow")
-        mid = (t1 + t4) / 2.0
-        offset_ns = (t2 + t3) // 2 - round(mid * _NS)
         if self.base_ns is None:
-            self.base_ns = offset_ns
-        sample = Exchange(mid, (offset_ns - self.base_ns) / _NS, max(delay, 0.0))
-        if self._best is not None and not self._fits(sample):
+            self.base_ns = t2 - round(t1 * _NS)
+        up = (t2 - self.base_ns - round(t1 * _NS)) / _NS
+        low = (t3 - self.base_ns - round(t4 * _NS)) / _NS
+        sample = Exchange(t1, t4, up, min(low, up))
+        if self._uppers and not self._fits(sample):
             self._suspects.append(sample)
             if len(self._suspects) >= cfg.step_confirm and self._agree(self._suspects):
                 self.steps += 1
                 self._window.clear()
                 self._window.extend(self._suspects)
                 self._suspects.clear()
-                self.rate, self.rate_error = 0.0, cfg.rate_prior_ppm * 1e-6
-                self._rate_at = -math.inf
                 self._update()
                 self.used += 1
                 return "step"
@@ -185,16 +241,13 @@ class ClockFilter:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         return reason
 
-    def _bound(self, sample: Exchange, t: float) -> float:
-        return sample.delay / 2.0 + self._cfg.precision_s + self.rate_error * abs(t - sample.mid)
-
     def _fits(self, sample: Exchange) -> bool:
-        """Whether ``sample`` can be the model's clock seen through its delay."""
-        best = self._best
-        assert best is not None
-        predicted = best.offset + self.rate * (sample.mid - best.mid)
-        allowed = self._bound(best, sample.mid) + sample.delay / 2.0 + self._cfg.precision_s
-        return abs(sample.offset - predicted) <= allowed
+        """Whether ``sample`` can be the model's clock seen through some delay: its request
+        does not say the offset was below what the model proves, nor its response above."""
+        slack = 2.0 * self._cfg.precision_s
+        low, _ = self.interval_at(sample.t1)
+        _, high = self.interval_at(sample.t4)
+        return sample.up >= low - slack and sample.low <= high + slack
 
     def _agree(self, samples: list[Exchange]) -> bool:
         slack = self._cfg.rate_prior_ppm * 1e-6
@@ -206,28 +259,55 @@ class ClockFilter:
         return True
 
     def _update(self) -> None:
+        """Refit the envelopes to the window (the newest ``window`` exchanges of the last
+        ``window_s``); while no line of a plausible rate explains it all (the rate changed,
+        or a slow step), the oldest exchange goes."""
         cfg = self._cfg
-        window = list(self._window)
-        half = len(window) // 2
-        if half >= 1:
-            older = min(window[:half], key=lambda s: s.delay)
-            newer = min(window[half:], key=lambda s: s.delay)
-            span = newer.mid - older.mid
-            if span >= cfg.min_rate_span_s:
-                limit = cfg.max_rate_ppm * 1e-6
-                error = (older.delay + newer.delay) / 2.0 / span + 2 * cfg.precision_s / span
-                # A rate measured well is kept until a better one comes, or until the drift
-                # it may have had since (temperature: rate_drift_ppm_per_s) makes it worse.
-                aged = self.rate_error + cfg.rate_drift_ppm_per_s * 1e-6 * (
-                    newer.mid - self._rate_at
-                )
-                if error <= aged:
-                    self.rate = max(-limit, min(limit, (newer.offset - older.offset) / span))
-                    self.rate_error = max(error, 1e-7)
-                    self._rate_at = newer.mid
-        # The bounds all grow at rate_error: the smallest now is the smallest later too.
-        latest = window[-1].mid
-        self._best = min(window, key=lambda s: self._bound(s, latest))
+        window = self._window
+        newest = max(s.t4 for s in window)
+        while len(window) > max(cfg.window, 1) or (
+            len(window) > 1 and newest - window[0].t4 > cfg.window_s
+        ):
+            window.popleft()
+        limit = cfg.max_rate_ppm * 1e-6
+        while True:
+            ref = max(s.t4 for s in window)
+            p = cfg.precision_s
+            ups = sorted((s.t1 - ref, s.up + p) for s in window)
+            lows = sorted((s.t4 - ref, s.low - p) for s in window)
+            uppers, lowers = lower_hull(ups), upper_hull(lows)
+            lo, hi = slope_interval(uppers, lowers, limit)
+            if lo <= hi or len(window) == 1:
+                break
+            # The clock's rate changed inside the window: the older half goes (one at a
+            # time would keep the oldest that still fit, and the fit would straddle the
+            # change for a whole window).
+            for _ in range(max(1, len(window) // 2)):
+                window.popleft()
+                self.pruned += 1
+        if lo > hi:  # one exchange whose own bounds conflict (not after the checks above)
+            lo, hi = -limit, limit
+        # The rate: the interval's middle (its spread that of a uniform over it), the
+        # quieter way's envelope slope when one way is much quieter, and the prior (0 give
+        # or take rate_prior_ppm), each weighed by the inverse of its variance; inside the
+        # interval, and its error is the farther end (the bound stays proven).
+        estimates = [((lo + hi) / 2.0, max((hi - lo) / _SQRT12, 1e-9))]
+        estimates.append((0.0, cfg.rate_prior_ppm * 1e-6))
+        quiet = quiet_side_slope(ups, lows, uppers, lowers, cfg.quiet_ratio)
+        if quiet is not None:
+            estimates.append((quiet[0], max(quiet[1], 1e-9)))
+        weights = [1.0 / (sigma * sigma) for _, sigma in estimates]
+        rate = sum(r * w for (r, _), w in zip(estimates, weights, strict=True)) / sum(weights)
+        self.rate = min(max(rate, lo), hi)
+        self.rate_error = max(hi - self.rate, self.rate - lo, 1e-9)
+        self._ref = ref
+        self._uppers, self._lowers = uppers, lowers
+        self._span = ref - min(s.t1 for s in window)
+        # The estimate now is the middle of what every line the window allows says now
+        # (old points count as far as the rate is known: a rate barely known makes the
+        # newest exchanges bind); it runs on at the middle rate.
+        top, bottom = levels(uppers, lowers, self.rate)
+        self._level = (top + bottom) / 2.0
 
 
 class TimeExchange:
@@ -241,6 +321,8 @@ class TimeExchange:
         self._done: deque[int] = deque(maxlen=256)  # ids answered or lost lately
         self._next_at = -math.inf
         self._unanswered = 0  # requests in a row that got no answer
+        self._locked_since: float | None = None  # when the lock in force began
+        self._tracking = False  # whether acquiring is over for this lock
         self.answered = False  # whether any response was ever used
         # Counters.
         self.sent = 0
@@ -285,9 +367,27 @@ class TimeExchange:
     def _interval(self, now: float) -> float:
         cfg = self.config
         if self._unanswered >= cfg.idle_after:
-            return cfg.idle_interval_s
-        if self.filter.samples < cfg.acquire_samples or not self.locked_at(now):
+            # Backing off, each unanswered request doubling the interval up to the idle
+            # pace: a responder that starts a few seconds after us is heard within a
+            # second or so, not at the next idle request.
+            doublings = min(self._unanswered - cfg.idle_after + 1, 60)
+            return min(cfg.idle_interval_s, cfg.acquire_interval_s * 2.0**doublings)
+        if not self.locked_at(now):
+            self._locked_since, self._tracking = None, False
             return cfg.acquire_interval_s
+        if self._locked_since is None:
+            self._locked_since = now
+        if self.filter.samples < cfg.acquire_samples:
+            return cfg.acquire_interval_s
+        if not self._tracking:
+            # Once tight (or long enough at it), tracking until the lock is lost: the bound
+            # breathes between answers, and the pace should not follow it.
+            self._tracking = (
+                self.bound_at(now) <= cfg.tight_bound_s
+                or now - self._locked_since >= cfg.acquire_max_s
+            )
+            if not self._tracking:
+                return cfg.acquire_interval_s
         return cfg.track_interval_s
 
     def poll(self, now: float) -> int | None:
@@ -317,7 +417,7 @@ class TimeExchange:
     def _expire(self, now: float) -> None:
         timeout = self.config.timeout_s
         for request_id, t1 in list(self._in_flight.items()):
-            if now - t1 >= timeout:
+            if t1 + timeout <= now:  # as next_at() says, so a wake-up then expires it
                 del self._in_flight[request_id]
                 self._lose(request_id)
 
@@ -340,6 +440,8 @@ class TimeExchange:
         verdict = self.filter.add(t1, response.t2, response.t3, t4)
         if verdict in ("used", "step"):
             self.answered = True
-        if was_idle:  # a responder appeared: ask at the acquiring pace again
+        if was_idle or verdict == "outlier":
+            # A responder appeared, or one disagrees with the model (its clock stepped or
+            # changed rate?): ask at the acquiring pace again, to hear which soon.
             self._next_at = min(self._next_at, t4 + self.config.acquire_interval_s)
         return verdict

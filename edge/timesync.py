@@ -15,9 +15,11 @@ locked, the follower gets the local wall clock if it reads within the exchange's
 of the pulse's clock (it is not proven wrong, and on the pulse's host or under PTP it is
 better), else the pulse's wall clock as the exchange maps it (:meth:`TimeSync.wall_for`);
 while the exchange is not locked, no wall reading (the fixed delay learnt stays; a local
-wall clock hours off is not mixed in). :meth:`TimeSync.time_ref` names what the fixed
-delay comes from: ``exchange``, ``wall`` (the local wall clock, trusted) or
-``envelope`` (neither: arrival times and ``sync.path_delay_s`` alone).
+wall clock hours off is not mixed in). Those readings are checked by the exchange
+(:attr:`TimeSync.wall_verified`), so the follower believes each at once instead of
+waiting for frames that agree (:mod:`edge.sync.wall`). :meth:`TimeSync.time_ref` names
+what the fixed delay comes from: ``exchange``, ``wall`` (the local wall clock, trusted)
+or ``envelope`` (neither: arrival times and ``sync.path_delay_s`` alone).
 """
 
 from __future__ import annotations
@@ -114,6 +116,12 @@ class TimeSync:
         if not self.exchange.answered:
             return local_wall
         return self._reading(arrived_at, local_wall)
+
+    @property
+    def wall_verified(self) -> bool:
+        """Whether :meth:`wall_for` readings are checked by the exchange (a responder has
+        answered: each is then within the exchange's bound, or None)."""
+        return self.exchange.answered
 
     def hlc_wall(self, now: float, local_wall: float) -> float:
         """The wall time the claims' HLC (and its bound on received stamps) reads at local

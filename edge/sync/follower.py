@@ -201,6 +201,16 @@ class BeatFollower:
         return self._timeline.wall.trusted
 
     @property
+    def wall_verified(self) -> bool:
+        """Whether the wall readings given with frames are checked by a time exchange
+        (then each is believed at once: :mod:`edge.sync.wall`)."""
+        return self._timeline.wall.verified
+
+    @wall_verified.setter
+    def wall_verified(self, verified: bool) -> None:
+        self._timeline.wall.verified = verified
+
+    @property
     def path_delay_s(self) -> float:
         """The fixed path delay currently removed from the envelope."""
         return self._timeline.path_delay()

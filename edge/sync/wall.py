@@ -6,6 +6,14 @@ of those delays' offsets from the envelope is the fixed delay the envelope runs 
 The wall clock is trusted only while the last ``wall_trust_frames`` offsets are plausible
 and agree; a wall clock step (its offset from the monotonic clock jumps) freezes what was
 learnt before it. ``trust_wall_clock = true/false`` overrides the decision.
+
+*Verified readings.* When the readings come checked by a time exchange with the pulse
+(``verified``: each is the pulse's clock within the exchange's bound, :mod:`edge.timesync`),
+they need no vote: the newest one gives the delay (the exchange's mapping only gets
+better, and a wrong envelope slope has had the least time to matter), a jump of the
+readings is the exchange following the pulse's clock (the window restarts, nothing is
+frozen), and the plausibility limits do not apply (the envelope may sit far above its
+floor while few frames are in).
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ class WallClock:
             maxlen=max(config.wall_trust_frames, 1)
         )
         self.steps = 0  # wall clock steps seen
+        #: Whether the readings are checked by a time exchange (see the module's theory).
+        self.verified = False
 
     @property
     def delay(self) -> float | None:
@@ -81,9 +91,10 @@ class WallClock:
             if abs(offset - last_offset) > cfg.wall_step_s + _NTP_SLEW * abs(a - last_a):
                 self.steps += 1
                 self._samples.clear()
-                self._trusted = False
-                if self._bias is not None:
-                    self._frozen = True
+                if not self.verified:
+                    self._trusted = False
+                    if self._bias is not None:
+                        self._frozen = True
         self._last = (offset, a)
         sent = frame.deadline_at.timestamp() - frame.phase_seconds
         self._samples.append((frame.beat_index, PHASES.index(frame.phase), a, wall_at - sent))
@@ -93,6 +104,12 @@ class WallClock:
         if cfg.trust_wall_clock is False or (self._frozen and cfg.trust_wall_clock is None):
             return
         samples = list(self._samples)
+        if self.verified and samples and cfg.trust_wall_clock is None:
+            k, p, a, d = samples[-1]
+            self._bias = d - (a - envelope_at(k, p))
+            self.spread = 0.0
+            self._trusted, self._frozen = True, False
+            return
         if len(samples) < cfg.wall_trust_frames:
             return
         biases = [d - (a - envelope_at(k, p)) for k, p, a, d in samples]
