@@ -35,6 +35,7 @@ late arrivals, which is why this is safe. A reload is applied at a beat's start
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -96,6 +97,8 @@ PROBE_SLACK_S = 0.25
 #: it (the next is due one interval later, at the next action), and where several agents
 #: share a box (or other work its cores) it adds to their queue at the same instant.
 QUIET_AFTER_ACTION_S = 0.02
+#: A due time request waits up to this long for a wake-up that comes anyway.
+EXCHANGE_SLACK_S = 0.02
 #: Every this many probe samples one is a full sample (process, temperature, disk).
 FULL_SAMPLE_EVERY = 5
 #: Bad input of one kind is logged once per this many seconds, then counted (loglimit).
@@ -261,6 +264,12 @@ class Runner:
         # the past, which would make the loop poll until then).
         if self.probe is not None and not (now >= self._next_sample and self._imminent(now)):
             candidates.append(max(self._next_sample + PROBE_SLACK_S, self._quiet_from()))
+        if self.timesync is not None:
+            # The exchange's pace (ten a second while acquiring): a request waits a little
+            # for a wake-up that comes anyway, and never goes out beside an action.
+            asked = self.timesync.next_at()
+            if asked < math.inf and not (now >= asked and self._imminent(now)):
+                candidates.append(max(asked + EXCHANGE_SLACK_S, self._quiet_from()))
         if self.publisher.window_full():
             # Acks do not wake the loop (edge.mqtt_link): look for them soon while claims
             # wait for the publish window (a backlog after a reconnect drains at speed).
@@ -311,8 +320,8 @@ class Runner:
         self._watch_sync(now)
         side_work = self._side_work_now(now)
         if self.timesync is not None and side_work:
-            # On the MAX_WAIT_S wake-ups at worst: the exchange's pace is not precise,
-            # only its t1 is (read inside poll, right before the publish).
+            # Its pace is kept to EXCHANGE_SLACK_S (next_deadline), its t1 exactly (read
+            # inside poll, right before the publish).
             self.timesync.poll(self.clock.monotonic())
         if self.probe is not None and now >= self._next_sample and side_work:
             # A light sample (system CPU, memory, load, throttling: ~50 us) every interval;

@@ -25,6 +25,7 @@ or ``envelope`` (neither: arrival times and ``sync.path_delay_s`` alone).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 
@@ -76,7 +77,9 @@ class TimeSync:
     # ------------------------------------------------------------------ the runner's calls
 
     def next_at(self) -> float:
-        return self.exchange.next_at()
+        """When :meth:`poll` next has something to do; infinity while the link is down
+        (it sends nothing then, so a due time would only make the loop poll)."""
+        return self.exchange.next_at() if self._connected() else math.inf
 
     def poll(self, now: float) -> None:
         """Send the request due now, if one is (and the link is up)."""

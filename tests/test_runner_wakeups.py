@@ -5,7 +5,9 @@ that wake nothing (but are looked for while claims wait for the publish window).
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 import threading
 import time
 from pathlib import Path
@@ -23,12 +25,14 @@ from edge.runner import (
     ACK_POLL_S,
     BOUNDARY_SLACK_S,
     DRAIN_MAX,
+    EXCHANGE_SLACK_S,
     MAX_WAIT_S,
     PROBE_SLACK_S,
     QUIET_AFTER_ACTION_S,
 )
 from edge.spin import SPIN_MAX_S, SPIN_MIN_S, SPIN_START_S, SpinLead
 from edge.sync import SyncState
+from edge.timesync import TimeSync
 
 
 class Record:
@@ -343,3 +347,41 @@ def test_what_is_queued_is_taken_in_one_wakeup(tmp_path: Path, factory: MockFact
         link.inbox.put(Inbound("wake", 500.0))
     runner.run_once()
     assert link.inbox.qsize() == 4
+
+
+def test_the_exchange_paces_the_loop_while_the_link_is_up(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    link = FakeLink()
+    bench = Bench(tmp_path, factory, link=link)
+    runner, clock = bench.runner, bench.clock
+    up = [True]
+    sent: list[float] = []
+    timesync = TimeSync(
+        "backbeat",
+        "bench",
+        "bench:pi-01",
+        lambda topic, payload: sent.append(clock.monotonic()),
+        lambda: up[0],
+        clock.monotonic,
+        None,
+        rng=random.Random(1),
+    )
+    runner.attach_timesync(timesync)
+    now = clock.monotonic()
+    asked = timesync.next_at()
+    assert asked < math.inf  # the first request is due at once
+    assert runner.next_deadline(now) <= max(asked, now) + EXCHANGE_SLACK_S
+    for _ in range(40):  # no responder: requests at the acquiring pace, then backing off
+        runner.run_once()
+    assert len(sent) >= 10
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    pace = timesync.exchange.config.acquire_interval_s
+    assert min(gaps) >= pace - 1e-9
+    assert max(gaps[:5]) <= pace + EXCHANGE_SLACK_S + 1e-9  # the loop woke for them
+    # The link down: nothing is sent, so the exchange no longer sets a deadline (one in
+    # the past would make the loop poll until the link came back).
+    up[0] = False
+    assert timesync.next_at() == math.inf
+    now = clock.monotonic()
+    assert runner.next_deadline(now) > now
