@@ -33,6 +33,7 @@ from edge.runner import (
 from edge.spin import SPIN_MAX_S, SPIN_MIN_S, SPIN_START_S, SpinLead
 from edge.sync import SyncState
 from edge.timesync import TimeSync
+from edge.timewire import decode_request, encode_response, make_response
 
 
 class Record:
@@ -385,3 +386,42 @@ def test_the_exchange_paces_the_loop_while_the_link_is_up(
     assert timesync.next_at() == math.inf
     now = clock.monotonic()
     assert runner.next_deadline(now) > now
+
+
+def test_a_time_response_beside_an_action_waits_for_the_quiet_after_it(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    link = FakeLink()
+    bench = Bench(tmp_path, factory, link=link)
+    runner, clock = bench.runner, bench.clock
+    requests: list[bytes] = []
+    timesync = TimeSync(
+        "backbeat",
+        "bench",
+        "bench:pi-01",
+        lambda topic, payload: requests.append(payload),
+        lambda: True,
+        clock.monotonic,
+        None,
+        rng=random.Random(1),
+    )
+    runner.attach_timesync(timesync)
+    bench.pulse(range(12))
+    bench.run_once_until(link, bench.start + 8 * BEAT)
+    action_at = runner.plan.next_at()
+    assert action_at is not None and requests
+    # A response to the last request arrives 4 ms before the action.
+    clock.set(action_at - 0.004)
+    request_id = decode_request(requests[-1]).id
+    wall_ns = int(clock.wall() * 1e9)
+    response = encode_response(make_response(request_id, wall_ns, wall_ns + 1000))
+    topic = "backbeat/bench/time/resp/bench:pi-01"
+    link.inbox.put(Inbound("message", clock.monotonic(), clock.wall(), topic, response))
+    runner.run_once()
+    assert not timesync.exchange.answered  # held while the action is imminent
+    while runner.firing.last_fired_at < action_at:
+        runner.run_once()
+    assert not timesync.exchange.answered  # and in the action's own wake-up
+    runner.run_once()
+    assert timesync.exchange.answered
+    assert clock.monotonic() >= action_at + QUIET_AFTER_ACTION_S
