@@ -122,9 +122,11 @@ class TimeSync:
 
     @property
     def wall_verified(self) -> bool:
-        """Whether :meth:`wall_for` readings are checked by the exchange (a responder has
-        answered: each is then within the exchange's bound, or None)."""
-        return self.exchange.answered
+        """Whether :meth:`wall_for` readings are the exchange's mapping of the pulse's clock
+        (a responder has answered and the local wall clock disagrees with it): then each is
+        within the exchange's bound. A local wall clock that agrees is learnt as any
+        trusted wall clock is, by the vote of several frames."""
+        return self.exchange.answered and not self.local_agrees
 
     def hlc_wall(self, now: float, local_wall: float) -> float:
         """The wall time the claims' HLC (and its bound on received stamps) reads at local

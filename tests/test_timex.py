@@ -683,6 +683,25 @@ def test_timesync_and_responder_over_a_loopback() -> None:
     assert responder.answered == 4
 
 
+def test_only_the_exchanges_own_readings_are_verified() -> None:
+    # A local wall clock that agrees is learnt by the follower's vote, as any trusted wall
+    # clock; readings are believed at once only when they are the exchange's mapping.
+    wire = Wire()
+    sync = _sync(wire)
+    walls = iter(range(10**18, 10**18 + 10**12, 10**4))
+    responder = TimeResponder(Topics("backbeat", "c1"), wire.publish, wall_ns=lambda: next(walls))
+    assert not sync.wall_verified  # no responder yet
+    for _ in range(4):
+        sync.poll(wire.now)
+        _answer(wire, sync, responder, 1e9 + wire.now)
+        wire.now += 0.25
+    mapped = sync.wall_for(wire.now, 123.0)  # hours off: the mapping is used
+    assert not sync.local_agrees and sync.wall_verified
+    assert mapped is not None
+    sync.wall_for(wire.now, mapped)  # agrees: the local wall clock is used
+    assert sync.local_agrees and not sync.wall_verified
+
+
 def test_responder_refuses_bad_requests_and_counts_them() -> None:
     sent: list[tuple[str, bytes]] = []
     responder = TimeResponder(Topics("backbeat", "c1"), lambda t, p: sent.append((t, p)))
