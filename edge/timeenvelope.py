@@ -21,9 +21,10 @@ Pure: every time is an argument (seconds, relative to whatever origin the caller
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections.abc import Iterable
+
+from edge.sync.hull import edge_slope, lower_hull
 
 Point = tuple[float, float]  # (local monotonic time, offset bound)
 
@@ -31,24 +32,6 @@ _SPACING_ORDER = 16
 _QUIET_MIN_POINTS = 16  # fewer: the spacings themselves are too noisy to compare
 _TINY = 1e-18  # s^2: two spacings of 0 weigh the same
 _SLOPE_Z = 20.0  # an envelope slope's spread, in spacings per span (edge.sync.envelope's)
-
-
-def lower_hull(points: Iterable[Point]) -> list[Point]:
-    """The lower convex hull of ``points`` sorted by time (ties: the lowest kept)."""
-    hull: list[Point] = []
-    for x, y in points:
-        if hull and x <= hull[-1][0]:
-            if y >= hull[-1][1]:
-                continue
-            hull.pop()
-        while len(hull) >= 2:
-            (ox, oy), (ax, ay) = hull[-2], hull[-1]
-            if (ax - ox) * (y - oy) - (ay - oy) * (x - ox) <= 0.0:
-                hull.pop()
-            else:
-                break
-        hull.append((x, y))
-    return hull
 
 
 def upper_hull(points: Iterable[Point]) -> list[Point]:
@@ -106,18 +89,6 @@ def bounds_at(
     return low, high
 
 
-def hull_slope(hull: list[Point], mean_x: float) -> float | None:
-    """Slope of the hull edge spanning ``mean_x`` (the one-sided envelope that is closest
-    to the points on average: Moon, Skelly and Towsley's estimator); None for one vertex."""
-    if len(hull) < 2:
-        return None
-    for (x1, y1), (x2, y2) in itertools.pairwise(hull):
-        if x2 >= mean_x:
-            return (y2 - y1) / (x2 - x1)
-    (x1, y1), (x2, y2) = hull[-2], hull[-1]
-    return (y2 - y1) / (x2 - x1)
-
-
 def floor_spacing(residuals: list[float], at_least: int = 3) -> float:
     """Mean gap between the lowest of ``residuals``: the lowest quarter, ``at_least`` to 16
     of them (how densely the points crowd their envelope; inf for fewer than that)."""
@@ -137,15 +108,15 @@ def quiet_side_slope(
     """The rate from the envelopes alone, when one way is much quieter than the other
     (its points crowd its envelope ``1 / quiet_ratio`` times closer, as requests do on a
     path that queues only the answers), and how far off it may be (one sigma, 1/s): each
-    envelope's own slope (:func:`hull_slope`), weighted by the inverse square of its
+    envelope's own slope (:func:`edge.sync.hull.edge_slope`), weighted by the inverse square of its
     spacing; the spread is ``_SLOPE_Z`` spacings over the window's span. None when neither
     way is that quiet (then the middle of :func:`slope_interval` is better: it uses the
     pairs across the whole window) or an envelope has too few points. ``ups``/``lows``:
     all the points (sorted by time); ``uppers``/``lowers``: their hulls."""
     if min(len(ups), len(lows)) < _QUIET_MIN_POINTS:
         return None
-    su = hull_slope(uppers, sum(x for x, _ in ups) / len(ups))
-    sl = hull_slope(lowers, sum(x for x, _ in lows) / len(lows))
+    su = edge_slope(uppers, sum(x for x, _ in ups) / len(ups))
+    sl = edge_slope(lowers, sum(x for x, _ in lows) / len(lows))
     if su is None or sl is None:
         return None
     # Above the envelope's own slope two residuals are 0 by construction: the spacing is

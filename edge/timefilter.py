@@ -60,11 +60,11 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from edge.sync.hull import lower_hull
 from edge.timeenvelope import (
     Point,
     bounds_at,
     levels,
-    lower_hull,
     quiet_side_slope,
     slope_interval,
     upper_hull,

@@ -52,10 +52,7 @@ class LowerHull:
 
     def rebuild(self, points: Iterable[Vertex]) -> None:
         """The hull of ``points`` (in ``x`` order), from scratch."""
-        hull: list[Vertex] = []
-        for x, y in points:
-            chain_step(hull, x, y)
-        self.vertices = hull
+        self.vertices = lower_hull(points)
         self.valid = True
 
     def append(self, x: float, y: float) -> None:
@@ -90,13 +87,26 @@ class LowerHull:
             self.valid = False
 
     def slope_under(self, mean_x: float) -> float | None:
-        """The slope of the edge spanning ``mean_x`` (the last edge if none does); None
-        with fewer than two vertices."""
-        hull = self.vertices
-        if len(hull) < 2:
-            return None
-        for (x1, y1), (x2, y2) in itertools.pairwise(hull):
-            if x2 >= mean_x:
-                return (y2 - y1) / (x2 - x1)
-        (x1, y1), (x2, y2) = hull[-2], hull[-1]
-        return (y2 - y1) / (x2 - x1)
+        """:func:`edge_slope` of this hull."""
+        return edge_slope(self.vertices, mean_x)
+
+
+def lower_hull(points: Iterable[Vertex]) -> list[Vertex]:
+    """The lower hull of ``points`` (in ``x`` order), from scratch."""
+    hull: list[Vertex] = []
+    for x, y in points:
+        chain_step(hull, x, y)
+    return hull
+
+
+def edge_slope(hull: list[Vertex], mean_x: float) -> float | None:
+    """The slope of the hull's edge spanning ``mean_x`` (the last edge if none does: the
+    one-sided envelope closest to the points on average, Moon, Skelly and Towsley's
+    estimator); None with fewer than two vertices."""
+    if len(hull) < 2:
+        return None
+    for (x1, y1), (x2, y2) in itertools.pairwise(hull):
+        if x2 >= mean_x:
+            return (y2 - y1) / (x2 - x1)
+    (x1, y1), (x2, y2) = hull[-2], hull[-1]
+    return (y2 - y1) / (x2 - x1)
