@@ -93,6 +93,9 @@ def scenarios() -> list[tuple[str, Pulse, Network, dict[str, object]]]:
             {},
         ),
         ("per-phase frames", Pulse(per_phase=True), Network(jitter=hv, loss=0.1), {}),
+        # Past filter_window_frames (1024): most receive() calls here are at a full window,
+        # the cost a long-running agent pays per frame.
+        ("full window, 2200 beats", Pulse(beats=2200), Network(jitter=hv, loss=0.1), {}),
     ]
 
 
