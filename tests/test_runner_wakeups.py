@@ -10,6 +10,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -350,6 +351,26 @@ def test_what_is_queued_is_taken_in_one_wakeup(tmp_path: Path, factory: MockFact
     assert link.inbox.qsize() == 4
 
 
+def attach_exchange(
+    bench: Bench,
+    publish: Callable[[str, bytes], object],
+    connected: Callable[[], bool] = lambda: True,
+) -> TimeSync:
+    """A time exchange on the bench's runner, its requests handed to ``publish``."""
+    timesync = TimeSync(
+        "backbeat",
+        "bench",
+        "bench:pi-01",
+        publish,
+        connected,
+        bench.clock.monotonic,
+        None,
+        rng=random.Random(1),
+    )
+    bench.runner.attach_timesync(timesync)
+    return timesync
+
+
 def test_the_exchange_paces_the_loop_while_the_link_is_up(
     tmp_path: Path, factory: MockFactory
 ) -> None:
@@ -358,17 +379,9 @@ def test_the_exchange_paces_the_loop_while_the_link_is_up(
     runner, clock = bench.runner, bench.clock
     up = [True]
     sent: list[float] = []
-    timesync = TimeSync(
-        "backbeat",
-        "bench",
-        "bench:pi-01",
-        lambda topic, payload: sent.append(clock.monotonic()),
-        lambda: up[0],
-        clock.monotonic,
-        None,
-        rng=random.Random(1),
+    timesync = attach_exchange(
+        bench, lambda topic, payload: sent.append(clock.monotonic()), lambda: up[0]
     )
-    runner.attach_timesync(timesync)
     now = clock.monotonic()
     asked = timesync.next_at()
     assert asked < math.inf  # the first request is due at once
@@ -395,17 +408,7 @@ def test_a_time_response_beside_an_action_waits_for_the_quiet_after_it(
     bench = Bench(tmp_path, factory, link=link)
     runner, clock = bench.runner, bench.clock
     requests: list[bytes] = []
-    timesync = TimeSync(
-        "backbeat",
-        "bench",
-        "bench:pi-01",
-        lambda topic, payload: requests.append(payload),
-        lambda: True,
-        clock.monotonic,
-        None,
-        rng=random.Random(1),
-    )
-    runner.attach_timesync(timesync)
+    timesync = attach_exchange(bench, lambda topic, payload: requests.append(payload))
     bench.pulse(range(12))
     bench.run_once_until(link, bench.start + 8 * BEAT)
     action_at = runner.plan.next_at()

@@ -311,9 +311,8 @@ def test_lost_responses_time_out_and_bound_in_flight() -> None:
     assert not exchange.locked_at(120.0)
 
 
-def test_pace_acquiring_then_tracking() -> None:
-    exchange = TimeExchange()
-    responder = Responder()
+def record_polls(exchange: TimeExchange) -> list[float]:
+    """The times ``exchange`` sends a request at, from now on."""
     sent: list[float] = []
     original = exchange.poll
 
@@ -324,6 +323,13 @@ def test_pace_acquiring_then_tracking() -> None:
         return got
 
     exchange.poll = poll  # type: ignore[method-assign,assignment]
+    return sent
+
+
+def test_pace_acquiring_then_tracking() -> None:
+    exchange = TimeExchange()
+    responder = Responder()
+    sent = record_polls(exchange)
     run(exchange, responder, 30.0, fixed(1e-4), fixed(1e-4))
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     cfg = exchange.config
@@ -523,22 +529,8 @@ def test_acquiring_goes_on_until_the_bound_is_tight_and_no_longer_than_bounded()
     there, then every second; a path that never gets tight (a 1.5 ms floor each way) is
     asked at that pace for acquire_max_s of lock, then every second."""
     cfg = ExchangeConfig()
-
-    def recorded(exchange: TimeExchange) -> list[float]:
-        sent: list[float] = []
-        original = exchange.poll
-
-        def poll(t: float) -> int | None:
-            got = original(t)
-            if got is not None:
-                sent.append(t)
-            return got
-
-        exchange.poll = poll  # type: ignore[method-assign,assignment]
-        return sent
-
     fast = TimeExchange()
-    fast_sent = recorded(fast)
+    fast_sent = record_polls(fast)
     tight: list[float] = []  # when the bound got tight
 
     def watch(t: float) -> None:
@@ -553,7 +545,7 @@ def test_acquiring_goes_on_until_the_bound_is_tight_and_no_longer_than_bounded()
     assert max(before) < 2 * cfg.acquire_interval_s  # ... at the acquiring pace
     assert after and min(after) > 0.9 * cfg.track_interval_s  # then tracking, steadily
     slow = TimeExchange()
-    sent = recorded(slow)
+    sent = record_polls(slow)
     run(slow, Responder(), 60.0, fixed(1.5e-3), fixed(1.5e-3))
     assert slow.locked_at(160.0) and slow.bound_at(160.0) > cfg.tight_bound_s
     gaps = [b - a for a, b in itertools.pairwise(sent)]

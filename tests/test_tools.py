@@ -55,37 +55,21 @@ def test_demo_shows_the_pulse_error_and_fails(locked_demo: LockedDemo) -> None:
     assert f"monitor --broker {url.group(1)} --cluster demo" in out
 
 
+#: A pulse command line that parses, for the cases below to add one bad option to.
+_PULSE = ("pulse", "--broker", "mqtt://127.0.0.1:1", "--cluster", "x", "--bpm", "60")
+
+
 @pytest.mark.parametrize(
     ("args", "shown"),
     [
         (("demo", "--bpm", "0"), "argument --bpm: must be between 0.1 and 1000 BPM, got '0'"),
         (("demo", "--duration", "-1"), "argument --duration: must be a finite number of seconds"),
         (
-            (
-                "pulse",
-                "--broker",
-                "mqtt://127.0.0.1:1",
-                "--cluster",
-                "x",
-                "--bpm",
-                "60",
-                "--duration",
-                "nan",
-            ),
+            (*_PULSE, "--duration", "nan"),
             "argument --duration: must be a finite number of seconds above 0, got 'nan'",
         ),
         (
-            (
-                "pulse",
-                "--broker",
-                "mqtt://127.0.0.1:1",
-                "--cluster",
-                "x",
-                "--bpm",
-                "60",
-                "--connect-timeout",
-                "-1",
-            ),
+            (*_PULSE, "--connect-timeout", "-1"),
             "argument --connect-timeout: must be a finite number of seconds above 0, got '-1'",
         ),
         (("run", "--config", "x.toml", "--duration", "inf"), "argument --duration"),
