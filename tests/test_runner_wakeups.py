@@ -408,7 +408,13 @@ def test_a_time_response_beside_an_action_waits_for_the_quiet_after_it(
     bench = Bench(tmp_path, factory, link=link)
     runner, clock = bench.runner, bench.clock
     requests: list[bytes] = []
-    timesync = attach_exchange(bench, lambda topic, payload: requests.append(payload))
+    asked_at: list[float] = []
+
+    def publish(topic: str, payload: bytes) -> None:
+        requests.append(payload)
+        asked_at.append(clock.monotonic())
+
+    timesync = attach_exchange(bench, publish)
     bench.pulse(range(12))
     bench.run_once_until(link, bench.start + 8 * BEAT)
     action_at = runner.plan.next_at()
@@ -428,3 +434,6 @@ def test_a_time_response_beside_an_action_waits_for_the_quiet_after_it(
     runner.run_once()
     assert timesync.exchange.answered
     assert clock.monotonic() >= action_at + QUIET_AFTER_ACTION_S
+    # Requests too (ten a second while acquiring) keep out of the action's neighbourhood.
+    assert len(asked_at) >= 5
+    assert not [t for t in asked_at if action_at - 0.01 < t < action_at + QUIET_AFTER_ACTION_S]
