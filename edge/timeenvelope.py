@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable
 
-from edge.sync.hull import edge_slope, lower_hull
+from edge.sync.hull import edge_slope
 
 Point = tuple[float, float]  # (local monotonic time, offset bound)
 
@@ -32,11 +31,6 @@ _SPACING_ORDER = 16
 _QUIET_MIN_POINTS = 16  # fewer: the spacings themselves are too noisy to compare
 _TINY = 1e-18  # s^2: two spacings of 0 weigh the same
 _SLOPE_Z = 20.0  # an envelope slope's spread, in spacings per span (edge.sync.envelope's)
-
-
-def upper_hull(points: Iterable[Point]) -> list[Point]:
-    """The upper convex hull of ``points`` sorted by time (ties: the highest kept)."""
-    return [(x, -y) for x, y in lower_hull((x, -y) for x, y in points)]
 
 
 def slope_interval(uppers: list[Point], lowers: list[Point], limit: float) -> tuple[float, float]:

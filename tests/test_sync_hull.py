@@ -10,6 +10,7 @@ import pytest
 from edge.sync import SyncConfig
 from edge.sync.envelope import Envelope, Point, lower_envelope_slope
 from edge.sync.hull import LowerHull, Vertex
+from edge.timefilter import ClockFilter, ExchangeConfig
 
 
 def scratch(points: list[Vertex]) -> list[Vertex]:
@@ -95,3 +96,42 @@ def test_the_envelope_rate_from_its_kept_hull_is_the_rate_from_scratch(reorder: 
             checked += 1
     assert checked > 500
     assert (unordered > 0) == (reorder > 0)
+
+
+def test_the_clock_filter_keeps_the_hulls_a_scan_from_scratch_finds() -> None:
+    # A small window, so exchanges leave it; some responses overtake the one before
+    # (requests then out of t1 order), the responder's clock steps once and its rate
+    # changes once (the window is pruned): at every step the kept hulls are the scan's.
+    cfg = ExchangeConfig(window=64)
+    f = ClockFilter(cfg)
+    rng = random.Random(11)
+    base = 1_767_225_600 * 10**9
+    p = cfg.precision_s
+    pending: list[tuple[float, int, int, float]] = []
+    checked = unordered = 0
+    for i in range(500):
+        t1 = 100.0 + i
+        # Continuous where the rate changes by 20 ppm (at t1 = 400 s); a 2 s step at 250.
+        pulse = t1 * (1 + 30e-6) + max(0.0, t1 - 400.0) * 20e-6 + (2.0 if i >= 150 else 0.0)
+        wall = base + round(pulse * 1e9)
+        d1, d2 = (1e-4 + 2e-4 * rng.random() + 3e-3 * (rng.random() < 0.05) for _ in "ab")
+        t2 = wall + round(d1 * 1e9)
+        exchange = (t1, t2, t2 + 40_000, t1 + d1 + d2 + 40e-6)
+        if rng.random() < 0.01 and not pending:
+            pending.append(exchange)  # overtaken: it arrives after the next one
+            continue
+        for t1_, t2_, t3_, t4_ in [exchange, *pending]:
+            f.add(t1_, t2_, t3_, t4_)
+        pending.clear()
+        window = list(f._window)
+        unordered += f._up_descents > 0
+        ref = f._ref
+        ups = scratch(sorted((s.t1, s.up + p) for s in window))
+        lows = scratch(sorted((s.t4, p - s.low) for s in window))
+        assert f._uppers == [(x - ref, y) for x, y in ups]
+        assert f._lowers == [(x - ref, -y) for x, y in lows]
+        checked += 1
+    assert checked > 400
+    # Both ways were checked: kept while in order, from scratch while not.
+    assert 0 < unordered < checked - 100
+    assert f.steps >= 1 and f.pruned > 0
