@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING
 from urllib.parse import quote
 
 from edge.clock import Clock, SystemClock
+from edge.collector import Collector
 from edge.config import Config, load_config
 from edge.errors import ConfigError, EdgeError
 from edge.files import read_regular
@@ -293,6 +294,11 @@ class Agent:
         # collector's view, so a full collection in the beat loop walks only new objects.
         gc.collect()
         gc.freeze()
+        # And from here on the loop collects between actions, not CPython wherever an
+        # allocation crosses the threshold (edge.collector).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        self.runner.collector = Collector()
         # Re-prime the CPU counters: the first sample must not measure our own start-up.
         self.probe.sample(time.monotonic(), full=False)
         self.link.start()
@@ -320,6 +326,9 @@ class Agent:
                         self.gate.pinged(now)
         finally:
             self.shutdown()
+            self.runner.collector = None
+            if gc_was_enabled:
+                gc.enable()
         return 0
 
     def shutdown(self) -> None:

@@ -43,6 +43,7 @@ from typing import IO, Protocol
 
 from edge import __version__, reload
 from edge.clock import Clock
+from edge.collector import Collector
 from edge.config import Config
 from edge.counters import Counters
 from edge.errors import EdgeError
@@ -202,6 +203,9 @@ class Runner:
         self.max_wait_s = MAX_WAIT_S if on_view is None else VIEW_EVERY_S
         #: A deadline from outside the loop (the agent's next watchdog ping), or None.
         self.wake_at: float | None = None
+        #: Runs the cyclic garbage collector in side work, when the agent has turned its
+        #: automatic runs off (edge.collector); None: the process's own policy.
+        self.collector: Collector | None = None
 
     @property
     def trust(self) -> BeatTrust | None:
@@ -347,6 +351,20 @@ class Runner:
         if self.on_view is not None and now >= self._next_view and side_work:
             self._next_view = now + VIEW_EVERY_S
             self.on_view(self, now)
+        if self.collector is not None:
+            # Last, so that it never delays this wake-up's own work; outside side work it
+            # runs only when long overdue.
+            self.collector.collect(self._room(now) if side_work else 0.0)
+
+    def _room(self, now: float) -> float:
+        """Time until the next precise deadline: a planned action's, a hardware
+        follow-up's, or the next phase boundary, where new actions may be planned."""
+        upcoming = [
+            self.plan.next_at(),
+            self.hardware.next_deadline(),
+            self.follower.next_deadline(),
+        ]
+        return min((t for t in upcoming if t is not None), default=math.inf) - now
 
     def _fire_due(self, now: float) -> None:
         self.firing.fire_due(now, self.hardware, self.score, self.guard)
