@@ -42,14 +42,16 @@ class LinkInbox(queue.Queue[Inbound]):
         self.frame_limit = frame_limit
         self._control: deque[Inbound] = deque()
 
-    def offer(self, item: Inbound) -> bool:
-        """Queue a frame unless ``frame_limit`` frames are waiting; True if queued."""
+    def offer(self, item: Inbound, wake: bool = True) -> bool:
+        """Queue a message unless ``frame_limit`` are waiting; True if queued. With
+        ``wake=False`` a waiting ``get`` is not woken (as for :meth:`put_control`)."""
         with self.not_full:
             if len(self.queue) >= self.frame_limit:
                 return False
             self.queue.append(item)
             self.unfinished_tasks += 1
-            self.not_empty.notify()
+            if wake:
+                self.not_empty.notify()
         return True
 
     def put_control(self, item: Inbound, wake: bool = True) -> None:

@@ -124,6 +124,8 @@ class MqttLink:
     ``subscriptions`` are (re)subscribed on every connect. ``availability_topic`` gets a
     retained ``online`` on connect and is the retained ``offline`` last will. ``on_wake`` is
     called (on the network thread) after anything is queued, so the loop can stop waiting.
+    Messages on ``quiet_topics`` do not wake the loop: they are taken at its next wake-up
+    (their arrival is stamped in the callback, so the wait loses them nothing).
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class MqttLink:
         availability_topic: str | None = None,
         on_wake: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        quiet_topics: Sequence[str] = (),
         connack_timeout_s: float = CONNACK_TIMEOUT_S,
     ) -> None:
         self.broker = broker
@@ -142,6 +145,7 @@ class MqttLink:
         self.availability_topic = availability_topic
         self.inbox = LinkInbox(broker.inbox_size)
         self._on_wake = on_wake
+        self._quiet = frozenset(quiet_topics)
         self._rng = rng or random.Random()
         self.connack_timeout_s = connack_timeout_s
         self._stop = threading.Event()
@@ -215,8 +219,11 @@ class MqttLink:
 
     def _hand_over(self, item: Inbound) -> None:
         if item.kind == "message":
-            if not self.inbox.offer(item):
+            wake = item.topic not in self._quiet
+            if not self.inbox.offer(item, wake=wake):
                 self.dropped_inbound += 1
+                return
+            if not wake:
                 return
         elif item.kind == "ack":
             # Nothing waits on an ack: it is taken at the loop's next wake-up (a beat later
