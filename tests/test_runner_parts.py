@@ -75,6 +75,45 @@ def test_a_precise_deadline_is_spun_to_and_fired_at_with_the_collector_held_off(
     assert clock.monotonic() == deadline and gc.isenabled()
 
 
+class QuietClock(FakeClock):
+    """A fake clock whose wait, like a real one, runs to its time-out without seeing what
+    was queued quietly meanwhile (an ack, a time response), then takes it."""
+
+    def wait(self, inbox, timeout):  # type: ignore[no-untyped-def]
+        if timeout > 0:
+            self.advance(timeout)
+        try:
+            return inbox.get_nowait() if inbox is not None else None
+        except queue.Empty:
+            return None
+
+
+def test_what_was_queued_quietly_is_handed_out_after_the_spin_and_the_action() -> None:
+    clock = QuietClock()
+    spin = SpinLead()
+    inbox: queue.Queue[Inbound] = queue.Queue()
+    inbox.put(_message(1))  # queued without waking the wait, as acks and responses are
+    start = clock.monotonic()
+    deadline = start + 0.5
+    fired: list[float] = []
+    items = wait(clock, inbox, start, deadline, deadline, 1.0, spin, fired.append)
+    assert [item.topic for item in items] == ["t/1"]
+    # spun to the action and fired at its time, before the item is taken in
+    assert fired == [pytest.approx(deadline - spin.seconds), deadline]
+    assert clock.monotonic() == deadline
+
+
+def test_a_quiet_item_at_a_plain_deadline_is_handed_out_there() -> None:
+    clock = QuietClock()
+    inbox: queue.Queue[Inbound] = queue.Queue()
+    inbox.put(_message(2))
+    start = clock.monotonic()
+    fired: list[float] = []
+    items = wait(clock, inbox, start, start + 0.5, None, 1.0, SpinLead(), fired.append)
+    assert [item.topic for item in items] == ["t/2"] and not fired
+    assert clock.monotonic() == pytest.approx(start + 0.5)
+
+
 def test_the_longest_wait_is_not_spun_to() -> None:
     clock = FakeClock()
     fired: list[float] = []
