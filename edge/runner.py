@@ -98,9 +98,11 @@ PROBE_SLACK_S = 0.25
 #: it (the next is due one interval later, at the next action), and where several agents
 #: share a box (or other work its cores) it adds to their queue at the same instant.
 QUIET_AFTER_ACTION_S = 0.02
-#: A due time request waits for a wake-up that comes anyway up to a quarter of the
-#: exchange's pace (edge.timefilter: 25 ms while acquiring), and at most this long.
-EXCHANGE_SLACK_S = 0.25
+#: A due time request waits up to this long for a wake-up that comes anyway. No longer:
+#: the wake-ups that come anyway are mostly a frame's and a phase's, when the pulse (the
+#: usual responder) is busiest, and requests sent only then have no fast ones among them
+#: (a 0.15-0.25 ms bias of the exchange's estimate, with a quarter of its pace).
+EXCHANGE_SLACK_S = 0.02
 #: Every this many probe samples one is a full sample (process, temperature, disk).
 FULL_SAMPLE_EVERY = 5
 #: Bad input of one kind is logged once per this many seconds, then counted (loglimit).
@@ -279,8 +281,7 @@ class Runner:
             # for a wake-up that comes anyway, and never goes out beside an action.
             asked = self.timesync.next_at()
             if asked < math.inf and not (now >= asked and self._imminent(now)):
-                slack = min(self.timesync.slack_s, EXCHANGE_SLACK_S)
-                candidates.append(max(asked + slack, self._quiet_from()))
+                candidates.append(max(asked + EXCHANGE_SLACK_S, self._quiet_from()))
         if self.publisher.window_full():
             # Acks do not wake the loop (edge.mqtt_link): look for them soon while claims
             # wait for the publish window (a backlog after a reconnect drains at speed).
@@ -335,7 +336,7 @@ class Runner:
             for response in held:
                 self.intake.receive(response, now)
         if self.timesync is not None and side_work:
-            # Its pace is kept to its slack (next_deadline), its t1 exactly (read
+            # Its pace is kept to EXCHANGE_SLACK_S (next_deadline), its t1 exactly (read
             # inside poll, right before the publish).
             self.timesync.poll(self.clock.monotonic())
         if self.probe is not None and now >= self._next_sample and side_work:

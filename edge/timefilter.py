@@ -391,7 +391,6 @@ class TimeExchange:
         self._in_flight: dict[int, float] = {}  # id -> t1
         self._done: deque[int] = deque(maxlen=256)  # ids answered or lost lately
         self._next_at = -math.inf
-        self._pace = self.config.acquire_interval_s  # the interval before the next request
         self._unanswered = 0  # requests in a row that got no answer
         self._locked_since: float | None = None  # when the lock in force began
         self._tracking = False  # whether acquiring is over for this lock
@@ -436,13 +435,6 @@ class TimeExchange:
             times.append(min(self._in_flight.values()) + self.config.timeout_s)
         return min(times)
 
-    @property
-    def slack_s(self) -> float:
-        """How late the next request may go to share a wake-up that comes anyway: a
-        quarter of the present interval (its pace barely changes; its t1 is read when it
-        is sent, so the filter loses nothing)."""
-        return self._pace * 0.25
-
     def _interval(self, now: float) -> float:
         cfg = self.config
         if self._unanswered >= cfg.idle_after:
@@ -485,8 +477,7 @@ class TimeExchange:
         self._next_id = (self._next_id + 1) % (MAX_ID + 1)
         self._in_flight[request_id] = now
         self.sent += 1
-        self._pace = self._interval(now)
-        self._next_at = now + self._pace
+        self._next_at = now + self._interval(now)
         return request_id
 
     def sent_at(self, request_id: int, t1: float) -> None:

@@ -81,11 +81,6 @@ class TimeSync:
         (it sends nothing then, so a due time would only make the loop poll)."""
         return self.exchange.next_at() if self._connected() else math.inf
 
-    @property
-    def slack_s(self) -> float:
-        """How late the next request may go (:attr:`TimeExchange.slack_s`)."""
-        return self.exchange.slack_s
-
     def poll(self, now: float) -> None:
         """Send the request due now, if one is (and the link is up)."""
         if not self._connected():
