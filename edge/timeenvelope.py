@@ -20,14 +20,12 @@ Pure: every time is an argument (seconds, relative to whatever origin the caller
 
 from __future__ import annotations
 
-import heapq
 import math
 
-from edge.sync.hull import edge_slope
+from edge.sync.hull import edge_slope, floor_spacing
 
 Point = tuple[float, float]  # (local monotonic time, offset bound)
 
-_SPACING_ORDER = 16
 _QUIET_MIN_POINTS = 16  # fewer: the spacings themselves are too noisy to compare
 _TINY = 1e-18  # s^2: two spacings of 0 weigh the same
 _SLOPE_Z = 20.0  # an envelope slope's spread, in spacings per span (edge.sync.envelope's)
@@ -81,15 +79,6 @@ def bounds_at(
     high = min(y + rate * (t - x) + slack(x) for x, y in uppers)
     low = max(y + rate * (t - x) - slack(x) for x, y in lowers)
     return low, high
-
-
-def floor_spacing(residuals: list[float], at_least: int = 3) -> float:
-    """Mean gap between the lowest of ``residuals``: the lowest quarter, ``at_least`` to 16
-    of them (how densely the points crowd their envelope; inf for fewer than that)."""
-    if len(residuals) < at_least:
-        return math.inf
-    lowest = heapq.nsmallest(min(_SPACING_ORDER, max(at_least, len(residuals) // 4)), residuals)
-    return (lowest[-1] - lowest[0]) / (len(lowest) - 1)
 
 
 def quiet_side_slope(

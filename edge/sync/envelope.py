@@ -10,20 +10,18 @@ them in a row say the timeline really moved.
 from __future__ import annotations
 
 import enum
-import heapq
 import math
 from collections import deque
 from collections.abc import Callable
 from typing import TypeAlias
 
 from edge.sync.config import SyncConfig
-from edge.sync.hull import LowerHull
+from edge.sync.hull import LowerHull, floor_spacing
 
 Point: TypeAlias = tuple[int, int, float, float]  # (beat, phase index, arrival, u)
 
 _BOUND_FLOOR_S = 10e-6
 _RATE_SMOOTHING = 1.0 / 16
-_SPACING_ORDER = 16  # lowest residuals whose spacing estimates the delay density
 _OFFSET_Z = 6.0  # envelope gap bound in mean spacings (p99 of an exponential: 4.6)
 _RATE_Z = 20.0  # slope bound in mean spacings per window span
 _RATE_FLOOR = 1e-6  # slope bound never below 1 ppm (smoothing, float and model error)
@@ -34,13 +32,6 @@ def median(values: list[float]) -> float:
     n = len(ordered)
     mid = n // 2
     return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
-
-
-def spacing(offsets: list[float]) -> float:
-    """Mean gap between the lowest of ``offsets`` (at least 3 values): the lowest quarter,
-    at most ``_SPACING_ORDER`` (only the region near the floor tells its density)."""
-    lowest = heapq.nsmallest(min(_SPACING_ORDER, max(3, len(offsets) // 4)), offsets)
-    return (lowest[-1] - lowest[0]) / (len(lowest) - 1)
 
 
 def lower_envelope_slope(xs: list[float], ys: list[float]) -> float | None:
@@ -229,13 +220,9 @@ class Envelope:
                 # The hull's line rests on two of the points by construction: their zero
                 # residuals say nothing of how dense the delays are near the floor, and with
                 # few points they made a noisy slope look certain.
-                rest = len(xs) - 2
-                lowest = heapq.nsmallest(
-                    min(_SPACING_ORDER, max(3, rest // 4)) + 2,
-                    (y - estimate * x for x, y in zip(xs, ys, strict=True)),
-                )[2:]
-                # spacing() of the residuals but those two, from their lowest few.
-                gap = (lowest[-1] - lowest[0]) / (len(lowest) - 1) if rest >= 3 else math.inf
+                gap = floor_spacing(
+                    (y - estimate * x for x, y in zip(xs, ys, strict=True)), resting=2
+                )
                 uncertainty = _RATE_Z * gap / span
                 if uncertainty <= cfg.rate_max_uncertainty_ppm * 1e-6:
                     # Successive windows share most points, so one hull edge is a noisy
@@ -255,4 +242,4 @@ class Envelope:
         self.u0 = u_ref
         self.t0 = a_ref + offset
         self._fit_ends = (points[0][2], last[2])
-        self._fit_spacing = spacing(offsets) if len(offsets) >= 3 else math.inf
+        self._fit_spacing = floor_spacing(offsets)

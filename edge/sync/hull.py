@@ -17,10 +17,15 @@ rebuilds it from the window once the window is in order again.
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 
 Vertex = tuple[float, float]
+
+#: At most this many of the lowest residuals tell how densely points crowd their envelope.
+SPACING_ORDER = 16
 
 
 def chain_step(hull: list[Vertex], x: float, y: float) -> None:
@@ -110,3 +115,17 @@ def edge_slope(hull: list[Vertex], mean_x: float) -> float | None:
             return (y2 - y1) / (x2 - x1)
     (x1, y1), (x2, y2) = hull[-2], hull[-1]
     return (y2 - y1) / (x2 - x1)
+
+
+def floor_spacing(residuals: Iterable[float], at_least: int = 3, resting: int = 0) -> float:
+    """Mean gap between the lowest of ``residuals`` (heights above an envelope line): the
+    lowest quarter, ``at_least`` to ``SPACING_ORDER`` of them, how densely the points crowd
+    the line; inf with fewer than ``at_least``. The lowest ``resting`` are left out: the
+    points a hull's own edge rests on, 0 by construction, say nothing of that density."""
+    values = list(residuals)
+    n = len(values) - resting
+    if n < at_least:
+        return math.inf
+    lowest = heapq.nsmallest(min(SPACING_ORDER, max(at_least, n // 4)) + resting, values)
+    lowest = lowest[resting:]
+    return (lowest[-1] - lowest[0]) / (len(lowest) - 1)
