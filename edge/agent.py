@@ -330,6 +330,7 @@ class Agent:
                         self.gate.pinged(now)
         finally:
             self.shutdown()
+            log.info("%s", self.runner.collector.summary())
             self.runner.collector = None
             if gc_was_enabled:
                 gc.enable()

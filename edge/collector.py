@@ -2,9 +2,10 @@
 
 CPython collects when allocations pass a threshold, wherever that happens to be: in the
 agent mostly inside a frame's or a review's work, and now and then in the wake-up right
-before an action's spin. Here a young collection takes ~0.2 ms, a middle one ~2 ms and a
-full one tens of ms (everything the agent made since start-up; ``gc.freeze`` keeps
-start-up's own objects out), and the action behind it is that late.
+before an action's spin. A young collection takes a fraction of a millisecond, a middle one
+a few and a full one tens of ms on a Pi-class core (everything the agent made since
+start-up; ``gc.freeze`` keeps start-up's own objects out; the agent logs the longest at
+its exit), and the action behind it is that late.
 
 So the agent turns automatic collection off and its loop collects in its side work (no
 action imminent, the quiet after one over: ``edge.runner``), by CPython's own thresholds:
@@ -22,7 +23,6 @@ collector.
 from __future__ import annotations
 
 import gc
-import math
 import time
 from collections.abc import Callable
 
@@ -62,11 +62,11 @@ class Collector:
 
     def due(self) -> int | None:
         """The oldest generation whose collection is due (CPython's rule), or None."""
-        counts = self._get_count()
+        return self._due(self._get_count())
+
+    def _due(self, counts: tuple[int, int, int]) -> int | None:
         t0, t1, t2 = self.thresholds
-        if t0 <= 0:  # a threshold of 0 is CPython's "off"
-            return None
-        if counts[0] <= t0:
+        if t0 <= 0 or counts[0] <= t0:  # a threshold of 0 is CPython's "off"
             return None
         if counts[2] > t2:
             return 2
@@ -75,17 +75,25 @@ class Collector:
     def collect(self, room_s: float) -> int | None:
         """Collect what is due if it fits in ``room_s`` (until the next precise deadline;
         inf: none), or anyway when long overdue. Returns the generation collected."""
-        gen = self.due()
+        counts = self._get_count()
+        gen = self._due(counts)
         if gen is None:
             return None
-        fits = self.estimate_s[gen] + MARGIN_S <= room_s or math.isinf(room_s)
-        if not fits:
-            if self._get_count()[0] < FORCE_FACTOR * self.thresholds[0]:
+        if self.estimate_s[gen] + MARGIN_S > room_s:
+            if counts[0] < FORCE_FACTOR * self.thresholds[0]:
                 self.deferred += 1
                 return None
             self.forced += 1
         self.run(gen)
         return gen
+
+    def summary(self) -> str:
+        """What it did, for the log at the agent's exit."""
+        young, middle, full = self.collections
+        return (
+            f"garbage collections in the loop: {young} young, {middle} middle, {full} full, "
+            f"longest {self.longest_s * 1000:.1f} ms; {self.forced} without room for them"
+        )
 
     def run(self, gen: int) -> None:
         """Collect generation ``gen`` (and the younger ones) now, timing it."""

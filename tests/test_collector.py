@@ -5,6 +5,7 @@ runner, only in side work."""
 from __future__ import annotations
 
 import gc
+import logging
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,10 @@ def test_a_collection_waits_for_room_before_the_next_deadline() -> None:
     # Timed now: the estimate is what it took, no longer the start value.
     assert collector.estimate_s[1] == pytest.approx(0.002)
     assert collector.longest_s == pytest.approx(0.002)
+    assert collector.summary() == (
+        "garbage collections in the loop: 0 young, 1 middle, 0 full, longest 2.0 ms; "
+        "0 without room for them"
+    )
 
 
 def test_a_slow_collection_widens_the_room_it_waits_for_then_decays() -> None:
@@ -149,7 +154,7 @@ def test_the_runner_collects_only_away_from_actions(tmp_path: Path, factory: Moc
 
 
 def test_the_agent_collects_in_its_loop_and_gives_the_collector_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from test_hostile_configs import _good
 
@@ -166,6 +171,11 @@ def test_the_agent_collects_in_its_loop_and_gives_the_collector_back(
 
     monkeypatch.setattr(agent.runner, "run_once", watching)
     assert gc.isenabled()
-    assert agent.run(duration_s=0.5) == 0
+    with caplog.at_level(logging.INFO, logger="edge.agent"):
+        assert agent.run(duration_s=0.5) == 0
+    # What the loop's collections were is said at the exit.
+    assert any(
+        r.getMessage().startswith("garbage collections in the loop: ") for r in caplog.records
+    )
     assert seen and set(seen) == {(False, True)}  # automatic runs off, the loop's on
     assert gc.isenabled() and agent.runner.collector is None

@@ -282,22 +282,31 @@ def test_a_nudge_never_blocks_on_a_held_lock() -> None:
 # ------------------------------------------------------------------ acks
 
 
-def test_an_ack_does_not_wake_a_waiting_get_but_is_taken_next() -> None:
-    inbox = LinkInbox(4)
-    got: list[tuple[str, float]] = []
+def taken_after(inbox: LinkInbox, put: Callable[[], None]) -> tuple[Inbound, float]:
+    """What a ``get`` (0.4 s at most) already waiting when ``put`` runs takes, and after
+    how long."""
+    got: list[tuple[Inbound, float]] = []
 
     def waiter() -> None:
         started = time.monotonic()
         item = inbox.get(timeout=0.4)
-        got.append((item.kind, time.monotonic() - started))
+        got.append((item, time.monotonic() - started))
 
     thread = threading.Thread(target=waiter)
     thread.start()
     time.sleep(0.05)
-    inbox.put_control(Inbound("ack", 1.0, mid=3), wake=False)
+    put()
     thread.join(5.0)
-    [(kind, waited)] = got
-    assert kind == "ack" and waited >= 0.35  # taken when the wait ended, not woken by it
+    [(item, waited)] = got
+    return item, waited
+
+
+def test_an_ack_does_not_wake_a_waiting_get_but_is_taken_next() -> None:
+    inbox = LinkInbox(4)
+    item, waited = taken_after(
+        inbox, lambda: inbox.put_control(Inbound("ack", 1.0, mid=3), wake=False)
+    )
+    assert item.kind == "ack" and waited >= 0.35  # taken when the wait ended, not woken by it
     inbox.put_control(Inbound("connected", 2.0))  # events still wake at once
     assert inbox.get(timeout=0.01).kind == "connected"
 
@@ -321,26 +330,12 @@ def test_messages_on_quiet_topics_wait_for_the_next_wakeup() -> None:
     from edge.mqtt_link import MqttLink
 
     link = MqttLink(BrokerConfig(host="127.0.0.1", port=1), "t", quiet_topics=("b/c/time/resp/a",))
-    got: list[tuple[str, float]] = []
-
-    def waiter() -> None:
-        started = time.monotonic()
-        item = link.inbox.get(timeout=0.4)
-        got.append((item.topic, time.monotonic() - started))
-
-    thread = threading.Thread(target=waiter)
-    thread.start()
-    time.sleep(0.05)
-    link._hand_over(Inbound("message", 1.0, topic="b/c/time/resp/a", payload=b"x"))
-    thread.join(5.0)
-    [(topic, waited)] = got
-    assert topic == "b/c/time/resp/a" and waited >= 0.35  # not woken: taken when it ended
-    thread = threading.Thread(target=waiter)
-    thread.start()
-    time.sleep(0.05)
-    link._hand_over(Inbound("message", 2.0, topic="b/c/beat", payload=b"y"))
-    thread.join(5.0)
-    assert got[1][0] == "b/c/beat" and got[1][1] < 0.3  # a frame wakes the loop at once
+    response = Inbound("message", 1.0, topic="b/c/time/resp/a", payload=b"x")
+    item, waited = taken_after(link.inbox, lambda: link._hand_over(response))
+    assert item.topic == "b/c/time/resp/a" and waited >= 0.35  # not woken: taken when it ended
+    frame = Inbound("message", 2.0, topic="b/c/beat", payload=b"y")
+    item, waited = taken_after(link.inbox, lambda: link._hand_over(frame))
+    assert item.topic == "b/c/beat" and waited < 0.3  # a frame wakes the loop at once
 
 
 def test_claims_waiting_for_the_window_make_the_loop_look_for_acks(
