@@ -27,7 +27,7 @@ may be off inside its interval, plus what a rate drifting by ``rate_drift_ppm_pe
 have added: honest whatever the delays, tight when both ways had a fast exchange lately,
 growing in silence. When no line explains the whole window (the rate changed), the oldest
 exchanges go (``pruned``).
-The two hulls are kept as exchanges come and go (:class:`edge.sync.hull.LowerHull`)
+The two hulls are kept as exchanges come and go (:class:`edge.sync.hull.WindowHull`)
 rather than scanned anew at every response.
 
 *Outliers and steps.* An exchange whose request says the offset was below what the model
@@ -60,10 +60,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from edge.sync.hull import LowerHull, lower_hull
+from edge.sync.hull import WindowHull
 from edge.timeenvelope import (
     Point,
     bounds_at,
@@ -143,10 +143,8 @@ class ClockFilter:
         # monotonic time: the requests' lower hull, and the responses' upper hull negated
         # (a lower one). Descents: neighbours in the window out of time order (a response
         # overtaken by a later one); with any, that hull is taken from scratch.
-        self._up_hull = LowerHull()
-        self._low_hull = LowerHull()
-        self._up_descents = 0
-        self._low_descents = 0
+        self._up_hull = WindowHull()  # the requests': (t1, up + precision)
+        self._low_hull = WindowHull()  # the responses': (t4, precision - low)
         # bound_at's last answer, for the fit it was made for (callers ask it several
         # times at one instant: the lock, then the reading).
         self._bound_memo: tuple[float, float] | None = None
@@ -256,50 +254,40 @@ class ClockFilter:
 
     def _append(self, sample: Exchange) -> None:
         window = self._window
-        if window:
-            last = window[-1]
-            self._up_descents += sample.t1 < last.t1
-            self._low_descents += sample.t4 < last.t4
-        window.append(sample)
+        last = window[-1] if window else None
         p = self._cfg.precision_s
-        self._up_hull.append(sample.t1, sample.up + p)
-        self._low_hull.append(sample.t4, p - sample.low)
+        self._up_hull.append(sample.t1, sample.up + p, None if last is None else last.t1)
+        self._low_hull.append(sample.t4, p - sample.low, None if last is None else last.t4)
+        window.append(sample)
 
     def _pop_oldest(self) -> None:
         window = self._window
         gone = window.popleft()
-        if window:
-            self._up_descents -= window[0].t1 < gone.t1
-            self._low_descents -= window[0].t4 < gone.t4
-        p = self._cfg.precision_s
-        if self._up_descents == 0:
-            self._up_hull.drop_first((s.t1, s.up + p) for s in window)
-        else:
-            self._up_hull.valid = False
-        if self._low_descents == 0:
-            self._low_hull.drop_first((s.t4, p - s.low) for s in window)
-        else:
-            self._low_hull.valid = False
+        first = window[0] if window else None
+        self._up_hull.drop_first(gone.t1, None if first is None else first.t1, self._up_points)
+        self._low_hull.drop_first(gone.t4, None if first is None else first.t4, self._low_points)
 
     def _restart(self, samples: list[Exchange]) -> None:
         """The window becomes ``samples``; the hulls are rebuilt when next needed."""
         self._window.clear()
-        self._up_descents = self._low_descents = 0
-        self._up_hull.valid = self._low_hull.valid = False
+        self._up_hull.restart()
+        self._low_hull.restart()
         for sample in samples:
             self._append(sample)
+
+    def _up_points(self) -> Iterator[Point]:
+        p = self._cfg.precision_s
+        return ((s.t1, s.up + p) for s in self._window)
+
+    def _low_points(self) -> Iterator[Point]:
+        p = self._cfg.precision_s
+        return ((s.t4, p - s.low) for s in self._window)
 
     def _hulls(self, ref: float) -> tuple[list[Point], list[Point]]:
         """The requests' lower hull and the responses' upper hull, times relative to
         ``ref``."""
-        p = self._cfg.precision_s
-        window = self._window
-        ups = _vertices(
-            self._up_hull, self._up_descents, lambda: ((s.t1, s.up + p) for s in window)
-        )
-        lows = _vertices(
-            self._low_hull, self._low_descents, lambda: ((s.t4, p - s.low) for s in window)
-        )
+        ups = self._up_hull.vertices(self._up_points)
+        lows = self._low_hull.vertices(self._low_points)
         return [(x - ref, y) for x, y in ups], [(x - ref, -y) for x, y in lows]
 
     def _refuse(self, reason: str) -> str:
@@ -329,7 +317,7 @@ class ClockFilter:
         or a slow step), the oldest exchange goes."""
         cfg = self._cfg
         window = self._window
-        newest = window[-1].t4 if self._low_descents == 0 else max(s.t4 for s in window)
+        newest = window[-1].t4 if self._low_hull.in_order else max(s.t4 for s in window)
         while len(window) > max(cfg.window, 1) or (
             len(window) > 1 and newest - window[0].t4 > cfg.window_s
         ):
@@ -337,10 +325,7 @@ class ClockFilter:
         self._bound_memo = None
         limit = cfg.max_rate_ppm * 1e-6
         while True:
-            ref = newest if self._low_descents == 0 else max(s.t4 for s in window)
-            p = cfg.precision_s
-            ups = sorted((s.t1 - ref, s.up + p) for s in window)
-            lows = sorted((s.t4 - ref, s.low - p) for s in window)
+            ref = newest if self._low_hull.in_order else max(s.t4 for s in window)
             uppers, lowers = self._hulls(ref)
             lo, hi = slope_interval(uppers, lowers, limit)
             if lo <= hi or len(window) == 1:
@@ -359,6 +344,9 @@ class ClockFilter:
         # interval, and its error is the farther end (the bound stays proven).
         estimates = [((lo + hi) / 2.0, max((hi - lo) / _SQRT12, 1e-9))]
         estimates.append((0.0, cfg.rate_prior_ppm * 1e-6))
+        p = cfg.precision_s
+        ups = sorted((s.t1 - ref, s.up + p) for s in window)
+        lows = sorted((s.t4 - ref, s.low - p) for s in window)
         quiet = quiet_side_slope(ups, lows, uppers, lowers, cfg.quiet_ratio)
         if quiet is not None:
             estimates.append((quiet[0], max(quiet[1], 1e-9)))
@@ -374,17 +362,6 @@ class ClockFilter:
         # newest exchanges bind); it runs on at the middle rate.
         top, bottom = levels(uppers, lowers, self.rate)
         self._level = (top + bottom) / 2.0
-
-
-def _vertices(hull: LowerHull, descents: int, points: Callable[[], Iterable[Point]]) -> list[Point]:
-    """The kept ``hull``'s vertices while the window (``points()``, in window order) is in
-    time order, rebuilt if a disorder has left it; from scratch while one is in it (the
-    points are made only then)."""
-    if descents:
-        return lower_hull(sorted(points()))
-    if not hull.valid:
-        hull.rebuild(points())
-    return hull.vertices
 
 
 class TimeExchange:

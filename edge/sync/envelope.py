@@ -12,11 +12,11 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeAlias
 
 from edge.sync.config import SyncConfig
-from edge.sync.hull import LowerHull, floor_spacing
+from edge.sync.hull import LowerHull, Vertex, WindowHull, edge_slope, floor_spacing
 
 Point: TypeAlias = tuple[int, int, float, float]  # (beat, phase index, arrival, u)
 
@@ -77,8 +77,7 @@ class Envelope:
         # The window's lower hull in (u, arrival), and how many neighbours in the window
         # are out of u order (a frame reordered on the network): with any, the hull is
         # taken from scratch (see edge.sync.hull).
-        self._hull = LowerHull()
-        self._descents = 0
+        self._hull = WindowHull()
         self._early_run: list[Point] = []
         self._late_run: list[tuple[Point, float]] = []
 
@@ -114,20 +113,18 @@ class Envelope:
         window = self._window
         if len(window) >= self._cfg.filter_window_frames:
             gone = window.popleft()
-            if window and window[0][3] < gone[3]:
-                self._descents -= 1
-            self._hull.drop_first((u, a) for _, _, a, u in window)
-        if window and point[3] < window[-1][3]:
-            self._descents += 1
+            self._hull.drop_first(
+                gone[3], window[0][3] if window else None, lambda: _hull_points(window)
+            )
+        self._hull.append(point[3], point[2], window[-1][3] if window else None)
         window.append(point)
-        self._hull.append(point[3], point[2])
 
     def _replace(self, points: list[Point]) -> None:
         """The window becomes ``points`` (the newest kept), its hull and order counted anew."""
-        self._window = deque(points[-self._cfg.filter_window_frames :])
-        window = self._window
-        self._descents = sum(1 for i in range(1, len(window)) if window[i][3] < window[i - 1][3])
-        self._hull.rebuild((u, a) for _, _, a, u in window)
+        self._window = deque()
+        self._hull.restart()
+        for point in points[-self._cfg.filter_window_frames :]:
+            self._append(point)
 
     def admit(self, point: Point, residual: float, early_tolerance: float) -> Admission:
         """Put a point with this residual from the line in the window, unless it is early.
@@ -184,14 +181,10 @@ class Envelope:
         reach = max(abs(t - first), abs(t - last))
         return base + rate_err * reach
 
-    def _hull_slope(self, xs: list[float], ys: list[float], u_ref: float) -> float | None:
-        """:func:`lower_envelope_slope` of the window (``xs``/``ys`` relative to the last
-        point, ``u_ref`` its u): from the kept hull while the window is in u order."""
-        if self._descents:
-            return lower_envelope_slope(xs, ys)
-        if not self._hull.valid:
-            self._hull.rebuild((u, a) for _, _, a, u in self._window)
-        return self._hull.slope_under(sum(xs) / len(xs) + u_ref)
+    def _hull_slope(self, mean_u: float) -> float | None:
+        """:func:`lower_envelope_slope` of the window, whose mean ``u`` is ``mean_u``."""
+        window = self._window
+        return edge_slope(self._hull.vertices(lambda: _hull_points(window)), mean_u)
 
     def refit(self) -> None:
         """Fit the lower envelope to the window and refresh the error-bound statistics.
@@ -211,7 +204,7 @@ class Envelope:
         span = last[2] - points[0][2]
         slope = self.slope
         if len(points) >= cfg.rate_min_frames and span >= cfg.rate_min_span_s and span > 0:
-            estimate = self._hull_slope(xs, ys, u_ref)
+            estimate = self._hull_slope(sum(xs) / len(xs) + u_ref)
             limit = cfg.max_rate_ppm * 1e-6
             # A reading past max_rate_ppm is not the clocks' rate but the delays' noise (a
             # few frames with large jitter): it is no reading at all, rather than one held
@@ -243,3 +236,8 @@ class Envelope:
         self.t0 = a_ref + offset
         self._fit_ends = (points[0][2], last[2])
         self._fit_spacing = floor_spacing(offsets)
+
+
+def _hull_points(window: Iterable[Point]) -> Iterator[Vertex]:
+    """A window's points as the hull sees them: ``(u, arrival)``."""
+    return ((u, a) for _, _, a, u in window)

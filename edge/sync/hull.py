@@ -11,8 +11,11 @@ frame is the chain step plus the points up to the second vertex, and the vertice
 those the scan from scratch finds.
 
 Points come in ``x`` order (non-decreasing). A point out of order (a frame reordered on
-the network) makes the kept hull invalid; :attr:`LowerHull.valid` says so and the owner
-rebuilds it from the window once the window is in order again.
+the network) makes the kept hull invalid; :attr:`LowerHull.valid` says so.
+:class:`WindowHull` is what the follower's envelope and the time exchange's clock filter
+keep: the hull with its window's order counted, so that while a disorder is in the window
+the hull is scanned from the points sorted, and once the window is in order again it is
+rebuilt once and kept from there.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 Vertex = tuple[float, float]
 
@@ -94,6 +97,61 @@ class LowerHull:
     def slope_under(self, mean_x: float) -> float | None:
         """:func:`edge_slope` of this hull."""
         return edge_slope(self.vertices, mean_x)
+
+
+class WindowHull:
+    """The lower hull of a sliding window whose points may come out of ``x`` order.
+
+    The owner keeps the window and tells of each point that joins it on the right
+    (:meth:`append`) or leaves it on the left (:meth:`drop_first`), with the ``x`` of its
+    neighbour there. The count of neighbours out of order says whether the kept
+    :class:`LowerHull` can be trusted: :meth:`vertices` answers from it while the window is
+    in order and scans the sorted points while it is not.
+    """
+
+    __slots__ = ("_descents", "_hull")
+
+    def __init__(self) -> None:
+        self._hull = LowerHull()
+        self._descents = 0  # neighbours in the window with x below the one before
+
+    @property
+    def in_order(self) -> bool:
+        return self._descents == 0
+
+    def restart(self) -> None:
+        """The window was emptied: the points appended next are all of it."""
+        self._descents = 0
+        self._hull.rebuild(())
+
+    def append(self, x: float, y: float, before_x: float | None) -> None:
+        """``(x, y)`` joined the window on the right, after a point at ``before_x`` (None:
+        the window was empty)."""
+        if before_x is not None and x < before_x:
+            self._descents += 1
+        self._hull.append(x, y)
+
+    def drop_first(
+        self, gone_x: float, next_x: float | None, rest: Callable[[], Iterator[Vertex]]
+    ) -> None:
+        """The leftmost point (at ``gone_x``) left; ``next_x`` is the new leftmost's (None:
+        the window is empty) and ``rest()`` yields the points still in it, in order."""
+        if next_x is not None and next_x < gone_x:
+            self._descents -= 1
+        if self._descents == 0:
+            self._hull.drop_first(rest())
+        else:
+            self._hull.valid = False
+
+    def vertices(self, points: Callable[[], Iterable[Vertex]]) -> list[Vertex]:
+        """The hull of the window (``points()``: its points, in window order): the kept one
+        while the window is in order (rebuilt once after a disorder has left it), from
+        scratch over the sorted points while one is in it (made only then)."""
+        if self._descents:
+            return lower_hull(sorted(points()))
+        if not self._hull.valid:
+            self._hull.rebuild(points())
+        return self._hull.vertices
 
 
 def lower_hull(points: Iterable[Vertex]) -> list[Vertex]:
