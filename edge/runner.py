@@ -335,10 +335,6 @@ class Runner:
             held, self._held = self._held, []
             for response in held:
                 self.intake.receive(response, now)
-        if self.timesync is not None and side_work:
-            # Its pace is kept to EXCHANGE_SLACK_S (next_deadline), its t1 exactly (read
-            # inside poll, right before the publish).
-            self.timesync.poll(self.clock.monotonic())
         if self.probe is not None and now >= self._next_sample and side_work:
             # A light sample (system CPU, memory, load, throttling: ~50 us) every interval;
             # a full one (process CPU and RSS, temperature, disk: ~100-180 us) every 5th.
@@ -355,9 +351,15 @@ class Runner:
             self._next_view = now + VIEW_EVERY_S
             self.on_view(self, now)
         if self.collector is not None:
-            # Last, so that it never delays this wake-up's own work; outside side work it
+            # After the wake-up's own work, so that it never delays it; outside side work it
             # runs only when long overdue.
             self.collector.collect(self._room(now) if side_work else 0.0)
+        if self.timesync is not None and side_work:
+            # Last: its t1 is read inside poll, right before the publish, and the response's
+            # t4 is stamped on paho's thread, which needs the GIL: work of this wake-up after
+            # the request (a sample, a collection: 0.1-1 ms) would make the response look
+            # slower than it was. Its pace is kept to EXCHANGE_SLACK_S (next_deadline).
+            self.timesync.poll(self.clock.monotonic())
 
     def _room(self, now: float) -> float:
         """Time until the next precise deadline: a planned action's, a hardware

@@ -459,3 +459,32 @@ def test_a_time_response_beside_an_action_waits_for_the_quiet_after_it(
     # Requests too (ten a second while acquiring) keep out of the action's neighbourhood.
     assert len(asked_at) >= 5
     assert not [t for t in asked_at if action_at - 0.01 < t < action_at + QUIET_AFTER_ACTION_S]
+
+
+def test_a_time_request_is_the_last_thing_its_wakeup_does(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    # Its response is stamped on paho's thread, which waits for the GIL: a sample or a
+    # collection after the request would make the response look slower than it was.
+    link = FakeLink()
+    bench = Bench(tmp_path, factory, link=link)
+    runner, clock = bench.runner, bench.clock
+    done: list[str] = []
+
+    class Probe:
+        def sample(self, now: float, full: bool = True) -> Sample:
+            done.append("sample")
+            return Sample(now, 1.0, None, None, 1.0, None, 0.1, None, None, None, 0.0)
+
+    class Collector:
+        def collect(self, room_s: float) -> None:
+            done.append("collect")
+
+    runner.probe = Probe()
+    runner.collector = Collector()  # type: ignore[assignment]
+    timesync = attach_exchange(bench, lambda topic, payload: done.append("request"))
+    now = clock.monotonic()
+    assert timesync.next_at() <= now  # the first request is due at once
+    runner._next_sample = now  # and so is a sample
+    runner.step(None, now)
+    assert done == ["sample", "collect", "request"]
