@@ -13,6 +13,7 @@ Already elsewhere: outage/SIGKILL/outbox/wrong password/wrong CA in
 from __future__ import annotations
 
 import os
+import queue
 import random
 import secrets
 import signal
@@ -38,7 +39,7 @@ from edge.harness import (
     write_agent_config,
 )
 from edge.messages import decode_status_claim
-from edge.mqtt_link import MqttLink, backoff_delay, read_password
+from edge.mqtt_link import MqttLink, QuietWake, backoff_delay, read_password
 from edge.testing.profiles import LED_TOGGLE
 from edge.topics import Topics
 
@@ -599,3 +600,57 @@ def test_stop_hands_back_final_messages_when_the_broker_is_gone(mosquitto: Mosqu
 def test_stop_returns_nothing_once_the_broker_acknowledged(mosquitto: Mosquitto) -> None:
     link = _connected_link(mosquitto)
     assert link.stop(final=[("backbeat/bench/status/pi", b"last claim", False)]) == []
+
+
+def _acks(link: MqttLink, mids: set[int], timeout: float = 10.0) -> set[int]:
+    """The acks among ``mids`` the link handed over within ``timeout``."""
+    got: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while got != mids and time.monotonic() < deadline:
+        try:
+            item = link.inbox.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        if item.kind == "ack" and item.mid in mids:
+            got.add(item.mid)
+    return got
+
+
+@pytest.mark.broker
+def test_a_publish_written_at_once_wakes_no_loop(mosquitto: Mosquitto) -> None:
+    link = _connected_link(mosquitto)
+    try:
+        wake = link._client._sockpairW
+        assert isinstance(wake, QuietWake)  # the network thread put it in place
+        before = wake.wakes
+        mids = {link.publish("backbeat/bench/status/pi", b"claim %d" % i) for i in range(20)}
+        assert _acks(link, mids) == mids  # every one went out, written by this thread
+        assert wake.wakes == before  # and paho's loop was never woken for it
+    finally:
+        link.stop()
+
+
+@pytest.mark.broker
+def test_a_publish_left_queued_wakes_the_loop_to_write_it(mosquitto: Mosquitto) -> None:
+    link = _connected_link(mosquitto)
+    seen = threading.Event()
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda client, userdata, message: seen.set()
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe("backbeat/bench/status/pi", qos=1)
+    watcher.loop_start()
+    try:
+        time.sleep(0.3)  # the watcher's subscription is in place
+        wake = link._client._sockpairW
+        assert isinstance(wake, QuietWake)
+        before = wake.wakes
+        # As if paho's thread were in a callback: publish() leaves the packet queued.
+        with link._client._in_callback_mutex:
+            mid = link.publish("backbeat/bench/status/pi", b"claim")
+            assert wake.wakes == before + 1  # so the loop was woken to write it
+            assert seen.wait(10)  # and it did, while the "callback" still runs
+        assert _acks(link, {mid}) == {mid}
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+        link.stop()
