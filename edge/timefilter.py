@@ -59,8 +59,9 @@ Pure: every time is an argument.
 from __future__ import annotations
 
 import math
+import secrets
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from edge.sync.hull import WindowHull
@@ -364,13 +365,26 @@ class ClockFilter:
         self._level = (top + bottom) / 2.0
 
 
+def _system_ids() -> int:
+    """A request id from the system's random source (see :class:`TimeExchange`)."""
+    return secrets.randbits(64)
+
+
 class TimeExchange:
     """The schedule of requests, their ids, and the clock filter their answers feed."""
 
-    def __init__(self, config: ExchangeConfig | None = None, first_id: int = 0) -> None:
+    def __init__(
+        self, config: ExchangeConfig | None = None, ids: Callable[[], int] | None = None
+    ) -> None:
         self.config = config or ExchangeConfig()
         self.filter = ClockFilter(self.config)
-        self._next_id = first_id % (MAX_ID + 1)
+        # Each request's id is drawn at random, never counted up: a response is signed over
+        # its id, times and nothing else, so an id that can be guessed lets anyone on the
+        # broker ask the responder for it early (under another name) and play that answer
+        # as this one's, an exchange that seems to have taken no time, ahead of the real
+        # one: the timeline moves by the lead. A random id can be asked only once it is
+        # seen, and that answer is later than the responder's own.
+        self._ids = ids or _system_ids
         self._in_flight: dict[int, float] = {}  # id -> t1
         self._done: deque[int] = deque(maxlen=256)  # ids answered or lost lately
         self._next_at = -math.inf
@@ -456,8 +470,9 @@ class TimeExchange:
             oldest = min(self._in_flight, key=lambda i: self._in_flight[i])
             del self._in_flight[oldest]
             self._lose(oldest)
-        request_id = self._next_id
-        self._next_id = (self._next_id + 1) % (MAX_ID + 1)
+        request_id = self._ids() & MAX_ID
+        while request_id in self._in_flight or request_id in self._done:
+            request_id = self._ids() & MAX_ID  # ids match answers: never one in use
         self._in_flight[request_id] = now
         self.sent += 1
         self._next_at = now + self._interval(now)

@@ -33,7 +33,7 @@ from edge.errors import FrameError
 from edge.inbox import Inbound
 from edge.sync import BeatFollower
 from edge.timefilter import ExchangeConfig, TimeExchange
-from edge.timewire import MAX_ID, decode_response, encode_request, response_verdict
+from edge.timewire import decode_response, encode_request, response_verdict
 from edge.topics import Topics
 from edge.trust import BAD_SIGNATURE, UNSIGNED, BeatTrust
 
@@ -65,10 +65,10 @@ class TimeSync:
         self._connected = connected
         self._monotonic = monotonic
         self.trust = trust
-        # A random first id: after a restart, a late answer to the old process's request
-        # does not match a new one.
-        first = (rng or random.SystemRandom()).randrange(MAX_ID + 1)
-        self.exchange = TimeExchange(config, first_id=first)
+        # Random ids (see TimeExchange): nobody can ask for one ahead, and after a restart a
+        # late answer to the old process's request does not match a new one.
+        draw = rng or random.SystemRandom()
+        self.exchange = TimeExchange(config, ids=lambda: draw.getrandbits(64))
         self.refused: dict[str, int] = {}
         self._logged: set[str] = set()
         #: Whether the local wall clock agrees with the exchange (then it is used).

@@ -584,10 +584,12 @@ def test_a_verified_reading_is_believed_from_the_first_frame() -> None:
 
 
 def test_stale_unknown_and_impossible_responses_are_counted() -> None:
-    exchange = TimeExchange(first_id=2**64 - 1)
+    draws = iter([2**64 - 1, 2**64 - 1, 0, 5, 6])
+    exchange = TimeExchange(ids=lambda: next(draws))
     first = exchange.poll(0.0)
     assert first == 2**64 - 1
-    assert exchange.poll(0.25) == 0  # ids wrap, new each time
+    second = exchange.poll(0.25)
+    assert second == 0  # a draw of an id in flight is drawn again
     assert exchange.response(make_response(first, WALL0, WALL0), 0.0001) == "used"
     assert exchange.response(make_response(first, WALL0, WALL0), 0.0002) == "stale"
     assert exchange.response(make_response(77, WALL0, WALL0), 0.0003) == "unknown"
@@ -791,3 +793,36 @@ def test_the_timekeeper_takes_the_brokers_protocol(capsys: pytest.CaptureFixture
     assert 'protocol: must be "5" or "3.1.1"' in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the command line offers only the two
         main(["timekeeper", "--cluster", "c", "--protocol", "9"])
+
+
+def test_an_answer_asked_for_ahead_under_another_name_never_matches() -> None:
+    # An attacker on the broker sees each request. A response is signed over its id and
+    # times only, so with an id it could guess it would ask the responder for the next one
+    # early, under its own name, and play that answer (an exchange that seems to have
+    # taken no time) before the real one: the agent's timeline would move by the lead.
+    wire = Wire()
+    sync = _sync(wire)
+    walls = iter(range(10**18, 10**18 + 10**12, 10**4))
+    responder = TimeResponder(Topics("backbeat", "c1"), wire.publish, wall_ns=lambda: next(walls))
+    seen: list[int] = []
+    while len(seen) < 20:
+        wire.now += 0.25
+        before = len(wire.sent)
+        sync.poll(wire.now)
+        if len(wire.sent) == before:
+            continue  # none due yet
+        request_id = decode_request(wire.sent[-1][1]).id
+        # Whatever is near the ids seen so far (counting on from the last, or back).
+        guesses = {i + k for i in seen[-3:] for k in range(-1000, 1001)}
+        assert request_id not in guesses
+        seen.append(request_id)
+        assert _answer(wire, sync, responder, 1e9 + wire.now) == "used"
+        # Asked for once seen, the attacker's answer comes after the responder's own.
+        evil_topic = "backbeat/c1/time/req/evil"
+        answers: list[tuple[str, bytes]] = []
+        responder._publish = lambda t, p, into=answers: into.append((t, p))
+        assert responder.handle(Inbound("message", 0.0, 0.0, evil_topic, wire.sent[-1][1]))
+        ((_, forged),) = answers
+        played = Inbound("message", wire.now + 2e-4, 0.0, sync.response_topic, forged)
+        assert sync.receive(played) == "stale"
+    assert len(set(seen)) == 20
