@@ -63,8 +63,8 @@ class AgentConfig:
     #: Once the follower says the beat is lost (``sync.lost_after_s`` of silence, 10 s by
     #: default) the agent keeps firing on its free-running model this much longer, then
     #: drives every output to its safe state and fires nothing until the beat returns. The
-    #: default 0 is the safe state at "lost"; a device whose profile says
-    #: ``keep_running_when_lost = true`` is left running on the model.
+    #: default 0 is the safe state at "lost" (an hour at most); a device whose profile
+    #: says ``keep_running_when_lost = true`` is left running on the model.
     safe_after_lost_s: float = 0.0
     #: Process-wide sampling period of the probe (seconds; CPU, memory, temperature).
     sample_interval_s: float = 1.0
@@ -119,6 +119,12 @@ class Config:
 #: rest (the score, the devices, [guard], [status], the other [agent] settings) applies at
 #: the next beat boundary.
 RESTART_ONLY_SECTIONS = ("broker", "outbox", "sync", "security")
+#: The longest the outputs may free-run after the beat is lost (an hour: past that, even
+#: the tempo guide's 1 % an hour drift target says nothing of where the beat is).
+MAX_SAFE_AFTER_LOST_S = 3600.0
+#: The load guard's slowest sampling: slower, a thermal or CPU limit would act too late.
+MAX_SAMPLE_INTERVAL_S = 60.0
+
 RESTART_ONLY_AGENT = ("id", "cluster", "topic_prefix")
 
 
@@ -156,8 +162,10 @@ def _table(raw: Mapping[str, object], key: str, problems: ConfigProblems) -> Map
 _AGENT = Section(
     AgentConfig,
     (
-        number("safe_after_lost_s", 0.0),
-        number("sample_interval_s", 0.05),
+        # Bounded above as every safety figure is: a huge value would be the lost-beat
+        # safe state (or the load guard's sampling) switched off, not a long wait.
+        number("safe_after_lost_s", 0.0, MAX_SAFE_AFTER_LOST_S),
+        number("sample_interval_s", 0.05, MAX_SAMPLE_INTERVAL_S),
         number("hlc_max_ahead_s", 0.0, 1e9, low_inclusive=False),
     ),
     also_known=("id", "cluster", "profile", "topic_prefix"),
@@ -167,12 +175,12 @@ _OUTBOX = Section(
     (
         pathname("directory", default=None),
         flag("memory"),
-        integer("max_bytes", 1024),
-        integer("max_count", 1),
-        integer("fsync_every", 0),
-        number("fsync_interval_s", 0.0),
-        integer("segment_bytes", 256),
-        number("retry_interval_s", 0.001),
+        integer("max_bytes", 1024, 2**40),
+        integer("max_count", 1, 10**9),
+        integer("fsync_every", 0, 10**6),
+        number("fsync_interval_s", 0.0, 3600.0),
+        integer("segment_bytes", 256, 2**40),
+        number("retry_interval_s", 0.001, 3600.0),
     ),
 )
 
@@ -217,7 +225,8 @@ def parse_outbox(
     in memory only; default false), ``max_bytes`` (integer >= 1024,
     default 4 MiB), ``max_count`` (integer >= 1, default 10000), ``fsync_every`` (integer
     >= 0, default 10), ``fsync_interval_s`` (number >= 0, default 1.0), ``segment_bytes``
-    (integer >= 256, default 256 KiB), ``retry_interval_s`` (number >= 0.001, default 30).
+    (integer >= 256, default 256 KiB), ``retry_interval_s`` (number >= 0.001, default 30);
+    the intervals at most an hour, the sizes at most 1 TiB.
     A bad value is reported and its default used; unknown keys are reported. Segments
     never exceed ``max_bytes``: a larger ``segment_bytes`` given is a problem, and the
     default one is cut to fit without a word.
@@ -317,7 +326,7 @@ def config_from_tables(
         outbox=parse_outbox(_table(raw, "outbox", problems), problems),
         source=source,
         digest=digest.hexdigest()[:16],
-        security=parse_security(_table(raw, "security", problems), problems, base_dir),
+        security=parse_security(_table(raw, "security", problems), problems, base_dir, read=read),
     )
     problems.raise_if_any()
     return config

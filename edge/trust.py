@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import cbor2
 
+from edge.config_file import FileRefused, Reader, read_checked
 from edge.errors import ConfigProblems
 from edge.messages import BeatFrame, StatusClaim, to_wire
 from edge.settings import Section, flag, pathname
@@ -238,7 +239,9 @@ def public_key_from_pem(data: bytes) -> bytes:
     return der[len(_SPKI_PREFIX) :]
 
 
-def _beat_keys(raw: object, base: Path, problems: ConfigProblems, where: str) -> list[BeatKey]:
+def _beat_keys(
+    raw: object, base: Path, problems: ConfigProblems, where: str, read: Reader
+) -> list[BeatKey]:
     if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
         problems.add(where, f"must be an array of file paths, got {raw!r}"[:200])
         return []
@@ -248,7 +251,10 @@ def _beat_keys(raw: object, base: Path, problems: ConfigProblems, where: str) ->
         if not path.is_absolute():
             path = base / path
         try:
-            key = BeatKey(path, public_key_from_pem(path.read_bytes()))
+            key = BeatKey(path, public_key_from_pem(read(path)))
+        except FileRefused as exc:  # a FIFO, a device, a directory: never waited on
+            problems.add(f"{where}[{i}]", str(exc))
+            continue
         except OSError as exc:
             problems.add(f"{where}[{i}]", f"cannot read {str(path)!r}: {exc.strerror or exc}")
             continue
@@ -264,15 +270,20 @@ def _beat_keys(raw: object, base: Path, problems: ConfigProblems, where: str) ->
 
 
 def parse_security(
-    table: Mapping[str, object], problems: ConfigProblems, base: Path, where: str = "security"
+    table: Mapping[str, object],
+    problems: ConfigProblems,
+    base: Path,
+    where: str = "security",
+    read: Reader = read_checked,
 ) -> SecurityConfig:
-    """Read ``[security]``; key paths are relative to ``base`` (the config file's folder).
+    """Read ``[security]``; key paths are relative to ``base`` (the config file's folder),
+    each file read by ``read`` (see :mod:`edge.config_file`).
 
     Every problem goes to ``problems``: a key file that is missing or not an Ed25519
     public key, the same key twice, a signing key that is not a file, and
     ``require_signed_beats = true`` without ``beat_keys`` (every frame would be refused).
     """
-    keys = _beat_keys(table.get("beat_keys", []), base, problems, f"{where}.beat_keys")
+    keys = _beat_keys(table.get("beat_keys", []), base, problems, f"{where}.beat_keys", read)
     config = _SECURITY.read(table, problems, where, beat_keys=tuple(keys))
     if "require_signed_beats" not in table:
         config = dataclasses.replace(config, require_signed_beats=bool(keys))
@@ -285,7 +296,13 @@ def parse_security(
     if signing is not None:
         if not signing.is_absolute():
             signing = base / signing
-        if not signing.is_file():
-            problems.add(f"{where}.signing_key", f"file {str(signing)!r} does not exist")
+        try:
+            read(signing)  # a regular file that can be read, or the reason it is not
+        except FileRefused as exc:
+            problems.add(f"{where}.signing_key", str(exc))
+        except OSError as exc:
+            problems.add(
+                f"{where}.signing_key", f"cannot read {str(signing)!r}: {exc.strerror or exc}"
+            )
         config = dataclasses.replace(config, signing_key=signing)
     return config

@@ -28,11 +28,18 @@ from edge.testing.profiles import MOCK_LED, RELAY, TOGGLE_EVERY_BEAT
 GOOD_PROFILE = MOCK_LED + RELAY + TOGGLE_EVERY_BEAT
 
 
-def _config(tmp: Path, broker_url: str, broker: str = "", profile: str = "profile.toml") -> None:
+def _config(
+    tmp: Path,
+    broker_url: str,
+    broker: str = "",
+    profile: str = "profile.toml",
+    agent: str = "",
+    tail: str = "",
+) -> None:
     (tmp / "agent.toml").write_text(
-        f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\nprofile = "{profile}"\n'
+        f'[agent]\nid = "bench:pi-01"\ncluster = "bench"\nprofile = "{profile}"\n{agent}'
         f'[broker]\nurl = "{broker_url}"\n{broker}'
-        f'[outbox]\ndirectory = "{tmp / "outbox"}"\n',
+        f'[outbox]\ndirectory = "{tmp / "outbox"}"\n{tail}',
         encoding="utf-8",
     )
 
@@ -91,6 +98,35 @@ def _garbage_ca(tmp: Path, url: str) -> None:
     _config(tmp, url, broker=f'ca_file = "{tmp / "ca.pem"}"\n')
 
 
+def _agent_key(line: str) -> Callable[[Path, str], None]:
+    def make(tmp: Path, url: str) -> None:
+        _good(tmp, url)
+        _config(tmp, url, agent=line + "\n")
+
+    return make
+
+
+def _tail(lines: str) -> Callable[[Path, str], None]:
+    """Lines after the ``[outbox]`` table: more outbox keys, or other tables."""
+
+    def make(tmp: Path, url: str) -> None:
+        _good(tmp, url)
+        _config(tmp, url, tail=lines)
+
+    return make
+
+
+def _key_file_fifo(key: str) -> Callable[[Path, str], None]:
+    def make(tmp: Path, url: str) -> None:
+        _good(tmp, url)
+        fifo = tmp / "key.fifo"
+        if not fifo.exists():
+            os.mkfifo(fifo)
+        _config(tmp, url, tail=f"[security]\n{key}\n")
+
+    return make
+
+
 def _profile_with(extra: str) -> Callable[[Path, str], None]:
     def make(tmp: Path, url: str) -> None:
         _good(tmp, url)
@@ -126,6 +162,32 @@ HOSTILE: dict[str, tuple[Callable[[Path, str], None], str]] = {
     "pin-17-and-j8-11": (
         _profile_with('[devices.fan]\nkind = "output"\npin = "J8:11"\n'),
         "devices.fan.pin: 'J8:11' is GPIO17, already used by devices.led",
+    ),
+    # A huge figure would switch a safety off, not wait long: the lost-beat safe state,
+    # the load guard's sampling.
+    "safe-after-lost-1e300": (
+        _agent_key("safe_after_lost_s = 1e300"),
+        "agent.safe_after_lost_s: must be a number between 0 and 3600",
+    ),
+    "sample-interval-1e300": (
+        _agent_key("sample_interval_s = 1e300"),
+        "agent.sample_interval_s: must be a number between 0.05 and 60",
+    ),
+    "outbox-retry-1e300": (
+        _tail("retry_interval_s = 1e300\n"),
+        "outbox.retry_interval_s: must be a number between 0.001 and 3600",
+    ),
+    "beat-keys-fifo": (
+        _key_file_fifo('beat_keys = ["key.fifo"]'),
+        "key.fifo' is a FIFO (named pipe), not a regular file",
+    ),
+    "beat-keys-dev-zero": (
+        _tail('[security]\nbeat_keys = ["/dev/zero"]\n'),
+        "security.beat_keys[0]: '/dev/zero' is a device, not a regular file",
+    ),
+    "signing-key-fifo": (
+        _key_file_fifo('signing_key = "key.fifo"'),
+        "key.fifo' is a FIFO (named pipe), not a regular file",
     ),
     "gpio99": (
         _profile_with('[devices.fan]\nkind = "output"\npin = "GPIO99"\n'),

@@ -3,6 +3,7 @@ its schedule (edge.timefilter), against a simulated responder on a fake timeline
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -795,6 +796,10 @@ def test_the_timekeeper_takes_the_brokers_protocol(capsys: pytest.CaptureFixture
         main(["timekeeper", "--cluster", "c", "--protocol", "9"])
 
 
+def _keep(into: list[tuple[str, bytes]], topic: str, payload: bytes) -> None:
+    into.append((topic, payload))
+
+
 def test_an_answer_asked_for_ahead_under_another_name_never_matches() -> None:
     # An attacker on the broker sees each request. A response is signed over its id and
     # times only, so with an id it could guess it would ask the responder for the next one
@@ -820,7 +825,7 @@ def test_an_answer_asked_for_ahead_under_another_name_never_matches() -> None:
         # Asked for once seen, the attacker's answer comes after the responder's own.
         evil_topic = "backbeat/c1/time/req/evil"
         answers: list[tuple[str, bytes]] = []
-        responder._publish = lambda t, p, into=answers: into.append((t, p))
+        responder._publish = functools.partial(_keep, answers)
         assert responder.handle(Inbound("message", 0.0, 0.0, evil_topic, wire.sent[-1][1]))
         ((_, forged),) = answers
         played = Inbound("message", wire.now + 2e-4, 0.0, sync.response_topic, forged)
