@@ -201,4 +201,16 @@ def parse_broker(
     check_order(
         broker, "reconnect_min_s", "reconnect_max_s", problems, where, strict=False, blame="upper"
     )
+    if found and not tls:
+        # Plain mqtt:// never uses them: an operator who set them believes TLS is on.
+        for name in ("ca_file", "cert_file", "key_file"):
+            if table.get(name) is not None:
+                problems.add(
+                    f"{where}.{name}",
+                    "is set but the broker URLs are mqtt:// (no TLS); use mqtts://",
+                )
+    if broker.password_file is not None and broker.username is None:
+        problems.add(
+            f"{where}.password_file", "is set without username (the password would not be sent)"
+        )
     return broker

@@ -189,6 +189,15 @@ HOSTILE: dict[str, tuple[Callable[[Path, str], None], str]] = {
         _key_file_fifo('signing_key = "key.fifo"'),
         "key.fifo' is a FIFO (named pipe), not a regular file",
     ),
+    # Settings a plain mqtt:// link never uses, which an operator would believe in.
+    "ca-file-without-tls": (
+        _broker_key('ca_file = "agent.toml"'),
+        "broker.ca_file: is set but the broker URLs are mqtt:// (no TLS); use mqtts://",
+    ),
+    "password-without-username": (
+        _broker_key('password_file = "agent.toml"'),
+        "broker.password_file: is set without username",
+    ),
     "gpio99": (
         _profile_with('[devices.fan]\nkind = "output"\npin = "GPIO99"\n'),
         "devices.fan.pin: 'GPIO99' is not a GPIO pin of a Raspberry Pi",
