@@ -11,6 +11,7 @@ class Counters:
     frames: int = 0
     frames_bad: int = 0
     bar_reports: int = 0
+    bar_reports_bad: int = 0
     fired: int = 0
     missed: int = 0
     shed: Counter[str] = field(default_factory=Counter)

@@ -80,7 +80,8 @@ class Intake:
                 try:
                     frame, data = decode_beat_frame_with_map(item.payload)
                 except FrameError as exc:
-                    self._bad_frame("beat frame", item.topic, exc, now)
+                    self.counters.frames_bad += 1
+                    self._bad_input("beat frame", item.topic, exc, self.counters.frames_bad, now)
                     return None
                 if self.trust is not None and not self._trusted(frame, data, now):
                     return None
@@ -97,7 +98,10 @@ class Intake:
                     decode_bar_report(item.payload)
                     self.counters.bar_reports += 1
                 except FrameError as exc:
-                    self._bad_frame("bar report", item.topic, exc, now)
+                    self.counters.bar_reports_bad += 1
+                    self._bad_input(
+                        "bar report", item.topic, exc, self.counters.bar_reports_bad, now
+                    )
         elif item.kind == "ack":
             self.publisher.acked(item.mid)
         elif item.kind == "connected":
@@ -163,12 +167,11 @@ class Intake:
             )
         return False
 
-    def _bad_frame(self, what: str, topic: str, exc: FrameError, now: float) -> None:
-        self.counters.frames_bad += 1
+    def _bad_input(self, what: str, topic: str, exc: FrameError, so_far: int, now: float) -> None:
         # Once per kind and quiet period, then a count: a flood must not flood the log.
         self.bad_input.note(
             f"malformed {what}s on {topic}",
-            f"dropped malformed {what} on {topic}: {exc} ({self.counters.frames_bad} so far)",
+            f"dropped malformed {what} on {topic}: {exc} ({so_far} so far)",
             now,
         )
 
@@ -181,4 +184,6 @@ class Intake:
                 rejected[reason] = rejected.get(reason, 0) + count
         if self.counters.frames_bad:
             rejected["malformed"] = rejected.get("malformed", 0) + self.counters.frames_bad
+        if self.counters.bar_reports_bad:  # not beat frames, but refused input all the same
+            rejected["malformed_bar_report"] = self.counters.bar_reports_bad
         return rejected

@@ -46,6 +46,7 @@ Where things go (upstream allows extra data only under ``metadata`` and ``resour
 ``metadata.shed``      ``{reason: count}``, as the runner counts them
 ``metadata.frames_rejected`` ``{reason: count}``: the follower's refusals, and
                        ``malformed`` for frames that did not decode
+                       (``malformed_bar_report`` for bar reports)
 ``metadata.inbox_dropped`` frames the link dropped because the inbox was full
 ``metadata.guard``     ``{"level": str, "reason": str}``
 ``metadata.recommended_tempo_bpm`` the fastest tempo this agent's measured work allows
