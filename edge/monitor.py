@@ -19,6 +19,13 @@ Malformed claims are counted and shown, never fatal. The link's state heads the 
 ``--keys DIR`` every claim is checked against the public keys in DIR (``*.pub.pem``): the
 row says ``signed``, ``unsigned`` or ``forged``; a forged claim is counted on its row and
 never shown as the agent's state; in ``--json`` each line also carries ``"signature"``.
+
+Which claim is an agent's state: one on its own topic that names it (``agent_id``), newer
+than the claim shown (:func:`supersedes`), and, with ``--keys``, once the agent was seen
+signing with a key, signed with that key again: a claim signed with another key of the
+ring is forged, an unsigned one refused. Refused claims are counted on the row by reason
+(``refused``; in ``--json`` on the agent's next lines) and not printed in ``--json``;
+forged ones are printed, marked ``"signature": "forged"``, as before.
 """
 
 from __future__ import annotations
@@ -37,10 +44,11 @@ from typing import IO
 
 from edge.config import parse_broker
 from edge.errors import ConfigError, ConfigProblems, FrameError
+from edge.hlc import compare
 from edge.messages import StatusClaim, decode_status_claim_with_map, to_wire
 from edge.mqtt_link import MqttLink
 from edge.topics import Topics
-from edge.trust import Verdict, Verifier, verdict
+from edge.trust import Keys, Verdict, signer, verdict
 
 #: Compact rows name the broker in use from this many columns on.
 _WITH_BROKER = 110
@@ -48,6 +56,33 @@ _WITH_BROKER = 110
 #: An online agent that sent no claim follows no beat yet: it claims per beat once locked
 #: (its frames may all be refused, e.g. unsigned ones where signatures are required).
 NO_CLAIM = "no claim yet"
+
+#: Why a decoded claim on an agent's topic was not taken as its state (``AgentRow.refused``).
+WRONG_AGENT = "wrong_agent"  # its agent_id is not the agent its topic names
+OTHER_KEY = "other_key"  # signed with a key of the ring not the agent's (counted forged too)
+UNSIGNED = "unsigned"  # unsigned, from an agent seen signing
+STALE = "stale"  # not newer than the claim shown: a replay, a resend, a retained copy
+_REFUSED_TEXT = {WRONG_AGENT: "wrong agent_id", UNSIGNED: "unsigned", STALE: "stale"}
+
+#: The HLC's wire wall second wraps every 18.2 h, so it orders two claims only within 9.1 h
+#: of each other; past this silence a restart is taken without asking it.
+HLC_HORIZON_S = 9 * 3600.0
+
+
+def supersedes(claim: StatusClaim, last: StatusClaim, silent_s: float) -> bool:
+    """Whether ``claim`` is newer than ``last``, the agent's claim shown, taken ``silent_s``
+    seconds ago. Within a process (the same ``metadata.incarnation``, or none) its
+    ``metadata.seq`` must be higher; after a restart (another incarnation) the seq may start
+    again where ``seq.hw`` could not be written, so its ``hlc`` must be later instead (the
+    HLC follows the wall clock, which a restart does not set back). Without seqs, the HLC."""
+    md, last_md = claim.metadata or {}, last.metadata or {}
+    incarnation, last_incarnation = md.get("incarnation"), last_md.get("incarnation")
+    seq, last_seq = md.get("seq"), last_md.get("seq")
+    if None is not incarnation != last_incarnation is not None:  # a restart
+        return silent_s > HLC_HORIZON_S or compare(claim.hlc, last.hlc) > 0
+    if type(seq) is int and type(last_seq) is int:
+        return seq > last_seq
+    return compare(claim.hlc, last.hlc) > 0
 
 
 def values_text(md: Mapping[str, object]) -> str:
@@ -74,6 +109,29 @@ class AgentRow:
     #: The last claim's signature verdict (monitor --keys), and how many were forged.
     signature: Verdict | None = None
     forged: int = 0
+    #: The kid of the key this agent was first seen signing with: only it passes after.
+    kid: str | None = None
+    #: Claims not taken as the state, by reason (WRONG_AGENT, OTHER_KEY, UNSIGNED, STALE).
+    refused: dict[str, int] = field(default_factory=dict)
+    #: feed()'s ``now`` when the claim shown was taken.
+    taken_at: float = 0.0
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def refused_text(self) -> str:
+        """The refused claims, ``"1 unsigned, 2 stale"``, or empty; OTHER_KEY is told with
+        the forged ones."""
+        return ", ".join(
+            f"{n} {_REFUSED_TEXT[r]}" for r, n in sorted(self.refused.items()) if r != OTHER_KEY
+        )
+
+    def forged_text(self) -> str:
+        """The forged claims, ``"2 (1 by another key)"``, or empty."""
+        if not self.forged:
+            return ""
+        other = self.refused.get(OTHER_KEY, 0)
+        return f"{self.forged}" + (f" ({other} by another key)" if other else "")
 
 
 @dataclass
@@ -87,7 +145,7 @@ class FleetView:
     #: What the link is doing, shown above the rows ("connecting to ...", ...).
     link_state: str = ""
     #: Checks claim signatures when set (monitor --keys).
-    keyring: Verifier | None = None
+    keyring: Keys | None = None
     #: The verdict on the claim the last feed() returned (None without a keyring).
     last_verdict: Verdict | None = None
 
@@ -103,6 +161,9 @@ class FleetView:
         return None
 
     def feed(self, topic: str, payload: bytes, now: float) -> StatusClaim | None:
+        """Take one message. Returns the claim when it became its agent's state, or when it
+        is forged (``last_verdict`` then says so); None for anything else: availability,
+        other topics, malformed or refused claims (counted on the row)."""
         kind = self.agent_of(topic)
         if kind is None:
             return None
@@ -117,13 +178,39 @@ class FleetView:
             self.bad += 1
             self.last_error = f"{agent}: {exc}"
             return None
+        if claim.agent_id != agent:
+            row.refuse(WRONG_AGENT)  # neither this agent's state nor the one it names
+            return None
+        first_signed = False
         if self.keyring is not None:
-            self.last_verdict = row.signature = verdict(data, self.keyring)
-            if row.signature == "forged":
+            kid = signer(data, self.keyring, (row.kid,) if row.kid else self.keyring.kids)
+            seen: Verdict = "signed"
+            if kid is None:
+                seen = verdict(data, self.keyring)
+                if seen == "signed":  # by another key of the ring than this agent's
+                    seen = "forged"
+                    row.refuse(OTHER_KEY)
+            elif row.kid is None:
+                row.kid, first_signed = kid, True  # pinned: only this key passes from now on
+            self.last_verdict = row.signature = seen
+            if seen == "forged":
                 row.forged += 1  # counted, never shown as the agent's state
                 return claim
+            if seen == "unsigned" and row.kid is not None:
+                row.refuse(UNSIGNED)  # this agent signs
+                return None
+        # The first signed claim replaces whatever unsigned claim came before, however new.
+        last = row.claim
+        if (
+            last is not None
+            and not first_signed
+            and not supersedes(claim, last, now - row.taken_at)
+        ):
+            row.refuse(STALE)
+            return None
         row.claim = claim
         row.claims += 1
+        row.taken_at = now
         return claim
 
     # ------------------------------------------------------------------ the fleet screen
@@ -150,10 +237,11 @@ class FleetView:
 
     @classmethod
     def _severity(cls, row: AgentRow) -> tuple[int, float, str]:
-        """Sort key, worst first: offline, forged, not locked, alerting, then lateness."""
+        """Sort key, worst first: offline, forged (or refused as not its own: another
+        agent_id, unsigned from a signer), not locked, alerting, then lateness."""
         if row.online != "online":
             rank = 0
-        elif row.forged:
+        elif row.forged or WRONG_AGENT in row.refused or UNSIGNED in row.refused:
             rank = 1
         elif cls._sub(row, "sync").get("state") != "locked":
             rank = 2
@@ -198,7 +286,9 @@ class FleetView:
         if c is None and row.online == "online":
             notes.append(NO_CLAIM)
         if row.forged:
-            notes.append(f"forged {row.forged}")
+            notes.append(f"forged {row.forged_text()}")
+        if row.refused_text():
+            notes.append(f"refused {row.refused_text()}")
         if guard.get("level", "full") != "full":
             notes.append(f"guard {guard.get('level')}")
         for key in ("alerts", "isolated"):
@@ -297,7 +387,9 @@ class FleetView:
             if self.keyring is not None:
                 line += f" {row.signature or '-':<9}"
                 if row.forged:
-                    line += f"  forged claims: {row.forged}"
+                    line += f"  forged claims: {row.forged_text()}"
+            if row.refused_text():
+                line += f"  refused claims: {row.refused_text()}"
             line += values_text(md)
             if c is None and row.online == "online":
                 line += f"  {NO_CLAIM}: following no beat (see its log)"
@@ -392,6 +484,9 @@ def run_monitor(
                     line: dict[str, object] = to_wire(claim)
                     if view.last_verdict is not None:
                         line["signature"] = view.last_verdict
+                    refused = view.rows[claim.agent_id].refused
+                    if refused:  # claims of this agent not taken, by reason, so far
+                        line["refused"] = dict(sorted(refused.items()))
                     out.write(json.dumps(line, separators=(",", ":")) + "\n")
                     out.flush()
             elif item is not None and item.kind == "connected":

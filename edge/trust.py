@@ -65,6 +65,13 @@ class Verifier(Protocol):
         ...
 
 
+class Keys(Verifier, Protocol):
+    """A Verifier that names the keys it holds (``edge.signing.Keyring``)."""
+
+    @property
+    def kids(self) -> tuple[str, ...]: ...
+
+
 class Signer(Protocol):
     """Signs with one Ed25519 private key (``edge.signing.SigningKey``)."""
 
@@ -146,6 +153,22 @@ def verdict(data: Mapping[str, Any], verifier: Verifier) -> Verdict:
         return "forged"
     signature, kid = parsed
     return "signed" if verifier.verify(signature, signed_bytes(data), kid) else "forged"
+
+
+def signer(data: Mapping[str, Any], verifier: Verifier, kids: tuple[str, ...]) -> str | None:
+    """Which of ``kids`` signed the decoded message ``data`` (the first whose key verifies
+    it), or None: unsigned, malformed, or signed by none of them. As in :func:`verdict`,
+    ``metadata.sig_kid`` picks the key when there is one; else each of ``kids`` is tried."""
+    metadata = data.get("metadata")
+    parsed = read_signature(metadata) if isinstance(metadata, Mapping) else None
+    if parsed is None:
+        return None
+    signature, claimed = parsed
+    message = signed_bytes(data)
+    for kid in kids if claimed is None else [kid for kid in kids if kid == claimed]:
+        if verifier.verify(signature, message, kid):
+            return kid
+    return None
 
 
 # --------------------------------------------------------------------------- beat trust

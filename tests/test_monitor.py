@@ -14,16 +14,17 @@ from edge import __version__
 from edge.broker import Mosquitto
 from edge.clock import FakeClock
 from edge.harness import start_agent, start_pulse, write_agent_config
-from edge.hlc import HybridLogicalClock
+from edge.hlc import HybridLogicalClock, node_id
 from edge.messages import encode
 from edge.monitor import FleetView
+from edge.signing import Keyring, SigningKey, keygen
 from edge.status import BeatReview, StatusBuilder, StatusConfig
 from edge.testing.profiles import MOCK_LED, rule
 from edge.topics import Topics
+from edge.trust import sign_message
 
 
-def _claim_bytes(
-    agent: str,
+def _review(
     beat: int,
     sync: str = "locked",
     isolated: tuple[str, ...] = (),
@@ -31,11 +32,8 @@ def _claim_bytes(
     inbox_dropped: int = 0,
     alerts: tuple[str, ...] = (),
     source_conflict_ms: float | None = None,
-) -> bytes:
-    builder = StatusBuilder(
-        agent, StatusConfig(), HybridLogicalClock(FakeClock(), 7), __version__, "abc123"
-    )
-    review = BeatReview(
+) -> BeatReview:
+    return BeatReview(
         beat_index=beat,
         state="reviewing",
         sync_state=sync,
@@ -60,6 +58,30 @@ def _claim_bytes(
         alerts=alerts,
         source_conflict_ms=source_conflict_ms,
     )
+
+
+def _claim_bytes(
+    agent: str,
+    beat: int,
+    sync: str = "locked",
+    isolated: tuple[str, ...] = (),
+    frames_rejected: dict[str, int] | None = None,
+    inbox_dropped: int = 0,
+    alerts: tuple[str, ...] = (),
+    source_conflict_ms: float | None = None,
+    seq: int = 1,
+) -> bytes:
+    builder = StatusBuilder(
+        agent,
+        StatusConfig(),
+        HybridLogicalClock(FakeClock(), 7),
+        __version__,
+        "abc123",
+        start_seq=seq - 1,
+    )
+    review = _review(
+        beat, sync, isolated, frames_rejected, inbox_dropped, alerts, source_conflict_ms
+    )
     claim = builder.build(review)
     assert claim is not None
     return encode(claim)
@@ -81,7 +103,7 @@ def test_rows_follow_claims_and_availability() -> None:
     assert len(table.splitlines()) == 4  # header, rule, two agents: the other cluster is not shown
     view.feed(
         "backbeat/bench/status/bench:pi-01",
-        _claim_bytes("bench:pi-01", 42, isolated=("fan", "relay")),
+        _claim_bytes("bench:pi-01", 42, isolated=("fan", "relay"), seq=2),
         1.5,
     )
     row1 = next(line for line in view.table().splitlines() if line.startswith("bench:pi-01"))
@@ -118,6 +140,138 @@ def test_a_malformed_claim_is_counted_and_shown() -> None:
     assert view.feed("backbeat/bench/status/bench:pi-01", b"\xff\x00garbage", 1.0) is None
     assert view.bad == 1
     assert "1 malformed claim" in view.table() and "bench:pi-01" in view.last_error
+
+
+# ------------------------------------------------ which claim is an agent's state (attack trial)
+
+PI01 = "backbeat/bench/status/bench:pi-01"
+
+
+class Agent:
+    """One agent process as the runner builds its claims: one incarnation, one HLC, seqs
+    counting up (``seq=`` says where, as ``seq.hw`` would), each claim signed with ``key``."""
+
+    def __init__(
+        self,
+        clock: FakeClock,
+        key: SigningKey | None,
+        incarnation: str = "00000000000000a1",
+        agent: str = "bench:pi-01",
+    ) -> None:
+        self.clock, self.key, self.agent, self.incarnation = clock, key, agent, incarnation
+        self.hlc = HybridLogicalClock(clock, node_id(agent))
+
+    def claim(self, seq: int, beat: int, key: SigningKey | None = None) -> bytes:
+        self.clock.advance(0.5)
+        builder = StatusBuilder(
+            self.agent,
+            StatusConfig(),
+            self.hlc,
+            __version__,
+            "abc123",
+            start_seq=seq - 1,
+            incarnation=self.incarnation,
+        )
+        claim = builder.emit(_review(beat))
+        signer = key or self.key
+        return encode(sign_message(claim, signer) if signer else claim)
+
+
+@pytest.fixture
+def ring(tmp_path: Path) -> tuple[Keyring, SigningKey, SigningKey]:
+    """``monitor --keys DIR`` with pi-01's and pi-02's public keys, and their private keys."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    pi01, _, _ = keygen(keys / "pi-01")
+    pi02, _, _ = keygen(keys / "pi-02")
+    return Keyring.from_directory(keys), SigningKey.load(pi01), SigningKey.load(pi02)
+
+
+def _beat(view: FleetView, agent: str = "bench:pi-01") -> int | None:
+    claim = view.rows[agent].claim
+    return claim.beat_index if claim is not None else None
+
+
+def test_a_claim_signed_with_another_key_of_the_ring_is_forged(
+    ring: tuple[Keyring, SigningKey, SigningKey],
+) -> None:
+    keyring, pi01, pi02 = ring
+    view = FleetView(Topics("backbeat", "bench"), keyring=keyring)
+    agent = Agent(FakeClock(), pi01)
+    assert view.feed(PI01, agent.claim(1, 41), 1.0) is not None
+    # pi-02's key is in the ring, but bench:pi-01 signs with pi-01's
+    assert view.feed(PI01, agent.claim(2, 42, key=pi02), 2.0) is not None
+    assert view.last_verdict == "forged" and _beat(view) == 41
+    row = view.rows["bench:pi-01"]
+    assert (row.signature, row.forged, row.refused) == ("forged", 1, {"other_key": 1})
+    assert "forged claims: 1 (1 by another key)" in view.table()
+    assert "forged 1 (1 by another key)" in view.render(100)
+    view.feed(PI01, agent.claim(3, 43), 3.0)
+    assert _beat(view) == 43 and view.rows["bench:pi-01"].signature == "signed"
+
+
+def test_an_unsigned_claim_does_not_replace_the_state_of_an_agent_that_signs(
+    ring: tuple[Keyring, SigningKey, SigningKey],
+) -> None:
+    keyring, pi01, _ = ring
+    view = FleetView(Topics("backbeat", "bench"), keyring=keyring)
+    clock = FakeClock()
+    view.feed(PI01, Agent(clock, pi01).claim(1, 41), 1.0)
+    assert view.feed(PI01, Agent(clock, None).claim(2, 42), 2.0) is None
+    row = view.rows["bench:pi-01"]
+    assert _beat(view) == 41 and row.refused == {"unsigned": 1}
+    assert "refused claims: 1 unsigned" in view.table()
+    # An agent that never signed is shown unsigned, as before.
+    mute = Agent(clock, None, agent="bench:pi-02")
+    view.feed("backbeat/bench/status/bench:pi-02", mute.claim(1, 41), 3.0)
+    view.feed("backbeat/bench/status/bench:pi-02", mute.claim(2, 42), 4.0)
+    assert _beat(view, "bench:pi-02") == 42 and view.rows["bench:pi-02"].signature == "unsigned"
+
+
+def test_an_old_genuine_claim_sent_again_is_stale_but_a_restart_may_start_seq_again(
+    ring: tuple[Keyring, SigningKey, SigningKey],
+) -> None:
+    keyring, pi01, _ = ring
+    view = FleetView(Topics("backbeat", "bench"), keyring=keyring)
+    clock = FakeClock()
+    agent = Agent(clock, pi01)
+    old = agent.claim(3, 3)
+    view.feed(PI01, old, 1.0)
+    view.feed(PI01, agent.claim(1017, 1017), 2.0)
+    assert view.feed(PI01, old, 3.0) is None  # retained, or played again by anyone
+    assert _beat(view) == 1017 and view.rows["bench:pi-01"].refused == {"stale": 1}
+    assert "refused claims: 1 stale" in view.table()
+    unseen = agent.claim(1018, 1018)  # kept by an attacker, never delivered
+    # A restart whose seq.hw was not writable starts at seq 1: a new incarnation, later HLC.
+    clock.advance(30.0)
+    again = Agent(clock, pi01, incarnation="00000000000000b2")
+    view.feed(PI01, again.claim(1, 1030), 4.0)
+    assert _beat(view) == 1030
+    # The last process's claims, though their seq is higher, are from before the restart.
+    assert view.feed(PI01, unseen, 5.0) is None
+    assert _beat(view) == 1030 and view.rows["bench:pi-01"].refused == {"stale": 2}
+    # Without keys the same holds.
+    plain = FleetView(Topics("backbeat", "bench"))
+    plain.feed(PI01, agent.claim(1019, 1019), 6.0)
+    assert plain.feed(PI01, old, 7.0) is None and _beat(plain) == 1019
+
+
+def test_a_claim_naming_another_agent_is_refused_on_this_agents_topic(
+    ring: tuple[Keyring, SigningKey, SigningKey],
+) -> None:
+    keyring, pi01, _ = ring
+    clock = FakeClock()
+    for view in (
+        FleetView(Topics("backbeat", "bench"), keyring=keyring),
+        FleetView(Topics("backbeat", "bench")),
+    ):
+        view.feed(PI01, Agent(clock, pi01).claim(1, 41), 1.0)
+        other = Agent(clock, pi01, agent="bench:pi-99").claim(9, 99)  # even with pi-01's key
+        assert view.feed(PI01, other, 2.0) is None
+        assert _beat(view) == 41 and view.rows["bench:pi-01"].refused == {"wrong_agent": 1}
+        assert list(view.rows) == ["bench:pi-01"]
+        assert "refused claims: 1 wrong agent_id" in view.table()
+        assert "refused 1 wrong agent_id" in view.render(100)
 
 
 @pytest.mark.broker

@@ -8,6 +8,7 @@ signed bytes and the signature are written out here, so a change of the encoding
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -339,19 +340,21 @@ def test_monitor_marks_rows_signed_unsigned_forged() -> None:
     key = rfc_key()
     view = FleetView(Topics("backbeat", "bench"), keyring=Keyring([key.public_raw]))
     good = encode(sign_message(_claim(seq=1), key))
-    view.feed("backbeat/bench/status/a", good, 1.0)
-    view.feed("backbeat/bench/status/b", encode(_claim()), 1.0)
+    view.feed("backbeat/bench/status/bench:pi-01", good, 1.0)
+    unsigned = dataclasses.replace(_claim(), agent_id="bench:pi-02")
+    view.feed("backbeat/bench/status/bench:pi-02", encode(unsigned), 1.0)
     forged = to_wire(decode_status_claim(good))
     forged["beat_index"] = 99
-    view.feed("backbeat/bench/status/a", cbor2.dumps(forged), 2.0)
+    view.feed("backbeat/bench/status/bench:pi-01", cbor2.dumps(forged), 2.0)
     assert view.last_verdict == "forged"
-    a, b = view.rows["a"], view.rows["b"]
+    a, b = view.rows["bench:pi-01"], view.rows["bench:pi-02"]
     assert (a.signature, a.forged, b.signature) == ("forged", 1, "unsigned")
     assert a.claim is not None and a.claim.beat_index == 9  # the forged claim is not shown
     table = view.table()
     assert "signature" in table and "forged claims: 1" in table and "unsigned" in table
-    view.feed("backbeat/bench/status/a", good, 3.0)
-    assert view.rows["a"].signature == "signed" and view.rows["a"].forged == 1
+    view.feed("backbeat/bench/status/bench:pi-01", good, 3.0)  # again: signed, but stale
+    a = view.rows["bench:pi-01"]
+    assert (a.signature, a.forged, a.refused) == ("signed", 1, {"stale": 1})
     # without keys the column is not there
     assert "signature" not in FleetView(Topics("backbeat", "bench")).table()
 
