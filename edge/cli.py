@@ -25,6 +25,7 @@ from typing import Any
 from edge import __version__
 from edge.errors import ConfigError, EdgeError
 from edge.pulse_command import cmd_pulse
+from edge.topics import cluster_problem, prefix_problem
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -222,6 +223,39 @@ def _finite(kind: str, ok: Callable[[float], bool], bounds: str) -> Callable[[st
     return parse
 
 
+def _checked(problem: Callable[[str], str | None], strip: str = "") -> Callable[[str], str]:
+    """An argparse type: the text (``strip`` taken off its end), if ``problem`` finds
+    nothing wrong with it."""
+
+    def parse(text: str) -> str:
+        wrong = problem(text)
+        if wrong is not None:
+            raise argparse.ArgumentTypeError(wrong)
+        return text.rstrip(strip) if strip else text
+
+    return parse
+
+
+#: ``--cluster`` and ``--prefix``: the rules of the agent's config (``edge.topics``; a
+#: prefix loses a trailing ``/`` there too), so a tool never subscribes with a wildcard
+#: (and answers other clusters) or builds a topic no frame can carry.
+_cluster = _checked(cluster_problem)
+_prefix = _checked(prefix_problem, strip="/")
+
+
+def _start_beat(text: str) -> int:
+    """``pulse --start-beat``: a beat index as frames carry it, 0 to 2^63-1."""
+    from edge.messages import MAX_BEAT_INDEX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_BEAT_INDEX:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_BEAT_INDEX}, got {text!r}")
+    return value
+
+
 #: A ``--tempo`` or the demo's ``--bpm``: the contract's 0.1..1000 BPM.
 _tempo = _finite("a tempo in BPM", lambda bpm: 0.1 <= bpm <= 1000, "between 0.1 and 1000 BPM")
 #: A ``--duration`` or ``--connect-timeout``.
@@ -270,8 +304,8 @@ BROKER = (
         help="MQTT version (NATS's MQTT gateway speaks 3.1.1)",
     ),
 )
-CLUSTER = _option("--cluster", required=True, help="cluster id")
-PREFIX = _option("--prefix", default="backbeat", help="topic prefix")
+CLUSTER = _option("--cluster", type=_cluster, required=True, help="cluster id")
+PREFIX = _option("--prefix", type=_prefix, default="backbeat", help="topic prefix")
 PASSWORD_FILE = _option(
     "--password-file", help="file holding that user's password (never the password itself)"
 )
@@ -316,13 +350,18 @@ COMMANDS = (
             *BROKER,
             _option("--username", help="broker user (e.g. pulse-CLUSTER, see systemd/mosquitto)"),
             PASSWORD_FILE,
-            _option("--cluster", required=True, help="cluster id (topic {prefix}/{cluster}/beat)"),
+            _option(
+                "--cluster",
+                type=_cluster,
+                required=True,
+                help="cluster id (topic {prefix}/{cluster}/beat)",
+            ),
             _option("--bpm", type=float, required=True, help="tempo, 0.1-1000 BPM"),
             _option("--bar", type=int, default=4, help="beats per bar"),
             _option("--format", choices=("json", "cbor"), default="json", help="frame encoding"),
             _duration("default: run on"),
             _option("--per-phase", action="store_true", help="send a frame per phase"),
-            _option("--start-beat", type=int, default=0, help="first beat index"),
+            _option("--start-beat", type=_start_beat, default=0, help="first beat index"),
             PREFIX,
             _option("--trace", help="append one JSON line per frame sent to FILE"),
             _connect_timeout(5.0, REACHED),

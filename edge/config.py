@@ -42,11 +42,10 @@ from edge.score import Score, parse_score
 from edge.settings import Section, check_order, flag, integer, number, pathname
 from edge.status import StatusConfig, parse_status
 from edge.sync import SyncConfig, parse_sync
+from edge.topics import cluster_problem, prefix_problem
 from edge.trust import SecurityConfig, parse_security
 
 _AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
-_CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-_TOPIC_PREFIX = re.compile(r"[^#+\s]+")
 _PROFILE_SECTIONS = ("gpio", "devices", "score")
 _KNOWN_SECTIONS = frozenset(
     ("agent", "broker", "sync", "guard", "status", "outbox", "security", *_PROFILE_SECTIONS)
@@ -202,14 +201,14 @@ def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
         )
         agent_id = "invalid"
     cluster = table.get("cluster")
-    if not isinstance(cluster, str) or not _CLUSTER_ID.fullmatch(cluster):
-        problems.add(
-            "agent.cluster", f"is required and must match [a-zA-Z0-9_-]{{1,64}}, got {cluster!r}"
-        )
+    wrong = cluster_problem(cluster)
+    if wrong is not None or not isinstance(cluster, str):
+        problems.add("agent.cluster", f"is required and {wrong}")
         cluster = "invalid"
     prefix = table.get("topic_prefix", "backbeat")
-    if not isinstance(prefix, str) or not _TOPIC_PREFIX.fullmatch(prefix):
-        problems.add("agent.topic_prefix", f"must be a topic without wildcards, got {prefix!r}")
+    wrong = prefix_problem(prefix)
+    if wrong is not None or not isinstance(prefix, str):
+        problems.add("agent.topic_prefix", str(wrong))
         prefix = "backbeat"
     return _AGENT.read(
         table, problems, "agent", id=agent_id, cluster=cluster, topic_prefix=prefix.rstrip("/")
