@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -39,14 +40,42 @@ log = logging.getLogger(__name__)
 SIGN_LEAD_S = 0.002
 
 
+#: The contract's tempo range, BPM; a request outside it is refused, never clamped.
+MIN_BPM, MAX_BPM = 0.1, 1000.0
+
+
+def parse_tempo_request(payload: bytes) -> tuple[float, bool]:
+    """The (bpm, force) a control-topic payload asks for: ``"72"`` or ``"72 force"``.
+
+    Raises ValueError saying what is wrong unless the tempo is a finite number from
+    :data:`MIN_BPM` to :data:`MAX_BPM`: ``nan``, ``inf`` or ``1e400`` never reach the
+    schedule (its Decimal rounding cannot take them, and a clamp would turn them into a
+    tempo nobody asked for).
+    """
+    words = payload.decode("utf-8", "replace").split()
+    try:
+        bpm = float(words[0])
+    except (IndexError, ValueError):
+        raise ValueError("expected e.g. '72' or '72 force'") from None
+    if not (math.isfinite(bpm) and MIN_BPM <= bpm <= MAX_BPM):
+        raise ValueError(f"the tempo must be a number from {MIN_BPM:g} to {MAX_BPM:g} BPM")
+    return bpm, len(words) > 1 and words[1] == "force"
+
+
 def snap_tempo(bpm: float) -> float:
-    """Round a tempo onto the contract's 0.1 grid and into 0.1..1000."""
+    """Round a tempo onto the contract's 0.1 grid and into 0.1..1000; raises ValueError
+    for one that is not finite."""
+    if not math.isfinite(bpm):
+        raise ValueError(f"a tempo must be a finite number, got {bpm!r}")
     snapped = float(Decimal(repr(bpm)).quantize(Decimal("0.1"), rounding=ROUND_HALF_EVEN))
     return min(1000.0, max(0.1, snapped))
 
 
 def limit_change(current: float, requested: float, force: bool) -> float:
-    """Upstream's rule: one runtime change moves the tempo by at most +/-10 %."""
+    """Upstream's rule: one runtime change moves the tempo by at most +/-10 %; raises
+    ValueError for a ``requested`` tempo that is not finite."""
+    if not math.isfinite(requested):
+        raise ValueError(f"a tempo must be a finite number, got {requested!r}")
     if force:
         return snap_tempo(requested)
     low, high = current * 0.9, current * 1.1
@@ -212,7 +241,11 @@ def run_pulse(
                     bpm, force = controls.get_nowait()
                 except queue.Empty:
                     break
-                applied = schedule.request_tempo(bpm, force)
+                try:
+                    applied = schedule.request_tempo(bpm, force)
+                except ValueError as exc:  # the beat goes on at the tempo it had
+                    log.warning("tempo request refused: %s", exc)
+                    continue
                 log.info(
                     "tempo request %.1f%s -> %.1f BPM from the next beat",
                     bpm,

@@ -15,11 +15,13 @@ import queue
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from edge.errors import ConfigError, ConfigProblems
+from edge.loglimit import LogLimiter
 from edge.tool_link import reach
 
 if TYPE_CHECKING:
@@ -71,14 +73,13 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         print(f"backbeat-edge pulse: {reason}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    tempo = [float(args.bpm)]
+    requests = TempoRequests(float(args.bpm), controls)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             stop.set()
         else:  # SIGUSR1 faster, SIGUSR2 slower, by the largest unforced step
-            tempo[0] *= 1.1 if signum == signal.SIGUSR1 else 0.9
-            controls.put((tempo[0], False))
+            requests.step(1.1 if signum == signal.SIGUSR1 else 0.9)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, on_signal)
@@ -96,16 +97,7 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         serve(link.inbox, responder, stop, other=control)
 
     def control(item: Inbound) -> None:
-        words = item.payload.decode("utf-8", "replace").split()
-        try:
-            bpm = float(words[0])
-        except (IndexError, ValueError):
-            log.warning(
-                "ignored tempo request %r: expected e.g. '72' or '72 force'", item.payload[:40]
-            )
-            return
-        tempo[0] = bpm
-        controls.put((bpm, len(words) > 1 and words[1] == "force"))
+        requests.take(item.payload, time.monotonic())
 
     # A beat sent to no broker is lost (QoS 0): say so and fail, rather than "send".
     if not reach(link, "pulse", args.broker, args.connect_timeout, lost="; no beat sent"):
@@ -138,6 +130,8 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         link.stop(timeout=1.0)
         if trace is not None:
             trace.close()
+    if requests.refused:
+        log.warning("refused %d tempo requests", requests.refused)
     if unsent[0]:
         log.warning(
             "pulse sent %d frames; %d more were not sent while the broker was away",
@@ -147,6 +141,50 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     else:
         log.info("pulse sent %d frames", sent)
     return 0
+
+
+class TempoRequests:
+    """The tempo changes asked of a running pulse, checked before they reach it.
+
+    A request from the control topic (:meth:`take`) goes on ``controls`` as (bpm, force)
+    only if :func:`edge.pulse.parse_tempo_request` takes it; any other payload is
+    refused, counted (``refused``) and logged with the payload, at most once per
+    ``quiet_s`` (anyone on the broker may publish there). Signals step from the last
+    tempo asked for (:meth:`step`).
+    """
+
+    def __init__(
+        self, bpm: float, controls: queue.Queue[tuple[float, bool]], quiet_s: float = 10.0
+    ) -> None:
+        self.tempo = bpm
+        self.controls = controls
+        self.refused = 0
+        self._bad = LogLimiter(log, quiet_s=quiet_s)
+
+    def take(self, payload: bytes, now: float) -> bool:
+        """Queue the request ``payload`` says; False if it was refused."""
+        from edge.pulse import parse_tempo_request
+
+        try:
+            bpm, force = parse_tempo_request(payload)
+        except ValueError as exc:
+            self.refused += 1
+            self._bad.note(
+                "tempo",
+                f"refused tempo request {payload[:40]!r}: {exc} ({self.refused} refused so far)",
+                now,
+            )
+            return False
+        self.tempo = bpm
+        self.controls.put((bpm, force))
+        return True
+
+    def step(self, factor: float) -> None:
+        """Ask for ``factor`` times the last tempo asked for, unforced (kept in range)."""
+        from edge.pulse import MAX_BPM, MIN_BPM
+
+        self.tempo = min(MAX_BPM, max(MIN_BPM, self.tempo * factor))
+        self.controls.put((self.tempo, False))
 
 
 def _pulse_signer(path: str | None) -> SigningKey | int | None:

@@ -3,9 +3,21 @@ connect, the files they read and write, the tempo topic, and their broker client
 
 from __future__ import annotations
 
+import logging
+import math
+import queue
+import threading
+from pathlib import Path
+
 import pytest
 
+from edge.broker import Mosquitto
 from edge.cli import main
+from edge.clock import SystemClock
+from edge.harness import read_trace, start_pulse, wait_until
+from edge.messages import decode_beat_frame
+from edge.pulse import PulseOptions, limit_change, parse_tempo_request, run_pulse, snap_tempo
+from edge.pulse_command import TempoRequests
 
 #: No broker listens here: a command that got as far as connecting would say so instead.
 NOWHERE = "mqtt://127.0.0.1:9"
@@ -47,3 +59,121 @@ def test_the_tools_take_the_agents_rule_for_clusters_and_prefixes() -> None:
     )
     assert (args.cluster, args.prefix) == ("bench-2_a", "site/backbeat")  # as agent.topic_prefix
     assert build_parser().parse_args(["pulse", "--cluster", "b", "--bpm", "1"]).start_beat == 0
+
+
+# ---------------------------------------------------------------------------- the tempo topic
+
+#: What the tempo topic must refuse: not a number, not finite, or outside 0.1..1000 BPM
+#: (``inf force`` once stopped the beat for every agent with decimal.InvalidOperation).
+BAD_TEMPOS = [
+    b"nan",
+    b"nan force",
+    b"inf force",
+    b"1e400 force",
+    b"-inf force",
+    b"1e400",
+    b"-5",
+    b"0.05 force",
+    b"1000.1 force",
+    b"",
+    b"fast",
+]
+
+
+@pytest.mark.parametrize("payload", BAD_TEMPOS)
+def test_the_tempo_topic_refuses_what_is_not_a_tempo_and_says_so(
+    payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
+    requests = TempoRequests(120.0, controls)
+    with caplog.at_level(logging.WARNING, logger="edge.pulse_command"):
+        assert requests.take(payload, now=0.0) is False
+    assert controls.empty() and requests.refused == 1 and requests.tempo == 120.0
+    assert f"refused tempo request {payload!r}" in caplog.text
+    with pytest.raises(ValueError):
+        parse_tempo_request(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "asked"),
+    [
+        (b"72", (72.0, False)),
+        (b"600 force", (600.0, True)),
+        (b"0.1", (0.1, False)),
+        (b" 1000 force\n", (1000.0, True)),
+    ],
+)
+def test_the_tempo_topic_takes_a_tempo_in_range(payload: bytes, asked: tuple[float, bool]) -> None:
+    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
+    requests = TempoRequests(120.0, controls)
+    assert requests.take(payload, now=0.0) is True
+    assert controls.get_nowait() == asked and requests.refused == 0
+
+
+def test_signals_never_step_the_tempo_out_of_range() -> None:
+    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
+    requests = TempoRequests(990.0, controls)
+    for _ in range(8000):  # 1.1 ** 8000 is inf
+        requests.step(1.1)
+    assert requests.tempo == 1000.0
+    requests.tempo = 0.11
+    requests.step(0.9)
+    requests.step(0.9)
+    assert requests.tempo == 0.1
+
+
+@pytest.mark.parametrize("requested", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("force", [False, True])
+def test_the_schedule_refuses_a_tempo_that_is_not_finite(requested: float, force: bool) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        limit_change(108.0, requested, force)
+    with pytest.raises(ValueError, match="finite"):
+        snap_tempo(requested)
+
+
+def test_a_bad_request_that_reaches_the_loop_costs_no_beat(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
+    for request in ((math.inf, True), (math.nan, False), (600.0, True)):
+        controls.put(request)
+    frames: list[bytes] = []
+    options = PulseOptions(cluster="bench", bpm=1000, duration_s=0.2)
+    sent = run_pulse(
+        options,
+        lambda topic, payload: frames.append(payload),
+        SystemClock(),
+        threading.Event(),
+        controls,
+    )
+    assert sent == len(frames) > 0
+    assert {decode_beat_frame(f).tempo_bpm for f in frames} == {600.0}
+    assert caplog.text.count("tempo request refused") == 2
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_the_running_pulse_refuses_bad_tempos_and_beats_on(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    import paho.mqtt.publish as publish
+
+    trace = tmp_path / "pulse.jsonl"
+    pulse = start_pulse(mosquitto.url, "bench", 300, trace, tmp_path / "pulse.log")
+    try:
+        assert wait_until(lambda: len(read_trace(trace)) >= 3, 15), pulse.log()
+        topic = "backbeat/bench/pulse/tempo"
+        # One connection, so the broker keeps their order: the good one comes last.
+        messages: list[publish.MessageTuple] = [(topic, p, 0, False) for p in BAD_TEMPOS]
+        messages.append((topic, b"120 force", 0, False))
+        publish.multiple(list(messages), hostname="127.0.0.1", port=mosquitto.port)
+        assert wait_until(lambda: any(r["tempo_bpm"] == 120.0 for r in read_trace(trace)), 15), (
+            pulse.log()
+        )
+    finally:
+        assert pulse.stop() == 0, pulse.log()
+    log = pulse.log()
+    assert {r["tempo_bpm"] for r in read_trace(trace)} == {300.0, 120.0}
+    assert "refused tempo request b'nan'" in log
+    assert f"refused {len(BAD_TEMPOS)} tempo requests" in log
+    assert "Traceback" not in log
