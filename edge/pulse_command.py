@@ -18,25 +18,22 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from edge.errors import ConfigError, ConfigProblems
 from edge.loglimit import LogLimiter
 from edge.tool_link import reach
 
 if TYPE_CHECKING:
+    from edge.broker_config import BrokerConfig
     from edge.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
 
 def cmd_pulse(args: argparse.Namespace) -> int:
-    from edge.clock import SystemClock
     from edge.config import parse_broker
-    from edge.errors import LinkError
-    from edge.mqtt_link import MqttLink
-    from edge.pulse import PulseOptions, open_trace, run_pulse
-    from edge.topics import Topics
+    from edge.files import FileRefused, open_append
 
     problems = ConfigProblems("pulse")
     table: dict[str, object] = {"url": args.broker}
@@ -55,6 +52,26 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     if problems:
         print(f"backbeat-edge {ConfigError(problems.items, 'pulse')}", file=sys.stderr)
         return 2
+    try:  # before anything starts: a directory or a FIFO here once came up only later
+        trace = None if args.trace is None else open_append(Path(args.trace))
+    except FileRefused as exc:
+        print(f"backbeat-edge pulse: --trace: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _pulse(args, broker, trace)
+    finally:
+        if trace is not None:
+            trace.close()
+
+
+def _pulse(args: argparse.Namespace, broker: BrokerConfig, trace: IO[str] | None) -> int:
+    """The pulse, once its options (and ``trace``, its open ``--trace``) are good."""
+    from edge.clock import SystemClock
+    from edge.errors import LinkError
+    from edge.mqtt_link import MqttLink
+    from edge.pulse import PulseOptions, run_pulse
+    from edge.topics import Topics
+
     signer = _pulse_signer(args.signing_key)
     if isinstance(signer, int):
         return signer
@@ -103,7 +120,6 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     if not reach(link, "pulse", args.broker, args.connect_timeout, lost="; no beat sent"):
         return 1
     threading.Thread(target=pump_controls, name="pulse-control", daemon=True).start()
-    trace = open_trace(args.trace)
     options = PulseOptions(
         cluster=args.cluster,
         bpm=args.bpm,
@@ -128,8 +144,6 @@ def cmd_pulse(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         link.stop(timeout=1.0)
-        if trace is not None:
-            trace.close()
     if requests.refused:
         log.warning("refused %d tempo requests", requests.refused)
     if unsent[0]:

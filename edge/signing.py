@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.errors import ConfigError
+from edge.files import FileRefused, read_regular
 from edge.trust import key_id, public_key_from_pem
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,11 @@ class SigningKey:
         A key others may read is used, with a warning."""
         path = Path(path)
         try:
-            data = path.read_bytes()
+            # Like every operator file: a FIFO or /dev/zero named here must not hang us.
+            data = read_regular(path)
             mode = path.stat().st_mode
+        except FileRefused as exc:
+            raise ConfigError([f"{where}: {exc}"]) from None
         except OSError as exc:
             raise ConfigError(
                 [f"{where}: cannot read {str(path)!r}: {exc.strerror or exc}"]

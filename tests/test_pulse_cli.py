@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from edge.broker import Mosquitto
 from edge.cli import main
 from edge.clock import SystemClock
+from edge.files import FileRefused, open_append
 from edge.harness import read_trace, start_pulse, wait_until
 from edge.messages import decode_beat_frame
 from edge.pulse import PulseOptions, limit_change, parse_tempo_request, run_pulse, snap_tempo
 from edge.pulse_command import TempoRequests
+
+if TYPE_CHECKING:
+    from conftest import CliRun
 
 #: No broker listens here: a command that got as far as connecting would say so instead.
 NOWHERE = "mqtt://127.0.0.1:9"
@@ -177,3 +183,67 @@ def test_the_running_pulse_refuses_bad_tempos_and_beats_on(
     assert "refused tempo request b'nan'" in log
     assert f"refused {len(BAD_TEMPOS)} tempo requests" in log
     assert "Traceback" not in log
+
+
+# ---------------------------------------------------------------------------- files
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_trace_is_created_and_appended_to(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    with open_append(path) as trace:
+        trace.write("one\n")
+    with open_append(path) as trace:
+        trace.write("two\n")
+    assert path.read_text(encoding="utf-8") == "one\ntwo\n"
+
+
+def test_a_trace_that_is_not_a_regular_file_is_refused(tmp_path: Path, fifo: Path) -> None:
+    for path, what in [
+        (tmp_path, "is a directory"),
+        (fifo, "is a FIFO"),  # no reader: the kernel refuses the non-blocking open
+        (Path("/dev/zero"), "is a device"),
+        (tmp_path / "missing" / "trace.jsonl", "cannot be opened"),
+    ]:
+        with pytest.raises(FileRefused, match=what):
+            open_append(path)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # with one, the fstat after
+    try:
+        with pytest.raises(FileRefused, match="is a FIFO"):
+            open_append(fifo)
+    finally:
+        os.close(reader)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_pulse_refuses_a_bad_trace_before_it_starts(
+    kind: str, tmp_path: Path, fifo: Path, cli: CliRun
+) -> None:
+    path = tmp_path if kind == "directory" else fifo
+    result = cli(
+        "pulse", "--cluster", "b", "--bpm", "60", "--broker", NOWHERE, "--trace", str(path)
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"backbeat-edge pulse: --trace: {str(path)!r} is a" in result.stderr
+    assert "Traceback" not in result.stderr and "broker" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["pulse", "timekeeper"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_signing_key_that_is_not_a_regular_file_is_refused(
+    command: str, kind: str, tmp_path: Path, fifo: Path, cli: CliRun
+) -> None:
+    key = {"fifo": fifo, "device": Path("/dev/zero"), "directory": tmp_path}[kind]
+    argv = ["--cluster", "b", "--broker", NOWHERE, "--signing-key", str(key)]
+    if command == "pulse":
+        argv += ["--bpm", "60"]
+    result = cli(command, *argv, timeout=30)  # it once waited on the FIFO for ever
+    assert result.returncode == 2, result.stderr
+    assert f"--signing-key: {str(key)!r} is a" in result.stderr
+    assert "Traceback" not in result.stderr and "broker" not in result.stderr
