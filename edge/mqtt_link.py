@@ -79,6 +79,10 @@ from edge.inbox import Inbound, LinkInbox
 
 log = logging.getLogger(__name__)
 
+#: The MQTT 5 DISCONNECT reason a broker gives a client whose id another client connected
+#: with (mosquitto: "already connected, closing old connection").
+SESSION_TAKEN_OVER = 0x8E
+
 #: Linux only; elsewhere the broker side must set TCP_NODELAY (see _quickack).
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
@@ -203,6 +207,10 @@ class MqttLink:
         self.last_connected_at: float | None = None
         #: Connection attempts that failed (a broker unreachable, refusing or silent).
         self.unreachable = 0
+        #: Connections the broker closed because another client connected with our id
+        #: (MQTT 5 reason 0x8E, "session taken over"): not the broker going away.
+        self.taken_over = 0
+        self._taken_over = False  # the current connection's, set on the network thread
         #: Which of ``broker.brokers()`` is tried or in use now (the network thread's).
         self._index = 0
         #: ``host:port`` of the broker last connected to (None before the first).
@@ -317,6 +325,8 @@ class MqttLink:
         was = self._connected.is_set()
         self._session_up = False
         self._connected.clear()
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
+            self._taken_over = True  # said by _run, once this connection's loop is done
         if was:
             self._hand_over(
                 Inbound("disconnected", time.monotonic(), time.time(), reason=str(reason))
@@ -423,7 +433,18 @@ class MqttLink:
         reported: str | None = None
         while not self._stop.is_set():
             host, port = brokers[self._index]
+            self._taken_over = False
             was_up = self._connect_once(host, port) and self._pump(host, port)
+            if self._taken_over:
+                self.taken_over += 1
+                log.warning(
+                    "broker %s:%d closed the connection: session taken over (another client"
+                    " connected with our client id %r; %d times so far)",
+                    host,
+                    port,
+                    self.client_id,
+                    self.taken_over,
+                )
             if self._stop.is_set():
                 break
             self._connected.clear()

@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING
 
 from edge.errors import ConfigError, ConfigProblems
 from edge.loglimit import LogLimiter
-from edge.tool_link import reach
+from edge.tool_link import reach, tool_client_id
 
 if TYPE_CHECKING:
     from edge.broker_config import BrokerConfig
@@ -80,7 +80,7 @@ def _pulse(args: argparse.Namespace, broker: BrokerConfig, trace: IO[str] | None
     try:
         link = MqttLink(
             broker,
-            f"backbeat-pulse-{args.cluster}",
+            tool_client_id("pulse", args.cluster),
             subscriptions=(topics.pulse_control,)
             + (() if args.no_time_exchange else (topics.all_time_requests,)),
         )
@@ -147,10 +147,13 @@ def _pulse(args: argparse.Namespace, broker: BrokerConfig, trace: IO[str] | None
     if requests.refused:
         log.warning("refused %d tempo requests", requests.refused)
     if unsent[0]:
+        # Away, or the link was closed for a client that took our id (logged as such).
+        away = "the broker was away" if not link.taken_over else "the link was down"
         log.warning(
-            "pulse sent %d frames; %d more were not sent while the broker was away",
+            "pulse sent %d frames; %d more were not sent while %s",
             sent - unsent[0],
             unsent[0],
+            away,
         )
     else:
         log.info("pulse sent %d frames", sent)

@@ -29,7 +29,7 @@ from edge.errors import ConfigError, ConfigProblems, FrameError, LinkError
 from edge.inbox import Inbound
 from edge.loglimit import LogLimiter
 from edge.timewire import decode_request, encode_response, make_response
-from edge.tool_link import reach
+from edge.tool_link import reach, tool_client_id
 from edge.topics import Topics
 from edge.trust import Signer
 
@@ -131,7 +131,7 @@ def run_timekeeper(options: TimekeeperOptions, stop: threading.Event) -> int:
     try:
         link = MqttLink(
             broker,
-            f"backbeat-timekeeper-{options.cluster}",
+            tool_client_id("timekeeper", options.cluster),
             subscriptions=(topics.all_time_requests,),
         )
     except LinkError as exc:

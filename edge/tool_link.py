@@ -2,13 +2,22 @@
 
 A tool that cannot reach its broker within ``--connect-timeout`` stops its link, says so
 on stderr with the link's last error, and exits 1: what it would send to no broker would
-be lost unseen (QoS 0).
+be lost unseen (QoS 0). :func:`tool_client_id` names a tool's client.
 """
 
 from __future__ import annotations
 
+import secrets
 import sys
 from typing import Protocol
+
+
+def tool_client_id(tool: str, cluster: str) -> str:
+    """A fresh MQTT client id for ``tool`` on ``cluster``: ``backbeat-{tool}-{cluster}-`` and
+    16 random hex digits. A fixed id let anyone on an open broker evict the tool again and
+    again by connecting with it; the tools need no session to come back to (their
+    subscriptions are made again at each connect, and they send and take QoS 0 only)."""
+    return f"backbeat-{tool}-{cluster}-{secrets.token_hex(8)}"
 
 
 class ToolLink(Protocol):

@@ -1,12 +1,16 @@
 """The pulse and timekeeper commands' edges: what their command lines refuse before they
-connect, the files they read and write, the tempo topic, and their broker client ids."""
+connect, the files they read and write, the tempo topic, and their broker client ids (and
+the link saying when another client took its id)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import queue
+import re
+import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,11 +20,14 @@ import pytest
 from edge.broker import Mosquitto
 from edge.cli import main
 from edge.clock import SystemClock
+from edge.config import BrokerConfig
 from edge.files import FileRefused, open_append
 from edge.harness import read_trace, start_pulse, wait_until
 from edge.messages import decode_beat_frame
+from edge.mqtt_link import MqttLink
 from edge.pulse import PulseOptions, limit_change, parse_tempo_request, run_pulse, snap_tempo
 from edge.pulse_command import TempoRequests
+from edge.tool_link import tool_client_id
 
 if TYPE_CHECKING:
     from conftest import CliRun
@@ -247,3 +254,61 @@ def test_a_signing_key_that_is_not_a_regular_file_is_refused(
     assert result.returncode == 2, result.stderr
     assert f"--signing-key: {str(key)!r} is a" in result.stderr
     assert "Traceback" not in result.stderr and "broker" not in result.stderr
+
+
+# ---------------------------------------------------------------------------- client ids
+
+
+def test_a_tool_client_id_cannot_be_guessed() -> None:
+    ids = {tool_client_id("pulse", "bench") for _ in range(100)}
+    assert len(ids) == 100
+    assert all(re.fullmatch(r"backbeat-pulse-bench-[0-9a-f]{16}", i) for i in ids)
+    assert tool_client_id("timekeeper", "b").startswith("backbeat-timekeeper-b-")
+
+
+class TakeoverBroker:
+    """A one-trick MQTT 5 broker on loopback: each client it accepts gets a CONNACK and then
+    a DISCONNECT with reason 0x8E, "session taken over", as a broker sends when another
+    client connects with the same id. (Mosquitto 2.0.11 closes the old connection without
+    sending it, so there a takeover looks like the broker going away.)"""
+
+    CONNACK = bytes([0x20, 3, 0, 0, 0])
+    DISCONNECT_TAKEN_OVER = bytes([0xE0, 2, 0x8E, 0])
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.server.accept()
+                self.accepted += 1
+                with conn:
+                    conn.recv(4096)  # the CONNECT
+                    conn.sendall(self.CONNACK + self.DISCONNECT_TAKEN_OVER)
+                    conn.recv(4096)  # until the client closes
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_session_taken_over_is_said_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    broker = TakeoverBroker()
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    link = MqttLink(
+        BrokerConfig(url=url, host="127.0.0.1", port=broker.port), tool_client_id("pulse", "b")
+    )
+    with caplog.at_level(logging.WARNING, logger="edge.mqtt_link"):
+        link.start()
+        try:
+            assert wait_until(lambda: link.taken_over >= 1, 10)
+        finally:
+            link.stop(timeout=1.0)
+            broker.close()
+    assert (
+        f"broker 127.0.0.1:{broker.port} closed the connection: session taken over (another"
+        f" client connected with our client id {link.client_id!r}" in caplog.text
+    )
