@@ -72,9 +72,14 @@ def _refused(command: str, exc: BaseException) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.agent import Agent
     from edge.errors import HardwareError, LinkError
+    from edge.files import FileRefused
     from edge.pulse import open_trace
 
-    trace = open_trace(args.trace)
+    try:
+        trace = open_trace(args.trace)
+    except FileRefused as exc:
+        print(f"backbeat-edge run: --trace {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         try:
             agent = Agent(args.config, trace=trace)

@@ -292,4 +292,8 @@ def run_pulse(
 
 
 def open_trace(path: str | None) -> IO[str] | None:
-    return None if path is None else Path(path).open("a", encoding="utf-8", buffering=1)
+    """A trace file to append to (created if missing), or None; raises FileRefused for a
+    directory, a FIFO or a device (never waits on one)."""
+    from edge.files import open_append
+
+    return None if path is None else open_append(Path(path))

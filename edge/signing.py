@@ -42,7 +42,9 @@ class Keyring:
         raws, problems = [], []
         for path in paths:
             try:
-                raws.append(public_key_from_pem(Path(path).read_bytes()))
+                raws.append(public_key_from_pem(read_regular(Path(path))))
+            except FileRefused as exc:  # a FIFO, a device, a directory: never waited on
+                problems.append(str(exc))
             except OSError as exc:
                 problems.append(f"{path}: cannot read: {exc.strerror or exc}")
             except ValueError as exc:

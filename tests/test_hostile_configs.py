@@ -380,3 +380,38 @@ def test_check_says_what_it_checked_beyond_the_file(tmp_path: Path) -> None:
         "a02082), used once; every device built on mock pins"
     ) in result.stdout
     assert result.stderr == ""  # the mock build's own logs stay quiet
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_run_refuses_a_trace_that_is_no_file_before_it_starts(tmp_path: Path, kind: str) -> None:
+    _good(tmp_path, "mqtt://127.0.0.1:1")
+    trace = tmp_path / "trace"
+    if kind == "directory":
+        trace.mkdir()
+    else:
+        os.mkfifo(trace)  # with no reader: opening it to write would wait for one
+    result = _cli(
+        "run", "--config", str(tmp_path / "agent.toml"), "--trace", str(trace), timeout=10.0
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    said = "is a directory" if kind == "directory" else "is a FIFO (named pipe)"
+    assert f"backbeat-edge run: --trace '{trace}' {said}" in result.stderr, result.stderr
+
+
+def test_monitor_refuses_a_key_that_is_a_fifo(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    os.mkfifo(keys / "pi-01.pub.pem")
+    result = _cli(
+        "monitor",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--cluster",
+        "bench",
+        "--keys",
+        str(keys),
+        timeout=10.0,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "is a FIFO (named pipe), not a regular file" in result.stderr, result.stderr
