@@ -22,6 +22,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING
 from urllib.parse import quote
 
+from edge.beatmark import BeatMark
 from edge.clock import Clock, SystemClock
 from edge.collector import Collector
 from edge.config import Config, load_config
@@ -232,6 +233,13 @@ class Agent:
             claim_signer=signer,
         )
         self.runner.attach_timesync(timesync_for(config, self.link, self.clock, trust))
+        # With signed beats, the newest frame followed is kept for the next start, where
+        # older ones are replays (edge.beatmark); the outbox's directory is the state's.
+        self.beat_mark: BeatMark | None = None
+        if trust is not None:
+            self.beat_mark = BeatMark(config.outbox.directory)
+            self.runner.intake.replay_floor = self.beat_mark.load()
+            self.runner.intake.on_followed = self.beat_mark.note
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._hang = threading.Event()
@@ -340,4 +348,6 @@ class Agent:
         self.notifier.stopping()
         # The runner drives the outputs safe and gives the final claim and ``offline``.
         farewell(self.runner, self.link, self.outbox, self.clock)
+        if self.beat_mark is not None:
+            self.beat_mark.close()
         self.hardware.close()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from edge.counters import Counters
 from edge.errors import FrameError
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 #: time since, for clock rates) is a replay (``replayed``): honest reordering is far shorter.
 REPLAY_TOLERANCE_S = 2.0
 REPLAY_RATE = 0.01
+_REPLAY_TOLERANCE = timedelta(seconds=REPLAY_TOLERANCE_S)
 
 
 class Intake:
@@ -66,6 +69,11 @@ class Intake:
         #: The HLC wall second (unwrapped) of the newest frame the follower accepted, and
         #: when it arrived (local monotonic).
         self._newest: tuple[int, float] | None = None
+        #: With signed beats: frames due this far before it are replays, whatever else was
+        #: followed (the newest deadline a previous run followed, edge.beatmark).
+        self.replay_floor: datetime | None = None
+        #: Told the deadline of every signed frame followed (edge.beatmark keeps it).
+        self.on_followed: Callable[[datetime], None] | None = None
         #: The time exchange (edge.timesync), when the agent runs one: its responses, and
         #: the wall reading a frame is followed with.
         self.timesync: TimeSync | None = None
@@ -125,6 +133,19 @@ class Intake:
         except HlcAheadError as exc:
             self.bad_input.note("hlc_ahead", f"beat frame {frame.beat_index}: {exc}", now)
             return self.follower.refused(exc.reason, frame, arrived_at)
+        if (
+            self.trust is not None
+            and self.replay_floor is not None
+            and frame.deadline_at < self.replay_floor - _REPLAY_TOLERANCE
+        ):
+            behind = (self.replay_floor - frame.deadline_at).total_seconds()
+            self.bad_input.note(
+                "replayed",
+                f"beat frame {frame.beat_index}: due {behind:.0f} s before the newest frame "
+                "followed before this start (sent again)",
+                now,
+            )
+            return self.follower.refused("replayed", frame, arrived_at)
         if self.trust is not None and self._newest is not None:
             # Well signed is not fresh: the stamp must have moved on about as far as our
             # monotonic clock has since the newest frame followed. A frame sent again later
@@ -147,6 +168,8 @@ class Intake:
                 self.hlc.merge(frame.hlc)
             if self._newest is None or stamped >= self._newest[0]:
                 self._newest = (stamped, arrived_at)
+            if self.trust is not None and self.on_followed is not None:
+                self.on_followed(frame.deadline_at)
         return events
 
     def _trusted(self, frame: BeatFrame, data: dict[str, object], now: float) -> bool:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import stat
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
 
+from edge.beatmark import WRITE_EVERY_S, BeatMark
 from edge.cli import main
 from edge.clock import FakeClock
 from edge.config import load_config
@@ -664,3 +666,78 @@ def test_an_agent_without_keys_never_loads_cryptography() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _fresh_runner(bench: SignedBench, factory: MockFactory) -> Runner:
+    """The agent started again: a new runner on the same config, keys and clock."""
+    from edge.agent import security_for
+
+    stage, _ = security_for(bench.config.security)
+    runner = Runner(
+        bench.config,
+        Hardware(bench.config.profile, pin_factory=factory, clock=bench.clock.monotonic),
+        bench.clock,
+        trust=stage,
+    )
+    bench.runner = runner
+    return runner
+
+
+def test_a_recording_played_to_an_agent_started_while_the_pulse_is_silent_is_refused(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    bench = SignedBench(tmp_path, factory)
+    state = tmp_path / "state"
+    state.mkdir()
+    mark = BeatMark(state)
+    assert mark.load() is None  # the first start: nothing kept yet
+    bench.runner.intake.on_followed = mark.note
+    recorded = [bench.frame(k) for k in range(30)]
+    for k, payload in enumerate(recorded):
+        bench.feed(payload, bench.start + k * BEAT)
+    mark.close()  # the agent stops, the pulse falls silent
+    assert (state / "beat.newest").exists()
+    bench.runner.hardware.close()
+    # Started again 30 beats later: an attacker plays the recording at its own spacing.
+    runner = _fresh_runner(bench, factory)
+    again = BeatMark(state)
+    runner.intake.replay_floor = again.load()
+    runner.intake.on_followed = again.note
+    assert runner.intake.replay_floor is not None
+    played_at = bench.start + 60 * BEAT
+    for i, payload in enumerate(recorded[10:20]):
+        bench.feed(payload, played_at + i * BEAT)
+    bench.run_until(played_at + 12 * BEAT)
+    assert runner.follower.rejected.get("replayed") == 10, runner.follower.rejected
+    assert runner.follower.state is SyncState.ACQUIRING and runner.counters.fired == 0
+    # The real pulse, when it returns, is followed (its deadlines are past the mark).
+    for k in range(75, 95):
+        bench.feed(bench.frame(k), bench.start + k * BEAT)
+    bench.run_until(bench.start + 95 * BEAT - 0.001)
+    assert runner.follower.state is SyncState.LOCKED and runner.counters.fired > 0  # type: ignore[comparison-overlap]
+    runner.hardware.close()
+
+
+def test_the_beat_mark_is_written_as_it_moves_on_and_survives_a_bad_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = datetime(2026, 12, 2, tzinfo=UTC)
+    mark = BeatMark(tmp_path)
+    mark.note(base)
+    path = tmp_path / "beat.newest"
+    assert path.read_text() == "2026-12-02T00:00:00Z\n"
+    mark.note(base + timedelta(seconds=1))  # not far enough on to be written again
+    assert BeatMark(tmp_path).load() == base
+    mark.note(base + timedelta(seconds=WRITE_EVERY_S))
+    assert BeatMark(tmp_path).load() == base + timedelta(seconds=WRITE_EVERY_S)
+    mark.note(base + timedelta(seconds=WRITE_EVERY_S + 1))
+    mark.close()  # at exit, the newest
+    assert BeatMark(tmp_path).load() == base + timedelta(seconds=WRITE_EVERY_S + 1)
+    path.write_text("not a time\n")
+    with caplog.at_level(logging.WARNING, logger="edge.beatmark"):
+        assert BeatMark(tmp_path).load() is None
+    assert "is unreadable" in caplog.text
+    path.unlink()
+    os.mkfifo(path)  # never waited on
+    assert BeatMark(tmp_path).load() is None
+    assert BeatMark(None).load() is None  # no state directory: nothing kept

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from edge.beatmark import BeatMark
 from edge.broker import Mosquitto
 from edge.harness import (
     SPOOF_PROFILE,
@@ -155,6 +156,11 @@ def test_only_the_signed_pulse_moves_the_hardware(
         monitor.terminate()
         monitor.wait(timeout=10)
     assert code == 0, agent.log()
+    # The newest signed beat it followed is kept for its next start (edge.beatmark).
+    mark = BeatMark(tmp_path / "outbox").load()
+    assert mark is not None, agent.log()
+    assert abs(mark.timestamp() - time.time()) < 30.0  # the last beats' (one host's clock)
+    assert "signed beat frames due before" not in agent.log()  # nothing kept at its start
     for kind in ("early_copy", "pasted_sig", "tempo_1000", "tempo_0.1", "index_jump"):
         assert attacker.sent.get(kind, 0) >= 1, attacker.sent
 
