@@ -100,6 +100,13 @@ def _one_url(url: str) -> tuple[str, int, bool]:
         raise ValueError("scheme must be mqtt:// or mqtts:// with a host")
     if parts.password is not None:
         raise ValueError("a password in the URL would leak into logs; use password_file")
+    # What MQTT has no use for is refused, never dropped: an operator who wrote it meant it.
+    if parts.username is not None:
+        raise ValueError("a user name in the URL is not used; set broker.username")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("an MQTT broker URL has no path, query or fragment")
+    if any(c.isspace() for c in parts.netloc):
+        raise ValueError("the host may not contain spaces")
     tls = parts.scheme == "mqtts"
     try:
         port = parts.port
@@ -148,10 +155,15 @@ def _broker_urls(
             problems.add(f"{key}[{i}]", f"{exc}, got {item!r}")
             continue
         if (host, port) in seen:
+            first = seen[host, port]
+            # Said only where it explains the match: a port left out on either side.
+            filled = (
+                ", with the default port filled in"
+                if not all(urlsplit(str(value[j])).port for j in (first, i))
+                else ""
+            )
             problems.add(
-                f"{key}[{i}]",
-                f"names the same broker ({host}:{port}, with the default port filled in) "
-                f"as {key}[{seen[host, port]}]",
+                f"{key}[{i}]", f"names the same broker ({host}:{port}{filled}) as {key}[{first}]"
             )
             continue
         if found and tls != found[0][2]:

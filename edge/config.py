@@ -286,8 +286,11 @@ def config_from_tables(
     from_profile: set[str] = set()  # the sections read from the profile's own file
     agent_table = _table(raw, "agent", ConfigProblems())
     profile_ref = agent_table.get("profile")
+    if profile_ref is not None and (not isinstance(profile_ref, str) or not profile_ref):
+        problems.add("agent.profile", f"must be a file path (a string), got {profile_ref!r}")
+        profile_ref = None
     if profile_ref is not None:
-        profile_path = Path(str(profile_ref))
+        profile_path = Path(profile_ref)
         if not profile_path.is_absolute():
             profile_path = base_dir / profile_path
         profile_loaded = read_toml(profile_path, problems, "agent.profile", read)

@@ -73,10 +73,15 @@ def test_a_comma_separated_string_is_a_list_as_the_command_lines_give_it() -> No
         (["mqtt://a:1", "http://b"], "broker.url[1]: scheme must be mqtt:// or mqtts://"),
         (["mqtt://a:1", 7], "broker.url[1]: must be a string"),
         (["mqtt://a:1", "mqtt://u:pw@b"], "broker.url[1]: a password in the URL"),
+        # Parts MQTT has no use for are refused, not dropped in silence.
+        (["mqtt://bob@b:1"], "broker.url[0]: a user name in the URL is not used"),
+        (["mqtt://b:1/path"], "broker.url[0]: an MQTT broker URL has no path, query or"),
+        (["mqtt://b:1?x=1"], "broker.url[0]: an MQTT broker URL has no path, query or"),
+        (["mqtt://b:1#frag"], "broker.url[0]: an MQTT broker URL has no path, query or"),
+        (["mqtt:// b:1"], "broker.url[0]: the host may not contain spaces"),
         (
             ["mqtt://a:1", "mqtt://a:1"],
-            "broker.url[1]: names the same broker (a:1, with the default port filled in) "
-            "as broker.url[0]",
+            "broker.url[1]: names the same broker (a:1) as broker.url[0]",
         ),
         (["mqtt://a", "mqtt://a:1883"], "broker.url[1]: names the same broker (a:1883"),
         (["mqtt://a:99999"], "broker.url[0]: the port must be a number from 1 to 65535"),

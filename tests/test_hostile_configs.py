@@ -127,6 +127,12 @@ def _key_file_fifo(key: str) -> Callable[[Path, str], None]:
     return make
 
 
+def _profile_not_a_path(tmp: Path, url: str) -> None:
+    _good(tmp, url)
+    path = tmp / "agent.toml"
+    path.write_text(path.read_text().replace('profile = "profile.toml"', "profile = 5"))
+
+
 def _profile_with(extra: str) -> Callable[[Path, str], None]:
     def make(tmp: Path, url: str) -> None:
         _good(tmp, url)
@@ -197,6 +203,10 @@ HOSTILE: dict[str, tuple[Callable[[Path, str], None], str]] = {
     "password-without-username": (
         _broker_key('password_file = "agent.toml"'),
         "broker.password_file: is set without username",
+    ),
+    "profile-not-a-path": (
+        _profile_not_a_path,
+        "agent.profile: must be a file path (a string), got 5",
     ),
     "gpio99": (
         _profile_with('[devices.fan]\nkind = "output"\npin = "GPIO99"\n'),
