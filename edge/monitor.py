@@ -47,6 +47,7 @@ from edge.errors import ConfigError, ConfigProblems, FrameError
 from edge.hlc import compare
 from edge.messages import StatusClaim, decode_status_claim_with_map, to_wire
 from edge.mqtt_link import MqttLink
+from edge.tool_link import tool_client_id
 from edge.topics import Topics
 from edge.trust import Keys, Verdict, signer, verdict
 
@@ -450,7 +451,7 @@ def run_monitor(
     view = FleetView(topics, keyring=keyring)
     link = MqttLink(
         broker,
-        f"backbeat-monitor-{cluster}-{int(time.time())}",
+        tool_client_id("monitor", cluster),  # unguessable: nobody can evict it by its id
         subscriptions=(topics.all_status, topics.all_availability),
     )
     started = time.monotonic()
