@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from edge.config import Config
+from edge.messages import MAX_TEMPO_BPM
 from edge.score import Rule
 
 #: The tempos planned for when none are given (BPM).
@@ -36,7 +37,11 @@ def report(config: Config, checked: str, tempos: Iterable[float]) -> list[str]:
         lines.append(
             f"  [{i}] {a.device}.{a.do}{value} {when(rule)} in {rule.phase} +{rule.offset:.2f}"
             f" {'essential' if a.essential else 'optional'} prio {a.priority}; "
-            f"fits up to {rule.max_tempo_bpm():.1f} BPM"
+            + (
+                "fits every tempo"  # past the schema's 1000 BPM: any frame's
+                if rule.max_tempo_bpm() >= MAX_TEMPO_BPM
+                else f"fits up to {rule.max_tempo_bpm():.1f} BPM"
+            )
         )
     lines.append("plan by tempo:")
     for bpm in tempos:

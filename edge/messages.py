@@ -161,6 +161,8 @@ _CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
 _HLC = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}:[0-9a-fA-F]{4}")
 _WINDOW_ID = re.compile(r"[0-9a-fA-F]{32}")
+#: The tempos the BeatFrame schema allows.
+MIN_TEMPO_BPM, MAX_TEMPO_BPM = 0.1, 1000.0
 _TENTH = Decimal("0.1")
 _STATES_TEXT = ", ".join(sorted(CLAIM_STATES))
 
@@ -170,7 +172,7 @@ _STATES_TEXT = ", ".join(sorted(CLAIM_STATES))
 
 def _tempo(value: object) -> float:
     bpm = number("tempo_bpm", value)
-    if not 0.1 <= bpm <= 1000:
+    if not MIN_TEMPO_BPM <= bpm <= MAX_TEMPO_BPM:
         raise fail("tempo_bpm", f"must be between 0.1 and 1000, got {show(value)}")
     # repr() is the shortest decimal that round-trips, i.e. what the sender wrote; binary
     # float arithmetic would call 0.3 or 2.3 off-step.

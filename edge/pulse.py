@@ -30,7 +30,7 @@ from typing import IO
 
 from edge.clock import Clock
 from edge.hlc import HybridLogicalClock, node_id
-from edge.messages import PHASES, BeatFrame, Format, encode
+from edge.messages import MAX_TEMPO_BPM, MIN_TEMPO_BPM, PHASES, BeatFrame, Format, encode
 from edge.trust import Signer, sign_message
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ SIGN_LEAD_S = 0.002
 
 
 #: The contract's tempo range, BPM; a request outside it is refused, never clamped.
-MIN_BPM, MAX_BPM = 0.1, 1000.0
+MIN_BPM, MAX_BPM = MIN_TEMPO_BPM, MAX_TEMPO_BPM
 
 
 def parse_tempo_request(payload: bytes) -> tuple[float, bool]:

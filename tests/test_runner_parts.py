@@ -140,7 +140,12 @@ def test_check_reports_the_config_its_devices_rules_and_each_tempo(tmp_path: Pat
     devices = [line for line in lines if line.startswith("  ") and " pin " in line]
     assert len(devices) == len(config.profile.devices)
     rules = [line for line in lines if line.startswith("  [")]
-    assert len(rules) == len(config.score.rules) and all("fits up to" in r for r in rules)
+    assert len(rules) == len(config.score.rules)
+    # Each says the fastest tempo it fits, and none a tempo past what a frame may carry.
+    for line, rule in zip(rules, config.score.rules, strict=True):
+        fastest = rule.max_tempo_bpm()
+        said = "fits every tempo" if fastest >= 1000 else f"fits up to {fastest:.1f} BPM"
+        assert line.endswith(said), line
     plan = lines[lines.index("plan by tempo:") + 1 :]
     assert plan[0] == "     60.0 BPM: all rules fit"
     too_long = config.score.fit(1000.0)
