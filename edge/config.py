@@ -195,9 +195,9 @@ def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
                 " (this file has [devices] or [score] but no [agent]: it looks like a"
                 ' profile; a config names one with agent.profile = "FILE")'
             )
+        given = "is missing" if agent_id is None else f"got {agent_id!r}"
         problems.add(
-            "agent.id",
-            f"is required and must match [a-zA-Z0-9_:-]{{1,128}}, got {agent_id!r}{hint}",
+            "agent.id", f"is required and must match [a-zA-Z0-9_:-]{{1,128}}; {given}{hint}"
         )
         agent_id = "invalid"
     cluster = table.get("cluster")

@@ -468,7 +468,8 @@ def parse_score(raw: object, profile: Profile, problems: ConfigProblems) -> Scor
     if raw is None:
         return Score()
     if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
-        problems.add("score", f"must be an array of tables ([[score]]), got {type(raw).__name__}")
+        given = "one [score] table" if isinstance(raw, Mapping) else type(raw).__name__
+        problems.add("score", f"must be an array of tables, each written [[score]]; got {given}")
         return Score()
     rules: list[Rule] = []
     for index, table in enumerate(raw):

@@ -156,8 +156,14 @@ def _toml(value: object) -> str:
 
 
 def _show(value: object) -> str:
-    """The offending value in a problem, cut short so a pasted blob stays readable."""
-    text = repr(value)
+    """The offending value in a problem as TOML writes it (``true``, not ``True``; a table
+    as a table), cut short so a pasted blob stays readable."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        text = "a table {" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
+    else:
+        text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

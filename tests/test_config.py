@@ -68,10 +68,10 @@ def test_integers_are_integers_and_a_boolean_is_not_one(tmp_path: Path) -> None:
     )
     assert problems == [
         "broker.keepalive_s: must be an integer between 5 and 65535, got 15.5",
-        "broker.will_delay_s: must be an integer between 0 and 4294967295, got True",
+        "broker.will_delay_s: must be an integer between 0 and 4294967295, got true",
         "broker.inbox_size: must be an integer between 1 and 1000000, got 1000.0",
         "status.every: must be an integer between 1 and 1000000, got 1.0",
-        "outbox.max_count: must be an integer between 1 and 1000000000, got False",
+        "outbox.max_count: must be an integer between 1 and 1000000000, got false",
     ]
 
 

@@ -653,7 +653,7 @@ def test_parse_guard_reports_every_problem_with_its_place() -> None:
         "devices.pi.guard.temperature_exit: must be below temperature_enter (80), got 85",
         "devices.pi.guard.enabled: must be true or false, got 'yes'",
         "devices.pi.guard.cpu_exitt: is not a known key (known: backoff_factor,",
-        "devices.pi.guard.decimate_every: must be an integer between 1 and 100000, got True",
+        "devices.pi.guard.decimate_every: must be an integer between 1 and 100000, got true",
         "devices.pi.guard.temperature_critical_enter: must not be below temperature_enter (80),"
         " got 70",
     ):

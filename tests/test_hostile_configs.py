@@ -133,6 +133,13 @@ def _profile_not_a_path(tmp: Path, url: str) -> None:
     path.write_text(path.read_text().replace('profile = "profile.toml"', "profile = 5"))
 
 
+def _score_as_one_table(tmp: Path, url: str) -> None:
+    _good(tmp, url)
+    (tmp / "profile.toml").write_text(
+        MOCK_LED + '[score]\ndevice = "led"\ndo = "toggle"\n', encoding="utf-8"
+    )
+
+
 def _profile_with(extra: str) -> Callable[[Path, str], None]:
     def make(tmp: Path, url: str) -> None:
         _good(tmp, url)
@@ -207,6 +214,10 @@ HOSTILE: dict[str, tuple[Callable[[Path, str], None], str]] = {
     "profile-not-a-path": (
         _profile_not_a_path,
         "agent.profile: must be a file path (a string), got 5",
+    ),
+    "score-one-table": (
+        _score_as_one_table,
+        "score: must be an array of tables, each written [[score]]; got one [score] table",
     ),
     "gpio99": (
         _profile_with('[devices.fan]\nkind = "output"\npin = "GPIO99"\n'),
