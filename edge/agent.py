@@ -161,7 +161,9 @@ def farewell(runner: Runner, link: MqttLink, outbox: Outbox, clock: Clock) -> No
     final = runner.shutdown()
     # The final claim may go straight to the link: its seq is used all the same.
     outbox.note_seq(runner.status.seq)
-    for topic, payload, retain in link.stop(final=final, timeout=2.0):
+    undelivered = link.stop(final=final, timeout=2.0)
+    runner.take_late_acks()
+    for topic, payload, retain in undelivered:
         if not retain:  # the final claim: kept for the next start to send first
             outbox.append(topic, payload, clock.wall())
     outbox.close()

@@ -50,7 +50,9 @@ def demo_config(
         f'url = "{broker_url}"\n'
         + ("" if protocol == "5" else f'protocol = "{protocol}"\n')
         + "[outbox]\n"
-        f"directory = {str(workdir / 'outbox')!r}\n" + security,
+        # The demo's directory goes at its exit: claims kept there would be a promise
+        # broken, so it keeps them in memory and says so.
+        f"directory = {str(workdir / 'outbox')!r}\nmemory = true\n" + security,
         encoding="utf-8",
     )
     return path

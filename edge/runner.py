@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -536,6 +537,22 @@ class Runner:
         self.flush()
         claim = self.final_claim()
         return self.publisher.farewell(None if claim is None else claim[1])
+
+    def take_late_acks(self) -> int:
+        """At exit, after the link's last wait: the acks queued since the loop's last
+        wake-up (it never looks again), so the outbox does not keep, or call lost, claims
+        the broker has; returns how many. Anything else queued is of no use any more."""
+        if self.link is None:
+            return 0
+        taken = 0
+        while True:
+            try:
+                item = self.link.inbox.get_nowait()
+            except queue.Empty:
+                return taken
+            if item.kind == "ack" and item.mid is not None:
+                self.publisher.acked(item.mid)
+                taken += 1
 
     # ------------------------------------------------------------------ the loop
 

@@ -870,3 +870,22 @@ def test_early_copies_raise_the_source_conflict_alert_in_claims(
     for r in toggles[8:]:
         truth = bench.start + int(r["beat_index"]) * BEAT + (1 + 0.25) * BEAT / 3  # type: ignore[call-overload]
         assert abs(float(r["fired_mono"]) - truth) < 0.002, r  # type: ignore[arg-type]
+
+
+def test_acks_queued_after_the_last_wakeup_are_taken_at_exit(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    # The loop's last wake-up has passed; the broker's acks of the last claims arrive
+    # after it. Left in the inbox, those claims would be kept (or said lost) at exit.
+    outbox = Outbox(OutboxConfig(directory=None))
+    link = FakeLink()
+    bench = Bench(tmp_path, factory, link=link, outbox=outbox)
+    bench.pulse(range(8))
+    bench.run_until(bench.start + 6.5 * BEAT)
+    claims = [mid for mid, (topic, _) in enumerate(link.published, 1) if "/status/" in topic]
+    assert claims and outbox.backlog == len(claims)  # published, none acknowledged yet
+    link.inbox.put(Inbound("wake", 0.0))  # of no use any more: passed over
+    for mid in claims:
+        link.inbox.put(Inbound("ack", 0.0, mid=mid))
+    assert bench.runner.take_late_acks() == len(claims)
+    assert outbox.backlog == 0 and link.inbox.empty()
