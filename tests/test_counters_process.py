@@ -42,7 +42,8 @@ def _meta(claim: StatusClaim) -> Mapping[str, object]:
 def _malformed(claim: StatusClaim) -> int:
     rejected = _meta(claim)["frames_rejected"]
     assert isinstance(rejected, Mapping)
-    return int(rejected.get("malformed", 0))
+    # beat frames and bar reports, each counted under its own name
+    return int(rejected.get("malformed", 0)) + int(rejected.get("malformed_bar_report", 0))
 
 
 def _dropped(claim: StatusClaim) -> int:
