@@ -200,6 +200,23 @@ def test_a_beat_start_waits_for_its_frame_but_loss_stays_exact(
     assert runner.last_beat == 11 and runner.counters.frames == 12
 
 
+class StubProbe:
+    """A probe that gives a fixed sample, noting when it was asked (and telling
+    ``on_sample``)."""
+
+    def __init__(self, on_sample: Callable[[], object] | None = None) -> None:
+        self.samples = 0
+        self.at: list[float] = []
+        self._on_sample = on_sample
+
+    def sample(self, now: float, full: bool = True) -> Sample:
+        self.samples += 1
+        self.at.append(now)
+        if self._on_sample is not None:
+            self._on_sample()
+        return Sample(now, 1.0, None, None, 1.0, None, 0.1, None, None, None, 0.0)
+
+
 def test_a_due_sample_never_makes_a_deadline_in_the_past(
     tmp_path: Path, factory: MockFactory
 ) -> None:
@@ -207,17 +224,7 @@ def test_a_due_sample_never_makes_a_deadline_in_the_past(
     bench = Bench(tmp_path, factory, link=link)
     runner, clock = bench.runner, bench.clock
 
-    class Probe:
-        def __init__(self) -> None:
-            self.samples = 0
-            self.at: list[float] = []
-
-        def sample(self, now: float, full: bool = True) -> Sample:
-            self.samples += 1
-            self.at.append(now)
-            return Sample(now, 1.0, None, None, 1.0, None, 0.1, None, None, None, 0.0)
-
-    probe = Probe()
+    probe = StubProbe()
     runner.probe = probe
     bench.pulse(range(12))
     bench.run_once_until(link, bench.start + 8 * BEAT)
@@ -471,16 +478,11 @@ def test_a_time_request_is_the_last_thing_its_wakeup_does(
     runner, clock = bench.runner, bench.clock
     done: list[str] = []
 
-    class Probe:
-        def sample(self, now: float, full: bool = True) -> Sample:
-            done.append("sample")
-            return Sample(now, 1.0, None, None, 1.0, None, 0.1, None, None, None, 0.0)
-
     class Collector:
         def collect(self, room_s: float) -> None:
             done.append("collect")
 
-    runner.probe = Probe()
+    runner.probe = StubProbe(lambda: done.append("sample"))
     runner.collector = Collector()  # type: ignore[assignment]
     timesync = attach_exchange(bench, lambda topic, payload: done.append("request"))
     now = clock.monotonic()
