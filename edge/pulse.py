@@ -130,6 +130,11 @@ class PulseSchedule:
     def tempo_bpm(self) -> float:
         return self._tempo
 
+    @property
+    def tempo(self) -> float:
+        """The tempo in force (the next beat's)."""
+        return self._tempo
+
     def request_tempo(self, bpm: float, force: bool = False) -> float:
         """Set the tempo for the next beat boundary; returns the tempo actually applied."""
         self._tempo = limit_change(self._tempo, bpm, force)
@@ -204,18 +209,31 @@ class PulseOptions:
     prefix: str = "backbeat"
 
 
+@dataclass(frozen=True, slots=True)
+class TempoStep:
+    """A signal's change: ``factor`` times the tempo in force when the pulse takes it (not
+    the last one asked for, which the +/-10 % limit may have cut short)."""
+
+    factor: float
+
+
+#: What ``run_pulse``'s controls carry: (bpm, force) from the control topic, or a step.
+TempoRequest = tuple[float, bool] | TempoStep
+
+
 def run_pulse(
     options: PulseOptions,
     publish: Callable[[str, bytes], object],
     clock: Clock,
     stop: threading.Event,
-    controls: queue.Queue[tuple[float, bool]] | None = None,
+    controls: queue.Queue[TempoRequest] | None = None,
     trace: IO[str] | None = None,
     signer: Signer | None = None,
 ) -> int:
     """Send beats until ``stop`` is set or ``duration_s`` has passed; returns beats sent.
 
-    ``controls`` carries tempo requests (bpm, force) from signals or the control topic.
+    ``controls`` carries tempo requests: (bpm, force) from the control topic, a
+    :class:`TempoStep` from a signal.
     ``trace`` gets one JSON line per frame: beat_index, phase, tempo and the intended and
     actual send times on the monotonic clock (what benchmarks compare the agent against).
     With ``signer`` every frame carries ``metadata.sig`` and ``sig_kid`` (``edge.trust``);
@@ -238,9 +256,14 @@ def run_pulse(
         if controls is not None:
             while True:
                 try:
-                    bpm, force = controls.get_nowait()
+                    request = controls.get_nowait()
                 except queue.Empty:
                     break
+                if isinstance(request, TempoStep):  # from the tempo in force, in range
+                    bpm = min(MAX_BPM, max(MIN_BPM, schedule.tempo * request.factor))
+                    force = False
+                else:
+                    bpm, force = request
                 try:
                     applied = schedule.request_tempo(bpm, force)
                 except ValueError as exc:  # the beat goes on at the tempo it had

@@ -26,6 +26,7 @@ from edge.tool_link import reach, tool_client_id
 
 if TYPE_CHECKING:
     from edge.broker_config import BrokerConfig
+    from edge.pulse import TempoRequest
     from edge.signing import SigningKey
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _pulse(args: argparse.Namespace, broker: BrokerConfig, trace: IO[str] | None
     if isinstance(signer, int):
         return signer
     topics = Topics(args.prefix, args.cluster)
-    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
+    controls: queue.Queue[TempoRequest] = queue.Queue()
     try:
         link = MqttLink(
             broker,
@@ -90,7 +91,7 @@ def _pulse(args: argparse.Namespace, broker: BrokerConfig, trace: IO[str] | None
         print(f"backbeat-edge pulse: {reason}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    requests = TempoRequests(float(args.bpm), controls)
+    requests = TempoRequests(controls)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -166,14 +167,11 @@ class TempoRequests:
     A request from the control topic (:meth:`take`) goes on ``controls`` as (bpm, force)
     only if :func:`edge.pulse.parse_tempo_request` takes it; any other payload is
     refused, counted (``refused``) and logged with the payload, at most once per
-    ``quiet_s`` (anyone on the broker may publish there). Signals step from the last
-    tempo asked for (:meth:`step`).
+    ``quiet_s`` (anyone on the broker may publish there). Signals step from the tempo in
+    force (:meth:`step`).
     """
 
-    def __init__(
-        self, bpm: float, controls: queue.Queue[tuple[float, bool]], quiet_s: float = 10.0
-    ) -> None:
-        self.tempo = bpm
+    def __init__(self, controls: queue.Queue[TempoRequest], quiet_s: float = 10.0) -> None:
         self.controls = controls
         self.refused = 0
         self._bad = LogLimiter(log, quiet_s=quiet_s)
@@ -192,16 +190,14 @@ class TempoRequests:
                 now,
             )
             return False
-        self.tempo = bpm
         self.controls.put((bpm, force))
         return True
 
     def step(self, factor: float) -> None:
-        """Ask for ``factor`` times the last tempo asked for, unforced (kept in range)."""
-        from edge.pulse import MAX_BPM, MIN_BPM
+        """Ask for ``factor`` times the tempo in force, unforced (kept in range there)."""
+        from edge.pulse import TempoStep
 
-        self.tempo = min(MAX_BPM, max(MIN_BPM, self.tempo * factor))
-        self.controls.put((self.tempo, False))
+        self.controls.put(TempoStep(factor))
 
 
 def _pulse_signer(path: str | None) -> SigningKey | int | None:

@@ -25,7 +25,15 @@ from edge.files import FileRefused, open_append
 from edge.harness import read_trace, start_pulse, wait_until
 from edge.messages import decode_beat_frame
 from edge.mqtt_link import MqttLink
-from edge.pulse import PulseOptions, limit_change, parse_tempo_request, run_pulse, snap_tempo
+from edge.pulse import (
+    PulseOptions,
+    TempoRequest,
+    TempoStep,
+    limit_change,
+    parse_tempo_request,
+    run_pulse,
+    snap_tempo,
+)
 from edge.pulse_command import TempoRequests
 from edge.tool_link import tool_client_id
 
@@ -97,11 +105,11 @@ BAD_TEMPOS = [
 def test_the_tempo_topic_refuses_what_is_not_a_tempo_and_says_so(
     payload: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
-    requests = TempoRequests(120.0, controls)
+    controls: queue.Queue[TempoRequest] = queue.Queue()
+    requests = TempoRequests(controls)
     with caplog.at_level(logging.WARNING, logger="edge.pulse_command"):
         assert requests.take(payload, now=0.0) is False
-    assert controls.empty() and requests.refused == 1 and requests.tempo == 120.0
+    assert controls.empty() and requests.refused == 1
     assert f"refused tempo request {payload!r}" in caplog.text
     with pytest.raises(ValueError):
         parse_tempo_request(payload)
@@ -117,22 +125,39 @@ def test_the_tempo_topic_refuses_what_is_not_a_tempo_and_says_so(
     ],
 )
 def test_the_tempo_topic_takes_a_tempo_in_range(payload: bytes, asked: tuple[float, bool]) -> None:
-    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
-    requests = TempoRequests(120.0, controls)
+    controls: queue.Queue[TempoRequest] = queue.Queue()
+    requests = TempoRequests(controls)
     assert requests.take(payload, now=0.0) is True
     assert controls.get_nowait() == asked and requests.refused == 0
 
 
+def _tempos_sent(bpm: float, *requests: TempoRequest) -> set[float]:
+    """The tempos a pulse at ``bpm`` sends for 0.2 s, ``requests`` taken before its first
+    beat."""
+    controls: queue.Queue[TempoRequest] = queue.Queue()
+    for request in requests:
+        controls.put(request)
+    frames: list[bytes] = []
+    options = PulseOptions(cluster="bench", bpm=bpm, duration_s=0.2)
+    run_pulse(options, lambda t, p: frames.append(p), SystemClock(), threading.Event(), controls)
+    assert frames
+    return {decode_beat_frame(f).tempo_bpm for f in frames}
+
+
+def test_a_signal_steps_from_the_tempo_in_force() -> None:
+    # 600 asked of a 300 BPM pulse is cut to 330 (+10 %); a slower step then goes from 330
+    # to 297, not from the 600 asked for to a faster 540.
+    requests = TempoRequests(queue.Queue())
+    requests.step(0.9)
+    step = requests.controls.get_nowait()
+    assert step == TempoStep(0.9)
+    assert _tempos_sent(300.0, (600.0, False), step) == {297.0}
+
+
 def test_signals_never_step_the_tempo_out_of_range() -> None:
-    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
-    requests = TempoRequests(990.0, controls)
-    for _ in range(8000):  # 1.1 ** 8000 is inf
-        requests.step(1.1)
-    assert requests.tempo == 1000.0
-    requests.tempo = 0.11
-    requests.step(0.9)
-    requests.step(0.9)
-    assert requests.tempo == 0.1
+    many = [TempoStep(1.1)] * 8000  # 1.1 ** 8000 is inf
+    assert _tempos_sent(990.0, *many) == {1000.0}
+    assert _tempos_sent(0.1, TempoStep(0.9)) == {0.1}
 
 
 @pytest.mark.parametrize("requested", [math.nan, math.inf, -math.inf])
@@ -147,7 +172,7 @@ def test_the_schedule_refuses_a_tempo_that_is_not_finite(requested: float, force
 def test_a_bad_request_that_reaches_the_loop_costs_no_beat(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    controls: queue.Queue[tuple[float, bool]] = queue.Queue()
+    controls: queue.Queue[TempoRequest] = queue.Queue()
     for request in ((math.inf, True), (math.nan, False), (600.0, True)):
         controls.put(request)
     frames: list[bytes] = []
