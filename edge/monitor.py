@@ -79,7 +79,10 @@ def supersedes(claim: StatusClaim, last: StatusClaim, silent_s: float) -> bool:
     md, last_md = claim.metadata or {}, last.metadata or {}
     incarnation, last_incarnation = md.get("incarnation"), last_md.get("incarnation")
     seq, last_seq = md.get("seq"), last_md.get("seq")
-    if None is not incarnation != last_incarnation is not None:  # a restart
+    restarted = (
+        incarnation is not None and last_incarnation is not None and incarnation != last_incarnation
+    )
+    if restarted:
         return silent_s > HLC_HORIZON_S or compare(claim.hlc, last.hlc) > 0
     if type(seq) is int and type(last_seq) is int:
         return seq > last_seq
