@@ -31,7 +31,7 @@ from edge.outbox_format import (
     segment_name,
     segment_number,
 )
-from edge.outbox_seq import HighWater
+from edge.outbox_seq import CLEAN, HighWater
 from edge.outbox_syncer import Syncer, fsync_directory
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,20 @@ class SegmentFiles:
 
     def _resume(self, trusted: bool) -> None:
         """Set ``last_seq`` from the high-water file and the segments, and reserve ahead."""
-        self.last_seq = self._hw.resume(self._hw.load(), self.last_seq, trusted)
+        mark = self._hw.load()
+        on_disk = self.last_seq
+        self.last_seq = self._hw.resume(mark, on_disk, trusted)
+        if self.torn and mark is not None and mark.flags & CLEAN and mark.high > on_disk:
+            # A torn tail has no record after it to show what it held; a clean close's
+            # high-water mark is exactly the last seq handed out, so the seqs past the last
+            # one read were in it (or were the final claim, sent directly).
+            gone = list(range(on_disk + 1, mark.high + 1))
+            self.lost += len(gone)
+            log.warning(
+                "outbox: claims lost to a torn tail: seq %s (not on disk; lost unless the"
+                " broker had them)",
+                _ranges(gone),
+            )
         self._hw.start(self.last_seq, volatile=self._memory_only or self.degraded is not None)
 
     def _replay(self, directory: Path, numbers: list[int]) -> list[Record]:

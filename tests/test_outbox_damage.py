@@ -126,9 +126,25 @@ def test_a_truncated_tail_is_torn(tmp_path: Path) -> None:
 
     again, made, segment = damage_and_reopen(tmp_path, truncate)
     assert again.pending() == made[:40]
-    assert (again.torn, again.corrupt) == (1, 0)
+    assert (again.torn, again.corrupt, again.lost) == (1, 0, 1)  # record 41 went with it
     assert fill(again, 1)[0].seq == 42  # 41 was handed out: the high-water file says so
     assert segment.with_suffix(".corrupt").exists()
+
+
+def test_claims_in_a_zeroed_tail_are_counted_lost_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Zeros from record 24 on: a torn tail with nothing after it to show what it held.
+    # The clean close's high-water mark does: 41 was the last seq handed out.
+    def zero_from_24(blob: bytearray, offsets: list[int]) -> bytearray:
+        return blob[: offsets[24]] + bytearray(len(blob) - offsets[24])
+
+    with caplog.at_level(logging.WARNING, logger="edge.outbox_segments"):
+        again, made, _ = damage_and_reopen(tmp_path, zero_from_24)
+    assert again.pending() == made[:23]
+    assert (again.torn, again.lost) == (1, 18)
+    assert "claims lost to a torn tail: seq 24-41" in caplog.text
+    assert fill(again, 1)[0].seq == 42
 
 
 def test_garbage_in_the_middle_and_a_garbage_segment(tmp_path: Path) -> None:
