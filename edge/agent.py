@@ -31,6 +31,7 @@ from edge.files import read_regular
 from edge.hardware import Hardware
 from edge.mqtt_link import MqttLink
 from edge.outbox import Outbox
+from edge.outbox_seq import NO_BOOT, boot_id
 from edge.preflight import preflight
 from edge.probe import Probe
 from edge.profile import Profile
@@ -239,8 +240,12 @@ class Agent:
         # older ones are replays (edge.beatmark); the outbox's directory is the state's.
         self.beat_mark: BeatMark | None = None
         if trust is not None:
-            self.beat_mark = BeatMark(config.outbox.directory)
-            self.runner.intake.replay_floor = self.beat_mark.load()
+            boot = boot_id()
+            self.beat_mark = BeatMark(config.outbox.directory, boot.hex())
+            mark = self.beat_mark.load()
+            if mark is not None:
+                same_boot = mark.boot == boot.hex() and boot != NO_BOOT
+                self.runner.intake.resume(mark.stamped, mark.arrived, mark.deadline, same_boot)
             self.runner.intake.on_followed = self.beat_mark.note
         self._stop = threading.Event()
         self._reload = threading.Event()

@@ -1,25 +1,32 @@
 """The newest signed beat an agent followed, kept across its restarts.
 
 With signed beats, a frame sent again later is refused as ``replayed`` when its stamp lags
-what a fresh one's would be (:mod:`edge.intake`). That needs a frame followed in this
-process to compare with: an agent that starts while the pulse is silent would take a
-recording of old signed frames for the beat and drive its outputs by it. So the ``deadline_at``
-of the newest frame followed is kept in the agent's state directory (the outbox's), in
-``beat.newest``, and at the next start frames due more than the replay tolerance before it
-are refused as ``replayed`` too.
+what a fresh one's would be, given the local time since the newest frame followed
+(:mod:`edge.intake`). That needs a frame followed to compare with: an agent that starts
+while the pulse is silent would take a recording of old signed frames for the beat and
+drive its outputs by it. So the newest frame followed is kept in the agent's state
+directory (the outbox's), in ``beat.newest``: its ``deadline_at``, its stamp (the HLC's
+wall second), when it arrived (local monotonic) and the boot it arrived in.
 
-It is written when it has moved on by :data:`WRITE_EVERY_S` (so recordings of the last few
-seconds before a crash may still pass, and frames sent while the agent was down always
-can: the broker's ACL is what keeps a recorder from publishing on the beat topic) and at
-exit, by a rename (a crash mid-write leaves the old mark). A pulse whose clock was set back
-is refused until its deadlines pass the mark; the log at start says where the mark is, so
-an operator can delete it.
+At the next start on the same boot the monotonic clock runs on, so the check goes on as if
+the agent had never stopped: a recording played any later than 2 s after its time is
+refused, its last seconds too. After a reboot the time between is unknown: frames due up to
+2 s after the mark are refused (a reboot takes longer than that, so the real pulse is past
+it), and frames recorded while the agent was down can pass; the broker's ACL is what keeps
+a recorder from publishing on the beat topic.
+
+It is written when the newest deadline has moved on by :data:`WRITE_EVERY_S` and at exit, by
+a rename (a crash mid-write leaves the old mark). A pulse whose clock was set back is
+refused until it passes the mark; the log at start names the file, so an operator can
+delete it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -35,51 +42,81 @@ FILE_NAME = "beat.newest"
 WRITE_EVERY_S = 5.0
 
 
-class BeatMark:
-    """``beat.newest`` in ``directory`` (None: nothing is kept)."""
+@dataclass(frozen=True, slots=True)
+class Followed:
+    """A signed frame the agent followed: when it was due, its stamp (the HLC's wall second,
+    unwrapped), when it arrived (local monotonic), and the boot it arrived in (hex)."""
 
-    def __init__(self, directory: Path | None) -> None:
+    deadline: datetime
+    stamped: int
+    arrived: float
+    boot: str
+
+    def to_line(self) -> str:
+        deadline = self.deadline.isoformat().replace("+00:00", "Z")
+        fields = {"deadline": deadline, "stamped": self.stamped, "arrived": self.arrived}
+        return json.dumps({**fields, "boot": self.boot}) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str) -> Followed:
+        """Raises ValueError (or FrameError for the deadline) saying what is wrong."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        stamped, arrived, boot = data.get("stamped"), data.get("arrived"), data.get("boot")
+        if type(stamped) is not int or not isinstance(arrived, int | float):
+            raise ValueError("stamped must be an integer and arrived a number")
+        if not isinstance(boot, str):
+            raise ValueError("boot must be a string")
+        return cls(parse_rfc3339("deadline", data.get("deadline")), stamped, float(arrived), boot)
+
+
+class BeatMark:
+    """``beat.newest`` in ``directory`` (None: nothing is kept), for the boot ``boot``."""
+
+    def __init__(self, directory: Path | None, boot: str) -> None:
         self.path = None if directory is None else directory / FILE_NAME
-        self._newest: datetime | None = None
+        self.boot = boot
+        self._newest: Followed | None = None
         self._written: datetime | None = None
-        #: Writes that failed (each logged once per kind of failure).
+        #: Writes that failed (each kind logged once).
         self.failures = 0
         self._said: set[str] = set()
 
-    def load(self) -> datetime | None:
+    def load(self) -> Followed | None:
         """The mark the last run left, or None (none kept, none yet, or unreadable: said)."""
         if self.path is None:
             return None
         try:
-            text = read_regular(self.path, limit=256).decode("ascii").strip()
-            mark = parse_rfc3339("beat.newest", text)
+            mark = Followed.from_text(read_regular(self.path, limit=1024).decode("utf-8"))
         except FileRefused as exc:
             if exc.problem != "does not exist":
                 log.warning("beat mark %s; replays of older frames are not refused", exc)
             return None
-        except (UnicodeDecodeError, FrameError) as exc:
+        except (UnicodeDecodeError, ValueError, FrameError) as exc:
             log.warning("beat mark %s is unreadable (%s); it is written anew", self.path, exc)
             return None
-        self._newest = self._written = mark
+        self._newest, self._written = mark, mark.deadline
         log.info(
-            "signed beat frames due before %s (the newest this agent followed) are refused as"
-            " replays; if the pulse's clock was set back, delete %s",
-            mark.isoformat(),
+            "signed beat frames older than the newest this agent followed (due %s%s) are"
+            " refused as replays; if the pulse's clock was set back, delete %s",
+            mark.deadline.isoformat(),
+            "" if mark.boot == self.boot else ", before a reboot",
             self.path,
         )
         return mark
 
-    def note(self, deadline: datetime) -> None:
+    def note(self, deadline: datetime, stamped: int, arrived: float) -> None:
         """A signed frame due at ``deadline`` was followed."""
-        if self._newest is not None and deadline <= self._newest:
+        if self._newest is not None and deadline <= self._newest.deadline:
             return
-        self._newest = deadline
+        self._newest = Followed(deadline, stamped, arrived, self.boot)
         if self._written is None or deadline - self._written >= timedelta(seconds=WRITE_EVERY_S):
             self._write()
 
     def close(self) -> None:
         """At exit: keep the newest."""
-        if self._newest is not None and self._newest != self._written:
+        if self._newest is not None and self._newest.deadline != self._written:
             self._write()
 
     def _write(self) -> None:
@@ -87,7 +124,7 @@ class BeatMark:
             return
         tmp = self.path.with_name(FILE_NAME + ".tmp")
         try:
-            tmp.write_text(self._newest.isoformat().replace("+00:00", "Z") + "\n", "ascii")
+            tmp.write_text(self._newest.to_line(), "utf-8")
             os.replace(tmp, self.path)
         except OSError as exc:
             self.failures += 1
@@ -96,4 +133,4 @@ class BeatMark:
                 self._said.add(kind)
                 log.warning("cannot keep the beat mark in %s: %s", self.path, exc)
             return
-        self._written = self._newest
+        self._written = self._newest.deadline

@@ -69,14 +69,24 @@ class Intake:
         #: The HLC wall second (unwrapped) of the newest frame the follower accepted, and
         #: when it arrived (local monotonic).
         self._newest: tuple[int, float] | None = None
-        #: With signed beats: frames due this far before it are replays, whatever else was
-        #: followed (the newest deadline a previous run followed, edge.beatmark).
+        #: With signed beats: frames due before this are replays, whatever else was
+        #: followed (after a reboot, from the newest a previous run followed: edge.beatmark).
         self.replay_floor: datetime | None = None
-        #: Told the deadline of every signed frame followed (edge.beatmark keeps it).
-        self.on_followed: Callable[[datetime], None] | None = None
+        #: Told every signed frame followed: deadline, stamp, arrival (edge.beatmark).
+        self.on_followed: Callable[[datetime, int, float], None] | None = None
         #: The time exchange (edge.timesync), when the agent runs one: its responses, and
         #: the wall reading a frame is followed with.
         self.timesync: TimeSync | None = None
+
+    def resume(self, stamped: int, arrived_at: float, deadline: datetime, same_boot: bool) -> None:
+        """Go on from the newest signed frame a previous run followed (edge.beatmark): on
+        the same boot the local monotonic clock ran on, so the freshness check goes on as if
+        there had been no restart; after a reboot frames due up to the replay tolerance
+        after it are refused (a reboot takes longer, so the real pulse is past that)."""
+        if same_boot:
+            self._newest = (stamped, arrived_at)
+        else:
+            self.replay_floor = deadline + _REPLAY_TOLERANCE
 
     def receive(self, item: Inbound, now: float) -> list[SyncEvent] | None:
         """Take ``item``; the follower's events if it was a beat frame the follower saw
@@ -136,13 +146,14 @@ class Intake:
         if (
             self.trust is not None
             and self.replay_floor is not None
-            and frame.deadline_at < self.replay_floor - _REPLAY_TOLERANCE
+            and frame.deadline_at < self.replay_floor
         ):
             behind = (self.replay_floor - frame.deadline_at).total_seconds()
             self.bad_input.note(
                 "replayed",
-                f"beat frame {frame.beat_index}: due {behind:.0f} s before the newest frame "
-                "followed before this start (sent again)",
+                f"beat frame {frame.beat_index}: due {behind:.0f} s before a fresh frame could "
+                "be after the reboot (sent again, or the pulse's clock was set back: see the "
+                "beat mark's line at start)",
                 now,
             )
             return self.follower.refused("replayed", frame, arrived_at)
@@ -169,7 +180,7 @@ class Intake:
             if self._newest is None or stamped >= self._newest[0]:
                 self._newest = (stamped, arrived_at)
             if self.trust is not None and self.on_followed is not None:
-                self.on_followed(frame.deadline_at)
+                self.on_followed(frame.deadline_at, stamped, arrived_at)
         return events
 
     def _trusted(self, frame: BeatFrame, data: dict[str, object], now: float) -> bool:

@@ -64,7 +64,8 @@ _SLOT_SIZE = _SLOT.size + _CRC.size
 _OFFSETS = (0, 4096)
 _MAGIC, _VERSION = b"BBHW", 1
 CLEAN, VOLATILE = 1, 2
-_NO_BOOT = bytes(16)
+#: The boot id where the system gives none.
+NO_BOOT = bytes(16)
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 #: Queues an fsync of a descriptor on the syncer; returns a callable saying whether it is done.
@@ -81,7 +82,7 @@ def boot_id() -> bytes:
     try:
         return uuid.UUID(_BOOT_ID.read_text().strip()).bytes
     except (OSError, ValueError):
-        return _NO_BOOT
+        return NO_BOOT
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,7 @@ class HighWater:
             return on_disk
         if mark.flags & CLEAN:
             return max(mark.high, on_disk)
-        same_boot = mark.boot == self._boot and mark.boot != _NO_BOOT
+        same_boot = mark.boot == self._boot and mark.boot != NO_BOOT
         if trusted and same_boot and not mark.flags & VOLATILE and on_disk >= mark.floor:
             return on_disk
         return max(mark.high, on_disk)

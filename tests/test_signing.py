@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
 
-from edge.beatmark import WRITE_EVERY_S, BeatMark
+from edge.beatmark import WRITE_EVERY_S, BeatMark, Followed
 from edge.cli import main
 from edge.clock import FakeClock
 from edge.config import load_config
@@ -683,13 +683,30 @@ def _fresh_runner(bench: SignedBench, factory: MockFactory) -> Runner:
     return runner
 
 
+def _restarted(
+    bench: SignedBench, factory: MockFactory, state: Path, boot: str
+) -> tuple[Runner, BeatMark]:
+    """The agent stopped and started again on ``boot``, its beat mark in ``state``, as
+    edge.agent wires it."""
+    bench.runner.hardware.close()
+    runner = _fresh_runner(bench, factory)
+    mark = BeatMark(state, boot)
+    kept = mark.load()
+    assert kept is not None
+    runner.intake.resume(kept.stamped, kept.arrived, kept.deadline, same_boot=kept.boot == boot)
+    runner.intake.on_followed = mark.note
+    return runner, mark
+
+
+@pytest.mark.parametrize("boot", ["same", "after a reboot"])
+@pytest.mark.parametrize("played", ["from 10 beats in", "its last beats"])
 def test_a_recording_played_to_an_agent_started_while_the_pulse_is_silent_is_refused(
-    tmp_path: Path, factory: MockFactory
+    tmp_path: Path, factory: MockFactory, boot: str, played: str
 ) -> None:
     bench = SignedBench(tmp_path, factory)
     state = tmp_path / "state"
     state.mkdir()
-    mark = BeatMark(state)
+    mark = BeatMark(state, "boot-1")
     assert mark.load() is None  # the first start: nothing kept yet
     bench.runner.intake.on_followed = mark.note
     recorded = [bench.frame(k) for k in range(30)]
@@ -697,20 +714,20 @@ def test_a_recording_played_to_an_agent_started_while_the_pulse_is_silent_is_ref
         bench.feed(payload, bench.start + k * BEAT)
     mark.close()  # the agent stops, the pulse falls silent
     assert (state / "beat.newest").exists()
-    bench.runner.hardware.close()
-    # Started again 30 beats later: an attacker plays the recording at its own spacing.
-    runner = _fresh_runner(bench, factory)
-    again = BeatMark(state)
-    runner.intake.replay_floor = again.load()
-    runner.intake.on_followed = again.note
-    assert runner.intake.replay_floor is not None
-    played_at = bench.start + 60 * BEAT
-    for i, payload in enumerate(recorded[10:20]):
-        bench.feed(payload, played_at + i * BEAT)
-    bench.run_until(played_at + 12 * BEAT)
-    assert runner.follower.rejected.get("replayed") == 10, runner.follower.rejected
+    # Started again; an attacker plays the recording at its own spacing: the beats from 10
+    # on, or the last 6, 3 s after the stop (the freshest a recording can be).
+    runner, _ = _restarted(bench, factory, state, "boot-1" if boot == "same" else "boot-2")
+    start, frames = (
+        (bench.start + 60 * BEAT, recorded[10:20])
+        if played == "from 10 beats in"
+        else (bench.start + 30 * BEAT + 3.0, recorded[24:])
+    )
+    for i, payload in enumerate(frames):
+        bench.feed(payload, start + i * BEAT)
+    bench.run_until(start + (len(frames) + 2) * BEAT)
+    assert runner.follower.rejected.get("replayed") == len(frames), runner.follower.rejected
     assert runner.follower.state is SyncState.ACQUIRING and runner.counters.fired == 0
-    # The real pulse, when it returns, is followed (its deadlines are past the mark).
+    # The real pulse, when it returns, is followed.
     for k in range(75, 95):
         bench.feed(bench.frame(k), bench.start + k * BEAT)
     bench.run_until(bench.start + 95 * BEAT - 0.001)
@@ -718,26 +735,55 @@ def test_a_recording_played_to_an_agent_started_while_the_pulse_is_silent_is_ref
     runner.hardware.close()
 
 
+def test_on_the_same_boot_frames_recorded_while_the_agent_was_down_are_refused_too(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    # Newer than the mark, but the monotonic clock says how long ago they were fresh: the
+    # check goes on across the restart as if there had been none.
+    bench = SignedBench(tmp_path, factory)
+    state = tmp_path / "state"
+    state.mkdir()
+    mark = BeatMark(state, "boot-1")
+    bench.runner.intake.on_followed = mark.note
+    for k in range(30):
+        bench.feed(bench.frame(k), bench.start + k * BEAT)
+    mark.close()
+    while_down = [bench.frame(k) for k in range(30, 40)]  # the pulse ran on, recorded
+    runner, _ = _restarted(bench, factory, state, "boot-1")
+    start = bench.start + 60 * BEAT
+    for i, payload in enumerate(while_down):
+        bench.feed(payload, start + i * BEAT)
+    bench.run_until(start + 12 * BEAT)
+    assert runner.follower.rejected.get("replayed") == 10, runner.follower.rejected
+    assert runner.counters.fired == 0
+    runner.hardware.close()
+
+
 def test_the_beat_mark_is_written_as_it_moves_on_and_survives_a_bad_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     base = datetime(2026, 12, 2, tzinfo=UTC)
-    mark = BeatMark(tmp_path)
-    mark.note(base)
+    mark = BeatMark(tmp_path, "b1")
+    mark.note(base, 100, 5.0)
     path = tmp_path / "beat.newest"
-    assert path.read_text() == "2026-12-02T00:00:00Z\n"
-    mark.note(base + timedelta(seconds=1))  # not far enough on to be written again
-    assert BeatMark(tmp_path).load() == base
-    mark.note(base + timedelta(seconds=WRITE_EVERY_S))
-    assert BeatMark(tmp_path).load() == base + timedelta(seconds=WRITE_EVERY_S)
-    mark.note(base + timedelta(seconds=WRITE_EVERY_S + 1))
+    assert BeatMark(tmp_path, "b1").load() == Followed(base, 100, 5.0, "b1")
+    mark.note(base + timedelta(seconds=1), 101, 6.0)  # not far enough on to be written
+    assert BeatMark(tmp_path, "b1").load() == Followed(base, 100, 5.0, "b1")
+    later = base + timedelta(seconds=WRITE_EVERY_S)
+    mark.note(later, 105, 10.0)
+    assert BeatMark(tmp_path, "b1").load() == Followed(later, 105, 10.0, "b1")
+    last = later + timedelta(seconds=1)
+    mark.note(last, 106, 11.0)
+    mark.note(base, 1, 1.0)  # an older one never goes back
     mark.close()  # at exit, the newest
-    assert BeatMark(tmp_path).load() == base + timedelta(seconds=WRITE_EVERY_S + 1)
-    path.write_text("not a time\n")
-    with caplog.at_level(logging.WARNING, logger="edge.beatmark"):
-        assert BeatMark(tmp_path).load() is None
-    assert "is unreadable" in caplog.text
+    assert BeatMark(tmp_path, "b1").load() == Followed(last, 106, 11.0, "b1")
+    for bad in ("not a time\n", "[]", '{"deadline": "x", "stamped": 1, "arrived": 1, "boot": ""}'):
+        path.write_text(bad)
+        with caplog.at_level(logging.WARNING, logger="edge.beatmark"):
+            assert BeatMark(tmp_path, "b1").load() is None
+        assert "is unreadable" in caplog.text
+        caplog.clear()
     path.unlink()
     os.mkfifo(path)  # never waited on
-    assert BeatMark(tmp_path).load() is None
-    assert BeatMark(None).load() is None  # no state directory: nothing kept
+    assert BeatMark(tmp_path, "b1").load() is None
+    assert BeatMark(None, "b1").load() is None  # no state directory: nothing kept

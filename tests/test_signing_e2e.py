@@ -38,6 +38,7 @@ from edge.harness import (
     write_agent_config,
 )
 from edge.messages import decode_status_claim_with_map
+from edge.outbox_seq import boot_id
 from edge.signing import keygen
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -157,10 +158,11 @@ def test_only_the_signed_pulse_moves_the_hardware(
         monitor.wait(timeout=10)
     assert code == 0, agent.log()
     # The newest signed beat it followed is kept for its next start (edge.beatmark).
-    mark = BeatMark(tmp_path / "outbox").load()
+    mark = BeatMark(tmp_path / "outbox", "").load()
     assert mark is not None, agent.log()
-    assert abs(mark.timestamp() - time.time()) < 30.0  # the last beats' (one host's clock)
-    assert "signed beat frames due before" not in agent.log()  # nothing kept at its start
+    assert abs(mark.deadline.timestamp() - time.time()) < 30.0  # the last beats' (one clock)
+    assert mark.boot == boot_id().hex()
+    assert "refused as replays" not in agent.log()  # nothing was kept at its start
     for kind in ("early_copy", "pasted_sig", "tempo_1000", "tempo_0.1", "index_jump"):
         assert attacker.sent.get(kind, 0) >= 1, attacker.sent
 
