@@ -95,6 +95,8 @@ MAX_BROKER_URLS = 64
 
 def _one_url(url: str) -> tuple[str, int, bool]:
     """(host, port, tls) of one broker URL; ValueError says what is wrong with it."""
+    if not url.isprintable():  # a newline or a NUL would be dropped or carried into logs
+        raise ValueError("a broker URL may not contain control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ValueError("scheme must be mqtt:// or mqtts:// with a host")

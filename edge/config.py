@@ -203,7 +203,8 @@ def _agent(raw: Mapping[str, object], problems: ConfigProblems) -> AgentConfig:
     cluster = table.get("cluster")
     wrong = cluster_problem(cluster)
     if wrong is not None or not isinstance(cluster, str):
-        problems.add("agent.cluster", f"is required and {wrong}")
+        missing = "is missing (the cluster_id to follow)" if cluster is None else wrong
+        problems.add("agent.cluster", f"is required; {missing}")
         cluster = "invalid"
     prefix = table.get("topic_prefix", "backbeat")
     wrong = prefix_problem(prefix)

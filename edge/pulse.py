@@ -53,13 +53,16 @@ def parse_tempo_request(payload: bytes) -> tuple[float, bool]:
     tempo nobody asked for).
     """
     words = payload.decode("utf-8", "replace").split()
+    # ASCII only (float() takes other scripts' digits) and nothing but "force" after it.
+    if not words or not payload.isascii() or words[1:] not in ([], ["force"]):
+        raise ValueError("expected e.g. '72' or '72 force'")
     try:
         bpm = float(words[0])
-    except (IndexError, ValueError):
+    except ValueError:
         raise ValueError("expected e.g. '72' or '72 force'") from None
     if not (math.isfinite(bpm) and MIN_BPM <= bpm <= MAX_BPM):
         raise ValueError(f"the tempo must be a number from {MIN_BPM:g} to {MAX_BPM:g} BPM")
-    return bpm, len(words) > 1 and words[1] == "force"
+    return bpm, words[1:] == ["force"]
 
 
 def snap_tempo(bpm: float) -> float:

@@ -27,6 +27,7 @@ the section; :func:`check_order` words them alike.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -162,6 +163,8 @@ def _show(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, dict):
         text = "a table {" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
+    elif isinstance(value, dt.date | dt.time):  # TOML's own dates and times
+        text = f"the {type(value).__name__} {value.isoformat()}"
     else:
         text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -79,6 +79,8 @@ def test_a_comma_separated_string_is_a_list_as_the_command_lines_give_it() -> No
         (["mqtt://b:1?x=1"], "broker.url[0]: an MQTT broker URL has no path, query or"),
         (["mqtt://b:1#frag"], "broker.url[0]: an MQTT broker URL has no path, query or"),
         (["mqtt:// b:1"], "broker.url[0]: the host may not contain spaces"),
+        (["mqtt://b:1\n"], "broker.url[0]: a broker URL may not contain control characters"),
+        (["mqtt://b\x00:1"], "broker.url[0]: a broker URL may not contain control characters"),
         (
             ["mqtt://a:1", "mqtt://a:1"],
             "broker.url[1]: names the same broker (a:1) as broker.url[0]",

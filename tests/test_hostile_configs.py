@@ -133,6 +133,12 @@ def _profile_not_a_path(tmp: Path, url: str) -> None:
     path.write_text(path.read_text().replace('profile = "profile.toml"', "profile = 5"))
 
 
+def _no_cluster(tmp: Path, url: str) -> None:
+    _good(tmp, url)
+    path = tmp / "agent.toml"
+    path.write_text(path.read_text().replace('cluster = "bench"\n', ""))
+
+
 def _score_as_one_table(tmp: Path, url: str) -> None:
     _good(tmp, url)
     (tmp / "profile.toml").write_text(
@@ -215,6 +221,13 @@ HOSTILE: dict[str, tuple[Callable[[Path, str], None], str]] = {
         _profile_not_a_path,
         "agent.profile: must be a file path (a string), got 5",
     ),
+    # Shown as TOML writes them, and a missing key said to be missing.
+    "retry-interval-a-date": (
+        _tail("retry_interval_s = 1979-05-27T07:32:00Z\n"),
+        "outbox.retry_interval_s: must be a number between 0.001 and 3600, got the datetime "
+        "1979-05-27T07:32:00+00:00",
+    ),
+    "cluster-missing": (_no_cluster, "agent.cluster: is required; is missing"),
     "score-one-table": (
         _score_as_one_table,
         "score: must be an array of tables, each written [[score]]; got one [score] table",

@@ -98,6 +98,9 @@ BAD_TEMPOS = [
     b"1000.1 force",
     b"",
     b"fast",
+    b"72 force extra",  # nothing but "force" after the tempo
+    b"72 forced",
+    "\uff11\uff12\uff10".encode(),  # full-width digits, which float() would take
 ]
 
 
