@@ -187,6 +187,8 @@ class FleetView:
             return None
         first_signed = False
         if self.keyring is not None:
+            if row.kid is None:  # a key named like the agent is its key from the start
+                row.kid = self.keyring.kid_for(agent)
             kid = signer(data, self.keyring, (row.kid,) if row.kid else self.keyring.kids)
             seen: Verdict = "signed"
             if kid is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -31,18 +31,30 @@ _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 class Keyring:
     """The public keys signatures are checked against, by ``sig_kid``."""
 
-    def __init__(self, raw_keys: Iterable[bytes]) -> None:
+    def __init__(self, raw_keys: Iterable[bytes], names: Mapping[str, bytes] | None = None) -> None:
         self._keys: list[tuple[str, Ed25519PublicKey]] = [
             (key_id(raw), Ed25519PublicKey.from_public_bytes(raw)) for raw in raw_keys
         ]
+        #: The kid of each key by the name of its file (``NAME.pub.pem``), when read from one.
+        self.named: dict[str, str] = {name: key_id(raw) for name, raw in (names or {}).items()}
+
+    def kid_for(self, agent_id: str) -> str | None:
+        """The kid of the key named like ``agent_id`` (``bench:pi-01.pub.pem``) or like its
+        instance (``pi-01.pub.pem``, the part after the last ``:``), if the ring has one:
+        that agent's key, whatever signs first."""
+        return self.named.get(agent_id) or self.named.get(agent_id.rpartition(":")[2])
 
     @classmethod
     def from_files(cls, paths: Iterable[Path]) -> Keyring:
         """Read PEM public keys; raises ConfigError naming each file that is not one."""
         raws, problems = [], []
+        names: dict[str, bytes] = {}
         for path in paths:
             try:
                 raws.append(public_key_from_pem(read_regular(Path(path))))
+                name = Path(path).name
+                if name.endswith(".pub.pem"):
+                    names[name[: -len(".pub.pem")]] = raws[-1]
             except FileRefused as exc:  # a FIFO, a device, a directory: never waited on
                 problems.append(str(exc))
             except OSError as exc:
@@ -51,7 +63,7 @@ class Keyring:
                 problems.append(f"{path}: {exc}")
         if problems:
             raise ConfigError(problems, "keys")
-        return cls(raws)
+        return cls(raws, names)
 
     @classmethod
     def from_directory(cls, directory: Path) -> Keyring:

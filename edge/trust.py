@@ -71,6 +71,10 @@ class Keys(Verifier, Protocol):
     @property
     def kids(self) -> tuple[str, ...]: ...
 
+    def kid_for(self, agent_id: str) -> str | None:
+        """The kid of the key that is ``agent_id``'s by name, if the ring knows one."""
+        ...
+
 
 class Signer(Protocol):
     """Signs with one Ed25519 private key (``edge.signing.SigningKey``)."""

@@ -221,11 +221,32 @@ def test_an_unsigned_claim_does_not_replace_the_state_of_an_agent_that_signs(
     row = view.rows["bench:pi-01"]
     assert _beat(view) == 41 and row.refused == {"unsigned": 1}
     assert "refused claims: 1 unsigned" in view.table()
-    # An agent that never signed is shown unsigned, as before.
-    mute = Agent(clock, None, agent="bench:pi-02")
-    view.feed("backbeat/bench/status/bench:pi-02", mute.claim(1, 41), 3.0)
-    view.feed("backbeat/bench/status/bench:pi-02", mute.claim(2, 42), 4.0)
-    assert _beat(view, "bench:pi-02") == 42 and view.rows["bench:pi-02"].signature == "unsigned"
+    # An agent that never signed, and has no key of its name in the ring, is shown
+    # unsigned, as before; one whose key is there (pi-02.pub.pem) is expected to sign.
+    mute = Agent(clock, None, agent="bench:pi-03")
+    view.feed("backbeat/bench/status/bench:pi-03", mute.claim(1, 41), 3.0)
+    view.feed("backbeat/bench/status/bench:pi-03", mute.claim(2, 42), 4.0)
+    assert _beat(view, "bench:pi-03") == 42 and view.rows["bench:pi-03"].signature == "unsigned"
+    named = Agent(clock, None, agent="bench:pi-02")
+    assert view.feed("backbeat/bench/status/bench:pi-02", named.claim(1, 41), 5.0) is None
+    assert view.rows["bench:pi-02"].refused == {"unsigned": 1}
+
+
+def test_a_key_named_like_the_agent_is_its_key_whatever_signs_first(
+    ring: tuple[Keyring, SigningKey, SigningKey],
+) -> None:
+    # A retained claim signed with pi-02's key, seen before any of pi-01's own: with keys
+    # taken on first sight it would pin pi-01 to pi-02's key, and every genuine claim after
+    # would be forged. pi-01.pub.pem names pi-01's key from the start.
+    keyring, pi01, pi02 = ring
+    assert keyring.kid_for("bench:pi-01") == pi01.kid and keyring.kid_for("x:pi-03") is None
+    view = FleetView(Topics("backbeat", "bench"), keyring=keyring)
+    agent = Agent(FakeClock(), pi01)
+    assert view.feed(PI01, agent.claim(1010, 41, key=pi02), 1.0) is not None
+    assert view.last_verdict == "forged" and _beat(view) is None
+    view.feed(PI01, agent.claim(2, 42), 2.0)
+    row = view.rows["bench:pi-01"]
+    assert _beat(view) == 42 and row.signature == "signed" and row.kid == pi01.kid
 
 
 def test_an_old_genuine_claim_sent_again_is_stale_but_a_restart_may_start_seq_again(
