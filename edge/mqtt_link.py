@@ -541,7 +541,8 @@ class MqttLink:
         them; never raises for a failed publish.
         """
         undelivered: list[tuple[str, bytes, bool]] = list(final)
-        if self.connected:
+        was_connected = self.connected
+        if was_connected:
             sent = [
                 (
                     message,
@@ -560,8 +561,9 @@ class MqttLink:
             for message, info in sent:
                 if not self._wait_published(info, deadline):
                     undelivered.append(message)
+        why = "not acknowledged by the broker" if was_connected else "not sent: no broker connected"
         for topic, _, _ in undelivered:
-            log.warning("final message to %s not acknowledged by the broker", topic)
+            log.warning("final message to %s %s", topic, why)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

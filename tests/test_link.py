@@ -12,6 +12,7 @@ Already elsewhere: outage/SIGKILL/outbox/wrong password/wrong CA in
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import random
@@ -654,3 +655,16 @@ def test_a_publish_left_queued_wakes_the_loop_to_write_it(mosquitto: Mosquitto) 
         watcher.loop_stop()
         watcher.disconnect()
         link.stop()
+
+
+def test_stop_says_final_messages_were_not_sent_when_no_broker_was_ever_reached(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()  # nothing listens there
+    link = MqttLink(BrokerConfig(url=f"mqtt://127.0.0.1:{port}", host="127.0.0.1", port=port), "t")
+    link.start()
+    final = [("x/availability", b"offline", True)]
+    with caplog.at_level(logging.WARNING, logger="edge.mqtt_link"):
+        assert link.stop(final=final, timeout=0.5) == final
+    assert "final message to x/availability not sent: no broker connected" in caplog.text
+    assert "not acknowledged" not in caplog.text
