@@ -24,6 +24,7 @@ from typing import Any
 
 from edge import __version__
 from edge.errors import ConfigError, EdgeError
+from edge.messages import MAX_TEMPO_BPM, MIN_TEMPO_BPM
 from edge.pulse_command import cmd_pulse
 from edge.topics import cluster_problem, prefix_problem
 
@@ -262,7 +263,9 @@ def _start_beat(text: str) -> int:
 
 
 #: A ``--tempo`` or the demo's ``--bpm``: the contract's 0.1..1000 BPM.
-_tempo = _finite("a tempo in BPM", lambda bpm: 0.1 <= bpm <= 1000, "between 0.1 and 1000 BPM")
+_tempo = _finite(
+    "a tempo in BPM", lambda bpm: MIN_TEMPO_BPM <= bpm <= MAX_TEMPO_BPM, "between 0.1 and 1000 BPM"
+)
 #: A ``--duration`` or ``--connect-timeout``.
 _seconds = _finite("a number of seconds", lambda s: s > 0, "a finite number of seconds above 0")
 

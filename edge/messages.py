@@ -90,6 +90,7 @@ from typing import Any, ClassVar, Literal, TypeAlias, get_args
 import cbor2
 
 from edge.errors import FrameError
+from edge.topics import CLUSTER_ID
 from edge.wire_values import (
     MAX_DEPTH,
     JSONValue,
@@ -157,7 +158,6 @@ Format: TypeAlias = Literal["cbor", "json"]
 
 MAX_BEAT_INDEX = 2**63 - 1
 
-_CLUSTER_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _AGENT_ID = re.compile(r"[a-zA-Z0-9_:-]{1,128}")
 _HLC = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}:[0-9a-fA-F]{4}")
 _WINDOW_ID = re.compile(r"[0-9a-fA-F]{32}")
@@ -222,7 +222,7 @@ class BeatFrame:
     metadata: Mapping[str, JSONValue] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        _set(self, "cluster_id", string("cluster_id", self.cluster_id, _CLUSTER_ID))
+        _set(self, "cluster_id", string("cluster_id", self.cluster_id, CLUSTER_ID))
         _set(self, "beat_index", integer("beat_index", self.beat_index, 0, MAX_BEAT_INDEX))
         _set(self, "downbeat", boolean("downbeat", self.downbeat))
         _set(self, "phase", choice("phase", self.phase, PHASES, "plan, execute, review"))

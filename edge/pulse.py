@@ -40,17 +40,13 @@ log = logging.getLogger(__name__)
 SIGN_LEAD_S = 0.002
 
 
-#: The contract's tempo range, BPM; a request outside it is refused, never clamped.
-MIN_BPM, MAX_BPM = MIN_TEMPO_BPM, MAX_TEMPO_BPM
-
-
 def parse_tempo_request(payload: bytes) -> tuple[float, bool]:
     """The (bpm, force) a control-topic payload asks for: ``"72"`` or ``"72 force"``.
 
-    Raises ValueError saying what is wrong unless the tempo is a finite number from
-    :data:`MIN_BPM` to :data:`MAX_BPM`: ``nan``, ``inf`` or ``1e400`` never reach the
-    schedule (its Decimal rounding cannot take them, and a clamp would turn them into a
-    tempo nobody asked for).
+    Raises ValueError saying what is wrong unless the tempo is a finite number in the
+    contract's 0.1 to 1000 BPM: ``nan``, ``inf`` or ``1e400`` never reach the schedule
+    (its Decimal rounding cannot take them, and a clamp would turn them into a tempo
+    nobody asked for).
     """
     words = payload.decode("utf-8", "replace").split()
     # ASCII only (float() takes other scripts' digits) and nothing but "force" after it.
@@ -60,8 +56,9 @@ def parse_tempo_request(payload: bytes) -> tuple[float, bool]:
         bpm = float(words[0])
     except ValueError:
         raise ValueError("expected e.g. '72' or '72 force'") from None
-    if not (math.isfinite(bpm) and MIN_BPM <= bpm <= MAX_BPM):
-        raise ValueError(f"the tempo must be a number from {MIN_BPM:g} to {MAX_BPM:g} BPM")
+    if not (math.isfinite(bpm) and MIN_TEMPO_BPM <= bpm <= MAX_TEMPO_BPM):
+        span = f"{MIN_TEMPO_BPM:g} to {MAX_TEMPO_BPM:g}"
+        raise ValueError(f"the tempo must be a number from {span} BPM")
     return bpm, words[1:] == ["force"]
 
 
@@ -71,7 +68,7 @@ def snap_tempo(bpm: float) -> float:
     if not math.isfinite(bpm):
         raise ValueError(f"a tempo must be a finite number, got {bpm!r}")
     snapped = float(Decimal(repr(bpm)).quantize(Decimal("0.1"), rounding=ROUND_HALF_EVEN))
-    return min(1000.0, max(0.1, snapped))
+    return min(MAX_TEMPO_BPM, max(MIN_TEMPO_BPM, snapped))
 
 
 def limit_change(current: float, requested: float, force: bool) -> float:
@@ -90,7 +87,7 @@ def limit_change(current: float, requested: float, force: bool) -> float:
         snapped = float(Decimal(repr(high)).quantize(tenth, rounding=ROUND_FLOOR))
     elif snapped < low:
         snapped = float(Decimal(repr(low)).quantize(tenth, rounding=ROUND_CEILING))
-    return min(1000.0, max(0.1, snapped))
+    return min(MAX_TEMPO_BPM, max(MIN_TEMPO_BPM, snapped))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +128,6 @@ class PulseSchedule:
 
     @property
     def tempo_bpm(self) -> float:
-        return self._tempo
-
-    @property
-    def tempo(self) -> float:
-        """The tempo in force (the next beat's)."""
         return self._tempo
 
     def request_tempo(self, bpm: float, force: bool = False) -> float:
@@ -263,7 +255,8 @@ def run_pulse(
                 except queue.Empty:
                     break
                 if isinstance(request, TempoStep):  # from the tempo in force, in range
-                    bpm = min(MAX_BPM, max(MIN_BPM, schedule.tempo * request.factor))
+                    step = schedule.tempo_bpm * request.factor
+                    bpm = min(MAX_TEMPO_BPM, max(MIN_TEMPO_BPM, step))
                     force = False
                 else:
                     bpm, force = request

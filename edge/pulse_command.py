@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 def cmd_pulse(args: argparse.Namespace) -> int:
     from edge.config import parse_broker
-    from edge.files import FileRefused, open_append
+    from edge.files import FileRefused
+    from edge.pulse import open_trace
 
     problems = ConfigProblems("pulse")
     table: dict[str, object] = {"url": args.broker}
@@ -54,7 +55,7 @@ def cmd_pulse(args: argparse.Namespace) -> int:
         print(f"backbeat-edge {ConfigError(problems.items, 'pulse')}", file=sys.stderr)
         return 2
     try:  # before anything starts: a directory or a FIFO here once came up only later
-        trace = None if args.trace is None else open_append(Path(args.trace))
+        trace = open_trace(args.trace)
     except FileRefused as exc:
         print(f"backbeat-edge pulse: --trace: {exc}", file=sys.stderr)
         return 2
