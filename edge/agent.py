@@ -31,7 +31,7 @@ from edge.files import read_regular
 from edge.hardware import Hardware
 from edge.mqtt_link import MqttLink
 from edge.outbox import Outbox
-from edge.outbox_seq import NO_BOOT, boot_id
+from edge.outbox_seq import boot_id
 from edge.preflight import preflight
 from edge.probe import Probe
 from edge.profile import Profile
@@ -240,13 +240,13 @@ class Agent:
         # older ones are replays (edge.beatmark); the outbox's directory is the state's.
         self.beat_mark: BeatMark | None = None
         if trust is not None:
-            boot = boot_id()
-            self.beat_mark = BeatMark(config.outbox.directory, boot.hex())
+            self.beat_mark = BeatMark(config.outbox.directory, boot_id().hex())
             mark = self.beat_mark.load()
             if mark is not None:
-                same_boot = mark.boot == boot.hex() and boot != NO_BOOT
+                same_boot = self.beat_mark.same_boot(mark)
                 self.runner.intake.resume(mark.stamped, mark.arrived, mark.deadline, same_boot)
             self.runner.intake.on_followed = self.beat_mark.note
+            self.runner.on_side_work = self.beat_mark.flush
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._hang = threading.Event()

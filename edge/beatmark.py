@@ -15,8 +15,10 @@ refused, its last seconds too. After a reboot the time between is unknown: frame
 it), and frames recorded while the agent was down can pass; the broker's ACL is what keeps
 a recorder from publishing on the beat topic.
 
-It is written when the newest deadline has moved on by :data:`WRITE_EVERY_S` and at exit, by
-a rename (a crash mid-write leaves the old mark). A pulse whose clock was set back is
+:meth:`BeatMark.note` only keeps the newest in memory (it runs in the frame's step, beside
+actions); :meth:`BeatMark.flush` writes it, in the loop's side work, once it has moved on by
+:data:`WRITE_EVERY_S`, and :meth:`BeatMark.close` at exit, by a rename (a crash mid-write
+leaves the old mark). A pulse whose clock was set back is
 refused until it passes the mark; the log at start names the file, so an operator can
 delete it.
 """
@@ -33,6 +35,7 @@ from pathlib import Path
 from edge.config_file import FileRefused
 from edge.errors import FrameError
 from edge.files import read_regular
+from edge.outbox_seq import NO_BOOT
 from edge.wire_values import parse_rfc3339
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,10 @@ class BeatMark:
         self.failures = 0
         self._said: set[str] = set()
 
+    def same_boot(self, mark: Followed) -> bool:
+        """Whether ``mark`` was made in this boot (never where the system gives no id)."""
+        return mark.boot == self.boot and self.boot != NO_BOOT.hex()
+
     def load(self) -> Followed | None:
         """The mark the last run left, or None (none kept, none yet, or unreadable: said)."""
         if self.path is None:
@@ -101,17 +108,23 @@ class BeatMark:
             "signed beat frames older than the newest this agent followed (due %s%s) are"
             " refused as replays; if the pulse's clock was set back, delete %s",
             mark.deadline.isoformat(),
-            "" if mark.boot == self.boot else ", before a reboot",
+            "" if self.same_boot(mark) else ", before a reboot",
             self.path,
         )
         return mark
 
     def note(self, deadline: datetime, stamped: int, arrived: float) -> None:
-        """A signed frame due at ``deadline`` was followed."""
-        if self._newest is not None and deadline <= self._newest.deadline:
-            return
-        self._newest = Followed(deadline, stamped, arrived, self.boot)
-        if self._written is None or deadline - self._written >= timedelta(seconds=WRITE_EVERY_S):
+        """A signed frame due at ``deadline`` was followed (kept in memory only)."""
+        if self._newest is None or deadline > self._newest.deadline:
+            self._newest = Followed(deadline, stamped, arrived, self.boot)
+
+    def flush(self) -> None:
+        """Write the newest once it has moved on by WRITE_EVERY_S since the last write."""
+        newest = self._newest
+        if newest is not None and (
+            self._written is None
+            or newest.deadline - self._written >= timedelta(seconds=WRITE_EVERY_S)
+        ):
             self._write()
 
     def close(self) -> None:

@@ -147,6 +147,9 @@ class Runner:
         self.probe = probe
         self.notifier = notifier
         self.on_view = on_view
+        #: Called in each wake-up that may do side work (no action imminent, none just
+        #: fired): what an adapter does on the side, such as writing edge.beatmark's file.
+        self.on_side_work: Callable[[], None] | None = None
         self.topics = Topics(config.agent.topic_prefix, config.agent.cluster)
         self.follower = BeatFollower(config.agent.cluster, config.sync)
         self.score: Score = config.score
@@ -351,6 +354,8 @@ class Runner:
         if self.on_view is not None and now >= self._next_view and side_work:
             self._next_view = now + VIEW_EVERY_S
             self.on_view(self, now)
+        if self.on_side_work is not None and side_work:
+            self.on_side_work()
         if self.collector is not None:
             # After the wake-up's own work, so that it never delays it; outside side work it
             # runs only when long overdue.

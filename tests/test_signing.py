@@ -693,8 +693,9 @@ def _restarted(
     mark = BeatMark(state, boot)
     kept = mark.load()
     assert kept is not None
-    runner.intake.resume(kept.stamped, kept.arrived, kept.deadline, same_boot=kept.boot == boot)
+    runner.intake.resume(kept.stamped, kept.arrived, kept.deadline, mark.same_boot(kept))
     runner.intake.on_followed = mark.note
+    runner.on_side_work = mark.flush
     return runner, mark
 
 
@@ -709,6 +710,7 @@ def test_a_recording_played_to_an_agent_started_while_the_pulse_is_silent_is_ref
     mark = BeatMark(state, "boot-1")
     assert mark.load() is None  # the first start: nothing kept yet
     bench.runner.intake.on_followed = mark.note
+    bench.runner.on_side_work = mark.flush
     recorded = [bench.frame(k) for k in range(30)]
     for k, payload in enumerate(recorded):
         bench.feed(payload, bench.start + k * BEAT)
@@ -745,6 +747,7 @@ def test_on_the_same_boot_frames_recorded_while_the_agent_was_down_are_refused_t
     state.mkdir()
     mark = BeatMark(state, "boot-1")
     bench.runner.intake.on_followed = mark.note
+    bench.runner.on_side_work = mark.flush
     for k in range(30):
         bench.feed(bench.frame(k), bench.start + k * BEAT)
     mark.close()
@@ -766,12 +769,20 @@ def test_the_beat_mark_is_written_as_it_moves_on_and_survives_a_bad_file(
     mark = BeatMark(tmp_path, "b1")
     mark.note(base, 100, 5.0)
     path = tmp_path / "beat.newest"
+    assert not path.exists()  # noted beside the beat's work, written only in side work
+    mark.flush()
     assert BeatMark(tmp_path, "b1").load() == Followed(base, 100, 5.0, "b1")
     mark.note(base + timedelta(seconds=1), 101, 6.0)  # not far enough on to be written
+    mark.flush()
     assert BeatMark(tmp_path, "b1").load() == Followed(base, 100, 5.0, "b1")
     later = base + timedelta(seconds=WRITE_EVERY_S)
     mark.note(later, 105, 10.0)
+    mark.flush()
     assert BeatMark(tmp_path, "b1").load() == Followed(later, 105, 10.0, "b1")
+    assert BeatMark(tmp_path, "b1").same_boot(Followed(later, 105, 10.0, "b1"))
+    assert not BeatMark(tmp_path, "b2").same_boot(Followed(later, 105, 10.0, "b1"))
+    unknown = bytes(16).hex()  # where the system gives no boot id: never "the same"
+    assert not BeatMark(tmp_path, unknown).same_boot(Followed(later, 105, 10.0, unknown))
     last = later + timedelta(seconds=1)
     mark.note(last, 106, 11.0)
     mark.note(base, 1, 1.0)  # an older one never goes back
